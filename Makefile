@@ -1,0 +1,63 @@
+# Gondolin (Rust) — recipes. `make` lists them.
+
+TRIPLE      := linux-x64-gnu
+RUST_TARGET := x86_64-unknown-linux-gnu
+NPM_DIR     := npm/$(TRIPLE)
+GUEST_OUT   := target/$(RUST_TARGET)/guest
+APT_PKGS    := qemu-system-x86 debootstrap e2fsprogs cpio xz-utils zstd tmux
+SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.DEFAULT_GOAL := help
+.PHONY: help deps build addon guest image demo test test-rust test-js typecheck bench lint fmt fuzz clean
+
+help: ## list the recipes
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
+
+deps: ## install the system packages (QEMU, debootstrap, ...) and npm dev dependencies
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PKGS)
+	# qemu-utils separately: a newer backports qemu-utils may clash with qemu-system 7.2.
+	command -v qemu-img >/dev/null || DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq qemu-utils
+	npm install --no-audit --no-fund
+
+build: addon guest ## build the Node addon and the static guest binaries
+
+addon: ## the napi addon → npm/$(TRIPLE)/gondolin.$(TRIPLE).node
+	cargo build --release --lib
+	cp target/release/libgondolin.so $(NPM_DIR)/gondolin.$(TRIPLE).node
+
+guest: ## init + sandboxd, statically linked → npm/$(TRIPLE)/guest/
+	RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile guest --target $(RUST_TARGET) -p gondolin-init -p sandboxd
+	mkdir -p $(NPM_DIR)/guest
+	cp $(GUEST_OUT)/init $(GUEST_OUT)/sandboxd $(NPM_DIR)/guest/
+
+image: build ## build the guest image into ~/.cache/gondolin/images
+	node js/cli.cjs build
+
+demo: deps build ## set everything up and run a command in a VM
+	node js/cli.cjs exec -- uname -a
+
+test: build test-rust typecheck test-js ## everything CI runs
+
+test-rust: ## cargo tests (wire protocol, QEMU argv, control client, image, guest daemon)
+	cargo test --workspace
+
+typecheck: ## type-check index.d.ts against a usage file
+	npx tsc -p __test__/tsconfig.json
+
+test-js: build ## node:test suite, real VMs under TCG (builds the image on first use)
+	node --test --test-concurrency=1 __test__/
+
+bench: build ## benchmarks; print JSON
+	node bench/boot-exec.mjs
+
+lint: ## rustfmt + clippy
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt: ## format the Rust code
+	cargo fmt --all
+
+clean: ## remove build output (not the image cache)
+	cargo clean
+	rm -rf $(NPM_DIR)/guest $(NPM_DIR)/*.node

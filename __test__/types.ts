@@ -1,0 +1,33 @@
+// Compiled by `make typecheck` (tsc --noEmit): the public types must accept
+// the README's usage and reject misuse.
+import { VM, type ExecResult, type VMOptions, buildImage } from "@gondolin/native";
+
+async function usage(): Promise<void> {
+  const options: VMOptions = { memory: "1G", cpus: 2, env: { A: "1" }, rootfs: { mode: "cow" } };
+  const vm = await VM.create(options);
+  const r: ExecResult = await vm.exec("echo hi", { env: ["B=2"], cwd: "/tmp" });
+  const code: number = r.exitCode;
+  const out: string = r.stdout;
+  const bytes: Buffer = r.stdoutBuffer;
+  const lines: string[] = r.lines();
+  const parsed = r.json<{ a: number }>();
+  void [code, out, bytes, lines, parsed.a, r.ok, r.signal];
+
+  const proc = vm.exec(["cat"], { stdin: true, stdout: "pipe", signal: AbortSignal.timeout(1000) });
+  proc.write("data");
+  proc.end();
+  for await (const chunk of proc) void (chunk satisfies string);
+  const killed: boolean = proc.kill("SIGKILL");
+  void killed;
+  const info = vm.info;
+  if (info) void (info.bootMs satisfies number);
+  await vm.close();
+  const img = await buildImage({ quiet: true });
+  void (img.buildId satisfies string);
+
+  // @ts-expect-error rootfs mode is a closed set
+  new VM({ rootfs: { mode: "rw" } });
+  // @ts-expect-error stdout modes are a closed set
+  vm.exec("x", { stdout: "file" });
+}
+void usage;

@@ -1,0 +1,99 @@
+//! Length-prefixed framing. Pure functions over bytes; no I/O.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{WireError, MAX_FRAME};
+
+/// Encode `msg` as one frame (length prefix included).
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    encode_into(msg, &mut out);
+    out
+}
+
+/// Append one frame for `msg` to `out`.
+pub fn encode_into<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
+    let mut buf = std::mem::take(out);
+    let start = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    // Serializing our own message types into a Vec cannot fail: they hold
+    // only integers, strings, byte strings, options, sequences and enums.
+    let mut buf = postcard::to_extend(msg, buf).expect("postcard encode of a wire message");
+    let len = (buf.len() - start - 4) as u32;
+    buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    *out = buf;
+}
+
+/// Decode one frame body (without its length prefix).
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
+    if body.len() > MAX_FRAME {
+        return Err(WireError::FrameTooLarge(body.len()));
+    }
+    postcard::from_bytes(body).map_err(|e| WireError::Malformed(e.to_string()))
+}
+
+/// Incremental frame splitter: push bytes as they arrive, pop whole frames.
+///
+/// Memory is bounded by `MAX_FRAME` plus one read's worth of bytes: an
+/// oversized length prefix is rejected before any of its body is kept.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl FrameDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Append raw bytes read from the port.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.pos > 0 && self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Next complete frame body, if one is buffered.
+    pub fn next_frame(&mut self) -> Result<Option<&[u8]>, WireError> {
+        let avail = &self.buf[self.pos..];
+        if avail.len() < 4 {
+            self.compact();
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+        if len > MAX_FRAME {
+            return Err(WireError::FrameTooLarge(len));
+        }
+        if avail.len() < 4 + len {
+            self.compact();
+            return Ok(None);
+        }
+        let start = self.pos + 4;
+        self.pos = start + len;
+        Ok(Some(&self.buf[start..start + len]))
+    }
+
+    /// Decode the next complete message, if one is buffered.
+    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
+        match self.next_frame()? {
+            Some(body) => decode(body).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Bytes buffered but not yet returned as frames.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn compact(&mut self) {
+        // Drop consumed bytes once they dominate, keeping pushes amortized O(n).
+        if self.pos > 0 && self.pos * 2 >= self.buf.len() {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Message types. Adding a variant at the end of an enum is compatible with
+//! older peers only in one direction, so [`PROTOCOL_VERSION`] is exchanged in
+//! [`GuestMsg::Ready`] and checked by the host.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{WireError, MAX_ARGS, MAX_CHUNK, MAX_ENV, MAX_STRING};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Which output stream a chunk or a credit grant belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A request to start a process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exec {
+    /// `argv[0]` is the program: a path if it contains `/`, else looked up in
+    /// the child's `PATH`.
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` entries applied over sandboxd's own environment.
+    pub env: Vec<String>,
+    pub cwd: Option<String>,
+    /// Give the child a stdin pipe (else `/dev/null`).
+    pub stdin: bool,
+    /// Run on a pty of this size (rows, cols); all output is `Stdout`.
+    pub pty: Option<(u16, u16)>,
+    /// Initial output credit per stream, in bytes.
+    pub stdout_window: u32,
+    pub stderr_window: u32,
+}
+
+/// Host -> guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostMsg {
+    /// Start process `id` (ids are chosen by the host and must be unused).
+    Exec { id: u32, exec: Exec },
+    /// Stdin bytes for `id`; `eof` closes the child's stdin after `data`.
+    Stdin {
+        id: u32,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        eof: bool,
+    },
+    /// Grant more output credit for `id`.
+    Window { id: u32, stdout: u32, stderr: u32 },
+    /// Resize the pty of `id`.
+    Resize { id: u32, rows: u16, cols: u16 },
+    /// Send `signal` to the process group of `id`.
+    Kill { id: u32, signal: i32 },
+    /// Liveness probe; answered with [`GuestMsg::Pong`].
+    Ping { seq: u32 },
+}
+
+/// Guest -> host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GuestMsg {
+    /// sandboxd is up and serving; sent once per connection.
+    Ready { version: u32 },
+    /// Output of `id`; never more than the credit the host granted.
+    Output {
+        id: u32,
+        stream: Stream,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Process `id` finished and all of its output has been sent.
+    /// `exit_code` is 128+N when killed by signal N.
+    Exit { id: u32, exit_code: i32, signal: Option<i32> },
+    /// The guest can take `bytes` more stdin for `id`.
+    StdinWindow { id: u32, bytes: u32 },
+    /// A request failed (`id` 0 = not tied to one request).
+    Error { id: u32, code: String, message: String },
+    Pong { seq: u32 },
+}
+
+fn check_str(s: &str, what: &'static str) -> Result<(), WireError> {
+    if s.len() > MAX_STRING {
+        return Err(WireError::Invalid(what));
+    }
+    if s.as_bytes().contains(&0) {
+        return Err(WireError::Invalid("string contains a NUL byte"));
+    }
+    Ok(())
+}
+
+impl Exec {
+    pub fn validate(&self) -> Result<(), WireError> {
+        if self.argv.is_empty() || self.argv[0].is_empty() {
+            return Err(WireError::Invalid("argv must name a program"));
+        }
+        if self.argv.len() > MAX_ARGS {
+            return Err(WireError::Invalid("too many arguments"));
+        }
+        if self.env.len() > MAX_ENV {
+            return Err(WireError::Invalid("too many environment entries"));
+        }
+        for a in &self.argv {
+            check_str(a, "argument too long")?;
+        }
+        for e in &self.env {
+            check_str(e, "environment entry too long")?;
+            match e.split_once('=') {
+                Some((k, _)) if !k.is_empty() => {}
+                _ => return Err(WireError::Invalid("environment entry must be KEY=VALUE")),
+            }
+        }
+        if let Some(cwd) = &self.cwd {
+            check_str(cwd, "cwd too long")?;
+            if !cwd.starts_with('/') {
+                return Err(WireError::Invalid("cwd must be absolute"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl HostMsg {
+    /// Check the bounds a decoded message must respect before it is used.
+    pub fn validate(&self) -> Result<(), WireError> {
+        match self {
+            HostMsg::Exec { exec, .. } => exec.validate(),
+            HostMsg::Stdin { data, .. } if data.len() > MAX_CHUNK => {
+                Err(WireError::Invalid("stdin chunk too large"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl GuestMsg {
+    /// Check the bounds a decoded message must respect before it is used.
+    pub fn validate(&self) -> Result<(), WireError> {
+        match self {
+            GuestMsg::Output { data, .. } if data.len() > MAX_CHUNK => {
+                Err(WireError::Invalid("output chunk too large"))
+            }
+            GuestMsg::Error { code, message, .. }
+                if code.len() > 256 || message.len() > 4096 =>
+            {
+                Err(WireError::Invalid("error text too long"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{encode, FrameDecoder, MAX_FRAME};
+
+    fn exec() -> Exec {
+        Exec {
+            argv: vec!["/bin/echo".into(), "hi".into()],
+            env: vec!["A=1".into()],
+            cwd: Some("/tmp".into()),
+            stdin: true,
+            pty: Some((24, 80)),
+            stdout_window: 4096,
+            stderr_window: 4096,
+        }
+    }
+
+    #[test]
+    fn round_trips_every_message() {
+        let host = vec![
+            HostMsg::Exec { id: 1, exec: exec() },
+            HostMsg::Stdin { id: 2, data: vec![0, 1, 255], eof: true },
+            HostMsg::Window { id: 3, stdout: 10, stderr: 20 },
+            HostMsg::Resize { id: 4, rows: 50, cols: 132 },
+            HostMsg::Kill { id: 5, signal: 9 },
+            HostMsg::Ping { seq: 7 },
+        ];
+        let guest = vec![
+            GuestMsg::Ready { version: PROTOCOL_VERSION },
+            GuestMsg::Output { id: 1, stream: Stream::Stderr, data: b"x".to_vec() },
+            GuestMsg::Exit { id: 1, exit_code: 137, signal: Some(9) },
+            GuestMsg::StdinWindow { id: 1, bytes: 99 },
+            GuestMsg::Error { id: 0, code: "c".into(), message: "m".into() },
+            GuestMsg::Pong { seq: 7 },
+        ];
+        let mut dec = FrameDecoder::new();
+        for m in &host {
+            dec.push(&encode(m));
+        }
+        for m in &host {
+            assert_eq!(dec.next::<HostMsg>().unwrap().as_ref(), Some(m));
+        }
+        for m in &guest {
+            // Split every frame into single bytes to exercise partial reads.
+            for b in encode(m) {
+                dec.push(&[b]);
+            }
+            assert_eq!(dec.next::<GuestMsg>().unwrap().as_ref(), Some(m));
+        }
+        assert_eq!(dec.next::<GuestMsg>().unwrap(), None);
+        assert_eq!(dec.pending(), 0);
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_buffering() {
+        let mut dec = FrameDecoder::new();
+        dec.push(&((MAX_FRAME as u32) + 1).to_be_bytes());
+        assert!(matches!(dec.next_frame(), Err(WireError::FrameTooLarge(_))));
+        let mut dec = FrameDecoder::new();
+        dec.push(&u32::MAX.to_be_bytes());
+        assert!(dec.next::<HostMsg>().is_err());
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors_not_panics() {
+        for body in [&[][..], &[0xff], &[0, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f], &[9, 9, 9]] {
+            let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+            frame.extend_from_slice(body);
+            let mut dec = FrameDecoder::new();
+            dec.push(&frame);
+            assert!(dec.next::<HostMsg>().is_err(), "{body:?}");
+        }
+        // A claimed vector length far beyond the frame must not allocate it.
+        let mut body = vec![0u8]; // HostMsg::Exec
+        body.push(1); // id
+        body.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]); // argv len ~4G
+        assert!(crate::decode::<HostMsg>(&body).is_err());
+    }
+
+    #[test]
+    fn validation_bounds_requests() {
+        let mut e = exec();
+        assert!(e.validate().is_ok());
+        e.argv.clear();
+        assert!(e.validate().is_err());
+        let mut e = exec();
+        e.env.push("NOEQUALS".into());
+        assert!(e.validate().is_err());
+        let mut e = exec();
+        e.argv.push("a\0b".into());
+        assert!(e.validate().is_err());
+        let mut e = exec();
+        e.cwd = Some("relative".into());
+        assert!(e.validate().is_err());
+        let m = HostMsg::Stdin { id: 1, data: vec![0; crate::MAX_CHUNK + 1], eof: false };
+        assert!(m.validate().is_err());
+        let m = GuestMsg::Output { id: 1, stream: Stream::Stdout, data: vec![0; crate::MAX_CHUNK + 1] };
+        assert!(m.validate().is_err());
+    }
+}

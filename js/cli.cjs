@@ -1,0 +1,218 @@
+#!/usr/bin/env node
+"use strict";
+// The `gondolin` command line.
+
+const path = require("node:path");
+
+const USAGE = `Usage: gondolin <command> [options]
+
+Commands:
+  exec [options] -- CMD [ARGS...]   run one command in a fresh VM; exits with its status
+  build [options]                   build the guest image from Debian packages
+  help                              show this help
+
+Run 'gondolin <command> --help' for a command's options.
+`;
+
+const VM_OPTIONS = `VM options:
+  --memory SIZE        guest memory (QEMU size syntax, default 1G)
+  --cpus N             virtual CPUs (default 2)
+  --image DIR          guest image directory (default: built on first use)
+  --rootfs-mode MODE   readonly | memory | cow (default cow)
+  --env KEY=VALUE      environment variable for the command (repeatable)
+  --cwd PATH           working directory in the guest`;
+
+const EXEC_USAGE = `Usage: gondolin exec [options] -- CMD [ARGS...]
+
+Runs CMD in a fresh VM (no shell: use 'sh -c "..."' for one), streams its
+output, and exits with its exit status (128+N when killed by signal N).
+
+${VM_OPTIONS}
+  -h, --help           show this help
+`;
+
+const BUILD_USAGE = `Usage: gondolin build [options]
+
+Builds the guest image (Debian kernel + rootfs, our init and sandboxd) into
+the local image store (~/.cache/gondolin/images/<buildId>/). Needs root and
+the debootstrap, e2fsprogs and cpio packages.
+
+Options:
+  --definition FILE    image definition (default: images/debian-base.json)
+  --output DIR         also copy the finished image to DIR
+  --verbose            show debootstrap's output
+  -q, --quiet          print only the image directory
+  -h, --help           show this help
+`;
+
+class UsageError extends Error {
+  constructor(message, usage) {
+    super(message);
+    this.usage = usage;
+  }
+}
+
+function takeValue(args, i, flag, usage) {
+  const v = args[i + 1];
+  if (v === undefined || v === "--") throw new UsageError(`${flag} requires an argument`, usage);
+  return v;
+}
+
+function parseVmFlag(args, i, o, usage) {
+  const flag = args[i];
+  switch (flag) {
+    case "--memory":
+      o.memory = takeValue(args, i, flag, usage);
+      return 1;
+    case "--cpus": {
+      const v = takeValue(args, i, flag, usage);
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1) throw new UsageError(`--cpus must be a positive integer (got ${v})`, usage);
+      o.cpus = n;
+      return 1;
+    }
+    case "--image":
+      o.image = takeValue(args, i, flag, usage);
+      return 1;
+    case "--rootfs-mode":
+      o.rootfsMode = takeValue(args, i, flag, usage);
+      return 1;
+    case "--env": {
+      const v = takeValue(args, i, flag, usage);
+      if (!v.includes("=") || v.startsWith("=")) throw new UsageError(`--env expects KEY=VALUE (got ${v})`, usage);
+      o.env.push(v);
+      return 1;
+    }
+    case "--cwd":
+      o.cwd = takeValue(args, i, flag, usage);
+      return 1;
+    default:
+      return -1;
+  }
+}
+
+function vmOptions(o) {
+  const options = { sandbox: {} };
+  if (o.memory) options.memory = o.memory;
+  if (o.cpus) options.cpus = o.cpus;
+  if (o.image) options.sandbox.imagePath = path.resolve(o.image);
+  if (o.rootfsMode) options.rootfs = { mode: o.rootfsMode };
+  return options;
+}
+
+async function cmdExec(args) {
+  const o = { env: [] };
+  const dash = args.indexOf("--");
+  const before = dash < 0 ? args : args.slice(0, dash);
+  for (let i = 0; i < before.length; i++) {
+    const a = before[i];
+    if (a === "-h" || a === "--help") {
+      process.stdout.write(EXEC_USAGE);
+      return 0;
+    }
+    const used = parseVmFlag(before, i, o, EXEC_USAGE);
+    if (used < 0) throw new UsageError(`Unknown argument: ${a}`, EXEC_USAGE);
+    i += used;
+  }
+  if (dash < 0) throw new UsageError("missing '--' before the command", EXEC_USAGE);
+  const command = args.slice(dash + 1);
+  if (command.length === 0) throw new UsageError("missing command after --", EXEC_USAGE);
+
+  const { VM } = require("./vm.cjs");
+  const vm = await VM.create(vmOptions(o));
+  try {
+    const result = await vm.exec(command, { env: o.env, cwd: o.cwd, stdout: "inherit", stderr: "inherit" });
+    if (result.signal != null) process.stderr.write(`process exited due to signal ${result.signal}\n`);
+    return result.exitCode;
+  } finally {
+    await vm.close();
+  }
+}
+
+async function cmdBuild(args) {
+  const o = {};
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    switch (a) {
+      case "-h":
+      case "--help":
+        process.stdout.write(BUILD_USAGE);
+        return 0;
+      case "--definition":
+        o.definition = path.resolve(takeValue(args, i++, a, BUILD_USAGE));
+        break;
+      case "--output":
+        o.output = path.resolve(takeValue(args, i++, a, BUILD_USAGE));
+        break;
+      case "--verbose":
+        o.verbose = true;
+        break;
+      case "-q":
+      case "--quiet":
+        o.quiet = true;
+        break;
+      default:
+        throw new UsageError(`Unknown argument: ${a}`, BUILD_USAGE);
+    }
+  }
+  const { buildImage } = require("./image.cjs");
+  let image;
+  try {
+    image = await buildImage(o);
+  } catch (err) {
+    throw new Error(`Build failed: ${err.message}`);
+  }
+  if (o.quiet) {
+    process.stdout.write(`${image.dir}\n`);
+  } else {
+    process.stdout.write(
+      `Build successful!\n  Build ID: ${image.buildId}\n  Image directory: ${image.dir}\n` +
+        (o.output ? `  Output directory: ${o.output}\n` : "") +
+        `\nUse it: gondolin exec -- uname -a   (or GONDOLIN_GUEST_DIR=${o.output || image.dir})\n`,
+    );
+  }
+  return 0;
+}
+
+async function main(argv) {
+  const [command, ...args] = argv;
+  switch (command) {
+    case undefined:
+      process.stderr.write(USAGE);
+      return 1;
+    case "help":
+    case "-h":
+    case "--help":
+      process.stdout.write(USAGE);
+      return 0;
+    case "exec":
+      return cmdExec(args);
+    case "build":
+      return cmdBuild(args);
+    default:
+      process.stderr.write(`Unknown command: ${command}\n${USAGE}`);
+      return 1;
+  }
+}
+
+function render(err) {
+  if (err instanceof UsageError) {
+    process.stderr.write(`gondolin: ${err.message}\n\n${err.usage}`);
+    return 2;
+  }
+  process.stderr.write(`Error: ${err && err.message ? err.message : String(err)}\n`);
+  return 1;
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err) => {
+      process.exitCode = render(err);
+    },
+  );
+}
+
+module.exports = { main };

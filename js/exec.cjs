@@ -1,0 +1,487 @@
+"use strict";
+// ExecProcess (a thenable handle on a running command) and ExecResult.
+
+const { Readable } = require("node:stream");
+const { fromNative, withCode } = require("./errors.cjs");
+
+const DEFAULT_WINDOW = 256 * 1024;
+
+class ExecResult {
+  constructor(id, exitCode, signal, stdout, stderr, encoding) {
+    this.id = id;
+    this.exitCode = exitCode;
+    if (signal != null) this.signal = signal;
+    this._stdout = stdout;
+    this._stderr = stderr;
+    this._encoding = encoding;
+  }
+  get stdoutBuffer() {
+    return this._stdout;
+  }
+  get stderrBuffer() {
+    return this._stderr;
+  }
+  get stdout() {
+    return this._stdout.toString(this._encoding);
+  }
+  get stderr() {
+    return this._stderr.toString(this._encoding);
+  }
+  get ok() {
+    return this.exitCode === 0;
+  }
+  json() {
+    return JSON.parse(this.stdout);
+  }
+  lines() {
+    return this.stdout.split("\n").filter((l) => l.length > 0);
+  }
+  toString() {
+    return this.stdout;
+  }
+}
+
+function normalizeCommand(command, options) {
+  if (typeof command === "string") {
+    const argv = ["/bin/sh", "-lc", command];
+    if (options.argv !== undefined) {
+      if (!Array.isArray(options.argv)) throw new TypeError("exec options.argv must be an array of strings");
+      argv.push("sh", ...options.argv.map(String));
+    }
+    return argv;
+  }
+  if (Array.isArray(command)) {
+    if (command.length === 0) throw new TypeError("command array must include the executable");
+    return command.map((a, i) => {
+      if (typeof a !== "string") throw new TypeError(`command[${i}] must be a string`);
+      return a;
+    });
+  }
+  throw new TypeError("command must be a string or an array of strings");
+}
+
+function isWritable(v) {
+  return v != null && typeof v === "object" && typeof v.write === "function" && !Buffer.isBuffer(v);
+}
+
+function outputMode(value, name, fallback) {
+  if (value === undefined) return { kind: fallback };
+  if (value === "buffer" || value === "pipe" || value === "ignore") return { kind: value };
+  if (value === "inherit") return { kind: "writable", stream: name === "stdout" ? process.stdout : process.stderr };
+  if (isWritable(value)) return { kind: "writable", stream: value };
+  throw new TypeError(
+    `invalid exec ${name} option: ${String(value)} (expected "buffer"|"pipe"|"inherit"|"ignore" or a writable stream)`,
+  );
+}
+
+function windowBytes(v) {
+  if (typeof v !== "number" || !Number.isFinite(v) || v <= 0) return DEFAULT_WINDOW;
+  return Math.min(Math.max(Math.floor(v), 4096), 16 * 1024 * 1024);
+}
+
+/**
+ * Output sink for one stream. Buffer mode collects; writable mode writes and
+ * waits for 'drain'; pipe mode feeds a Readable whose consumer drives pulls.
+ */
+class Sink {
+  constructor(mode, name, proc) {
+    this.mode = mode;
+    this.name = name;
+    this.chunks = [];
+    this.readable = null;
+    if (mode.kind === "pipe") {
+      this.readable = new Readable({ read: () => proc._wantMore() });
+    }
+  }
+  /** Returns a promise when the consumer needs time (backpressure), else null. */
+  push(data) {
+    switch (this.mode.kind) {
+      case "buffer":
+        this.chunks.push(data);
+        return null;
+      case "ignore":
+        return null;
+      case "pipe":
+        return this.readable.push(data) ? null : "paused";
+      case "writable": {
+        const s = this.mode.stream;
+        let ok;
+        try {
+          ok = s.write(data);
+        } catch (err) {
+          this.fail(err);
+          return null;
+        }
+        if (ok !== false || typeof s.once !== "function") return null;
+        return new Promise((resolve) => {
+          const done = () => {
+            s.off?.("drain", done);
+            s.off?.("error", done);
+            s.off?.("close", done);
+            resolve();
+          };
+          s.once("drain", done);
+          s.once("error", done);
+          s.once("close", done);
+        });
+      }
+    }
+    return null;
+  }
+  fail(err) {
+    const e = new Error(`${this.name} output write failed: ${err && err.message}`);
+    for (const k of ["code", "errno", "syscall", "path"]) if (err && err[k] !== undefined) e[k] = err[k];
+    this.mode = { kind: "ignore" };
+    this.writeError = e;
+  }
+  end(err) {
+    if (this.readable) {
+      if (err) this.readable.destroy(err);
+      else this.readable.push(null);
+    }
+  }
+  buffer() {
+    return Buffer.concat(this.chunks);
+  }
+}
+
+class ExecProcess {
+  /**
+   * @param {Promise<object>} nativePromise resolves to a NativeExec once the VM runs
+   */
+  constructor(nativePromise, options) {
+    this._options = options;
+    this._encoding = options.encoding || "utf-8";
+    const fallback = options.buffer === false ? "ignore" : "buffer";
+    this._sinks = {
+      stdout: new Sink(outputMode(options.stdout, "stdout", fallback), "stdout", this),
+      stderr: new Sink(outputMode(options.stderr, "stderr", fallback), "stderr", this),
+    };
+    this._stdinEnabled = options.stdin !== undefined && options.stdin !== false;
+    this._native = null;
+    this._id = 0;
+    this._settled = false;
+    this._wake = null;
+    this._paused = false;
+    this._pendingStdin = [];
+    this._attached = false;
+
+    this._result = new Promise((resolve, reject) => {
+      this._resolve = resolve;
+      this._reject = reject;
+    });
+    // Rejections are delivered to whoever awaits; don't crash on an unawaited one.
+    this._result.catch(() => {});
+
+    if (options.signal) {
+      if (options.signal.aborted) {
+        this._abort();
+      } else {
+        this._onAbort = () => this._abort();
+        options.signal.addEventListener("abort", this._onAbort, { once: true });
+      }
+    }
+
+    nativePromise.then(
+      (n) => this._run(n),
+      (err) => this._finish(fromNative(err)),
+    );
+  }
+
+  get id() {
+    return this._id;
+  }
+  get result() {
+    return this._result;
+  }
+  then(onFulfilled, onRejected) {
+    return this._result.then(onFulfilled, onRejected);
+  }
+  catch(onRejected) {
+    return this._result.catch(onRejected);
+  }
+  finally(onFinally) {
+    return this._result.finally(onFinally);
+  }
+  get stdout() {
+    return this._sinks.stdout.readable;
+  }
+  get stderr() {
+    return this._sinks.stderr.readable;
+  }
+
+  write(data) {
+    if (!this._stdinEnabled) throw new Error("stdin was not enabled for this exec");
+    const buf = typeof data === "string" ? Buffer.from(data) : Buffer.from(data);
+    this._stdinOp((n) => n.write(buf));
+  }
+  end() {
+    if (!this._stdinEnabled) throw new Error("stdin was not enabled for this exec");
+    this._stdinOp((n) => n.end());
+  }
+  resize(rows, cols) {
+    if (!Number.isFinite(rows) || !Number.isFinite(cols)) return;
+    const r = Math.max(1, Math.trunc(rows));
+    const c = Math.max(1, Math.trunc(cols));
+    if (this._native && !this._settled) {
+      try {
+        this._native.resize(r, c);
+      } catch {}
+    } else {
+      this._pendingResize = [r, c];
+    }
+  }
+  /** Send a signal (default SIGTERM) to the process group in the guest. */
+  kill(signal = "SIGTERM") {
+    const num = typeof signal === "number" ? signal : require("node:os").constants.signals[signal];
+    if (!Number.isInteger(num) || num <= 0 || num > 64) throw new TypeError(`invalid signal: ${signal}`);
+    if (this._settled) return false;
+    if (!this._native) {
+      this._pendingKill = num;
+      return true;
+    }
+    try {
+      this._native.kill(num);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  async *[Symbol.asyncIterator]() {
+    const r = this._sinks.stdout.readable;
+    if (!r) throw new Error('stdout is not piped (set exec options.stdout="pipe")');
+    for await (const chunk of r) yield chunk.toString(this._encoding);
+  }
+
+  async *lines() {
+    const r = this._sinks.stdout.readable;
+    if (!r) throw new Error('stdout is not piped (set exec options.stdout="pipe")');
+    let rest = "";
+    for await (const chunk of r) {
+      rest += chunk.toString(this._encoding);
+      const parts = rest.split("\n");
+      rest = parts.pop();
+      for (const p of parts) yield p;
+    }
+    if (rest.length > 0) yield rest;
+  }
+
+  async *output() {
+    const out = this._sinks.stdout.readable;
+    const err = this._sinks.stderr.readable;
+    if (!out || !err) throw new Error('stdout/stderr are not piped (set exec options.stdout/stderr="pipe")');
+    // Merge both streams in arrival order.
+    const queue = [];
+    let ended = 0;
+    let wake = null;
+    const onData = (stream) => () => {
+      let data;
+      const r = stream === "stdout" ? out : err;
+      while ((data = r.read()) !== null) queue.push({ stream, data, text: data.toString(this._encoding) });
+      if (wake) wake();
+    };
+    const onEnd = () => {
+      ended++;
+      if (wake) wake();
+    };
+    const onOut = onData("stdout");
+    const onErr = onData("stderr");
+    out.on("readable", onOut);
+    err.on("readable", onErr);
+    out.once("end", onEnd);
+    err.once("end", onEnd);
+    try {
+      for (;;) {
+        if (queue.length) {
+          yield queue.shift();
+          continue;
+        }
+        if (ended === 2) return;
+        await new Promise((r) => (wake = r));
+        wake = null;
+      }
+    } finally {
+      out.off("readable", onOut);
+      err.off("readable", onErr);
+    }
+  }
+
+  attach(stdin, stdout, stderr) {
+    if (this._attached) throw new Error("already attached");
+    const o = this._sinks.stdout;
+    const e = this._sinks.stderr;
+    const streaming = [o, e].some((s) => s.mode.kind === "pipe" || s.mode.kind === "writable");
+    if (!streaming) {
+      throw new Error('attach() requires streaming output (set exec options stdout/stderr="pipe" or "inherit")');
+    }
+    this._attached = true;
+    if (o.readable && stdout) o.readable.pipe(stdout, { end: false });
+    if (e.readable && (stderr || stdout)) e.readable.pipe(stderr || stdout, { end: false });
+    const wasRaw = stdin && stdin.isTTY ? stdin.isRaw : undefined;
+    if (stdin && stdin.isTTY && typeof stdin.setRawMode === "function") stdin.setRawMode(true);
+    const onData = (d) => {
+      if (this._stdinEnabled) this.write(d);
+    };
+    const onEnd = () => {
+      if (this._stdinEnabled) this.end();
+    };
+    const onResize = () => this.resize(stdout.rows, stdout.columns);
+    if (stdin) {
+      stdin.on("data", onData);
+      stdin.once("end", onEnd);
+      stdin.resume();
+    }
+    if (stdout && stdout.isTTY) {
+      stdout.on("resize", onResize);
+      onResize();
+    }
+    const cleanup = () => {
+      if (stdin) {
+        stdin.off("data", onData);
+        stdin.off("end", onEnd);
+        if (stdin.isTTY && typeof stdin.setRawMode === "function") stdin.setRawMode(Boolean(wasRaw));
+        stdin.pause();
+      }
+      if (stdout && stdout.isTTY) stdout.off("resize", onResize);
+    };
+    this._result.then(cleanup, cleanup);
+  }
+
+  // --- internals -------------------------------------------------------
+
+  _stdinOp(fn) {
+    const run = (n) => {
+      Promise.resolve()
+        .then(() => fn(n))
+        .catch(() => {});
+    };
+    if (this._native) run(this._native);
+    else this._pendingStdin.push(run);
+  }
+
+  _wantMore() {
+    if (this._paused) {
+      this._paused = false;
+      if (this._wake) {
+        const w = this._wake;
+        this._wake = null;
+        w();
+      }
+    }
+  }
+
+  _abort() {
+    if (this._settled) return;
+    if (this._native) {
+      try {
+        this._native.kill(9);
+      } catch {}
+    } else {
+      this._pendingKill = 9;
+    }
+    this._finish(withCode("exec aborted", "exec_aborted"));
+  }
+
+  async _feedStdin(input) {
+    const n = this._native;
+    try {
+      if (typeof input === "string" || Buffer.isBuffer(input) || input instanceof Uint8Array) {
+        const buf = typeof input === "string" ? Buffer.from(input) : Buffer.from(input);
+        if (buf.length) await n.write(buf);
+      } else if (input && typeof input[Symbol.asyncIterator] === "function") {
+        for await (const chunk of input) {
+          if (this._settled) return;
+          await n.write(typeof chunk === "string" ? Buffer.from(chunk) : Buffer.from(chunk));
+        }
+      }
+      n.end();
+    } catch {
+      // The process exited or the VM went away: its result reports why.
+    }
+  }
+
+  async _run(n) {
+    this._native = n;
+    this._id = n.id;
+    if (this._settled) {
+      try {
+        n.kill(this._pendingKill || 9);
+      } catch {}
+      return;
+    }
+    if (this._pendingKill) {
+      try {
+        n.kill(this._pendingKill);
+      } catch {}
+    }
+    if (this._pendingResize) n.resize(...this._pendingResize);
+    for (const op of this._pendingStdin.splice(0)) op(n);
+    const input = this._options.stdin;
+    if (input !== undefined && input !== true && input !== false) this._feedStdin(input);
+
+    try {
+      for (;;) {
+        const batch = await n.next();
+        if (batch === null) break;
+        for (const ev of batch) {
+          if (ev.kind === "stdout" || ev.kind === "stderr") {
+            if (this._settled) continue;
+            const wait = this._sinks[ev.kind].push(ev.data);
+            if (wait === "paused") this._paused = true;
+            else if (wait) await wait;
+          } else if (ev.kind === "exit") {
+            this._finishOk(ev.exitCode, ev.signal);
+          } else if (ev.kind === "error") {
+            this._finish(withCode(ev.message, ev.code));
+          }
+        }
+        if (this._paused && !this._settled) {
+          await new Promise((r) => (this._wake = r));
+        }
+      }
+    } catch (err) {
+      this._finish(fromNative(err));
+    }
+  }
+
+  _finishOk(exitCode, signal) {
+    const writeErr = this._sinks.stdout.writeError || this._sinks.stderr.writeError;
+    if (writeErr) return this._finish(writeErr);
+    if (this._settled) return;
+    this._settled = true;
+    this._cleanup();
+    this._sinks.stdout.end();
+    this._sinks.stderr.end();
+    this._resolve(
+      new ExecResult(
+        this._id,
+        exitCode,
+        signal == null ? undefined : signal,
+        this._sinks.stdout.buffer(),
+        this._sinks.stderr.buffer(),
+        this._encoding,
+      ),
+    );
+  }
+
+  _finish(err) {
+    if (this._settled) return;
+    this._settled = true;
+    this._cleanup();
+    this._sinks.stdout.end(err);
+    this._sinks.stderr.end(err);
+    this._reject(err);
+  }
+
+  _cleanup() {
+    if (this._onAbort) this._options.signal.removeEventListener("abort", this._onAbort);
+    if (this._wake) {
+      const w = this._wake;
+      this._wake = null;
+      w();
+    }
+  }
+}
+
+module.exports = { ExecProcess, ExecResult, normalizeCommand, windowBytes };

@@ -1,0 +1,66 @@
+"use strict";
+// Guest image resolution: an explicit image dir (option or GONDOLIN_GUEST_DIR),
+// else the image for the current guest binaries from the local store, built
+// on first use.
+
+const path = require("node:path");
+const fs = require("node:fs");
+const { native, pkgRoot, guestBinDir } = require("./native.cjs");
+const { fromNative, withCode } = require("./errors.cjs");
+
+const DEFAULT_DEFINITION = path.join(pkgRoot, "images", "debian-base.json");
+
+function buildOptions(opts = {}) {
+  return {
+    definition: opts.definition || process.env.GONDOLIN_IMAGE_DEFINITION || DEFAULT_DEFINITION,
+    guestBinDir: opts.guestBinDir || guestBinDir(),
+    output: opts.output,
+    verbose: Boolean(opts.verbose),
+  };
+}
+
+function loadImageDir(dir, optionName) {
+  const abs = path.resolve(dir);
+  if (!fs.existsSync(abs)) {
+    throw withCode(`${optionName} points at ${abs}, which does not exist`, "invalid_option");
+  }
+  try {
+    return native.loadImage(abs);
+  } catch (err) {
+    throw fromNative(err);
+  }
+}
+
+/** Image for a VM, without building. Returns null if it must be built. */
+function findImage(imagePath) {
+  if (imagePath) return loadImageDir(imagePath, "sandbox.imagePath");
+  if (process.env.GONDOLIN_GUEST_DIR) return loadImageDir(process.env.GONDOLIN_GUEST_DIR, "GONDOLIN_GUEST_DIR");
+  try {
+    return native.findImage(buildOptions()) || null;
+  } catch (err) {
+    throw fromNative(err);
+  }
+}
+
+let building = null;
+
+/** Image for a VM; builds the default image on first use (progress on stderr). */
+async function ensureImage(imagePath) {
+  const found = findImage(imagePath);
+  if (found) return found;
+  if (!building) {
+    process.stderr.write("gondolin: no guest image for this version yet; building one (a few minutes, once)\n");
+    building = buildImage({}).finally(() => (building = null));
+  }
+  return building;
+}
+
+async function buildImage(opts) {
+  try {
+    return await native.buildImage(buildOptions(opts), opts.quiet ? null : (line) => process.stderr.write(`${line}\n`));
+  } catch (err) {
+    throw fromNative(err);
+  }
+}
+
+module.exports = { ensureImage, findImage, buildImage, buildOptions, DEFAULT_DEFINITION };

@@ -1,0 +1,5 @@
+// ES module entry of @gondolin/native: the same objects as the CommonJS entry.
+import cjs from "./index.cjs";
+
+export const { VM, ExecProcess, ExecResult, buildImage, ensureImage, findImage } = cjs;
+export default cjs;

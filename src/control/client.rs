@@ -1,0 +1,318 @@
+//! Connection state, routing and the reader/writer tasks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use gondolin_wire::{encode, FrameDecoder, GuestMsg, HostMsg, PROTOCOL_VERSION};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::exec::{disconnected, ExecControl, ExecEvent, ExecHandle, ExecRequest};
+use super::{ControlError, Disconnect};
+
+struct Slot {
+    events: mpsc::UnboundedSender<ExecEvent>,
+    stdin: Option<Arc<Semaphore>>,
+    window: u32,
+    /// Output bytes received per stream and not yet returned as credit.
+    unacked: [u32; 2],
+}
+
+#[derive(Default)]
+struct State {
+    execs: HashMap<u32, Slot>,
+    next_id: u32,
+    disconnect: Option<Disconnect>,
+    ready: Option<oneshot::Sender<Result<u32, Disconnect>>>,
+}
+
+/// State shared by the client, its tasks and every exec handle.
+pub(crate) struct Shared {
+    out: mpsc::UnboundedSender<Vec<u8>>,
+    state: Mutex<State>,
+}
+
+impl Shared {
+    pub(crate) fn send(&self, msg: &HostMsg) -> Result<(), ControlError> {
+        if let Some(d) = self.disconnect() {
+            return Err(d.into());
+        }
+        self.out.send(encode(msg)).map_err(|_| {
+            ControlError::Disconnected(self.disconnect().unwrap_or(Disconnect {
+                code: "connection_closed",
+                message: "the connection to the guest closed".into(),
+            }))
+        })
+    }
+
+    pub(crate) fn disconnect(&self) -> Option<Disconnect> {
+        self.state.lock().unwrap().disconnect.clone()
+    }
+
+    pub(crate) fn grant(&self, id: u32, stdout: u32, stderr: u32) {
+        {
+            let mut st = self.state.lock().unwrap();
+            let Some(slot) = st.execs.get_mut(&id) else { return };
+            slot.unacked[0] = slot.unacked[0].saturating_sub(stdout);
+            slot.unacked[1] = slot.unacked[1].saturating_sub(stderr);
+        }
+        let _ = self.send(&HostMsg::Window { id, stdout, stderr });
+    }
+
+    pub(crate) fn forget(&self, id: u32) {
+        self.state.lock().unwrap().execs.remove(&id);
+    }
+
+    /// Fail everything pending; the first reason wins.
+    fn fail(&self, d: Disconnect) {
+        let mut st = self.state.lock().unwrap();
+        if st.disconnect.is_none() {
+            st.disconnect = Some(d.clone());
+        }
+        let d = st.disconnect.clone().unwrap();
+        for (_, slot) in st.execs.drain() {
+            let _ = slot.events.send(disconnected(&d));
+            if let Some(s) = slot.stdin {
+                s.close();
+            }
+        }
+        if let Some(tx) = st.ready.take() {
+            let _ = tx.send(Err(d));
+        }
+    }
+
+    fn route(&self, msg: GuestMsg) -> Result<(), Disconnect> {
+        let violation = |m: String| Disconnect { code: "protocol_error", message: m };
+        let mut st = self.state.lock().unwrap();
+        match msg {
+            GuestMsg::Ready { version } => {
+                if let Some(tx) = st.ready.take() {
+                    let _ = tx.send(Ok(version));
+                }
+            }
+            GuestMsg::Output { id, stream, data } => {
+                let Some(slot) = st.execs.get_mut(&id) else { return Ok(()) };
+                let i = stream as usize;
+                let total = slot.unacked[i].saturating_add(data.len() as u32);
+                if total > slot.window {
+                    return Err(violation(format!(
+                        "guest sent {total} bytes of output for exec {id} with only {} bytes of credit",
+                        slot.window
+                    )));
+                }
+                slot.unacked[i] = total;
+                let _ = slot.events.send(ExecEvent::Output { stream, data });
+            }
+            GuestMsg::Exit { id, exit_code, signal } => {
+                if let Some(slot) = st.execs.remove(&id) {
+                    let _ = slot.events.send(ExecEvent::Exit { exit_code, signal });
+                }
+            }
+            GuestMsg::StdinWindow { id, bytes } => {
+                if let Some(sem) = st.execs.get(&id).and_then(|s| s.stdin.as_ref()) {
+                    // Bound what a guest can make us account for.
+                    let room = (gondolin_wire::MAX_WINDOW as usize).saturating_sub(sem.available_permits());
+                    sem.add_permits((bytes as usize).min(room));
+                }
+            }
+            GuestMsg::Error { id, code, message } => {
+                // Backpressure notices are advisory; everything else tied to
+                // an exec ends it.
+                if id != 0 && code != "stdin_backpressure" {
+                    if let Some(slot) = st.execs.remove(&id) {
+                        let _ = slot.events.send(ExecEvent::Failed { code, message });
+                    }
+                } else {
+                    tracing::debug!(target: "gondolin::exec", id, %code, %message, "guest error");
+                }
+            }
+            GuestMsg::Pong { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+/// Signals from a new connection; see [`ControlClient::new`].
+#[derive(Debug)]
+pub struct Connection {
+    pub ready: oneshot::Receiver<Result<u32, Disconnect>>,
+    pub closed: oneshot::Receiver<Disconnect>,
+}
+
+/// Client side of the control port.
+#[derive(Clone)]
+pub struct ControlClient {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ControlClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlClient").finish_non_exhaustive()
+    }
+}
+
+impl ControlClient {
+    /// Take over a connected stream. `Connection::ready` resolves when the
+    /// guest announces itself; `Connection::closed` gets the reason the
+    /// reader stopped — whoever holds it decides when to [`fail`](Self::fail)
+    /// (a VM waits briefly for QEMU's exit status to give a better reason).
+    /// If it is dropped, the client fails on its own.
+    pub fn new<S>(stream: S) -> (Self, Connection)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (closed_tx, closed_rx) = oneshot::channel();
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            out: out_tx,
+            state: Mutex::new(State { next_id: 1, ready: Some(ready_tx), ..Default::default() }),
+        });
+        let (r, w) = tokio::io::split(stream);
+        tokio::spawn(write_loop(w, out_rx, shared.clone()));
+        tokio::spawn(read_loop(r, shared.clone(), closed_tx));
+        (ControlClient { shared }, Connection { ready: ready_rx, closed: closed_rx })
+    }
+
+    /// Check the version announced in `Ready`.
+    pub fn check_version(version: u32) -> Result<(), (u32, u32)> {
+        if version == PROTOCOL_VERSION {
+            Ok(())
+        } else {
+            Err((version, PROTOCOL_VERSION))
+        }
+    }
+
+    /// Start a process. Returns at once; output arrives through the handle.
+    pub fn exec(&self, req: &ExecRequest) -> Result<ExecHandle, ControlError> {
+        let exec = req.to_wire();
+        exec.validate().map_err(|e| ControlError::InvalidRequest(e.to_string()))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stdin = exec.stdin.then(|| Arc::new(Semaphore::new(0)));
+        let id = {
+            let mut st = self.shared.state.lock().unwrap();
+            if let Some(d) = &st.disconnect {
+                return Err(d.clone().into());
+            }
+            let id = alloc_id(&mut st)?;
+            st.execs.insert(
+                id,
+                Slot {
+                    events: tx,
+                    stdin: stdin.clone(),
+                    window: exec.stdout_window.max(exec.stderr_window),
+                    unacked: [0, 0],
+                },
+            );
+            id
+        };
+        let ctl = ExecControl { id, shared: self.shared.clone(), stdin, done: Default::default() };
+        let handle = ExecHandle { ctl, events: rx };
+        self.shared.send(&HostMsg::Exec { id, exec })?;
+        Ok(handle)
+    }
+
+    /// Fail every pending and future exec with `d` (first reason wins).
+    pub fn fail(&self, d: Disconnect) {
+        self.shared.fail(d);
+    }
+
+    pub fn disconnect(&self) -> Option<Disconnect> {
+        self.shared.disconnect()
+    }
+
+    /// Number of execs currently tracked (for tests and diagnostics).
+    pub fn in_flight(&self) -> usize {
+        self.shared.state.lock().unwrap().execs.len()
+    }
+}
+
+fn alloc_id(st: &mut State) -> Result<u32, ControlError> {
+    for _ in 0..1024 {
+        let id = st.next_id;
+        st.next_id = st.next_id.wrapping_add(1).max(1);
+        if !st.execs.contains_key(&id) {
+            return Ok(id);
+        }
+    }
+    Err(ControlError::NoIds)
+}
+
+async fn write_loop<W: AsyncWrite>(
+    w: W,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    shared: Arc<Shared>,
+) {
+    tokio::pin!(w);
+    let mut buf = Vec::with_capacity(64 * 1024);
+    while let Some(frame) = rx.recv().await {
+        buf.clear();
+        buf.extend_from_slice(&frame);
+        // Coalesce whatever else is queued into one write.
+        while buf.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(f) => buf.extend_from_slice(&f),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = w.write_all(&buf).await {
+            shared.fail(Disconnect {
+                code: "connection_closed",
+                message: format!("writing to the guest failed: {e}"),
+            });
+            return;
+        }
+    }
+}
+
+async fn read_loop<R: AsyncRead>(r: R, shared: Arc<Shared>, closed: oneshot::Sender<Disconnect>) {
+    tokio::pin!(r);
+    let mut dec = FrameDecoder::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let reason = loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) => {
+                break Disconnect {
+                    code: "connection_closed",
+                    message: "the guest closed the control connection".into(),
+                }
+            }
+            Ok(n) => n,
+            Err(e) => {
+                break Disconnect {
+                    code: "connection_closed",
+                    message: format!("reading from the guest failed: {e}"),
+                }
+            }
+        };
+        dec.push(&buf[..n]);
+        let mut err = None;
+        loop {
+            let msg = match dec.next::<GuestMsg>() {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    err = Some(format!("guest sent a bad frame: {e}"));
+                    break;
+                }
+            };
+            if let Err(e) = msg.validate() {
+                err = Some(format!("guest sent a bad message: {e}"));
+                break;
+            }
+            if let Err(d) = shared.route(msg) {
+                err = Some(d.message);
+                break;
+            }
+        }
+        if let Some(message) = err {
+            break Disconnect { code: "protocol_error", message };
+        }
+    };
+    if let Err(reason) = closed.send(reason) {
+        shared.fail(reason);
+    }
+}
+
+#[cfg(test)]
+mod tests;

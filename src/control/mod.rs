@@ -1,0 +1,51 @@
+//! The host end of the control port: exec sessions multiplexed over one
+//! virtio-serial connection to the guest's `sandboxd`.
+//!
+//! [`ControlClient`] owns the connection: a reader task routes guest
+//! messages to per-exec queues, a writer task sends frames. Output is
+//! credit-based: the guest may have at most `window` unacknowledged bytes per
+//! stream, and credit is returned only when the consumer takes the data from
+//! [`ExecHandle::next_batch`] — so a slow consumer stops the guest process
+//! and host memory stays bounded by the window.
+
+mod client;
+mod exec;
+
+pub use client::{Connection, ControlClient};
+pub use exec::{ExecControl, ExecEvent, ExecHandle, ExecRequest};
+pub use gondolin_wire::Stream;
+
+/// Why the connection to the guest is gone; carried to every pending exec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Disconnect {
+    /// Stable code: `vm_closed`, `vm_exited`, `protocol_error`, `connection_closed`.
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Disconnected(#[from] Disconnect),
+    #[error("invalid exec request: {0}")]
+    InvalidRequest(String),
+    #[error("stdin was not enabled for this exec")]
+    StdinDisabled,
+    #[error("the process has already exited")]
+    Exited,
+    #[error("too many execs in flight")]
+    NoIds,
+}
+
+impl ControlError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ControlError::Disconnected(d) => d.code,
+            ControlError::InvalidRequest(_) => "invalid_request",
+            ControlError::StdinDisabled => "stdin_disabled",
+            ControlError::Exited => "exec_exited",
+            ControlError::NoIds => "queue_full",
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Gondolin host core: launches QEMU micro-VMs, speaks the control protocol
+//! to the guest, and builds guest images. `napi/` is the only part that knows
+//! about Node; everything else is plain Rust, tested with `cargo test`.
+
+pub mod control;
+pub mod vm;
+mod napi;

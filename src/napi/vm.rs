@@ -1,0 +1,141 @@
+//! `NativeVm`: a booted VM handle. The JS `VM` class owns lifecycle policy
+//! (lazy start, singleflight, sessions); this class only boots, execs, closes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+
+use super::error::IntoJs;
+use super::exec::NativeExec;
+use crate::control::ExecRequest;
+use crate::vm::{RootfsMode, Vm, VmConfig};
+
+#[napi(object)]
+pub struct NativeVmOptions {
+    pub kernel: String,
+    pub initrd: String,
+    pub rootfs: String,
+    pub cmdline: String,
+    pub rootfs_mode: Option<String>,
+    pub memory: Option<String>,
+    pub cpus: Option<u32>,
+    pub accel: Option<String>,
+    pub qemu_path: Option<String>,
+    pub machine: Option<String>,
+    pub cpu: Option<String>,
+    pub append: Option<String>,
+    /// Milliseconds; 0 or absent = no timeout.
+    pub start_timeout_ms: Option<f64>,
+    pub debug: Option<bool>,
+}
+
+#[napi(object)]
+pub struct NativeExecOptions {
+    pub argv: Vec<String>,
+    pub env: Option<Vec<String>>,
+    pub cwd: Option<String>,
+    pub stdin: Option<bool>,
+    pub pty_rows: Option<u32>,
+    pub pty_cols: Option<u32>,
+    pub window_bytes: Option<u32>,
+}
+
+#[napi(object)]
+pub struct NativeVmInfo {
+    pub accel: String,
+    pub boot_ms: f64,
+    pub qemu_pid: Option<u32>,
+    pub temp_dir: String,
+}
+
+#[napi]
+pub struct NativeVm {
+    vm: Arc<Vm>,
+}
+
+fn config(o: NativeVmOptions) -> napi::Result<VmConfig> {
+    let mode = RootfsMode::parse(o.rootfs_mode.as_deref().unwrap_or("cow")).js()?;
+    let timeout = o.start_timeout_ms.filter(|ms| ms.is_finite() && *ms > 0.0);
+    Ok(VmConfig {
+        kernel: PathBuf::from(o.kernel),
+        initrd: PathBuf::from(o.initrd),
+        rootfs: PathBuf::from(o.rootfs),
+        cmdline: o.cmdline,
+        rootfs_mode: mode,
+        memory: o.memory.unwrap_or_else(|| "1G".into()),
+        cpus: o.cpus.unwrap_or(2),
+        accel: o.accel,
+        qemu_path: o.qemu_path.map(PathBuf::from),
+        machine: o.machine,
+        cpu: o.cpu,
+        append: o.append,
+        start_timeout: timeout.map(|ms| Duration::from_millis(ms as u64)),
+        debug: o.debug.unwrap_or(false),
+    })
+}
+
+/// Boot a VM and resolve once the guest is ready.
+#[napi]
+pub async fn start_vm(options: NativeVmOptions) -> napi::Result<NativeVm> {
+    let cfg = config(options)?;
+    let vm = Vm::start(&cfg).await.js()?;
+    Ok(NativeVm { vm: Arc::new(vm) })
+}
+
+#[napi]
+impl NativeVm {
+    /// Start a process; returns at once.
+    #[napi]
+    pub fn exec(&self, o: NativeExecOptions) -> napi::Result<NativeExec> {
+        let pty = match (o.pty_rows, o.pty_cols) {
+            (Some(r), Some(c)) => Some((clamp16(r), clamp16(c))),
+            _ => None,
+        };
+        let req = ExecRequest {
+            argv: o.argv,
+            env: o.env.unwrap_or_default(),
+            cwd: o.cwd,
+            stdin: o.stdin.unwrap_or(false),
+            pty,
+            window: o.window_bytes.unwrap_or(0),
+        };
+        let handle = self.vm.control().exec(&req).js()?;
+        Ok(NativeExec::new(handle))
+    }
+
+    /// Stop QEMU and remove every temp file. Idempotent.
+    #[napi]
+    pub async fn close(&self) -> napi::Result<()> {
+        let vm = self.vm.clone();
+        vm.close().await;
+        Ok(())
+    }
+
+    #[napi]
+    pub fn info(&self) -> NativeVmInfo {
+        NativeVmInfo {
+            accel: self.vm.accel().qemu_arg(),
+            boot_ms: self.vm.boot_time().as_secs_f64() * 1000.0,
+            qemu_pid: self.vm.qemu_pid(),
+            temp_dir: self.vm.temp_dir().display().to_string(),
+        }
+    }
+
+    /// Why the VM is gone, if it is.
+    #[napi]
+    pub fn exit_reason(&self) -> Option<String> {
+        self.vm.exit_reason()
+    }
+
+    #[napi]
+    pub fn console_tail(&self) -> Vec<String> {
+        self.vm.console_tail()
+    }
+}
+
+fn clamp16(v: u32) -> u16 {
+    v.clamp(1, u16::MAX as u32) as u16
+}

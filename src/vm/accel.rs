@@ -1,0 +1,111 @@
+//! Accelerator choice. A usable `/dev/kvm` is not enough: some hosts expose
+//! a paravirtual KVM (PVM) on which a stock guest kernel hangs, so KVM is
+//! only chosen when a hardware KVM module is loaded.
+
+use std::path::Path;
+use std::sync::Once;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Hvf,
+    Tcg,
+    /// Explicitly requested by the user; passed through untouched.
+    Other(String),
+}
+
+impl Accel {
+    pub fn qemu_arg(&self) -> String {
+        match self {
+            Accel::Kvm => "kvm".into(),
+            Accel::Hvf => "hvf".into(),
+            Accel::Tcg => "tcg,thread=multi".into(),
+            Accel::Other(s) => s.clone(),
+        }
+    }
+
+    fn from_name(s: &str) -> Self {
+        match s {
+            "kvm" => Accel::Kvm,
+            "hvf" => Accel::Hvf,
+            "tcg" => Accel::Tcg,
+            other => Accel::Other(other.to_string()),
+        }
+    }
+}
+
+/// What the host offers, gathered from the filesystem (injectable for tests).
+#[derive(Debug, Default, Clone)]
+pub struct HostFacts {
+    pub macos: bool,
+    pub dev_kvm_rw: bool,
+    pub hw_kvm_module: bool,
+}
+
+impl HostFacts {
+    pub fn probe() -> Self {
+        let hw = ["kvm_intel", "kvm_amd"]
+            .iter()
+            .any(|m| Path::new("/sys/module").join(m).exists());
+        let rw = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+        HostFacts { macos: cfg!(target_os = "macos"), dev_kvm_rw: rw, hw_kvm_module: hw }
+    }
+}
+
+/// Pick the accelerator: explicit option, then `GONDOLIN_ACCEL`, then detection.
+pub fn detect(explicit: Option<&str>) -> Accel {
+    if let Some(a) = explicit.filter(|s| !s.is_empty()) {
+        return Accel::from_name(a);
+    }
+    if let Ok(a) = std::env::var("GONDOLIN_ACCEL") {
+        if !a.is_empty() {
+            return Accel::from_name(&a);
+        }
+    }
+    let facts = HostFacts::probe();
+    let accel = choose(&facts);
+    if accel == Accel::Tcg {
+        static WARN: Once = Once::new();
+        WARN.call_once(|| {
+            eprintln!(
+                "gondolin: hardware virtualization unavailable ({}); using TCG software emulation, \
+                 VMs will be slower. Set GONDOLIN_ACCEL=tcg to silence this warning.",
+                if facts.dev_kvm_rw { "no kvm_intel/kvm_amd module loaded" } else { "/dev/kvm not usable" }
+            );
+        });
+    }
+    accel
+}
+
+pub fn choose(f: &HostFacts) -> Accel {
+    if f.macos {
+        Accel::Hvf
+    } else if f.dev_kvm_rw && f.hw_kvm_module {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pvm_only_kvm_falls_back_to_tcg() {
+        let pvm = HostFacts { macos: false, dev_kvm_rw: true, hw_kvm_module: false };
+        assert_eq!(choose(&pvm), Accel::Tcg);
+        let hw = HostFacts { macos: false, dev_kvm_rw: true, hw_kvm_module: true };
+        assert_eq!(choose(&hw), Accel::Kvm);
+        let no_dev = HostFacts { macos: false, dev_kvm_rw: false, hw_kvm_module: true };
+        assert_eq!(choose(&no_dev), Accel::Tcg);
+        assert_eq!(choose(&HostFacts { macos: true, ..Default::default() }), Accel::Hvf);
+    }
+
+    #[test]
+    fn explicit_choice_wins() {
+        assert_eq!(detect(Some("tcg")), Accel::Tcg);
+        assert_eq!(detect(Some("kvm")).qemu_arg(), "kvm");
+        assert_eq!(Accel::Tcg.qemu_arg(), "tcg,thread=multi");
+    }
+}

@@ -1,0 +1,179 @@
+//! Launching and supervising one QEMU micro-VM.
+//!
+//! [`Vm::start`] resolves the accelerator, prepares the root disk, binds the
+//! host end of every virtio-serial port, spawns QEMU and waits until the
+//! guest's `sandboxd` says `Ready`. [`Vm::close`] stops QEMU and removes every
+//! socket and temp file; a QEMU that dies on its own fails every pending
+//! exec with the reason instead of leaving it hanging.
+
+mod accel;
+mod console;
+mod disk;
+mod machine;
+mod qemu;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use accel::{detect as detect_accel, Accel};
+pub use machine::Vm;
+pub use qemu::{qemu_argv, QemuPlan};
+
+/// How the guest may write its root disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootfsMode {
+    /// Base image attached read-only; guest writes fail with EROFS.
+    Readonly,
+    /// Writes kept in QEMU's memory (`snapshot=on`), gone on close.
+    Memory,
+    /// Writes go to a temp qcow2 overlay, deleted on close.
+    Cow,
+}
+
+impl RootfsMode {
+    pub fn parse(s: &str) -> Result<Self, VmError> {
+        match s {
+            "readonly" => Ok(Self::Readonly),
+            "memory" => Ok(Self::Memory),
+            "cow" => Ok(Self::Cow),
+            other => Err(VmError::InvalidOption(format!(
+                "unsupported rootfs mode: {other} (expected \"readonly\", \"memory\" or \"cow\")"
+            ))),
+        }
+    }
+}
+
+/// Everything needed to boot one VM. Built by the caller from user options.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub rootfs: PathBuf,
+    /// Base kernel command line from the image manifest.
+    pub cmdline: String,
+    pub rootfs_mode: RootfsMode,
+    /// QEMU size syntax, e.g. "1G" or "512M".
+    pub memory: String,
+    pub cpus: u32,
+    /// Explicit accelerator (`kvm`, `hvf`, `tcg`); `None` = detect.
+    pub accel: Option<String>,
+    pub qemu_path: Option<PathBuf>,
+    pub machine: Option<String>,
+    pub cpu: Option<String>,
+    /// Extra kernel command-line words appended after the base.
+    pub append: Option<String>,
+    /// `None` waits forever.
+    pub start_timeout: Option<Duration>,
+    /// Echo the guest console to stderr.
+    pub debug: bool,
+}
+
+impl VmConfig {
+    /// Check user-facing values, naming the option that is wrong.
+    pub fn validate(&self) -> Result<(), VmError> {
+        parse_memory_mib(&self.memory)?;
+        if self.cpus == 0 || self.cpus > 255 {
+            return Err(VmError::InvalidOption(format!(
+                "cpus must be between 1 and 255 (got {})",
+                self.cpus
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Parse QEMU's size syntax ("512M", "1G", "2048") into MiB.
+pub fn parse_memory_mib(s: &str) -> Result<u64, VmError> {
+    let bad = || {
+        VmError::InvalidOption(format!(
+            "memory must be a size like \"512M\" or \"2G\" (got {s:?})"
+        ))
+    };
+    let t = s.trim();
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let mul = match c.to_ascii_uppercase() {
+                'M' => 1,
+                'G' => 1024,
+                'T' => 1024 * 1024,
+                _ => return Err(bad()),
+            };
+            (&t[..i], mul)
+        }
+        Some(_) => (t, 1),
+        None => return Err(bad()),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mib = n.checked_mul(mul).ok_or_else(bad)?;
+    if !(64..=1024 * 1024).contains(&mib) {
+        return Err(VmError::InvalidOption(format!(
+            "memory must be between 64M and 1T (got {s:?})"
+        )));
+    }
+    Ok(mib)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("{0}")]
+    InvalidOption(String),
+    #[error("QEMU binary '{path}' not found. Install QEMU: sudo apt install qemu-system-x86 qemu-utils")]
+    QemuNotFound { path: String },
+    #[error("qemu-img not found (needed for rootfs mode \"cow\"). Install it: sudo apt install qemu-utils")]
+    QemuImgNotFound,
+    #[error("creating the copy-on-write overlay failed: {0}")]
+    Overlay(String),
+    #[error("guest asset missing: {0}")]
+    MissingAsset(PathBuf),
+    #[error("starting QEMU failed: {0}")]
+    Spawn(std::io::Error),
+    #[error("vm startup timed out after {0}ms while waiting for guest readiness")]
+    StartTimeout(u128),
+    #[error("the VM exited during startup: {0}")]
+    BootFailed(String),
+    #[error("guest protocol version {guest} does not match the host's {host}; rebuild the guest image (gondolin build)")]
+    ProtocolMismatch { guest: u32, host: u32 },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl VmError {
+    /// Stable machine-readable code, kept across releases.
+    pub fn code(&self) -> &'static str {
+        match self {
+            VmError::InvalidOption(_) => "invalid_option",
+            VmError::QemuNotFound { .. } => "qemu_not_found",
+            VmError::QemuImgNotFound => "qemu_img_not_found",
+            VmError::Overlay(_) => "overlay_failed",
+            VmError::MissingAsset(_) => "missing_asset",
+            VmError::Spawn(_) => "spawn_failed",
+            VmError::StartTimeout(_) => "vm_start_timeout",
+            VmError::BootFailed(_) => "vm_boot_failed",
+            VmError::ProtocolMismatch { .. } => "protocol_mismatch",
+            VmError::Io(_) => "io_error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory_mib("1G").unwrap(), 1024);
+        assert_eq!(parse_memory_mib("512M").unwrap(), 512);
+        assert_eq!(parse_memory_mib("2048").unwrap(), 2048);
+        assert_eq!(parse_memory_mib("2g").unwrap(), 2048);
+        for bad in ["", "G", "1X", "-1G", "1.5G", "32M", "99999999999999999999G"] {
+            let e = parse_memory_mib(bad).unwrap_err().to_string();
+            assert!(e.starts_with("memory must be"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn rootfs_modes() {
+        assert_eq!(RootfsMode::parse("cow").unwrap(), RootfsMode::Cow);
+        assert!(RootfsMode::parse("rw").unwrap_err().to_string().contains("unsupported rootfs mode: rw"));
+    }
+}

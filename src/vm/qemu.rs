@@ -1,0 +1,148 @@
+//! The QEMU command line, built as a pure function so it can be tested
+//! without QEMU.
+
+use std::path::PathBuf;
+
+use super::{Accel, RootfsMode};
+
+/// Every input of the command line, already resolved.
+#[derive(Debug, Clone)]
+pub struct QemuPlan {
+    pub accel: Accel,
+    pub machine: Option<String>,
+    pub cpu: Option<String>,
+    pub memory: String,
+    pub cpus: u32,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+    pub disk: PathBuf,
+    pub rootfs_mode: RootfsMode,
+    /// Unix sockets the host listens on, one per virtio-serial port name.
+    pub serial_ports: Vec<(String, PathBuf)>,
+    /// QEMU listens here for QMP.
+    pub qmp_socket: PathBuf,
+}
+
+fn p(path: &std::path::Path) -> String {
+    // QEMU option values use ',' as a separator; a literal comma is doubled.
+    path.to_string_lossy().replace(',', ",,")
+}
+
+pub fn qemu_argv(plan: &QemuPlan) -> Vec<String> {
+    let machine = plan.machine.clone().unwrap_or_else(|| "q35".to_string());
+    // microvm has no PCI bus: its virtio devices are the MMIO variants.
+    let bus = if machine.starts_with("microvm") { "device" } else { "pci" };
+    let cpu = plan.cpu.clone().unwrap_or_else(|| match plan.accel {
+        Accel::Kvm | Accel::Hvf => "host".into(),
+        _ => "max".into(),
+    });
+    let (format, extra) = match plan.rootfs_mode {
+        RootfsMode::Cow => ("qcow2", ""),
+        RootfsMode::Memory => ("raw", ",snapshot=on"),
+        RootfsMode::Readonly => ("raw", ",readonly=on"),
+    };
+    let ro = if plan.rootfs_mode == RootfsMode::Readonly { "ro" } else { "rw" };
+    let cmdline = format!("{} gondolin.rootfs={ro}", plan.cmdline.trim());
+
+    let mut a: Vec<String> = Vec::with_capacity(64);
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&["-nodefaults", "-no-reboot", "-nographic", "-no-user-config"]);
+    push(&["-machine", &machine, "-accel", &plan.accel.qemu_arg(), "-cpu", &cpu]);
+    push(&["-m", &plan.memory, "-smp", &plan.cpus.to_string()]);
+    push(&["-kernel", &p(&plan.kernel), "-initrd", &p(&plan.initrd), "-append", &cmdline]);
+    let drive = format!("file={},if=none,id=drive0,format={format},cache=unsafe{extra}", p(&plan.disk));
+    push(&["-drive", &drive, "-device", &format!("virtio-blk-{bus},drive=drive0")]);
+    // The guest console goes to QEMU's stdout, which the host reads; stdin is
+    // never a terminal so QEMU doesn't touch the user's tty.
+    push(&["-chardev", "stdio,id=console0,signal=off", "-serial", "chardev:console0"]);
+    push(&["-object", "rng-random,filename=/dev/urandom,id=rng0"]);
+    push(&["-device", &format!("virtio-rng-{bus},rng=rng0")]);
+    push(&["-device", &format!("virtio-serial-{bus},id=vser0")]);
+    for (i, (name, sock)) in plan.serial_ports.iter().enumerate() {
+        let id = format!("port{i}");
+        push(&["-chardev", &format!("socket,id={id},path={},server=off", p(sock))]);
+        push(&["-device", &format!("virtserialport,chardev={id},name={name},bus=vser0.0")]);
+    }
+    push(&["-qmp", &format!("unix:{},server=on,wait=off", p(&plan.qmp_socket))]);
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> QemuPlan {
+        QemuPlan {
+            accel: Accel::Tcg,
+            machine: None,
+            cpu: None,
+            memory: "1G".into(),
+            cpus: 2,
+            kernel: "/img/vmlinuz".into(),
+            initrd: "/img/initrd.img".into(),
+            cmdline: "console=ttyS0 quiet".into(),
+            disk: "/tmp/x/overlay.qcow2".into(),
+            rootfs_mode: RootfsMode::Cow,
+            serial_ports: vec![("gondolin.control".into(), "/tmp/x/control.sock".into())],
+            qmp_socket: "/tmp/x/qmp.sock".into(),
+        }
+    }
+
+    fn after<'a>(argv: &'a [String], flag: &str) -> Vec<&'a str> {
+        argv.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+    }
+
+    #[test]
+    fn tcg_uses_q35_max_and_multithreaded_tcg() {
+        let a = qemu_argv(&plan());
+        assert_eq!(after(&a, "-machine"), ["q35"]);
+        assert_eq!(after(&a, "-accel"), ["tcg,thread=multi"]);
+        assert_eq!(after(&a, "-cpu"), ["max"]);
+        assert_eq!(after(&a, "-m"), ["1G"]);
+        assert_eq!(after(&a, "-smp"), ["2"]);
+        assert!(a.contains(&"-nodefaults".to_string()));
+        assert_eq!(after(&a, "-append"), ["console=ttyS0 quiet gondolin.rootfs=rw"]);
+    }
+
+    #[test]
+    fn rootfs_modes_shape_the_drive() {
+        let mut pl = plan();
+        let drive = |pl: &QemuPlan| after(&qemu_argv(pl), "-drive")[0].to_string();
+        assert!(drive(&pl).contains("format=qcow2"));
+        pl.rootfs_mode = RootfsMode::Memory;
+        assert!(drive(&pl).ends_with("snapshot=on"));
+        assert!(drive(&pl).contains("format=raw"));
+        pl.rootfs_mode = RootfsMode::Readonly;
+        assert!(drive(&pl).ends_with("readonly=on"));
+        assert!(after(&qemu_argv(&pl), "-append")[0].ends_with("gondolin.rootfs=ro"));
+    }
+
+    #[test]
+    fn serial_ports_and_qmp() {
+        let a = qemu_argv(&plan());
+        let devs = after(&a, "-device");
+        assert!(devs.contains(&"virtio-serial-pci,id=vser0"));
+        assert!(devs.contains(&"virtserialport,chardev=port0,name=gondolin.control,bus=vser0.0"));
+        assert!(after(&a, "-chardev")
+            .contains(&"socket,id=port0,path=/tmp/x/control.sock,server=off"));
+        assert_eq!(after(&a, "-qmp"), ["unix:/tmp/x/qmp.sock,server=on,wait=off"]);
+    }
+
+    #[test]
+    fn kvm_and_microvm() {
+        let mut pl = plan();
+        pl.accel = Accel::Kvm;
+        pl.machine = Some("microvm".into());
+        let a = qemu_argv(&pl);
+        assert_eq!(after(&a, "-cpu"), ["host"]);
+        assert!(after(&a, "-device").contains(&"virtio-serial-device,id=vser0"));
+    }
+
+    #[test]
+    fn commas_in_paths_are_escaped() {
+        let mut pl = plan();
+        pl.disk = "/tmp/a,b/disk".into();
+        assert!(after(&qemu_argv(&pl), "-drive")[0].starts_with("file=/tmp/a,,b/disk,"));
+    }
+}

@@ -3,5 +3,6 @@
 //! about Node; everything else is plain Rust, tested with `cargo test`.
 
 pub mod control;
+pub mod image;
 pub mod vm;
 mod napi;

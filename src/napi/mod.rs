@@ -4,6 +4,7 @@
 
 mod error;
 mod exec;
+mod image;
 
 mod vm;
 

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use super::error::IntoJs;

@@ -1,0 +1,118 @@
+//! The image definition file (images/debian-base.json).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::ImageError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Definition {
+    /// Debian release codename, e.g. "bookworm".
+    pub release: String,
+    pub mirror: String,
+    /// Meta package naming the kernel flavour, e.g. "linux-image-cloud-amd64".
+    pub kernel_package: String,
+    /// Kernel modules to put in the initramfs and load at boot (with their
+    /// dependencies), by module name.
+    pub modules: Vec<String>,
+    /// Packages added to debootstrap's minbase.
+    pub packages: Vec<String>,
+    /// Free space left in rootfs.ext4, MiB.
+    #[serde(default = "default_extra")]
+    #[serde(rename = "rootfsExtraMiB")]
+    pub rootfs_extra_mib: u64,
+    #[serde(default)]
+    pub runtime_defaults: RuntimeDefaults,
+    /// The file's bytes, hashed into the build ids.
+    #[serde(skip)]
+    pub raw: Vec<u8>,
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuntimeDefaults {
+    pub rootfs_mode: Option<String>,
+}
+
+fn default_extra() -> u64 {
+    512
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "+-._:".contains(c))
+        && !s.starts_with('-')
+}
+
+impl Definition {
+    pub fn load(path: &Path) -> Result<Definition, ImageError> {
+        let raw = std::fs::read(path).map_err(|e| ImageError::Definition {
+            path: path.to_path_buf(),
+            message: format!("cannot read it: {e}"),
+        })?;
+        Self::parse(&raw, path)
+    }
+
+    pub fn parse(raw: &[u8], path: &Path) -> Result<Definition, ImageError> {
+        let bad = |message: String| ImageError::Definition { path: path.to_path_buf(), message };
+        let mut d: Definition = serde_json::from_slice(raw).map_err(|e| bad(e.to_string()))?;
+        if !valid_name(&d.release) {
+            return Err(bad(format!("release: invalid codename {:?}", d.release)));
+        }
+        if !(d.mirror.starts_with("http://") || d.mirror.starts_with("https://")) {
+            return Err(bad(format!("mirror: must be an http(s) URL (got {:?})", d.mirror)));
+        }
+        if !valid_name(&d.kernel_package) {
+            return Err(bad(format!("kernelPackage: invalid package name {:?}", d.kernel_package)));
+        }
+        if let Some(p) = d.packages.iter().find(|p| !valid_name(p)) {
+            return Err(bad(format!("packages: invalid package name {p:?}")));
+        }
+        if let Some(m) = d.modules.iter().find(|m| !valid_name(m)) {
+            return Err(bad(format!("modules: invalid module name {m:?}")));
+        }
+        if let Some(mode) = &d.runtime_defaults.rootfs_mode {
+            if !["readonly", "memory", "cow"].contains(&mode.as_str()) {
+                return Err(bad(format!("runtimeDefaults.rootfsMode: unsupported mode {mode:?}")));
+            }
+        }
+        d.raw = raw.to_vec();
+        d.path = path.to_path_buf();
+        Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"release":"bookworm","mirror":"http://deb.debian.org/debian",
+        "kernelPackage":"linux-image-cloud-amd64","modules":["virtio_pci"],"packages":["bash"]}"#;
+
+    #[test]
+    fn parses_and_defaults() {
+        let d = Definition::parse(GOOD.as_bytes(), Path::new("x.json")).unwrap();
+        assert_eq!(d.rootfs_extra_mib, 512);
+        assert_eq!(d.packages, ["bash"]);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (GOOD.replace("bookworm", "book worm"), "release"),
+            (GOOD.replace("http://deb", "ftp://deb"), "mirror"),
+            (GOOD.replace("\"bash\"", "\"--evil\""), "packages"),
+            (GOOD.replace("\"virtio_pci\"", "\"a/b\""), "modules"),
+            (GOOD.replace("\"release\"", "\"relase\""), "relase"),
+        ];
+        for (json, field) in cases {
+            let e = Definition::parse(json.as_bytes(), Path::new("x.json")).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+            assert!(e.starts_with("image definition x.json:"), "{e}");
+        }
+    }
+}

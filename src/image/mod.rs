@@ -1,0 +1,146 @@
+//! Guest images built from Debian packages.
+//!
+//! An image directory holds `manifest.json`, `vmlinuz`, `initrd.img` and
+//! `rootfs.ext4`. Building has two cached stages so that changing our guest
+//! binaries never re-runs debootstrap:
+//!
+//! 1. **base** (`<cache>/base/<hash of the definition>/`): debootstrap
+//!    rootfs as `rootfs.ext4`, the Debian cloud kernel, the kernel modules
+//!    the guest needs. Slow (minutes), done once per definition.
+//! 2. **image** (`<cache>/images/<buildId>/`): an initramfs holding our
+//!    static `init` and `sandboxd` plus the modules; kernel and rootfs are
+//!    hard-linked from the base. Fast (about a second).
+//!
+//! `buildId` is derived from the build inputs (definition bytes, guest
+//! binaries, builder version), so the image for the current binaries can be
+//! found without building. Both stages are written to a temp dir and renamed
+//! into place, under a lock, so a crash never leaves a half image.
+
+mod base;
+mod definition;
+mod initrd;
+mod store;
+mod tools;
+
+use std::path::{Path, PathBuf};
+
+pub use definition::Definition;
+pub use store::cache_root;
+
+/// Kernel command line every image boots with. `quiet` matters under TCG:
+/// every console byte is an emulated UART write.
+pub const BASE_CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 \
+    8250.nr_uarts=1 i8042.noaux i8042.nokbd i8042.nopnp tsc=reliable no_timer_check \
+    cryptomgr.notests random.trust_cpu=on rootfstype=ext4";
+
+/// A resolved image.
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    pub dir: PathBuf,
+    pub build_id: String,
+    pub arch: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub rootfs: PathBuf,
+    pub cmdline: String,
+    pub default_rootfs_mode: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Image definition JSON (e.g. images/debian-base.json).
+    pub definition: PathBuf,
+    /// Directory holding the static guest binaries `init` and `sandboxd`.
+    pub guest_bin_dir: PathBuf,
+    /// Cache root; default [`cache_root`].
+    pub cache_root: Option<PathBuf>,
+    /// Also copy the finished image here.
+    pub output: Option<PathBuf>,
+    /// Stream debootstrap's output through the progress callback.
+    pub verbose: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{tool} not found: install it with `sudo apt install {package}`")]
+    MissingTool { tool: &'static str, package: &'static str },
+    #[error("building the guest image needs root (debootstrap creates device nodes and chroots); run `sudo gondolin build` once")]
+    NotRoot,
+    #[error("image definition {path}: {message}")]
+    Definition { path: PathBuf, message: String },
+    #[error("guest binary {0} not found; build the guest binaries first (`make guest`)")]
+    MissingGuestBinary(PathBuf),
+    #[error("invalid image in {dir}: {message}")]
+    InvalidImage { dir: PathBuf, message: String },
+    #[error("{step} failed: {message}")]
+    Step { step: String, message: String },
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+impl ImageError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ImageError::MissingTool { .. } => "missing_tool",
+            ImageError::NotRoot => "needs_root",
+            ImageError::Definition { .. } => "invalid_definition",
+            ImageError::MissingGuestBinary(_) => "missing_guest_binary",
+            ImageError::InvalidImage { .. } => "invalid_image",
+            ImageError::Step { .. } => "build_failed",
+            ImageError::Io { .. } => "io_error",
+        }
+    }
+}
+
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
+    let context = context.into();
+    move |source| ImageError::Io { context, source }
+}
+
+/// Read and validate the image in `dir`.
+pub fn load_image(dir: &Path) -> Result<ImageInfo, ImageError> {
+    store::load(dir)
+}
+
+/// The buildId the current inputs produce.
+pub fn expected_build_id(opts: &BuildOptions) -> Result<String, ImageError> {
+    let def = Definition::load(&opts.definition)?;
+    store::build_id(&def, &opts.guest_bin_dir)
+}
+
+/// The image for the current inputs, if it is already in the store.
+pub fn find_built(opts: &BuildOptions) -> Result<Option<ImageInfo>, ImageError> {
+    let id = expected_build_id(opts)?;
+    let dir = store::images_dir(opts.cache_root.as_deref()).join(&id);
+    if dir.join("manifest.json").exists() {
+        store::load(&dir).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Build (or reuse) the image for the current inputs.
+pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<ImageInfo, ImageError> {
+    let def = Definition::load(&opts.definition)?;
+    let id = store::build_id(&def, &opts.guest_bin_dir)?;
+    let root = opts.cache_root.clone().unwrap_or_else(cache_root);
+    let images = store::images_dir(Some(&root));
+    let dir = images.join(&id);
+    let info = if dir.join("manifest.json").exists() {
+        progress(&format!("image {id} is already built"));
+        store::load(&dir)?
+    } else {
+        let _lock = store::lock(&root)?;
+        if dir.join("manifest.json").exists() {
+            store::load(&dir)?
+        } else {
+            let base = base::ensure(&def, &root, opts.verbose, progress)?;
+            progress("writing the initramfs with init, sandboxd and kernel modules");
+            store::assemble(&def, &base, &opts.guest_bin_dir, &id, &images)?
+        }
+    };
+    if let Some(out) = &opts.output {
+        store::copy_to(&info, out)?;
+    }
+    Ok(info)
+}

@@ -1,0 +1,295 @@
+//! The image store: cache paths, build ids, manifests, assembly.
+
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::base::Base;
+use super::initrd::Cpio;
+use super::{io_err, Definition, ImageError, ImageInfo, BASE_CMDLINE};
+
+/// Bump when the image layout or the initramfs recipe changes.
+const IMAGE_FORMAT: &str = "gondolin-image-v1";
+
+/// `$XDG_CACHE_HOME/gondolin`, else `~/.cache/gondolin`.
+pub fn cache_root() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("gondolin");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".cache").join("gondolin")
+}
+
+/// `$GONDOLIN_IMAGE_STORE`, else `<cache root>/images`.
+pub fn images_dir(root: Option<&Path>) -> PathBuf {
+    if let Some(x) = std::env::var_os("GONDOLIN_IMAGE_STORE").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x);
+    }
+    root.map(Path::to_path_buf).unwrap_or_else(cache_root).join("images")
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub build_id: String,
+    pub arch: String,
+    pub created_at: String,
+    pub kernel_version: String,
+    pub cmdline: String,
+    pub assets: Assets,
+    #[serde(default)]
+    pub debian: Option<DebianInfo>,
+    #[serde(default)]
+    pub runtime_defaults: Option<RuntimeDefaults>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Assets {
+    pub kernel: String,
+    pub initrd: String,
+    pub rootfs: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DebianInfo {
+    pub release: String,
+    pub kernel_package: String,
+    pub packages: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeDefaults {
+    pub rootfs_mode: Option<String>,
+}
+
+fn guest_binary(dir: &Path, name: &str) -> Result<Vec<u8>, ImageError> {
+    let p = dir.join(name);
+    fs::read(&p).map_err(|_| ImageError::MissingGuestBinary(p))
+}
+
+pub fn build_id(def: &Definition, bin_dir: &Path) -> Result<String, ImageError> {
+    let mut h = Sha256::new();
+    h.update(IMAGE_FORMAT);
+    for part in [&def.raw[..], BASE_CMDLINE.as_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    for name in ["init", "sandboxd"] {
+        let bytes = guest_binary(bin_dir, name)?;
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(&bytes);
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(hex[..32].to_string())
+}
+
+/// Exclusive lock on the cache root for the duration of a build.
+pub fn lock(root: &Path) -> Result<nix::fcntl::Flock<fs::File>, ImageError> {
+    fs::create_dir_all(root).map_err(io_err(format!("creating {}", root.display())))?;
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(root.join(".build.lock"))
+        .map_err(io_err("opening the build lock"))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| ImageError::Io { context: "locking the image cache".into(), source: e.into() })
+}
+
+fn link_or_copy(src: &Path, dst: &Path) -> Result<(), ImageError> {
+    if fs::hard_link(src, dst).is_ok() {
+        return Ok(());
+    }
+    fs::copy(src, dst).map(|_| ()).map_err(io_err(format!("copying {}", src.display())))
+}
+
+/// The initramfs: init, sandboxd, modules, and the few nodes the kernel
+/// needs before devtmpfs is mounted.
+pub fn initramfs(bin_dir: &Path, modules: &Path) -> Result<Vec<u8>, ImageError> {
+    let mut c = Cpio::new();
+    for d in ["dev", "proc", "sys", "newroot", "bin", "lib", "lib/modules"] {
+        c.dir(d);
+    }
+    c.char_dev("dev/console", 0o600, 5, 1);
+    c.file("init", 0o755, &guest_binary(bin_dir, "init")?);
+    c.file("bin/sandboxd", 0o755, &guest_binary(bin_dir, "sandboxd")?);
+    let mut names: Vec<String> = fs::read_dir(modules)
+        .map_err(io_err("listing the base modules"))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    for n in names {
+        let data = fs::read(modules.join(&n)).map_err(io_err(format!("reading module {n}")))?;
+        c.file(&format!("lib/modules/{n}"), 0o644, &data);
+    }
+    Ok(c.finish())
+}
+
+pub fn assemble(
+    def: &Definition,
+    base: &Base,
+    bin_dir: &Path,
+    id: &str,
+    images: &Path,
+) -> Result<ImageInfo, ImageError> {
+    let tmp = images.join(format!(".tmp-{id}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
+    let result = (|| {
+        fs::write(tmp.join("initrd.img"), initramfs(bin_dir, &base.modules())?)
+            .map_err(io_err("writing initrd.img"))?;
+        link_or_copy(&base.kernel(), &tmp.join("vmlinuz"))?;
+        link_or_copy(&base.rootfs(), &tmp.join("rootfs.ext4"))?;
+        let manifest = Manifest {
+            build_id: id.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+            created_at: iso8601_now(),
+            kernel_version: base.kernel_version.clone(),
+            cmdline: BASE_CMDLINE.split_whitespace().collect::<Vec<_>>().join(" "),
+            assets: Assets { kernel: "vmlinuz".into(), initrd: "initrd.img".into(), rootfs: "rootfs.ext4".into() },
+            debian: Some(DebianInfo {
+                release: def.release.clone(),
+                kernel_package: def.kernel_package.clone(),
+                packages: def.packages.clone(),
+            }),
+            runtime_defaults: Some(RuntimeDefaults { rootfs_mode: def.runtime_defaults.rootfs_mode.clone() }),
+        };
+        let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes") + "\n";
+        fs::write(tmp.join("manifest.json"), json).map_err(io_err("writing manifest.json"))
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let dir = images.join(id);
+    fs::rename(&tmp, &dir).map_err(io_err(format!("moving the image into {}", dir.display())))?;
+    load(&dir)
+}
+
+fn asset(dir: &Path, rel: &str, what: &str) -> Result<PathBuf, ImageError> {
+    let bad = |m: String| ImageError::InvalidImage { dir: dir.to_path_buf(), message: m };
+    let p = Path::new(rel);
+    if rel.is_empty() || p.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(bad(format!("assets.{what} must be a plain relative path (got {rel:?})")));
+    }
+    let full = dir.join(p);
+    let real = full.canonicalize().map_err(|_| bad(format!("assets.{what}: {} is missing", full.display())))?;
+    let real_dir = dir.canonicalize().map_err(|e| bad(e.to_string()))?;
+    if !real.starts_with(&real_dir) {
+        return Err(bad(format!("assets.{what} resolves outside the image directory")));
+    }
+    Ok(full)
+}
+
+pub fn load(dir: &Path) -> Result<ImageInfo, ImageError> {
+    let bad = |m: String| ImageError::InvalidImage { dir: dir.to_path_buf(), message: m };
+    let text = fs::read_to_string(dir.join("manifest.json"))
+        .map_err(|e| bad(format!("cannot read manifest.json: {e}")))?;
+    let m: Manifest = serde_json::from_str(&text).map_err(|e| bad(format!("manifest.json: {e}")))?;
+    if m.build_id.is_empty() || !m.build_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(bad(format!("manifest.json: invalid buildId {:?}", m.build_id)));
+    }
+    Ok(ImageInfo {
+        dir: dir.to_path_buf(),
+        kernel: asset(dir, &m.assets.kernel, "kernel")?,
+        initrd: asset(dir, &m.assets.initrd, "initrd")?,
+        rootfs: asset(dir, &m.assets.rootfs, "rootfs")?,
+        build_id: m.build_id,
+        arch: m.arch,
+        cmdline: m.cmdline,
+        default_rootfs_mode: m.runtime_defaults.and_then(|r| r.rootfs_mode),
+    })
+}
+
+/// Copy a finished image to `out` (for `gondolin build --output`).
+pub fn copy_to(info: &ImageInfo, out: &Path) -> Result<(), ImageError> {
+    fs::create_dir_all(out).map_err(io_err(format!("creating {}", out.display())))?;
+    for f in ["manifest.json", "vmlinuz", "initrd.img", "rootfs.ext4"] {
+        fs::copy(info.dir.join(f), out.join(f)).map_err(io_err(format!("copying {f}")))?;
+    }
+    Ok(())
+}
+
+/// UTC now as `YYYY-MM-DDTHH:MM:SSZ`.
+fn iso8601_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(raw: &str) -> Definition {
+        Definition::parse(raw.as_bytes(), Path::new("d.json")).unwrap()
+    }
+    const D: &str = r#"{"release":"bookworm","mirror":"http://x/debian","kernelPackage":"k","modules":[],"packages":["bash"]}"#;
+
+    #[test]
+    fn build_id_is_stable_and_sensitive() {
+        let t = std::env::temp_dir().join(format!("gondolin-img-test-{}", std::process::id()));
+        fs::create_dir_all(&t).unwrap();
+        fs::write(t.join("init"), b"init-v1").unwrap();
+        fs::write(t.join("sandboxd"), b"sd-v1").unwrap();
+        let a = build_id(&def(D), &t).unwrap();
+        assert_eq!(a, build_id(&def(D), &t).unwrap());
+        assert_eq!(a.len(), 32);
+        fs::write(t.join("sandboxd"), b"sd-v2").unwrap();
+        let b = build_id(&def(D), &t).unwrap();
+        assert_ne!(a, b);
+        assert_ne!(b, build_id(&def(&D.replace("bash", "zsh")), &t).unwrap());
+        fs::remove_file(t.join("init")).unwrap();
+        assert!(matches!(build_id(&def(D), &t), Err(ImageError::MissingGuestBinary(_))));
+        fs::remove_dir_all(&t).unwrap();
+    }
+
+    #[test]
+    fn manifest_asset_paths_must_stay_inside() {
+        let t = std::env::temp_dir().join(format!("gondolin-img-m-{}", std::process::id()));
+        fs::create_dir_all(&t).unwrap();
+        for f in ["vmlinuz", "initrd.img", "rootfs.ext4"] {
+            fs::write(t.join(f), b"x").unwrap();
+        }
+        let manifest = |k: &str| {
+            format!(r#"{{"buildId":"abc","arch":"x86_64","createdAt":"","kernelVersion":"","cmdline":"c",
+                "assets":{{"kernel":"{k}","initrd":"initrd.img","rootfs":"rootfs.ext4"}}}}"#)
+        };
+        fs::write(t.join("manifest.json"), manifest("vmlinuz")).unwrap();
+        let info = load(&t).unwrap();
+        assert_eq!(info.kernel, t.join("vmlinuz"));
+        for evil in ["../etc/passwd", "/etc/passwd", "", "missing"] {
+            fs::write(t.join("manifest.json"), manifest(evil)).unwrap();
+            let e = load(&t).unwrap_err().to_string();
+            assert!(e.contains("assets.kernel"), "{evil}: {e}");
+        }
+        std::os::unix::fs::symlink("/etc/passwd", t.join("escape")).unwrap();
+        fs::write(t.join("manifest.json"), manifest("escape")).unwrap();
+        assert!(load(&t).unwrap_err().to_string().contains("outside"));
+        fs::remove_dir_all(&t).unwrap();
+    }
+
+    #[test]
+    fn iso_dates_look_right() {
+        let s = iso8601_now();
+        assert_eq!(s.len(), 20);
+        assert!(s.starts_with("20") && s.ends_with('Z'));
+    }
+}

@@ -1,0 +1,92 @@
+//! Guest image functions: load an image dir, find or build the default one.
+
+use std::path::PathBuf;
+
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+
+use super::error::js_error;
+use crate::image::{self, BuildOptions, ImageError, ImageInfo};
+
+#[napi(object)]
+pub struct NativeImage {
+    pub dir: String,
+    pub build_id: String,
+    pub arch: String,
+    pub kernel: String,
+    pub initrd: String,
+    pub rootfs: String,
+    pub cmdline: String,
+    pub default_rootfs_mode: Option<String>,
+}
+
+#[napi(object)]
+pub struct NativeBuildOptions {
+    pub definition: String,
+    pub guest_bin_dir: String,
+    pub output: Option<String>,
+    pub verbose: Option<bool>,
+}
+
+impl From<ImageInfo> for NativeImage {
+    fn from(i: ImageInfo) -> Self {
+        let s = |p: PathBuf| p.display().to_string();
+        NativeImage {
+            dir: s(i.dir),
+            build_id: i.build_id,
+            arch: i.arch,
+            kernel: s(i.kernel),
+            initrd: s(i.initrd),
+            rootfs: s(i.rootfs),
+            cmdline: i.cmdline,
+            default_rootfs_mode: i.default_rootfs_mode,
+        }
+    }
+}
+
+fn opts(o: NativeBuildOptions) -> BuildOptions {
+    BuildOptions {
+        definition: o.definition.into(),
+        guest_bin_dir: o.guest_bin_dir.into(),
+        cache_root: None,
+        output: o.output.map(PathBuf::from),
+        verbose: o.verbose.unwrap_or(false),
+    }
+}
+
+fn err(e: ImageError) -> napi::Error {
+    js_error(e.code(), e)
+}
+
+/// Read and validate the image in `dir`.
+#[napi]
+pub fn load_image(dir: String) -> napi::Result<NativeImage> {
+    image::load_image(std::path::Path::new(&dir)).map(Into::into).map_err(err)
+}
+
+/// The image for the current inputs if it is already built.
+#[napi]
+pub fn find_image(options: NativeBuildOptions) -> napi::Result<Option<NativeImage>> {
+    image::find_built(&opts(options)).map(|o| o.map(Into::into)).map_err(err)
+}
+
+/// Build (or reuse) the image; `progress` gets one line per stage.
+#[napi]
+pub async fn build_image(
+    options: NativeBuildOptions,
+    progress: Option<ThreadsafeFunction<String, (), String, napi::Status, false, true>>,
+) -> napi::Result<NativeImage> {
+    let o = opts(options);
+    let job = tokio::task::spawn_blocking(move || {
+        let mut report = |line: &str| {
+            if let Some(f) = &progress {
+                f.call(line.to_string(), ThreadsafeFunctionCallMode::NonBlocking);
+            }
+        };
+        image::build(&o, &mut report)
+    });
+    match job.await {
+        Ok(r) => r.map(Into::into).map_err(err),
+        Err(e) => Err(js_error("build_failed", format!("the image build crashed: {e}"))),
+    }
+}

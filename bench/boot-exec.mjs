@@ -11,6 +11,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { VM, ensureImage } from "@gondolin/native";
+import { native } from "../js/native.cjs";
 
 const arg = (name, dflt) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -33,13 +34,14 @@ const rssMiB = (pid) => {
   return m ? round(Number(m[1]) / 1024, 1) : null;
 };
 
-async function bareBoot(image) {
+/** Same kernel, devices and accelerator settings as a real VM; init powers off at once. */
+async function bareBoot(image, info) {
   const argv = [
     "-nodefaults", "-no-reboot", "-nographic", "-no-user-config",
-    "-machine", "q35", "-accel", process.env.GONDOLIN_ACCEL === "kvm" ? "kvm" : "tcg,thread=multi", "-cpu", "max",
+    "-machine", "q35", "-accel", info.accel, "-cpu", "max",
     "-m", "1G", "-smp", "2",
     "-kernel", image.kernel, "-initrd", image.initrd,
-    "-append", `${image.cmdline} gondolin.rootfs=ro gondolin.init=poweroff`,
+    "-append", `${image.cmdline} ${info.cmdlineExtra} gondolin.rootfs=ro gondolin.init=poweroff`,
     "-drive", `file=${image.rootfs},if=none,id=drive0,format=raw,readonly=on`,
     "-device", "virtio-blk-pci,drive=drive0",
     "-chardev", "stdio,id=console0,signal=off", "-serial", "chardev:console0",
@@ -63,12 +65,13 @@ async function bareBoot(image) {
 
 async function main() {
   const image = await ensureImage();
+  const info = native.detectAccel(null);
+  // Interleave the two measurements so machine drift hits both alike.
   const bare = [];
-  for (let i = 0; i < RUNS; i++) bare.push(await bareBoot(image));
-
   const create = [];
   let warm;
   for (let i = 0; i < RUNS; i++) {
+    bare.push(await bareBoot(image, info));
     const t0 = performance.now();
     const vm = await VM.create();
     const r = await vm.exec(["/bin/true"]);
@@ -85,8 +88,8 @@ async function main() {
     await warm.exec(["/bin/true"]);
     rt.push(performance.now() - t0);
   }
-  const info = warm.info;
-  const rss = { nodeMiB: rssMiB(process.pid), qemuMiB: rssMiB(info.qemuPid) };
+  const vmInfo = warm.info;
+  const rss = { nodeMiB: rssMiB(process.pid), qemuMiB: rssMiB(vmInfo.qemuPid) };
   await warm.close();
 
   const bareMs = median(bare);
@@ -94,7 +97,8 @@ async function main() {
   console.log(
     JSON.stringify(
       {
-        accel: info.accel,
+        accel: vmInfo.accel,
+        cmdlineExtra: info.cmdlineExtra,
         host: { cpus: os.cpus().length, kernel: os.release() },
         imageBuildId: image.buildId,
         bareBoot: { runs: bare.map((x) => round(x, 0)), medianMs: round(bareMs, 0) },

@@ -164,6 +164,7 @@ class ExecProcess {
     this._wake = null;
     this._paused = false;
     this._pendingStdin = [];
+    this._stdinChain = Promise.resolve();
     this._attached = false;
 
     this._result = new Promise((resolve, reject) => {
@@ -350,11 +351,10 @@ class ExecProcess {
 
   // --- internals -------------------------------------------------------
 
+  /** Queue a stdin operation; writes and end() reach the guest in call order. */
   _stdinOp(fn) {
     const run = (n) => {
-      Promise.resolve()
-        .then(() => fn(n))
-        .catch(() => {});
+      this._stdinChain = this._stdinChain.then(() => fn(n)).catch(() => {});
     };
     if (this._native) run(this._native);
     else this._pendingStdin.push(run);

@@ -50,6 +50,21 @@ pub struct NativeVmInfo {
     pub temp_dir: String,
 }
 
+#[napi(object)]
+pub struct NativeAccel {
+    /// The QEMU `-accel` value.
+    pub accel: String,
+    /// Kernel command-line words added for this accelerator.
+    pub cmdline_extra: String,
+}
+
+/// The accelerator a VM would use (explicit value, $GONDOLIN_ACCEL, detection).
+#[napi]
+pub fn detect_accel(explicit: Option<String>) -> NativeAccel {
+    let a = crate::vm::detect_accel(explicit.as_deref());
+    NativeAccel { accel: a.qemu_arg(), cmdline_extra: a.cmdline_extra().to_string() }
+}
+
 #[napi]
 pub struct NativeVm {
     vm: Arc<Vm>,

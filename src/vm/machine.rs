@@ -163,6 +163,11 @@ impl Vm {
                 return Err(VmError::BootFailed(describe_exit(st, &tail)));
             }
             r = &mut closed => {
+                // Usually QEMU itself is exiting: prefer its reason.
+                if let Ok(st) = tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return Err(VmError::BootFailed(describe_exit(st, &tail)));
+                }
                 let msg = r.map(|d| d.message).unwrap_or_default();
                 return Err(VmError::BootFailed(msg));
             }

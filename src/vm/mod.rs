@@ -15,7 +15,7 @@ mod qemu;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use accel::{detect as detect_accel, Accel};
+pub use accel::{detect as detect_accel, Accel, TCG_CMDLINE};
 pub use machine::Vm;
 pub use qemu::{qemu_argv, QemuPlan};
 

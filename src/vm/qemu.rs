@@ -43,7 +43,9 @@ pub fn qemu_argv(plan: &QemuPlan) -> Vec<String> {
         RootfsMode::Readonly => ("raw", ",readonly=on"),
     };
     let ro = if plan.rootfs_mode == RootfsMode::Readonly { "ro" } else { "rw" };
-    let cmdline = format!("{} gondolin.rootfs={ro}", plan.cmdline.trim());
+    let accel_words = plan.accel.cmdline_extra();
+    let cmdline =
+        format!("{} {accel_words} gondolin.rootfs={ro}", plan.cmdline.trim()).replace("  ", " ");
 
     let mut a: Vec<String> = Vec::with_capacity(64);
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
@@ -97,12 +99,15 @@ mod tests {
     fn tcg_uses_q35_max_and_multithreaded_tcg() {
         let a = qemu_argv(&plan());
         assert_eq!(after(&a, "-machine"), ["q35"]);
-        assert_eq!(after(&a, "-accel"), ["tcg,thread=multi"]);
+        assert_eq!(after(&a, "-accel"), ["tcg,thread=multi,tb-size=128"]);
         assert_eq!(after(&a, "-cpu"), ["max"]);
         assert_eq!(after(&a, "-m"), ["1G"]);
         assert_eq!(after(&a, "-smp"), ["2"]);
         assert!(a.contains(&"-nodefaults".to_string()));
-        assert_eq!(after(&a, "-append"), ["console=ttyS0 quiet gondolin.rootfs=rw"]);
+        assert_eq!(
+            after(&a, "-append"),
+            ["console=ttyS0 quiet norandmaps mitigations=off gondolin.rootfs=rw"]
+        );
     }
 
     #[test]
@@ -136,6 +141,7 @@ mod tests {
         pl.machine = Some("microvm".into());
         let a = qemu_argv(&pl);
         assert_eq!(after(&a, "-cpu"), ["host"]);
+        assert_eq!(after(&a, "-append"), ["console=ttyS0 quiet gondolin.rootfs=rw"], "ASLR stays on under KVM");
         assert!(after(&a, "-device").contains(&"virtio-serial-device,id=vser0"));
     }
 

@@ -109,13 +109,23 @@ impl Exec {
     /// ([`Exec::initial_stdin_window`]).
     pub fn new(id: u32, child: Child, req: &gondolin_wire::Exec) -> Exec {
         let pty = req.pty.is_some();
-        let stdin_credit = if child.stdin.is_some() { STDIN_WINDOW } else { 0 };
+        let stdin_credit = if child.stdin.is_some() {
+            STDIN_WINDOW
+        } else {
+            0
+        };
         Exec {
             id,
             pid: child.pid,
             status: None,
-            stdout: OutStream { fd: Some(child.stdout), credit: initial_credit(req.stdout_window) },
-            stderr: OutStream { fd: child.stderr, credit: initial_credit(req.stderr_window) },
+            stdout: OutStream {
+                fd: Some(child.stdout),
+                credit: initial_credit(req.stdout_window),
+            },
+            stderr: OutStream {
+                fd: child.stderr,
+                credit: initial_credit(req.stderr_window),
+            },
             stdin: Stdin {
                 fd: child.stdin,
                 pty,
@@ -130,7 +140,10 @@ impl Exec {
     }
 
     pub fn initial_stdin_window(&self) -> Option<GuestMsg> {
-        (self.stdin.credit > 0).then_some(GuestMsg::StdinWindow { id: self.id, bytes: self.stdin.credit })
+        (self.stdin.credit > 0).then_some(GuestMsg::StdinWindow {
+            id: self.id,
+            bytes: self.stdin.credit,
+        })
     }
 
     pub fn is_pty(&self) -> bool {
@@ -144,7 +157,11 @@ impl Exec {
 
     pub fn exit_msg(&self) -> GuestMsg {
         let (exit_code, signal) = self.status.unwrap_or((1, None));
-        GuestMsg::Exit { id: self.id, exit_code, signal }
+        GuestMsg::Exit {
+            id: self.id,
+            exit_code,
+            signal,
+        }
     }
 
     pub fn kill(&self, signal: i32) {
@@ -159,7 +176,10 @@ impl Exec {
         if let Some(status) = sys::try_wait(self.pid) {
             self.status = Some(sys::decode_status(status));
             if self.is_pty() && self.stdout.fd.is_some() {
-                self.drain = Some(Drain { deadline: now + PTY_DRAIN_TIME, budget: PTY_DRAIN_BYTES });
+                self.drain = Some(Drain {
+                    deadline: now + PTY_DRAIN_TIME,
+                    budget: PTY_DRAIN_BYTES,
+                });
             }
         }
     }
@@ -274,7 +294,9 @@ impl Exec {
     pub fn stdin_write(&mut self, out: &mut OutBuf) {
         let st = &mut self.stdin;
         while let Some(fd) = &st.fd {
-            let Some((chunk, paid)) = st.queue.front() else { break };
+            let Some((chunk, paid)) = st.queue.front() else {
+                break;
+            };
             match sys::write(fd.as_fd(), &chunk[st.head..]) {
                 Ok(n) => {
                     st.head += n;
@@ -299,7 +321,10 @@ impl Exec {
             st.fd = None;
         }
         if st.regrant >= REGRANT_BATCH {
-            out.push(&GuestMsg::StdinWindow { id: self.id, bytes: st.regrant });
+            out.push(&GuestMsg::StdinWindow {
+                id: self.id,
+                bytes: st.regrant,
+            });
             st.credit += st.regrant;
             st.regrant = 0;
         }

@@ -142,7 +142,16 @@ mod tests {
     #[test]
     fn output_frames_match_the_wire_encoding() {
         let ids = [0, 1, 127, 128, 16383, 16384, 1 << 21, u32::MAX];
-        let cases = [(1, 1), (1, 65536), (127, 65536), (128, 128), (16383, 65536), (16384, 65536), (65536, 65536), (100, 4096)];
+        let cases = [
+            (1, 1),
+            (1, 65536),
+            (127, 65536),
+            (128, 128),
+            (16383, 65536),
+            (16384, 65536),
+            (65536, 65536),
+            (100, 4096),
+        ];
         for id in ids {
             for (stream_n, stream) in [(0, Stream::Stdout), (1, Stream::Stderr)] {
                 for (n, max) in cases {
@@ -167,16 +176,27 @@ mod tests {
                     }
                     let data = writer.join().unwrap();
                     if frames == 1 {
-                        let want = encode(&GuestMsg::Output { id, stream, data: data.clone() });
+                        let want = encode(&GuestMsg::Output {
+                            id,
+                            stream,
+                            data: data.clone(),
+                        });
                         assert_eq!(&out.buf[before..], &want[..], "id {id} n {n} max {max}");
                     }
                     let mut dec = FrameDecoder::new();
                     dec.push(&out.buf);
-                    assert_eq!(dec.next::<GuestMsg>().unwrap(), Some(GuestMsg::Pong { seq: 3 }));
+                    assert_eq!(
+                        dec.next::<GuestMsg>().unwrap(),
+                        Some(GuestMsg::Pong { seq: 3 })
+                    );
                     let mut all = Vec::new();
                     while let Some(m) = dec.next::<GuestMsg>().unwrap() {
                         match m {
-                            GuestMsg::Output { id: i, stream: s, data } => {
+                            GuestMsg::Output {
+                                id: i,
+                                stream: s,
+                                data,
+                            } => {
                                 assert_eq!((i, s), (id, stream));
                                 all.extend_from_slice(&data);
                             }
@@ -194,7 +214,10 @@ mod tests {
         let (r, w) = sys::pipe().unwrap();
         drop(w);
         let mut out = OutBuf::default();
-        assert_eq!(out.read_output(r.as_fd(), 1, Stream::Stdout, 4096).unwrap(), 0);
+        assert_eq!(
+            out.read_output(r.as_fd(), 1, Stream::Stdout, 4096).unwrap(),
+            0
+        );
         assert_eq!(out.pending(), 0);
     }
 }

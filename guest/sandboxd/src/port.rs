@@ -35,11 +35,17 @@ impl Port {
             Target::Unix(path) => {
                 let s = UnixStream::connect(path)?;
                 s.set_nonblocking(true)?;
-                Ok(Port { fd: s.into(), reconnects: false })
+                Ok(Port {
+                    fd: s.into(),
+                    reconnects: false,
+                })
             }
             Target::Virtio => {
                 let fd = open_virtio()?;
-                let port = Port { fd, reconnects: true };
+                let port = Port {
+                    fd,
+                    reconnects: true,
+                };
                 port.wait_for_host();
                 Ok(port)
             }
@@ -54,7 +60,11 @@ impl Port {
     /// for this (POLLHUP is level-triggered while disconnected), so sleep.
     pub fn wait_for_host(&self) {
         loop {
-            let mut p = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut p = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             match sys::poll(std::slice::from_mut(&mut p), 0) {
                 Ok(_) if p.revents & libc::POLLHUP == 0 => return,
                 _ => std::thread::sleep(RETRY),
@@ -71,7 +81,8 @@ fn open_virtio() -> io::Result<OwnedFd> {
     loop {
         let found = find_port(Path::new("/sys/class/virtio-ports"));
         if let Some(dev) = &found {
-            let path = CString::new(format!("/dev/{dev}")).map_err(|_| io::ErrorKind::InvalidData)?;
+            let path =
+                CString::new(format!("/dev/{dev}")).map_err(|_| io::ErrorKind::InvalidData)?;
             match sys::open(&path, libc::O_RDWR | libc::O_NONBLOCK) {
                 Ok(fd) => return Ok(fd),
                 Err(e) if start.elapsed() >= OPEN_TIMEOUT => return Err(e),
@@ -105,7 +116,10 @@ mod tests {
     #[test]
     fn finds_the_port_by_sysfs_name() {
         let dir = std::env::temp_dir().join(format!("sandboxd-port-{}", std::process::id()));
-        for (dev, name) in [("vport0p1", "gondolin.fs\n"), ("vport0p2", "gondolin.control\n")] {
+        for (dev, name) in [
+            ("vport0p1", "gondolin.fs\n"),
+            ("vport0p2", "gondolin.control\n"),
+        ] {
             std::fs::create_dir_all(dir.join(dev)).unwrap();
             std::fs::write(dir.join(dev).join("name"), name).unwrap();
         }

@@ -37,7 +37,12 @@ pub fn open(rows: u16, cols: u16) -> io::Result<Pty> {
 
 /// TIOCSWINSZ on the master; the kernel sends SIGWINCH to the foreground group.
 pub fn set_size(master: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads one winsize from the pointer we pass.
     cvt(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) })?;
     Ok(())

@@ -102,7 +102,9 @@ impl Server {
     }
 
     fn session(&mut self) -> Stop {
-        self.out.push(&GuestMsg::Ready { version: PROTOCOL_VERSION });
+        self.out.push(&GuestMsg::Ready {
+            version: PROTOCOL_VERSION,
+        });
         loop {
             if let Err(stop) = self.turn() {
                 return stop;
@@ -162,7 +164,11 @@ impl Server {
             port_events |= libc::POLLOUT;
         }
         let mut add = |fd: i32, events: i16, slot| {
-            self.pfds.push(libc::pollfd { fd, events, revents: 0 });
+            self.pfds.push(libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            });
             self.slots.push(slot);
         };
         add(self.port.fd().as_raw_fd(), port_events, Slot::Port);
@@ -282,7 +288,11 @@ impl Server {
             },
             HostMsg::Kill { id, signal } => {
                 if !(1..=libc::SIGRTMAX()).contains(&signal) {
-                    self.error(id, "invalid_signal", &format!("signal {signal} out of range"));
+                    self.error(
+                        id,
+                        "invalid_signal",
+                        &format!("signal {signal} out of range"),
+                    );
                     return;
                 }
                 match self.execs.get(&id) {
@@ -318,7 +328,11 @@ impl Server {
                 let mut data = line.into_bytes();
                 data.truncate(MAX_FAIL_LINE.min(initial_credit(window) as usize));
                 self.out.push(&GuestMsg::Output { id, stream, data });
-                self.out.push(&GuestMsg::Exit { id, exit_code: 127, signal: None });
+                self.out.push(&GuestMsg::Exit {
+                    id,
+                    exit_code: 127,
+                    signal: None,
+                });
             }
             Err(SpawnError::Setup(e)) => {
                 self.error(id, "exec_failed", &format!("cannot set up the child: {e}"))
@@ -335,7 +349,11 @@ impl Server {
             }
             message.truncate(cut);
         }
-        self.out.push(&GuestMsg::Error { id, code: code.into(), message });
+        self.out.push(&GuestMsg::Error {
+            id,
+            code: code.into(),
+            message,
+        });
     }
 
     /// The host is gone: its execs die with it (whole process groups).

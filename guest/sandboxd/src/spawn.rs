@@ -99,14 +99,20 @@ pub struct Spawner {
 impl Spawner {
     /// Create after sandboxd's own signal setup (see [`Launcher::new`]).
     pub fn new(env: BaseEnv) -> io::Result<Self> {
-        Ok(Spawner { launcher: Launcher::new()?, env })
+        Ok(Spawner {
+            launcher: Launcher::new()?,
+            env,
+        })
     }
 
     pub fn spawn(&mut self, exec: &Exec) -> Result<Child, SpawnError> {
-        let cstr = |s: &str| {
-            CString::new(s).map_err(|_| not_run(exec, Step::Exec, "contains a NUL byte"))
-        };
-        let argv = exec.argv.iter().map(|a| cstr(a)).collect::<Result<Vec<_>, _>>()?;
+        let cstr =
+            |s: &str| CString::new(s).map_err(|_| not_run(exec, Step::Exec, "contains a NUL byte"));
+        let argv = exec
+            .argv
+            .iter()
+            .map(|a| cstr(a))
+            .collect::<Result<Vec<_>, _>>()?;
         let cwd = exec.cwd.as_deref().map(cstr).transpose()?;
         let envp = self.env.merge(&exec.env);
         let program = resolve(&exec.argv[0], &envp, exec.cwd.as_deref())
@@ -133,7 +139,11 @@ impl Spawner {
 }
 
 fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
-    strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
 }
 
 /// The child's stdio: the child's ends (kept open until it is launched)
@@ -147,8 +157,14 @@ struct Stdio {
 }
 
 enum ChildEnds {
-    Pipes { stdin: Option<OwnedFd>, stdout: OwnedFd, stderr: OwnedFd },
-    Pty { slave: CString },
+    Pipes {
+        stdin: Option<OwnedFd>,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+    Pty {
+        slave: CString,
+    },
 }
 
 impl Stdio {
@@ -161,7 +177,9 @@ impl Stdio {
                 keep_stdin: Some(stdin),
                 keep_stdout: p.master,
                 keep_stderr: None,
-                child: ChildEnds::Pty { slave: p.slave_path },
+                child: ChildEnds::Pty {
+                    slave: p.slave_path,
+                },
             });
         }
         let (keep_stdin, child_stdin) = if exec.stdin {
@@ -179,16 +197,26 @@ impl Stdio {
             keep_stdin,
             keep_stdout: out_r,
             keep_stderr: Some(err_r),
-            child: ChildEnds::Pipes { stdin: child_stdin, stdout: out_w, stderr: err_w },
+            child: ChildEnds::Pipes {
+                stdin: child_stdin,
+                stdout: out_w,
+                stderr: err_w,
+            },
         })
     }
 
     fn child_fds(&self) -> [ChildFd<'_>; 3] {
         match &self.child {
-            ChildEnds::Pty { slave } => {
-                [ChildFd::Open(slave, libc::O_RDWR), ChildFd::LikeStdin, ChildFd::LikeStdin]
-            }
-            ChildEnds::Pipes { stdin, stdout, stderr } => [
+            ChildEnds::Pty { slave } => [
+                ChildFd::Open(slave, libc::O_RDWR),
+                ChildFd::LikeStdin,
+                ChildFd::LikeStdin,
+            ],
+            ChildEnds::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => [
                 match stdin {
                     Some(fd) => ChildFd::Dup(fd.as_raw_fd()),
                     None => ChildFd::Open(c"/dev/null", libc::O_RDONLY),
@@ -259,7 +287,9 @@ fn resolve(program: &str, envp: &[CString], cwd: Option<&str>) -> io::Result<CSt
         cand.extend_from_slice(if dir.is_empty() { b"." } else { dir });
         cand.push(b'/');
         cand.extend_from_slice(program.as_bytes());
-        let Ok(cand) = CString::new(cand) else { continue };
+        let Ok(cand) = CString::new(cand) else {
+            continue;
+        };
         match executable(&cand) {
             Ok(()) => return Ok(cand),
             // Like execvp: a permission problem is worth reporting over ENOENT.

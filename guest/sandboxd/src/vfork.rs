@@ -99,7 +99,10 @@ impl Launcher {
             }
             map
         };
-        Ok(Launcher { map, ignored: ignored_signals() })
+        Ok(Launcher {
+            map,
+            ignored: ignored_signals(),
+        })
     }
 
     /// Start the child described by `plan`; on failure the child has been
@@ -117,7 +120,11 @@ impl Launcher {
         // with CLONE_VFORK, clone returns only after the child exec'd or
         // exited. The child function obeys the vfork rules (module doc).
         let pid = unsafe {
-            let top = self.map.cast::<u8>().add(GUARD + STACK_SIZE).cast::<c_void>();
+            let top = self
+                .map
+                .cast::<u8>()
+                .add(GUARD + STACK_SIZE)
+                .cast::<c_void>();
             libc::clone(
                 child_main,
                 top,
@@ -207,7 +214,11 @@ unsafe fn setup_and_exec(plan: &Plan<'_>, signals: &[c_int]) -> (Step, c_int) {
         let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
         libc::sigemptyset(empty.as_mut_ptr());
         libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
-        libc::execve(plan.program.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
+        libc::execve(
+            plan.program.as_ptr(),
+            plan.argv.as_ptr(),
+            plan.envp.as_ptr(),
+        );
         (Step::Exec, errno())
     }
 }

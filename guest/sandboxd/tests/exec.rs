@@ -40,20 +40,36 @@ fn env_overrides_and_cwd() {
     std::fs::create_dir_all(&dir).unwrap();
     let dir = dir.canonicalize().unwrap();
     let mut g = Guest::start_with(|c| {
-        c.env("SANDBOXD_BASE", "from-daemon").env("SANDBOXD_OVER", "old");
+        c.env("SANDBOXD_BASE", "from-daemon")
+            .env("SANDBOXD_OVER", "old");
     });
-    let mut e = exec(&["sh", "-c", "printf '%s|%s|%s|' \"$SANDBOXD_BASE\" \"$SANDBOXD_OVER\" \"$NEW\"; pwd -P"]);
+    let mut e = exec(&[
+        "sh",
+        "-c",
+        "printf '%s|%s|%s|' \"$SANDBOXD_BASE\" \"$SANDBOXD_OVER\" \"$NEW\"; pwd -P",
+    ]);
     e.env = vec!["SANDBOXD_OVER=new value".into(), "NEW=a=b".into()];
     e.cwd = Some(dir.to_str().unwrap().into());
     let o = g.run(1, e);
-    assert_eq!(o.stdout_str(), format!("from-daemon|new value|a=b|{}\n", dir.display()));
+    assert_eq!(
+        o.stdout_str(),
+        format!("from-daemon|new value|a=b|{}\n", dir.display())
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn argv_is_passed_verbatim() {
     let mut g = Guest::start();
-    let args = ["a b", "tab\there", "nl\nx", "ü€", "\x01\x7f", "", "'\"$HOME"];
+    let args = [
+        "a b",
+        "tab\there",
+        "nl\nx",
+        "ü€",
+        "\x01\x7f",
+        "",
+        "'\"$HOME",
+    ];
     let mut argv = vec!["printf", "[%s]"];
     argv.extend(args);
     let o = g.run(1, exec(&argv));
@@ -66,7 +82,10 @@ fn missing_program_is_127_with_a_message() {
     let mut g = Guest::start();
     let o = g.run(1, exec(&["no-such-program-xyz"]));
     assert_eq!(o.exit_code, 127);
-    assert_eq!(o.stderr_str(), "exec failed: no-such-program-xyz: No such file or directory\n");
+    assert_eq!(
+        o.stderr_str(),
+        "exec failed: no-such-program-xyz: No such file or directory\n"
+    );
     let o = g.run(2, exec(&["/tmp"]));
     assert_eq!(o.exit_code, 127);
     assert_eq!(o.stderr_str(), "exec failed: /tmp: Permission denied\n");
@@ -79,7 +98,10 @@ fn bad_cwd_is_127_with_a_message() {
     e.cwd = Some("/nonexistent/dir".into());
     let o = g.run(1, e);
     assert_eq!(o.exit_code, 127);
-    assert_eq!(o.stderr_str(), "exec failed: cwd /nonexistent/dir: No such file or directory\n");
+    assert_eq!(
+        o.stderr_str(),
+        "exec failed: cwd /nonexistent/dir: No such file or directory\n"
+    );
 }
 
 fn seq_output(n: u32) -> Vec<u8> {
@@ -101,21 +123,40 @@ fn twenty_mib_through_small_windows() {
     let (mut credit_out, mut credit_err) = (MIN_WINDOW as usize, MIN_WINDOW as usize);
     loop {
         match g.recv() {
-            GuestMsg::Output { id: 9, stream, data } => {
+            GuestMsg::Output {
+                id: 9,
+                stream,
+                data,
+            } => {
                 // Never more than granted; re-grant in small steps.
                 let (buf, credit) = match stream {
                     Stream::Stdout => (&mut out, &mut credit_out),
                     Stream::Stderr => (&mut err, &mut credit_err),
                 };
-                assert!(data.len() <= *credit, "{} bytes over {} credit", data.len(), credit);
+                assert!(
+                    data.len() <= *credit,
+                    "{} bytes over {} credit",
+                    data.len(),
+                    credit
+                );
                 *credit -= data.len();
                 buf.extend_from_slice(&data);
                 let n = data.len() as u32;
                 *credit += n as usize;
-                let (a, b) = if stream == Stream::Stdout { (n, 0) } else { (0, n) };
-                g.send(&HostMsg::Window { id: 9, stdout: a, stderr: b });
+                let (a, b) = if stream == Stream::Stdout {
+                    (n, 0)
+                } else {
+                    (0, n)
+                };
+                g.send(&HostMsg::Window {
+                    id: 9,
+                    stdout: a,
+                    stderr: b,
+                });
             }
-            GuestMsg::Exit { id: 9, exit_code, .. } => {
+            GuestMsg::Exit {
+                id: 9, exit_code, ..
+            } => {
                 assert_eq!(exit_code, 0);
                 break;
             }
@@ -137,19 +178,35 @@ fn no_credit_blocks_the_child_until_granted() {
     // Take the initial credit and grant nothing.
     while got < MIN_WINDOW as usize {
         match g.recv() {
-            GuestMsg::Output { stream: Stream::Stdout, data, .. } => got += data.len(),
+            GuestMsg::Output {
+                stream: Stream::Stdout,
+                data,
+                ..
+            } => got += data.len(),
             other => panic!("unexpected {other:?}"),
         }
     }
     assert_eq!(got, MIN_WINDOW as usize);
     // The child is blocked on its pipe: nothing more, no "done", no Exit.
     assert_eq!(g.recv_timeout(Duration::from_millis(500)), None);
-    g.send(&HostMsg::Window { id: 1, stdout: 2 * 1024 * 1024, stderr: 0 });
+    g.send(&HostMsg::Window {
+        id: 1,
+        stdout: 2 * 1024 * 1024,
+        stderr: 0,
+    });
     let mut stderr = Vec::new();
     loop {
         match g.recv() {
-            GuestMsg::Output { stream: Stream::Stdout, data, .. } => got += data.len(),
-            GuestMsg::Output { stream: Stream::Stderr, data, .. } => stderr.extend(data),
+            GuestMsg::Output {
+                stream: Stream::Stdout,
+                data,
+                ..
+            } => got += data.len(),
+            GuestMsg::Output {
+                stream: Stream::Stderr,
+                data,
+                ..
+            } => stderr.extend(data),
             GuestMsg::Exit { exit_code, .. } => {
                 assert_eq!(exit_code, 0);
                 break;
@@ -177,12 +234,20 @@ fn stdin_round_trip_through_cat() {
     loop {
         while credit > 0 && sent < data.len() {
             let n = (data.len() - sent).min(credit).min(32 * 1024);
-            g.send(&HostMsg::Stdin { id: 4, data: data[sent..sent + n].to_vec(), eof: false });
+            g.send(&HostMsg::Stdin {
+                id: 4,
+                data: data[sent..sent + n].to_vec(),
+                eof: false,
+            });
             sent += n;
             credit -= n;
         }
         if sent == data.len() && !eof_sent {
-            g.send(&HostMsg::Stdin { id: 4, data: Vec::new(), eof: true });
+            g.send(&HostMsg::Stdin {
+                id: 4,
+                data: Vec::new(),
+                eof: true,
+            });
             eof_sent = true;
         }
         match g.recv() {
@@ -190,18 +255,33 @@ fn stdin_round_trip_through_cat() {
                 credit += bytes as usize;
                 assert!(credit <= STDIN_WINDOW as usize);
             }
-            GuestMsg::Output { id: 4, stream: Stream::Stdout, data: d } => {
-                g.send(&HostMsg::Window { id: 4, stdout: d.len() as u32, stderr: 0 });
+            GuestMsg::Output {
+                id: 4,
+                stream: Stream::Stdout,
+                data: d,
+            } => {
+                g.send(&HostMsg::Window {
+                    id: 4,
+                    stdout: d.len() as u32,
+                    stderr: 0,
+                });
                 out.extend(d);
             }
-            GuestMsg::Exit { id: 4, exit_code, .. } => {
+            GuestMsg::Exit {
+                id: 4, exit_code, ..
+            } => {
                 assert_eq!(exit_code, 0);
                 break;
             }
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert!(out == data, "cat output differs ({} of {} bytes)", out.len(), data.len());
+    assert!(
+        out == data,
+        "cat output differs ({} of {} bytes)",
+        out.len(),
+        data.len()
+    );
 }
 
 #[test]
@@ -213,7 +293,11 @@ fn stdin_beyond_credit_is_refused_but_not_fatal() {
     let mut e = exec(&["sleep", "0.3"]);
     e.stdin = false;
     g.send(&HostMsg::Exec { id: 2, exec: e });
-    g.send(&HostMsg::Stdin { id: 2, data: b"x".to_vec(), eof: false });
+    g.send(&HostMsg::Stdin {
+        id: 2,
+        data: b"x".to_vec(),
+        eof: false,
+    });
     match g.recv() {
         GuestMsg::Error { id: 2, code, .. } => assert_eq!(code, "stdin_backpressure"),
         other => panic!("unexpected {other:?}"),
@@ -227,10 +311,20 @@ fn a_child_closing_stdin_does_not_hurt() {
     let mut e = exec(&["sh", "-c", "exec 0<&-; sleep 0.2; echo alive"]);
     e.stdin = true;
     g.send(&HostMsg::Exec { id: 1, exec: e });
-    assert_eq!(g.recv(), GuestMsg::StdinWindow { id: 1, bytes: STDIN_WINDOW });
+    assert_eq!(
+        g.recv(),
+        GuestMsg::StdinWindow {
+            id: 1,
+            bytes: STDIN_WINDOW
+        }
+    );
     std::thread::sleep(Duration::from_millis(50));
     for _ in 0..8 {
-        g.send(&HostMsg::Stdin { id: 1, data: vec![7; 64 * 1024], eof: false });
+        g.send(&HostMsg::Stdin {
+            id: 1,
+            data: vec![7; 64 * 1024],
+            eof: false,
+        });
     }
     let o = g.collect(&[1]);
     assert_eq!(o[&1].stdout_str(), "alive\n");
@@ -248,7 +342,14 @@ fn pty_exec(argv: &[&str]) -> gondolin_wire::Exec {
 #[test]
 fn pty_has_a_terminal() {
     let mut g = Guest::start();
-    let o = g.run(1, pty_exec(&["sh", "-c", "tty; test -t 0 && test -t 1 && test -t 2 && echo all-tty"]));
+    let o = g.run(
+        1,
+        pty_exec(&[
+            "sh",
+            "-c",
+            "tty; test -t 0 && test -t 1 && test -t 2 && echo all-tty",
+        ]),
+    );
     let s = o.stdout_str();
     assert!(s.starts_with("/dev/pts/"), "{s:?}");
     assert!(s.ends_with("\r\nall-tty\r\n"), "{s:?}");
@@ -259,23 +360,51 @@ fn pty_has_a_terminal() {
 #[test]
 fn pty_resize_and_eof() {
     let mut g = Guest::start();
-    g.send(&HostMsg::Exec { id: 3, exec: pty_exec(&["sh", "-c", "stty size; read x; stty size; cat"]) });
-    assert_eq!(g.recv(), GuestMsg::StdinWindow { id: 3, bytes: STDIN_WINDOW });
+    g.send(&HostMsg::Exec {
+        id: 3,
+        exec: pty_exec(&["sh", "-c", "stty size; read x; stty size; cat"]),
+    });
+    assert_eq!(
+        g.recv(),
+        GuestMsg::StdinWindow {
+            id: 3,
+            bytes: STDIN_WINDOW
+        }
+    );
     let mut out = Vec::new();
     let mut wait_for = |g: &mut Guest, needle: &str| {
         while !String::from_utf8_lossy(&out).contains(needle) {
             match g.recv() {
-                GuestMsg::Output { id: 3, stream: Stream::Stdout, data } => out.extend(data),
-                other => panic!("unexpected {other:?} (output so far {:?})", String::from_utf8_lossy(&out)),
+                GuestMsg::Output {
+                    id: 3,
+                    stream: Stream::Stdout,
+                    data,
+                } => out.extend(data),
+                other => panic!(
+                    "unexpected {other:?} (output so far {:?})",
+                    String::from_utf8_lossy(&out)
+                ),
             }
         }
     };
     wait_for(&mut g, "24 80\r\n");
-    g.send(&HostMsg::Resize { id: 3, rows: 30, cols: 100 });
-    g.send(&HostMsg::Stdin { id: 3, data: b"\n".to_vec(), eof: false });
+    g.send(&HostMsg::Resize {
+        id: 3,
+        rows: 30,
+        cols: 100,
+    });
+    g.send(&HostMsg::Stdin {
+        id: 3,
+        data: b"\n".to_vec(),
+        eof: false,
+    });
     wait_for(&mut g, "30 100\r\n");
     // End of stdin on a pty is an EOT: cat sees end of file and exits.
-    g.send(&HostMsg::Stdin { id: 3, data: b"last\n".to_vec(), eof: true });
+    g.send(&HostMsg::Stdin {
+        id: 3,
+        data: b"last\n".to_vec(),
+        eof: true,
+    });
     let o = g.collect(&[3]);
     assert_eq!(o[&3].exit_code, 0);
 }
@@ -294,11 +423,18 @@ fn pty_background_job_does_not_block_exit() {
 #[test]
 fn kill_reaches_the_process_group() {
     let mut g = Guest::start();
-    g.send(&HostMsg::Exec { id: 2, exec: exec(&["sh", "-c", "sleep 100 & echo $!; sleep 100"]) });
+    g.send(&HostMsg::Exec {
+        id: 2,
+        exec: exec(&["sh", "-c", "sleep 100 & echo $!; sleep 100"]),
+    });
     let mut line = Vec::new();
     while !line.ends_with(b"\n") {
         match g.recv() {
-            GuestMsg::Output { id: 2, stream: Stream::Stdout, data } => line.extend(data),
+            GuestMsg::Output {
+                id: 2,
+                stream: Stream::Stdout,
+                data,
+            } => line.extend(data),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -307,12 +443,19 @@ fn kill_reaches_the_process_group() {
     // Exit needs both pipes closed, so the background sleep (which holds
     // stdout) must have died too.
     match g.recv() {
-        GuestMsg::Exit { id: 2, exit_code, signal } => assert_eq!((exit_code, signal), (137, Some(9))),
+        GuestMsg::Exit {
+            id: 2,
+            exit_code,
+            signal,
+        } => assert_eq!((exit_code, signal), (137, Some(9))),
         other => panic!("unexpected {other:?}"),
     }
     let start = Instant::now();
     while !common::in_vm() && !process_gone(bg) {
-        assert!(start.elapsed() < Duration::from_secs(5), "background sleep survived");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "background sleep survived"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -325,16 +468,25 @@ fn kill_errors() {
         GuestMsg::Error { id: 42, code, .. } => assert_eq!(code, "unknown_id"),
         other => panic!("unexpected {other:?}"),
     }
-    g.send(&HostMsg::Exec { id: 1, exec: exec(&["sleep", "0.2"]) });
+    g.send(&HostMsg::Exec {
+        id: 1,
+        exec: exec(&["sleep", "0.2"]),
+    });
     g.send(&HostMsg::Kill { id: 1, signal: 0 });
-    g.send(&HostMsg::Kill { id: 1, signal: 1000 });
+    g.send(&HostMsg::Kill {
+        id: 1,
+        signal: 1000,
+    });
     for _ in 0..2 {
         match g.recv() {
             GuestMsg::Error { id: 1, code, .. } => assert_eq!(code, "invalid_signal"),
             other => panic!("unexpected {other:?}"),
         }
     }
-    g.send(&HostMsg::Exec { id: 1, exec: exec(&["true"]) });
+    g.send(&HostMsg::Exec {
+        id: 1,
+        exec: exec(&["true"]),
+    });
     match g.recv() {
         GuestMsg::Error { id: 1, code, .. } => assert_eq!(code, "duplicate_id"),
         other => panic!("unexpected {other:?}"),
@@ -349,7 +501,10 @@ fn ten_concurrent_execs() {
     let ids: Vec<u32> = (1..=10).collect();
     for &id in &ids {
         let tag = format!("exec{id}");
-        g.send(&HostMsg::Exec { id, exec: exec(&["sh", "-c", "sleep 0.5; echo $0", &tag]) });
+        g.send(&HostMsg::Exec {
+            id,
+            exec: exec(&["sh", "-c", "sleep 0.5; echo $0", &tag]),
+        });
     }
     let out = g.collect(&ids);
     for id in ids {
@@ -357,7 +512,11 @@ fn ten_concurrent_execs() {
         assert_eq!(out[&id].exit_code, 0);
     }
     // Sequential would take 5 s.
-    assert!(start.elapsed() < Duration::from_secs(3), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
@@ -381,7 +540,10 @@ fn garbage_frames_get_errors_and_serving_goes_on() {
     g.send(&HostMsg::Ping { seq: 2 });
     assert_eq!(g.recv(), GuestMsg::Pong { seq: 2 });
     // A decodable but invalid request names its id.
-    g.send(&HostMsg::Exec { id: 3, exec: exec(&[]) });
+    g.send(&HostMsg::Exec {
+        id: 3,
+        exec: exec(&[]),
+    });
     match g.recv() {
         GuestMsg::Error { id: 3, code, .. } => assert_eq!(code, "invalid_request"),
         other => panic!("unexpected {other:?}"),
@@ -395,7 +557,10 @@ fn host_hang_up_kills_running_execs() {
         return; // on the virtio port sandboxd waits for the next host instead
     }
     let mut g = Guest::start();
-    g.send(&HostMsg::Exec { id: 1, exec: exec(&["sh", "-c", "echo $$; sleep 100"]) });
+    g.send(&HostMsg::Exec {
+        id: 1,
+        exec: exec(&["sh", "-c", "echo $$; sleep 100"]),
+    });
     let pid: u32 = match g.recv() {
         GuestMsg::Output { data, .. } => String::from_utf8(data).unwrap().trim().parse().unwrap(),
         other => panic!("unexpected {other:?}"),
@@ -404,7 +569,10 @@ fn host_hang_up_kills_running_execs() {
     assert!(g.hang_up().success());
     let start = Instant::now();
     while !process_gone(pid) {
-        assert!(start.elapsed() < Duration::from_secs(5), "exec survived the host");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "exec survived the host"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -1,6 +1,8 @@
 //! Measurements, printed rather than asserted (run with `--release
 //! --nocapture` for meaningful numbers). Each prints a baseline taken in the
-//! same run next to the sandboxd figure.
+//! same run next to the sandboxd figure. SANDBOXD_PERF_PROG replaces
+//! /bin/true; SANDBOXD_PERF_MIB scales the throughput run (see
+//! scripts/tcg-vm.sh for running both inside a TCG VM).
 
 mod common;
 
@@ -18,6 +20,7 @@ fn median(v: &mut [Duration]) -> Duration {
 #[test]
 fn latency_of_true() {
     const RUNS: usize = 200;
+    let prog = std::env::var("SANDBOXD_PERF_PROG").unwrap_or_else(|_| "/bin/true".into());
     let mut g = Guest::start();
     for i in 0..10 {
         g.run(i, exec(&["/bin/true"])); // warm up
@@ -25,7 +28,6 @@ fn latency_of_true() {
     let mut times = Vec::with_capacity(RUNS);
     for i in 0..RUNS as u32 {
         let t = Instant::now();
-        let prog = std::env::var("TRUE_PROG").unwrap_or("/bin/true".into());
         let o = g.run(1000 + i, exec(&[prog.as_str()]));
         times.push(t.elapsed());
         assert_eq!(o.exit_code, 0);
@@ -66,7 +68,10 @@ fn latency_of_true() {
 /// the stdout byte count and the elapsed time.
 fn timed_run(g: &mut Guest, id: u32, cmd: &str) -> (usize, Duration) {
     let t = Instant::now();
-    g.send(&HostMsg::Exec { id, exec: exec(&["sh", "-c", cmd]) });
+    g.send(&HostMsg::Exec {
+        id,
+        exec: exec(&["sh", "-c", cmd]),
+    });
     let mut got = 0;
     loop {
         match g.recv() {
@@ -75,8 +80,16 @@ fn timed_run(g: &mut Guest, id: u32, cmd: &str) -> (usize, Duration) {
                     got += data.len();
                 }
                 let n = data.len() as u32;
-                let (a, b) = if stream == Stream::Stdout { (n, 0) } else { (0, n) };
-                g.send(&HostMsg::Window { id, stdout: a, stderr: b });
+                let (a, b) = if stream == Stream::Stdout {
+                    (n, 0)
+                } else {
+                    (0, n)
+                };
+                g.send(&HostMsg::Window {
+                    id,
+                    stdout: a,
+                    stderr: b,
+                });
             }
             GuestMsg::Exit { exit_code, .. } => {
                 assert_eq!(exit_code, 0);
@@ -90,14 +103,21 @@ fn timed_run(g: &mut Guest, id: u32, cmd: &str) -> (usize, Duration) {
 #[test]
 fn stdout_throughput() {
     // SANDBOXD_PERF_MIB scales it down for slow (TCG) runs.
-    let mib: usize = std::env::var("SANDBOXD_PERF_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let mib: usize = std::env::var("SANDBOXD_PERF_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     let producer = format!("dd if=/dev/zero bs=65536 count={} 2>/dev/null", mib * 16);
     let mut g = Guest::start();
     // Baseline: the same producer into a pipe inside the same system.
     // Alternated, best of three each: the machines we measure on are shared.
     let (mut base, mut took) = (Duration::MAX, Duration::MAX);
     for round in 0..3 {
-        let (_, b) = timed_run(&mut g, 2 * round + 1, &format!("{producer} | cat >/dev/null"));
+        let (_, b) = timed_run(
+            &mut g,
+            2 * round + 1,
+            &format!("{producer} | cat >/dev/null"),
+        );
         let (got, t) = timed_run(&mut g, 2 * round + 2, &producer);
         assert_eq!(got, mib * 1024 * 1024);
         base = base.min(b);

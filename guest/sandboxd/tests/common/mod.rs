@@ -68,9 +68,13 @@ fn temp_dir() -> PathBuf {
 /// `{sock}` is replaced by the socket path, e.g. a QEMU command line whose
 /// `gondolin.control` port connects there (see scripts/tcg-vm.sh).
 fn launcher(sock: &std::path::Path) -> Command {
-    if let Some(tpl) = std::env::var("SANDBOXD_LAUNCH").ok().filter(|t| !t.is_empty()) {
+    if let Some(tpl) = std::env::var("SANDBOXD_LAUNCH")
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
         let mut cmd = Command::new("sh");
-        cmd.arg("-c").arg(tpl.replace("{sock}", sock.to_str().unwrap()));
+        cmd.arg("-c")
+            .arg(tpl.replace("{sock}", sock.to_str().unwrap()));
         return cmd;
     }
     let bin = std::env::var_os("SANDBOXD_BIN")
@@ -109,8 +113,18 @@ impl Guest {
             }
         };
         sock.set_nonblocking(false).unwrap();
-        let mut g = Guest { child, sock, dec: FrameDecoder::new(), dir };
-        assert_eq!(g.recv(), GuestMsg::Ready { version: PROTOCOL_VERSION });
+        let mut g = Guest {
+            child,
+            sock,
+            dec: FrameDecoder::new(),
+            dir,
+        };
+        assert_eq!(
+            g.recv(),
+            GuestMsg::Ready {
+                version: PROTOCOL_VERSION
+            }
+        );
         g
     }
 
@@ -127,7 +141,11 @@ impl Guest {
         let deadline = Instant::now() + timeout;
         let mut buf = [0u8; 256 * 1024];
         loop {
-            if let Some(m) = self.dec.next::<GuestMsg>().expect("sandboxd sent a bad frame") {
+            if let Some(m) = self
+                .dec
+                .next::<GuestMsg>()
+                .expect("sandboxd sent a bad frame")
+            {
                 m.validate().expect("sandboxd sent an invalid message");
                 return Some(m);
             }
@@ -140,7 +158,12 @@ impl Guest {
                 Ok(0) => panic!("sandboxd closed the connection"),
                 Ok(n) => self.dec.push(&buf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return None
                 }
                 Err(e) => panic!("read: {e}"),
@@ -149,7 +172,8 @@ impl Guest {
     }
 
     pub fn recv(&mut self) -> GuestMsg {
-        self.recv_timeout(TIMEOUT).expect("timed out waiting for sandboxd")
+        self.recv_timeout(TIMEOUT)
+            .expect("timed out waiting for sandboxd")
     }
 
     /// Run one exec to completion, granting back every output byte.
@@ -162,7 +186,8 @@ impl Guest {
     /// re-granted as it arrives; StdinWindow messages are ignored; an Error
     /// fails the test.
     pub fn collect(&mut self, ids: &[u32]) -> HashMap<u32, Outcome> {
-        let mut out: HashMap<u32, Outcome> = ids.iter().map(|&id| (id, Outcome::default())).collect();
+        let mut out: HashMap<u32, Outcome> =
+            ids.iter().map(|&id| (id, Outcome::default())).collect();
         let mut left = ids.len();
         while left > 0 {
             match self.recv() {
@@ -179,7 +204,11 @@ impl Guest {
                     };
                     self.send(&HostMsg::Window { id, stdout, stderr });
                 }
-                GuestMsg::Exit { id, exit_code, signal } => {
+                GuestMsg::Exit {
+                    id,
+                    exit_code,
+                    signal,
+                } => {
                     let o = out.get_mut(&id).expect("exit for an unexpected id");
                     o.exit_code = exit_code;
                     o.signal = signal;
@@ -200,7 +229,10 @@ impl Guest {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st;
             }
-            assert!(start.elapsed() < TIMEOUT, "sandboxd did not exit after hang-up");
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "sandboxd did not exit after hang-up"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }

@@ -31,13 +31,13 @@ guest: ## init + sandboxd, statically linked → npm/$(TRIPLE)/guest/
 	mkdir -p $(NPM_DIR)/guest
 	cp $(GUEST_OUT)/init $(GUEST_OUT)/sandboxd $(NPM_DIR)/guest/
 
-image: build ## build the guest image into ~/.cache/gondolin/images
+image: build ## build the guest image into ~/.cache/gondolin/images (reused when up to date)
 	node js/cli.cjs build
 
 demo: deps build ## set everything up and run a command in a VM
 	node js/cli.cjs exec -- uname -a
 
-test: build test-rust typecheck test-js ## everything CI runs
+test: build lint test-rust typecheck image test-js ## everything CI runs
 
 test-rust: ## cargo tests (wire protocol, QEMU argv, control client, image, guest daemon)
 	cargo test --workspace
@@ -46,7 +46,7 @@ typecheck: ## type-check index.d.ts against a usage file
 	npx tsc -p __test__/tsconfig.json
 
 test-js: build ## node:test suite, real VMs under TCG (builds the image on first use)
-	node --test --test-concurrency=1 __test__/
+	GONDOLIN_TEST_VM=1 node --test --test-concurrency=1 __test__/
 
 bench: build ## benchmarks; print JSON
 	node bench/boot-exec.mjs
@@ -61,3 +61,7 @@ fmt: ## format the Rust code
 clean: ## remove build output (not the image cache)
 	cargo clean
 	rm -rf $(NPM_DIR)/guest $(NPM_DIR)/*.node
+
+fuzz: ## fuzz the wire decoders for 60 s (needs nightly + cargo-fuzz)
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
+	cd guest/wire/fuzz && cargo +nightly fuzz run frames -- -max_total_time=60

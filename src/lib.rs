@@ -4,5 +4,5 @@
 
 pub mod control;
 pub mod image;
-pub mod vm;
 mod napi;
+pub mod vm;

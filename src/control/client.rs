@@ -52,7 +52,9 @@ impl Shared {
     pub(crate) fn grant(&self, id: u32, stdout: u32, stderr: u32) {
         {
             let mut st = self.state.lock().unwrap();
-            let Some(slot) = st.execs.get_mut(&id) else { return };
+            let Some(slot) = st.execs.get_mut(&id) else {
+                return;
+            };
             slot.unacked[0] = slot.unacked[0].saturating_sub(stdout);
             slot.unacked[1] = slot.unacked[1].saturating_sub(stderr);
         }
@@ -82,7 +84,10 @@ impl Shared {
     }
 
     fn route(&self, msg: GuestMsg) -> Result<(), Disconnect> {
-        let violation = |m: String| Disconnect { code: "protocol_error", message: m };
+        let violation = |m: String| Disconnect {
+            code: "protocol_error",
+            message: m,
+        };
         let mut st = self.state.lock().unwrap();
         match msg {
             GuestMsg::Ready { version } => {
@@ -91,7 +96,9 @@ impl Shared {
                 }
             }
             GuestMsg::Output { id, stream, data } => {
-                let Some(slot) = st.execs.get_mut(&id) else { return Ok(()) };
+                let Some(slot) = st.execs.get_mut(&id) else {
+                    return Ok(());
+                };
                 let i = stream as usize;
                 let total = slot.unacked[i].saturating_add(data.len() as u32);
                 if total > slot.window {
@@ -103,7 +110,11 @@ impl Shared {
                 slot.unacked[i] = total;
                 let _ = slot.events.send(ExecEvent::Output { stream, data });
             }
-            GuestMsg::Exit { id, exit_code, signal } => {
+            GuestMsg::Exit {
+                id,
+                exit_code,
+                signal,
+            } => {
                 if let Some(slot) = st.execs.remove(&id) {
                     let _ = slot.events.send(ExecEvent::Exit { exit_code, signal });
                 }
@@ -111,7 +122,8 @@ impl Shared {
             GuestMsg::StdinWindow { id, bytes } => {
                 if let Some(sem) = st.execs.get(&id).and_then(|s| s.stdin.as_ref()) {
                     // Bound what a guest can make us account for.
-                    let room = (gondolin_wire::MAX_WINDOW as usize).saturating_sub(sem.available_permits());
+                    let room = (gondolin_wire::MAX_WINDOW as usize)
+                        .saturating_sub(sem.available_permits());
                     sem.add_permits((bytes as usize).min(room));
                 }
             }
@@ -166,12 +178,22 @@ impl ControlClient {
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             out: out_tx,
-            state: Mutex::new(State { next_id: 1, ready: Some(ready_tx), ..Default::default() }),
+            state: Mutex::new(State {
+                next_id: 1,
+                ready: Some(ready_tx),
+                ..Default::default()
+            }),
         });
         let (r, w) = tokio::io::split(stream);
         tokio::spawn(write_loop(w, out_rx, shared.clone()));
         tokio::spawn(read_loop(r, shared.clone(), closed_tx));
-        (ControlClient { shared }, Connection { ready: ready_rx, closed: closed_rx })
+        (
+            ControlClient { shared },
+            Connection {
+                ready: ready_rx,
+                closed: closed_rx,
+            },
+        )
     }
 
     /// Check the version announced in `Ready`.
@@ -186,7 +208,8 @@ impl ControlClient {
     /// Start a process. Returns at once; output arrives through the handle.
     pub fn exec(&self, req: &ExecRequest) -> Result<ExecHandle, ControlError> {
         let exec = req.to_wire();
-        exec.validate().map_err(|e| ControlError::InvalidRequest(e.to_string()))?;
+        exec.validate()
+            .map_err(|e| ControlError::InvalidRequest(e.to_string()))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let stdin = exec.stdin.then(|| Arc::new(Semaphore::new(0)));
         let id = {
@@ -206,7 +229,12 @@ impl ControlClient {
             );
             id
         };
-        let ctl = ExecControl { id, shared: self.shared.clone(), stdin, done: Default::default() };
+        let ctl = ExecControl {
+            id,
+            shared: self.shared.clone(),
+            stdin,
+            done: Default::default(),
+        };
         let handle = ExecHandle { ctl, events: rx };
         self.shared.send(&HostMsg::Exec { id, exec })?;
         Ok(handle)
@@ -288,7 +316,7 @@ async fn read_loop<R: AsyncRead>(r: R, shared: Arc<Shared>, closed: oneshot::Sen
         dec.push(&buf[..n]);
         let mut err = None;
         loop {
-            let msg = match dec.next::<GuestMsg>() {
+            let msg = match dec.next_message::<GuestMsg>() {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
                 Err(e) => {
@@ -306,7 +334,10 @@ async fn read_loop<R: AsyncRead>(r: R, shared: Arc<Shared>, closed: oneshot::Sen
             }
         }
         if let Some(message) = err {
-            break Disconnect { code: "protocol_error", message };
+            break Disconnect {
+                code: "protocol_error",
+                message,
+            };
         }
     };
     if let Err(reason) = closed.send(reason) {

@@ -23,7 +23,11 @@ pub struct ExecRequest {
 
 impl ExecRequest {
     pub(crate) fn to_wire(&self) -> Exec {
-        let w = if self.window == 0 { gondolin_wire::DEFAULT_WINDOW } else { self.window };
+        let w = if self.window == 0 {
+            gondolin_wire::DEFAULT_WINDOW
+        } else {
+            self.window
+        };
         let w = w.clamp(gondolin_wire::MIN_WINDOW, gondolin_wire::MAX_WINDOW);
         Exec {
             argv: self.argv.clone(),
@@ -39,10 +43,19 @@ impl ExecRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecEvent {
-    Output { stream: Stream, data: Vec<u8> },
-    Exit { exit_code: i32, signal: Option<i32> },
+    Output {
+        stream: Stream,
+        data: Vec<u8>,
+    },
+    Exit {
+        exit_code: i32,
+        signal: Option<i32>,
+    },
     /// The exec failed without a result (guest error or lost connection).
-    Failed { code: String, message: String },
+    Failed {
+        code: String,
+        message: String,
+    },
 }
 
 impl ExecEvent {
@@ -71,7 +84,9 @@ pub struct ExecControl {
 
 impl std::fmt::Debug for ExecHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExecHandle").field("id", &self.ctl.id).finish()
+        f.debug_struct("ExecHandle")
+            .field("id", &self.ctl.id)
+            .finish()
     }
 }
 
@@ -166,7 +181,11 @@ impl ExecControl {
                 .await
                 .map_err(|_| self.closed_error())?;
             permit.forget();
-            self.shared.send(&HostMsg::Stdin { id: self.id, data: chunk.to_vec(), eof: false })?;
+            self.shared.send(&HostMsg::Stdin {
+                id: self.id,
+                data: chunk.to_vec(),
+                eof: false,
+            })?;
         }
         Ok(())
     }
@@ -176,11 +195,19 @@ impl ExecControl {
         if self.stdin.is_none() {
             return Err(ControlError::StdinDisabled);
         }
-        self.shared.send(&HostMsg::Stdin { id: self.id, data: Vec::new(), eof: true })
+        self.shared.send(&HostMsg::Stdin {
+            id: self.id,
+            data: Vec::new(),
+            eof: true,
+        })
     }
 
     pub fn resize(&self, rows: u16, cols: u16) -> Result<(), ControlError> {
-        self.shared.send(&HostMsg::Resize { id: self.id, rows: rows.max(1), cols: cols.max(1) })
+        self.shared.send(&HostMsg::Resize {
+            id: self.id,
+            rows: rows.max(1),
+            cols: cols.max(1),
+        })
     }
 
     /// Signal the process group of the exec.
@@ -188,7 +215,10 @@ impl ExecControl {
         if self.done.load(Ordering::Acquire) {
             return Err(ControlError::Exited);
         }
-        self.shared.send(&HostMsg::Kill { id: self.id, signal })
+        self.shared.send(&HostMsg::Kill {
+            id: self.id,
+            signal,
+        })
     }
 
     fn closed_error(&self) -> ControlError {
@@ -202,12 +232,18 @@ impl ExecControl {
 impl Drop for ExecHandle {
     fn drop(&mut self) {
         if !self.ctl.done.load(Ordering::Acquire) {
-            let _ = self.ctl.shared.send(&HostMsg::Kill { id: self.ctl.id, signal: 9 });
+            let _ = self.ctl.shared.send(&HostMsg::Kill {
+                id: self.ctl.id,
+                signal: 9,
+            });
         }
         self.ctl.shared.forget(self.ctl.id);
     }
 }
 
 pub(crate) fn disconnected(d: &Disconnect) -> ExecEvent {
-    ExecEvent::Failed { code: d.code.to_string(), message: d.message.clone() }
+    ExecEvent::Failed {
+        code: d.code.to_string(),
+        message: d.message.clone(),
+    }
 }

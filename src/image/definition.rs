@@ -44,7 +44,8 @@ fn default_extra() -> u64 {
 
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "+-._:".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-._:".contains(c))
         && !s.starts_with('-')
 }
 
@@ -58,16 +59,25 @@ impl Definition {
     }
 
     pub fn parse(raw: &[u8], path: &Path) -> Result<Definition, ImageError> {
-        let bad = |message: String| ImageError::Definition { path: path.to_path_buf(), message };
+        let bad = |message: String| ImageError::Definition {
+            path: path.to_path_buf(),
+            message,
+        };
         let mut d: Definition = serde_json::from_slice(raw).map_err(|e| bad(e.to_string()))?;
         if !valid_name(&d.release) {
             return Err(bad(format!("release: invalid codename {:?}", d.release)));
         }
         if !(d.mirror.starts_with("http://") || d.mirror.starts_with("https://")) {
-            return Err(bad(format!("mirror: must be an http(s) URL (got {:?})", d.mirror)));
+            return Err(bad(format!(
+                "mirror: must be an http(s) URL (got {:?})",
+                d.mirror
+            )));
         }
         if !valid_name(&d.kernel_package) {
-            return Err(bad(format!("kernelPackage: invalid package name {:?}", d.kernel_package)));
+            return Err(bad(format!(
+                "kernelPackage: invalid package name {:?}",
+                d.kernel_package
+            )));
         }
         if let Some(p) = d.packages.iter().find(|p| !valid_name(p)) {
             return Err(bad(format!("packages: invalid package name {p:?}")));
@@ -77,7 +87,9 @@ impl Definition {
         }
         if let Some(mode) = &d.runtime_defaults.rootfs_mode {
             if !["readonly", "memory", "cow"].contains(&mode.as_str()) {
-                return Err(bad(format!("runtimeDefaults.rootfsMode: unsupported mode {mode:?}")));
+                return Err(bad(format!(
+                    "runtimeDefaults.rootfsMode: unsupported mode {mode:?}"
+                )));
             }
         }
         d.raw = raw.to_vec();
@@ -110,7 +122,9 @@ mod tests {
             (GOOD.replace("\"release\"", "\"relase\""), "relase"),
         ];
         for (json, field) in cases {
-            let e = Definition::parse(json.as_bytes(), Path::new("x.json")).unwrap_err().to_string();
+            let e = Definition::parse(json.as_bytes(), Path::new("x.json"))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(field), "{e}");
             assert!(e.starts_with("image definition x.json:"), "{e}");
         }

@@ -13,7 +13,7 @@ const S_IFREG: u32 = 0o100000;
 const S_IFCHR: u32 = 0o020000;
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
@@ -67,7 +67,7 @@ impl Cpio {
     pub fn finish(mut self) -> Vec<u8> {
         self.entry("TRAILER!!!", 0, &[], (0, 0));
         // Pad to 512 bytes like cpio(1) does.
-        while self.out.len() % 512 != 0 {
+        while !self.out.len().is_multiple_of(512) {
             self.out.push(0);
         }
         self.out
@@ -84,7 +84,10 @@ mod tests {
         let start_len = b.len();
         loop {
             assert_eq!(&b[..6], b"070701");
-            let f = |i: usize| u32::from_str_radix(std::str::from_utf8(&b[6 + i * 8..14 + i * 8]).unwrap(), 16).unwrap();
+            let f = |i: usize| {
+                u32::from_str_radix(std::str::from_utf8(&b[6 + i * 8..14 + i * 8]).unwrap(), 16)
+                    .unwrap()
+            };
             let (mode, size, rdevmajor, namesize) = (f(1), f(6) as usize, f(9), f(11) as usize);
             let name = String::from_utf8(b[110..110 + namesize - 1].to_vec()).unwrap();
             let mut off = 110 + namesize;

@@ -63,7 +63,10 @@ pub struct BuildOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("{tool} not found: install it with `sudo apt install {package}`")]
-    MissingTool { tool: &'static str, package: &'static str },
+    MissingTool {
+        tool: &'static str,
+        package: &'static str,
+    },
     #[error("building the guest image needs root (debootstrap creates device nodes and chroots); run `sudo gondolin build` once")]
     NotRoot,
     #[error("image definition {path}: {message}")]
@@ -75,7 +78,10 @@ pub enum ImageError {
     #[error("{step} failed: {message}")]
     Step { step: String, message: String },
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }
 
 impl ImageError {

@@ -18,7 +18,9 @@ pub fn cache_root() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
         return PathBuf::from(x).join("gondolin");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".cache").join("gondolin")
 }
 
@@ -27,7 +29,9 @@ pub fn images_dir(root: Option<&Path>) -> PathBuf {
     if let Some(x) = std::env::var_os("GONDOLIN_IMAGE_STORE").filter(|x| !x.is_empty()) {
         return PathBuf::from(x);
     }
-    root.map(Path::to_path_buf).unwrap_or_else(cache_root).join("images")
+    root.map(Path::to_path_buf)
+        .unwrap_or_else(cache_root)
+        .join("images")
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -96,15 +100,21 @@ pub fn lock(root: &Path) -> Result<nix::fcntl::Flock<fs::File>, ImageError> {
         .write(true)
         .open(root.join(".build.lock"))
         .map_err(io_err("opening the build lock"))?;
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| ImageError::Io { context: "locking the image cache".into(), source: e.into() })
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
+        ImageError::Io {
+            context: "locking the image cache".into(),
+            source: e.into(),
+        }
+    })
 }
 
 fn link_or_copy(src: &Path, dst: &Path) -> Result<(), ImageError> {
     if fs::hard_link(src, dst).is_ok() {
         return Ok(());
     }
-    fs::copy(src, dst).map(|_| ()).map_err(io_err(format!("copying {}", src.display())))
+    fs::copy(src, dst)
+        .map(|_| ())
+        .map_err(io_err(format!("copying {}", src.display())))
 }
 
 /// The initramfs: init, sandboxd, modules, and the few nodes the kernel
@@ -149,14 +159,23 @@ pub fn assemble(
             arch: std::env::consts::ARCH.to_string(),
             created_at: iso8601_now(),
             kernel_version: base.kernel_version.clone(),
-            cmdline: BASE_CMDLINE.split_whitespace().collect::<Vec<_>>().join(" "),
-            assets: Assets { kernel: "vmlinuz".into(), initrd: "initrd.img".into(), rootfs: "rootfs.ext4".into() },
+            cmdline: BASE_CMDLINE
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+            assets: Assets {
+                kernel: "vmlinuz".into(),
+                initrd: "initrd.img".into(),
+                rootfs: "rootfs.ext4".into(),
+            },
             debian: Some(DebianInfo {
                 release: def.release.clone(),
                 kernel_package: def.kernel_package.clone(),
                 packages: def.packages.clone(),
             }),
-            runtime_defaults: Some(RuntimeDefaults { rootfs_mode: def.runtime_defaults.rootfs_mode.clone() }),
+            runtime_defaults: Some(RuntimeDefaults {
+                rootfs_mode: def.runtime_defaults.rootfs_mode.clone(),
+            }),
         };
         let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes") + "\n";
         fs::write(tmp.join("manifest.json"), json).map_err(io_err("writing manifest.json"))
@@ -171,27 +190,48 @@ pub fn assemble(
 }
 
 fn asset(dir: &Path, rel: &str, what: &str) -> Result<PathBuf, ImageError> {
-    let bad = |m: String| ImageError::InvalidImage { dir: dir.to_path_buf(), message: m };
+    let bad = |m: String| ImageError::InvalidImage {
+        dir: dir.to_path_buf(),
+        message: m,
+    };
     let p = Path::new(rel);
     if rel.is_empty() || p.components().any(|c| !matches!(c, Component::Normal(_))) {
-        return Err(bad(format!("assets.{what} must be a plain relative path (got {rel:?})")));
+        return Err(bad(format!(
+            "assets.{what} must be a plain relative path (got {rel:?})"
+        )));
     }
     let full = dir.join(p);
-    let real = full.canonicalize().map_err(|_| bad(format!("assets.{what}: {} is missing", full.display())))?;
+    let real = full
+        .canonicalize()
+        .map_err(|_| bad(format!("assets.{what}: {} is missing", full.display())))?;
     let real_dir = dir.canonicalize().map_err(|e| bad(e.to_string()))?;
     if !real.starts_with(&real_dir) {
-        return Err(bad(format!("assets.{what} resolves outside the image directory")));
+        return Err(bad(format!(
+            "assets.{what} resolves outside the image directory"
+        )));
     }
     Ok(full)
 }
 
 pub fn load(dir: &Path) -> Result<ImageInfo, ImageError> {
-    let bad = |m: String| ImageError::InvalidImage { dir: dir.to_path_buf(), message: m };
+    let bad = |m: String| ImageError::InvalidImage {
+        dir: dir.to_path_buf(),
+        message: m,
+    };
     let text = fs::read_to_string(dir.join("manifest.json"))
         .map_err(|e| bad(format!("cannot read manifest.json: {e}")))?;
-    let m: Manifest = serde_json::from_str(&text).map_err(|e| bad(format!("manifest.json: {e}")))?;
-    if m.build_id.is_empty() || !m.build_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-        return Err(bad(format!("manifest.json: invalid buildId {:?}", m.build_id)));
+    let m: Manifest =
+        serde_json::from_str(&text).map_err(|e| bad(format!("manifest.json: {e}")))?;
+    if m.build_id.is_empty()
+        || !m
+            .build_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(bad(format!(
+            "manifest.json: invalid buildId {:?}",
+            m.build_id
+        )));
     }
     Ok(ImageInfo {
         dir: dir.to_path_buf(),
@@ -231,7 +271,12 @@ fn iso8601_now() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -257,7 +302,10 @@ mod tests {
         assert_ne!(a, b);
         assert_ne!(b, build_id(&def(&D.replace("bash", "zsh")), &t).unwrap());
         fs::remove_file(t.join("init")).unwrap();
-        assert!(matches!(build_id(&def(D), &t), Err(ImageError::MissingGuestBinary(_))));
+        assert!(matches!(
+            build_id(&def(D), &t),
+            Err(ImageError::MissingGuestBinary(_))
+        ));
         fs::remove_dir_all(&t).unwrap();
     }
 
@@ -269,8 +317,10 @@ mod tests {
             fs::write(t.join(f), b"x").unwrap();
         }
         let manifest = |k: &str| {
-            format!(r#"{{"buildId":"abc","arch":"x86_64","createdAt":"","kernelVersion":"","cmdline":"c",
-                "assets":{{"kernel":"{k}","initrd":"initrd.img","rootfs":"rootfs.ext4"}}}}"#)
+            format!(
+                r#"{{"buildId":"abc","arch":"x86_64","createdAt":"","kernelVersion":"","cmdline":"c",
+                "assets":{{"kernel":"{k}","initrd":"initrd.img","rootfs":"rootfs.ext4"}}}}"#
+            )
         };
         fs::write(t.join("manifest.json"), manifest("vmlinuz")).unwrap();
         let info = load(&t).unwrap();

@@ -36,11 +36,28 @@ pub fn run(step: &str, cmd: &mut Command) -> Result<String, ImageError> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| ImageError::Step { step: step.into(), message: e.to_string() })?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        .map_err(|e| ImageError::Step {
+            step: step.into(),
+            message: e.to_string(),
+        })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     if !out.status.success() {
-        let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
-        return Err(ImageError::Step { step: step.into(), message: format!("{}\n{}", out.status, tail.join("\n")) });
+        let tail: Vec<&str> = text
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        return Err(ImageError::Step {
+            step: step.into(),
+            message: format!("{}\n{}", out.status, tail.join("\n")),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

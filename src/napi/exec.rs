@@ -45,12 +45,18 @@ impl From<ExecEvent> for NativeExecEvent {
                 data: Some(data.into()),
                 ..base
             },
-            ExecEvent::Exit { exit_code, signal } => {
-                NativeExecEvent { kind: "exit".into(), exit_code: Some(exit_code), signal, ..base }
-            }
-            ExecEvent::Failed { code, message } => {
-                NativeExecEvent { kind: "error".into(), code: Some(code), message: Some(message), ..base }
-            }
+            ExecEvent::Exit { exit_code, signal } => NativeExecEvent {
+                kind: "exit".into(),
+                exit_code: Some(exit_code),
+                signal,
+                ..base
+            },
+            ExecEvent::Failed { code, message } => NativeExecEvent {
+                kind: "error".into(),
+                code: Some(code),
+                message: Some(message),
+                ..base
+            },
         }
     }
 }
@@ -63,7 +69,10 @@ pub struct NativeExec {
 
 impl NativeExec {
     pub fn new(handle: ExecHandle) -> Self {
-        NativeExec { ctl: handle.control(), events: Arc::new(Mutex::new(handle)) }
+        NativeExec {
+            ctl: handle.control(),
+            events: Arc::new(Mutex::new(handle)),
+        }
     }
 }
 
@@ -79,7 +88,9 @@ impl NativeExec {
     pub async fn next(&self) -> napi::Result<Option<Vec<NativeExecEvent>>> {
         let events = self.events.clone();
         let mut h = events.lock().await;
-        Ok(h.next_batch(BATCH_BYTES).await.map(|b| b.into_iter().map(Into::into).collect()))
+        Ok(h.next_batch(BATCH_BYTES)
+            .await
+            .map(|b| b.into_iter().map(Into::into).collect()))
     }
 
     /// Write stdin; resolves when the guest had credit for all of it.

@@ -61,13 +61,17 @@ fn err(e: ImageError) -> napi::Error {
 /// Read and validate the image in `dir`.
 #[napi]
 pub fn load_image(dir: String) -> napi::Result<NativeImage> {
-    image::load_image(std::path::Path::new(&dir)).map(Into::into).map_err(err)
+    image::load_image(std::path::Path::new(&dir))
+        .map(Into::into)
+        .map_err(err)
 }
 
 /// The image for the current inputs if it is already built.
 #[napi]
 pub fn find_image(options: NativeBuildOptions) -> napi::Result<Option<NativeImage>> {
-    image::find_built(&opts(options)).map(|o| o.map(Into::into)).map_err(err)
+    image::find_built(&opts(options))
+        .map(|o| o.map(Into::into))
+        .map_err(err)
 }
 
 /// Build (or reuse) the image; `progress` gets one line per stage.
@@ -87,6 +91,9 @@ pub async fn build_image(
     });
     match job.await {
         Ok(r) => r.map(Into::into).map_err(err),
-        Err(e) => Err(js_error("build_failed", format!("the image build crashed: {e}"))),
+        Err(e) => Err(js_error(
+            "build_failed",
+            format!("the image build crashed: {e}"),
+        )),
     }
 }

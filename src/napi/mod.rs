@@ -2,6 +2,10 @@
 //! Each exported class has its own file; errors cross into JS through
 //! [`error`], which keeps a stable `code`.
 
+// napi-derive registers exports only outside `cfg(test)`, so a test build
+// sees the exported items as unused.
+#![cfg_attr(test, allow(dead_code))]
+
 mod error;
 mod exec;
 mod image;
@@ -22,7 +26,9 @@ fn init() {
 
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        eprintln!("gondolin: internal error (a bug in gondolin, not in your code); please report it:");
+        eprintln!(
+            "gondolin: internal error (a bug in gondolin, not in your code); please report it:"
+        );
         default_hook(info);
     }));
 
@@ -38,6 +44,9 @@ fn init() {
             })
             .collect();
         let env = tracing_subscriber::EnvFilter::new(directives.join(","));
-        let _ = tracing_subscriber::fmt().with_env_filter(env).with_writer(std::io::stderr).try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(env)
+            .with_writer(std::io::stderr)
+            .try_init();
     }
 }

@@ -62,7 +62,10 @@ pub struct NativeAccel {
 #[napi]
 pub fn detect_accel(explicit: Option<String>) -> NativeAccel {
     let a = crate::vm::detect_accel(explicit.as_deref());
-    NativeAccel { accel: a.qemu_arg(), cmdline_extra: a.cmdline_extra().to_string() }
+    NativeAccel {
+        accel: a.qemu_arg(),
+        cmdline_extra: a.cmdline_extra().to_string(),
+    }
 }
 
 #[napi]

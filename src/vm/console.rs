@@ -35,7 +35,13 @@ impl Tail {
 
     /// The last line matching `pred`, if any.
     pub fn last_where(&self, pred: impl Fn(&str) -> bool) -> Option<String> {
-        self.0.lock().unwrap().iter().rev().find(|l| pred(l)).cloned()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|l| pred(l))
+            .cloned()
     }
 
     /// Read `r` until EOF, splitting lines into the tail; echo each line

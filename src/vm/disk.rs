@@ -19,7 +19,9 @@ pub async fn create_overlay(base: &Path, overlay: &Path) -> Result<(), VmError> 
             _ => VmError::Overlay(e.to_string()),
         })?;
     if !out.status.success() {
-        return Err(VmError::Overlay(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        return Err(VmError::Overlay(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
     Ok(())
 }

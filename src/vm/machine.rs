@@ -34,7 +34,10 @@ pub struct Vm {
 
 impl std::fmt::Debug for Vm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vm").field("dir", &self.dir).field("pid", &self.pid).finish()
+        f.debug_struct("Vm")
+            .field("dir", &self.dir)
+            .field("pid", &self.pid)
+            .finish()
     }
 }
 
@@ -60,7 +63,9 @@ fn make_temp_dir() -> std::io::Result<PathBuf> {
             Err(e) => return Err(e),
         }
     }
-    Err(std::io::Error::other("could not create a unique temp directory"))
+    Err(std::io::Error::other(
+        "could not create a unique temp directory",
+    ))
 }
 
 fn describe_exit(status: std::io::Result<std::process::ExitStatus>, tail: &Tail) -> String {
@@ -122,17 +127,23 @@ impl Vm {
             serial_ports: vec![(CONTROL_PORT.to_string(), control_sock)],
             qmp_socket: dir.join("qmp.sock"),
         };
-        let qemu_path = config.qemu_path.clone().unwrap_or_else(|| {
-            PathBuf::from(format!("qemu-system-{}", std::env::consts::ARCH))
-        });
+        let qemu_path = config
+            .qemu_path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("qemu-system-{}", std::env::consts::ARCH)));
         let mut child = spawn_qemu(&qemu_path, &qemu::qemu_argv(&plan))?;
         let pid = child.id();
         let tail = Tail::default();
         let echo = config.debug.then_some("guest");
         tokio::spawn(tail.clone().pump(child.stdout.take().unwrap(), echo));
-        tokio::spawn(tail.clone().pump(child.stderr.take().unwrap(), config.debug.then_some("qemu")));
+        tokio::spawn(
+            tail.clone()
+                .pump(child.stderr.take().unwrap(), config.debug.then_some("qemu")),
+        );
 
-        let deadline = config.start_timeout.map(|t| tokio::time::Instant::now() + t);
+        let deadline = config
+            .start_timeout
+            .map(|t| tokio::time::Instant::now() + t);
         let timeout_ms = config.start_timeout.map(|t| t.as_millis()).unwrap_or(0);
         let sleep_until = || async move {
             match deadline {
@@ -179,7 +190,14 @@ impl Vm {
 
         let (stop_tx, stop_rx) = oneshot::channel();
         let (exit_tx, exit_rx) = watch::channel(None);
-        tokio::spawn(supervise(child, stop_rx, exit_tx, closed, control.clone(), tail.clone()));
+        tokio::spawn(supervise(
+            child,
+            stop_rx,
+            exit_tx,
+            closed,
+            control.clone(),
+            tail.clone(),
+        ));
         guard.0 = None;
         Ok(Vm {
             control,
@@ -226,7 +244,10 @@ impl Vm {
     /// Stop QEMU, fail pending execs, remove the temp dir. Idempotent and
     /// safe to call concurrently: later callers wait for the same shutdown.
     pub async fn close(&self) {
-        self.control.fail(Disconnect { code: "vm_closed", message: "the VM was closed".into() });
+        self.control.fail(Disconnect {
+            code: "vm_closed",
+            message: "the VM was closed".into(),
+        });
         if let Some(tx) = self.stop.lock().unwrap().take() {
             let _ = tx.send(());
         }
@@ -263,7 +284,9 @@ fn spawn_qemu(path: &Path, argv: &[String]) -> Result<Child, VmError> {
     }
     tracing::debug!(target: "gondolin::vm", "spawning {} {}", path.display(), argv.join(" "));
     cmd.spawn().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => VmError::QemuNotFound { path: path.display().to_string() },
+        std::io::ErrorKind::NotFound => VmError::QemuNotFound {
+            path: path.display().to_string(),
+        },
         _ => VmError::Spawn(e),
     })
 }
@@ -307,8 +330,14 @@ async fn supervise(
     };
     // Let the pumps drain the last console lines before describing the exit.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let reason = format!("the VM exited unexpectedly: {}", describe_exit(status, &tail));
-    control.fail(Disconnect { code: "vm_exited", message: reason.clone() });
+    let reason = format!(
+        "the VM exited unexpectedly: {}",
+        describe_exit(status, &tail)
+    );
+    control.fail(Disconnect {
+        code: "vm_exited",
+        message: reason.clone(),
+    });
     let _ = exited.send(Some(reason));
 }
 

@@ -117,7 +117,9 @@ pub fn parse_memory_mib(s: &str) -> Result<u64, VmError> {
 pub enum VmError {
     #[error("{0}")]
     InvalidOption(String),
-    #[error("QEMU binary '{path}' not found. Install QEMU: sudo apt install qemu-system-x86 qemu-utils")]
+    #[error(
+        "QEMU binary '{path}' not found. Install QEMU: sudo apt install qemu-system-x86 qemu-utils"
+    )]
     QemuNotFound { path: String },
     #[error("qemu-img not found (needed for rootfs mode \"cow\"). Install it: sudo apt install qemu-utils")]
     QemuImgNotFound,
@@ -174,6 +176,9 @@ mod tests {
     #[test]
     fn rootfs_modes() {
         assert_eq!(RootfsMode::parse("cow").unwrap(), RootfsMode::Cow);
-        assert!(RootfsMode::parse("rw").unwrap_err().to_string().contains("unsupported rootfs mode: rw"));
+        assert!(RootfsMode::parse("rw")
+            .unwrap_err()
+            .to_string()
+            .contains("unsupported rootfs mode: rw"));
     }
 }

@@ -32,7 +32,11 @@ fn p(path: &std::path::Path) -> String {
 pub fn qemu_argv(plan: &QemuPlan) -> Vec<String> {
     let machine = plan.machine.clone().unwrap_or_else(|| "q35".to_string());
     // microvm has no PCI bus: its virtio devices are the MMIO variants.
-    let bus = if machine.starts_with("microvm") { "device" } else { "pci" };
+    let bus = if machine.starts_with("microvm") {
+        "device"
+    } else {
+        "pci"
+    };
     let cpu = plan.cpu.clone().unwrap_or_else(|| match plan.accel {
         Accel::Kvm | Accel::Hvf => "host".into(),
         _ => "max".into(),
@@ -42,7 +46,11 @@ pub fn qemu_argv(plan: &QemuPlan) -> Vec<String> {
         RootfsMode::Memory => ("raw", ",snapshot=on"),
         RootfsMode::Readonly => ("raw", ",readonly=on"),
     };
-    let ro = if plan.rootfs_mode == RootfsMode::Readonly { "ro" } else { "rw" };
+    let ro = if plan.rootfs_mode == RootfsMode::Readonly {
+        "ro"
+    } else {
+        "rw"
+    };
     let accel_words = plan.accel.cmdline_extra();
     let cmdline =
         format!("{} {accel_words} gondolin.rootfs={ro}", plan.cmdline.trim()).replace("  ", " ");
@@ -50,23 +58,59 @@ pub fn qemu_argv(plan: &QemuPlan) -> Vec<String> {
     let mut a: Vec<String> = Vec::with_capacity(64);
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&["-nodefaults", "-no-reboot", "-nographic", "-no-user-config"]);
-    push(&["-machine", &machine, "-accel", &plan.accel.qemu_arg(), "-cpu", &cpu]);
+    push(&[
+        "-machine",
+        &machine,
+        "-accel",
+        &plan.accel.qemu_arg(),
+        "-cpu",
+        &cpu,
+    ]);
     push(&["-m", &plan.memory, "-smp", &plan.cpus.to_string()]);
-    push(&["-kernel", &p(&plan.kernel), "-initrd", &p(&plan.initrd), "-append", &cmdline]);
-    let drive = format!("file={},if=none,id=drive0,format={format},cache=unsafe{extra}", p(&plan.disk));
-    push(&["-drive", &drive, "-device", &format!("virtio-blk-{bus},drive=drive0")]);
+    push(&[
+        "-kernel",
+        &p(&plan.kernel),
+        "-initrd",
+        &p(&plan.initrd),
+        "-append",
+        &cmdline,
+    ]);
+    let drive = format!(
+        "file={},if=none,id=drive0,format={format},cache=unsafe{extra}",
+        p(&plan.disk)
+    );
+    push(&[
+        "-drive",
+        &drive,
+        "-device",
+        &format!("virtio-blk-{bus},drive=drive0"),
+    ]);
     // The guest console goes to QEMU's stdout, which the host reads; stdin is
     // never a terminal so QEMU doesn't touch the user's tty.
-    push(&["-chardev", "stdio,id=console0,signal=off", "-serial", "chardev:console0"]);
+    push(&[
+        "-chardev",
+        "stdio,id=console0,signal=off",
+        "-serial",
+        "chardev:console0",
+    ]);
     push(&["-object", "rng-random,filename=/dev/urandom,id=rng0"]);
     push(&["-device", &format!("virtio-rng-{bus},rng=rng0")]);
     push(&["-device", &format!("virtio-serial-{bus},id=vser0")]);
     for (i, (name, sock)) in plan.serial_ports.iter().enumerate() {
         let id = format!("port{i}");
-        push(&["-chardev", &format!("socket,id={id},path={},server=off", p(sock))]);
-        push(&["-device", &format!("virtserialport,chardev={id},name={name},bus=vser0.0")]);
+        push(&[
+            "-chardev",
+            &format!("socket,id={id},path={},server=off", p(sock)),
+        ]);
+        push(&[
+            "-device",
+            &format!("virtserialport,chardev={id},name={name},bus=vser0.0"),
+        ]);
     }
-    push(&["-qmp", &format!("unix:{},server=on,wait=off", p(&plan.qmp_socket))]);
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", p(&plan.qmp_socket)),
+    ]);
     a
 }
 
@@ -92,7 +136,10 @@ mod tests {
     }
 
     fn after<'a>(argv: &'a [String], flag: &str) -> Vec<&'a str> {
-        argv.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+        argv.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
     }
 
     #[test]
@@ -106,7 +153,7 @@ mod tests {
         assert!(a.contains(&"-nodefaults".to_string()));
         assert_eq!(
             after(&a, "-append"),
-            ["console=ttyS0 quiet norandmaps mitigations=off gondolin.rootfs=rw"]
+            ["console=ttyS0 quiet norandmaps mitigations=off init_on_alloc=0 gondolin.rootfs=rw"]
         );
     }
 
@@ -129,9 +176,13 @@ mod tests {
         let devs = after(&a, "-device");
         assert!(devs.contains(&"virtio-serial-pci,id=vser0"));
         assert!(devs.contains(&"virtserialport,chardev=port0,name=gondolin.control,bus=vser0.0"));
-        assert!(after(&a, "-chardev")
-            .contains(&"socket,id=port0,path=/tmp/x/control.sock,server=off"));
-        assert_eq!(after(&a, "-qmp"), ["unix:/tmp/x/qmp.sock,server=on,wait=off"]);
+        assert!(
+            after(&a, "-chardev").contains(&"socket,id=port0,path=/tmp/x/control.sock,server=off")
+        );
+        assert_eq!(
+            after(&a, "-qmp"),
+            ["unix:/tmp/x/qmp.sock,server=on,wait=off"]
+        );
     }
 
     #[test]
@@ -141,7 +192,11 @@ mod tests {
         pl.machine = Some("microvm".into());
         let a = qemu_argv(&pl);
         assert_eq!(after(&a, "-cpu"), ["host"]);
-        assert_eq!(after(&a, "-append"), ["console=ttyS0 quiet gondolin.rootfs=rw"], "ASLR stays on under KVM");
+        assert_eq!(
+            after(&a, "-append"),
+            ["console=ttyS0 quiet gondolin.rootfs=rw"],
+            "ASLR stays on under KVM"
+        );
         assert!(after(&a, "-device").contains(&"virtio-serial-device,id=vser0"));
     }
 

@@ -19,7 +19,13 @@ pub const SANDBOXD: &str = "/run/gondolin/bin/sandboxd";
 /// How long to wait for the root disk's device node.
 const DISK_WAIT: Duration = Duration::from_secs(10);
 
-fn mnt(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> io::Result<()> {
+fn mnt(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> io::Result<()> {
     let _ = fs::DirBuilder::new().recursive(true).create(target);
     match mount(Some(src), target, Some(fstype), flags, data) {
         Ok(()) | Err(Errno::EBUSY) => Ok(()),
@@ -30,7 +36,13 @@ fn mnt(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>
 /// /proc, /sys, /dev in the initramfs.
 pub fn early() -> io::Result<()> {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mnt("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
+    mnt(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
     mnt("proc", "/proc", "proc", nosuid, None)?;
     mnt("sysfs", "/sys", "sysfs", nosuid, None)?;
     Ok(())
@@ -40,12 +52,20 @@ pub fn early() -> io::Result<()> {
 /// as the image builder wrote them). Failures are reported, not fatal: a
 /// module may be built in on another kernel.
 pub fn load_modules() {
-    let Ok(order) = fs::read_to_string("/lib/modules/load-order") else { return };
+    let Ok(order) = fs::read_to_string("/lib/modules/load-order") else {
+        return;
+    };
     for name in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let path = format!("/lib/modules/{name}");
-        let res = fs::File::open(&path).map_err(Errno::from_raw_os_error_io).and_then(|f| {
-            nix::kmod::finit_module(&f, &CString::default(), nix::kmod::ModuleInitFlags::empty())
-        });
+        let res = fs::File::open(&path)
+            .map_err(Errno::from_raw_os_error_io)
+            .and_then(|f| {
+                nix::kmod::finit_module(
+                    &f,
+                    &CString::default(),
+                    nix::kmod::ModuleInitFlags::empty(),
+                )
+            });
         match res {
             Ok(()) | Err(Errno::EEXIST) => {}
             Err(e) => say!("loading {name} failed: {e}"),
@@ -66,7 +86,9 @@ fn wait_for(path: &str, limit: Duration) -> io::Result<()> {
     let start = Instant::now();
     while !Path::new(path).exists() {
         if start.elapsed() > limit {
-            return Err(io::Error::other(format!("{path} did not appear within {limit:?}")));
+            return Err(io::Error::other(format!(
+                "{path} did not appear within {limit:?}"
+            )));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -81,9 +103,18 @@ pub fn switch_root(readonly: bool) -> io::Result<()> {
         flags |= MsFlags::MS_RDONLY;
     }
     mnt("/dev/vda", NEWROOT, "ext4", flags, None)?;
-    mnt("tmpfs", &format!("{NEWROOT}/run"), "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
+    mnt(
+        "tmpfs",
+        &format!("{NEWROOT}/run"),
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
     let dst = format!("{NEWROOT}{SANDBOXD}");
-    fs::DirBuilder::new().recursive(true).mode(0o755).create(Path::new(&dst).parent().unwrap())?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(Path::new(&dst).parent().unwrap())?;
     fs::copy(SANDBOXD_SRC, &dst)
         .map_err(|e| io::Error::other(format!("copying sandboxd into the root disk: {e}")))?;
     fs::set_permissions(&dst, fs::Permissions::from_mode(0o755))?;
@@ -91,8 +122,14 @@ pub fn switch_root(readonly: bool) -> io::Result<()> {
     for m in ["/dev", "/proc", "/sys"] {
         let target = format!("{NEWROOT}{m}");
         let _ = fs::create_dir_all(&target);
-        mount(Some(m), target.as_str(), None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .map_err(|e| io::Error::other(format!("moving {m}: {e}")))?;
+        mount(
+            Some(m),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(|e| io::Error::other(format!("moving {m}: {e}")))?;
     }
     // Free the initramfs copies we no longer need (it is RAM).
     let _ = fs::remove_dir_all("/lib/modules");
@@ -109,7 +146,13 @@ pub fn switch_root(readonly: bool) -> io::Result<()> {
 /// Writable scratch space and pseudo-terminals in the new root.
 pub fn late() -> io::Result<()> {
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    mnt("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("gid=5,mode=0620,ptmxmode=0666"))?;
+    mnt(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("gid=5,mode=0620,ptmxmode=0666"),
+    )?;
     if !Path::new("/dev/ptmx").exists() {
         let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
     }
@@ -119,11 +162,21 @@ pub fn late() -> io::Result<()> {
     mnt("tmpfs", "/var/tmp", "tmpfs", nodev, Some("mode=1777"))?;
     mnt("tmpfs", "/var/cache", "tmpfs", nodev, Some("mode=0755"))?;
     mnt("tmpfs", "/var/log", "tmpfs", nodev, Some("mode=0755"))?;
-    for d in ["/tmp/.cache", "/tmp/.config", "/tmp/.local/share", "/run/lock"] {
+    for d in [
+        "/tmp/.cache",
+        "/tmp/.config",
+        "/tmp/.local/share",
+        "/run/lock",
+    ] {
         let _ = fs::create_dir_all(d);
     }
     // stdio links some programs expect (normally made by udev/systemd).
-    for (link, target) in [("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd/0"), ("/dev/stdout", "/proc/self/fd/1"), ("/dev/stderr", "/proc/self/fd/2")] {
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
         if !Path::new(link).exists() {
             let _ = std::os::unix::fs::symlink(target, link);
         }

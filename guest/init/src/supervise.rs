@@ -13,7 +13,10 @@ use crate::say;
 const ENV: &[(&str, &str)] = &[
     ("HOME", "/root"),
     ("TMPDIR", "/tmp"),
-    ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
     ("LANG", "C.UTF-8"),
     ("TERM", "xterm-256color"),
     ("XDG_CACHE_HOME", "/tmp/.cache"),

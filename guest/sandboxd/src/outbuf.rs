@@ -186,11 +186,11 @@ mod tests {
                     let mut dec = FrameDecoder::new();
                     dec.push(&out.buf);
                     assert_eq!(
-                        dec.next::<GuestMsg>().unwrap(),
+                        dec.next_message::<GuestMsg>().unwrap(),
                         Some(GuestMsg::Pong { seq: 3 })
                     );
                     let mut all = Vec::new();
-                    while let Some(m) = dec.next::<GuestMsg>().unwrap() {
+                    while let Some(m) = dec.next_message::<GuestMsg>().unwrap() {
                         match m {
                             GuestMsg::Output {
                                 id: i,

@@ -239,7 +239,7 @@ impl Server {
     /// Act on every complete frame; the decoder keeps at most a partial one.
     fn handle_frames(&mut self, now: Instant) {
         loop {
-            let msg = match self.dec.next::<HostMsg>() {
+            let msg = match self.dec.next_message::<HostMsg>() {
                 Ok(Some(msg)) => msg,
                 Ok(None) => return,
                 Err(e @ WireError::FrameTooLarge(_)) => {

@@ -77,7 +77,7 @@ impl FrameDecoder {
     }
 
     /// Decode the next complete message, if one is buffered.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
+    pub fn next_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
         match self.next_frame()? {
             Some(body) => decode(body).map(Some),
             None => Ok(None),

@@ -59,7 +59,9 @@ pub enum HostMsg {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GuestMsg {
     /// sandboxd is up and serving; sent once per connection.
-    Ready { version: u32 },
+    Ready {
+        version: u32,
+    },
     /// Output of `id`; never more than the credit the host granted.
     Output {
         id: u32,
@@ -69,12 +71,25 @@ pub enum GuestMsg {
     },
     /// Process `id` finished and all of its output has been sent.
     /// `exit_code` is 128+N when killed by signal N.
-    Exit { id: u32, exit_code: i32, signal: Option<i32> },
+    Exit {
+        id: u32,
+        exit_code: i32,
+        signal: Option<i32>,
+    },
     /// The guest can take `bytes` more stdin for `id`.
-    StdinWindow { id: u32, bytes: u32 },
+    StdinWindow {
+        id: u32,
+        bytes: u32,
+    },
     /// A request failed (`id` 0 = not tied to one request).
-    Error { id: u32, code: String, message: String },
-    Pong { seq: u32 },
+    Error {
+        id: u32,
+        code: String,
+        message: String,
+    },
+    Pong {
+        seq: u32,
+    },
 }
 
 fn check_str(s: &str, what: &'static str) -> Result<(), WireError> {
@@ -138,9 +153,7 @@ impl GuestMsg {
             GuestMsg::Output { data, .. } if data.len() > MAX_CHUNK => {
                 Err(WireError::Invalid("output chunk too large"))
             }
-            GuestMsg::Error { code, message, .. }
-                if code.len() > 256 || message.len() > 4096 =>
-            {
+            GuestMsg::Error { code, message, .. } if code.len() > 256 || message.len() > 4096 => {
                 Err(WireError::Invalid("error text too long"))
             }
             _ => Ok(()),
@@ -168,19 +181,48 @@ mod tests {
     #[test]
     fn round_trips_every_message() {
         let host = vec![
-            HostMsg::Exec { id: 1, exec: exec() },
-            HostMsg::Stdin { id: 2, data: vec![0, 1, 255], eof: true },
-            HostMsg::Window { id: 3, stdout: 10, stderr: 20 },
-            HostMsg::Resize { id: 4, rows: 50, cols: 132 },
+            HostMsg::Exec {
+                id: 1,
+                exec: exec(),
+            },
+            HostMsg::Stdin {
+                id: 2,
+                data: vec![0, 1, 255],
+                eof: true,
+            },
+            HostMsg::Window {
+                id: 3,
+                stdout: 10,
+                stderr: 20,
+            },
+            HostMsg::Resize {
+                id: 4,
+                rows: 50,
+                cols: 132,
+            },
             HostMsg::Kill { id: 5, signal: 9 },
             HostMsg::Ping { seq: 7 },
         ];
         let guest = vec![
-            GuestMsg::Ready { version: PROTOCOL_VERSION },
-            GuestMsg::Output { id: 1, stream: Stream::Stderr, data: b"x".to_vec() },
-            GuestMsg::Exit { id: 1, exit_code: 137, signal: Some(9) },
+            GuestMsg::Ready {
+                version: PROTOCOL_VERSION,
+            },
+            GuestMsg::Output {
+                id: 1,
+                stream: Stream::Stderr,
+                data: b"x".to_vec(),
+            },
+            GuestMsg::Exit {
+                id: 1,
+                exit_code: 137,
+                signal: Some(9),
+            },
             GuestMsg::StdinWindow { id: 1, bytes: 99 },
-            GuestMsg::Error { id: 0, code: "c".into(), message: "m".into() },
+            GuestMsg::Error {
+                id: 0,
+                code: "c".into(),
+                message: "m".into(),
+            },
             GuestMsg::Pong { seq: 7 },
         ];
         let mut dec = FrameDecoder::new();
@@ -188,16 +230,16 @@ mod tests {
             dec.push(&encode(m));
         }
         for m in &host {
-            assert_eq!(dec.next::<HostMsg>().unwrap().as_ref(), Some(m));
+            assert_eq!(dec.next_message::<HostMsg>().unwrap().as_ref(), Some(m));
         }
         for m in &guest {
             // Split every frame into single bytes to exercise partial reads.
             for b in encode(m) {
                 dec.push(&[b]);
             }
-            assert_eq!(dec.next::<GuestMsg>().unwrap().as_ref(), Some(m));
+            assert_eq!(dec.next_message::<GuestMsg>().unwrap().as_ref(), Some(m));
         }
-        assert_eq!(dec.next::<GuestMsg>().unwrap(), None);
+        assert_eq!(dec.next_message::<GuestMsg>().unwrap(), None);
         assert_eq!(dec.pending(), 0);
     }
 
@@ -208,17 +250,22 @@ mod tests {
         assert!(matches!(dec.next_frame(), Err(WireError::FrameTooLarge(_))));
         let mut dec = FrameDecoder::new();
         dec.push(&u32::MAX.to_be_bytes());
-        assert!(dec.next::<HostMsg>().is_err());
+        assert!(dec.next_message::<HostMsg>().is_err());
     }
 
     #[test]
     fn malformed_bodies_are_errors_not_panics() {
-        for body in [&[][..], &[0xff], &[0, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f], &[9, 9, 9]] {
+        for body in [
+            &[][..],
+            &[0xff],
+            &[0, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f],
+            &[9, 9, 9],
+        ] {
             let mut frame = (body.len() as u32).to_be_bytes().to_vec();
             frame.extend_from_slice(body);
             let mut dec = FrameDecoder::new();
             dec.push(&frame);
-            assert!(dec.next::<HostMsg>().is_err(), "{body:?}");
+            assert!(dec.next_message::<HostMsg>().is_err(), "{body:?}");
         }
         // A claimed vector length far beyond the frame must not allocate it.
         let mut body = vec![0u8]; // HostMsg::Exec
@@ -242,9 +289,73 @@ mod tests {
         let mut e = exec();
         e.cwd = Some("relative".into());
         assert!(e.validate().is_err());
-        let m = HostMsg::Stdin { id: 1, data: vec![0; crate::MAX_CHUNK + 1], eof: false };
+        let m = HostMsg::Stdin {
+            id: 1,
+            data: vec![0; crate::MAX_CHUNK + 1],
+            eof: false,
+        };
         assert!(m.validate().is_err());
-        let m = GuestMsg::Output { id: 1, stream: Stream::Stdout, data: vec![0; crate::MAX_CHUNK + 1] };
+        let m = GuestMsg::Output {
+            id: 1,
+            stream: Stream::Stdout,
+            data: vec![0; crate::MAX_CHUNK + 1],
+        };
         assert!(m.validate().is_err());
+    }
+}
+
+#[cfg(test)]
+mod noise {
+    //! A cheap stand-in for the fuzzer that runs with `cargo test`:
+    //! pseudo-random and mutated frames never panic the decoders.
+    use crate::{encode, FrameDecoder, GuestMsg, HostMsg, Stream};
+
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn random_and_mutated_input_never_panics() {
+        let seed_frames = [
+            encode(&GuestMsg::Output {
+                id: 1,
+                stream: Stream::Stdout,
+                data: vec![1; 100],
+            }),
+            encode(&GuestMsg::Error {
+                id: 1,
+                code: "x".into(),
+                message: "y".into(),
+            }),
+            encode(&HostMsg::Stdin {
+                id: 1,
+                data: vec![2; 10],
+                eof: true,
+            }),
+        ];
+        let mut s = 0x9e3779b97f4a7c15u64;
+        for round in 0..20_000 {
+            let mut bytes = if round % 2 == 0 {
+                seed_frames[round % 3].clone()
+            } else {
+                let n = (xorshift(&mut s) % 64) as usize;
+                (0..n).map(|_| xorshift(&mut s) as u8).collect()
+            };
+            for _ in 0..(xorshift(&mut s) % 4) {
+                if !bytes.is_empty() {
+                    let i = (xorshift(&mut s) as usize) % bytes.len();
+                    bytes[i] = xorshift(&mut s) as u8;
+                }
+            }
+            let mut dec = FrameDecoder::new();
+            dec.push(&bytes);
+            while let Ok(Some(f)) = dec.next_frame() {
+                let _ = crate::decode::<GuestMsg>(f).map(|m| m.validate());
+                let _ = crate::decode::<HostMsg>(f).map(|m| m.validate());
+            }
+        }
     }
 }

@@ -16,7 +16,7 @@ impl FakeGuest {
     async fn recv(&mut self) -> HostMsg {
         let mut buf = [0u8; 4096];
         loop {
-            if let Some(m) = self.dec.next::<HostMsg>().unwrap() {
+            if let Some(m) = self.dec.next_message::<HostMsg>().unwrap() {
                 return m;
             }
             let n = self.io.read(&mut buf).await.unwrap();
@@ -29,35 +29,79 @@ impl FakeGuest {
 fn pair() -> (ControlClient, Connection, FakeGuest) {
     let (a, b) = tokio::io::duplex(1 << 20);
     let (c, conn) = ControlClient::new(a);
-    (c, conn, FakeGuest { io: b, dec: FrameDecoder::new() })
+    (
+        c,
+        conn,
+        FakeGuest {
+            io: b,
+            dec: FrameDecoder::new(),
+        },
+    )
 }
 
 fn req(argv: &[&str]) -> ExecRequest {
-    ExecRequest { argv: argv.iter().map(|s| s.to_string()).collect(), window: 4096, ..Default::default() }
+    ExecRequest {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        window: 4096,
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
 async fn exec_round_trip_and_credit() {
     let (c, conn, mut g) = pair();
-    g.send(&GuestMsg::Ready { version: PROTOCOL_VERSION }).await;
+    g.send(&GuestMsg::Ready {
+        version: PROTOCOL_VERSION,
+    })
+    .await;
     assert_eq!(conn.ready.await.unwrap().unwrap(), PROTOCOL_VERSION);
 
     let mut h = c.exec(&req(&["/bin/echo", "hi"])).unwrap();
-    let HostMsg::Exec { id, exec } = g.recv().await else { panic!() };
+    let HostMsg::Exec { id, exec } = g.recv().await else {
+        panic!()
+    };
     assert_eq!(exec.argv, ["/bin/echo", "hi"]);
     assert_eq!(exec.stdout_window, 4096);
-    g.send(&GuestMsg::Output { id, stream: Stream::Stdout, data: vec![b'x'; 4096] }).await;
+    g.send(&GuestMsg::Output {
+        id,
+        stream: Stream::Stdout,
+        data: vec![b'x'; 4096],
+    })
+    .await;
     let batch = h.next_batch(1 << 20).await.unwrap();
     assert_eq!(batch.len(), 1);
     // Taking the data returns its credit.
-    assert_eq!(g.recv().await, HostMsg::Window { id, stdout: 4096, stderr: 0 });
-    g.send(&GuestMsg::Output { id, stream: Stream::Stderr, data: b"e".to_vec() }).await;
-    g.send(&GuestMsg::Exit { id, exit_code: 3, signal: None }).await;
+    assert_eq!(
+        g.recv().await,
+        HostMsg::Window {
+            id,
+            stdout: 4096,
+            stderr: 0
+        }
+    );
+    g.send(&GuestMsg::Output {
+        id,
+        stream: Stream::Stderr,
+        data: b"e".to_vec(),
+    })
+    .await;
+    g.send(&GuestMsg::Exit {
+        id,
+        exit_code: 3,
+        signal: None,
+    })
+    .await;
     let mut evs = Vec::new();
     while let Some(b) = h.next_batch(1 << 20).await {
         evs.extend(b);
     }
-    assert_eq!(evs.last().unwrap(), &ExecEvent::Exit { exit_code: 3, signal: None });
+    assert_eq!(
+        evs.last().unwrap(),
+        &ExecEvent::Exit {
+            exit_code: 3,
+            signal: None
+        }
+    );
     assert_eq!(c.in_flight(), 0);
 }
 
@@ -65,9 +109,21 @@ async fn exec_round_trip_and_credit() {
 async fn output_beyond_credit_is_a_protocol_violation() {
     let (c, conn, mut g) = pair();
     let mut h = c.exec(&req(&["x"])).unwrap();
-    let HostMsg::Exec { id, .. } = g.recv().await else { panic!() };
-    g.send(&GuestMsg::Output { id, stream: Stream::Stdout, data: vec![0; 4096] }).await;
-    g.send(&GuestMsg::Output { id, stream: Stream::Stdout, data: vec![0; 1] }).await;
+    let HostMsg::Exec { id, .. } = g.recv().await else {
+        panic!()
+    };
+    g.send(&GuestMsg::Output {
+        id,
+        stream: Stream::Stdout,
+        data: vec![0; 4096],
+    })
+    .await;
+    g.send(&GuestMsg::Output {
+        id,
+        stream: Stream::Stdout,
+        data: vec![0; 1],
+    })
+    .await;
     let reason = conn.closed.await.unwrap();
     assert_eq!(reason.code, "protocol_error");
     c.fail(reason);
@@ -84,9 +140,13 @@ async fn garbage_and_eof_fail_pending_execs() {
     let (c, conn, mut g) = pair();
     drop(conn); // nobody supervises: the client fails by itself
     let mut h = c.exec(&req(&["x"])).unwrap();
-    g.io.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await.unwrap();
+    g.io.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
     let b = h.next_batch(1024).await.unwrap();
-    assert!(matches!(&b[0], ExecEvent::Failed { code, message } if code == "protocol_error" && message.contains("bad frame")));
+    assert!(
+        matches!(&b[0], ExecEvent::Failed { code, message } if code == "protocol_error" && message.contains("bad frame"))
+    );
 
     let (c, conn, g) = pair();
     drop(conn);
@@ -102,7 +162,9 @@ async fn stdin_waits_for_credit() {
     let mut r = req(&["cat"]);
     r.stdin = true;
     let h = c.exec(&r).unwrap();
-    let HostMsg::Exec { id, exec } = g.recv().await else { panic!() };
+    let HostMsg::Exec { id, exec } = g.recv().await else {
+        panic!()
+    };
     assert!(exec.stdin);
     let w = tokio::spawn(async move {
         h.write_stdin(&[7u8; 10]).await.unwrap();
@@ -112,9 +174,23 @@ async fn stdin_waits_for_credit() {
     assert!(!w.is_finished(), "must wait for credit");
     g.send(&GuestMsg::StdinWindow { id, bytes: 10 }).await;
     let h = w.await.unwrap();
-    assert_eq!(g.recv().await, HostMsg::Stdin { id, data: vec![7; 10], eof: false });
+    assert_eq!(
+        g.recv().await,
+        HostMsg::Stdin {
+            id,
+            data: vec![7; 10],
+            eof: false
+        }
+    );
     h.close_stdin().unwrap();
-    assert_eq!(g.recv().await, HostMsg::Stdin { id, data: vec![], eof: true });
+    assert_eq!(
+        g.recv().await,
+        HostMsg::Stdin {
+            id,
+            data: vec![],
+            eof: true
+        }
+    );
     drop(h);
     assert_eq!(g.recv().await, HostMsg::Kill { id, signal: 9 });
 }
@@ -126,5 +202,9 @@ async fn invalid_requests_are_refused_locally() {
     assert_eq!(e.code(), "invalid_request");
     let mut r = req(&["x"]);
     r.cwd = Some("rel".into());
-    assert!(c.exec(&r).unwrap_err().to_string().contains("cwd must be absolute"));
+    assert!(c
+        .exec(&r)
+        .unwrap_err()
+        .to_string()
+        .contains("cwd must be absolute"));
 }

@@ -143,7 +143,7 @@ impl Guest {
         loop {
             if let Some(m) = self
                 .dec
-                .next::<GuestMsg>()
+                .next_message::<GuestMsg>()
                 .expect("sandboxd sent a bad frame")
             {
                 m.validate().expect("sandboxd sent an invalid message");

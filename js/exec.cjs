@@ -249,29 +249,43 @@ class ExecProcess {
     }
   }
 
-  async *[Symbol.asyncIterator]() {
-    const r = this._sinks.stdout.readable;
-    if (!r) throw new Error('stdout is not piped (set exec options.stdout="pipe")');
-    for await (const chunk of r) yield chunk.toString(this._encoding);
+  [Symbol.asyncIterator]() {
+    const r = this._pipedStdout();
+    const enc = this._encoding;
+    return (async function* () {
+      for await (const chunk of r) yield chunk.toString(enc);
+    })();
   }
 
-  async *lines() {
-    const r = this._sinks.stdout.readable;
-    if (!r) throw new Error('stdout is not piped (set exec options.stdout="pipe")');
-    let rest = "";
-    for await (const chunk of r) {
-      rest += chunk.toString(this._encoding);
-      const parts = rest.split("\n");
-      rest = parts.pop();
-      for (const p of parts) yield p;
-    }
-    if (rest.length > 0) yield rest;
+  lines() {
+    const r = this._pipedStdout();
+    const enc = this._encoding;
+    return (async function* () {
+      let rest = "";
+      for await (const chunk of r) {
+        rest += chunk.toString(enc);
+        const parts = rest.split("\n");
+        rest = parts.pop();
+        for (const p of parts) yield p;
+      }
+      if (rest.length > 0) yield rest;
+    })();
   }
 
-  async *output() {
+  _pipedStdout() {
+    const r = this._sinks.stdout.readable;
+    if (!r) throw new Error('stdout is not piped (set exec options.stdout="pipe")');
+    return r;
+  }
+
+  output() {
     const out = this._sinks.stdout.readable;
     const err = this._sinks.stderr.readable;
     if (!out || !err) throw new Error('stdout/stderr are not piped (set exec options.stdout/stderr="pipe")');
+    return this._merged(out, err);
+  }
+
+  async *_merged(out, err) {
     // Merge both streams in arrival order.
     const queue = [];
     let ended = 0;

@@ -7,6 +7,7 @@ const { fromNative, withCode } = require("./errors.cjs");
 const { mergeEnv, envToEntries } = require("./env.cjs");
 const { ExecProcess, normalizeCommand, windowBytes } = require("./exec.cjs");
 const { ensureImage } = require("./image.cjs");
+const { VmFs } = require("./fs.cjs");
 
 const DEFAULT_START_TIMEOUT_MS = 120000;
 const ROOTFS_MODES = ["readonly", "memory", "cow"];
@@ -59,7 +60,7 @@ class VM {
     this._starting = null;
     this._closing = null;
     this._closed = false;
-    this.fs = undefined;
+    this.fs = new VmFs(this);
   }
 
   /** Boot (once) and wait until the guest is ready. */

@@ -1,0 +1,203 @@
+"use strict";
+// vm.fs: host-side file helpers for any guest path. Each operation is one
+// guest process (cat, stat, find, mv, mkdir, rm, test) started through exec,
+// so file operations run beside long-running execs instead of queueing
+// behind them (upstream serializes them), and large files stream with the
+// same credit-based backpressure as exec output.
+
+const fs = require("node:fs");
+const path = require("node:path");
+
+// errno names by the message coreutils prints (strerror text).
+const ERRNO = [
+  [/No such file or directory/, "ENOENT", 2],
+  [/Permission denied/, "EACCES", 13],
+  [/File exists/, "EEXIST", 17],
+  [/Not a directory/, "ENOTDIR", 20],
+  [/Is a directory/, "EISDIR", 21],
+  [/Invalid argument/, "EINVAL", 22],
+  [/Read-only file system/, "EROFS", 30],
+  [/Directory not empty/, "ENOTEMPTY", 39],
+  [/No space left on device/, "ENOSPC", 28],
+  [/Operation not permitted/, "EPERM", 1],
+];
+
+function fsError(prefix, detail) {
+  const text = detail.trim().split("\n").pop() || "failed";
+  const err = new Error(`${prefix}: ${text}`);
+  for (const [re, code, errno] of ERRNO) {
+    if (re.test(text)) {
+      err.code = code;
+      err.errno = -errno;
+      break;
+    }
+  }
+  return err;
+}
+
+function resolvePath(p, cwd, name = "filePath") {
+  if (typeof p !== "string" || p.length === 0) throw new TypeError(`${name} must be a non-empty string`);
+  if (p.includes("\0")) throw new TypeError(`${name} contains null bytes`);
+  if (p.startsWith("/")) return p;
+  if (typeof cwd !== "string" || !cwd.startsWith("/")) {
+    throw new TypeError(`${name} is relative (${p}); pass an absolute path or an absolute options.cwd`);
+  }
+  return path.posix.join(cwd, p);
+}
+
+function checkMode(mode, allowed) {
+  if (mode === undefined) return;
+  if (!Number.isInteger(mode) || mode < 0) throw new TypeError("mode must be a non-negative integer");
+  if (allowed !== undefined && (mode & ~allowed) !== 0) {
+    throw new TypeError("mode can only contain fs.constants.R_OK, W_OK, and X_OK");
+  }
+  if (mode > 0o7777) throw new TypeError("mode must fit in permission bits (max 0o7777)");
+}
+
+function statsFrom(line) {
+  const f = line.trim().split("|");
+  if (f.length < 13) throw new Error(`unexpected stat output: ${line}`);
+  const num = (s) => Number(s);
+  const st = Object.create(fs.Stats.prototype);
+  st.mode = parseInt(f[0], 16);
+  st.dev = num(f[1]);
+  st.ino = num(f[2]);
+  st.nlink = num(f[3]);
+  st.uid = num(f[4]);
+  st.gid = num(f[5]);
+  st.rdev = parseInt(f[6], 16) * 256 + parseInt(f[7], 16);
+  st.size = num(f[8]);
+  st.blksize = num(f[9]);
+  st.blocks = num(f[10]);
+  st.atimeMs = num(f[11]) * 1000;
+  st.mtimeMs = num(f[12]) * 1000;
+  st.ctimeMs = num(f[13]) * 1000;
+  st.birthtimeMs = st.ctimeMs;
+  st.atime = new Date(st.atimeMs);
+  st.mtime = new Date(st.mtimeMs);
+  st.ctime = new Date(st.ctimeMs);
+  st.birthtime = new Date(st.birthtimeMs);
+  return st;
+}
+
+class VmFs {
+  constructor(vm) {
+    this._vm = vm;
+  }
+
+  async _run(argv, prefix, opts = {}, execOpts = {}) {
+    const r = await this._vm.exec(argv, { signal: opts.signal, ...execOpts });
+    if (r.exitCode !== 0) {
+      throw fsError(prefix, r.stderr || (r.signal ? `signal ${r.signal}` : `exit ${r.exitCode}`));
+    }
+    return r;
+  }
+
+  async access(filePath, options = {}) {
+    const p = resolvePath(filePath, options.cwd);
+    const mode = options.mode ?? fs.constants.F_OK;
+    checkMode(mode, fs.constants.R_OK | fs.constants.W_OK | fs.constants.X_OK);
+    const tests = ['[ -e "$1" ] || { echo "No such file or directory" >&2; exit 1; }'];
+    if (mode & fs.constants.R_OK) tests.push('[ -r "$1" ] || { echo "Permission denied" >&2; exit 1; }');
+    if (mode & fs.constants.W_OK) tests.push('[ -w "$1" ] || { echo "Permission denied" >&2; exit 1; }');
+    if (mode & fs.constants.X_OK) tests.push('[ -x "$1" ] || { echo "Permission denied" >&2; exit 1; }');
+    await this._run(["/bin/sh", "-c", tests.join("\n"), "sh", p], `failed to access guest file '${p}'`, options);
+  }
+
+  async mkdir(dirPath, options = {}) {
+    const p = resolvePath(dirPath, options.cwd, "dirPath");
+    checkMode(options.mode);
+    const argv = ["mkdir"];
+    if (options.recursive) argv.push("-p");
+    if (options.mode !== undefined) argv.push("-m", options.mode.toString(8));
+    await this._run([...argv, "--", p], `failed to create guest directory '${p}'`, options);
+  }
+
+  async listDir(dirPath, options = {}) {
+    const p = resolvePath(dirPath, options.cwd, "dirPath");
+    const script =
+      '[ -e "$1" ] || { echo "No such file or directory" >&2; exit 1; }\n' +
+      '[ -d "$1" ] || { echo "Not a directory" >&2; exit 1; }\n' +
+      "exec find \"$1\" -mindepth 1 -maxdepth 1 -printf '%f\\0'";
+    const r = await this._run(["/bin/sh", "-c", script, "sh", p], `failed to list guest directory '${p}'`, options);
+    return r.stdout.split("\0").filter(Boolean).sort();
+  }
+
+  async stat(filePath, options = {}) {
+    const p = resolvePath(filePath, options.cwd);
+    const r = await this._run(
+      ["stat", "-Lc", "%f|%d|%i|%h|%u|%g|%t|%T|%s|%B|%b|%X|%Y|%Z", "--", p],
+      `failed to stat guest file '${p}'`,
+      options,
+    );
+    return statsFrom(r.stdout);
+  }
+
+  async rename(oldPath, newPath, options = {}) {
+    const a = resolvePath(oldPath, options.cwd, "oldPath");
+    const b = resolvePath(newPath, options.cwd, "newPath");
+    await this._run(["mv", "-T", "--", a, b], `failed to rename guest path '${a}' to '${b}'`, options);
+  }
+
+  async readFile(filePath, options = {}) {
+    const p = resolvePath(filePath, options.cwd);
+    const r = await this._run(["cat", "--", p], `failed to read guest file '${p}'`, options);
+    const enc = typeof options === "string" ? options : options.encoding;
+    return enc ? r.stdoutBuffer.toString(enc) : r.stdoutBuffer;
+  }
+
+  /** A Readable of the file; resolves once the file opened (errors before data reject). */
+  async readFileStream(filePath, options = {}) {
+    const p = resolvePath(filePath, options.cwd);
+    const proc = this._vm.exec(["cat", "--", p], { stdout: "pipe", signal: options.signal });
+    const stream = proc.stdout;
+    const prefix = `failed to stream guest file '${p}'`;
+    // Resolve on the first byte, or reject if cat fails before any data.
+    let onReadable;
+    const started = await Promise.race([
+      new Promise((resolve) => {
+        onReadable = () => {
+          if (stream.readableLength > 0) resolve("data");
+        };
+        stream.on("readable", onReadable);
+      }),
+      proc.result,
+    ]).finally(() => stream.off("readable", onReadable));
+    if (started !== "data" && started.exitCode !== 0) throw fsError(prefix, started.stderr);
+    proc.result.then(
+      (r) => {
+        if (r.exitCode !== 0) stream.destroy(fsError(prefix, r.stderr));
+      },
+      (e) => stream.destroy(e),
+    );
+    return stream;
+  }
+
+  async writeFile(filePath, data, options = {}) {
+    const p = resolvePath(filePath, options.cwd);
+    let input = data;
+    if (typeof data === "string") input = Buffer.from(data, options.encoding || "utf-8");
+    else if (data instanceof Uint8Array) input = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    else if (!data || typeof data[Symbol.asyncIterator] !== "function") {
+      throw new TypeError("data must be a string, Buffer, Uint8Array, Readable or AsyncIterable");
+    }
+    await this._run(["/bin/sh", "-c", 'exec cat > "$1"', "sh", p], `failed to write guest file '${p}'`, options, {
+      stdin: input,
+    });
+  }
+
+  async deleteFile(filePath, options = {}) {
+    const p = resolvePath(filePath, options.cwd);
+    if (path.posix.resolve(p) === "/") {
+      const err = new Error(`failed to delete guest file '${p}': CannotDeleteRootDirectory`);
+      err.code = "EPERM";
+      throw err;
+    }
+    const argv = ["rm"];
+    if (options.recursive) argv.push("-r");
+    if (options.force) argv.push("-f");
+    await this._run([...argv, "--", p], `failed to delete guest file '${p}'`, options);
+  }
+}
+
+module.exports = { VmFs, resolvePath, statsFrom };

@@ -131,11 +131,41 @@ export interface VmInfo {
   tempDir: string;
 }
 
+export interface VmFsOptions {
+  /** Base for relative paths (absolute guest path). */
+  cwd?: string;
+  signal?: AbortSignal;
+}
+
+/**
+ * Host-side file helpers for any guest path. Each call is one short guest
+ * process, so calls run beside long-running execs (upstream queues them).
+ * Errors carry a Node-style `code` (ENOENT, EACCES, EISDIR, ...).
+ */
+export interface VmFs {
+  access(filePath: string, options?: VmFsOptions & { mode?: number }): Promise<void>;
+  mkdir(dirPath: string, options?: VmFsOptions & { recursive?: boolean; mode?: number }): Promise<void>;
+  listDir(dirPath: string, options?: VmFsOptions): Promise<string[]>;
+  stat(filePath: string, options?: VmFsOptions): Promise<import("node:fs").Stats>;
+  rename(oldPath: string, newPath: string, options?: VmFsOptions): Promise<void>;
+  readFileStream(filePath: string, options?: VmFsOptions & { chunkSize?: number; highWaterMark?: number }): Promise<Readable>;
+  readFile(filePath: string, options: VmFsOptions & { encoding: BufferEncoding }): Promise<string>;
+  readFile(filePath: string, options?: VmFsOptions & { encoding?: null }): Promise<Buffer>;
+  writeFile(
+    filePath: string,
+    data: string | Buffer | Uint8Array | Readable | AsyncIterable<Buffer | Uint8Array>,
+    options?: VmFsOptions & { encoding?: BufferEncoding },
+  ): Promise<void>;
+  /** Refuses `/` and its equivalents. */
+  deleteFile(filePath: string, options?: VmFsOptions & { force?: boolean; recursive?: boolean }): Promise<void>;
+}
+
 export declare class VM {
   /** Resolves the guest image (building it on first use); does not boot. */
   static create(options?: VMOptions): Promise<VM>;
   constructor(options?: VMOptions);
   readonly id: string;
+  readonly fs: VmFs;
   /** Boot if needed and wait until the guest is ready; concurrent calls share one boot. */
   start(): Promise<void>;
   /** Stop QEMU and remove every temp file; idempotent. */

@@ -21,6 +21,10 @@ async function usage(): Promise<void> {
   void killed;
   const info = vm.info;
   if (info) void (info.bootMs satisfies number);
+  const text: string = await vm.fs.readFile("/etc/hostname", { encoding: "utf8" });
+  const buf: Buffer = await vm.fs.readFile("/etc/hostname");
+  await vm.fs.writeFile("/tmp/x", Buffer.from(text));
+  void buf;
   await vm.close();
   const img = await buildImage({ quiet: true });
   void (img.buildId satisfies string);

@@ -45,6 +45,8 @@ export interface VMOptions {
   cpus?: number;
   /** default: 120000 ($GONDOLIN_START_TIMEOUT_MS); <= 0 disables */
   startTimeoutMs?: number;
+  /** Shown by `gondolin list`; default: process.argv.join(" ") */
+  sessionLabel?: string;
 }
 
 export type ExecOutputMode = "buffer" | "pipe" | "inherit" | "ignore" | NodeJS.WritableStream;
@@ -205,3 +207,31 @@ export declare function buildImage(options?: BuildImageOptions): Promise<GuestIm
 export declare function ensureImage(imagePath?: string): Promise<GuestImage>;
 /** The image a VM would use, or null if it still has to be built. */
 export declare function findImage(imagePath?: string): GuestImage | null;
+
+// --- Sessions ---------------------------------------------------------------
+
+/** A VM registered by a running gondolin process (one JSON file + one socket). */
+export interface SessionInfo {
+  id: string;
+  pid: number;
+  socketPath: string;
+  createdAt: string;
+  label?: string;
+}
+export interface SessionEntry extends SessionInfo {
+  /** pid alive and socket connectable */
+  alive: boolean;
+}
+/** Newest first. Directory: $GONDOLIN_SESSIONS_DIR or ~/.cache/gondolin/sessions. */
+export declare function listSessions(): Promise<SessionEntry[]>;
+/** Exact id, else a unique prefix; null if none; throws on an ambiguous prefix. */
+export declare function findSession(query: string): Promise<SessionEntry | null>;
+/** Removes dead or malformed entries and orphan sockets; returns how many. */
+export declare function gcSessions(): Promise<number>;
+export declare function registerSession(options: { id: string; label?: string }): { socketPath: string; metadataPath: string };
+export declare function unregisterSession(id: string): void;
+/** Attach protocol: newline-delimited JSON (see js/sessions.cjs). */
+export declare function connectToSession(
+  socketPath: string,
+  callbacks: { onMessage(message: Record<string, unknown>): void; onClose?(error?: Error): void },
+): { send(message: Record<string, unknown>): boolean; close(): void };

@@ -8,6 +8,9 @@ const USAGE = `Usage: gondolin <command> [options]
 
 Commands:
   exec [options] -- CMD [ARGS...]   run one command in a fresh VM; exits with its status
+  bash [options]                    interactive shell in a fresh VM
+  list                              list running VMs (sessions) on this machine
+  attach ID [-- CMD [ARGS...]]      shell (or CMD) in a VM another process runs
   build [options]                   build the guest image from Debian packages
   help                              show this help
 
@@ -29,6 +32,26 @@ output, and exits with its exit status (128+N when killed by signal N).
 
 ${VM_OPTIONS}
   -h, --help           show this help
+`;
+
+const BASH_USAGE = `Usage: gondolin bash [options]
+
+Starts a fresh VM and an interactive shell in it (bash, or sh if bash is
+missing); exits with the shell's status. The VM is closed when the shell exits.
+
+${VM_OPTIONS}
+  -h, --help           show this help
+`;
+
+const LIST_USAGE = `Usage: gondolin list
+
+Lists VMs registered by running gondolin processes (stale entries are removed).
+`;
+
+const ATTACH_USAGE = `Usage: gondolin attach ID-PREFIX [-- CMD [ARGS...]]
+
+Without CMD: an interactive shell inside a VM owned by another process.
+With CMD: runs it there, streams its output, exits with its status.
 `;
 
 const BUILD_USAGE = `Usage: gondolin build [options]
@@ -129,6 +152,138 @@ async function cmdExec(args) {
   }
 }
 
+function parseVmOnly(args, usage) {
+  const o = { env: [] };
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === "-h" || a === "--help") return null;
+    const used = parseVmFlag(args, i, o, usage);
+    if (used < 0) throw new UsageError(`Unknown argument: ${a}`, usage);
+    i += used;
+  }
+  return o;
+}
+
+async function cmdBash(args) {
+  const o = parseVmOnly(args, BASH_USAGE);
+  if (!o) {
+    process.stdout.write(BASH_USAGE);
+    return 0;
+  }
+  const { VM } = require("./vm.cjs");
+  const vm = await VM.create(vmOptions(o));
+  try {
+    await vm.start();
+    const hasBash = (await vm.exec(["sh", "-c", "command -v bash"])).exitCode === 0;
+    const proc = vm.shell({
+      command: hasBash ? ["/bin/bash", "-i"] : ["/bin/sh", "-i"],
+      env: o.env,
+      cwd: o.cwd,
+      attach: true,
+    });
+    const r = await proc;
+    return r.exitCode;
+  } finally {
+    await vm.close();
+  }
+}
+
+async function cmdList(args) {
+  if (args.includes("-h") || args.includes("--help")) {
+    process.stdout.write(LIST_USAGE);
+    return 0;
+  }
+  if (args.length) throw new UsageError(`Unknown argument: ${args[0]}`, LIST_USAGE);
+  const { gcSessions, listSessions } = require("./sessions.cjs");
+  await gcSessions();
+  const all = await listSessions();
+  if (all.length === 0) {
+    process.stdout.write("No sessions.\n");
+    return 0;
+  }
+  const age = (iso) => {
+    const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+    return s < 120 ? `${s}s` : s < 7200 ? `${Math.round(s / 60)}m` : `${Math.round(s / 3600)}h`;
+  };
+  const rows = [["ID", "PID", "AGE", "ALIVE", "LABEL"], ...all.map((s) => [s.id, String(s.pid), age(s.createdAt), s.alive ? "yes" : "no", s.label || ""])];
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  for (const r of rows) process.stdout.write(`${r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join("  ")}\n`);
+  return 0;
+}
+
+async function cmdAttach(args) {
+  if (args[0] === "-h" || args[0] === "--help") {
+    process.stdout.write(ATTACH_USAGE);
+    return 0;
+  }
+  const dash = args.indexOf("--");
+  const before = dash < 0 ? args : args.slice(0, dash);
+  const command = dash < 0 ? null : args.slice(dash + 1);
+  if (before.length !== 1) throw new UsageError(before.length ? `Unknown argument: ${before[1]}` : "missing session id", ATTACH_USAGE);
+  if (command && command.length === 0) throw new UsageError("missing command after --", ATTACH_USAGE);
+  const { findSession, connectToSession } = require("./sessions.cjs");
+  const session = await findSession(before[0]);
+  if (!session) throw new Error(`no session matches '${before[0]}' (see 'gondolin list')`);
+  if (!session.alive) throw new Error(`session ${session.id} is not running`);
+
+  const interactive = !command;
+  const tty = interactive && process.stdin.isTTY;
+  return new Promise((resolve, reject) => {
+    let done = false;
+    const finish = (code) => {
+      if (done) return;
+      done = true;
+      if (tty) process.stdin.setRawMode(false);
+      process.stdin.pause();
+      conn.close();
+      resolve(code);
+    };
+    const conn = connectToSession(session.socketPath, {
+      onMessage: (m) => {
+        if (m.type === "status") {
+          const argv = command || ["/bin/sh", "-c", "if command -v bash >/dev/null; then exec bash -i; else exec sh -i; fi"];
+          conn.send({
+            type: "exec",
+            id: 1,
+            argv,
+            env: ["TERM=" + (process.env.TERM && process.env.TERM !== "xterm-ghostty" ? process.env.TERM : "xterm-256color")],
+            stdin: interactive,
+            pty: Boolean(tty),
+            rows: tty ? process.stdout.rows : undefined,
+            cols: tty ? process.stdout.columns : undefined,
+          });
+          if (interactive) {
+            if (tty) {
+              process.stdin.setRawMode(true);
+              process.stdout.on("resize", () => conn.send({ type: "resize", id: 1, rows: process.stdout.rows, cols: process.stdout.columns }));
+            }
+            process.stdin.on("data", (d) => conn.send({ type: "stdin", id: 1, data: d.toString("base64") }));
+            process.stdin.on("end", () => conn.send({ type: "stdin", id: 1, eof: true }));
+            process.stdin.resume();
+          }
+        } else if (m.type === "output") {
+          (m.stream === "stderr" ? process.stderr : process.stdout).write(Buffer.from(m.data, "base64"));
+        } else if (m.type === "exit") {
+          if (m.signal != null) process.stderr.write(`process exited due to signal ${m.signal}\n`);
+          finish(m.exitCode);
+        } else if (m.type === "error") {
+          if (!done) {
+            done = true;
+            conn.close();
+            reject(new Error(`error ${m.code}: ${m.message}`));
+          }
+        }
+      },
+      onClose: (err) => {
+        if (!done) {
+          done = true;
+          reject(err || new Error("the session closed the connection"));
+        }
+      },
+    });
+  });
+}
+
 async function cmdBuild(args) {
   const o = {};
   for (let i = 0; i < args.length; i++) {
@@ -189,6 +344,12 @@ async function main(argv) {
       return cmdExec(args);
     case "build":
       return cmdBuild(args);
+    case "bash":
+      return cmdBash(args);
+    case "list":
+      return cmdList(args);
+    case "attach":
+      return cmdAttach(args);
     default:
       process.stderr.write(`Unknown command: ${command}\n${USAGE}`);
       return 1;

@@ -8,6 +8,7 @@ const { mergeEnv, envToEntries } = require("./env.cjs");
 const { ExecProcess, normalizeCommand, windowBytes } = require("./exec.cjs");
 const { ensureImage } = require("./image.cjs");
 const { VmFs } = require("./fs.cjs");
+const { registerVmSession } = require("./sessions.cjs");
 
 const DEFAULT_START_TIMEOUT_MS = 120000;
 const ROOTFS_MODES = ["readonly", "memory", "cow"];
@@ -107,6 +108,11 @@ class VM {
       throw withCode("VM is closed", "vm_closed");
     }
     this._native = n;
+    try {
+      this._session = await registerVmSession(this, o.sessionLabel);
+    } catch (err) {
+      process.emitWarning(`gondolin: could not register the session: ${err.message}`);
+    }
   }
 
   /** Run a command; returns a thenable ExecProcess at once. */
@@ -166,6 +172,7 @@ class VM {
       this._closed = true;
       this._closing = (async () => {
         if (this._starting) await this._starting.catch(() => {});
+        if (this._session) await this._session.close();
         if (this._native) await this._native.close();
       })();
     }

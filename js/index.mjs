@@ -1,18 +1,4 @@
-// ES module entry of @gondolin/native: the same objects as the CommonJS entry.
-import cjs from "./index.cjs";
-
-export const {
-  VM,
-  ExecProcess,
-  ExecResult,
-  buildImage,
-  ensureImage,
-  findImage,
-  listSessions,
-  findSession,
-  gcSessions,
-  connectToSession,
-  registerSession,
-  unregisterSession,
-} = cjs;
-export default cjs;
+// ES module entry of @gondolin/native: the same objects as the CommonJS
+// entry (Node detects its named exports from the `module.exports = {...}`).
+export * from "./index.cjs";
+export { default } from "./index.cjs";

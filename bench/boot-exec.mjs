@@ -4,6 +4,8 @@
 //               kernel, devices and accelerator as a real VM), median of N
 //   createToFirstExec: VM.create() → first exec(["/bin/true"]) result, median of N cold VMs
 //   execRoundTrip: warm exec(["/bin/true"]) p50/p95 over M runs
+//   inGuestSpawnTrueMs: the same /bin/true spawned by a shell loop inside the
+//               guest (no host in the loop): the floor under the round trip
 //   rss: host RSS of node and of QEMU after boot
 // Usage: node bench/boot-exec.mjs [--runs 5] [--execs 200]
 import { spawn } from "node:child_process";
@@ -88,6 +90,10 @@ async function main() {
     await warm.exec(["/bin/true"]);
     rt.push(performance.now() - t0);
   }
+  // The floor under the round trip: the same spawn done by a shell inside
+  // the guest, with no host, QEMU or sandboxd in the loop.
+  const loop = await warm.exec(["bash", "-c", "TIMEFORMAT=%R; time (for i in $(seq 200); do /bin/true; done)"]);
+  const guestSpawnMs = (Number(loop.stderr.trim()) * 1000) / 200;
   const vmInfo = warm.info;
   const rss = { nodeMiB: rssMiB(process.pid), qemuMiB: rssMiB(vmInfo.qemuPid) };
   await warm.close();
@@ -105,6 +111,8 @@ async function main() {
         createToFirstExec: { runs: create.map((x) => round(x, 0)), medianMs: round(createMs, 0) },
         ratioCreateToBare: round(createMs / bareMs, 3),
         execRoundTrip: { count: EXECS, p50Ms: round(pct(rt, 50)), p95Ms: round(pct(rt, 95)), minMs: round(Math.min(...rt)) },
+        inGuestSpawnTrueMs: round(guestSpawnMs),
+        overheadOverInGuestSpawnMs: round(pct(rt, 50) - guestSpawnMs),
         rss,
         targets: { ratioCreateToBare: 1.3, execRoundTripP50Ms: 5 },
       },

@@ -1,7 +1,11 @@
-// `gondolin bash` in a real terminal (tmux): prompt, arithmetic, pty size, exit.
+// `gondolin bash` in a real terminal (tmux): prompt, arithmetic, pty size,
+// session registration while it runs, exit status.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { cli, vmSkip, sleep } from "./helpers.mjs";
 
 const hasTmux = spawnSync("sh", ["-c", "command -v tmux"]).status === 0;
@@ -11,32 +15,65 @@ if (!skip && !hasTmux) {
   skip = "tmux is not installed";
 }
 
-const session = `gondolin-test-${process.pid}`;
-const tmux = (...args) => execFileSync("tmux", args, { encoding: "utf8" });
-const pane = () => tmux("capture-pane", "-p", "-t", session);
+// A private tmux server (-L), so a user's tmux and its environment stay out of it.
+const server = `gondolin-test-${process.pid}`;
+const session = "t";
+const main = `${session}:bash`; // the window running `gondolin bash`
+const tmux = (...args) => execFileSync("tmux", ["-L", server, ...args], { encoding: "utf8" });
+const pane = (target = main) => tmux("capture-pane", "-p", "-t", target);
+const q = (s) => `'${s.replace(/'/g, `'\\''`)}'`;
 
-async function waitFor(re, ms, what) {
+async function waitFor(re, ms, what, target = main) {
   const deadline = Date.now() + ms;
   let text = "";
   while (Date.now() < deadline) {
-    text = pane();
+    text = pane(target);
     if (re.test(text)) return text;
     await sleep(200);
   }
   throw new Error(`timed out waiting for ${what}; pane:\n${text}`);
 }
 
-test("gondolin bash: prompt, echo $((6*7)), stty size, exit", { skip }, async () => {
-  tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", `${process.execPath} ${cli} bash; echo "CLI-EXIT=$?"; sleep 60`);
+test("gondolin bash: prompt, echo $((6*7)), stty size, exit; interactive attach to it", { skip }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "gondolin-tty-"));
+  const env = `env GONDOLIN_SESSIONS_DIR=${q(dir)} TERM=xterm-256color`;
+  const command = `${env} ${q(process.execPath)} ${q(cli)} bash; echo "CLI-EXIT=$?"; sleep 600`;
+  tmux("-f", "/dev/null", "new-session", "-d", "-s", session, "-n", "bash", "-x", "100", "-y", "30", command);
   try {
-    await waitFor(/root@gondolin:[^\n]*#/, 120000, "the shell prompt");
-    tmux("send-keys", "-t", session, "echo $((6*7))", "Enter");
+    await waitFor(/root@gondolin:[^\n]*#\s*$/m, 120000, "the shell prompt");
+    const [rows, cols] = tmux("display-message", "-p", "-t", main, "#{pane_height} #{pane_width}").trim().split(" ");
+
+    tmux("send-keys", "-t", main, "echo $((6*7))", "Enter");
     await waitFor(/^42\s*$/m, 20000, "42");
-    tmux("send-keys", "-t", session, "stty size", "Enter");
-    await waitFor(/^30 100\s*$/m, 20000, "the pane size");
-    tmux("send-keys", "-t", session, "exit 5", "Enter");
+    tmux("send-keys", "-t", main, "stty size", "Enter");
+    await waitFor(new RegExp(`^${rows} ${cols}\\s*$`, "m"), 20000, `the pane size (${rows} ${cols})`);
+
+    // The VM is registered while the shell runs.
+    const list = spawnSync(process.execPath, [cli, "list"], {
+      encoding: "utf8",
+      env: { ...process.env, GONDOLIN_SESSIONS_DIR: dir },
+    });
+    assert.equal(list.status, 0, list.stderr);
+    const row = /^(\S{36})\s+\d+\s+\d+[smhd]\s+yes\s+.*cli\.cjs bash$/m.exec(list.stdout);
+    assert.ok(row, list.stdout);
+
+    // An interactive attach from a second terminal (smaller) gets its own pty.
+    const win = `${session}:attach`;
+    tmux("new-window", "-t", session, "-n", "attach", `${env} ${q(process.execPath)} ${q(cli)} attach ${row[1].slice(0, 8)}; echo "ATTACH-EXIT=$?"; sleep 600`);
+    tmux("resize-window", "-t", win, "-x", "70", "-y", "20");
+    await waitFor(/root@gondolin:[^\n]*#\s*$/m, 60000, "the attached shell's prompt", win);
+    const [aRows, aCols] = tmux("display-message", "-p", "-t", win, "#{pane_height} #{pane_width}").trim().split(" ");
+    assert.notEqual(`${aRows} ${aCols}`, `${rows} ${cols}`);
+    tmux("send-keys", "-t", win, "stty size; echo attached-$((6*7))", "Enter");
+    await waitFor(new RegExp(`^${aRows} ${aCols}\\s*\\n+attached-42\\s*$`, "m"), 20000, "the attach pty size and output", win);
+    tmux("send-keys", "-t", win, "exit 3", "Enter");
+    await waitFor(/ATTACH-EXIT=3/, 20000, "attach to exit with the remote shell's status", win);
+
+    tmux("send-keys", "-t", main, "exit 5", "Enter");
     await waitFor(/CLI-EXIT=5/, 30000, "the CLI to exit with the shell's status");
+    assert.deepEqual(fs.readdirSync(dir), [], "the session entry is removed when the CLI exits");
   } finally {
-    spawnSync("tmux", ["kill-session", "-t", session]);
+    spawnSync("tmux", ["-L", server, "kill-server"]);
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });

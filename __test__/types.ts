@@ -35,3 +35,20 @@ async function usage(): Promise<void> {
   vm.exec("x", { stdout: "file" });
 }
 void usage;
+
+// --- Sessions (registry + attach) -------------------------------------------
+import { listSessions, findSession, gcSessions, type SessionEntry } from "@gondolin/native";
+
+async function sessionsUsage(): Promise<void> {
+  const all: SessionEntry[] = await listSessions();
+  for (const s of all) void [s.id satisfies string, s.pid satisfies number, s.alive satisfies boolean, s.label];
+  const one = await findSession("abcd");
+  if (one) void (one.socketPath satisfies string);
+  const removed: number = await gcSessions();
+  void removed;
+  const labelled = await VM.create({ sessionLabel: "my job" });
+  await labelled.close();
+  // @ts-expect-error findSession takes a string id or prefix
+  await findSession(42);
+}
+void sessionsUsage;

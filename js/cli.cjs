@@ -45,13 +45,21 @@ ${VM_OPTIONS}
 
 const LIST_USAGE = `Usage: gondolin list
 
-Lists VMs registered by running gondolin processes (stale entries are removed).
+Lists the VMs running on this machine (any process using gondolin), newest
+first: ID, PID, AGE, ALIVE, LABEL. Stale entries are removed first.
 `;
 
-const ATTACH_USAGE = `Usage: gondolin attach ID-PREFIX [-- CMD [ARGS...]]
+const ATTACH_USAGE = `Usage: gondolin attach ID [-- CMD [ARGS...]]
 
-Without CMD: an interactive shell inside a VM owned by another process.
-With CMD: runs it there, streams its output, exits with its status.
+Runs a command in a VM owned by another process. ID is a session id from
+'gondolin list' or a unique prefix of one.
+
+Without CMD: an interactive shell (bash, else sh) with a pty when stdin is a
+terminal, else a shell reading a script from stdin. With CMD: runs it without
+stdin, streams its output. Exits with the remote status.
+
+Options:
+  -h, --help           show this help
 `;
 
 const BUILD_USAGE = `Usage: gondolin build [options]
@@ -164,6 +172,24 @@ function parseVmOnly(args, usage) {
   return o;
 }
 
+// bash if the image has it, else sh (one exec, no probe round trip).
+const SHELL_COMMAND = [
+  "/bin/sh",
+  "-lc",
+  "if command -v bash >/dev/null 2>&1; then exec bash -i; else exec /bin/sh -i; fi",
+];
+// The same for a script on a non-terminal stdin (no pty, no prompts).
+const SCRIPT_SHELL_COMMAND = [
+  "/bin/sh",
+  "-c",
+  "if command -v bash >/dev/null 2>&1; then exec bash -s; else exec /bin/sh -s; fi",
+];
+
+function termEnv() {
+  const t = process.env.TERM;
+  return !t || t === "xterm-ghostty" ? "xterm-256color" : t;
+}
+
 async function cmdBash(args) {
   const o = parseVmOnly(args, BASH_USAGE);
   if (!o) {
@@ -172,20 +198,33 @@ async function cmdBash(args) {
   }
   const { VM } = require("./vm.cjs");
   const vm = await VM.create(vmOptions(o));
+  // Terminal gone or asked to stop: close the VM (and its session entry) first.
+  const signals = { SIGHUP: 1, SIGTERM: 15 };
+  const onSignal = (sig) => {
+    vm.close().finally(() => process.exit(128 + signals[sig]));
+  };
+  for (const sig of Object.keys(signals)) process.on(sig, onSignal);
   try {
-    await vm.start();
-    const hasBash = (await vm.exec(["sh", "-c", "command -v bash"])).exitCode === 0;
-    const proc = vm.shell({
-      command: hasBash ? ["/bin/bash", "-i"] : ["/bin/sh", "-i"],
-      env: o.env,
-      cwd: o.cwd,
-      attach: true,
-    });
+    // attach: raw mode on a TTY stdin, stdin → shell, output → our stdout,
+    // terminal size now and on every resize.
+    const proc = vm.shell({ command: SHELL_COMMAND, env: o.env, cwd: o.cwd, attach: true });
     const r = await proc;
+    if (r.signal != null) process.stderr.write(`process exited due to signal ${r.signal}\n`);
     return r.exitCode;
   } finally {
     await vm.close();
+    for (const sig of Object.keys(signals)) process.off(sig, onSignal);
   }
+}
+
+function formatAge(iso) {
+  const ms = Date.now() - Date.parse(iso);
+  if (!Number.isFinite(ms)) return "?";
+  const s = Math.max(0, Math.floor(ms / 1000));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h`;
+  return `${Math.floor(s / 86400)}d`;
 }
 
 async function cmdList(args) {
@@ -195,91 +234,109 @@ async function cmdList(args) {
   }
   if (args.length) throw new UsageError(`Unknown argument: ${args[0]}`, LIST_USAGE);
   const { gcSessions, listSessions } = require("./sessions.cjs");
-  await gcSessions();
+  await gcSessions().catch(() => 0);
   const all = await listSessions();
   if (all.length === 0) {
     process.stdout.write("No sessions.\n");
     return 0;
   }
-  const age = (iso) => {
-    const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
-    return s < 120 ? `${s}s` : s < 7200 ? `${Math.round(s / 60)}m` : `${Math.round(s / 3600)}h`;
-  };
-  const rows = [["ID", "PID", "AGE", "ALIVE", "LABEL"], ...all.map((s) => [s.id, String(s.pid), age(s.createdAt), s.alive ? "yes" : "no", s.label || ""])];
+  const rows = [
+    ["ID", "PID", "AGE", "ALIVE", "LABEL"],
+    ...all.map((s) => [s.id, String(s.pid), formatAge(s.createdAt), s.alive ? "yes" : "no", s.label || ""]),
+  ];
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-  for (const r of rows) process.stdout.write(`${r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join("  ")}\n`);
+  for (const r of rows) {
+    process.stdout.write(`${r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join("  ")}\n`);
+  }
   return 0;
 }
 
 async function cmdAttach(args) {
-  if (args[0] === "-h" || args[0] === "--help") {
-    process.stdout.write(ATTACH_USAGE);
-    return 0;
-  }
   const dash = args.indexOf("--");
   const before = dash < 0 ? args : args.slice(0, dash);
   const command = dash < 0 ? null : args.slice(dash + 1);
-  if (before.length !== 1) throw new UsageError(before.length ? `Unknown argument: ${before[1]}` : "missing session id", ATTACH_USAGE);
+  if (before.includes("-h") || before.includes("--help")) {
+    process.stdout.write(ATTACH_USAGE);
+    return 0;
+  }
+  const flag = before.find((a) => a.startsWith("-"));
+  if (flag) throw new UsageError(`Unknown argument: ${flag}`, ATTACH_USAGE);
+  if (before.length === 0) throw new UsageError("attach requires a session id", ATTACH_USAGE);
+  if (before.length > 1) throw new UsageError(`Unknown argument: ${before[1]}`, ATTACH_USAGE);
   if (command && command.length === 0) throw new UsageError("missing command after --", ATTACH_USAGE);
-  const { findSession, connectToSession } = require("./sessions.cjs");
+  const { findSession, gcSessions, connectToSession } = require("./sessions.cjs");
+  await gcSessions().catch(() => 0);
   const session = await findSession(before[0]);
-  if (!session) throw new Error(`no session matches '${before[0]}' (see 'gondolin list')`);
-  if (!session.alive) throw new Error(`session ${session.id} is not running`);
+  if (!session || !session.alive) {
+    throw new Error(`session not found or not running: ${before[0]} (see 'gondolin list')`);
+  }
 
   const interactive = !command;
-  const tty = interactive && process.stdin.isTTY;
+  const tty = interactive && Boolean(process.stdin.isTTY);
+  const stdin = process.stdin;
   return new Promise((resolve, reject) => {
     let done = false;
-    const finish = (code) => {
+    let started = false;
+    const onResize = () => conn.send({ type: "resize", id: 1, rows: process.stdout.rows, cols: process.stdout.columns });
+    const onData = (d) => conn.send({ type: "stdin", id: 1, data: d.toString("base64") });
+    const onEnd = () => conn.send({ type: "stdin", id: 1, eof: true });
+    const settle = (fn) => {
       if (done) return;
       done = true;
-      if (tty) process.stdin.setRawMode(false);
-      process.stdin.pause();
+      if (interactive) {
+        stdin.off("data", onData);
+        stdin.off("end", onEnd);
+        if (tty) {
+          stdin.setRawMode(false);
+          process.stdout.off("resize", onResize);
+        }
+        stdin.pause();
+      }
       conn.close();
-      resolve(code);
+      fn();
+    };
+    const write = (out, data) => {
+      // Stop reading the socket while our stdout is congested.
+      if (!out.write(data)) {
+        conn.socket.pause();
+        out.once("drain", () => conn.socket.resume());
+      }
     };
     const conn = connectToSession(session.socketPath, {
       onMessage: (m) => {
-        if (m.type === "status") {
-          const argv = command || ["/bin/sh", "-c", "if command -v bash >/dev/null; then exec bash -i; else exec sh -i; fi"];
+        if (done) return;
+        if (m.type === "status" && !started) {
+          started = true;
           conn.send({
             type: "exec",
             id: 1,
-            argv,
-            env: ["TERM=" + (process.env.TERM && process.env.TERM !== "xterm-ghostty" ? process.env.TERM : "xterm-256color")],
+            argv: command || (tty ? SHELL_COMMAND : SCRIPT_SHELL_COMMAND),
+            env: interactive ? [`TERM=${termEnv()}`] : undefined,
             stdin: interactive,
-            pty: Boolean(tty),
+            pty: tty,
             rows: tty ? process.stdout.rows : undefined,
             cols: tty ? process.stdout.columns : undefined,
           });
           if (interactive) {
             if (tty) {
-              process.stdin.setRawMode(true);
-              process.stdout.on("resize", () => conn.send({ type: "resize", id: 1, rows: process.stdout.rows, cols: process.stdout.columns }));
+              stdin.setRawMode(true);
+              process.stdout.on("resize", onResize);
             }
-            process.stdin.on("data", (d) => conn.send({ type: "stdin", id: 1, data: d.toString("base64") }));
-            process.stdin.on("end", () => conn.send({ type: "stdin", id: 1, eof: true }));
-            process.stdin.resume();
+            stdin.on("data", onData);
+            stdin.once("end", onEnd);
+            stdin.resume();
           }
-        } else if (m.type === "output") {
-          (m.stream === "stderr" ? process.stderr : process.stdout).write(Buffer.from(m.data, "base64"));
-        } else if (m.type === "exit") {
+        } else if (m.type === "output" && typeof m.data === "string") {
+          write(m.stream === "stderr" ? process.stderr : process.stdout, Buffer.from(m.data, "base64"));
+        } else if (m.type === "exit" && m.id === 1) {
           if (m.signal != null) process.stderr.write(`process exited due to signal ${m.signal}\n`);
-          finish(m.exitCode);
+          settle(() => resolve(m.exitCode));
         } else if (m.type === "error") {
-          if (!done) {
-            done = true;
-            conn.close();
-            reject(new Error(`error ${m.code}: ${m.message}`));
-          }
+          settle(() => reject(new Error(`error ${m.code}: ${m.message}`)));
         }
       },
-      onClose: (err) => {
-        if (!done) {
-          done = true;
-          reject(err || new Error("the session closed the connection"));
-        }
-      },
+      onClose: (err) =>
+        settle(() => reject(new Error(`session connection closed${err && err.message ? `: ${err.message}` : ""}`))),
     });
   });
 }

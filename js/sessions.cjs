@@ -1,22 +1,31 @@
 "use strict";
 // Session registry and attach server.
 //
-// Every started VM writes `<id>.json` ({id, pid, socketPath, createdAt,
-// label}) into the sessions directory and listens on `<id>.sock`, so another
-// process (`gondolin list`, `gondolin attach`) can find it and run commands
-// in it.
+// Registry: every started VM listens on `<dir>/<id>.sock` (unix socket, mode
+// 0600) and then writes `<dir>/<id>.json` = {id, pid, socketPath, createdAt,
+// label} (2-space JSON + newline), where <dir> is $GONDOLIN_SESSIONS_DIR or
+// ${XDG_CACHE_HOME:-~/.cache}/gondolin/sessions. vm.close() removes both (an
+// exiting process removes them too); gcSessions() cleans up after crashes.
 //
-// Attach protocol: newline-delimited JSON in both directions.
-//   client → server: {type:"exec", id, argv, env?, cwd?, stdin?, pty?, rows?, cols?}
-//                    {type:"stdin", id, data?: base64, eof?}
-//                    {type:"resize", id, rows, cols}
-//                    {type:"kill", id, signal}
-//   server → client: {type:"status", state:"running", vmId}   (on connect)
-//                    {type:"output", id, stream:"stdout"|"stderr", data: base64}
-//                    {type:"exit", id, exitCode, signal?}
-//                    {type:"error", id?, code, message}
-// Lines are bounded (MAX_LINE); malformed input gets an error reply; a
-// client's running execs are killed when it disconnects.
+// Attach protocol (ours, not upstream's framed CBOR/JSON one): one JSON
+// object per line ("\n"-terminated, at most MAX_LINE bytes) in both
+// directions. `id` is a uint32 chosen by the client, scoped to its connection.
+//   client → server
+//     {type:"exec", id, argv: string[], env?, cwd?, stdin?: bool, pty?: bool, rows?, cols?}
+//     {type:"stdin", id, data?: base64, eof?: bool}
+//     {type:"resize", id, rows, cols}
+//     {type:"kill", id, signal?: "SIGTERM" | number}      (default SIGTERM)
+//   server → client
+//     {type:"status", state:"running", vmId}              once, on connect
+//     {type:"output", id, stream:"stdout"|"stderr", data: base64}
+//     {type:"exit", id, exitCode, signal?}                after all its output
+//     {type:"error", id?, code, message}
+// Error codes: invalid_request (bad JSON / fields), duplicate_id, unknown_id,
+// unknown_type, stdin_disabled, payload_too_large (line too long; the server
+// then closes the connection), plus an exec's own failure code (e.g.
+// vm_closed). The server runs every exec with piped output and stops reading
+// an exec's output while the socket is congested. When a client disconnects
+// its running execs are killed (SIGKILL).
 
 const fs = require("node:fs");
 const net = require("node:net");
@@ -133,7 +142,9 @@ async function gcSessions() {
   }
   for (const n of names.filter((n) => n.endsWith(".sock"))) {
     const id = n.slice(0, -5);
-    if (!live.has(id) && !entries.some((e) => e.id === id) && !bad.includes(id)) {
+    if (live.has(id) || entries.some((e) => e.id === id) || bad.includes(id)) continue;
+    // A VM listens before it writes its .json: spare a socket that answers.
+    if (!(await connectable(path.join(dir, n)))) {
       fs.rmSync(path.join(dir, n), { force: true });
       removed++;
     }
@@ -141,122 +152,199 @@ async function gcSessions() {
   return removed;
 }
 
-/** Line-splitting reader with a length bound. */
+/** Line-splitting reader with a length bound (bytes of one line). */
 function lineReader(socket, onLine, onTooLong) {
-  let buf = "";
-  socket.setEncoding("utf8");
+  let parts = [];
+  let size = 0;
+  let stopped = false;
+  const tooLong = () => {
+    stopped = true;
+    parts = [];
+    onTooLong();
+  };
   socket.on("data", (chunk) => {
-    buf += chunk;
+    if (stopped) return;
+    let start = 0;
     let i;
-    while ((i = buf.indexOf("\n")) >= 0) {
-      const line = buf.slice(0, i);
-      buf = buf.slice(i + 1);
-      if (line) onLine(line);
+    while ((i = chunk.indexOf(10, start)) >= 0) {
+      const piece = chunk.subarray(start, i);
+      start = i + 1;
+      if (size + piece.length > MAX_LINE) return tooLong();
+      const line = parts.length ? Buffer.concat([...parts, piece]).toString("utf8") : piece.toString("utf8");
+      parts = [];
+      size = 0;
+      if (line.trim()) onLine(line);
+      if (socket.destroyed) return;
     }
-    if (buf.length > MAX_LINE) {
-      buf = "";
-      onTooLong();
+    if (start < chunk.length) {
+      const rest = chunk.subarray(start);
+      size += rest.length;
+      if (size > MAX_LINE) return tooLong();
+      parts.push(Buffer.from(rest));
     }
   });
 }
 
 function send(socket, msg) {
+  if (socket.destroyed || !socket.writable) return true;
   return socket.write(`${JSON.stringify(msg)}\n`);
 }
 
-/** Serve attach clients for `vm` on its session socket. */
-function serveAttach(vm, socketPath) {
+const isUint32 = (v) => Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
+const isStringArray = (v) => Array.isArray(v) && v.every((a) => typeof a === "string");
+const positiveInt = (v) => Number.isInteger(v) && v > 0 && v <= 0xffff;
+
+/** Validate one client message; returns an error string or null. */
+function validate(m) {
+  if (!m || typeof m !== "object" || Array.isArray(m)) return "message must be a JSON object";
+  if (typeof m.type !== "string") return "message needs a string type";
+  if (!isUint32(m.id)) return `${m.type} requires a uint32 id`;
+  switch (m.type) {
+    case "exec":
+      if (!isStringArray(m.argv) || m.argv.length === 0) return "exec requires argv: a non-empty array of strings";
+      if (m.env !== undefined && !isStringArray(m.env) && (typeof m.env !== "object" || m.env === null)) {
+        return "exec env must be an array of KEY=VALUE strings or an object";
+      }
+      if (m.cwd !== undefined && typeof m.cwd !== "string") return "exec cwd must be a string";
+      if (m.stdin !== undefined && typeof m.stdin !== "boolean") return "exec stdin must be a boolean";
+      if (m.pty !== undefined && typeof m.pty !== "boolean") return "exec pty must be a boolean";
+      if ((m.rows !== undefined && !positiveInt(m.rows)) || (m.cols !== undefined && !positiveInt(m.cols))) {
+        return "exec rows/cols must be positive integers";
+      }
+      return null;
+    case "stdin":
+      if (m.data !== undefined && typeof m.data !== "string") return "stdin data must be a base64 string";
+      if (m.eof !== undefined && typeof m.eof !== "boolean") return "stdin eof must be a boolean";
+      return null;
+    case "resize":
+      if (!positiveInt(m.rows) || !positiveInt(m.cols)) return "resize requires positive integer rows and cols";
+      return null;
+    case "kill":
+      if (m.signal !== undefined && typeof m.signal !== "string" && !Number.isInteger(m.signal)) {
+        return "kill signal must be a name or a number";
+      }
+      return null;
+    default:
+      return null;
+  }
+}
+
+/** Serve attach clients for `vm` on `socketPath`; resolves once listening (socket mode 0600). */
+async function serveAttach(vm, socketPath) {
   fs.rmSync(socketPath, { force: true });
   const clients = new Set();
   const server = net.createServer((socket) => {
-    const execs = new Map();
+    const execs = new Map(); // client id -> { proc, gone }
+    let disconnected = false;
     clients.add(socket);
     const fail = (id, code, message) => send(socket, { type: "error", ...(id !== undefined ? { id } : {}), code, message });
     send(socket, { type: "status", state: "running", vmId: vm.id });
-    lineReader(
-      socket,
-      (line) => {
-        let m;
-        try {
-          m = JSON.parse(line);
-        } catch {
-          return fail(undefined, "invalid_request", "malformed JSON");
-        }
-        if (!m || typeof m !== "object" || !Number.isInteger(m.id) || m.id < 0) {
-          return fail(undefined, "invalid_request", "messages need an integer id");
-        }
-        const proc = execs.get(m.id);
-        try {
-          switch (m.type) {
-            case "exec": {
-              if (proc) return fail(m.id, "duplicate_id", "request id already in use");
-              if (!Array.isArray(m.argv) || m.argv.length === 0 || !m.argv.every((a) => typeof a === "string")) {
-                return fail(m.id, "invalid_request", "argv must be a non-empty array of strings");
-              }
-              const p = vm.exec(m.argv, {
-                env: m.env,
-                cwd: m.cwd,
-                stdin: Boolean(m.stdin || m.pty),
-                pty: Boolean(m.pty),
-                stdout: "pipe",
-                stderr: "pipe",
-              });
-              if (m.pty && m.rows && m.cols) p.resize(m.rows, m.cols);
-              execs.set(m.id, p);
-              for (const stream of ["stdout", "stderr"]) {
-                const r = p[stream];
-                r.on("data", (data) => {
-                  if (!send(socket, { type: "output", id: m.id, stream, data: data.toString("base64") })) {
-                    r.pause();
-                    socket.once("drain", () => r.resume());
-                  }
-                });
-                r.on("error", () => {});
-              }
-              p.then(
-                (res) => send(socket, { type: "exit", id: m.id, exitCode: res.exitCode, ...(res.signal != null ? { signal: res.signal } : {}) }),
-                (err) => fail(m.id, err.code || "exec_failed", err.message),
-              ).finally(() => execs.delete(m.id));
-              return;
-            }
-            case "stdin":
-              if (!proc) return fail(m.id, "unknown_id", "request id not found");
-              if (typeof m.data === "string" && m.data) proc.write(Buffer.from(m.data, "base64"));
-              if (m.eof) proc.end();
-              return;
-            case "resize":
-              if (!proc) return fail(m.id, "unknown_id", "request id not found");
-              proc.resize(Number(m.rows), Number(m.cols));
-              return;
-            case "kill":
-              if (!proc) return fail(m.id, "unknown_id", "request id not found");
-              proc.kill(m.signal ?? "SIGTERM");
-              return;
-            default:
-              return fail(m.id, "unknown_type", "unsupported message type");
+
+    const startExec = (m) => {
+      if (execs.has(m.id)) return fail(m.id, "duplicate_id", "request id already in use");
+      const proc = vm.exec(m.argv, {
+        env: m.env,
+        cwd: m.cwd,
+        stdin: Boolean(m.stdin || m.pty),
+        pty: Boolean(m.pty),
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      if (m.pty && m.rows && m.cols) proc.resize(m.rows, m.cols);
+      execs.set(m.id, proc);
+      // Forward output with backpressure; report the exit only after both
+      // streams have been forwarded completely.
+      const ended = ["stdout", "stderr"].map((stream) => {
+        const r = proc[stream];
+        r.on("data", (data) => {
+          if (disconnected) return;
+          if (!send(socket, { type: "output", id: m.id, stream, data: data.toString("base64") })) {
+            r.pause();
+            socket.once("drain", () => r.resume());
           }
-        } catch (err) {
-          return fail(m.id, "invalid_request", err.message);
+        });
+        return new Promise((resolve) => {
+          r.once("end", resolve);
+          r.once("error", resolve);
+          r.once("close", resolve);
+        });
+      });
+      proc.then(
+        async (res) => {
+          await Promise.all(ended);
+          send(socket, { type: "exit", id: m.id, exitCode: res.exitCode, ...(res.signal != null ? { signal: res.signal } : {}) });
+        },
+        (err) => fail(m.id, err.code || "exec_failed", err.message),
+      ).finally(() => execs.delete(m.id));
+    };
+
+    const onLine = (line) => {
+      let m;
+      try {
+        m = JSON.parse(line);
+      } catch {
+        return fail(undefined, "invalid_request", "invalid JSON message");
+      }
+      const problem = validate(m);
+      if (problem) return fail(isUint32(m && m.id) ? m.id : undefined, "invalid_request", problem);
+      const proc = execs.get(m.id);
+      try {
+        switch (m.type) {
+          case "exec":
+            return startExec(m);
+          case "stdin":
+            if (!proc) return fail(m.id, "unknown_id", "request id not found");
+            if (m.data) proc.write(Buffer.from(m.data, "base64"));
+            if (m.eof) proc.end();
+            return;
+          case "resize":
+            if (!proc) return fail(m.id, "unknown_id", "request id not found");
+            return proc.resize(m.rows, m.cols);
+          case "kill":
+            if (!proc) return fail(m.id, "unknown_id", "request id not found");
+            proc.kill(m.signal ?? "SIGTERM");
+            return;
+          default:
+            return fail(m.id, "unknown_type", "unsupported message type");
         }
-      },
-      () => {
-        fail(undefined, "payload_too_large", `line exceeds ${MAX_LINE} bytes`);
-        socket.destroy();
-      },
-    );
+      } catch (err) {
+        const code = /stdin was not enabled/.test(err.message) ? "stdin_disabled" : "invalid_request";
+        return fail(m.id, code, err.message);
+      }
+    };
+    lineReader(socket, onLine, () => {
+      fail(undefined, "payload_too_large", `message line exceeds ${MAX_LINE} bytes`);
+      // Flush the error, then hang up (hard, if the peer does not close).
+      socket.end();
+      setTimeout(() => socket.destroy(), 2000).unref();
+    });
     const cleanup = () => {
+      if (disconnected) return;
+      disconnected = true;
       clients.delete(socket);
-      for (const p of execs.values()) p.kill("SIGKILL");
+      // Kill what this client started, and drain its streams so the execs settle.
+      for (const proc of execs.values()) {
+        try {
+          proc.kill("SIGKILL");
+        } catch {}
+        proc.stdout.resume();
+        proc.stderr.resume();
+      }
       execs.clear();
     };
     socket.on("close", cleanup);
     socket.on("error", () => {});
   });
-  server.listen(socketPath);
+  server.on("error", () => {});
+  await new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(socketPath, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  fs.chmodSync(socketPath, 0o600);
   server.unref();
-  try {
-    fs.chmodSync(socketPath, 0o600);
-  } catch {}
   return {
     close: () =>
       new Promise((resolve) => {
@@ -266,35 +354,67 @@ function serveAttach(vm, socketPath) {
   };
 }
 
-/** Register `vm` and start its attach server; close() undoes both. */
+/** Start `vm`'s attach server, then register it; close() undoes both. */
 async function registerVmSession(vm, label) {
-  const { socketPath } = registerSession({ id: vm.id, label: label ?? process.argv.join(" ") });
-  const server = serveAttach(vm, socketPath);
+  const dir = sessionsDir();
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const server = await serveAttach(vm, path.join(dir, `${vm.id}.sock`));
+  try {
+    registerSession({ id: vm.id, label: label ?? process.argv.join(" ") });
+  } catch (err) {
+    await server.close();
+    throw err;
+  }
+  // A process that exits without close() still removes its entry.
+  const onExit = () => unregisterSession(vm.id);
+  process.once("exit", onExit);
+  let closing = null;
   return {
-    async close() {
-      await server.close();
-      unregisterSession(vm.id);
+    close() {
+      if (!closing) {
+        closing = (async () => {
+          process.off("exit", onExit);
+          unregisterSession(vm.id);
+          await server.close();
+        })();
+      }
+      return closing;
     },
   };
 }
 
-/** Connect to a session socket; callbacks get parsed messages. */
-function connectToSession(socketPath, callbacks) {
+/**
+ * Connect to a session socket. callbacks: onMessage(msg) (alias onJson),
+ * onClose(err?) — called once. Returns { send(msg), close(), socket }.
+ */
+function connectToSession(socketPath, callbacks = {}) {
+  const onMessage = callbacks.onMessage || callbacks.onJson || (() => {});
+  let closed = false;
+  const onClose = (err) => {
+    if (closed) return;
+    closed = true;
+    if (callbacks.onClose) callbacks.onClose(err);
+  };
   const socket = net.connect(socketPath);
   lineReader(
     socket,
     (line) => {
+      let msg;
       try {
-        callbacks.onMessage(JSON.parse(line));
-      } catch (err) {
-        callbacks.onClose?.(err);
-        socket.destroy();
+        msg = JSON.parse(line);
+      } catch {
+        onClose(new Error("session sent invalid JSON"));
+        return socket.destroy();
       }
+      onMessage(msg);
     },
-    () => socket.destroy(new Error("session sent an oversized line")),
+    () => {
+      onClose(new Error("session sent an oversized message"));
+      socket.destroy();
+    },
   );
-  socket.on("error", (err) => callbacks.onClose?.(err));
-  socket.on("close", () => callbacks.onClose?.());
+  socket.on("error", (err) => onClose(err));
+  socket.on("close", () => onClose());
   return {
     send: (msg) => send(socket, msg),
     close: () => socket.end(),

@@ -8,7 +8,7 @@ const { mergeEnv, envToEntries } = require("./env.cjs");
 const { ExecProcess, normalizeCommand, windowBytes } = require("./exec.cjs");
 const { ensureImage } = require("./image.cjs");
 const { VmFs } = require("./fs.cjs");
-const { registerVmSession } = require("./sessions.cjs");
+const { registerVmSession } = require("./sessions.cjs"); // sessions
 
 const DEFAULT_START_TIMEOUT_MS = 120000;
 const ROOTFS_MODES = ["readonly", "memory", "cow"];
@@ -109,9 +109,11 @@ class VM {
     }
     this._native = n;
     try {
-      this._session = await registerVmSession(this, o.sessionLabel);
+      this._session = await registerVmSession(this, o.sessionLabel); // sessions
     } catch (err) {
-      process.emitWarning(`gondolin: could not register the session: ${err.message}`);
+      // sessions: the VM works without its registry entry; warn once per process.
+      if (!VM._sessionWarned) process.emitWarning(`gondolin: could not register the session: ${err.message}`);
+      VM._sessionWarned = true;
     }
   }
 
@@ -159,8 +161,9 @@ class VM {
       signal: options.signal,
       stdin: true,
       pty: true,
-      stdout: attach ? "pipe" : "pipe",
-      stderr: attach ? "pipe" : "pipe",
+      // Piped either way: attach() forwards the pipes to the terminal.
+      stdout: "pipe",
+      stderr: "pipe",
     });
     if (attach) proc.attach(process.stdin, process.stdout, process.stderr);
     return proc;
@@ -172,7 +175,7 @@ class VM {
       this._closed = true;
       this._closing = (async () => {
         if (this._starting) await this._starting.catch(() => {});
-        if (this._session) await this._session.close();
+        if (this._session) await this._session.close(); // sessions
         if (this._native) await this._native.close();
       })();
     }

@@ -4,7 +4,7 @@ TRIPLE      := linux-x64-gnu
 RUST_TARGET := x86_64-unknown-linux-gnu
 NPM_DIR     := npm/$(TRIPLE)
 GUEST_OUT   := target/$(RUST_TARGET)/guest
-APT_PKGS    := qemu-system-x86 debootstrap e2fsprogs cpio xz-utils zstd tmux
+APT_PKGS    := qemu-system-x86 debootstrap e2fsprogs kmod xz-utils zstd tmux
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
@@ -15,8 +15,11 @@ help: ## list the recipes
 
 deps: ## install the system packages (QEMU, debootstrap, ...) and npm dev dependencies
 	$(SUDO) apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PKGS)
-	# qemu-utils separately: a newer backports qemu-utils may clash with qemu-system 7.2.
+	# A newer qemu-utils from backports can clash with Debian's qemu-system 7.2:
+	# if the install can't be resolved, drop it and take the matching one.
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PKGS) || { \
+	  $(SUDO) apt-get remove -y -qq qemu-utils && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PKGS); }
 	command -v qemu-img >/dev/null || DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq qemu-utils
 	npm install --no-audit --no-fund
 

@@ -66,7 +66,7 @@ const BUILD_USAGE = `Usage: gondolin build [options]
 
 Builds the guest image (Debian kernel + rootfs, our init and sandboxd) into
 the local image store (~/.cache/gondolin/images/<buildId>/). Needs root and
-the debootstrap, e2fsprogs and cpio packages.
+the debootstrap, e2fsprogs and kmod packages.
 
 Options:
   --definition FILE    image definition (default: images/debian-base.json)

@@ -5,4 +5,5 @@
 pub mod control;
 pub mod image;
 mod napi;
+pub mod vfs;
 pub mod vm;

@@ -10,13 +10,16 @@
 //! below so that a decoded message is always safe to act on.
 
 mod frame;
+pub mod fs;
 mod msg;
 
 pub use frame::{decode, encode, encode_into, FrameDecoder};
+pub use fs::MAX_FS_DATA;
 pub use msg::{Exec, GuestMsg, HostMsg, Stream, PROTOCOL_VERSION};
 
-/// Largest payload accepted in one frame (data chunk plus headers).
-pub const MAX_FRAME: usize = 1024 * 1024;
+/// Largest payload accepted in one frame: the largest data chunk (an fs
+/// read or write of [`MAX_FS_DATA`]) plus room for its headers.
+pub const MAX_FRAME: usize = 1024 * 1024 + 64 * 1024;
 /// Largest data chunk (output, stdin, file data) carried by one frame.
 pub const MAX_CHUNK: usize = 256 * 1024;
 /// Default per-stream output credit (`windowBytes`).

@@ -127,6 +127,16 @@ impl Shared {
                     sem.add_permits((bytes as usize).min(room));
                 }
             }
+            GuestMsg::Error { id: 0, code, message } if code == "vfs_error" => {
+                // Sent before Ready when the guest could not mount the
+                // host-served filesystem: the VM is not usable as asked.
+                if let Some(tx) = st.ready.take() {
+                    let _ = tx.send(Err(Disconnect {
+                        code: "vfs_error",
+                        message: format!("the guest could not mount the VFS: {message}"),
+                    }));
+                }
+            }
             GuestMsg::Error { id, code, message } => {
                 // Backpressure notices are advisory; everything else tied to
                 // an exec ends it.

@@ -91,6 +91,7 @@ fn config(o: NativeVmOptions) -> napi::Result<VmConfig> {
         append: o.append,
         start_timeout: timeout.map(|ms| Duration::from_millis(ms as u64)),
         debug: o.debug.unwrap_or(false),
+        vfs: None,
     })
 }
 

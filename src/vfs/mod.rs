@@ -9,6 +9,7 @@
 
 pub mod path;
 mod provider;
+pub mod server;
 // Native providers (one module each) go below this line.
 
 pub use provider::{

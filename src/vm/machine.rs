@@ -15,6 +15,20 @@ use crate::control::{ControlClient, Disconnect};
 
 /// The control port's name as the guest sees it.
 pub const CONTROL_PORT: &str = "gondolin.control";
+/// The filesystem RPC port's name.
+pub const FS_PORT: &str = "gondolin.fs";
+
+/// Serve the guest's fs port. QEMU connects once at start; the socket lives
+/// as long as QEMU, so one connection is the whole session.
+async fn serve_fs(listener: UnixListener, server: std::sync::Arc<crate::vfs::server::FsServer>) {
+    let Ok((stream, _)) = listener.accept().await else {
+        return;
+    };
+    drop(listener);
+    if let Err(e) = crate::vfs::server::serve(server, stream).await {
+        tracing::warn!(target: "gondolin::vfs", "fs port closed: {e}");
+    }
+}
 
 /// How long close() lets QEMU exit after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(2);
@@ -108,7 +122,16 @@ impl Vm {
         };
         let control_sock = dir.join("control.sock");
         let listener = UnixListener::bind(&control_sock)?;
+        let mut serial_ports = vec![(CONTROL_PORT.to_string(), control_sock)];
         let mut cmdline = config.cmdline.clone();
+        if let Some(vfs) = &config.vfs {
+            let fs_sock = dir.join("fs.sock");
+            let fs_listener = UnixListener::bind(&fs_sock)?;
+            serial_ports.push((FS_PORT.to_string(), fs_sock));
+            cmdline.push(' ');
+            cmdline.push_str(&vfs.cmdline());
+            tokio::spawn(serve_fs(fs_listener, vfs.server.clone()));
+        }
         if let Some(extra) = &config.append {
             cmdline.push(' ');
             cmdline.push_str(extra);
@@ -124,7 +147,7 @@ impl Vm {
             cmdline,
             disk,
             rootfs_mode: config.rootfs_mode,
-            serial_ports: vec![(CONTROL_PORT.to_string(), control_sock)],
+            serial_ports,
             qmp_socket: dir.join("qmp.sock"),
         };
         let qemu_path = config

@@ -8,11 +8,14 @@
 //!
 //! Kernel command-line words it reads: `gondolin.rootfs=ro|rw`,
 //! `gondolin.init=poweroff` (print one line and power off: the bare-boot
-//! benchmark baseline), `gondolin.debug` (timestamps on the console).
+//! benchmark baseline), `gondolin.debug` (timestamps on the console),
+//! `gondolin.fs=` / `gondolin.binds=` (the host-served filesystem, see
+//! [`vfs`]).
 
 mod mounts;
 mod net;
 mod supervise;
+mod vfs;
 
 use std::time::Duration;
 
@@ -75,8 +78,23 @@ fn main() {
     if let Err(e) = net::loopback_up() {
         say!("bringing up lo failed: {e}");
     }
+    // A VFS failure does not stop the boot: sandboxd reports it to the host,
+    // which fails VM start with the reason.
+    let mut vfs_error = None;
+    let mut sandboxfs = None;
+    match vfs::plan(&words) {
+        Ok(None) => {}
+        Ok(Some(plan)) => match vfs::setup(&plan, debug) {
+            Ok(pid) => sandboxfs = Some(pid),
+            Err(e) => {
+                say!("vfs: {e}");
+                vfs_error = Some(e);
+            }
+        },
+        Err(e) => vfs_error = Some(e),
+    }
     if debug {
         say!("starting sandboxd at {}s", uptime());
     }
-    supervise::run(debug);
+    supervise::run(debug, vfs_error, sandboxfs);
 }

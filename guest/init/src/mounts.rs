@@ -16,6 +16,9 @@ const NEWROOT: &str = "/newroot";
 /// Where init finds sandboxd in the initramfs, and where it runs from.
 const SANDBOXD_SRC: &str = "/bin/sandboxd";
 pub const SANDBOXD: &str = "/run/gondolin/bin/sandboxd";
+/// The same for the FUSE daemon (optional in the initramfs).
+const SANDBOXFS_SRC: &str = "/bin/sandboxfs";
+pub const SANDBOXFS: &str = "/run/gondolin/bin/sandboxfs";
 /// How long to wait for the root disk's device node.
 const DISK_WAIT: Duration = Duration::from_secs(10);
 
@@ -110,14 +113,19 @@ pub fn switch_root(readonly: bool) -> io::Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=0755"),
     )?;
-    let dst = format!("{NEWROOT}{SANDBOXD}");
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(Path::new(&dst).parent().unwrap())?;
-    fs::copy(SANDBOXD_SRC, &dst)
-        .map_err(|e| io::Error::other(format!("copying sandboxd into the root disk: {e}")))?;
-    fs::set_permissions(&dst, fs::Permissions::from_mode(0o755))?;
+    for (src, dst) in [(SANDBOXD_SRC, SANDBOXD), (SANDBOXFS_SRC, SANDBOXFS)] {
+        if src == SANDBOXFS_SRC && !Path::new(src).exists() {
+            continue;
+        }
+        let dst = format!("{NEWROOT}{dst}");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(Path::new(&dst).parent().unwrap())?;
+        fs::copy(src, &dst)
+            .map_err(|e| io::Error::other(format!("copying {src} into the root disk: {e}")))?;
+        fs::set_permissions(&dst, fs::Permissions::from_mode(0o755))?;
+    }
 
     for m in ["/dev", "/proc", "/sys"] {
         let target = format!("{NEWROOT}{m}");
@@ -134,6 +142,7 @@ pub fn switch_root(readonly: bool) -> io::Result<()> {
     // Free the initramfs copies we no longer need (it is RAM).
     let _ = fs::remove_dir_all("/lib/modules");
     let _ = fs::remove_file(SANDBOXD_SRC);
+    let _ = fs::remove_file(SANDBOXFS_SRC);
 
     std::env::set_current_dir(NEWROOT)?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)

@@ -102,6 +102,15 @@ impl Server {
     }
 
     fn session(&mut self) -> Stop {
+        // init could not set up the host-served filesystem: say why first,
+        // so the host fails VM start with the reason.
+        if let Ok(message) = std::env::var("GONDOLIN_VFS_ERROR") {
+            self.out.push(&GuestMsg::Error {
+                id: 0,
+                code: "vfs_error".into(),
+                message,
+            });
+        }
         self.out.push(&GuestMsg::Ready {
             version: PROTOCOL_VERSION,
         });

@@ -1,0 +1,688 @@
+//! The fs RPC server: turns the guest's inode-based FUSE requests into
+//! path-based [`Provider`] calls.
+//!
+//! Inode numbers and file handles are ours: an inode is a path the guest has
+//! looked up (kept until the kernel forgets it), a handle is an open
+//! [`FileHandle`]. Every request runs as its own task, so a slow provider
+//! call (a JS provider, a big read) never holds up the others; at most
+//! [`MAX_IN_FLIGHT`] run at once and the guest waits for the rest.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use gondolin_wire::fs::{
+    errno, Attr, Caller, DirEntry as WireDirEntry, Entry, FileKind, FsGuestMsg, FsHostMsg, FsOp,
+    FsReply, FsRequest, FsResponse, SetTime, Timestamp, FS_PROTOCOL_VERSION, MAX_READDIR_ENTRIES,
+    ROOT_INO,
+};
+use gondolin_wire::{encode_into, FrameDecoder};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, Semaphore};
+
+use super::path::{file_name, join, parent};
+use super::{CachePolicy, FileHandle, Metadata, OpenOptions, Provider, SetTimes, VfsError, VfsResult};
+
+/// Requests served concurrently per VM.
+pub const MAX_IN_FLIGHT: usize = 256;
+/// Open handles per VM before `open` fails with EMFILE-like ENFILE.
+const MAX_HANDLES: usize = 65_536;
+/// Directory listings kept for paged `readdir` continuations.
+const DIR_CACHE_TTL: Duration = Duration::from_secs(5);
+const DIR_CACHE_MAX: usize = 128;
+const ENFILE: i32 = 23;
+const RENAME_NOREPLACE: u32 = 1;
+
+struct Node {
+    path: String,
+    lookups: u64,
+}
+
+#[derive(Default)]
+struct Inodes {
+    by_ino: HashMap<u64, Node>,
+    by_path: HashMap<String, u64>,
+    next: u64,
+}
+
+impl Inodes {
+    fn new() -> Self {
+        let mut t = Inodes { next: ROOT_INO + 1, ..Default::default() };
+        t.by_ino.insert(ROOT_INO, Node { path: "/".into(), lookups: 1 });
+        t.by_path.insert("/".into(), ROOT_INO);
+        t
+    }
+
+    fn path(&self, ino: u64) -> VfsResult<String> {
+        self.by_ino
+            .get(&ino)
+            .map(|n| n.path.clone())
+            .ok_or_else(|| VfsError::with_message(errno::ENOENT, format!("stale inode {ino}")))
+    }
+
+    /// The inode for `path`, counting one more kernel reference.
+    fn remember(&mut self, path: &str) -> u64 {
+        if let Some(&ino) = self.by_path.get(path) {
+            if let Some(n) = self.by_ino.get_mut(&ino) {
+                n.lookups += 1;
+            }
+            return ino;
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.by_ino.insert(ino, Node { path: path.to_string(), lookups: 1 });
+        self.by_path.insert(path.to_string(), ino);
+        ino
+    }
+
+    fn peek(&self, path: &str) -> Option<u64> {
+        self.by_path.get(path).copied()
+    }
+
+    fn forget(&mut self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let gone = match self.by_ino.get_mut(&ino) {
+            Some(node) => {
+                node.lookups = node.lookups.saturating_sub(n);
+                node.lookups == 0
+            }
+            None => false,
+        };
+        if gone {
+            if let Some(node) = self.by_ino.remove(&ino) {
+                if self.by_path.get(&node.path) == Some(&ino) {
+                    self.by_path.remove(&node.path);
+                }
+            }
+        }
+    }
+
+    /// `path` (and everything below it) no longer exists: unmap it so a new
+    /// object at the same path gets a new inode. The kernel's references to
+    /// the old inodes then resolve to ENOENT.
+    fn unlink(&mut self, path: &str) {
+        let prefix = format!("{path}/");
+        let doomed: Vec<String> = self
+            .by_path
+            .keys()
+            .filter(|p| *p == path || p.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for p in doomed {
+            if let Some(ino) = self.by_path.remove(&p) {
+                if ino != ROOT_INO {
+                    self.by_ino.remove(&ino);
+                }
+            }
+        }
+    }
+
+    /// Move the mapping of `from` (and its descendants) to `to`.
+    fn rename(&mut self, from: &str, to: &str) {
+        self.unlink(to);
+        let prefix = format!("{from}/");
+        let moved: Vec<(String, u64)> = self
+            .by_path
+            .iter()
+            .filter(|(p, _)| *p == from || p.starts_with(&prefix))
+            .map(|(p, i)| (p.clone(), *i))
+            .collect();
+        for (old, ino) in moved {
+            self.by_path.remove(&old);
+            let new = format!("{to}{}", &old[from.len()..]);
+            if let Some(n) = self.by_ino.get_mut(&ino) {
+                n.path = new.clone();
+            }
+            self.by_path.insert(new, ino);
+        }
+    }
+}
+
+struct DirListing {
+    at: Instant,
+    entries: Arc<Vec<(String, FileKind)>>,
+}
+
+/// Counters for benchmarks and debugging.
+#[derive(Debug, Default)]
+pub struct FsMetrics {
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+}
+
+/// One VM's filesystem service.
+pub struct FsServer {
+    provider: Arc<dyn Provider>,
+    policy: CachePolicy,
+    inodes: Mutex<Inodes>,
+    handles: Mutex<HashMap<u64, Arc<dyn FileHandle>>>,
+    next_fh: AtomicU64,
+    dirs: Mutex<HashMap<u64, DirListing>>,
+    notify: Mutex<Option<mpsc::UnboundedSender<FsHostMsg>>>,
+    pub metrics: FsMetrics,
+}
+
+impl std::fmt::Debug for FsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsServer").field("metrics", &self.metrics).finish_non_exhaustive()
+    }
+}
+
+fn ts(t: SystemTime) -> Timestamp {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
+        Err(e) => {
+            let d = e.duration();
+            if d.subsec_nanos() == 0 {
+                Timestamp { secs: -(d.as_secs() as i64), nanos: 0 }
+            } else {
+                Timestamp { secs: -(d.as_secs() as i64) - 1, nanos: 1_000_000_000 - d.subsec_nanos() }
+            }
+        }
+    }
+}
+
+fn to_system_time(t: SetTime) -> SystemTime {
+    match t {
+        SetTime::Now => SystemTime::now(),
+        SetTime::At(Timestamp { secs, nanos }) => {
+            if secs >= 0 {
+                UNIX_EPOCH + Duration::new(secs as u64, nanos.min(999_999_999))
+            } else {
+                UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+                    + Duration::from_nanos(u64::from(nanos.min(999_999_999)))
+            }
+        }
+    }
+}
+
+fn attr(ino: u64, m: &Metadata) -> Attr {
+    Attr {
+        ino,
+        kind: m.kind,
+        perm: m.perm & 0o7777,
+        nlink: m.nlink.max(1),
+        uid: m.uid,
+        gid: m.gid,
+        size: m.size,
+        blocks: m.size.div_ceil(512),
+        atime: ts(m.atime),
+        mtime: ts(m.mtime),
+        ctime: ts(m.ctime),
+    }
+}
+
+/// A d_ino for a listed child the guest has not looked up: stable per path,
+/// never 0 (some programs skip 0), never one of ours (high bit set).
+fn listing_ino(path: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut h);
+    h.finish() | (1 << 63)
+}
+
+impl FsServer {
+    pub fn new(provider: Arc<dyn Provider>) -> Arc<Self> {
+        let policy = provider.cache_policy();
+        Arc::new(FsServer {
+            provider,
+            policy,
+            inodes: Mutex::new(Inodes::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            dirs: Mutex::new(HashMap::new()),
+            notify: Mutex::new(None),
+            metrics: FsMetrics::default(),
+        })
+    }
+
+    pub fn provider(&self) -> &Arc<dyn Provider> {
+        &self.provider
+    }
+
+    /// The host changed `path` behind the guest's back (e.g. `vm.fs` on a
+    /// VFS path): drop the guest kernel's cached attributes, data and lookup.
+    pub fn invalidate(&self, path: &str) {
+        let (ino, parent_ino) = {
+            let t = self.inodes.lock().unwrap();
+            (t.peek(path), t.peek(parent(path)))
+        };
+        if let Some(p) = parent_ino {
+            self.forget_listing(p);
+        }
+        let Some(tx) = self.notify.lock().unwrap().clone() else { return };
+        if let Some(ino) = ino {
+            let _ = tx.send(FsHostMsg::InvalidateInode { ino });
+        }
+        if let (Some(p), name) = (parent_ino, file_name(path)) {
+            if !name.is_empty() {
+                let _ = tx.send(FsHostMsg::InvalidateEntry { parent: p, name: name.to_string() });
+            }
+        }
+    }
+
+    fn path_of(&self, ino: u64) -> VfsResult<String> {
+        self.inodes.lock().unwrap().path(ino)
+    }
+
+    fn child_of(&self, parent_ino: u64, name: &str) -> VfsResult<String> {
+        Ok(join(&self.path_of(parent_ino)?, name))
+    }
+
+    fn handle(&self, fh: u64) -> VfsResult<Arc<dyn FileHandle>> {
+        self.handles
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| VfsError::new(errno::EBADF))
+    }
+
+    fn add_handle(&self, h: Box<dyn FileHandle>) -> VfsResult<u64> {
+        let mut handles = self.handles.lock().unwrap();
+        if handles.len() >= MAX_HANDLES {
+            return Err(VfsError::with_message(ENFILE, "too many open files in the VFS"));
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        handles.insert(fh, Arc::from(h));
+        Ok(fh)
+    }
+
+    fn entry(&self, path: &str, m: &Metadata) -> Entry {
+        let ino = self.inodes.lock().unwrap().remember(path);
+        Entry {
+            attr: attr(ino, m),
+            attr_ttl_ms: self.policy.attr_ttl_ms,
+            entry_ttl_ms: self.policy.entry_ttl_ms,
+        }
+    }
+
+    fn forget_listing(&self, dir_ino: u64) {
+        self.dirs.lock().unwrap().remove(&dir_ino);
+    }
+
+    fn changed_dir_of(&self, path: &str) {
+        let p = self.inodes.lock().unwrap().peek(parent(path));
+        if let Some(p) = p {
+            self.forget_listing(p);
+        }
+    }
+
+    async fn entry_after(&self, path: &str) -> VfsResult<FsReply> {
+        self.changed_dir_of(path);
+        let m = self.provider.lstat(path).await?;
+        Ok(FsReply::Entry(self.entry(path, &m)))
+    }
+
+    /// Serve one request. Never panics on guest input; every failure is an errno.
+    pub async fn handle_request(&self, req: FsRequest) -> FsResponse {
+        self.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        let result = match req.op.validate() {
+            Err(e) => Err(VfsError::invalid(e.to_string())),
+            Ok(()) => self.dispatch(req.op, req.caller).await,
+        };
+        let result = result.map_err(|e| {
+            self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(target: "gondolin::vfs", id = req.id, error = %e, "fs request failed");
+            if e.errno <= 0 || e.errno > 4095 {
+                errno::EIO
+            } else {
+                e.errno
+            }
+        });
+        FsResponse { id: req.id, result }
+    }
+
+    async fn dispatch(&self, op: FsOp, caller: Caller) -> VfsResult<FsReply> {
+        let p = &self.provider;
+        match op {
+            FsOp::Lookup { parent, name } => {
+                let path = self.child_of(parent, &name)?;
+                match p.lstat(&path).await {
+                    Ok(m) => Ok(FsReply::Entry(self.entry(&path, &m))),
+                    Err(e) if e.is(errno::ENOENT) => {
+                        Ok(FsReply::NoEntry { ttl_ms: self.policy.negative_ttl_ms })
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            FsOp::Forget { ino, nlookup } => {
+                self.inodes.lock().unwrap().forget(ino, nlookup);
+                Ok(FsReply::Done)
+            }
+            FsOp::GetAttr { ino } => {
+                let m = p.lstat(&self.path_of(ino)?).await?;
+                Ok(FsReply::Attr { attr: attr(ino, &m), ttl_ms: self.policy.attr_ttl_ms })
+            }
+            FsOp::SetAttr { ino, fh, set } => {
+                let path = self.path_of(ino)?;
+                if let Some(size) = set.size {
+                    match fh.map(|fh| self.handle(fh)).transpose()? {
+                        Some(h) => h.truncate(size).await?,
+                        None => p.truncate(&path, size).await?,
+                    }
+                }
+                if let Some(mode) = set.mode {
+                    p.chmod(&path, mode & 0o7777).await?;
+                }
+                if set.uid.is_some() || set.gid.is_some() {
+                    p.chown(&path, set.uid, set.gid).await?;
+                }
+                if set.atime.is_some() || set.mtime.is_some() {
+                    let times = SetTimes {
+                        atime: set.atime.map(to_system_time),
+                        mtime: set.mtime.map(to_system_time),
+                    };
+                    p.set_times(&path, times).await?;
+                }
+                let m = p.lstat(&path).await?;
+                Ok(FsReply::Attr { attr: attr(ino, &m), ttl_ms: self.policy.attr_ttl_ms })
+            }
+            FsOp::ReadLink { ino } => Ok(FsReply::Target(p.readlink(&self.path_of(ino)?).await?)),
+            FsOp::Mkdir { parent, name, mode } => {
+                let path = self.child_of(parent, &name)?;
+                p.mkdir(&path, mode & 0o7777).await?;
+                self.entry_after(&path).await
+            }
+            FsOp::Unlink { parent, name } => {
+                let path = self.child_of(parent, &name)?;
+                p.unlink(&path).await?;
+                self.inodes.lock().unwrap().unlink(&path);
+                self.forget_listing(parent);
+                Ok(FsReply::Done)
+            }
+            FsOp::Rmdir { parent, name } => {
+                let path = self.child_of(parent, &name)?;
+                p.rmdir(&path).await?;
+                self.inodes.lock().unwrap().unlink(&path);
+                self.forget_listing(parent);
+                Ok(FsReply::Done)
+            }
+            FsOp::Symlink { parent, name, target } => {
+                let path = self.child_of(parent, &name)?;
+                p.symlink(&target, &path).await?;
+                self.entry_after(&path).await
+            }
+            FsOp::Rename { parent, name, new_parent, new_name, flags } => {
+                if flags & !RENAME_NOREPLACE != 0 {
+                    return Err(VfsError::invalid("unsupported rename flags"));
+                }
+                let from = self.child_of(parent, &name)?;
+                let to = self.child_of(new_parent, &new_name)?;
+                if flags & RENAME_NOREPLACE != 0 {
+                    match p.lstat(&to).await {
+                        Ok(_) => return Err(VfsError::new(errno::EEXIST)),
+                        Err(e) if e.is(errno::ENOENT) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                p.rename(&from, &to).await?;
+                self.inodes.lock().unwrap().rename(&from, &to);
+                self.forget_listing(parent);
+                self.forget_listing(new_parent);
+                Ok(FsReply::Done)
+            }
+            FsOp::Link { ino, new_parent, new_name } => {
+                let from = self.path_of(ino)?;
+                let to = self.child_of(new_parent, &new_name)?;
+                p.link(&from, &to).await?;
+                self.entry_after(&to).await
+            }
+            FsOp::Open { ino, flags } => {
+                let path = self.path_of(ino)?;
+                let mut opts = OpenOptions::from_linux_flags(flags, 0);
+                // The kernel already resolved the name; creation is `Create`.
+                opts.create = false;
+                opts.exclusive = false;
+                let h = p.open(&path, opts).await?;
+                let fh = self.add_handle(h)?;
+                Ok(FsReply::Opened { fh, keep_cache: self.policy.keep_data_cache })
+            }
+            FsOp::Create { parent, name, mode, flags } => {
+                let path = self.child_of(parent, &name)?;
+                let mut opts = OpenOptions::from_linux_flags(flags, mode);
+                opts.create = true;
+                let h = p.open(&path, opts).await?;
+                let fh = self.add_handle(h)?;
+                let m = match p.lstat(&path).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.release(fh).await.ok();
+                        return Err(e);
+                    }
+                };
+                self.changed_dir_of(&path);
+                Ok(FsReply::Created { entry: self.entry(&path, &m), fh })
+            }
+            FsOp::Read { fh, offset, size } => {
+                let data = self.handle(fh)?.read(offset, size as usize).await?;
+                if data.len() > size as usize {
+                    return Err(VfsError::with_message(errno::EIO, "provider returned more than asked"));
+                }
+                self.metrics.bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
+                Ok(FsReply::Data(data))
+            }
+            FsOp::Write { fh, offset, data } => {
+                let n = self.handle(fh)?.write(offset, &data).await?;
+                self.metrics.bytes_written.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(FsReply::Written(n.min(data.len()) as u32))
+            }
+            FsOp::Flush { fh } => {
+                self.handle(fh)?;
+                Ok(FsReply::Done)
+            }
+            FsOp::Fsync { fh, .. } => {
+                self.handle(fh)?.sync().await?;
+                Ok(FsReply::Done)
+            }
+            FsOp::Release { fh } => {
+                self.release(fh).await?;
+                Ok(FsReply::Done)
+            }
+            FsOp::ReadDir { ino, offset, max_entries } => self.readdir(ino, offset, max_entries).await,
+            FsOp::StatFs { ino } => Ok(FsReply::StatFs(p.statfs(&self.path_of(ino)?).await?)),
+            FsOp::Access { ino, mask } => {
+                let path = self.path_of(ino)?;
+                match p.access(&path, mask).await {
+                    Err(e) if e.is(errno::ENOSYS) => {}
+                    other => return other.map(|_| FsReply::Done),
+                }
+                let m = p.stat(&path).await?;
+                check_access(&m, mask, caller, p.readonly())?;
+                Ok(FsReply::Done)
+            }
+        }
+    }
+
+    async fn release(&self, fh: u64) -> VfsResult<()> {
+        let h = self.handles.lock().unwrap().remove(&fh);
+        match h {
+            Some(h) => h.close().await,
+            None => Err(VfsError::new(errno::EBADF)),
+        }
+    }
+
+    async fn listing(&self, ino: u64, path: &str, fresh: bool) -> VfsResult<Arc<Vec<(String, FileKind)>>> {
+        if !fresh {
+            let mut dirs = self.dirs.lock().unwrap();
+            if let Some(l) = dirs.get_mut(&ino) {
+                if l.at.elapsed() < DIR_CACHE_TTL {
+                    l.at = Instant::now();
+                    return Ok(l.entries.clone());
+                }
+            }
+        }
+        let mut list: Vec<(String, FileKind)> =
+            self.provider.readdir(path).await?.into_iter().map(|e| (e.name, e.kind)).collect();
+        list.retain(|(n, _)| !n.is_empty() && n != "." && n != ".." && !n.contains(['/', '\0']));
+        let entries = Arc::new(list);
+        let mut dirs = self.dirs.lock().unwrap();
+        if dirs.len() >= DIR_CACHE_MAX {
+            if let Some(oldest) = dirs.iter().min_by_key(|(_, l)| l.at).map(|(k, _)| *k) {
+                dirs.remove(&oldest);
+            }
+        }
+        dirs.insert(ino, DirListing { at: Instant::now(), entries: entries.clone() });
+        Ok(entries)
+    }
+
+    /// Offsets: 1 = ".", 2 = "..", 3.. = provider entries. A listing starts
+    /// fresh at offset 0 and later pages reuse it, so a paged listing is a
+    /// consistent snapshot.
+    async fn readdir(&self, ino: u64, offset: u64, max: u32) -> VfsResult<FsReply> {
+        let path = self.path_of(ino)?;
+        let list = self.listing(ino, &path, offset == 0).await?;
+        let max = max.min(MAX_READDIR_ENTRIES) as usize;
+        let parent_ino = if ino == ROOT_INO {
+            ROOT_INO
+        } else {
+            self.inodes.lock().unwrap().peek(parent(&path)).unwrap_or(ROOT_INO)
+        };
+        let mut out = Vec::new();
+        let t = self.inodes.lock().unwrap();
+        let total = list.len() as u64 + 2;
+        let mut off = offset;
+        while off < total && out.len() < max {
+            let (ino, kind, name) = match off {
+                0 => (ino, FileKind::Dir, ".".to_string()),
+                1 => (parent_ino, FileKind::Dir, "..".to_string()),
+                i => {
+                    let (name, kind) = &list[(i - 2) as usize];
+                    let child = join(&path, name);
+                    (t.peek(&child).unwrap_or_else(|| listing_ino(&child)), *kind, name.clone())
+                }
+            };
+            off += 1;
+            out.push(WireDirEntry { ino, kind, name, next_offset: off });
+        }
+        Ok(FsReply::Dir(out))
+    }
+
+    /// Close every open handle (VM shutdown).
+    pub async fn close(&self) {
+        let handles: Vec<_> = self.handles.lock().unwrap().drain().map(|(_, h)| h).collect();
+        for h in handles {
+            h.close().await.ok();
+        }
+        self.provider.close().await.ok();
+    }
+}
+
+/// Permission check from mode bits, for providers without `access`.
+fn check_access(m: &Metadata, mask: i32, caller: Caller, readonly: bool) -> VfsResult<()> {
+    const R: i32 = 4;
+    const W: i32 = 2;
+    const X: i32 = 1;
+    if mask == 0 {
+        return Ok(());
+    }
+    if mask & W != 0 && readonly {
+        return Err(VfsError::rofs());
+    }
+    if caller.uid == 0 {
+        if mask & X != 0 && m.kind != FileKind::Dir && m.perm & 0o111 == 0 {
+            return Err(VfsError::new(errno::EACCES));
+        }
+        return Ok(());
+    }
+    let bits = if caller.uid == m.uid {
+        (m.perm >> 6) & 7
+    } else if caller.gid == m.gid {
+        (m.perm >> 3) & 7
+    } else {
+        m.perm & 7
+    } as i32;
+    let want = mask & (R | W | X);
+    if bits & want == want {
+        Ok(())
+    } else {
+        Err(VfsError::new(errno::EACCES))
+    }
+}
+
+/// Serve the guest's fs port on `stream` until it closes. Requests run
+/// concurrently; responses and invalidations share one writer.
+pub async fn serve<S>(server: Arc<FsServer>, stream: S) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::unbounded_channel::<FsHostMsg>();
+    *server.notify.lock().unwrap() = Some(tx.clone());
+    let writer = tokio::spawn(async move {
+        let mut buf = Vec::with_capacity(256 * 1024);
+        while let Some(msg) = rx.recv().await {
+            buf.clear();
+            encode_into(&msg, &mut buf);
+            // Batch whatever else is ready into the same write.
+            while buf.len() < 1 << 20 {
+                match rx.try_recv() {
+                    Ok(m) => encode_into(&m, &mut buf),
+                    Err(_) => break,
+                }
+            }
+            if wr.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+    });
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut dec = FrameDecoder::new();
+    let mut chunk = vec![0u8; 256 * 1024];
+    let mut greeted = false;
+    let result = 'outer: loop {
+        let n = match rd.read(&mut chunk).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => n,
+            Err(e) => break Err(e),
+        };
+        dec.push(&chunk[..n]);
+        loop {
+            let msg = match dec.next_message::<FsGuestMsg>() {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(target: "gondolin::vfs", "closing the fs port: {e}");
+                    break 'outer Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()));
+                }
+            };
+            match msg {
+                FsGuestMsg::Hello { version } => {
+                    if version != FS_PROTOCOL_VERSION {
+                        tracing::warn!(target: "gondolin::vfs", version, "sandboxfs speaks another fs protocol version");
+                        break 'outer Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("sandboxfs fs protocol {version}, host {FS_PROTOCOL_VERSION}"),
+                        ));
+                    }
+                    greeted = true;
+                }
+                FsGuestMsg::Request(req) if greeted => {
+                    let permit = match slots.clone().acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => break 'outer Ok(()),
+                    };
+                    let server = server.clone();
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let resp = server.handle_request(req).await;
+                        let _ = tx.send(FsHostMsg::Response(resp));
+                        drop(permit);
+                    });
+                }
+                FsGuestMsg::Request(req) => {
+                    let _ = tx.send(FsHostMsg::Response(FsResponse { id: req.id, result: Err(errno::EIO) }));
+                }
+            }
+        }
+    };
+    *server.notify.lock().unwrap() = None;
+    drop(tx);
+    let _ = writer.await;
+    result
+}

@@ -29,10 +29,10 @@ addon: ## the napi addon → npm/$(TRIPLE)/gondolin.$(TRIPLE).node
 	cargo build --release --lib
 	cp target/release/libgondolin.so $(NPM_DIR)/gondolin.$(TRIPLE).node
 
-guest: ## init + sandboxd, statically linked → npm/$(TRIPLE)/guest/
-	RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile guest --target $(RUST_TARGET) -p gondolin-init -p sandboxd
+guest: ## init + sandboxd + sandboxfs, statically linked → npm/$(TRIPLE)/guest/
+	RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile guest --target $(RUST_TARGET) -p gondolin-init -p sandboxd -p sandboxfs
 	mkdir -p $(NPM_DIR)/guest
-	cp $(GUEST_OUT)/init $(GUEST_OUT)/sandboxd $(NPM_DIR)/guest/
+	cp $(GUEST_OUT)/init $(GUEST_OUT)/sandboxd $(GUEST_OUT)/sandboxfs $(NPM_DIR)/guest/
 
 image: build ## build the guest image into ~/.cache/gondolin/images (reused when up to date)
 	node js/cli.cjs build

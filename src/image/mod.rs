@@ -8,7 +8,7 @@
 //!    rootfs as `rootfs.ext4`, the Debian cloud kernel, the kernel modules
 //!    the guest needs. Slow (minutes), done once per definition.
 //! 2. **image** (`<cache>/images/<buildId>/`): an initramfs holding our
-//!    static `init` and `sandboxd` plus the modules; kernel and rootfs are
+//!    static `init`, `sandboxd` and `sandboxfs` plus the modules; kernel and rootfs are
 //!    hard-linked from the base. Fast (about a second).
 //!
 //! `buildId` is derived from the build inputs (definition bytes, guest
@@ -50,7 +50,7 @@ pub struct ImageInfo {
 pub struct BuildOptions {
     /// Image definition JSON (e.g. images/debian-base.json).
     pub definition: PathBuf,
-    /// Directory holding the static guest binaries `init` and `sandboxd`.
+    /// Directory holding the static guest binaries `init`, `sandboxd`, `sandboxfs`.
     pub guest_bin_dir: PathBuf,
     /// Cache root; default [`cache_root`].
     pub cache_root: Option<PathBuf>,
@@ -141,7 +141,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
             store::load(&dir)?
         } else {
             let base = base::ensure(&def, &root, opts.verbose, progress)?;
-            progress("writing the initramfs with init, sandboxd and kernel modules");
+            progress("writing the initramfs with init, sandboxd, sandboxfs and kernel modules");
             store::assemble(&def, &base, &opts.guest_bin_dir, &id, &images)?
         }
     };

@@ -75,6 +75,9 @@ fn guest_binary(dir: &Path, name: &str) -> Result<Vec<u8>, ImageError> {
     fs::read(&p).map_err(|_| ImageError::MissingGuestBinary(p))
 }
 
+/// The static guest binaries every image carries in its initramfs.
+pub const GUEST_BINARIES: [&str; 3] = ["init", "sandboxd", "sandboxfs"];
+
 pub fn build_id(def: &Definition, bin_dir: &Path) -> Result<String, ImageError> {
     let mut h = Sha256::new();
     h.update(IMAGE_FORMAT);
@@ -82,7 +85,7 @@ pub fn build_id(def: &Definition, bin_dir: &Path) -> Result<String, ImageError> 
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
     }
-    for name in ["init", "sandboxd"] {
+    for name in GUEST_BINARIES {
         let bytes = guest_binary(bin_dir, name)?;
         h.update((bytes.len() as u64).to_be_bytes());
         h.update(&bytes);
@@ -117,7 +120,7 @@ fn link_or_copy(src: &Path, dst: &Path) -> Result<(), ImageError> {
         .map_err(io_err(format!("copying {}", src.display())))
 }
 
-/// The initramfs: init, sandboxd, modules, and the few nodes the kernel
+/// The initramfs: init, sandboxd, sandboxfs, modules, and the few nodes the kernel
 /// needs before devtmpfs is mounted.
 pub fn initramfs(bin_dir: &Path, modules: &Path) -> Result<Vec<u8>, ImageError> {
     let mut c = Cpio::new();
@@ -127,6 +130,7 @@ pub fn initramfs(bin_dir: &Path, modules: &Path) -> Result<Vec<u8>, ImageError> 
     c.char_dev("dev/console", 0o600, 5, 1);
     c.file("init", 0o755, &guest_binary(bin_dir, "init")?);
     c.file("bin/sandboxd", 0o755, &guest_binary(bin_dir, "sandboxd")?);
+    c.file("bin/sandboxfs", 0o755, &guest_binary(bin_dir, "sandboxfs")?);
     let mut names: Vec<String> = fs::read_dir(modules)
         .map_err(io_err("listing the base modules"))?
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
@@ -294,6 +298,7 @@ mod tests {
         fs::create_dir_all(&t).unwrap();
         fs::write(t.join("init"), b"init-v1").unwrap();
         fs::write(t.join("sandboxd"), b"sd-v1").unwrap();
+        fs::write(t.join("sandboxfs"), b"fs-v1").unwrap();
         let a = build_id(&def(D), &t).unwrap();
         assert_eq!(a, build_id(&def(D), &t).unwrap());
         assert_eq!(a.len(), 32);

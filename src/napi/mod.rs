@@ -9,7 +9,9 @@
 mod error;
 mod exec;
 mod image;
-
+mod vfs;
+mod vfs_call;
+mod vfs_js;
 mod vm;
 
 use napi_derive::module_init;

@@ -7,10 +7,16 @@ use std::time::Duration;
 
 use napi_derive::napi;
 
-use super::error::IntoJs;
+use napi::bindgen_prelude::PromiseRaw;
+use napi::Env;
+
+use super::error::{js_error, IntoJs};
 use super::exec::NativeExec;
+use super::vfs::NativeProvider;
 use crate::control::ExecRequest;
-use crate::vm::{RootfsMode, Vm, VmConfig};
+use crate::vfs::path::check_absolute;
+use crate::vfs::server::FsServer;
+use crate::vm::{RootfsMode, VfsAttach, Vm, VmConfig};
 
 #[napi(object)]
 pub struct NativeVmOptions {
@@ -29,6 +35,10 @@ pub struct NativeVmOptions {
     /// Milliseconds; 0 or absent = no timeout.
     pub start_timeout_ms: Option<f64>,
     pub debug: Option<bool>,
+    /// With a VFS root: where the guest mounts it (default `/data`).
+    pub fuse_mount: Option<String>,
+    /// With a VFS root: guest paths bind-mounted from `fuseMount` + path.
+    pub binds: Option<Vec<String>>,
 }
 
 #[napi(object)]
@@ -71,6 +81,7 @@ pub fn detect_accel(explicit: Option<String>) -> NativeAccel {
 #[napi]
 pub struct NativeVm {
     vm: Arc<Vm>,
+    fs: Option<Arc<FsServer>>,
 }
 
 fn config(o: NativeVmOptions) -> napi::Result<VmConfig> {
@@ -95,12 +106,27 @@ fn config(o: NativeVmOptions) -> napi::Result<VmConfig> {
     })
 }
 
-/// Boot a VM and resolve once the guest is ready.
-#[napi]
-pub async fn start_vm(options: NativeVmOptions) -> napi::Result<NativeVm> {
-    let cfg = config(options)?;
-    let vm = Vm::start(&cfg).await.js()?;
-    Ok(NativeVm { vm: Arc::new(vm) })
+/// Boot a VM and resolve once the guest is ready. `vfsRoot` is the
+/// provider the guest mounts at `fuseMount`.
+#[napi(ts_return_type = "Promise<NativeVm>")]
+pub fn start_vm<'e>(
+    env: &'e Env,
+    options: NativeVmOptions,
+    vfs_root: Option<&NativeProvider>,
+) -> napi::Result<PromiseRaw<'e, NativeVm>> {
+    let fuse_mount = options.fuse_mount.clone().unwrap_or_else(|| "/data".into());
+    let binds = options.binds.clone().unwrap_or_default();
+    let mut cfg = config(options)?;
+    let server = vfs_root.map(|root| FsServer::new(root.inner.clone()));
+    if let Some(server) = &server {
+        let fuse_mount = check_absolute(&fuse_mount, "vfs.fuseMount")
+            .map_err(|e| js_error("invalid_option", e.message.unwrap_or_default()))?;
+        cfg.vfs = Some(VfsAttach { server: server.clone(), fuse_mount, binds });
+    }
+    env.spawn_future(async move {
+        let vm = Vm::start(&cfg).await.js()?;
+        Ok(NativeVm { vm: Arc::new(vm), fs: server })
+    })
 }
 
 #[napi]
@@ -129,7 +155,19 @@ impl NativeVm {
     pub async fn close(&self) -> napi::Result<()> {
         let vm = self.vm.clone();
         vm.close().await;
+        if let Some(fs) = &self.fs {
+            fs.close().await;
+        }
         Ok(())
+    }
+
+    /// The host changed `path` (relative to the FUSE root) itself: drop
+    /// the guest's cached view of it.
+    #[napi]
+    pub fn vfs_invalidate(&self, path: String) {
+        if let Some(fs) = &self.fs {
+            fs.invalidate(&crate::vfs::path::normalize(&path));
+        }
     }
 
     #[napi]

@@ -7,10 +7,16 @@
 //! adapters around JavaScript objects (in `src/napi/`, since the core never
 //! imports napi).
 
+pub mod hooks;
 pub mod path;
 mod provider;
 pub mod server;
 // Native providers (one module each) go below this line.
+pub mod memory;
+pub mod mounts;
+pub mod readonly;
+pub mod realfs;
+pub mod shadow;
 
 pub use provider::{
     CachePolicy, DirEntry, FileHandle, FileKind, Metadata, OpenOptions, Provider, SetTimes, StatFs,

@@ -1,0 +1,293 @@
+//! The host connection: requests go out as frames, each with a fresh id,
+//! and the fuser reply object waits in [`Pending`] until the reader thread
+//! sees the matching response. So the FUSE loop never blocks on the host
+//! and any number of requests can be in flight.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, Notifier, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite,
+};
+use gondolin_wire::fs::{
+    errno, Attr, Caller, FileKind, FsGuestMsg, FsHostMsg, FsOp, FsReply, FsRequest, Timestamp,
+    FS_PROTOCOL_VERSION,
+};
+use gondolin_wire::{encode_into, FrameDecoder};
+
+use crate::log;
+use crate::transport::{self, Target, Transport};
+
+/// A fuser reply waiting for the host's answer.
+pub enum Pending {
+    Entry(ReplyEntry),
+    Attr(ReplyAttr),
+    Data(ReplyData),
+    /// readlink: the target as bytes.
+    Link(ReplyData),
+    Open(ReplyOpen),
+    Create(ReplyCreate),
+    Write(ReplyWrite),
+    Empty(ReplyEmpty),
+    Dir(ReplyDirectory),
+    Statfs(ReplyStatfs),
+}
+
+fn fail(p: Pending, e: i32) {
+    let e = Errno::from_i32(e);
+    match p {
+        Pending::Entry(r) => r.error(e),
+        Pending::Attr(r) => r.error(e),
+        Pending::Data(r) | Pending::Link(r) => r.error(e),
+        Pending::Open(r) => r.error(e),
+        Pending::Create(r) => r.error(e),
+        Pending::Write(r) => r.error(e),
+        Pending::Empty(r) => r.error(e),
+        Pending::Dir(r) => r.error(e),
+        Pending::Statfs(r) => r.error(e),
+    }
+}
+
+fn time(t: Timestamp) -> SystemTime {
+    let n = t.nanos.min(999_999_999);
+    if t.secs >= 0 {
+        UNIX_EPOCH + Duration::new(t.secs as u64, n)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs()) + Duration::from_nanos(u64::from(n))
+    }
+}
+
+pub fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Other => FileType::NamedPipe,
+    }
+}
+
+/// `st_blksize`: programs size their I/O buffers by it (stdio, cp, python),
+/// and every write(2) is one round trip to the host, so offer big ones.
+const BLKSIZE: u32 = 256 * 1024;
+
+pub fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: time(a.atime),
+        mtime: time(a.mtime),
+        ctime: time(a.ctime),
+        crtime: UNIX_EPOCH,
+        kind: file_type(a.kind),
+        perm: (a.perm & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: BLKSIZE,
+        flags: 0,
+    }
+}
+
+fn ms(v: u32) -> Duration {
+    Duration::from_millis(u64::from(v))
+}
+
+/// Hand the host's reply to the kernel. A reply of the wrong kind for the
+/// request is a host bug: EIO, never a panic.
+fn complete(p: Pending, r: FsReply) {
+    match (p, r) {
+        (Pending::Entry(rep), FsReply::Entry(e)) => {
+            rep.entry_with_ttls(&ms(e.attr_ttl_ms), &ms(e.entry_ttl_ms), &file_attr(&e.attr), Generation(0))
+        }
+        (Pending::Entry(rep), FsReply::NoEntry { ttl_ms }) => {
+            // Inode 0 = a negative entry the kernel may cache for the TTL.
+            let mut a = file_attr(&Attr {
+                ino: 0,
+                kind: FileKind::File,
+                perm: 0,
+                nlink: 0,
+                uid: 0,
+                gid: 0,
+                size: 0,
+                blocks: 0,
+                atime: Timestamp::default(),
+                mtime: Timestamp::default(),
+                ctime: Timestamp::default(),
+            });
+            a.ino = INodeNo(0);
+            rep.entry_with_ttls(&Duration::ZERO, &ms(ttl_ms), &a, Generation(0))
+        }
+        (Pending::Attr(rep), FsReply::Attr { attr, ttl_ms }) => rep.attr(&ms(ttl_ms), &file_attr(&attr)),
+        (Pending::Data(rep), FsReply::Data(d)) => rep.data(&d),
+        (Pending::Link(rep), FsReply::Target(t)) => rep.data(t.as_bytes()),
+        (Pending::Open(rep), FsReply::Opened { fh, keep_cache }) => {
+            let flags = if keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+            rep.opened(FileHandle(fh), flags)
+        }
+        (Pending::Create(rep), FsReply::Created { entry, fh }) => rep.created(
+            &ms(entry.entry_ttl_ms),
+            &file_attr(&entry.attr),
+            Generation(0),
+            FileHandle(fh),
+            FopenFlags::empty(),
+        ),
+        (Pending::Write(rep), FsReply::Written(n)) => rep.written(n),
+        (Pending::Empty(rep), FsReply::Done) => rep.ok(),
+        (Pending::Dir(mut rep), FsReply::Dir(entries)) => {
+            for e in entries {
+                if rep.add(INodeNo(e.ino), e.next_offset, file_type(e.kind), &e.name) {
+                    break;
+                }
+            }
+            rep.ok()
+        }
+        (Pending::Statfs(rep), FsReply::StatFs(s)) => {
+            rep.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize)
+        }
+        (p, other) => {
+            log!("host answered with the wrong reply kind: {other:?}");
+            fail(p, errno::EIO)
+        }
+    }
+}
+
+pub struct Conn {
+    writer: Mutex<File>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next: AtomicU64,
+    pub notifier: OnceLock<Notifier>,
+}
+
+impl Conn {
+    /// Connect and greet the host.
+    pub fn open(target: &Target) -> std::io::Result<(Conn, File, bool)> {
+        let Transport { reader, writer, reconnects } = transport::open(target)?;
+        let conn = Conn {
+            writer: Mutex::new(writer),
+            pending: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            notifier: OnceLock::new(),
+        };
+        conn.hello()?;
+        Ok((conn, reader, reconnects))
+    }
+
+    fn hello(&self) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(16);
+        encode_into(&FsGuestMsg::Hello { version: FS_PROTOCOL_VERSION }, &mut buf);
+        self.writer.lock().unwrap().write_all(&buf)
+    }
+
+    fn write_request(&self, id: u64, caller: Caller, op: FsOp) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        encode_into(&FsGuestMsg::Request(FsRequest { id, caller, op }), &mut buf);
+        self.writer.lock().unwrap().write_all(&buf)
+    }
+
+    /// Send `op`; `reply` completes when the host answers.
+    pub fn call(&self, caller: Caller, op: FsOp, reply: Pending) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.pending.lock().unwrap().insert(id, reply);
+        if let Err(e) = self.write_request(id, caller, op) {
+            log!("writing to the host failed: {e}");
+            if let Some(p) = self.pending.lock().unwrap().remove(&id) {
+                fail(p, errno::EIO);
+            }
+        }
+    }
+
+    /// Send `op` without waiting for (or caring about) the answer.
+    pub fn notify(&self, caller: Caller, op: FsOp) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.write_request(id, caller, op) {
+            log!("writing to the host failed: {e}");
+        }
+    }
+
+    fn fail_all(&self) {
+        let all: Vec<Pending> = self.pending.lock().unwrap().drain().map(|(_, p)| p).collect();
+        for p in all {
+            fail(p, errno::EIO);
+        }
+    }
+
+    fn dispatch(&self, msg: FsHostMsg) {
+        match msg {
+            FsHostMsg::Response(r) => {
+                // Unknown ids: answers to fire-and-forget requests.
+                let Some(p) = self.pending.lock().unwrap().remove(&r.id) else { return };
+                match r.result {
+                    Ok(reply) => complete(p, reply),
+                    Err(e) if e > 0 && e < 4096 => fail(p, e),
+                    Err(_) => fail(p, errno::EIO),
+                }
+            }
+            FsHostMsg::InvalidateInode { ino } => {
+                if let Some(n) = self.notifier.get() {
+                    let _ = n.inval_inode(INodeNo(ino), 0, 0);
+                }
+            }
+            FsHostMsg::InvalidateEntry { parent, name } => {
+                if let Some(n) = self.notifier.get() {
+                    let _ = n.inval_entry(INodeNo(parent), std::ffi::OsStr::new(&name));
+                }
+            }
+        }
+    }
+
+    /// The reader loop: runs until the host is gone for good (socket) or
+    /// forever (virtio port, which reconnects).
+    pub fn read_loop(&self, mut reader: File, reconnects: bool) {
+        let mut dec = FrameDecoder::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => {
+                    // The host went away: nothing in flight can be answered.
+                    self.fail_all();
+                    dec = FrameDecoder::new();
+                    if !reconnects {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    let _ = self.hello();
+                }
+                Ok(n) => {
+                    dec.push(&buf[..n]);
+                    loop {
+                        match dec.next_message::<FsHostMsg>() {
+                            Ok(Some(m)) => self.dispatch(m),
+                            Ok(None) => break,
+                            Err(e) => {
+                                log!("bad frame from the host: {e}");
+                                self.fail_all();
+                                if !reconnects {
+                                    return;
+                                }
+                                dec = FrameDecoder::new();
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log!("reading from the host failed: {e}");
+                    self.fail_all();
+                    if !reconnects {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}

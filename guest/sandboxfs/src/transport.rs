@@ -1,0 +1,89 @@
+//! The byte stream to the host: the `gondolin.fs` virtio-serial port, or a
+//! unix socket (`--connect PATH`) when testing on the host. Blocking I/O:
+//! one reader thread, writers serialized by a mutex.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const RETRY: Duration = Duration::from_millis(10);
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub enum Target {
+    Port(String),
+    Unix(String),
+}
+
+/// A connected stream, as two handles (reader, writer).
+pub struct Transport {
+    pub reader: File,
+    pub writer: File,
+    /// A virtio port outlives host connections; a socket does not.
+    pub reconnects: bool,
+}
+
+pub fn open(target: &Target) -> io::Result<Transport> {
+    match target {
+        Target::Unix(path) => {
+            let s = UnixStream::connect(path)?;
+            let w = s.try_clone()?;
+            Ok(Transport {
+                reader: File::from(std::os::fd::OwnedFd::from(s)),
+                writer: File::from(std::os::fd::OwnedFd::from(w)),
+                reconnects: false,
+            })
+        }
+        Target::Port(name) => {
+            let f = open_port(name)?;
+            Ok(Transport { writer: f.try_clone()?, reader: f, reconnects: true })
+        }
+    }
+}
+
+/// Find `/dev/vportNpM` whose sysfs name is `name` (no udev in the guest,
+/// so no `/dev/virtio-ports/` links), retrying while the driver probes.
+fn open_port(name: &str) -> io::Result<File> {
+    let start = Instant::now();
+    loop {
+        if let Some(dev) = find_port(Path::new("/sys/class/virtio-ports"), name) {
+            match OpenOptions::new().read(true).write(true).open(format!("/dev/{dev}")) {
+                Ok(f) => return Ok(f),
+                Err(e) if start.elapsed() >= OPEN_TIMEOUT => return Err(e),
+                Err(_) => {}
+            }
+        }
+        if start.elapsed() >= OPEN_TIMEOUT {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("virtio port {name} not found")));
+        }
+        std::thread::sleep(RETRY);
+    }
+}
+
+pub fn find_port(class: &Path, wanted: &str) -> Option<String> {
+    for entry in std::fs::read_dir(class).ok()?.flatten() {
+        let name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+        if name.trim_end() == wanted {
+            return entry.file_name().into_string().ok();
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_port_by_sysfs_name() {
+        let dir = std::env::temp_dir().join(format!("sandboxfs-port-{}", std::process::id()));
+        for (dev, name) in [("vport0p1", "gondolin.control\n"), ("vport0p2", "gondolin.fs\n")] {
+            std::fs::create_dir_all(dir.join(dev)).unwrap();
+            std::fs::write(dir.join(dev).join("name"), name).unwrap();
+        }
+        assert_eq!(find_port(&dir, "gondolin.fs").as_deref(), Some("vport0p2"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(find_port(&dir, "gondolin.fs"), None);
+    }
+}

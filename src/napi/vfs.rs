@@ -1,0 +1,402 @@
+//! `NativeProvider`: a Rust provider held by JS. The JS classes
+//! (`MemoryProvider`, `RealFSProvider`, ...) wrap one and forward their
+//! methods to [`NativeProvider::call`]; a VM gets the root provider's
+//! `Arc<dyn Provider>` directly, so guest file operations never touch JS
+//! unless a JS provider or hook is part of the stack.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use napi::bindgen_prelude::{Buffer, Promise};
+use napi::threadsafe_function::ThreadsafeFunction;
+use napi::Status;
+use napi_derive::napi;
+
+use super::error::js_error;
+use super::vfs_call::{dirents_to_js, stat_to_js, statfs_to_js, time_from_ms, FsCall, FsOutcome};
+use super::vfs_js::{Dispatch, HookDispatch, JsHooks, JsProvider};
+use crate::vfs::hooks::HookedProvider;
+use crate::vfs::memory::MemoryProvider;
+use crate::vfs::mounts::MountRouter;
+use crate::vfs::readonly::ReadonlyProvider;
+use crate::vfs::realfs::RealFSProvider;
+use crate::vfs::shadow::{PathPredicate, ShadowContext, ShadowOptions, ShadowPredicate, ShadowProvider, ShadowWriteMode};
+use crate::vfs::{FileHandle, OpenOptions, Provider, SetTimes, VfsError, VfsResult};
+use gondolin_wire::fs::errno;
+
+/// Handles JS opened on a native provider; closed when the provider is.
+#[derive(Default)]
+struct Handles {
+    map: Mutex<HashMap<u32, Arc<dyn FileHandle>>>,
+    next: AtomicU32,
+}
+
+impl Handles {
+    fn add(&self, h: Box<dyn FileHandle>) -> u32 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        self.map.lock().unwrap().insert(id, Arc::from(h));
+        id
+    }
+    fn get(&self, fh: u32) -> VfsResult<Arc<dyn FileHandle>> {
+        self.map.lock().unwrap().get(&fh).cloned().ok_or_else(|| VfsError::new(errno::EBADF))
+    }
+    fn take(&self, fh: u32) -> VfsResult<Arc<dyn FileHandle>> {
+        self.map.lock().unwrap().remove(&fh).ok_or_else(|| VfsError::new(errno::EBADF))
+    }
+}
+
+#[napi]
+pub struct NativeProvider {
+    pub(crate) inner: Arc<dyn Provider>,
+    /// True when a JS provider or hook is in the stack: sync calls would
+    /// deadlock waiting for the JS thread they block.
+    pub(crate) needs_js: bool,
+    memory: Option<Arc<MemoryProvider>>,
+    handles: Arc<Handles>,
+}
+
+impl NativeProvider {
+    fn wrap(inner: Arc<dyn Provider>, needs_js: bool) -> Self {
+        NativeProvider { inner, needs_js, memory: None, handles: Arc::default() }
+    }
+}
+
+/// Read a whole file through a handle, in bounded chunks.
+async fn read_all(h: &dyn FileHandle) -> VfsResult<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let chunk = h.read(out.len() as u64, 1 << 20).await?;
+        if chunk.is_empty() {
+            return Ok(out);
+        }
+        out.extend_from_slice(&chunk);
+    }
+}
+
+async fn run(p: Arc<dyn Provider>, handles: Arc<Handles>, c: FsCall) -> VfsResult<FsOutcome> {
+    let done = FsOutcome::default;
+    let out = match c.op.as_str() {
+        "stat" => FsOutcome { stat: Some(stat_to_js(&p.stat(c.path()?).await?)), ..done() },
+        "lstat" => FsOutcome { stat: Some(stat_to_js(&p.lstat(c.path()?).await?)), ..done() },
+        "readdir" => FsOutcome { entries: Some(dirents_to_js(p.readdir(c.path()?).await?)), ..done() },
+        "open" => {
+            let opts = OpenOptions::from_node_flags(c.flags.as_deref().unwrap_or("r"), c.mode.unwrap_or(0o644))?;
+            let h = p.open(c.path()?, opts).await?;
+            FsOutcome { fh: Some(handles.add(h)), ..done() }
+        }
+        "read" => {
+            let len = FsCall::u64_arg(c.length, "length")?.min(16 << 20) as usize;
+            let data = handles.get(c.fh()?)?.read(FsCall::u64_arg(c.offset, "offset")?, len).await?;
+            FsOutcome { data: Some(Buffer::from(data)), ..done() }
+        }
+        "write" => {
+            let data = c.data.as_deref().unwrap_or(&[]);
+            let n = handles.get(c.fh()?)?.write(FsCall::u64_arg(c.offset.or(Some(0.0)), "offset")?, data).await?;
+            FsOutcome { n: Some(n as f64), ..done() }
+        }
+        "fstat" => FsOutcome { stat: Some(stat_to_js(&handles.get(c.fh()?)?.stat().await?)), ..done() },
+        "ftruncate" => {
+            handles.get(c.fh()?)?.truncate(FsCall::u64_arg(c.length.or(Some(0.0)), "length")?).await?;
+            done()
+        }
+        "fsync" => {
+            handles.get(c.fh()?)?.sync().await?;
+            done()
+        }
+        "close" => {
+            handles.take(c.fh()?)?.close().await?;
+            done()
+        }
+        "readFile" => {
+            let h = p.open(c.path()?, OpenOptions::read_only()).await?;
+            let r = read_all(&*h).await;
+            h.close().await?;
+            FsOutcome { data: Some(Buffer::from(r?)), ..done() }
+        }
+        "writeFile" => {
+            let opts = OpenOptions::from_node_flags(c.flags.as_deref().unwrap_or("w"), c.mode.unwrap_or(0o644))?;
+            let h = p.open(c.path()?, opts).await?;
+            let data = c.data.as_deref().unwrap_or(&[]);
+            let mut off = 0;
+            let mut r = Ok(());
+            while off < data.len() {
+                match h.write(off as u64, &data[off..]).await {
+                    Ok(0) => {
+                        r = Err(VfsError::with_message(errno::EIO, "provider wrote nothing"));
+                        break;
+                    }
+                    Ok(n) => off += n,
+                    Err(e) => {
+                        r = Err(e);
+                        break;
+                    }
+                }
+            }
+            h.close().await?;
+            r?;
+            done()
+        }
+        "mkdir" => {
+            p.mkdir(c.path()?, c.mode.unwrap_or(0o755)).await?;
+            done()
+        }
+        "rmdir" => {
+            p.rmdir(c.path()?).await?;
+            done()
+        }
+        "unlink" => {
+            p.unlink(c.path()?).await?;
+            done()
+        }
+        "rename" => {
+            p.rename(c.path()?, c.path2()?).await?;
+            done()
+        }
+        "link" => {
+            p.link(c.path()?, c.path2()?).await?;
+            done()
+        }
+        "symlink" => {
+            p.symlink(c.path2()?, c.path()?).await?;
+            done()
+        }
+        "readlink" => FsOutcome { target: Some(p.readlink(c.path()?).await?), ..done() },
+        "realpath" => FsOutcome { target: Some(p.realpath(c.path()?).await?), ..done() },
+        "truncate" => {
+            p.truncate(c.path()?, FsCall::u64_arg(c.length.or(Some(0.0)), "length")?).await?;
+            done()
+        }
+        "chmod" => {
+            p.chmod(c.path()?, c.mode.unwrap_or(0o644)).await?;
+            done()
+        }
+        "chown" => {
+            p.chown(c.path()?, c.uid, c.gid).await?;
+            done()
+        }
+        "utimes" => {
+            let times = SetTimes { atime: c.atime_ms.map(time_from_ms), mtime: c.mtime_ms.map(time_from_ms) };
+            p.set_times(c.path()?, times).await?;
+            done()
+        }
+        "statfs" => FsOutcome { statfs: Some(statfs_to_js(&p.statfs(c.path()?).await?)), ..done() },
+        "access" => {
+            p.access(c.path()?, c.mode.unwrap_or(0) as i32).await?;
+            done()
+        }
+        other => return Err(VfsError::invalid(format!("unknown provider operation {other:?}"))),
+    };
+    Ok(out)
+}
+
+fn outcome(r: VfsResult<FsOutcome>) -> FsOutcome {
+    r.unwrap_or_else(|e| FsOutcome::err(&e))
+}
+
+/// `(ctx) => Promise<boolean>` for a JS `shouldShadow` predicate.
+pub type PredicateDispatch = ThreadsafeFunction<ShadowCall, Promise<bool>, ShadowCall, Status, false, true>;
+
+#[napi(object)]
+pub struct ShadowCall {
+    pub op: String,
+    pub path: String,
+    pub flags: Option<String>,
+    pub old_path: Option<String>,
+    pub new_path: Option<String>,
+}
+
+struct JsPredicate(PredicateDispatch);
+
+#[async_trait]
+impl ShadowPredicate for JsPredicate {
+    async fn should_shadow(&self, ctx: &ShadowContext) -> bool {
+        let call = ShadowCall {
+            op: ctx.op.to_string(),
+            path: ctx.path.clone(),
+            flags: ctx.flags.clone(),
+            old_path: ctx.old_path.clone(),
+            new_path: ctx.new_path.clone(),
+        };
+        // A predicate that cannot answer shadows: fail closed.
+        match self.0.call_async(call).await {
+            Ok(p) => p.await.unwrap_or(true),
+            Err(_) => true,
+        }
+    }
+}
+
+#[napi(object)]
+pub struct NativeShadowOptions {
+    /// Paths for the native predicate (`createShadowPathPredicate`).
+    pub paths: Option<Vec<String>>,
+    pub write_mode: Option<String>,
+    pub deny_symlink_bypass: Option<bool>,
+    pub deny_write_errno: Option<i32>,
+}
+
+#[napi]
+impl NativeProvider {
+    /// Run one operation (see `FsCall`); failures come back as `errno`/`code`.
+    #[napi]
+    pub async fn call(&self, call: FsCall) -> FsOutcome {
+        outcome(run(self.inner.clone(), self.handles.clone(), call).await)
+    }
+
+    /// The same, blocking the JS thread: only for stacks without JS parts.
+    #[napi]
+    pub fn call_sync(&self, call: FsCall) -> napi::Result<FsOutcome> {
+        if self.needs_js {
+            return Err(js_error(
+                "invalid_state",
+                "synchronous calls are not available on a provider stack that contains JavaScript providers or hooks",
+            ));
+        }
+        let fut = run(self.inner.clone(), self.handles.clone(), call);
+        Ok(outcome(napi::bindgen_prelude::block_on(fut)))
+    }
+
+    #[napi(getter)]
+    pub fn readonly(&self) -> bool {
+        self.inner.readonly()
+    }
+
+    #[napi(getter)]
+    pub fn supports_symlinks(&self) -> bool {
+        self.inner.supports_symlinks()
+    }
+
+    /// MemoryProvider only: refuse every later mutation with EROFS.
+    #[napi]
+    pub fn set_read_only(&self) -> napi::Result<()> {
+        match &self.memory {
+            Some(m) => {
+                m.set_readonly();
+                Ok(())
+            }
+            None => Err(js_error("invalid_state", "setReadOnly() is only available on MemoryProvider")),
+        }
+    }
+}
+
+#[napi]
+pub fn memory_provider() -> NativeProvider {
+    let m = Arc::new(MemoryProvider::new());
+    NativeProvider { memory: Some(m.clone()), ..NativeProvider::wrap(m, false) }
+}
+
+#[napi]
+pub fn realfs_provider(root: String) -> napi::Result<NativeProvider> {
+    if root.is_empty() {
+        return Err(js_error("invalid_argument", "RealFSProvider requires a non-empty rootPath"));
+    }
+    let p = RealFSProvider::new(Path::new(&root))
+        .map_err(|e| js_error("invalid_argument", format!("RealFSProvider rootPath {root:?}: {e}")))?;
+    Ok(NativeProvider::wrap(Arc::new(p), false))
+}
+
+/// The canonical root a RealFSProvider serves (for its `rootPath`).
+#[napi]
+pub fn realfs_root(root: String) -> napi::Result<String> {
+    std::fs::canonicalize(&root)
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|e| js_error("invalid_argument", format!("RealFSProvider rootPath {root:?}: {e}")))
+}
+
+#[napi]
+pub fn readonly_provider(inner: &NativeProvider) -> NativeProvider {
+    NativeProvider::wrap(Arc::new(ReadonlyProvider::new(inner.inner.clone())), inner.needs_js)
+}
+
+/// A provider implemented in JS: `dispatch(call)` resolves to an outcome.
+#[napi]
+pub fn js_provider(
+    #[napi(ts_arg_type = "(call: FsCall) => Promise<FsOutcome>")] dispatch: Dispatch,
+    readonly: bool,
+    supports_symlinks: bool,
+) -> NativeProvider {
+    NativeProvider::wrap(Arc::new(JsProvider::new(dispatch, readonly, supports_symlinks)), true)
+}
+
+#[napi]
+pub fn shadow_provider(
+    inner: &NativeProvider,
+    options: NativeShadowOptions,
+    #[napi(ts_arg_type = "((ctx: ShadowCall) => Promise<boolean>) | undefined | null")] predicate: Option<
+        PredicateDispatch,
+    >,
+    tmpfs: Option<&NativeProvider>,
+) -> napi::Result<NativeProvider> {
+    let (pred, js): (Arc<dyn ShadowPredicate>, bool) = match (predicate, options.paths) {
+        (Some(f), _) => (Arc::new(JsPredicate(f)), true),
+        (None, Some(paths)) => (Arc::new(PathPredicate::new(&paths)), false),
+        (None, None) => {
+            return Err(js_error("invalid_argument", "ShadowProvider requires options.shouldShadow callback"))
+        }
+    };
+    let write_mode = match options.write_mode.as_deref().unwrap_or("deny") {
+        "deny" => ShadowWriteMode::Deny,
+        "tmpfs" => ShadowWriteMode::Tmpfs,
+        other => {
+            return Err(js_error(
+                "invalid_argument",
+                format!("ShadowProvider writeMode must be \"deny\" or \"tmpfs\" (got {other:?})"),
+            ))
+        }
+    };
+    let needs_js = js || inner.needs_js || tmpfs.is_some_and(|t| t.needs_js);
+    let opts = ShadowOptions {
+        predicate: pred,
+        write_mode,
+        tmpfs: tmpfs.map(|t| t.inner.clone()),
+        deny_symlink_bypass: options.deny_symlink_bypass.unwrap_or(true),
+        deny_write_errno: options.deny_write_errno.map(i32::abs).unwrap_or(errno::EACCES),
+    };
+    Ok(NativeProvider::wrap(Arc::new(ShadowProvider::new(inner.inner.clone(), opts)), needs_js))
+}
+
+/// Collects mounts, then builds the router (napi cannot take a list of
+/// class instances in one call).
+#[napi]
+#[derive(Default)]
+pub struct NativeMounts {
+    mounts: Vec<(String, Arc<dyn Provider>)>,
+    needs_js: bool,
+}
+
+#[napi]
+impl NativeMounts {
+    #[napi(constructor)]
+    pub fn new() -> Self {
+        NativeMounts::default()
+    }
+
+    #[napi]
+    pub fn add(&mut self, path: String, provider: &NativeProvider) {
+        self.needs_js |= provider.needs_js;
+        self.mounts.push((path, provider.inner.clone()));
+    }
+
+    /// The root provider: the mount router, wrapped with hooks if given.
+    #[napi]
+    pub fn build(
+        &mut self,
+        #[napi(ts_arg_type = "((call: HookCall) => Promise<FsOutcome>) | undefined | null")] hooks: Option<
+            HookDispatch,
+        >,
+    ) -> napi::Result<NativeProvider> {
+        let mounts = std::mem::take(&mut self.mounts);
+        let router = MountRouter::new(mounts).map_err(|e| {
+            js_error("invalid_argument", e.message.clone().unwrap_or_else(|| e.to_string()))
+        })?;
+        let mut root: Arc<dyn Provider> = Arc::new(router);
+        let mut needs_js = self.needs_js;
+        if let Some(h) = hooks {
+            root = Arc::new(HookedProvider::new(root, Arc::new(JsHooks::new(h))));
+            needs_js = true;
+        }
+        Ok(NativeProvider::wrap(root, needs_js))
+    }
+}

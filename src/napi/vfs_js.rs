@@ -1,0 +1,274 @@
+//! Providers and hooks written in JavaScript, seen from Rust as ordinary
+//! [`Provider`] / [`VfsHooks`] implementations.
+//!
+//! Each call goes through a weak threadsafe function to one JS dispatcher
+//! (built by `js/vfs.cjs`) that always returns a Promise of an
+//! [`FsOutcome`]: tokio awaits it without blocking any thread, so a JS
+//! provider that itself uses `fs.promises` cannot deadlock Node's threadpool.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use napi::bindgen_prelude::{Buffer, Promise};
+use napi::threadsafe_function::ThreadsafeFunction;
+use napi::Status;
+use napi_derive::napi;
+
+use super::vfs_call::{missing, stat_from_js, statfs_from_js, kind_from_name, FsCall, FsOutcome};
+use crate::vfs::hooks::{HookContext, VfsHooks};
+use crate::vfs::{
+    DirEntry, FileHandle, Metadata, OpenOptions, Provider, SetTimes, StatFs, VfsError, VfsResult,
+};
+use gondolin_wire::fs::errno;
+
+/// `(call) => Promise<FsOutcome>`, unref'd so it never keeps Node alive.
+pub type Dispatch = ThreadsafeFunction<FsCall, Promise<FsOutcome>, FsCall, Status, false, true>;
+
+async fn call_js(dispatch: &Dispatch, call: FsCall) -> VfsResult<FsOutcome> {
+    let op = call.op.clone();
+    let promise = dispatch.call_async(call).await.map_err(|e| {
+        VfsError::with_message(errno::EIO, format!("JS provider {op} could not be called: {e}"))
+    })?;
+    let outcome = promise
+        .await
+        .map_err(|e| VfsError::with_message(errno::EIO, format!("JS provider {op} failed: {e}")))?;
+    outcome.into_result()
+}
+
+/// A provider implemented by a JS object.
+pub struct JsProvider {
+    dispatch: Arc<Dispatch>,
+    readonly: bool,
+    symlinks: bool,
+}
+
+impl JsProvider {
+    pub fn new(dispatch: Dispatch, readonly: bool, symlinks: bool) -> Self {
+        JsProvider { dispatch: Arc::new(dispatch), readonly, symlinks }
+    }
+
+    async fn call(&self, call: FsCall) -> VfsResult<FsOutcome> {
+        call_js(&self.dispatch, call).await
+    }
+
+    async fn unit(&self, call: FsCall) -> VfsResult<()> {
+        self.call(call).await.map(|_| ())
+    }
+
+    async fn stat_op(&self, op: &str, path: &str) -> VfsResult<Metadata> {
+        let o = self.call(FsCall::at(op, path)).await?;
+        o.stat.map(stat_from_js).ok_or_else(|| missing(op, "stat"))
+    }
+}
+
+#[async_trait]
+impl Provider for JsProvider {
+    fn readonly(&self) -> bool {
+        self.readonly
+    }
+    fn supports_symlinks(&self) -> bool {
+        self.symlinks
+    }
+
+    async fn stat(&self, path: &str) -> VfsResult<Metadata> {
+        self.stat_op("stat", path).await
+    }
+    async fn lstat(&self, path: &str) -> VfsResult<Metadata> {
+        self.stat_op("lstat", path).await
+    }
+    async fn readdir(&self, path: &str) -> VfsResult<Vec<DirEntry>> {
+        let o = self.call(FsCall::at("readdir", path)).await?;
+        let entries = o.entries.ok_or_else(|| missing("readdir", "entries"))?;
+        Ok(entries
+            .into_iter()
+            .map(|e| DirEntry { name: e.name, kind: kind_from_name(&e.kind) })
+            .collect())
+    }
+    async fn open(&self, path: &str, opts: OpenOptions) -> VfsResult<Box<dyn FileHandle>> {
+        let call = FsCall {
+            flags: Some(opts.node_flags().into()),
+            mode: Some(opts.mode),
+            ..FsCall::at("open", path)
+        };
+        let o = self.call(call).await?;
+        let fh = o.fh.ok_or_else(|| missing("open", "handle"))?;
+        Ok(Box::new(JsFileHandle { dispatch: self.dispatch.clone(), fh }))
+    }
+    async fn mkdir(&self, path: &str, mode: u32) -> VfsResult<()> {
+        self.unit(FsCall { mode: Some(mode), ..FsCall::at("mkdir", path) }).await
+    }
+    async fn rmdir(&self, path: &str) -> VfsResult<()> {
+        self.unit(FsCall::at("rmdir", path)).await
+    }
+    async fn unlink(&self, path: &str) -> VfsResult<()> {
+        self.unit(FsCall::at("unlink", path)).await
+    }
+    async fn rename(&self, from: &str, to: &str) -> VfsResult<()> {
+        self.unit(FsCall { path2: Some(to.into()), ..FsCall::at("rename", from) }).await
+    }
+    async fn link(&self, existing: &str, new_path: &str) -> VfsResult<()> {
+        self.unit(FsCall { path2: Some(new_path.into()), ..FsCall::at("link", existing) }).await
+    }
+    async fn symlink(&self, target: &str, path: &str) -> VfsResult<()> {
+        self.unit(FsCall { path2: Some(target.into()), ..FsCall::at("symlink", path) }).await
+    }
+    async fn readlink(&self, path: &str) -> VfsResult<String> {
+        let o = self.call(FsCall::at("readlink", path)).await?;
+        o.target.ok_or_else(|| missing("readlink", "target"))
+    }
+    async fn truncate(&self, path: &str, len: u64) -> VfsResult<()> {
+        self.unit(FsCall { length: Some(len as f64), ..FsCall::at("truncate", path) }).await
+    }
+    async fn chmod(&self, path: &str, mode: u32) -> VfsResult<()> {
+        self.unit(FsCall { mode: Some(mode), ..FsCall::at("chmod", path) }).await
+    }
+    async fn chown(&self, path: &str, uid: Option<u32>, gid: Option<u32>) -> VfsResult<()> {
+        self.unit(FsCall { uid, gid, ..FsCall::at("chown", path) }).await
+    }
+    async fn set_times(&self, path: &str, times: SetTimes) -> VfsResult<()> {
+        let ms = |t: Option<std::time::SystemTime>| {
+            t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64() * 1000.0)
+        };
+        self.unit(FsCall {
+            atime_ms: ms(times.atime),
+            mtime_ms: ms(times.mtime),
+            ..FsCall::at("utimes", path)
+        })
+        .await
+    }
+    async fn statfs(&self, path: &str) -> VfsResult<StatFs> {
+        match self.call(FsCall::at("statfs", path)).await {
+            Ok(o) => Ok(o.statfs.map(statfs_from_js).unwrap_or(crate::vfs::SYNTHETIC_STATFS)),
+            Err(e) if e.is(errno::ENOSYS) => Ok(crate::vfs::SYNTHETIC_STATFS),
+            Err(e) => Err(e),
+        }
+    }
+    async fn access(&self, path: &str, mask: i32) -> VfsResult<()> {
+        self.unit(FsCall { mode: Some(mask as u32), ..FsCall::at("access", path) }).await
+    }
+    async fn realpath(&self, path: &str) -> VfsResult<String> {
+        match self.call(FsCall::at("realpath", path)).await {
+            Ok(o) => Ok(o.target.unwrap_or_else(|| path.to_string())),
+            Err(e) if e.is(errno::ENOSYS) => {
+                self.lstat(path).await?;
+                Ok(path.to_string())
+            }
+            Err(e) => Err(e),
+        }
+    }
+    async fn close(&self) -> VfsResult<()> {
+        self.unit(FsCall { op: "closeProvider".into(), ..Default::default() }).await.or(Ok(()))
+    }
+}
+
+/// A handle in the JS dispatcher's handle table.
+struct JsFileHandle {
+    dispatch: Arc<Dispatch>,
+    fh: u32,
+}
+
+#[async_trait]
+impl FileHandle for JsFileHandle {
+    async fn read(&self, offset: u64, len: usize) -> VfsResult<Vec<u8>> {
+        let call =
+            FsCall { offset: Some(offset as f64), length: Some(len as f64), ..FsCall::on("read", self.fh) };
+        let o = call_js(&self.dispatch, call).await?;
+        let mut data = o.data.map(|b| b.to_vec()).unwrap_or_default();
+        data.truncate(len);
+        Ok(data)
+    }
+    async fn write(&self, offset: u64, data: &[u8]) -> VfsResult<usize> {
+        let call = FsCall {
+            offset: Some(offset as f64),
+            data: Some(Buffer::from(data.to_vec())),
+            ..FsCall::on("write", self.fh)
+        };
+        let o = call_js(&self.dispatch, call).await?;
+        let n = o.n.ok_or_else(|| missing("write", "byte count"))?;
+        if !(n.is_finite() && n >= 0.0) {
+            return Err(missing("write", "valid byte count"));
+        }
+        Ok((n as usize).min(data.len()))
+    }
+    async fn stat(&self) -> VfsResult<Metadata> {
+        let o = call_js(&self.dispatch, FsCall::on("fstat", self.fh)).await?;
+        o.stat.map(stat_from_js).ok_or_else(|| missing("fstat", "stat"))
+    }
+    async fn truncate(&self, len: u64) -> VfsResult<()> {
+        let call = FsCall { length: Some(len as f64), ..FsCall::on("ftruncate", self.fh) };
+        call_js(&self.dispatch, call).await.map(|_| ())
+    }
+    async fn sync(&self) -> VfsResult<()> {
+        match call_js(&self.dispatch, FsCall::on("fsync", self.fh)).await {
+            Err(e) if e.is(errno::ENOSYS) => Ok(()),
+            r => r.map(|_| ()),
+        }
+    }
+    async fn close(&self) -> VfsResult<()> {
+        call_js(&self.dispatch, FsCall::on("close", self.fh)).await.map(|_| ())
+    }
+}
+
+/// What a JS hook gets: the [`HookContext`] plus the phase.
+#[napi(object)]
+pub struct HookCall {
+    /// "before" or "after".
+    pub phase: String,
+    pub op: String,
+    pub path: Option<String>,
+    pub old_path: Option<String>,
+    pub new_path: Option<String>,
+    pub flags: Option<String>,
+    pub mode: Option<u32>,
+    pub fh: Option<f64>,
+    pub offset: Option<f64>,
+    pub length: Option<f64>,
+    pub size: Option<f64>,
+    pub result: Option<f64>,
+}
+
+pub type HookDispatch = ThreadsafeFunction<HookCall, Promise<FsOutcome>, HookCall, Status, false, true>;
+
+pub struct JsHooks {
+    dispatch: HookDispatch,
+}
+
+impl JsHooks {
+    pub fn new(dispatch: HookDispatch) -> Self {
+        JsHooks { dispatch }
+    }
+
+    async fn call(&self, phase: &str, c: &HookContext) -> VfsResult<()> {
+        let f = |v: Option<u64>| v.map(|x| x as f64);
+        let call = HookCall {
+            phase: phase.into(),
+            op: c.op.into(),
+            path: c.path.clone(),
+            old_path: c.old_path.clone(),
+            new_path: c.new_path.clone(),
+            flags: c.flags.clone(),
+            mode: c.mode,
+            fh: f(c.fh),
+            offset: f(c.offset),
+            length: f(c.length),
+            size: f(c.size),
+            result: f(c.result),
+        };
+        let promise = self.dispatch.call_async(call).await.map_err(|e| {
+            VfsError::with_message(errno::EIO, format!("vfs hook could not be called: {e}"))
+        })?;
+        let outcome =
+            promise.await.map_err(|e| VfsError::with_message(errno::EIO, format!("vfs hook failed: {e}")))?;
+        outcome.into_result().map(|_| ())
+    }
+}
+
+#[async_trait]
+impl VfsHooks for JsHooks {
+    async fn before(&self, ctx: &HookContext) -> VfsResult<()> {
+        self.call("before", ctx).await
+    }
+    async fn after(&self, ctx: &HookContext) -> VfsResult<()> {
+        self.call("after", ctx).await
+    }
+}

@@ -32,7 +32,240 @@ export interface SandboxOptions {
   append?: string;
   /** Echo the guest console and QEMU's stderr to stderr. */
   debug?: boolean;
+  /** Provider exposed at the FUSE root (alternative to VMOptions.vfs). */
+  vfsProvider?: VirtualProvider;
 }
+
+/** Where the guest sees host-served files. */
+export interface VmVfsOptions {
+  /** Absolute guest path -> provider. Each non-"/" key is bind-mounted at that path before any exec. */
+  mounts?: Record<string, VirtualProvider>;
+  hooks?: VfsHooks;
+  /** Where the provider root is mounted in the guest; default "/data". */
+  fuseMount?: string;
+}
+
+export interface VfsHookContext {
+  op: string;
+  path?: string;
+  oldPath?: string;
+  newPath?: string;
+  flags?: string | number;
+  mode?: number;
+  fh?: number;
+  offset?: number;
+  length?: number;
+  size?: number;
+  /** On "after": bytes read/written, entries listed, else 0. */
+  result?: unknown;
+}
+
+export interface VfsHooks {
+  /** Throwing aborts the operation (errno from err.code, else EIO). */
+  before?: (context: VfsHookContext) => void | Promise<void>;
+  after?: (context: VfsHookContext) => void | Promise<void>;
+}
+
+export interface VfsStatfs {
+  blocks: number;
+  bfree: number;
+  bavail: number;
+  files: number;
+  ffree: number;
+  bsize: number;
+  frsize: number;
+  namelen: number;
+}
+
+export interface VirtualFileHandle {
+  read(buffer: Buffer, offset: number, length: number, position?: number | null): Promise<{ bytesRead: number; buffer: Buffer }>;
+  readSync?(buffer: Buffer, offset: number, length: number, position?: number | null): number;
+  write(buffer: Buffer, offset: number, length: number, position?: number | null): Promise<{ bytesWritten: number; buffer: Buffer }>;
+  writeSync?(buffer: Buffer, offset: number, length: number, position?: number | null): number;
+  readFile?(options?: { encoding?: BufferEncoding } | BufferEncoding): Promise<Buffer | string>;
+  writeFile?(data: Buffer | string, options?: { encoding?: BufferEncoding }): Promise<void>;
+  stat(options?: object): Promise<import("node:fs").Stats>;
+  truncate(len?: number): Promise<void>;
+  close(): Promise<void>;
+  path?: string;
+  flags?: string;
+  mode?: number;
+  position?: number;
+  closed?: boolean;
+}
+
+type Stats = import("node:fs").Stats;
+type Dirent = { name: string; isDirectory(): boolean; isFile(): boolean; isSymbolicLink(): boolean };
+
+/**
+ * A filesystem served to the guest. Paths are absolute POSIX paths rooted at
+ * the mount. Errors are Node ErrnoExceptions (`code`, `errno`, `syscall`, `path`).
+ * Each method may be async or have only its `...Sync` form.
+ */
+export interface VirtualProvider {
+  readonly readonly: boolean;
+  readonly supportsSymlinks: boolean;
+  readonly supportsWatch?: boolean;
+  open?(path: string, flags: string, mode?: number): Promise<VirtualFileHandle>;
+  openSync?(path: string, flags: string, mode?: number): VirtualFileHandle;
+  stat?(path: string, options?: object): Promise<Stats>;
+  statSync?(path: string, options?: object): Stats;
+  lstat?(path: string, options?: object): Promise<Stats>;
+  lstatSync?(path: string, options?: object): Stats;
+  readdir?(path: string, options?: object): Promise<Array<string | Dirent>>;
+  readdirSync?(path: string, options?: object): Array<string | Dirent>;
+  mkdir?(path: string, options?: object): Promise<void | string>;
+  mkdirSync?(path: string, options?: object): void | string;
+  rmdir?(path: string): Promise<void>;
+  rmdirSync?(path: string): void;
+  unlink?(path: string): Promise<void>;
+  unlinkSync?(path: string): void;
+  rename?(oldPath: string, newPath: string): Promise<void>;
+  renameSync?(oldPath: string, newPath: string): void;
+  link?(existingPath: string, newPath: string): Promise<void>;
+  linkSync?(existingPath: string, newPath: string): void;
+  readFile?(path: string, options?: object | BufferEncoding): Promise<Buffer | string>;
+  readFileSync?(path: string, options?: object | BufferEncoding): Buffer | string;
+  writeFile?(path: string, data: Buffer | string, options?: object): Promise<void>;
+  writeFileSync?(path: string, data: Buffer | string, options?: object): void;
+  appendFile?(path: string, data: Buffer | string, options?: object): Promise<void>;
+  exists?(path: string): Promise<boolean>;
+  existsSync?(path: string): boolean;
+  copyFile?(src: string, dest: string, mode?: number): Promise<void>;
+  realpath?(path: string, options?: object): Promise<string>;
+  realpathSync?(path: string, options?: object): string;
+  access?(path: string, mode?: number): Promise<void>;
+  accessSync?(path: string, mode?: number): void;
+  readlink?(path: string, options?: object): Promise<string>;
+  readlinkSync?(path: string, options?: object): string;
+  symlink?(target: string, path: string, type?: string): Promise<void>;
+  symlinkSync?(target: string, path: string, type?: string): void;
+  statfs?(path: string): Promise<VfsStatfs>;
+  close?(): Promise<void> | void;
+}
+
+/** Built-in providers: Rust implementations, with every method (async and Sync). */
+declare class NativeBackedProvider implements VirtualProvider {
+  readonly readonly: boolean;
+  readonly supportsSymlinks: boolean;
+  readonly supportsWatch: boolean;
+  open(path: string, flags?: string, mode?: number): Promise<VirtualFileHandle>;
+  openSync(path: string, flags?: string, mode?: number): VirtualFileHandle;
+  stat(path: string): Promise<Stats>;
+  statSync(path: string): Stats;
+  lstat(path: string): Promise<Stats>;
+  lstatSync(path: string): Stats;
+  readdir(path: string, options?: { withFileTypes?: boolean }): Promise<Array<string | Dirent>>;
+  readdirSync(path: string, options?: { withFileTypes?: boolean }): Array<string | Dirent>;
+  mkdir(path: string, options?: { recursive?: boolean; mode?: number }): Promise<void | string>;
+  mkdirSync(path: string, options?: { recursive?: boolean; mode?: number }): void | string;
+  rmdir(path: string): Promise<void>;
+  rmdirSync(path: string): void;
+  unlink(path: string): Promise<void>;
+  unlinkSync(path: string): void;
+  rename(oldPath: string, newPath: string): Promise<void>;
+  renameSync(oldPath: string, newPath: string): void;
+  link(existingPath: string, newPath: string): Promise<void>;
+  linkSync(existingPath: string, newPath: string): void;
+  symlink(target: string, path: string): Promise<void>;
+  symlinkSync(target: string, path: string): void;
+  readlink(path: string): Promise<string>;
+  readlinkSync(path: string): string;
+  realpath(path: string): Promise<string>;
+  realpathSync(path: string): string;
+  access(path: string, mode?: number): Promise<void>;
+  accessSync(path: string, mode?: number): void;
+  statfs(path: string): Promise<VfsStatfs>;
+  truncate(path: string, len?: number): Promise<void>;
+  chmod(path: string, mode: number): Promise<void>;
+  utimes(path: string, atime: Date | number, mtime: Date | number): Promise<void>;
+  exists(path: string): Promise<boolean>;
+  existsSync(path: string): boolean;
+  readFile(path: string, options?: { encoding?: BufferEncoding } | BufferEncoding): Promise<Buffer | string>;
+  readFileSync(path: string, options?: { encoding?: BufferEncoding } | BufferEncoding): Buffer | string;
+  writeFile(path: string, data: Buffer | Uint8Array | string, options?: { encoding?: BufferEncoding; mode?: number; flag?: string }): Promise<void>;
+  writeFileSync(path: string, data: Buffer | Uint8Array | string, options?: { encoding?: BufferEncoding; mode?: number; flag?: string }): void;
+  appendFile(path: string, data: Buffer | Uint8Array | string, options?: object | BufferEncoding): Promise<void>;
+  appendFileSync(path: string, data: Buffer | Uint8Array | string, options?: object | BufferEncoding): void;
+  copyFile(src: string, dest: string): Promise<void>;
+  copyFileSync(src: string, dest: string): void;
+  close(): Promise<void>;
+}
+
+export declare class MemoryProvider extends NativeBackedProvider {
+  constructor();
+  /** After this, every mutation fails with EROFS. */
+  setReadOnly(): void;
+}
+
+export declare class RealFSProvider extends NativeBackedProvider {
+  /** rootPath = realpath(resolve(rootPath)); "" throws. Symlinks cannot escape it. */
+  constructor(rootPath: string);
+  readonly rootPath: string;
+}
+
+export declare class ReadonlyProvider extends NativeBackedProvider {
+  constructor(backend: VirtualProvider);
+  readonly backend: VirtualProvider;
+}
+
+export type ShadowWriteMode = "deny" | "tmpfs";
+export type ShadowContext = { op: string; path: string; flags?: string; oldPath?: string; newPath?: string };
+export type ShadowPredicate = (ctx: ShadowContext) => boolean | Promise<boolean>;
+export interface ShadowProviderOptions {
+  shouldShadow: ShadowPredicate;
+  /** default "deny" */
+  writeMode?: ShadowWriteMode;
+  /** Upper layer for "tmpfs" mode; default a new MemoryProvider. */
+  tmpfs?: VirtualProvider;
+  /** default true: also checks backend.realpath(path) against the predicate */
+  denySymlinkBypass?: boolean;
+  /** default EACCES */
+  denyWriteErrno?: number;
+}
+
+export declare class ShadowProvider extends NativeBackedProvider {
+  constructor(backend: VirtualProvider, options: ShadowProviderOptions);
+  readonly backend: VirtualProvider;
+}
+
+/** Exact path or descendants; "x" means "/x"; "/" is ignored; no globs. Runs natively. */
+export declare function createShadowPathPredicate(shadowPaths: string[]): ShadowPredicate;
+
+/** Base for user providers: capability flags default to false. */
+export declare class VirtualProvider {
+  readonly readonly: boolean;
+  readonly supportsSymlinks: boolean;
+  readonly supportsWatch: boolean;
+}
+export declare const VirtualProviderClass: typeof VirtualProvider;
+
+/** Read-only provider base: implement the four abstract methods; writes fail with EROFS. */
+export declare abstract class ReadonlyVirtualProvider extends VirtualProvider {
+  protected abstract openReadonlySync(entryPath: string, flags: string, mode?: number): VirtualFileHandle;
+  abstract statSync(entryPath: string, options?: object): Stats;
+  abstract lstatSync(entryPath: string, options?: object): Stats;
+  abstract readdirSync(entryPath: string, options?: object): Array<string | Dirent>;
+  openSync(path: string, flags?: string, mode?: number): VirtualFileHandle;
+  open(path: string, flags?: string, mode?: number): Promise<VirtualFileHandle>;
+  stat(path: string): Promise<Stats>;
+  lstat(path: string): Promise<Stats>;
+  readdir(path: string): Promise<Array<string | Dirent>>;
+}
+
+export declare const MAX_RPC_DATA: number;
+export declare const ERRNO: typeof import("node:os").constants.errno;
+export declare function normalizeVfsPath(inputPath: string): string;
+export declare function isWriteFlag(flags: string): boolean;
+export declare class VirtualDirent {
+  readonly name: string;
+  constructor(name: string);
+  isDirectory(): boolean;
+  isFile(): boolean;
+  isSymbolicLink(): boolean;
+}
+export declare function createVirtualDirStats(): Stats;
+export declare function formatVirtualEntries(entries: string[], withTypes: boolean): string[] | VirtualDirent[];
 
 export interface VMOptions {
   sandbox?: SandboxOptions;
@@ -47,6 +280,11 @@ export interface VMOptions {
   startTimeoutMs?: number;
   /** Shown by `gondolin list`; default: process.argv.join(" ") */
   sessionLabel?: string;
+  /**
+   * Host-served filesystem. Default: an empty MemoryProvider at /data plus
+   * /etc/gondolin. null: no VFS at all.
+   */
+  vfs?: VmVfsOptions | null;
 }
 
 export type ExecOutputMode = "buffer" | "pipe" | "inherit" | "ignore" | NodeJS.WritableStream;

@@ -7,6 +7,8 @@
 
 const fs = require("node:fs");
 const path = require("node:path");
+const { Readable } = require("node:stream");
+const { makeStats } = require("./vfs.cjs");
 
 // errno names by the message coreutils prints (strerror text).
 const ERRNO = [
@@ -80,9 +82,146 @@ function statsFrom(line) {
   return st;
 }
 
+const VFS_CHUNK = 1024 * 1024;
+
+/**
+ * vm.fs on a path the VFS serves: straight to the host provider stack (no
+ * guest round trip, no boot), then the guest's cached view is dropped.
+ */
+class VfsDirect {
+  constructor(vm, rel) {
+    this.vm = vm;
+    this.rel = rel;
+  }
+  async call(call, prefix) {
+    const out = await this.vm._vfs.root.call(call);
+    if (out.errno || out.code) {
+      const code = out.code || "EIO";
+      const err = new Error(`${prefix}: ${code}${out.message ? ": " + out.message : ""}`);
+      err.code = code;
+      err.errno = -(out.errno || 5);
+      throw err;
+    }
+    return out;
+  }
+  changed(rel = this.rel) {
+    if (this.vm._native) this.vm._native.vfsInvalidate(rel);
+  }
+  async stat(prefix) {
+    return makeStats((await this.call({ op: "stat", path: this.rel }, prefix)).stat);
+  }
+  async access(mode, prefix) {
+    const st = await this.stat(prefix);
+    if (mode & fs.constants.W_OK && this.vm._vfs.root.readonly) {
+      const err = new Error(`${prefix}: EROFS`);
+      err.code = "EROFS";
+      throw err;
+    }
+    if (mode & fs.constants.X_OK && !st.isDirectory() && (st.mode & 0o111) === 0) {
+      const err = new Error(`${prefix}: EACCES`);
+      err.code = "EACCES";
+      throw err;
+    }
+  }
+  async mkdir(options, prefix) {
+    const mode = options.mode ?? 0o755;
+    if (!options.recursive) {
+      await this.call({ op: "mkdir", path: this.rel, mode }, prefix);
+    } else {
+      const parts = this.rel.split("/").filter(Boolean);
+      for (let i = 1; i <= parts.length; i++) {
+        const sub = "/" + parts.slice(0, i).join("/");
+        try {
+          await this.call({ op: "mkdir", path: sub, mode }, prefix);
+        } catch (e) {
+          if (e.code !== "EEXIST") throw e;
+        }
+      }
+    }
+    this.changed();
+  }
+  async listDir(prefix) {
+    return (await this.call({ op: "readdir", path: this.rel }, prefix)).entries.map((e) => e.name).sort();
+  }
+  async rename(toRel, prefix) {
+    await this.call({ op: "rename", path: this.rel, path2: toRel }, prefix);
+    this.changed();
+    this.changed(toRel);
+  }
+  async readFile(prefix) {
+    return (await this.call({ op: "readFile", path: this.rel }, prefix)).data;
+  }
+  async readStream(prefix) {
+    const { fh } = await this.call({ op: "open", path: this.rel, flags: "r" }, prefix);
+    const self = this;
+    return Readable.from(
+      (async function* () {
+        try {
+          for (let off = 0; ; ) {
+            const { data } = await self.call({ op: "read", fh, offset: off, length: VFS_CHUNK }, prefix);
+            if (data.length === 0) return;
+            off += data.length;
+            yield data;
+          }
+        } finally {
+          await self.vm._vfs.root.call({ op: "close", fh });
+        }
+      })(),
+      { objectMode: false },
+    );
+  }
+  async writeFile(data, prefix) {
+    const { fh } = await this.call({ op: "open", path: this.rel, flags: "w", mode: 0o644 }, prefix);
+    let off = 0;
+    const put = async (buf) => {
+      for (let i = 0; i < buf.length; i += VFS_CHUNK) {
+        const part = buf.subarray(i, i + VFS_CHUNK);
+        const { n } = await this.call({ op: "write", fh, offset: off, data: part }, prefix);
+        off += n;
+      }
+    };
+    try {
+      if (Buffer.isBuffer(data)) await put(data);
+      else for await (const chunk of data) await put(typeof chunk === "string" ? Buffer.from(chunk) : Buffer.from(chunk));
+    } finally {
+      await this.call({ op: "close", fh }, prefix);
+      this.changed();
+    }
+  }
+  async remove(rel, options, prefix) {
+    let st;
+    try {
+      st = (await this.call({ op: "lstat", path: rel }, prefix)).stat;
+    } catch (e) {
+      if (options.force && e.code === "ENOENT") return;
+      throw e;
+    }
+    if (st.kind === "dir") {
+      if (!options.recursive) {
+        const err = new Error(`${prefix}: EISDIR`);
+        err.code = "EISDIR";
+        throw err;
+      }
+      for (const e of (await this.call({ op: "readdir", path: rel }, prefix)).entries) {
+        await this.remove(path.posix.join(rel, e.name), options, prefix);
+      }
+      await this.call({ op: "rmdir", path: rel }, prefix);
+    } else {
+      await this.call({ op: "unlink", path: rel }, prefix);
+    }
+    this.changed(rel);
+  }
+}
+
 class VmFs {
   constructor(vm) {
     this._vm = vm;
+  }
+
+  /** The direct VFS route for `p`, or null when the guest must do it. */
+  _direct(p) {
+    const rel = this._vm._vfsPath(path.posix.normalize(p));
+    return rel === null ? null : new VfsDirect(this._vm, rel);
   }
 
   async _run(argv, prefix, opts = {}, execOpts = {}) {
@@ -97,6 +236,8 @@ class VmFs {
     const p = resolvePath(filePath, options.cwd);
     const mode = options.mode ?? fs.constants.F_OK;
     checkMode(mode, fs.constants.R_OK | fs.constants.W_OK | fs.constants.X_OK);
+    const d = this._direct(p);
+    if (d) return d.access(mode, `failed to access guest file '${p}'`);
     const tests = ['[ -e "$1" ] || { echo "No such file or directory" >&2; exit 1; }'];
     if (mode & fs.constants.R_OK) tests.push('[ -r "$1" ] || { echo "Permission denied" >&2; exit 1; }');
     if (mode & fs.constants.W_OK) tests.push('[ -w "$1" ] || { echo "Permission denied" >&2; exit 1; }');
@@ -107,6 +248,8 @@ class VmFs {
   async mkdir(dirPath, options = {}) {
     const p = resolvePath(dirPath, options.cwd, "dirPath");
     checkMode(options.mode);
+    const d = this._direct(p);
+    if (d) return d.mkdir(options, `failed to create guest directory '${p}'`);
     const argv = ["mkdir"];
     if (options.recursive) argv.push("-p");
     if (options.mode !== undefined) argv.push("-m", options.mode.toString(8));
@@ -115,6 +258,8 @@ class VmFs {
 
   async listDir(dirPath, options = {}) {
     const p = resolvePath(dirPath, options.cwd, "dirPath");
+    const d = this._direct(p);
+    if (d) return d.listDir(`failed to list guest directory '${p}'`);
     const script =
       '[ -e "$1" ] || { echo "No such file or directory" >&2; exit 1; }\n' +
       '[ -d "$1" ] || { echo "Not a directory" >&2; exit 1; }\n' +
@@ -125,6 +270,8 @@ class VmFs {
 
   async stat(filePath, options = {}) {
     const p = resolvePath(filePath, options.cwd);
+    const d = this._direct(p);
+    if (d) return d.stat(`failed to stat guest file '${p}'`);
     const r = await this._run(
       ["stat", "-Lc", "%f|%d|%i|%h|%u|%g|%t|%T|%s|%B|%b|%X|%Y|%Z", "--", p],
       `failed to stat guest file '${p}'`,
@@ -136,19 +283,32 @@ class VmFs {
   async rename(oldPath, newPath, options = {}) {
     const a = resolvePath(oldPath, options.cwd, "oldPath");
     const b = resolvePath(newPath, options.cwd, "newPath");
+    const da = this._direct(a);
+    const db = this._direct(b);
+    if (da && db) return da.rename(db.rel, `failed to rename guest path '${a}' to '${b}'`);
+    if (da || db) {
+      const err = new Error(`failed to rename guest path '${a}' to '${b}': EXDEV (one side is host-served)`);
+      err.code = "EXDEV";
+      throw err;
+    }
     await this._run(["mv", "-T", "--", a, b], `failed to rename guest path '${a}' to '${b}'`, options);
   }
 
   async readFile(filePath, options = {}) {
     const p = resolvePath(filePath, options.cwd);
-    const r = await this._run(["cat", "--", p], `failed to read guest file '${p}'`, options);
     const enc = typeof options === "string" ? options : options.encoding;
-    return enc ? r.stdoutBuffer.toString(enc) : r.stdoutBuffer;
+    const d = this._direct(p);
+    const buf = d
+      ? await d.readFile(`failed to read guest file '${p}'`)
+      : (await this._run(["cat", "--", p], `failed to read guest file '${p}'`, options)).stdoutBuffer;
+    return enc ? buf.toString(enc) : buf;
   }
 
   /** A Readable of the file; resolves once the file opened (errors before data reject). */
   async readFileStream(filePath, options = {}) {
     const p = resolvePath(filePath, options.cwd);
+    const d = this._direct(p);
+    if (d) return d.readStream(`failed to stream guest file '${p}'`);
     const proc = this._vm.exec(["cat", "--", p], { stdout: "pipe", signal: options.signal });
     const stream = proc.stdout;
     const prefix = `failed to stream guest file '${p}'`;
@@ -181,6 +341,8 @@ class VmFs {
     else if (!data || typeof data[Symbol.asyncIterator] !== "function") {
       throw new TypeError("data must be a string, Buffer, Uint8Array, Readable or AsyncIterable");
     }
+    const d = this._direct(p);
+    if (d) return d.writeFile(input, `failed to write guest file '${p}'`);
     await this._run(["/bin/sh", "-c", 'exec cat > "$1"', "sh", p], `failed to write guest file '${p}'`, options, {
       stdin: input,
     });
@@ -193,6 +355,8 @@ class VmFs {
       err.code = "EPERM";
       throw err;
     }
+    const d = this._direct(p);
+    if (d) return d.remove(d.rel, options, `failed to delete guest file '${p}'`);
     const argv = ["rm"];
     if (options.recursive) argv.push("-r");
     if (options.force) argv.push("-f");

@@ -4,6 +4,23 @@
 const { VM } = require("./vm.cjs");
 const { ExecProcess, ExecResult } = require("./exec.cjs");
 const { buildImage, ensureImage, findImage } = require("./image.cjs");
+const {
+  MAX_RPC_DATA,
+  ERRNO,
+  VirtualProvider,
+  VirtualProviderClass,
+  ReadonlyVirtualProvider,
+  MemoryProvider,
+  RealFSProvider,
+  ReadonlyProvider,
+  ShadowProvider,
+  createShadowPathPredicate,
+  normalizeVfsPath,
+  isWriteFlag,
+  VirtualDirent,
+  createVirtualDirStats,
+  formatVirtualEntries,
+} = require("./vfs.cjs");
 
 const { listSessions, findSession, gcSessions, connectToSession, registerSession, unregisterSession } = require("./sessions.cjs");
 
@@ -20,4 +37,19 @@ module.exports = {
   connectToSession,
   registerSession,
   unregisterSession,
+  MAX_RPC_DATA,
+  ERRNO,
+  VirtualProvider,
+  VirtualProviderClass,
+  ReadonlyVirtualProvider,
+  MemoryProvider,
+  RealFSProvider,
+  ReadonlyProvider,
+  ShadowProvider,
+  createShadowPathPredicate,
+  normalizeVfsPath,
+  isWriteFlag,
+  VirtualDirent,
+  createVirtualDirStats,
+  formatVirtualEntries,
 };

@@ -8,6 +8,7 @@ const { mergeEnv, envToEntries } = require("./env.cjs");
 const { ExecProcess, normalizeCommand, windowBytes } = require("./exec.cjs");
 const { ensureImage } = require("./image.cjs");
 const { VmFs } = require("./fs.cjs");
+const { buildVfs } = require("./vfs.cjs");
 const { registerVmSession } = require("./sessions.cjs"); // sessions
 
 const DEFAULT_START_TIMEOUT_MS = 120000;
@@ -61,7 +62,24 @@ class VM {
     this._starting = null;
     this._closing = null;
     this._closed = false;
+    // The provider stack exists before boot: vm.fs on VFS paths uses it
+    // without booting the guest.
+    this._vfs = buildVfs(options);
     this.fs = new VmFs(this);
+  }
+
+  /**
+   * If `p` (absolute, normalized) is served by the VFS, the provider path
+   * under the FUSE root; else null.
+   */
+  _vfsPath(p) {
+    const v = this._vfs;
+    if (!v) return null;
+    const under = (base) => p === base || p.startsWith(base + "/");
+    if (under(v.fuseMount)) return p.slice(v.fuseMount.length) || "/";
+    let best = null;
+    for (const b of v.binds) if (under(b) && (!best || b.length > best.length)) best = b;
+    return best ? p : null;
   }
 
   /** Boot (once) and wait until the guest is ready. */
@@ -97,7 +115,9 @@ class VM {
         cpu: sandbox.cpu ?? process.env.GONDOLIN_CPU,
         startTimeoutMs: startTimeout(o),
         debug: Boolean(debug) && debug !== "0" && debug !== "false",
-      });
+        fuseMount: this._vfs ? this._vfs.fuseMount : undefined,
+        binds: this._vfs ? this._vfs.binds : undefined,
+      }, this._vfs ? this._vfs.root : null);
     } catch (err) {
       this._closed = true;
       throw fromNative(err);

@@ -34,8 +34,10 @@ const DIR_CACHE_MAX: usize = 128;
 const ENFILE: i32 = 23;
 const RENAME_NOREPLACE: u32 = 1;
 
+/// An inode the guest kernel knows: every path it is reachable by (hard
+/// links give one inode several) and how many lookups the kernel holds.
 struct Node {
-    path: String,
+    paths: Vec<String>,
     lookups: u64,
 }
 
@@ -49,7 +51,7 @@ struct Inodes {
 impl Inodes {
     fn new() -> Self {
         let mut t = Inodes { next: ROOT_INO + 1, ..Default::default() };
-        t.by_ino.insert(ROOT_INO, Node { path: "/".into(), lookups: 1 });
+        t.by_ino.insert(ROOT_INO, Node { paths: vec!["/".into()], lookups: 1 });
         t.by_path.insert("/".into(), ROOT_INO);
         t
     }
@@ -57,7 +59,7 @@ impl Inodes {
     fn path(&self, ino: u64) -> VfsResult<String> {
         self.by_ino
             .get(&ino)
-            .map(|n| n.path.clone())
+            .and_then(|n| n.paths.first().cloned())
             .ok_or_else(|| VfsError::with_message(errno::ENOENT, format!("stale inode {ino}")))
     }
 
@@ -71,9 +73,24 @@ impl Inodes {
         }
         let ino = self.next;
         self.next += 1;
-        self.by_ino.insert(ino, Node { path: path.to_string(), lookups: 1 });
+        self.by_ino.insert(ino, Node { paths: vec![path.to_string()], lookups: 1 });
         self.by_path.insert(path.to_string(), ino);
         ino
+    }
+
+    /// `path` is a new hard link to `ino`: same inode, so the kernel sees
+    /// one file (and its link count) under both names.
+    fn add_link(&mut self, ino: u64, path: &str) -> u64 {
+        self.unlink(path);
+        match self.by_ino.get_mut(&ino) {
+            Some(n) => {
+                n.paths.push(path.to_string());
+                n.lookups += 1;
+                self.by_path.insert(path.to_string(), ino);
+                ino
+            }
+            None => self.remember(path),
+        }
     }
 
     fn peek(&self, path: &str) -> Option<u64> {
@@ -93,16 +110,36 @@ impl Inodes {
         };
         if gone {
             if let Some(node) = self.by_ino.remove(&ino) {
-                if self.by_path.get(&node.path) == Some(&ino) {
-                    self.by_path.remove(&node.path);
+                for p in node.paths {
+                    if self.by_path.get(&p) == Some(&ino) {
+                        self.by_path.remove(&p);
+                    }
                 }
+            }
+        }
+    }
+
+    fn drop_path(&mut self, p: &str) {
+        if let Some(ino) = self.by_path.remove(p) {
+            if ino == ROOT_INO {
+                return;
+            }
+            let empty = match self.by_ino.get_mut(&ino) {
+                Some(n) => {
+                    n.paths.retain(|x| x != p);
+                    n.paths.is_empty()
+                }
+                None => false,
+            };
+            if empty {
+                self.by_ino.remove(&ino);
             }
         }
     }
 
     /// `path` (and everything below it) no longer exists: unmap it so a new
     /// object at the same path gets a new inode. The kernel's references to
-    /// the old inodes then resolve to ENOENT.
+    /// inodes with no path left resolve to ENOENT.
     fn unlink(&mut self, path: &str) {
         let prefix = format!("{path}/");
         let doomed: Vec<String> = self
@@ -112,11 +149,7 @@ impl Inodes {
             .cloned()
             .collect();
         for p in doomed {
-            if let Some(ino) = self.by_path.remove(&p) {
-                if ino != ROOT_INO {
-                    self.by_ino.remove(&ino);
-                }
-            }
+            self.drop_path(&p);
         }
     }
 
@@ -134,7 +167,9 @@ impl Inodes {
             self.by_path.remove(&old);
             let new = format!("{to}{}", &old[from.len()..]);
             if let Some(n) = self.by_ino.get_mut(&ino) {
-                n.path = new.clone();
+                for p in n.paths.iter_mut().filter(|p| **p == old) {
+                    *p = new.clone();
+                }
             }
             self.by_path.insert(new, ino);
         }
@@ -431,7 +466,14 @@ impl FsServer {
                 let from = self.path_of(ino)?;
                 let to = self.child_of(new_parent, &new_name)?;
                 p.link(&from, &to).await?;
-                self.entry_after(&to).await
+                self.forget_listing(new_parent);
+                let m = p.lstat(&to).await?;
+                let ino = self.inodes.lock().unwrap().add_link(ino, &to);
+                Ok(FsReply::Entry(Entry {
+                    attr: attr(ino, &m),
+                    attr_ttl_ms: self.policy.attr_ttl_ms,
+                    entry_ttl_ms: self.policy.entry_ttl_ms,
+                }))
             }
             FsOp::Open { ino, flags } => {
                 let path = self.path_of(ino)?;

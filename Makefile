@@ -54,6 +54,7 @@ test-js: build ## node:test suite, real VMs under TCG (builds the image on first
 bench: build ## benchmarks; print JSON
 	node bench/boot-exec.mjs
 	node bench/exec-fs.mjs
+	node bench/vfs.mjs
 
 lint: ## rustfmt + clippy
 	cargo fmt --all --check

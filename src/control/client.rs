@@ -127,7 +127,11 @@ impl Shared {
                     sem.add_permits((bytes as usize).min(room));
                 }
             }
-            GuestMsg::Error { id: 0, code, message } if code == "vfs_error" => {
+            GuestMsg::Error {
+                id: 0,
+                code,
+                message,
+            } if code == "vfs_error" => {
                 // Sent before Ready when the guest could not mount the
                 // host-served filesystem: the VM is not usable as asked.
                 if let Some(tx) = st.ready.take() {

@@ -11,7 +11,11 @@ use sha2::{Digest, Sha256};
 use super::{io_err, tools, Definition, ImageError};
 
 /// Bump when the base layout or its recipe changes.
-const BASE_FORMAT: &str = "gondolin-base-v1";
+const BASE_FORMAT: &str = "gondolin-base-v2";
+/// Directories every image has for VFS mounts (`/data` is the default FUSE
+/// mount, `/etc/gondolin` is always served, `/workspace` is the usual
+/// project mount). Other mount paths are created at boot on a writable root.
+const MOUNT_POINTS: [&str; 3] = ["data", "workspace", "etc/gondolin"];
 
 #[derive(Debug, Clone)]
 pub struct Base {
@@ -368,6 +372,11 @@ fn tidy(tree: &Path) -> Result<(), ImageError> {
         fs::write(tree.join(rel), text).map_err(io_err(format!("writing /{rel}")))
     };
     write("etc/hostname", "gondolin\n")?;
+    // Mount points for the host-served filesystem, so they exist even when
+    // the root disk is attached read-only.
+    for d in MOUNT_POINTS {
+        fs::create_dir_all(tree.join(d)).map_err(io_err(format!("creating /{d}")))?;
+    }
     write(
         "etc/hosts",
         "127.0.0.1\tlocalhost gondolin\n::1\tlocalhost ip6-localhost ip6-loopback\n",

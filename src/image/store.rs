@@ -81,6 +81,8 @@ pub const GUEST_BINARIES: [&str; 3] = ["init", "sandboxd", "sandboxfs"];
 pub fn build_id(def: &Definition, bin_dir: &Path) -> Result<String, ImageError> {
     let mut h = Sha256::new();
     h.update(IMAGE_FORMAT);
+    // A new base format (what the rootfs holds) is a new image.
+    h.update(super::base::base_hash(def));
     for part in [&def.raw[..], BASE_CMDLINE.as_bytes()] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);

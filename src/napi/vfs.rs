@@ -23,7 +23,9 @@ use crate::vfs::memory::MemoryProvider;
 use crate::vfs::mounts::MountRouter;
 use crate::vfs::readonly::ReadonlyProvider;
 use crate::vfs::realfs::RealFSProvider;
-use crate::vfs::shadow::{PathPredicate, ShadowContext, ShadowOptions, ShadowPredicate, ShadowProvider, ShadowWriteMode};
+use crate::vfs::shadow::{
+    PathPredicate, ShadowContext, ShadowOptions, ShadowPredicate, ShadowProvider, ShadowWriteMode,
+};
 use crate::vfs::{FileHandle, OpenOptions, Provider, SetTimes, VfsError, VfsResult};
 use gondolin_wire::fs::errno;
 
@@ -41,10 +43,19 @@ impl Handles {
         id
     }
     fn get(&self, fh: u32) -> VfsResult<Arc<dyn FileHandle>> {
-        self.map.lock().unwrap().get(&fh).cloned().ok_or_else(|| VfsError::new(errno::EBADF))
+        self.map
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| VfsError::new(errno::EBADF))
     }
     fn take(&self, fh: u32) -> VfsResult<Arc<dyn FileHandle>> {
-        self.map.lock().unwrap().remove(&fh).ok_or_else(|| VfsError::new(errno::EBADF))
+        self.map
+            .lock()
+            .unwrap()
+            .remove(&fh)
+            .ok_or_else(|| VfsError::new(errno::EBADF))
     }
 }
 
@@ -60,7 +71,12 @@ pub struct NativeProvider {
 
 impl NativeProvider {
     fn wrap(inner: Arc<dyn Provider>, needs_js: bool) -> Self {
-        NativeProvider { inner, needs_js, memory: None, handles: Arc::default() }
+        NativeProvider {
+            inner,
+            needs_js,
+            memory: None,
+            handles: Arc::default(),
+        }
     }
 }
 
@@ -79,27 +95,60 @@ async fn read_all(h: &dyn FileHandle) -> VfsResult<Vec<u8>> {
 async fn run(p: Arc<dyn Provider>, handles: Arc<Handles>, c: FsCall) -> VfsResult<FsOutcome> {
     let done = FsOutcome::default;
     let out = match c.op.as_str() {
-        "stat" => FsOutcome { stat: Some(stat_to_js(&p.stat(c.path()?).await?)), ..done() },
-        "lstat" => FsOutcome { stat: Some(stat_to_js(&p.lstat(c.path()?).await?)), ..done() },
-        "readdir" => FsOutcome { entries: Some(dirents_to_js(p.readdir(c.path()?).await?)), ..done() },
+        "stat" => FsOutcome {
+            stat: Some(stat_to_js(&p.stat(c.path()?).await?)),
+            ..done()
+        },
+        "lstat" => FsOutcome {
+            stat: Some(stat_to_js(&p.lstat(c.path()?).await?)),
+            ..done()
+        },
+        "readdir" => FsOutcome {
+            entries: Some(dirents_to_js(p.readdir(c.path()?).await?)),
+            ..done()
+        },
         "open" => {
-            let opts = OpenOptions::from_node_flags(c.flags.as_deref().unwrap_or("r"), c.mode.unwrap_or(0o644))?;
+            let opts = OpenOptions::from_node_flags(
+                c.flags.as_deref().unwrap_or("r"),
+                c.mode.unwrap_or(0o644),
+            )?;
             let h = p.open(c.path()?, opts).await?;
-            FsOutcome { fh: Some(handles.add(h)), ..done() }
+            FsOutcome {
+                fh: Some(handles.add(h)),
+                ..done()
+            }
         }
         "read" => {
             let len = FsCall::u64_arg(c.length, "length")?.min(16 << 20) as usize;
-            let data = handles.get(c.fh()?)?.read(FsCall::u64_arg(c.offset, "offset")?, len).await?;
-            FsOutcome { data: Some(Buffer::from(data)), ..done() }
+            let data = handles
+                .get(c.fh()?)?
+                .read(FsCall::u64_arg(c.offset, "offset")?, len)
+                .await?;
+            FsOutcome {
+                data: Some(Buffer::from(data)),
+                ..done()
+            }
         }
         "write" => {
             let data = c.data.as_deref().unwrap_or(&[]);
-            let n = handles.get(c.fh()?)?.write(FsCall::u64_arg(c.offset.or(Some(0.0)), "offset")?, data).await?;
-            FsOutcome { n: Some(n as f64), ..done() }
+            let n = handles
+                .get(c.fh()?)?
+                .write(FsCall::u64_arg(c.offset.or(Some(0.0)), "offset")?, data)
+                .await?;
+            FsOutcome {
+                n: Some(n as f64),
+                ..done()
+            }
         }
-        "fstat" => FsOutcome { stat: Some(stat_to_js(&handles.get(c.fh()?)?.stat().await?)), ..done() },
+        "fstat" => FsOutcome {
+            stat: Some(stat_to_js(&handles.get(c.fh()?)?.stat().await?)),
+            ..done()
+        },
         "ftruncate" => {
-            handles.get(c.fh()?)?.truncate(FsCall::u64_arg(c.length.or(Some(0.0)), "length")?).await?;
+            handles
+                .get(c.fh()?)?
+                .truncate(FsCall::u64_arg(c.length.or(Some(0.0)), "length")?)
+                .await?;
             done()
         }
         "fsync" => {
@@ -114,10 +163,16 @@ async fn run(p: Arc<dyn Provider>, handles: Arc<Handles>, c: FsCall) -> VfsResul
             let h = p.open(c.path()?, OpenOptions::read_only()).await?;
             let r = read_all(&*h).await;
             h.close().await?;
-            FsOutcome { data: Some(Buffer::from(r?)), ..done() }
+            FsOutcome {
+                data: Some(Buffer::from(r?)),
+                ..done()
+            }
         }
         "writeFile" => {
-            let opts = OpenOptions::from_node_flags(c.flags.as_deref().unwrap_or("w"), c.mode.unwrap_or(0o644))?;
+            let opts = OpenOptions::from_node_flags(
+                c.flags.as_deref().unwrap_or("w"),
+                c.mode.unwrap_or(0o644),
+            )?;
             let h = p.open(c.path()?, opts).await?;
             let data = c.data.as_deref().unwrap_or(&[]);
             let mut off = 0;
@@ -163,10 +218,20 @@ async fn run(p: Arc<dyn Provider>, handles: Arc<Handles>, c: FsCall) -> VfsResul
             p.symlink(c.path2()?, c.path()?).await?;
             done()
         }
-        "readlink" => FsOutcome { target: Some(p.readlink(c.path()?).await?), ..done() },
-        "realpath" => FsOutcome { target: Some(p.realpath(c.path()?).await?), ..done() },
+        "readlink" => FsOutcome {
+            target: Some(p.readlink(c.path()?).await?),
+            ..done()
+        },
+        "realpath" => FsOutcome {
+            target: Some(p.realpath(c.path()?).await?),
+            ..done()
+        },
         "truncate" => {
-            p.truncate(c.path()?, FsCall::u64_arg(c.length.or(Some(0.0)), "length")?).await?;
+            p.truncate(
+                c.path()?,
+                FsCall::u64_arg(c.length.or(Some(0.0)), "length")?,
+            )
+            .await?;
             done()
         }
         "chmod" => {
@@ -178,16 +243,26 @@ async fn run(p: Arc<dyn Provider>, handles: Arc<Handles>, c: FsCall) -> VfsResul
             done()
         }
         "utimes" => {
-            let times = SetTimes { atime: c.atime_ms.map(time_from_ms), mtime: c.mtime_ms.map(time_from_ms) };
+            let times = SetTimes {
+                atime: c.atime_ms.map(time_from_ms),
+                mtime: c.mtime_ms.map(time_from_ms),
+            };
             p.set_times(c.path()?, times).await?;
             done()
         }
-        "statfs" => FsOutcome { statfs: Some(statfs_to_js(&p.statfs(c.path()?).await?)), ..done() },
+        "statfs" => FsOutcome {
+            statfs: Some(statfs_to_js(&p.statfs(c.path()?).await?)),
+            ..done()
+        },
         "access" => {
             p.access(c.path()?, c.mode.unwrap_or(0) as i32).await?;
             done()
         }
-        other => return Err(VfsError::invalid(format!("unknown provider operation {other:?}"))),
+        other => {
+            return Err(VfsError::invalid(format!(
+                "unknown provider operation {other:?}"
+            )))
+        }
     };
     Ok(out)
 }
@@ -197,7 +272,8 @@ fn outcome(r: VfsResult<FsOutcome>) -> FsOutcome {
 }
 
 /// `(ctx) => Promise<boolean>` for a JS `shouldShadow` predicate.
-pub type PredicateDispatch = ThreadsafeFunction<ShadowCall, Promise<bool>, ShadowCall, Status, false, true>;
+pub type PredicateDispatch =
+    ThreadsafeFunction<ShadowCall, Promise<bool>, ShadowCall, Status, false, true>;
 
 #[napi(object)]
 pub struct ShadowCall {
@@ -276,7 +352,10 @@ impl NativeProvider {
                 m.set_readonly();
                 Ok(())
             }
-            None => Err(js_error("invalid_state", "setReadOnly() is only available on MemoryProvider")),
+            None => Err(js_error(
+                "invalid_state",
+                "setReadOnly() is only available on MemoryProvider",
+            )),
         }
     }
 }
@@ -284,16 +363,26 @@ impl NativeProvider {
 #[napi]
 pub fn memory_provider() -> NativeProvider {
     let m = Arc::new(MemoryProvider::new());
-    NativeProvider { memory: Some(m.clone()), ..NativeProvider::wrap(m, false) }
+    NativeProvider {
+        memory: Some(m.clone()),
+        ..NativeProvider::wrap(m, false)
+    }
 }
 
 #[napi]
 pub fn realfs_provider(root: String) -> napi::Result<NativeProvider> {
     if root.is_empty() {
-        return Err(js_error("invalid_argument", "RealFSProvider requires a non-empty rootPath"));
+        return Err(js_error(
+            "invalid_argument",
+            "RealFSProvider requires a non-empty rootPath",
+        ));
     }
-    let p = RealFSProvider::new(Path::new(&root))
-        .map_err(|e| js_error("invalid_argument", format!("RealFSProvider rootPath {root:?}: {e}")))?;
+    let p = RealFSProvider::new(Path::new(&root)).map_err(|e| {
+        js_error(
+            "invalid_argument",
+            format!("RealFSProvider rootPath {root:?}: {e}"),
+        )
+    })?;
     Ok(NativeProvider::wrap(Arc::new(p), false))
 }
 
@@ -302,12 +391,20 @@ pub fn realfs_provider(root: String) -> napi::Result<NativeProvider> {
 pub fn realfs_root(root: String) -> napi::Result<String> {
     std::fs::canonicalize(&root)
         .map(|p| p.to_string_lossy().into_owned())
-        .map_err(|e| js_error("invalid_argument", format!("RealFSProvider rootPath {root:?}: {e}")))
+        .map_err(|e| {
+            js_error(
+                "invalid_argument",
+                format!("RealFSProvider rootPath {root:?}: {e}"),
+            )
+        })
 }
 
 #[napi]
 pub fn readonly_provider(inner: &NativeProvider) -> NativeProvider {
-    NativeProvider::wrap(Arc::new(ReadonlyProvider::new(inner.inner.clone())), inner.needs_js)
+    NativeProvider::wrap(
+        Arc::new(ReadonlyProvider::new(inner.inner.clone())),
+        inner.needs_js,
+    )
 }
 
 /// A provider implemented in JS: `dispatch(call)` resolves to an outcome.
@@ -317,23 +414,28 @@ pub fn js_provider(
     readonly: bool,
     supports_symlinks: bool,
 ) -> NativeProvider {
-    NativeProvider::wrap(Arc::new(JsProvider::new(dispatch, readonly, supports_symlinks)), true)
+    NativeProvider::wrap(
+        Arc::new(JsProvider::new(dispatch, readonly, supports_symlinks)),
+        true,
+    )
 }
 
 #[napi]
 pub fn shadow_provider(
     inner: &NativeProvider,
     options: NativeShadowOptions,
-    #[napi(ts_arg_type = "((ctx: ShadowCall) => Promise<boolean>) | undefined | null")] predicate: Option<
-        PredicateDispatch,
-    >,
+    #[napi(ts_arg_type = "((ctx: ShadowCall) => Promise<boolean>) | undefined | null")]
+    predicate: Option<PredicateDispatch>,
     tmpfs: Option<&NativeProvider>,
 ) -> napi::Result<NativeProvider> {
     let (pred, js): (Arc<dyn ShadowPredicate>, bool) = match (predicate, options.paths) {
         (Some(f), _) => (Arc::new(JsPredicate(f)), true),
         (None, Some(paths)) => (Arc::new(PathPredicate::new(&paths)), false),
         (None, None) => {
-            return Err(js_error("invalid_argument", "ShadowProvider requires options.shouldShadow callback"))
+            return Err(js_error(
+                "invalid_argument",
+                "ShadowProvider requires options.shouldShadow callback",
+            ))
         }
     };
     let write_mode = match options.write_mode.as_deref().unwrap_or("deny") {
@@ -352,9 +454,15 @@ pub fn shadow_provider(
         write_mode,
         tmpfs: tmpfs.map(|t| t.inner.clone()),
         deny_symlink_bypass: options.deny_symlink_bypass.unwrap_or(true),
-        deny_write_errno: options.deny_write_errno.map(i32::abs).unwrap_or(errno::EACCES),
+        deny_write_errno: options
+            .deny_write_errno
+            .map(i32::abs)
+            .unwrap_or(errno::EACCES),
     };
-    Ok(NativeProvider::wrap(Arc::new(ShadowProvider::new(inner.inner.clone(), opts)), needs_js))
+    Ok(NativeProvider::wrap(
+        Arc::new(ShadowProvider::new(inner.inner.clone(), opts)),
+        needs_js,
+    ))
 }
 
 /// Collects mounts, then builds the router (napi cannot take a list of
@@ -389,7 +497,10 @@ impl NativeMounts {
     ) -> napi::Result<NativeProvider> {
         let mounts = std::mem::take(&mut self.mounts);
         let router = MountRouter::new(mounts).map_err(|e| {
-            js_error("invalid_argument", e.message.clone().unwrap_or_else(|| e.to_string()))
+            js_error(
+                "invalid_argument",
+                e.message.clone().unwrap_or_else(|| e.to_string()),
+            )
         })?;
         let mut root: Arc<dyn Provider> = Arc::new(router);
         let mut needs_js = self.needs_js;

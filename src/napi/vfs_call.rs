@@ -37,13 +37,23 @@ pub struct FsCall {
 
 impl FsCall {
     pub fn at(op: &str, path: &str) -> Self {
-        FsCall { op: op.into(), path: Some(path.into()), ..Default::default() }
+        FsCall {
+            op: op.into(),
+            path: Some(path.into()),
+            ..Default::default()
+        }
     }
     pub fn on(op: &str, fh: u32) -> Self {
-        FsCall { op: op.into(), fh: Some(fh), ..Default::default() }
+        FsCall {
+            op: op.into(),
+            fh: Some(fh),
+            ..Default::default()
+        }
     }
     pub fn path(&self) -> VfsResult<&str> {
-        self.path.as_deref().ok_or_else(|| VfsError::invalid(format!("{}: missing path", self.op)))
+        self.path
+            .as_deref()
+            .ok_or_else(|| VfsError::invalid(format!("{}: missing path", self.op)))
     }
     pub fn path2(&self) -> VfsResult<&str> {
         self.path2
@@ -51,12 +61,15 @@ impl FsCall {
             .ok_or_else(|| VfsError::invalid(format!("{}: missing second path", self.op)))
     }
     pub fn fh(&self) -> VfsResult<u32> {
-        self.fh.ok_or_else(|| VfsError::invalid(format!("{}: missing handle", self.op)))
+        self.fh
+            .ok_or_else(|| VfsError::invalid(format!("{}: missing handle", self.op)))
     }
     pub fn u64_arg(v: Option<f64>, what: &str) -> VfsResult<u64> {
         match v {
-            Some(x) if x.is_finite() && x >= 0.0 && x <= 9_007_199_254_740_991.0 => Ok(x as u64),
-            _ => Err(VfsError::invalid(format!("{what} must be a non-negative integer"))),
+            Some(x) if (0.0..=9_007_199_254_740_991.0).contains(&x) => Ok(x as u64),
+            _ => Err(VfsError::invalid(format!(
+                "{what} must be a non-negative integer"
+            ))),
         }
     }
 }
@@ -130,7 +143,10 @@ impl FsOutcome {
             (_, Some(code)) => errno_from_name(code),
             _ => return None,
         };
-        Some(VfsError { errno: n, message: self.message.clone() })
+        Some(VfsError {
+            errno: n,
+            message: self.message.clone(),
+        })
     }
 
     pub fn into_result(self) -> VfsResult<Self> {
@@ -201,16 +217,29 @@ pub fn stat_from_js(s: FsStat) -> Metadata {
         nlink: s.nlink.max(1),
         uid: s.uid,
         gid: s.gid,
-        size: if s.size.is_finite() && s.size > 0.0 { s.size as u64 } else { 0 },
+        size: if s.size.is_finite() && s.size > 0.0 {
+            s.size as u64
+        } else {
+            0
+        },
         atime: time_from_ms(s.atime_ms),
         mtime: time_from_ms(s.mtime_ms),
         ctime: time_from_ms(s.ctime_ms),
-        ino: if s.ino.is_finite() && s.ino > 0.0 { s.ino as u64 } else { 0 },
+        ino: if s.ino.is_finite() && s.ino > 0.0 {
+            s.ino as u64
+        } else {
+            0
+        },
     }
 }
 
 pub fn dirents_to_js(v: Vec<DirEntry>) -> Vec<FsDirent> {
-    v.into_iter().map(|e| FsDirent { name: e.name, kind: kind_name(e.kind).into() }).collect()
+    v.into_iter()
+        .map(|e| FsDirent {
+            name: e.name,
+            kind: kind_name(e.kind).into(),
+        })
+        .collect()
 }
 
 pub fn statfs_to_js(s: &StatFs) -> FsStatfs {
@@ -228,7 +257,13 @@ pub fn statfs_to_js(s: &StatFs) -> FsStatfs {
 
 /// Provider-supplied statfs values, clamped to sane numbers.
 pub fn statfs_from_js(s: FsStatfs) -> StatFs {
-    let n = |v: f64| if v.is_finite() && v >= 0.0 { v as u64 } else { 0 };
+    let n = |v: f64| {
+        if v.is_finite() && v >= 0.0 {
+            v as u64
+        } else {
+            0
+        }
+    };
     let bsize = if s.bsize == 0 { 4096 } else { s.bsize };
     StatFs {
         blocks: n(s.blocks),
@@ -237,7 +272,11 @@ pub fn statfs_from_js(s: FsStatfs) -> StatFs {
         files: n(s.files),
         ffree: n(s.ffree).min(n(s.files)),
         bsize,
-        namelen: if s.namelen == 0 { 255 } else { s.namelen.min(255) },
+        namelen: if s.namelen == 0 {
+            255
+        } else {
+            s.namelen.min(255)
+        },
         frsize: if s.frsize == 0 { bsize } else { s.frsize },
     }
 }

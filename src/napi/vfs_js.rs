@@ -14,7 +14,7 @@ use napi::threadsafe_function::ThreadsafeFunction;
 use napi::Status;
 use napi_derive::napi;
 
-use super::vfs_call::{missing, stat_from_js, statfs_from_js, kind_from_name, FsCall, FsOutcome};
+use super::vfs_call::{kind_from_name, missing, stat_from_js, statfs_from_js, FsCall, FsOutcome};
 use crate::vfs::hooks::{HookContext, VfsHooks};
 use crate::vfs::{
     DirEntry, FileHandle, Metadata, OpenOptions, Provider, SetTimes, StatFs, VfsError, VfsResult,
@@ -27,7 +27,10 @@ pub type Dispatch = ThreadsafeFunction<FsCall, Promise<FsOutcome>, FsCall, Statu
 async fn call_js(dispatch: &Dispatch, call: FsCall) -> VfsResult<FsOutcome> {
     let op = call.op.clone();
     let promise = dispatch.call_async(call).await.map_err(|e| {
-        VfsError::with_message(errno::EIO, format!("JS provider {op} could not be called: {e}"))
+        VfsError::with_message(
+            errno::EIO,
+            format!("JS provider {op} could not be called: {e}"),
+        )
     })?;
     let outcome = promise
         .await
@@ -44,7 +47,11 @@ pub struct JsProvider {
 
 impl JsProvider {
     pub fn new(dispatch: Dispatch, readonly: bool, symlinks: bool) -> Self {
-        JsProvider { dispatch: Arc::new(dispatch), readonly, symlinks }
+        JsProvider {
+            dispatch: Arc::new(dispatch),
+            readonly,
+            symlinks,
+        }
     }
 
     async fn call(&self, call: FsCall) -> VfsResult<FsOutcome> {
@@ -81,7 +88,10 @@ impl Provider for JsProvider {
         let entries = o.entries.ok_or_else(|| missing("readdir", "entries"))?;
         Ok(entries
             .into_iter()
-            .map(|e| DirEntry { name: e.name, kind: kind_from_name(&e.kind) })
+            .map(|e| DirEntry {
+                name: e.name,
+                kind: kind_from_name(&e.kind),
+            })
             .collect())
     }
     async fn open(&self, path: &str, opts: OpenOptions) -> VfsResult<Box<dyn FileHandle>> {
@@ -92,10 +102,17 @@ impl Provider for JsProvider {
         };
         let o = self.call(call).await?;
         let fh = o.fh.ok_or_else(|| missing("open", "handle"))?;
-        Ok(Box::new(JsFileHandle { dispatch: self.dispatch.clone(), fh }))
+        Ok(Box::new(JsFileHandle {
+            dispatch: self.dispatch.clone(),
+            fh,
+        }))
     }
     async fn mkdir(&self, path: &str, mode: u32) -> VfsResult<()> {
-        self.unit(FsCall { mode: Some(mode), ..FsCall::at("mkdir", path) }).await
+        self.unit(FsCall {
+            mode: Some(mode),
+            ..FsCall::at("mkdir", path)
+        })
+        .await
     }
     async fn rmdir(&self, path: &str) -> VfsResult<()> {
         self.unit(FsCall::at("rmdir", path)).await
@@ -104,30 +121,56 @@ impl Provider for JsProvider {
         self.unit(FsCall::at("unlink", path)).await
     }
     async fn rename(&self, from: &str, to: &str) -> VfsResult<()> {
-        self.unit(FsCall { path2: Some(to.into()), ..FsCall::at("rename", from) }).await
+        self.unit(FsCall {
+            path2: Some(to.into()),
+            ..FsCall::at("rename", from)
+        })
+        .await
     }
     async fn link(&self, existing: &str, new_path: &str) -> VfsResult<()> {
-        self.unit(FsCall { path2: Some(new_path.into()), ..FsCall::at("link", existing) }).await
+        self.unit(FsCall {
+            path2: Some(new_path.into()),
+            ..FsCall::at("link", existing)
+        })
+        .await
     }
     async fn symlink(&self, target: &str, path: &str) -> VfsResult<()> {
-        self.unit(FsCall { path2: Some(target.into()), ..FsCall::at("symlink", path) }).await
+        self.unit(FsCall {
+            path2: Some(target.into()),
+            ..FsCall::at("symlink", path)
+        })
+        .await
     }
     async fn readlink(&self, path: &str) -> VfsResult<String> {
         let o = self.call(FsCall::at("readlink", path)).await?;
         o.target.ok_or_else(|| missing("readlink", "target"))
     }
     async fn truncate(&self, path: &str, len: u64) -> VfsResult<()> {
-        self.unit(FsCall { length: Some(len as f64), ..FsCall::at("truncate", path) }).await
+        self.unit(FsCall {
+            length: Some(len as f64),
+            ..FsCall::at("truncate", path)
+        })
+        .await
     }
     async fn chmod(&self, path: &str, mode: u32) -> VfsResult<()> {
-        self.unit(FsCall { mode: Some(mode), ..FsCall::at("chmod", path) }).await
+        self.unit(FsCall {
+            mode: Some(mode),
+            ..FsCall::at("chmod", path)
+        })
+        .await
     }
     async fn chown(&self, path: &str, uid: Option<u32>, gid: Option<u32>) -> VfsResult<()> {
-        self.unit(FsCall { uid, gid, ..FsCall::at("chown", path) }).await
+        self.unit(FsCall {
+            uid,
+            gid,
+            ..FsCall::at("chown", path)
+        })
+        .await
     }
     async fn set_times(&self, path: &str, times: SetTimes) -> VfsResult<()> {
         let ms = |t: Option<std::time::SystemTime>| {
-            t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64() * 1000.0)
+            t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs_f64() * 1000.0)
         };
         self.unit(FsCall {
             atime_ms: ms(times.atime),
@@ -138,13 +181,20 @@ impl Provider for JsProvider {
     }
     async fn statfs(&self, path: &str) -> VfsResult<StatFs> {
         match self.call(FsCall::at("statfs", path)).await {
-            Ok(o) => Ok(o.statfs.map(statfs_from_js).unwrap_or(crate::vfs::SYNTHETIC_STATFS)),
+            Ok(o) => Ok(o
+                .statfs
+                .map(statfs_from_js)
+                .unwrap_or(crate::vfs::SYNTHETIC_STATFS)),
             Err(e) if e.is(errno::ENOSYS) => Ok(crate::vfs::SYNTHETIC_STATFS),
             Err(e) => Err(e),
         }
     }
     async fn access(&self, path: &str, mask: i32) -> VfsResult<()> {
-        self.unit(FsCall { mode: Some(mask as u32), ..FsCall::at("access", path) }).await
+        self.unit(FsCall {
+            mode: Some(mask as u32),
+            ..FsCall::at("access", path)
+        })
+        .await
     }
     async fn realpath(&self, path: &str) -> VfsResult<String> {
         match self.call(FsCall::at("realpath", path)).await {
@@ -157,7 +207,12 @@ impl Provider for JsProvider {
         }
     }
     async fn close(&self) -> VfsResult<()> {
-        self.unit(FsCall { op: "closeProvider".into(), ..Default::default() }).await.or(Ok(()))
+        self.unit(FsCall {
+            op: "closeProvider".into(),
+            ..Default::default()
+        })
+        .await
+        .or(Ok(()))
     }
 }
 
@@ -170,8 +225,11 @@ struct JsFileHandle {
 #[async_trait]
 impl FileHandle for JsFileHandle {
     async fn read(&self, offset: u64, len: usize) -> VfsResult<Vec<u8>> {
-        let call =
-            FsCall { offset: Some(offset as f64), length: Some(len as f64), ..FsCall::on("read", self.fh) };
+        let call = FsCall {
+            offset: Some(offset as f64),
+            length: Some(len as f64),
+            ..FsCall::on("read", self.fh)
+        };
         let o = call_js(&self.dispatch, call).await?;
         let mut data = o.data.map(|b| b.to_vec()).unwrap_or_default();
         data.truncate(len);
@@ -192,10 +250,15 @@ impl FileHandle for JsFileHandle {
     }
     async fn stat(&self) -> VfsResult<Metadata> {
         let o = call_js(&self.dispatch, FsCall::on("fstat", self.fh)).await?;
-        o.stat.map(stat_from_js).ok_or_else(|| missing("fstat", "stat"))
+        o.stat
+            .map(stat_from_js)
+            .ok_or_else(|| missing("fstat", "stat"))
     }
     async fn truncate(&self, len: u64) -> VfsResult<()> {
-        let call = FsCall { length: Some(len as f64), ..FsCall::on("ftruncate", self.fh) };
+        let call = FsCall {
+            length: Some(len as f64),
+            ..FsCall::on("ftruncate", self.fh)
+        };
         call_js(&self.dispatch, call).await.map(|_| ())
     }
     async fn sync(&self) -> VfsResult<()> {
@@ -205,7 +268,9 @@ impl FileHandle for JsFileHandle {
         }
     }
     async fn close(&self) -> VfsResult<()> {
-        call_js(&self.dispatch, FsCall::on("close", self.fh)).await.map(|_| ())
+        call_js(&self.dispatch, FsCall::on("close", self.fh))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -227,7 +292,8 @@ pub struct HookCall {
     pub result: Option<f64>,
 }
 
-pub type HookDispatch = ThreadsafeFunction<HookCall, Promise<FsOutcome>, HookCall, Status, false, true>;
+pub type HookDispatch =
+    ThreadsafeFunction<HookCall, Promise<FsOutcome>, HookCall, Status, false, true>;
 
 pub struct JsHooks {
     dispatch: HookDispatch,
@@ -257,8 +323,9 @@ impl JsHooks {
         let promise = self.dispatch.call_async(call).await.map_err(|e| {
             VfsError::with_message(errno::EIO, format!("vfs hook could not be called: {e}"))
         })?;
-        let outcome =
-            promise.await.map_err(|e| VfsError::with_message(errno::EIO, format!("vfs hook failed: {e}")))?;
+        let outcome = promise
+            .await
+            .map_err(|e| VfsError::with_message(errno::EIO, format!("vfs hook failed: {e}")))?;
         outcome.into_result().map(|_| ())
     }
 }

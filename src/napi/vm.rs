@@ -121,11 +121,18 @@ pub fn start_vm<'e>(
     if let Some(server) = &server {
         let fuse_mount = check_absolute(&fuse_mount, "vfs.fuseMount")
             .map_err(|e| js_error("invalid_option", e.message.unwrap_or_default()))?;
-        cfg.vfs = Some(VfsAttach { server: server.clone(), fuse_mount, binds });
+        cfg.vfs = Some(VfsAttach {
+            server: server.clone(),
+            fuse_mount,
+            binds,
+        });
     }
     env.spawn_future(async move {
         let vm = Vm::start(&cfg).await.js()?;
-        Ok(NativeVm { vm: Arc::new(vm), fs: server })
+        Ok(NativeVm {
+            vm: Arc::new(vm),
+            fs: server,
+        })
     })
 }
 

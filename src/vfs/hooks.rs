@@ -36,7 +36,11 @@ pub struct HookContext {
 
 impl HookContext {
     fn at(op: &'static str, path: &str) -> Self {
-        HookContext { op, path: Some(path.to_string()), ..Default::default() }
+        HookContext {
+            op,
+            path: Some(path.to_string()),
+            ..Default::default()
+        }
     }
 }
 
@@ -109,14 +113,20 @@ impl Provider for HookedProvider {
     }
 
     async fn stat(&self, path: &str) -> VfsResult<Metadata> {
-        self.run(HookContext::at("stat", path), zero, self.inner.stat(path)).await
+        self.run(HookContext::at("stat", path), zero, self.inner.stat(path))
+            .await
     }
     async fn lstat(&self, path: &str) -> VfsResult<Metadata> {
-        self.run(HookContext::at("lstat", path), zero, self.inner.lstat(path)).await
+        self.run(HookContext::at("lstat", path), zero, self.inner.lstat(path))
+            .await
     }
     async fn readdir(&self, path: &str) -> VfsResult<Vec<DirEntry>> {
-        self.run(HookContext::at("readdir", path), |v: &Vec<DirEntry>| v.len() as u64, self.inner.readdir(path))
-            .await
+        self.run(
+            HookContext::at("readdir", path),
+            |v: &Vec<DirEntry>| v.len() as u64,
+            self.inner.readdir(path),
+        )
+        .await
     }
     async fn open(&self, path: &str, opts: OpenOptions) -> VfsResult<Box<dyn FileHandle>> {
         let ctx = HookContext {
@@ -125,20 +135,33 @@ impl Provider for HookedProvider {
             ..HookContext::at("open", path)
         };
         let h = self.run(ctx, zero, self.inner.open(path, opts)).await?;
-        Ok(Box::new(HookedHandle { inner: h, hooks: self.hooks.clone(), path: path.to_string() }))
+        Ok(Box::new(HookedHandle {
+            inner: h,
+            hooks: self.hooks.clone(),
+            path: path.to_string(),
+        }))
     }
     async fn mkdir(&self, path: &str, mode: u32) -> VfsResult<()> {
         self.refuse_if_readonly()?;
-        let ctx = HookContext { mode: Some(mode), ..HookContext::at("mkdir", path) };
+        let ctx = HookContext {
+            mode: Some(mode),
+            ..HookContext::at("mkdir", path)
+        };
         self.run(ctx, zero, self.inner.mkdir(path, mode)).await
     }
     async fn rmdir(&self, path: &str) -> VfsResult<()> {
         self.refuse_if_readonly()?;
-        self.run(HookContext::at("rmdir", path), zero, self.inner.rmdir(path)).await
+        self.run(HookContext::at("rmdir", path), zero, self.inner.rmdir(path))
+            .await
     }
     async fn unlink(&self, path: &str) -> VfsResult<()> {
         self.refuse_if_readonly()?;
-        self.run(HookContext::at("unlink", path), zero, self.inner.unlink(path)).await
+        self.run(
+            HookContext::at("unlink", path),
+            zero,
+            self.inner.unlink(path),
+        )
+        .await
     }
     async fn rename(&self, from: &str, to: &str) -> VfsResult<()> {
         self.refuse_if_readonly()?;
@@ -158,39 +181,72 @@ impl Provider for HookedProvider {
             new_path: Some(new_path.into()),
             ..Default::default()
         };
-        self.run(ctx, zero, self.inner.link(existing, new_path)).await
+        self.run(ctx, zero, self.inner.link(existing, new_path))
+            .await
     }
     async fn symlink(&self, target: &str, path: &str) -> VfsResult<()> {
         self.refuse_if_readonly()?;
-        let ctx = HookContext { old_path: Some(target.into()), ..HookContext::at("symlink", path) };
+        let ctx = HookContext {
+            old_path: Some(target.into()),
+            ..HookContext::at("symlink", path)
+        };
         self.run(ctx, zero, self.inner.symlink(target, path)).await
     }
     async fn readlink(&self, path: &str) -> VfsResult<String> {
-        self.run(HookContext::at("readlink", path), zero, self.inner.readlink(path)).await
+        self.run(
+            HookContext::at("readlink", path),
+            zero,
+            self.inner.readlink(path),
+        )
+        .await
     }
     async fn truncate(&self, path: &str, len: u64) -> VfsResult<()> {
         self.refuse_if_readonly()?;
-        let ctx = HookContext { size: Some(len), ..HookContext::at("truncate", path) };
+        let ctx = HookContext {
+            size: Some(len),
+            ..HookContext::at("truncate", path)
+        };
         self.run(ctx, zero, self.inner.truncate(path, len)).await
     }
     async fn chmod(&self, path: &str, mode: u32) -> VfsResult<()> {
         self.refuse_if_readonly()?;
-        let ctx = HookContext { mode: Some(mode), ..HookContext::at("chmod", path) };
+        let ctx = HookContext {
+            mode: Some(mode),
+            ..HookContext::at("chmod", path)
+        };
         self.run(ctx, zero, self.inner.chmod(path, mode)).await
     }
     async fn chown(&self, path: &str, uid: Option<u32>, gid: Option<u32>) -> VfsResult<()> {
         self.refuse_if_readonly()?;
-        self.run(HookContext::at("chown", path), zero, self.inner.chown(path, uid, gid)).await
+        self.run(
+            HookContext::at("chown", path),
+            zero,
+            self.inner.chown(path, uid, gid),
+        )
+        .await
     }
     async fn set_times(&self, path: &str, times: SetTimes) -> VfsResult<()> {
         self.refuse_if_readonly()?;
-        self.run(HookContext::at("utimes", path), zero, self.inner.set_times(path, times)).await
+        self.run(
+            HookContext::at("utimes", path),
+            zero,
+            self.inner.set_times(path, times),
+        )
+        .await
     }
     async fn statfs(&self, path: &str) -> VfsResult<StatFs> {
-        self.run(HookContext::at("statfs", path), zero, self.inner.statfs(path)).await
+        self.run(
+            HookContext::at("statfs", path),
+            zero,
+            self.inner.statfs(path),
+        )
+        .await
     }
     async fn access(&self, path: &str, mask: i32) -> VfsResult<()> {
-        let ctx = HookContext { mode: Some(mask as u32), ..HookContext::at("access", path) };
+        let ctx = HookContext {
+            mode: Some(mask as u32),
+            ..HookContext::at("access", path)
+        };
         self.run(ctx, zero, self.inner.access(path, mask)).await
     }
     async fn realpath(&self, path: &str) -> VfsResult<String> {
@@ -216,25 +272,59 @@ impl HookedHandle {
 #[async_trait]
 impl FileHandle for HookedHandle {
     async fn read(&self, offset: u64, len: usize) -> VfsResult<Vec<u8>> {
-        let mut ctx = HookContext { offset: Some(offset), length: Some(len as u64), ..self.ctx("read") };
-        run_hooks(&*self.hooks, &mut ctx, |v: &Vec<u8>| v.len() as u64, self.inner.read(offset, len)).await
+        let mut ctx = HookContext {
+            offset: Some(offset),
+            length: Some(len as u64),
+            ..self.ctx("read")
+        };
+        run_hooks(
+            &*self.hooks,
+            &mut ctx,
+            |v: &Vec<u8>| v.len() as u64,
+            self.inner.read(offset, len),
+        )
+        .await
     }
     async fn write(&self, offset: u64, data: &[u8]) -> VfsResult<usize> {
-        let mut ctx =
-            HookContext { offset: Some(offset), length: Some(data.len() as u64), ..self.ctx("write") };
-        run_hooks(&*self.hooks, &mut ctx, |n: &usize| *n as u64, self.inner.write(offset, data)).await
+        let mut ctx = HookContext {
+            offset: Some(offset),
+            length: Some(data.len() as u64),
+            ..self.ctx("write")
+        };
+        run_hooks(
+            &*self.hooks,
+            &mut ctx,
+            |n: &usize| *n as u64,
+            self.inner.write(offset, data),
+        )
+        .await
     }
     async fn stat(&self) -> VfsResult<Metadata> {
-        run_hooks(&*self.hooks, &mut self.ctx("fstat"), zero, self.inner.stat()).await
+        run_hooks(
+            &*self.hooks,
+            &mut self.ctx("fstat"),
+            zero,
+            self.inner.stat(),
+        )
+        .await
     }
     async fn truncate(&self, len: u64) -> VfsResult<()> {
-        let mut ctx = HookContext { size: Some(len), ..self.ctx("truncate") };
+        let mut ctx = HookContext {
+            size: Some(len),
+            ..self.ctx("truncate")
+        };
         run_hooks(&*self.hooks, &mut ctx, zero, self.inner.truncate(len)).await
     }
     async fn sync(&self) -> VfsResult<()> {
         self.inner.sync().await
     }
     async fn close(&self) -> VfsResult<()> {
-        run_hooks(&*self.hooks, &mut self.ctx("release"), zero, self.inner.close()).await
+        run_hooks(
+            &*self.hooks,
+            &mut self.ctx("release"),
+            zero,
+            self.inner.close(),
+        )
+        .await
     }
 }

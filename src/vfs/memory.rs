@@ -45,7 +45,17 @@ impl Node {
     fn new(body: Body, perm: u32) -> Node {
         let now = SystemTime::now();
         let nlink = if matches!(body, Body::Dir(_)) { 2 } else { 1 };
-        Node { body, perm: perm & 0o7777, uid: 0, gid: 0, nlink, open: 0, atime: now, mtime: now, ctime: now }
+        Node {
+            body,
+            perm: perm & 0o7777,
+            uid: 0,
+            gid: 0,
+            nlink,
+            open: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+        }
     }
 
     fn kind(&self) -> FileKind {
@@ -87,7 +97,10 @@ impl Tree {
     fn new() -> Self {
         let mut nodes = HashMap::new();
         nodes.insert(ROOT, Node::new(Body::Dir(BTreeMap::new()), 0o755));
-        Tree { nodes, next: ROOT + 1 }
+        Tree {
+            nodes,
+            next: ROOT + 1,
+        }
     }
 
     fn node(&self, id: u64) -> VfsResult<&Node> {
@@ -117,9 +130,23 @@ impl Tree {
         self.resolve_from(ROOT, "/", path, follow, &mut hops)
     }
 
-    fn resolve_from(&self, start: u64, start_path: &str, path: &str, follow: bool, hops: &mut usize) -> VfsResult<u64> {
-        let (mut cur, mut cur_path) = if path.starts_with('/') { (ROOT, "/".to_string()) } else { (start, start_path.to_string()) };
-        let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    fn resolve_from(
+        &self,
+        start: u64,
+        start_path: &str,
+        path: &str,
+        follow: bool,
+        hops: &mut usize,
+    ) -> VfsResult<u64> {
+        let (mut cur, mut cur_path) = if path.starts_with('/') {
+            (ROOT, "/".to_string())
+        } else {
+            (start, start_path.to_string())
+        };
+        let parts: Vec<&str> = path
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect();
         for (i, comp) in parts.iter().enumerate() {
             let last = i + 1 == parts.len();
             if *comp == ".." {
@@ -136,7 +163,11 @@ impl Tree {
                     }
                     let target = target.clone();
                     cur = self.resolve_from(cur, &cur_path, &target, true, hops)?;
-                    cur_path = normalize(&if target.starts_with('/') { target } else { join(&cur_path, &target) });
+                    cur_path = normalize(&if target.starts_with('/') {
+                        target
+                    } else {
+                        join(&cur_path, &target)
+                    });
                     continue;
                 }
             }
@@ -186,7 +217,9 @@ impl Tree {
     /// Drop one link to `id`; free it when nothing refers to it any more.
     fn drop_link(&mut self, id: u64) {
         if let Some(n) = self.nodes.get_mut(&id) {
-            n.nlink = n.nlink.saturating_sub(if matches!(n.body, Body::Dir(_)) { 2 } else { 1 });
+            n.nlink = n
+                .nlink
+                .saturating_sub(if matches!(n.body, Body::Dir(_)) { 2 } else { 1 });
             n.ctime = SystemTime::now();
             if n.nlink == 0 && n.open == 0 {
                 self.nodes.remove(&id);
@@ -252,7 +285,10 @@ impl Default for MemoryProvider {
 
 impl MemoryProvider {
     pub fn new() -> Self {
-        MemoryProvider { tree: Arc::new(RwLock::new(Tree::new())), readonly: AtomicBool::new(false) }
+        MemoryProvider {
+            tree: Arc::new(RwLock::new(Tree::new())),
+            readonly: AtomicBool::new(false),
+        }
     }
 
     /// Refuse every later mutation with EROFS.
@@ -300,7 +336,12 @@ impl Provider for MemoryProvider {
             let dir = t.resolve(path, true)?;
             t.children(dir)?
                 .iter()
-                .map(|(name, id)| Ok(DirEntry { name: name.clone(), kind: t.node(*id)?.kind() }))
+                .map(|(name, id)| {
+                    Ok(DirEntry {
+                        name: name.clone(),
+                        kind: t.node(*id)?.kind(),
+                    })
+                })
                 .collect()
         })
     }
@@ -315,10 +356,18 @@ impl Provider for MemoryProvider {
             Ok(id) => id,
             Err(e) if e.is(errno::ENOENT) && opts.create => {
                 // A dangling final symlink creates its target, as open(2) does.
-                let target = match t.resolve(path, false).ok().map(|id| t.node(id).map(|n| &n.body)) {
+                let target = match t
+                    .resolve(path, false)
+                    .ok()
+                    .map(|id| t.node(id).map(|n| &n.body))
+                {
                     Some(Ok(Body::Symlink(s))) => {
                         let s = s.clone();
-                        normalize(&if s.starts_with('/') { s } else { join(parent(path), &s) })
+                        normalize(&if s.starts_with('/') {
+                            s
+                        } else {
+                            join(parent(path), &s)
+                        })
                     }
                     _ => path.to_string(),
                 };
@@ -336,7 +385,12 @@ impl Provider for MemoryProvider {
             _ => {}
         }
         n.open += 1;
-        Ok(Box::new(MemHandle { tree: self.tree.clone(), id, opts, readonly: self.readonly() }))
+        Ok(Box::new(MemHandle {
+            tree: self.tree.clone(),
+            id,
+            opts,
+            readonly: self.readonly(),
+        }))
     }
 
     async fn mkdir(&self, path: &str, mode: u32) -> VfsResult<()> {
@@ -437,7 +491,10 @@ impl Provider for MemoryProvider {
     }
 
     async fn symlink(&self, target: &str, path: &str) -> VfsResult<()> {
-        self.write(|t| t.create(path, Body::Symlink(target.to_string()), 0o777).map(|_| ()))
+        self.write(|t| {
+            t.create(path, Body::Symlink(target.to_string()), 0o777)
+                .map(|_| ())
+        })
     }
 
     async fn readlink(&self, path: &str) -> VfsResult<String> {
@@ -505,7 +562,11 @@ impl Provider for MemoryProvider {
         // last component, expanding symlinks textually.
         let mut out = "/".to_string();
         let t = self.tree.read().unwrap();
-        let mut pending: Vec<String> = path.split('/').filter(|c| !c.is_empty()).map(str::to_string).collect();
+        let mut pending: Vec<String> = path
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect();
         pending.reverse();
         let mut hops = 0;
         while let Some(c) = pending.pop() {
@@ -599,9 +660,17 @@ impl FileHandle for MemHandle {
         }
         let mut t = self.tree.write().unwrap();
         let n = t.node_mut(self.id)?;
-        let Body::File(d) = &mut n.body else { return Err(err(errno::EISDIR)) };
-        let at = if self.opts.append { d.len() as u64 } else { offset };
-        let end = at.checked_add(data.len() as u64).ok_or_else(|| err(errno::EFBIG))?;
+        let Body::File(d) = &mut n.body else {
+            return Err(err(errno::EISDIR));
+        };
+        let at = if self.opts.append {
+            d.len() as u64
+        } else {
+            offset
+        };
+        let end = at
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| err(errno::EFBIG))?;
         if end > MAX_FILE {
             return Err(err(errno::EFBIG));
         }

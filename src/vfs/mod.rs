@@ -18,6 +18,9 @@ pub mod readonly;
 pub mod realfs;
 pub mod shadow;
 
+#[cfg(test)]
+mod conformance;
+
 pub use provider::{
     CachePolicy, DirEntry, FileHandle, FileKind, Metadata, OpenOptions, Provider, SetTimes, StatFs,
     SYNTHETIC_STATFS,
@@ -38,10 +41,16 @@ pub type VfsResult<T> = Result<T, VfsError>;
 
 impl VfsError {
     pub fn new(errno: i32) -> Self {
-        VfsError { errno, message: None }
+        VfsError {
+            errno,
+            message: None,
+        }
     }
     pub fn with_message(errno: i32, message: impl Into<String>) -> Self {
-        VfsError { errno, message: Some(message.into()) }
+        VfsError {
+            errno,
+            message: Some(message.into()),
+        }
     }
     pub fn noent() -> Self {
         Self::new(errno::ENOENT)
@@ -53,7 +62,10 @@ impl VfsError {
         Self::with_message(errno::EINVAL, message)
     }
     pub fn nosys(op: &str) -> Self {
-        Self::with_message(errno::ENOSYS, format!("{op} is not supported by this provider"))
+        Self::with_message(
+            errno::ENOSYS,
+            format!("{op} is not supported by this provider"),
+        )
     }
     pub fn is(&self, errno: i32) -> bool {
         self.errno == errno

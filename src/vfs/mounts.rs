@@ -39,11 +39,19 @@ impl MountRouter {
         self.mounts
             .iter()
             .find(|(m, _)| is_within(path, m))
-            .map(|(m, p)| (m.as_str(), p, strip_base(path, m).unwrap_or_else(|| "/".into())))
+            .map(|(m, p)| {
+                (
+                    m.as_str(),
+                    p,
+                    strip_base(path, m).unwrap_or_else(|| "/".into()),
+                )
+            })
     }
 
     fn routed(&self, path: &str) -> VfsResult<(&Arc<dyn Provider>, String)> {
-        self.route(path).map(|(_, p, inner)| (p, inner)).ok_or_else(VfsError::rofs)
+        self.route(path)
+            .map(|(_, p, inner)| (p, inner))
+            .ok_or_else(VfsError::rofs)
     }
 
     fn is_mount_point(&self, path: &str) -> bool {
@@ -52,7 +60,9 @@ impl MountRouter {
 
     /// True if some mount lies strictly below `path`.
     fn has_mount_below(&self, path: &str) -> bool {
-        self.mounts.iter().any(|(m, _)| m != path && is_within(m, path))
+        self.mounts
+            .iter()
+            .any(|(m, _)| m != path && is_within(m, path))
     }
 
     /// Names of mounts (or their synthetic parents) directly inside `dir`.
@@ -97,9 +107,13 @@ impl MountRouter {
             None => Err(VfsError::noent()),
         };
         match r {
-            Err(e) if e.is(errno::ENOENT) && self.has_mount_below(path) => Ok(Metadata::synthetic_dir()),
+            Err(e) if e.is(errno::ENOENT) && self.has_mount_below(path) => {
+                Ok(Metadata::synthetic_dir())
+            }
             // A mount point always looks like a directory to its parent.
-            Ok(m) if m.kind != FileKind::Dir && self.has_mount_below(path) => Ok(Metadata::synthetic_dir()),
+            Ok(m) if m.kind != FileKind::Dir && self.has_mount_below(path) => {
+                Ok(Metadata::synthetic_dir())
+            }
             r => r,
         }
     }
@@ -145,7 +159,10 @@ impl Provider for MountRouter {
             None => return Err(VfsError::noent()),
         };
         entries.retain(|e| !masks.contains(&e.name));
-        entries.extend(masks.into_iter().map(|name| DirEntry { name, kind: FileKind::Dir }));
+        entries.extend(masks.into_iter().map(|name| DirEntry {
+            name,
+            kind: FileKind::Dir,
+        }));
         Ok(entries)
     }
 
@@ -233,7 +250,13 @@ impl Provider for MountRouter {
         match self.route(path) {
             Some((m, p, inner)) => {
                 let r = p.realpath(&inner).await?;
-                Ok(if m == "/" { r } else if r == "/" { m.to_string() } else { format!("{m}{r}") })
+                Ok(if m == "/" {
+                    r
+                } else if r == "/" {
+                    m.to_string()
+                } else {
+                    format!("{m}{r}")
+                })
             }
             None if self.has_mount_below(path) => Ok(path.to_string()),
             None => Err(VfsError::noent()),
@@ -246,4 +269,3 @@ impl Provider for MountRouter {
         Ok(())
     }
 }
-

@@ -67,14 +67,20 @@ pub fn strip_base(p: &str, base: &str) -> Option<String> {
         return Some(p.to_string());
     }
     let rest = &p[base.len()..];
-    Some(if rest.is_empty() { "/".to_string() } else { rest.to_string() })
+    Some(if rest.is_empty() {
+        "/".to_string()
+    } else {
+        rest.to_string()
+    })
 }
 
 /// Check a user-supplied absolute path (mount keys, `vm.fs` paths): must be
 /// non-empty, absolute and free of NUL bytes; returns it normalized.
 pub fn check_absolute(p: &str, what: &str) -> VfsResult<String> {
     if p.is_empty() || !p.starts_with('/') || p.contains('\0') {
-        return Err(VfsError::invalid(format!("{what} must be an absolute path without NUL bytes: {p:?}")));
+        return Err(VfsError::invalid(format!(
+            "{what} must be an absolute path without NUL bytes: {p:?}"
+        )));
     }
     Ok(normalize(p))
 }

@@ -115,7 +115,11 @@ impl OpenOptions {
         let base: String = flags.chars().filter(|c| *c != 's').collect();
         let exclusive = base.contains('x');
         let base = base.replace('x', "");
-        let mut o = OpenOptions { mode: mode & 0o7777, exclusive, ..Default::default() };
+        let mut o = OpenOptions {
+            mode: mode & 0o7777,
+            exclusive,
+            ..Default::default()
+        };
         match base.as_str() {
             "r" => o.read = true,
             "r+" => {
@@ -179,12 +183,20 @@ pub struct CachePolicy {
 impl CachePolicy {
     /// For providers that can change behind the server's back (the host edits
     /// files, a JS provider computes content): short TTLs, no kept data.
-    pub const SHORT: CachePolicy =
-        CachePolicy { attr_ttl_ms: 1000, entry_ttl_ms: 1000, negative_ttl_ms: 250, keep_data_cache: false };
+    pub const SHORT: CachePolicy = CachePolicy {
+        attr_ttl_ms: 1000,
+        entry_ttl_ms: 1000,
+        negative_ttl_ms: 250,
+        keep_data_cache: false,
+    };
     /// For providers that only change through the server, which invalidates
     /// the guest's caches itself.
-    pub const LONG: CachePolicy =
-        CachePolicy { attr_ttl_ms: 60_000, entry_ttl_ms: 60_000, negative_ttl_ms: 10_000, keep_data_cache: true };
+    pub const LONG: CachePolicy = CachePolicy {
+        attr_ttl_ms: 60_000,
+        entry_ttl_ms: 60_000,
+        negative_ttl_ms: 10_000,
+        keep_data_cache: true,
+    };
 }
 
 /// Synthetic `statfs` for providers without a real backing filesystem.
@@ -257,7 +269,15 @@ pub trait Provider: Send + Sync {
     }
     /// Truncate or extend the file at `path` (follows symlinks).
     async fn truncate(&self, path: &str, len: u64) -> VfsResult<()> {
-        let h = self.open(path, OpenOptions { write: true, ..OpenOptions::read_only() }).await?;
+        let h = self
+            .open(
+                path,
+                OpenOptions {
+                    write: true,
+                    ..OpenOptions::read_only()
+                },
+            )
+            .await?;
         let r = h.truncate(len).await;
         h.close().await?;
         r

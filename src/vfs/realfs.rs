@@ -59,7 +59,8 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
     if secs >= 0 {
         UNIX_EPOCH + d
     } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nsecs.max(0) as u64)
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+            + Duration::from_nanos(nsecs.max(0) as u64)
     }
 }
 
@@ -90,10 +91,17 @@ impl RealFSProvider {
             return Err(VfsError::invalid("RealFSProvider root path is empty"));
         }
         let root = std::fs::canonicalize(root).map_err(|e| {
-            VfsError::with_message(e.raw_os_error().unwrap_or(errno::ENOENT), format!("{}: {e}", root.display()))
+            VfsError::with_message(
+                e.raw_os_error().unwrap_or(errno::ENOENT),
+                format!("{}: {e}", root.display()),
+            )
         })?;
-        let fd = nix::fcntl::open(&root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(|e| VfsError::with_message(e as i32, format!("{}: {e}", root.display())))?;
+        let fd = nix::fcntl::open(
+            &root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| VfsError::with_message(e as i32, format!("{}: {e}", root.display())))?;
         // SAFETY: `open` returned a fresh descriptor that we now own.
         let root_fd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(RealFSProvider { root, root_fd })
@@ -108,7 +116,14 @@ impl RealFSProvider {
         self.beneath_at(self.root_fd.as_raw_fd(), rel(path), flags, mode, follow)
     }
 
-    fn beneath_at(&self, dir: RawFd, rel: &str, flags: OFlag, mode: u32, follow: bool) -> VfsResult<OwnedFd> {
+    fn beneath_at(
+        &self,
+        dir: RawFd,
+        rel: &str,
+        flags: OFlag,
+        mode: u32,
+        follow: bool,
+    ) -> VfsResult<OwnedFd> {
         let mut flags = flags | OFlag::O_CLOEXEC;
         if !follow {
             flags |= OFlag::O_NOFOLLOW;
@@ -192,9 +207,11 @@ impl Provider for RealFSProvider {
             }
             let kind = match kind_of(e.file_type()) {
                 Some(k) => k,
-                None => nix::sys::stat::fstatat(Some(raw), e.file_name(), AtFlags::AT_SYMLINK_NOFOLLOW)
-                    .map(|st| meta(&st).kind)
-                    .unwrap_or(FileKind::Other),
+                None => {
+                    nix::sys::stat::fstatat(Some(raw), e.file_name(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                        .map(|st| meta(&st).kind)
+                        .unwrap_or(FileKind::Other)
+                }
             };
             out.push(DirEntry { name, kind });
         }
@@ -232,19 +249,31 @@ impl Provider for RealFSProvider {
 
     async fn mkdir(&self, path: &str, mode: u32) -> VfsResult<()> {
         let (dir, name) = self.parent_dir(path)?;
-        nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(mode & 0o7777))?;
+        nix::sys::stat::mkdirat(
+            Some(dir.as_raw_fd()),
+            name,
+            Mode::from_bits_truncate(mode & 0o7777),
+        )?;
         Ok(())
     }
 
     async fn rmdir(&self, path: &str) -> VfsResult<()> {
         let (dir, name) = self.parent_dir(path)?;
-        nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, nix::unistd::UnlinkatFlags::RemoveDir)?;
+        nix::unistd::unlinkat(
+            Some(dir.as_raw_fd()),
+            name,
+            nix::unistd::UnlinkatFlags::RemoveDir,
+        )?;
         Ok(())
     }
 
     async fn unlink(&self, path: &str) -> VfsResult<()> {
         let (dir, name) = self.parent_dir(path)?;
-        nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, nix::unistd::UnlinkatFlags::NoRemoveDir)?;
+        nix::unistd::unlinkat(
+            Some(dir.as_raw_fd()),
+            name,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        )?;
         Ok(())
     }
 
@@ -317,10 +346,19 @@ impl Provider for RealFSProvider {
     async fn set_times(&self, path: &str, times: SetTimes) -> VfsResult<()> {
         let fd = self.path_fd(path, true)?;
         let ts = |t: Option<SystemTime>| match t {
-            None => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+            None => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
             Some(t) => match t.duration_since(UNIX_EPOCH) {
-                Ok(d) => libc::timespec { tv_sec: d.as_secs() as i64, tv_nsec: d.subsec_nanos() as i64 },
-                Err(_) => libc::timespec { tv_sec: 0, tv_nsec: 0 },
+                Ok(d) => libc::timespec {
+                    tv_sec: d.as_secs() as i64,
+                    tv_nsec: d.subsec_nanos() as i64,
+                },
+                Err(_) => libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                },
             },
         };
         let spec = [ts(times.atime), ts(times.mtime)];
@@ -349,7 +387,9 @@ impl Provider for RealFSProvider {
     async fn realpath(&self, path: &str) -> VfsResult<String> {
         let fd = self.path_fd(path, true)?;
         let host = std::fs::read_link(proc_fd(&fd))?;
-        let inner = host.strip_prefix(&self.root).map_err(|_| VfsError::noent())?;
+        let inner = host
+            .strip_prefix(&self.root)
+            .map_err(|_| VfsError::noent())?;
         Ok(format!("/{}", inner.to_string_lossy()).replace("//", "/"))
     }
 }

@@ -22,7 +22,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::path::{file_name, join, parent};
-use super::{CachePolicy, FileHandle, Metadata, OpenOptions, Provider, SetTimes, VfsError, VfsResult};
+use super::{
+    CachePolicy, FileHandle, Metadata, OpenOptions, Provider, SetTimes, VfsError, VfsResult,
+};
 
 /// Requests served concurrently per VM.
 pub const MAX_IN_FLIGHT: usize = 256;
@@ -50,8 +52,17 @@ struct Inodes {
 
 impl Inodes {
     fn new() -> Self {
-        let mut t = Inodes { next: ROOT_INO + 1, ..Default::default() };
-        t.by_ino.insert(ROOT_INO, Node { paths: vec!["/".into()], lookups: 1 });
+        let mut t = Inodes {
+            next: ROOT_INO + 1,
+            ..Default::default()
+        };
+        t.by_ino.insert(
+            ROOT_INO,
+            Node {
+                paths: vec!["/".into()],
+                lookups: 1,
+            },
+        );
         t.by_path.insert("/".into(), ROOT_INO);
         t
     }
@@ -73,7 +84,13 @@ impl Inodes {
         }
         let ino = self.next;
         self.next += 1;
-        self.by_ino.insert(ino, Node { paths: vec![path.to_string()], lookups: 1 });
+        self.by_ino.insert(
+            ino,
+            Node {
+                paths: vec![path.to_string()],
+                lookups: 1,
+            },
+        );
         self.by_path.insert(path.to_string(), ino);
         ino
     }
@@ -204,19 +221,30 @@ pub struct FsServer {
 
 impl std::fmt::Debug for FsServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FsServer").field("metrics", &self.metrics).finish_non_exhaustive()
+        f.debug_struct("FsServer")
+            .field("metrics", &self.metrics)
+            .finish_non_exhaustive()
     }
 }
 
 fn ts(t: SystemTime) -> Timestamp {
     match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
+        Ok(d) => Timestamp {
+            secs: d.as_secs() as i64,
+            nanos: d.subsec_nanos(),
+        },
         Err(e) => {
             let d = e.duration();
             if d.subsec_nanos() == 0 {
-                Timestamp { secs: -(d.as_secs() as i64), nanos: 0 }
+                Timestamp {
+                    secs: -(d.as_secs() as i64),
+                    nanos: 0,
+                }
             } else {
-                Timestamp { secs: -(d.as_secs() as i64) - 1, nanos: 1_000_000_000 - d.subsec_nanos() }
+                Timestamp {
+                    secs: -(d.as_secs() as i64) - 1,
+                    nanos: 1_000_000_000 - d.subsec_nanos(),
+                }
             }
         }
     }
@@ -290,13 +318,18 @@ impl FsServer {
         if let Some(p) = parent_ino {
             self.forget_listing(p);
         }
-        let Some(tx) = self.notify.lock().unwrap().clone() else { return };
+        let Some(tx) = self.notify.lock().unwrap().clone() else {
+            return;
+        };
         if let Some(ino) = ino {
             let _ = tx.send(FsHostMsg::InvalidateInode { ino });
         }
         if let (Some(p), name) = (parent_ino, file_name(path)) {
             if !name.is_empty() {
-                let _ = tx.send(FsHostMsg::InvalidateEntry { parent: p, name: name.to_string() });
+                let _ = tx.send(FsHostMsg::InvalidateEntry {
+                    parent: p,
+                    name: name.to_string(),
+                });
             }
         }
     }
@@ -321,7 +354,10 @@ impl FsServer {
     fn add_handle(&self, h: Box<dyn FileHandle>) -> VfsResult<u64> {
         let mut handles = self.handles.lock().unwrap();
         if handles.len() >= MAX_HANDLES {
-            return Err(VfsError::with_message(ENFILE, "too many open files in the VFS"));
+            return Err(VfsError::with_message(
+                ENFILE,
+                "too many open files in the VFS",
+            ));
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         handles.insert(fh, Arc::from(h));
@@ -380,9 +416,9 @@ impl FsServer {
                 let path = self.child_of(parent, &name)?;
                 match p.lstat(&path).await {
                     Ok(m) => Ok(FsReply::Entry(self.entry(&path, &m))),
-                    Err(e) if e.is(errno::ENOENT) => {
-                        Ok(FsReply::NoEntry { ttl_ms: self.policy.negative_ttl_ms })
-                    }
+                    Err(e) if e.is(errno::ENOENT) => Ok(FsReply::NoEntry {
+                        ttl_ms: self.policy.negative_ttl_ms,
+                    }),
                     Err(e) => Err(e),
                 }
             }
@@ -392,7 +428,10 @@ impl FsServer {
             }
             FsOp::GetAttr { ino } => {
                 let m = p.lstat(&self.path_of(ino)?).await?;
-                Ok(FsReply::Attr { attr: attr(ino, &m), ttl_ms: self.policy.attr_ttl_ms })
+                Ok(FsReply::Attr {
+                    attr: attr(ino, &m),
+                    ttl_ms: self.policy.attr_ttl_ms,
+                })
             }
             FsOp::SetAttr { ino, fh, set } => {
                 let path = self.path_of(ino)?;
@@ -416,7 +455,10 @@ impl FsServer {
                     p.set_times(&path, times).await?;
                 }
                 let m = p.lstat(&path).await?;
-                Ok(FsReply::Attr { attr: attr(ino, &m), ttl_ms: self.policy.attr_ttl_ms })
+                Ok(FsReply::Attr {
+                    attr: attr(ino, &m),
+                    ttl_ms: self.policy.attr_ttl_ms,
+                })
             }
             FsOp::ReadLink { ino } => Ok(FsReply::Target(p.readlink(&self.path_of(ino)?).await?)),
             FsOp::Mkdir { parent, name, mode } => {
@@ -438,12 +480,22 @@ impl FsServer {
                 self.forget_listing(parent);
                 Ok(FsReply::Done)
             }
-            FsOp::Symlink { parent, name, target } => {
+            FsOp::Symlink {
+                parent,
+                name,
+                target,
+            } => {
                 let path = self.child_of(parent, &name)?;
                 p.symlink(&target, &path).await?;
                 self.entry_after(&path).await
             }
-            FsOp::Rename { parent, name, new_parent, new_name, flags } => {
+            FsOp::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                flags,
+            } => {
                 if flags & !RENAME_NOREPLACE != 0 {
                     return Err(VfsError::invalid("unsupported rename flags"));
                 }
@@ -462,7 +514,11 @@ impl FsServer {
                 self.forget_listing(new_parent);
                 Ok(FsReply::Done)
             }
-            FsOp::Link { ino, new_parent, new_name } => {
+            FsOp::Link {
+                ino,
+                new_parent,
+                new_name,
+            } => {
                 let from = self.path_of(ino)?;
                 let to = self.child_of(new_parent, &new_name)?;
                 p.link(&from, &to).await?;
@@ -483,9 +539,17 @@ impl FsServer {
                 opts.exclusive = false;
                 let h = p.open(&path, opts).await?;
                 let fh = self.add_handle(h)?;
-                Ok(FsReply::Opened { fh, keep_cache: self.policy.keep_data_cache })
+                Ok(FsReply::Opened {
+                    fh,
+                    keep_cache: self.policy.keep_data_cache,
+                })
             }
-            FsOp::Create { parent, name, mode, flags } => {
+            FsOp::Create {
+                parent,
+                name,
+                mode,
+                flags,
+            } => {
                 let path = self.child_of(parent, &name)?;
                 let mut opts = OpenOptions::from_linux_flags(flags, mode);
                 opts.create = true;
@@ -499,19 +563,29 @@ impl FsServer {
                     }
                 };
                 self.changed_dir_of(&path);
-                Ok(FsReply::Created { entry: self.entry(&path, &m), fh })
+                Ok(FsReply::Created {
+                    entry: self.entry(&path, &m),
+                    fh,
+                })
             }
             FsOp::Read { fh, offset, size } => {
                 let data = self.handle(fh)?.read(offset, size as usize).await?;
                 if data.len() > size as usize {
-                    return Err(VfsError::with_message(errno::EIO, "provider returned more than asked"));
+                    return Err(VfsError::with_message(
+                        errno::EIO,
+                        "provider returned more than asked",
+                    ));
                 }
-                self.metrics.bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
+                self.metrics
+                    .bytes_read
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
                 Ok(FsReply::Data(data))
             }
             FsOp::Write { fh, offset, data } => {
                 let n = self.handle(fh)?.write(offset, &data).await?;
-                self.metrics.bytes_written.fetch_add(n as u64, Ordering::Relaxed);
+                self.metrics
+                    .bytes_written
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 Ok(FsReply::Written(n.min(data.len()) as u32))
             }
             FsOp::Flush { fh } => {
@@ -526,7 +600,11 @@ impl FsServer {
                 self.release(fh).await?;
                 Ok(FsReply::Done)
             }
-            FsOp::ReadDir { ino, offset, max_entries } => self.readdir(ino, offset, max_entries).await,
+            FsOp::ReadDir {
+                ino,
+                offset,
+                max_entries,
+            } => self.readdir(ino, offset, max_entries).await,
             FsOp::StatFs { ino } => Ok(FsReply::StatFs(p.statfs(&self.path_of(ino)?).await?)),
             FsOp::Access { ino, mask } => {
                 let path = self.path_of(ino)?;
@@ -549,7 +627,12 @@ impl FsServer {
         }
     }
 
-    async fn listing(&self, ino: u64, path: &str, fresh: bool) -> VfsResult<Arc<Vec<(String, FileKind)>>> {
+    async fn listing(
+        &self,
+        ino: u64,
+        path: &str,
+        fresh: bool,
+    ) -> VfsResult<Arc<Vec<(String, FileKind)>>> {
         if !fresh {
             let mut dirs = self.dirs.lock().unwrap();
             if let Some(l) = dirs.get_mut(&ino) {
@@ -559,8 +642,13 @@ impl FsServer {
                 }
             }
         }
-        let mut list: Vec<(String, FileKind)> =
-            self.provider.readdir(path).await?.into_iter().map(|e| (e.name, e.kind)).collect();
+        let mut list: Vec<(String, FileKind)> = self
+            .provider
+            .readdir(path)
+            .await?
+            .into_iter()
+            .map(|e| (e.name, e.kind))
+            .collect();
         list.retain(|(n, _)| !n.is_empty() && n != "." && n != ".." && !n.contains(['/', '\0']));
         let entries = Arc::new(list);
         let mut dirs = self.dirs.lock().unwrap();
@@ -569,7 +657,13 @@ impl FsServer {
                 dirs.remove(&oldest);
             }
         }
-        dirs.insert(ino, DirListing { at: Instant::now(), entries: entries.clone() });
+        dirs.insert(
+            ino,
+            DirListing {
+                at: Instant::now(),
+                entries: entries.clone(),
+            },
+        );
         Ok(entries)
     }
 
@@ -583,7 +677,11 @@ impl FsServer {
         let parent_ino = if ino == ROOT_INO {
             ROOT_INO
         } else {
-            self.inodes.lock().unwrap().peek(parent(&path)).unwrap_or(ROOT_INO)
+            self.inodes
+                .lock()
+                .unwrap()
+                .peek(parent(&path))
+                .unwrap_or(ROOT_INO)
         };
         let mut out = Vec::new();
         let t = self.inodes.lock().unwrap();
@@ -596,18 +694,33 @@ impl FsServer {
                 i => {
                     let (name, kind) = &list[(i - 2) as usize];
                     let child = join(&path, name);
-                    (t.peek(&child).unwrap_or_else(|| listing_ino(&child)), *kind, name.clone())
+                    (
+                        t.peek(&child).unwrap_or_else(|| listing_ino(&child)),
+                        *kind,
+                        name.clone(),
+                    )
                 }
             };
             off += 1;
-            out.push(WireDirEntry { ino, kind, name, next_offset: off });
+            out.push(WireDirEntry {
+                ino,
+                kind,
+                name,
+                next_offset: off,
+            });
         }
         Ok(FsReply::Dir(out))
     }
 
     /// Close every open handle (VM shutdown).
     pub async fn close(&self) {
-        let handles: Vec<_> = self.handles.lock().unwrap().drain().map(|(_, h)| h).collect();
+        let handles: Vec<_> = self
+            .handles
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
         for h in handles {
             h.close().await.ok();
         }
@@ -690,7 +803,10 @@ where
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(target: "gondolin::vfs", "closing the fs port: {e}");
-                    break 'outer Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()));
+                    break 'outer Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        e.to_string(),
+                    ));
                 }
             };
             match msg {
@@ -718,7 +834,10 @@ where
                     });
                 }
                 FsGuestMsg::Request(req) => {
-                    let _ = tx.send(FsHostMsg::Response(FsResponse { id: req.id, result: Err(errno::EIO) }));
+                    let _ = tx.send(FsHostMsg::Response(FsResponse {
+                        id: req.id,
+                        result: Err(errno::EIO),
+                    }));
                 }
             }
         }
@@ -727,4 +846,338 @@ where
     drop(tx);
     let _ = writer.await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vfs::memory::MemoryProvider;
+    use gondolin_wire::fs::SetAttr;
+
+    fn req(id: u64, op: FsOp) -> FsRequest {
+        FsRequest {
+            id,
+            caller: Caller {
+                uid: 1000,
+                gid: 1000,
+                pid: 1,
+            },
+            op,
+        }
+    }
+
+    async fn ok(s: &FsServer, op: FsOp) -> FsReply {
+        let r = s.handle_request(req(1, op.clone())).await;
+        r.result
+            .unwrap_or_else(|e| panic!("{op:?} failed with errno {e}"))
+    }
+
+    async fn errno_of(s: &FsServer, op: FsOp) -> i32 {
+        s.handle_request(req(1, op))
+            .await
+            .result
+            .expect_err("expected an errno")
+    }
+
+    fn entry_ino(r: FsReply) -> u64 {
+        match r {
+            FsReply::Entry(e) => e.attr.ino,
+            FsReply::Created { entry, .. } => entry.attr.ino,
+            other => panic!("not an entry: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn inodes_follow_paths_through_create_rename_and_unlink() {
+        let s = FsServer::new(Arc::new(MemoryProvider::new()));
+        let d = entry_ino(
+            ok(
+                &s,
+                FsOp::Mkdir {
+                    parent: ROOT_INO,
+                    name: "d".into(),
+                    mode: 0o755,
+                },
+            )
+            .await,
+        );
+        let created = ok(
+            &s,
+            FsOp::Create {
+                parent: d,
+                name: "f".into(),
+                mode: 0o644,
+                flags: 0o1,
+            },
+        )
+        .await;
+        let FsReply::Created { fh, entry } = created else {
+            panic!()
+        };
+        assert_eq!(
+            ok(
+                &s,
+                FsOp::Write {
+                    fh,
+                    offset: 0,
+                    data: b"abc".to_vec()
+                }
+            )
+            .await,
+            FsReply::Written(3)
+        );
+        ok(&s, FsOp::Release { fh }).await;
+        let f = entry.attr.ino;
+        // Rename the directory: the file's inode keeps working at its new path.
+        ok(
+            &s,
+            FsOp::Rename {
+                parent: ROOT_INO,
+                name: "d".into(),
+                new_parent: ROOT_INO,
+                new_name: "e".into(),
+                flags: 0,
+            },
+        )
+        .await;
+        let FsReply::Opened { fh, .. } = ok(&s, FsOp::Open { ino: f, flags: 0 }).await else {
+            panic!()
+        };
+        assert_eq!(
+            ok(
+                &s,
+                FsOp::Read {
+                    fh,
+                    offset: 0,
+                    size: 10
+                }
+            )
+            .await,
+            FsReply::Data(b"abc".to_vec())
+        );
+        // A released handle is gone.
+        ok(&s, FsOp::Release { fh }).await;
+        assert_eq!(
+            errno_of(
+                &s,
+                FsOp::Read {
+                    fh,
+                    offset: 0,
+                    size: 1
+                }
+            )
+            .await,
+            errno::EBADF
+        );
+        // Lookup of a missing name is a cacheable miss, not an error.
+        assert!(matches!(
+            ok(
+                &s,
+                FsOp::Lookup {
+                    parent: d,
+                    name: "nope".into()
+                }
+            )
+            .await,
+            FsReply::NoEntry { .. }
+        ));
+        ok(
+            &s,
+            FsOp::Unlink {
+                parent: d,
+                name: "f".into(),
+            },
+        )
+        .await;
+        assert_eq!(errno_of(&s, FsOp::GetAttr { ino: f }).await, errno::ENOENT);
+        // Forgotten inodes are dropped from the table.
+        ok(&s, FsOp::Forget { ino: d, nlookup: 1 }).await;
+        assert_eq!(errno_of(&s, FsOp::GetAttr { ino: d }).await, errno::ENOENT);
+    }
+
+    #[tokio::test]
+    async fn setattr_readdir_paging_and_access() {
+        let s = FsServer::new(Arc::new(MemoryProvider::new()));
+        for i in 0..50 {
+            let FsReply::Created { fh, .. } = ok(
+                &s,
+                FsOp::Create {
+                    parent: ROOT_INO,
+                    name: format!("f{i:02}"),
+                    mode: 0o640,
+                    flags: 1,
+                },
+            )
+            .await
+            else {
+                panic!()
+            };
+            ok(&s, FsOp::Release { fh }).await;
+        }
+        // Page through in 7s: every entry exactly once, plus . and ..
+        let mut seen = Vec::new();
+        let mut off = 0;
+        loop {
+            let FsReply::Dir(page) = ok(
+                &s,
+                FsOp::ReadDir {
+                    ino: ROOT_INO,
+                    offset: off,
+                    max_entries: 7,
+                },
+            )
+            .await
+            else {
+                panic!()
+            };
+            if page.is_empty() {
+                break;
+            }
+            off = page.last().unwrap().next_offset;
+            seen.extend(page.into_iter().map(|e| e.name));
+        }
+        assert_eq!(seen.len(), 52);
+        assert_eq!(&seen[..2], [".", ".."]);
+        let f = entry_ino(
+            ok(
+                &s,
+                FsOp::Lookup {
+                    parent: ROOT_INO,
+                    name: "f00".into(),
+                },
+            )
+            .await,
+        );
+        let set = SetAttr {
+            size: Some(10),
+            mode: Some(0o600),
+            ..Default::default()
+        };
+        let FsReply::Attr { attr, .. } = ok(
+            &s,
+            FsOp::SetAttr {
+                ino: f,
+                fh: None,
+                set,
+            },
+        )
+        .await
+        else {
+            panic!()
+        };
+        assert_eq!((attr.size, attr.perm), (10, 0o600));
+        // Owned by root, mode 0600: uid 1000 may not read it.
+        assert_eq!(
+            errno_of(&s, FsOp::Access { ino: f, mask: 4 }).await,
+            errno::EACCES
+        );
+        ok(&s, FsOp::Access { ino: f, mask: 0 }).await;
+    }
+
+    #[tokio::test]
+    async fn hostile_requests_get_errnos() {
+        let s = FsServer::new(Arc::new(MemoryProvider::new()));
+        for op in [
+            FsOp::GetAttr { ino: 999_999 },
+            FsOp::Lookup {
+                parent: 424_242,
+                name: "x".into(),
+            },
+            FsOp::Read {
+                fh: 77,
+                offset: 0,
+                size: 10,
+            },
+            FsOp::Write {
+                fh: 77,
+                offset: 0,
+                data: vec![1],
+            },
+            FsOp::Release { fh: 77 },
+            FsOp::Lookup {
+                parent: ROOT_INO,
+                name: "../etc".into(),
+            },
+            FsOp::Lookup {
+                parent: ROOT_INO,
+                name: String::new(),
+            },
+            FsOp::Read {
+                fh: 1,
+                offset: u64::MAX,
+                size: u32::MAX,
+            },
+            FsOp::Rename {
+                parent: 1,
+                name: "a".into(),
+                new_parent: 1,
+                new_name: "b".into(),
+                flags: 6,
+            },
+            FsOp::ReadDir {
+                ino: 12345,
+                offset: u64::MAX,
+                max_entries: u32::MAX,
+            },
+            FsOp::Access {
+                ino: ROOT_INO,
+                mask: -1,
+            },
+        ] {
+            let e = errno_of(&s, op.clone()).await;
+            assert!(e > 0, "{op:?} gave {e}");
+        }
+        // Past the end of a listing is simply empty.
+        assert_eq!(
+            ok(
+                &s,
+                FsOp::ReadDir {
+                    ino: ROOT_INO,
+                    offset: u64::MAX,
+                    max_entries: 10
+                }
+            )
+            .await,
+            FsReply::Dir(vec![])
+        );
+    }
+
+    #[tokio::test]
+    async fn serve_survives_garbage_and_answers_concurrently() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let s = FsServer::new(Arc::new(MemoryProvider::new()));
+        let (mut guest, host) = tokio::io::duplex(1 << 20);
+        let task = tokio::spawn(serve(s.clone(), host));
+        let mut out = Vec::new();
+        encode_into(
+            &FsGuestMsg::Hello {
+                version: FS_PROTOCOL_VERSION,
+            },
+            &mut out,
+        );
+        for id in 1..=20u64 {
+            encode_into(
+                &FsGuestMsg::Request(req(id, FsOp::GetAttr { ino: ROOT_INO })),
+                &mut out,
+            );
+        }
+        guest.write_all(&out).await.unwrap();
+        let mut dec = FrameDecoder::new();
+        let mut got = std::collections::HashSet::new();
+        let mut buf = vec![0u8; 65536];
+        while got.len() < 20 {
+            let n = guest.read(&mut buf).await.unwrap();
+            dec.push(&buf[..n]);
+            while let Some(FsHostMsg::Response(r)) = dec.next_message::<FsHostMsg>().unwrap() {
+                assert!(r.result.is_ok());
+                got.insert(r.id);
+            }
+        }
+        // A frame that is not a message ends the connection cleanly.
+        guest
+            .write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])
+            .await
+            .unwrap();
+        assert!(task.await.unwrap().is_err());
+    }
 }

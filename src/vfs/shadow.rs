@@ -45,7 +45,11 @@ pub struct PathPredicate {
 impl PathPredicate {
     pub fn new(paths: &[String]) -> Self {
         PathPredicate {
-            paths: paths.iter().map(|p| normalize(p)).filter(|p| p != "/").collect(),
+            paths: paths
+                .iter()
+                .map(|p| normalize(p))
+                .filter(|p| p != "/")
+                .collect(),
         }
     }
 
@@ -58,10 +62,14 @@ impl PathPredicate {
 #[async_trait]
 impl ShadowPredicate for PathPredicate {
     async fn should_shadow(&self, ctx: &ShadowContext) -> bool {
-        [Some(&ctx.path), ctx.old_path.as_ref(), ctx.new_path.as_ref()]
-            .into_iter()
-            .flatten()
-            .any(|p| self.matches(p))
+        [
+            Some(&ctx.path),
+            ctx.old_path.as_ref(),
+            ctx.new_path.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|p| self.matches(p))
     }
 }
 
@@ -102,7 +110,13 @@ impl ShadowProvider {
     }
 
     async fn shadowed(&self, op: &'static str, path: &str) -> bool {
-        let ctx = ShadowContext { op, path: path.to_string(), flags: None, old_path: None, new_path: None };
+        let ctx = ShadowContext {
+            op,
+            path: path.to_string(),
+            flags: None,
+            old_path: None,
+            new_path: None,
+        };
         if self.predicate.should_shadow(&ctx).await {
             return true;
         }
@@ -206,7 +220,11 @@ impl Provider for ShadowProvider {
     }
     async fn open(&self, path: &str, opts: OpenOptions) -> VfsResult<Box<dyn FileHandle>> {
         let writes = opts.write || opts.create || opts.truncate || opts.append;
-        let layer = if writes { self.for_write("open", path).await? } else { self.for_read("open", path).await? };
+        let layer = if writes {
+            self.for_write("open", path).await?
+        } else {
+            self.for_read("open", path).await?
+        };
         layer.open(path, opts).await
     }
     async fn mkdir(&self, path: &str, mode: u32) -> VfsResult<()> {
@@ -219,7 +237,10 @@ impl Provider for ShadowProvider {
         self.for_write("unlink", path).await?.unlink(path).await
     }
     async fn rename(&self, from: &str, to: &str) -> VfsResult<()> {
-        let (a, b) = (self.shadowed("rename", from).await, self.shadowed("rename", to).await);
+        let (a, b) = (
+            self.shadowed("rename", from).await,
+            self.shadowed("rename", to).await,
+        );
         match (a, b) {
             (false, false) => self.inner.rename(from, to).await,
             (true, true) if self.mode == ShadowWriteMode::Tmpfs => {
@@ -229,39 +250,60 @@ impl Provider for ShadowProvider {
         }
     }
     async fn link(&self, existing: &str, new_path: &str) -> VfsResult<()> {
-        let (a, b) = (self.shadowed("link", existing).await, self.shadowed("link", new_path).await);
+        let (a, b) = (
+            self.shadowed("link", existing).await,
+            self.shadowed("link", new_path).await,
+        );
         match (a, b) {
             (false, false) => self.inner.link(existing, new_path).await,
             (true, true) if self.mode == ShadowWriteMode::Tmpfs => {
-                self.write_layer(new_path).await?.link(existing, new_path).await
+                self.write_layer(new_path)
+                    .await?
+                    .link(existing, new_path)
+                    .await
             }
             (_, true) if self.mode == ShadowWriteMode::Deny => Err(VfsError::new(self.deny_errno)),
             _ => Err(VfsError::new(errno::EXDEV)),
         }
     }
     async fn symlink(&self, target: &str, path: &str) -> VfsResult<()> {
-        self.for_write("symlink", path).await?.symlink(target, path).await
+        self.for_write("symlink", path)
+            .await?
+            .symlink(target, path)
+            .await
     }
     async fn readlink(&self, path: &str) -> VfsResult<String> {
         self.for_read("readlink", path).await?.readlink(path).await
     }
     async fn truncate(&self, path: &str, len: u64) -> VfsResult<()> {
-        self.for_write("truncate", path).await?.truncate(path, len).await
+        self.for_write("truncate", path)
+            .await?
+            .truncate(path, len)
+            .await
     }
     async fn chmod(&self, path: &str, mode: u32) -> VfsResult<()> {
         self.for_write("chmod", path).await?.chmod(path, mode).await
     }
     async fn chown(&self, path: &str, uid: Option<u32>, gid: Option<u32>) -> VfsResult<()> {
-        self.for_write("chown", path).await?.chown(path, uid, gid).await
+        self.for_write("chown", path)
+            .await?
+            .chown(path, uid, gid)
+            .await
     }
     async fn set_times(&self, path: &str, times: SetTimes) -> VfsResult<()> {
-        self.for_write("utimes", path).await?.set_times(path, times).await
+        self.for_write("utimes", path)
+            .await?
+            .set_times(path, times)
+            .await
     }
     async fn statfs(&self, path: &str) -> VfsResult<StatFs> {
         self.inner.statfs(path).await
     }
     async fn access(&self, path: &str, mask: i32) -> VfsResult<()> {
-        self.for_read("access", path).await?.access(path, mask).await
+        self.for_read("access", path)
+            .await?
+            .access(path, mask)
+            .await
     }
     async fn realpath(&self, path: &str) -> VfsResult<String> {
         self.for_read("realpath", path).await?.realpath(path).await

@@ -66,12 +66,37 @@ test("gondolin bash: prompt, echo $((6*7)), stty size, exit; interactive attach 
     assert.notEqual(`${aRows} ${aCols}`, `${rows} ${cols}`);
     tmux("send-keys", "-t", win, "stty size; echo attached-$((6*7))", "Enter");
     await waitFor(new RegExp(`^${aRows} ${aCols}\\s*\\n+attached-42\\s*$`, "m"), 20000, "the attach pty size and output", win);
-    tmux("send-keys", "-t", win, "exit 3", "Enter");
-    await waitFor(/ATTACH-EXIT=3/, 20000, "attach to exit with the remote shell's status", win);
+    // Ctrl-] detaches the attach: exit 130, the VM's own shell lives on.
+    tmux("send-keys", "-t", win, "C-]");
+    await waitFor(/\[gondolin\] detached \(Ctrl-\]\)\s*\n+ATTACH-EXIT=130/, 20000, "attach to detach on Ctrl-]", win);
+    tmux("send-keys", "-t", main, "echo still-$((6*7))", "Enter");
+    await waitFor(/^still-42\s*$/m, 20000, "the first shell to still answer");
+    // A non-interactive attach exits with the remote command's status.
+    const a = spawnSync(process.execPath, [cli, "attach", row[1].slice(0, 8), "--", "sh", "-c", "exit 3"], {
+      encoding: "utf8",
+      env: { ...process.env, GONDOLIN_SESSIONS_DIR: dir },
+    });
+    assert.equal(a.status, 3, a.stderr);
 
     tmux("send-keys", "-t", main, "exit 5", "Enter");
     await waitFor(/CLI-EXIT=5/, 30000, "the CLI to exit with the shell's status");
     assert.deepEqual(fs.readdirSync(dir), [], "the session entry is removed when the CLI exits");
+  } finally {
+    spawnSync("tmux", ["-L", server, "kill-server"]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("gondolin bash: Ctrl-] detaches, closes the VM and exits 130", { skip }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "gondolin-tty-"));
+  const env = `env GONDOLIN_SESSIONS_DIR=${q(dir)} TERM=xterm-256color`;
+  const command = `${env} ${q(process.execPath)} ${q(cli)} bash; echo "CLI-EXIT=$?"; sleep 600`;
+  tmux("-f", "/dev/null", "new-session", "-d", "-s", session, "-n", "bash", "-x", "100", "-y", "30", command);
+  try {
+    await waitFor(/root@gondolin:[^\n]*#\s*$/m, 120000, "the shell prompt");
+    tmux("send-keys", "-t", main, "C-]");
+    await waitFor(/\[gondolin\] detached \(Ctrl-\]\)\s*\n+CLI-EXIT=130/, 30000, "bash to detach on Ctrl-]");
+    assert.deepEqual(fs.readdirSync(dir), [], "the VM is closed and its session entry removed");
   } finally {
     spawnSync("tmux", ["-L", server, "kill-server"]);
     fs.rmSync(dir, { recursive: true, force: true });

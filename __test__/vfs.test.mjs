@@ -21,6 +21,7 @@ let work; // host dir behind /workspace
 let roDir;
 let shadowDir;
 const hookOps = [];
+let mem; // MemoryProvider behind /mem
 
 /** A provider written in JS: a Map of files, methods async, using fs.promises inside. */
 function jsProvider(scratch) {
@@ -97,7 +98,7 @@ before(async () => {
   fs.writeFileSync(path.join(roDir, "fixed.txt"), "read only\n");
   fs.writeFileSync(path.join(shadowDir, ".env"), "SECRET=1\n");
   fs.writeFileSync(path.join(shadowDir, "ok.txt"), "visible\n");
-  const mem = new MemoryProvider();
+  mem = new MemoryProvider();
   await mem.writeFile("/seeded.txt", "seeded\n");
   vm = await VM.create({
     vfs: {
@@ -299,4 +300,16 @@ test("vm.fs on a VFS path works before boot and does not boot", { skip }, async 
   assert.equal(await mem.readFile("/a.txt", "utf8"), "cold");
   assert.equal(cold.info, null);
   await cold.close();
+});
+
+test("host-side changes to a mounted MemoryProvider reach the guest at once", { skip }, async () => {
+  // The guest caches MemoryProvider entries for a minute; the provider
+  // object tells the VM what changed.
+  assert.equal(await ok("cat /mem/seeded.txt"), "seeded\n");
+  await mem.writeFile("/seeded.txt", "changed on the host\n");
+  assert.equal(await ok("cat /mem/seeded.txt"), "changed on the host\n");
+  await mem.writeFile("/appeared.txt", "new\n");
+  assert.equal(await ok("cat /mem/appeared.txt"), "new\n");
+  await mem.unlink("/appeared.txt");
+  assert.notEqual((await sh("cat /mem/appeared.txt")).exitCode, 0);
 });

@@ -173,6 +173,11 @@ function parseVmOnly(args, usage) {
 }
 
 // bash if the image has it, else sh (one exec, no probe round trip).
+// Ctrl-] in an interactive shell: stop forwarding and leave (cli.md).
+const DETACHED = Symbol("detached");
+const DETACH_MESSAGE = "\n[gondolin] detached (Ctrl-])\n";
+const DETACH_EXIT = 130;
+
 const SHELL_COMMAND = [
   "/bin/sh",
   "-lc",
@@ -207,8 +212,16 @@ async function cmdBash(args) {
   try {
     // attach: raw mode on a TTY stdin, stdin → shell, output → our stdout,
     // terminal size now and on every resize.
-    const proc = vm.shell({ command: SHELL_COMMAND, env: o.env, cwd: o.cwd, attach: true });
-    const r = await proc;
+    const proc = vm.shell({ command: SHELL_COMMAND, env: o.env, cwd: o.cwd, attach: false });
+    let detach;
+    const detached = new Promise((resolve) => (detach = resolve));
+    proc.attach(process.stdin, process.stdout, process.stderr, { onDetach: () => detach(DETACHED) });
+    const r = await Promise.race([proc.result, detached]);
+    if (r === DETACHED) {
+      proc.result.catch(() => {}); // the shell dies with the VM
+      process.stderr.write(DETACH_MESSAGE);
+      return DETACH_EXIT;
+    }
     if (r.signal != null) process.stderr.write(`process exited due to signal ${r.signal}\n`);
     return r.exitCode;
   } finally {
@@ -278,7 +291,14 @@ async function cmdAttach(args) {
     let done = false;
     let started = false;
     const onResize = () => conn.send({ type: "resize", id: 1, rows: process.stdout.rows, cols: process.stdout.columns });
-    const onData = (d) => conn.send({ type: "stdin", id: 1, data: d.toString("base64") });
+    const onData = (d) => {
+      const at = tty ? d.indexOf(0x1d) : -1;
+      if (at < 0) return conn.send({ type: "stdin", id: 1, data: d.toString("base64") });
+      // Ctrl-]: forward what came before it, leave the remote shell running.
+      if (at > 0) conn.send({ type: "stdin", id: 1, data: d.subarray(0, at).toString("base64") });
+      process.stderr.write(DETACH_MESSAGE);
+      settle(() => resolve(DETACH_EXIT));
+    };
     const onEnd = () => conn.send({ type: "stdin", id: 1, eof: true });
     const settle = (fn) => {
       if (done) return;

@@ -5,6 +5,8 @@ const { Readable } = require("node:stream");
 const { fromNative, withCode } = require("./errors.cjs");
 
 const DEFAULT_WINDOW = 256 * 1024;
+/** Ctrl-]: detaches an attached terminal (as telnet and upstream do). */
+const ESCAPE = 0x1d;
 
 class ExecResult {
   constructor(id, exitCode, signal, stdout, stderr, encoding) {
@@ -322,7 +324,12 @@ class ExecProcess {
     }
   }
 
-  attach(stdin, stdout, stderr) {
+  /**
+   * Wire local stdio to this process. `options.onDetach`: on a TTY stdin,
+   * Ctrl-] (0x1d) stops the forwarding (bytes before it still go to the
+   * guest) and calls it; the guest process keeps running.
+   */
+  attach(stdin, stdout, stderr, options = {}) {
     if (this._attached) throw new Error("already attached");
     const o = this._sinks.stdout;
     const e = this._sinks.stderr;
@@ -335,7 +342,26 @@ class ExecProcess {
     if (e.readable && (stderr || stdout)) e.readable.pipe(stderr || stdout, { end: false });
     const wasRaw = stdin && stdin.isTTY ? stdin.isRaw : undefined;
     if (stdin && stdin.isTTY && typeof stdin.setRawMode === "function") stdin.setRawMode(true);
+    const detachable = typeof options.onDetach === "function" && stdin && stdin.isTTY;
+    let detached = false;
     const onData = (d) => {
+      if (detached) return;
+      const at = detachable ? d.indexOf(ESCAPE) : -1;
+      if (at >= 0) {
+        if (at > 0 && this._stdinEnabled) this.write(d.subarray(0, at));
+        detached = true;
+        // Nobody reads these any more: drain them and swallow the error
+        // they end with when the caller closes the VM.
+        for (const [r, to] of [[o.readable, stdout], [e.readable, stderr || stdout]]) {
+          if (!r) continue;
+          r.unpipe(to);
+          r.on("error", () => {});
+          r.resume();
+        }
+        cleanup();
+        options.onDetach();
+        return;
+      }
       if (this._stdinEnabled) this.write(d);
     };
     const onEnd = () => {
@@ -351,7 +377,10 @@ class ExecProcess {
       stdout.on("resize", onResize);
       onResize();
     }
+    let cleaned = false;
     const cleanup = () => {
+      if (cleaned) return;
+      cleaned = true;
       if (stdin) {
         stdin.off("data", onData);
         stdin.off("end", onEnd);

@@ -13,6 +13,10 @@ const { native } = require("./native.cjs");
 
 const kNative = Symbol.for("gondolin.nativeProvider");
 const kShadowPaths = Symbol.for("gondolin.shadowPaths");
+const kAttached = Symbol("gondolin.attachedVms");
+// Ops that change what a guest may have cached (path2 also changes for these two).
+const MUTATING = new Set(["writeFile", "mkdir", "rmdir", "unlink", "rename", "link", "symlink", "truncate", "chmod", "chown", "utimes", "write", "ftruncate"]);
+const TWO_PATHS = new Set(["rename", "link"]);
 const ERRNO = os.constants.errno;
 /** Largest read/write the guest sends in one request. */
 const MAX_RPC_DATA = 1024 * 1024;
@@ -213,8 +217,30 @@ class NativeBackedProvider {
   get supportsWatch() { return false; }
 
   _run(call, syscall, p, sync) {
-    if (sync) return check(this[kNative].callSync(call), syscall, p);
-    return this[kNative].call(call).then((o) => check(o, syscall, p));
+    const done = (o) => {
+      check(o, syscall, p);
+      if (MUTATING.has(call.op)) {
+        this._changed(p);
+        if (TWO_PATHS.has(call.op)) this._changed(call.path2);
+      }
+      return o;
+    };
+    if (sync) return done(this[kNative].callSync(call));
+    return this[kNative].call(call).then(done);
+  }
+
+  /**
+   * A change made from the host (not by a guest): guests that mount this
+   * provider drop their cached view of `p`, since a MemoryProvider lets
+   * them cache for long.
+   */
+  _changed(p) {
+    const attached = this[kAttached];
+    if (!attached || typeof p !== "string") return;
+    const rel = normalizeVfsPath(p);
+    for (const { vm, base } of attached) {
+      if (vm._native) vm._native.vfsInvalidate(base === "/" ? rel : rel === "/" ? base : base + rel);
+    }
   }
   async stat(p) { return makeStats((await this._run({ op: "stat", path: p }, "stat", p)).stat); }
   statSync(p) { return makeStats(this._run({ op: "stat", path: p }, "stat", p, true).stat); }
@@ -617,11 +643,23 @@ class ReadonlyVirtualProvider extends VirtualProvider {
   async symlink(t, p) { this.symlinkSync(t, p); }
 }
 
+/** Tell `provider` (and what it wraps) that `vm` mounts it at `base`. */
+function attach(provider, vm, base, links) {
+  for (let p = provider; p && typeof p === "object"; p = p.backend) {
+    if (!p[kNative]) continue;
+    if (!p[kAttached]) Object.defineProperty(p, kAttached, { value: new Set() });
+    const link = { vm, base };
+    p[kAttached].add(link);
+    links.push(() => p[kAttached].delete(link));
+  }
+}
+
 /**
  * The VM's filesystem: the root provider the guest mounts at fuseMount and
  * the guest paths bind-mounted from it. Returns null for `vfs: null`.
+ * `detach()` forgets the VM in every provider when it closes.
  */
-function buildVfs(options) {
+function buildVfs(options, vm) {
   const sandbox = options.sandbox || {};
   if (options.vfs === null) return null;
   const v = options.vfs || {};
@@ -647,10 +685,14 @@ function buildVfs(options) {
   if (!keys.has("/etc/gondolin")) keys.set("/etc/gondolin", new MemoryProvider());
   if (!keys.has("/")) keys.set("/", new MemoryProvider());
   const builder = new native.NativeMounts();
-  for (const [k, p] of keys) builder.add(k, toNative(p));
+  const links = [];
+  for (const [k, p] of keys) {
+    builder.add(k, toNative(p));
+    if (vm) attach(p, vm, k, links);
+  }
   const root = builder.build(v.hooks ? makeHookDispatcher(v.hooks) : null);
   const binds = [...keys.keys()].filter((k) => k !== "/").sort();
-  return { root, fuseMount: normalizeVfsPath(fuseMount), binds };
+  return { root, fuseMount: normalizeVfsPath(fuseMount), binds, detach: () => links.forEach((f) => f()) };
 }
 
 module.exports = {

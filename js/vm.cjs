@@ -64,7 +64,7 @@ class VM {
     this._closed = false;
     // The provider stack exists before boot: vm.fs on VFS paths uses it
     // without booting the guest.
-    this._vfs = buildVfs(options);
+    this._vfs = buildVfs(options, this);
     this.fs = new VmFs(this);
   }
 
@@ -197,6 +197,7 @@ class VM {
         if (this._starting) await this._starting.catch(() => {});
         if (this._session) await this._session.close(); // sessions
         if (this._native) await this._native.close();
+        if (this._vfs) this._vfs.detach();
       })();
     }
     return this._closing;

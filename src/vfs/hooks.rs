@@ -108,8 +108,8 @@ impl Provider for HookedProvider {
     fn supports_symlinks(&self) -> bool {
         self.inner.supports_symlinks()
     }
-    fn cache_policy(&self) -> CachePolicy {
-        self.inner.cache_policy()
+    fn cache_policy(&self, path: &str) -> CachePolicy {
+        self.inner.cache_policy(path)
     }
 
     async fn stat(&self, path: &str) -> VfsResult<Metadata> {

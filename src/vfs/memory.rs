@@ -321,8 +321,11 @@ impl Provider for MemoryProvider {
     fn supports_symlinks(&self) -> bool {
         true
     }
-    fn cache_policy(&self) -> CachePolicy {
-        CachePolicy::SHORT
+    /// Only this process changes a MemoryProvider: through the fs server
+    /// (which keeps the guest's caches right) or through its JS object (which
+    /// invalidates the guests it is mounted in), so the guest may cache long.
+    fn cache_policy(&self, _path: &str) -> CachePolicy {
+        CachePolicy::LONG
     }
 
     async fn stat(&self, path: &str) -> VfsResult<Metadata> {

@@ -127,17 +127,12 @@ impl Provider for MountRouter {
     fn supports_symlinks(&self) -> bool {
         self.mounts.iter().any(|(_, p)| p.supports_symlinks())
     }
-    fn cache_policy(&self) -> CachePolicy {
-        // The shortest TTLs of any mount apply to all.
-        let mut c = CachePolicy::LONG;
-        for (_, p) in &self.mounts {
-            let m = p.cache_policy();
-            c.attr_ttl_ms = c.attr_ttl_ms.min(m.attr_ttl_ms);
-            c.entry_ttl_ms = c.entry_ttl_ms.min(m.entry_ttl_ms);
-            c.negative_ttl_ms = c.negative_ttl_ms.min(m.negative_ttl_ms);
-            c.keep_data_cache &= m.keep_data_cache;
+    fn cache_policy(&self, path: &str) -> CachePolicy {
+        match self.route(path) {
+            Some((_, p, inner)) => p.cache_policy(&inner),
+            // Synthetic parents only change with the mount table: never.
+            None => CachePolicy::LONG,
         }
-        c
     }
 
     async fn stat(&self, path: &str) -> VfsResult<Metadata> {

@@ -242,7 +242,8 @@ pub trait Provider: Send + Sync {
     fn supports_symlinks(&self) -> bool {
         false
     }
-    fn cache_policy(&self) -> CachePolicy {
+    /// How long the guest may cache what it learns about `path`.
+    fn cache_policy(&self, _path: &str) -> CachePolicy {
         CachePolicy::SHORT
     }
 

@@ -183,7 +183,9 @@ impl Provider for RealFSProvider {
     fn supports_symlinks(&self) -> bool {
         true
     }
-    fn cache_policy(&self) -> CachePolicy {
+    /// Other host processes edit these files: short TTLs bound how long
+    /// the guest can see a stale view.
+    fn cache_policy(&self, _path: &str) -> CachePolicy {
         CachePolicy::SHORT
     }
 

@@ -210,7 +210,6 @@ pub struct FsMetrics {
 /// One VM's filesystem service.
 pub struct FsServer {
     provider: Arc<dyn Provider>,
-    policy: CachePolicy,
     inodes: Mutex<Inodes>,
     handles: Mutex<HashMap<u64, Arc<dyn FileHandle>>>,
     next_fh: AtomicU64,
@@ -291,10 +290,8 @@ fn listing_ino(path: &str) -> u64 {
 
 impl FsServer {
     pub fn new(provider: Arc<dyn Provider>) -> Arc<Self> {
-        let policy = provider.cache_policy();
         Arc::new(FsServer {
             provider,
-            policy,
             inodes: Mutex::new(Inodes::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -364,12 +361,17 @@ impl FsServer {
         Ok(fh)
     }
 
+    fn policy(&self, path: &str) -> CachePolicy {
+        self.provider.cache_policy(path)
+    }
+
     fn entry(&self, path: &str, m: &Metadata) -> Entry {
         let ino = self.inodes.lock().unwrap().remember(path);
+        let policy = self.policy(path);
         Entry {
             attr: attr(ino, m),
-            attr_ttl_ms: self.policy.attr_ttl_ms,
-            entry_ttl_ms: self.policy.entry_ttl_ms,
+            attr_ttl_ms: policy.attr_ttl_ms,
+            entry_ttl_ms: policy.entry_ttl_ms,
         }
     }
 
@@ -417,7 +419,7 @@ impl FsServer {
                 match p.lstat(&path).await {
                     Ok(m) => Ok(FsReply::Entry(self.entry(&path, &m))),
                     Err(e) if e.is(errno::ENOENT) => Ok(FsReply::NoEntry {
-                        ttl_ms: self.policy.negative_ttl_ms,
+                        ttl_ms: self.policy(&path).negative_ttl_ms,
                     }),
                     Err(e) => Err(e),
                 }
@@ -427,10 +429,11 @@ impl FsServer {
                 Ok(FsReply::Done)
             }
             FsOp::GetAttr { ino } => {
-                let m = p.lstat(&self.path_of(ino)?).await?;
+                let path = self.path_of(ino)?;
+                let m = p.lstat(&path).await?;
                 Ok(FsReply::Attr {
                     attr: attr(ino, &m),
-                    ttl_ms: self.policy.attr_ttl_ms,
+                    ttl_ms: self.policy(&path).attr_ttl_ms,
                 })
             }
             FsOp::SetAttr { ino, fh, set } => {
@@ -457,7 +460,7 @@ impl FsServer {
                 let m = p.lstat(&path).await?;
                 Ok(FsReply::Attr {
                     attr: attr(ino, &m),
-                    ttl_ms: self.policy.attr_ttl_ms,
+                    ttl_ms: self.policy(&path).attr_ttl_ms,
                 })
             }
             FsOp::ReadLink { ino } => Ok(FsReply::Target(p.readlink(&self.path_of(ino)?).await?)),
@@ -525,10 +528,11 @@ impl FsServer {
                 self.forget_listing(new_parent);
                 let m = p.lstat(&to).await?;
                 let ino = self.inodes.lock().unwrap().add_link(ino, &to);
+                let policy = self.policy(&to);
                 Ok(FsReply::Entry(Entry {
                     attr: attr(ino, &m),
-                    attr_ttl_ms: self.policy.attr_ttl_ms,
-                    entry_ttl_ms: self.policy.entry_ttl_ms,
+                    attr_ttl_ms: policy.attr_ttl_ms,
+                    entry_ttl_ms: policy.entry_ttl_ms,
                 }))
             }
             FsOp::Open { ino, flags } => {
@@ -541,7 +545,7 @@ impl FsServer {
                 let fh = self.add_handle(h)?;
                 Ok(FsReply::Opened {
                     fh,
-                    keep_cache: self.policy.keep_data_cache,
+                    keep_cache: self.policy(&path).keep_data_cache,
                 })
             }
             FsOp::Create {

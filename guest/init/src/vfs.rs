@@ -78,10 +78,16 @@ pub fn setup(plan: &Plan, debug: bool) -> Result<u32, String> {
     let (rd, wr) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
     let wr_raw = wr.as_raw_fd();
     let mut cmd = Command::new(SANDBOXFS);
-    cmd.args(["--mount", &plan.fuse_mount, "--port", "gondolin.fs", "--ready-fd"])
-        .arg(READY_FD.to_string())
-        .stdin(Stdio::null())
-        .env_clear();
+    cmd.args([
+        "--mount",
+        &plan.fuse_mount,
+        "--port",
+        "gondolin.fs",
+        "--ready-fd",
+    ])
+    .arg(READY_FD.to_string())
+    .stdin(Stdio::null())
+    .env_clear();
     if debug {
         cmd.env("SANDBOXFS_DEBUG", "1");
     }
@@ -95,23 +101,39 @@ pub fn setup(plan: &Plan, debug: bool) -> Result<u32, String> {
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|e| format!("starting sandboxfs: {e}"))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("starting sandboxfs: {e}"))?;
     drop(wr);
     wait_ready(rd)?;
     for b in &plan.binds {
         let src = format!("{}{}", plan.fuse_mount.trim_end_matches('/'), b);
         fs::create_dir_all(b).map_err(|e| format!("creating the mount point {b}: {e}"))?;
-        mount(Some(src.as_str()), b.as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| format!("bind-mounting {src} on {b}: {e}"))?;
+        mount(
+            Some(src.as_str()),
+            b.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| format!("bind-mounting {src} on {b}: {e}"))?;
     }
     Ok(child.id())
 }
 
 fn wait_ready(rd: OwnedFd) -> Result<(), String> {
     let timeout = PollTimeout::try_from(MOUNT_WAIT.as_millis() as i32).unwrap_or(PollTimeout::MAX);
-    let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(&rd), PollFlags::POLLIN)];
+    let mut fds = [PollFd::new(
+        std::os::fd::AsFd::as_fd(&rd),
+        PollFlags::POLLIN,
+    )];
     match poll(&mut fds, timeout) {
-        Ok(0) => return Err(format!("sandboxfs did not mount within {}s", MOUNT_WAIT.as_secs())),
+        Ok(0) => {
+            return Err(format!(
+                "sandboxfs did not mount within {}s",
+                MOUNT_WAIT.as_secs()
+            ))
+        }
         Ok(_) => {}
         Err(e) => return Err(format!("waiting for sandboxfs: {e}")),
     }
@@ -131,9 +153,12 @@ mod tests {
     #[test]
     fn plan_from_cmdline() {
         assert_eq!(plan(&["quiet"]).unwrap(), None);
-        let p = plan(&["gondolin.fs=/data", "gondolin.binds=/workspace,/etc/gondolin,/a%20b"])
-            .unwrap()
-            .unwrap();
+        let p = plan(&[
+            "gondolin.fs=/data",
+            "gondolin.binds=/workspace,/etc/gondolin,/a%20b",
+        ])
+        .unwrap()
+        .unwrap();
         assert_eq!(p.fuse_mount, "/data");
         assert_eq!(p.binds, vec!["/workspace", "/etc/gondolin", "/a b"]);
         assert!(plan(&["gondolin.fs=relative"]).is_err());

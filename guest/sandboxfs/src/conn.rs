@@ -104,9 +104,12 @@ fn ms(v: u32) -> Duration {
 /// request is a host bug: EIO, never a panic.
 fn complete(p: Pending, r: FsReply) {
     match (p, r) {
-        (Pending::Entry(rep), FsReply::Entry(e)) => {
-            rep.entry_with_ttls(&ms(e.attr_ttl_ms), &ms(e.entry_ttl_ms), &file_attr(&e.attr), Generation(0))
-        }
+        (Pending::Entry(rep), FsReply::Entry(e)) => rep.entry_with_ttls(
+            &ms(e.attr_ttl_ms),
+            &ms(e.entry_ttl_ms),
+            &file_attr(&e.attr),
+            Generation(0),
+        ),
         (Pending::Entry(rep), FsReply::NoEntry { ttl_ms }) => {
             // Inode 0 = a negative entry the kernel may cache for the TTL.
             let mut a = file_attr(&Attr {
@@ -125,11 +128,17 @@ fn complete(p: Pending, r: FsReply) {
             a.ino = INodeNo(0);
             rep.entry_with_ttls(&Duration::ZERO, &ms(ttl_ms), &a, Generation(0))
         }
-        (Pending::Attr(rep), FsReply::Attr { attr, ttl_ms }) => rep.attr(&ms(ttl_ms), &file_attr(&attr)),
+        (Pending::Attr(rep), FsReply::Attr { attr, ttl_ms }) => {
+            rep.attr(&ms(ttl_ms), &file_attr(&attr))
+        }
         (Pending::Data(rep), FsReply::Data(d)) => rep.data(&d),
         (Pending::Link(rep), FsReply::Target(t)) => rep.data(t.as_bytes()),
         (Pending::Open(rep), FsReply::Opened { fh, keep_cache }) => {
-            let flags = if keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+            let flags = if keep_cache {
+                FopenFlags::FOPEN_KEEP_CACHE
+            } else {
+                FopenFlags::empty()
+            };
             rep.opened(FileHandle(fh), flags)
         }
         (Pending::Create(rep), FsReply::Created { entry, fh }) => rep.created(
@@ -149,9 +158,9 @@ fn complete(p: Pending, r: FsReply) {
             }
             rep.ok()
         }
-        (Pending::Statfs(rep), FsReply::StatFs(s)) => {
-            rep.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize)
-        }
+        (Pending::Statfs(rep), FsReply::StatFs(s)) => rep.statfs(
+            s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+        ),
         (p, other) => {
             log!("host answered with the wrong reply kind: {other:?}");
             fail(p, errno::EIO)
@@ -169,7 +178,11 @@ pub struct Conn {
 impl Conn {
     /// Connect and greet the host.
     pub fn open(target: &Target) -> std::io::Result<(Conn, File, bool)> {
-        let Transport { reader, writer, reconnects } = transport::open(target)?;
+        let Transport {
+            reader,
+            writer,
+            reconnects,
+        } = transport::open(target)?;
         let conn = Conn {
             writer: Mutex::new(writer),
             pending: Mutex::new(HashMap::new()),
@@ -182,7 +195,12 @@ impl Conn {
 
     fn hello(&self) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(16);
-        encode_into(&FsGuestMsg::Hello { version: FS_PROTOCOL_VERSION }, &mut buf);
+        encode_into(
+            &FsGuestMsg::Hello {
+                version: FS_PROTOCOL_VERSION,
+            },
+            &mut buf,
+        );
         self.writer.lock().unwrap().write_all(&buf)
     }
 
@@ -213,7 +231,13 @@ impl Conn {
     }
 
     fn fail_all(&self) {
-        let all: Vec<Pending> = self.pending.lock().unwrap().drain().map(|(_, p)| p).collect();
+        let all: Vec<Pending> = self
+            .pending
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
         for p in all {
             fail(p, errno::EIO);
         }
@@ -223,7 +247,9 @@ impl Conn {
         match msg {
             FsHostMsg::Response(r) => {
                 // Unknown ids: answers to fire-and-forget requests.
-                let Some(p) = self.pending.lock().unwrap().remove(&r.id) else { return };
+                let Some(p) = self.pending.lock().unwrap().remove(&r.id) else {
+                    return;
+                };
                 match r.result {
                     Ok(reply) => complete(p, reply),
                     Err(e) if e > 0 && e < 4096 => fail(p, e),

@@ -18,10 +18,32 @@ use crate::conn::{Conn, Pending};
 
 pub struct SandboxFs {
     pub conn: Arc<Conn>,
+    /// The kernel caches writes (FUSE_WRITEBACK_CACHE): set in `init`.
+    pub writeback: bool,
+}
+
+impl SandboxFs {
+    /// With the writeback cache the kernel may read pages of a file opened
+    /// write-only, and computes append offsets itself (as libfuse's
+    /// passthrough does): open read-write, without O_APPEND.
+    fn open_flags(&self, flags: i32) -> i32 {
+        if !self.writeback {
+            return flags;
+        }
+        let mut f = flags & !libc::O_APPEND;
+        if f & libc::O_ACCMODE == libc::O_WRONLY {
+            f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
+        }
+        f
+    }
 }
 
 fn caller(req: &Request) -> Caller {
-    Caller { uid: req.uid(), gid: req.gid(), pid: req.pid() }
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
 }
 
 /// Names must be UTF-8 on the wire; others are refused locally.
@@ -33,7 +55,10 @@ fn set_time(t: TimeOrNow) -> SetTime {
     match t {
         TimeOrNow::Now => SetTime::Now,
         TimeOrNow::SpecificTime(st) => SetTime::At(match st.duration_since(UNIX_EPOCH) {
-            Ok(d) => Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
+            Ok(d) => Timestamp {
+                secs: d.as_secs() as i64,
+                nanos: d.subsec_nanos(),
+            },
             Err(_) => Timestamp::default(),
         }),
     }
@@ -63,7 +88,10 @@ impl Filesystem for SandboxFs {
         let _ = config.set_max_background(64);
         // Lookups in one directory may run in parallel; cached pages are
         // dropped when the host reports a new mtime or size.
-        for cap in [InitFlags::FUSE_PARALLEL_DIROPS, InitFlags::FUSE_AUTO_INVAL_DATA] {
+        for cap in [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+        ] {
             let _ = config.add_capabilities(cap);
         }
         Ok(())
@@ -71,11 +99,24 @@ impl Filesystem for SandboxFs {
 
     fn lookup(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         let name = named!(reply, n);
-        self.call(req, FsOp::Lookup { parent: parent.0, name }, Pending::Entry(reply));
+        self.call(
+            req,
+            FsOp::Lookup {
+                parent: parent.0,
+                name,
+            },
+            Pending::Entry(reply),
+        );
     }
 
     fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
-        self.conn.notify(caller(req), FsOp::Forget { ino: ino.0, nlookup });
+        self.conn.notify(
+            caller(req),
+            FsOp::Forget {
+                ino: ino.0,
+                nlookup,
+            },
+        );
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -108,37 +149,92 @@ impl Filesystem for SandboxFs {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
         };
-        self.call(req, FsOp::SetAttr { ino: ino.0, fh: fh.map(|f| f.0), set }, Pending::Attr(reply));
+        self.call(
+            req,
+            FsOp::SetAttr {
+                ino: ino.0,
+                fh: fh.map(|f| f.0),
+                set,
+            },
+            Pending::Attr(reply),
+        );
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         self.call(req, FsOp::ReadLink { ino: ino.0 }, Pending::Link(reply));
     }
 
-    fn mknod(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, _r: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        _req: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _m: u32,
+        _u: u32,
+        _r: u32,
+        reply: ReplyEntry,
+    ) {
         reply.error(Errno::from_i32(libc::EOPNOTSUPP));
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
         let name = named!(reply, n);
         let mode = mode & !umask & 0o7777;
-        self.call(req, FsOp::Mkdir { parent: parent.0, name, mode }, Pending::Entry(reply));
+        self.call(
+            req,
+            FsOp::Mkdir {
+                parent: parent.0,
+                name,
+                mode,
+            },
+            Pending::Entry(reply),
+        );
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let name = named!(reply, n);
-        self.call(req, FsOp::Unlink { parent: parent.0, name }, Pending::Empty(reply));
+        self.call(
+            req,
+            FsOp::Unlink {
+                parent: parent.0,
+                name,
+            },
+            Pending::Empty(reply),
+        );
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let name = named!(reply, n);
-        self.call(req, FsOp::Rmdir { parent: parent.0, name }, Pending::Empty(reply));
+        self.call(
+            req,
+            FsOp::Rmdir {
+                parent: parent.0,
+                name,
+            },
+            Pending::Empty(reply),
+        );
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, n: &OsStr, target: &Path, reply: ReplyEntry) {
         let name = named!(reply, n);
         let target = named!(reply, target.as_os_str());
-        self.call(req, FsOp::Symlink { parent: parent.0, name, target }, Pending::Entry(reply));
+        self.call(
+            req,
+            FsOp::Symlink {
+                parent: parent.0,
+                name,
+                target,
+            },
+            Pending::Entry(reply),
+        );
     }
 
     fn rename(
@@ -158,17 +254,39 @@ impl Filesystem for SandboxFs {
         if flags & !1 != 0 {
             return reply.error(Errno::EINVAL);
         }
-        let op = FsOp::Rename { parent: parent.0, name, new_parent: newparent.0, new_name, flags };
+        let op = FsOp::Rename {
+            parent: parent.0,
+            name,
+            new_parent: newparent.0,
+            new_name,
+            flags,
+        };
         self.call(req, op, Pending::Empty(reply));
     }
 
-    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         let new_name = named!(reply, newname);
-        self.call(req, FsOp::Link { ino: ino.0, new_parent: newparent.0, new_name }, Pending::Entry(reply));
+        self.call(
+            req,
+            FsOp::Link {
+                ino: ino.0,
+                new_parent: newparent.0,
+                new_name,
+            },
+            Pending::Entry(reply),
+        );
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.call(req, FsOp::Open { ino: ino.0, flags: flags.0 }, Pending::Open(reply));
+        let flags = self.open_flags(flags.0);
+        self.call(req, FsOp::Open { ino: ino.0, flags }, Pending::Open(reply));
     }
 
     fn read(
@@ -183,7 +301,15 @@ impl Filesystem for SandboxFs {
         reply: ReplyData,
     ) {
         let size = size.min(MAX_FS_DATA as u32);
-        self.call(req, FsOp::Read { fh: fh.0, offset, size }, Pending::Data(reply));
+        self.call(
+            req,
+            FsOp::Read {
+                fh: fh.0,
+                offset,
+                size,
+            },
+            Pending::Data(reply),
+        );
     }
 
     fn write(
@@ -201,10 +327,25 @@ impl Filesystem for SandboxFs {
         if data.len() > MAX_FS_DATA {
             return reply.error(Errno::EINVAL);
         }
-        self.call(req, FsOp::Write { fh: fh.0, offset, data: data.to_vec() }, Pending::Write(reply));
+        self.call(
+            req,
+            FsOp::Write {
+                fh: fh.0,
+                offset,
+                data: data.to_vec(),
+            },
+            Pending::Write(reply),
+        );
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lo: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lo: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         // Writes are not buffered here: nothing to flush.
         reply.ok();
     }
@@ -225,20 +366,53 @@ impl Filesystem for SandboxFs {
         reply.ok();
     }
 
-    fn fsync(&self, req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        self.call(req, FsOp::Fsync { fh: fh.0, datasync }, Pending::Empty(reply));
+    fn fsync(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.call(
+            req,
+            FsOp::Fsync { fh: fh.0, datasync },
+            Pending::Empty(reply),
+        );
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         reply.opened(FileHandle(0), FopenFlags::empty());
     }
 
-    fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
         // A reply buffer holds roughly size/32 short names; ask for a page.
-        self.call(req, FsOp::ReadDir { ino: ino.0, offset, max_entries: 512 }, Pending::Dir(reply));
+        self.call(
+            req,
+            FsOp::ReadDir {
+                ino: ino.0,
+                offset,
+                max_entries: 512,
+            },
+            Pending::Dir(reply),
+        );
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ds: bool,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -247,7 +421,14 @@ impl Filesystem for SandboxFs {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        self.call(req, FsOp::Access { ino: ino.0, mask: mask.bits() }, Pending::Empty(reply));
+        self.call(
+            req,
+            FsOp::Access {
+                ino: ino.0,
+                mask: mask.bits(),
+            },
+            Pending::Empty(reply),
+        );
     }
 
     fn create(
@@ -262,7 +443,17 @@ impl Filesystem for SandboxFs {
     ) {
         let name = named!(reply, n);
         let mode = mode & !umask & 0o7777;
-        self.call(req, FsOp::Create { parent: parent.0, name, mode, flags }, Pending::Create(reply));
+        let flags = self.open_flags(flags);
+        self.call(
+            req,
+            FsOp::Create {
+                parent: parent.0,
+                name,
+                mode,
+                flags,
+            },
+            Pending::Create(reply),
+        );
     }
 
     fn ioctl(

@@ -63,13 +63,20 @@ fn parse_args() -> Args {
     let mut ready_fd = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
+        let mut value = || {
+            it.next()
+                .unwrap_or_else(|| usage(&format!("{a} needs a value")))
+        };
         match a.as_str() {
             "--mount" => mount = Some(value()),
             "--port" => target = Some(transport::Target::Port(value())),
             "--connect" => target = Some(transport::Target::Unix(value())),
             "--ready-fd" => {
-                ready_fd = Some(value().parse().unwrap_or_else(|_| usage("--ready-fd needs a number")))
+                ready_fd = Some(
+                    value()
+                        .parse()
+                        .unwrap_or_else(|_| usage("--ready-fd needs a number")),
+                )
             }
             other => usage(&format!("unknown argument {other}")),
         }
@@ -106,7 +113,15 @@ fn main() {
         .expect("spawning the reader thread");
     let mut config = Config::default();
     config.acl = SessionACL::All;
-    let session = match Session::from_fd(fs::SandboxFs { conn: conn.clone() }, fd, SessionACL::All, config) {
+    let session = match Session::from_fd(
+        fs::SandboxFs {
+            conn: conn.clone(),
+            writeback: false,
+        },
+        fd,
+        SessionACL::All,
+        config,
+    ) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("sandboxfs: FUSE handshake failed: {e}");

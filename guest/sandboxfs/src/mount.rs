@@ -9,7 +9,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use nix::mount::{mount, MsFlags};
 
 pub fn mount_fuse(target: &str) -> io::Result<OwnedFd> {
-    let dev = OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
     let fd = OwnedFd::from(dev);
     let data = format!(
         "fd={},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions",

@@ -37,7 +37,11 @@ pub fn open(target: &Target) -> io::Result<Transport> {
         }
         Target::Port(name) => {
             let f = open_port(name)?;
-            Ok(Transport { writer: f.try_clone()?, reader: f, reconnects: true })
+            Ok(Transport {
+                writer: f.try_clone()?,
+                reader: f,
+                reconnects: true,
+            })
         }
     }
 }
@@ -48,14 +52,21 @@ fn open_port(name: &str) -> io::Result<File> {
     let start = Instant::now();
     loop {
         if let Some(dev) = find_port(Path::new("/sys/class/virtio-ports"), name) {
-            match OpenOptions::new().read(true).write(true).open(format!("/dev/{dev}")) {
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(format!("/dev/{dev}"))
+            {
                 Ok(f) => return Ok(f),
                 Err(e) if start.elapsed() >= OPEN_TIMEOUT => return Err(e),
                 Err(_) => {}
             }
         }
         if start.elapsed() >= OPEN_TIMEOUT {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("virtio port {name} not found")));
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("virtio port {name} not found"),
+            ));
         }
         std::thread::sleep(RETRY);
     }
@@ -78,7 +89,10 @@ mod tests {
     #[test]
     fn finds_the_port_by_sysfs_name() {
         let dir = std::env::temp_dir().join(format!("sandboxfs-port-{}", std::process::id()));
-        for (dev, name) in [("vport0p1", "gondolin.control\n"), ("vport0p2", "gondolin.fs\n")] {
+        for (dev, name) in [
+            ("vport0p1", "gondolin.control\n"),
+            ("vport0p2", "gondolin.fs\n"),
+        ] {
             std::fs::create_dir_all(dir.join(dev)).unwrap();
             std::fs::write(dir.join(dev).join("name"), name).unwrap();
         }

@@ -154,36 +154,102 @@ pub struct Caller {
 /// permission bits (the guest applies its umask first).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FsOp {
-    Lookup { parent: u64, name: String },
+    Lookup {
+        parent: u64,
+        name: String,
+    },
     /// The kernel dropped `nlookup` references to `ino`.
-    Forget { ino: u64, nlookup: u64 },
-    GetAttr { ino: u64 },
-    SetAttr { ino: u64, fh: Option<u64>, set: SetAttr },
-    ReadLink { ino: u64 },
-    Mkdir { parent: u64, name: String, mode: u32 },
-    Unlink { parent: u64, name: String },
-    Rmdir { parent: u64, name: String },
-    Symlink { parent: u64, name: String, target: String },
+    Forget {
+        ino: u64,
+        nlookup: u64,
+    },
+    GetAttr {
+        ino: u64,
+    },
+    SetAttr {
+        ino: u64,
+        fh: Option<u64>,
+        set: SetAttr,
+    },
+    ReadLink {
+        ino: u64,
+    },
+    Mkdir {
+        parent: u64,
+        name: String,
+        mode: u32,
+    },
+    Unlink {
+        parent: u64,
+        name: String,
+    },
+    Rmdir {
+        parent: u64,
+        name: String,
+    },
+    Symlink {
+        parent: u64,
+        name: String,
+        target: String,
+    },
     /// `flags` are `renameat2` flags (`RENAME_NOREPLACE` = 1, others refused).
-    Rename { parent: u64, name: String, new_parent: u64, new_name: String, flags: u32 },
-    Link { ino: u64, new_parent: u64, new_name: String },
-    Open { ino: u64, flags: i32 },
-    Create { parent: u64, name: String, mode: u32, flags: i32 },
-    Read { fh: u64, offset: u64, size: u32 },
+    Rename {
+        parent: u64,
+        name: String,
+        new_parent: u64,
+        new_name: String,
+        flags: u32,
+    },
+    Link {
+        ino: u64,
+        new_parent: u64,
+        new_name: String,
+    },
+    Open {
+        ino: u64,
+        flags: i32,
+    },
+    Create {
+        parent: u64,
+        name: String,
+        mode: u32,
+        flags: i32,
+    },
+    Read {
+        fh: u64,
+        offset: u64,
+        size: u32,
+    },
     Write {
         fh: u64,
         offset: u64,
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
-    Flush { fh: u64 },
-    Fsync { fh: u64, datasync: bool },
-    Release { fh: u64 },
+    Flush {
+        fh: u64,
+    },
+    Fsync {
+        fh: u64,
+        datasync: bool,
+    },
+    Release {
+        fh: u64,
+    },
     /// List `ino` starting after `offset` (0 = from the start).
-    ReadDir { ino: u64, offset: u64, max_entries: u32 },
-    StatFs { ino: u64 },
+    ReadDir {
+        ino: u64,
+        offset: u64,
+        max_entries: u32,
+    },
+    StatFs {
+        ino: u64,
+    },
     /// `mask` is `F_OK` (0) or a combination of `R_OK|W_OK|X_OK` (4|2|1).
-    Access { ino: u64, mask: i32 },
+    Access {
+        ino: u64,
+        mask: i32,
+    },
 }
 
 /// A request from the guest.
@@ -200,15 +266,26 @@ pub enum FsReply {
     /// Lookup, Mkdir, Symlink, Link.
     Entry(Entry),
     /// Lookup of a missing name, negatively cacheable for `ttl_ms`.
-    NoEntry { ttl_ms: u32 },
+    NoEntry {
+        ttl_ms: u32,
+    },
     /// GetAttr, SetAttr.
-    Attr { attr: Attr, ttl_ms: u32 },
+    Attr {
+        attr: Attr,
+        ttl_ms: u32,
+    },
     /// ReadLink.
     Target(String),
     /// Open. `keep_cache`: the kernel may keep cached pages of this file.
-    Opened { fh: u64, keep_cache: bool },
+    Opened {
+        fh: u64,
+        keep_cache: bool,
+    },
     /// Create.
-    Created { entry: Entry, fh: u64 },
+    Created {
+        entry: Entry,
+        fh: u64,
+    },
     /// Read: fewer bytes than asked means end of file.
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Write: bytes written.
@@ -231,7 +308,9 @@ pub struct FsResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FsGuestMsg {
     /// sandboxfs is mounted and serving; sent first on every connection.
-    Hello { version: u32 },
+    Hello {
+        version: u32,
+    },
     Request(FsRequest),
 }
 
@@ -240,9 +319,14 @@ pub enum FsGuestMsg {
 pub enum FsHostMsg {
     Response(FsResponse),
     /// Drop cached attributes and data of `ino` (the host changed it).
-    InvalidateInode { ino: u64 },
+    InvalidateInode {
+        ino: u64,
+    },
     /// Drop the cached lookup of `name` in `parent`.
-    InvalidateEntry { parent: u64, name: String },
+    InvalidateEntry {
+        parent: u64,
+        name: String,
+    },
 }
 
 fn check_name(name: &str) -> Result<(), WireError> {
@@ -250,7 +334,9 @@ fn check_name(name: &str) -> Result<(), WireError> {
         return Err(WireError::Invalid("file name empty or too long"));
     }
     if name == "." || name == ".." || name.bytes().any(|b| b == b'/' || b == 0) {
-        return Err(WireError::Invalid("file name contains '/' or NUL, or is a dot entry"));
+        return Err(WireError::Invalid(
+            "file name contains '/' or NUL, or is a dot entry",
+        ));
     }
     Ok(())
 }
@@ -268,7 +354,9 @@ impl FsOp {
             FsOp::Symlink { name, target, .. } => {
                 check_name(name)?;
                 if target.is_empty() || target.len() > MAX_PATH || target.contains('\0') {
-                    return Err(WireError::Invalid("symlink target empty, too long or with NUL"));
+                    return Err(WireError::Invalid(
+                        "symlink target empty, too long or with NUL",
+                    ));
                 }
                 Ok(())
             }
@@ -311,11 +399,21 @@ mod tests {
     #[test]
     fn requests_round_trip_through_frames() {
         let msgs = vec![
-            FsGuestMsg::Hello { version: FS_PROTOCOL_VERSION },
+            FsGuestMsg::Hello {
+                version: FS_PROTOCOL_VERSION,
+            },
             FsGuestMsg::Request(FsRequest {
                 id: 7,
-                caller: Caller { uid: 1000, gid: 1000, pid: 42 },
-                op: FsOp::Write { fh: 3, offset: 1 << 40, data: vec![0xAB; 70_000] },
+                caller: Caller {
+                    uid: 1000,
+                    gid: 1000,
+                    pid: 42,
+                },
+                op: FsOp::Write {
+                    fh: 3,
+                    offset: 1 << 40,
+                    data: vec![0xAB; 70_000],
+                },
             }),
             FsGuestMsg::Request(FsRequest {
                 id: 8,
@@ -345,9 +443,18 @@ mod tests {
     #[test]
     fn responses_round_trip() {
         for r in [
-            FsResponse { id: 1, result: Err(errno::ENOENT) },
-            FsResponse { id: 2, result: Ok(FsReply::Data(vec![1, 2, 3])) },
-            FsResponse { id: 3, result: Ok(FsReply::NoEntry { ttl_ms: 250 }) },
+            FsResponse {
+                id: 1,
+                result: Err(errno::ENOENT),
+            },
+            FsResponse {
+                id: 2,
+                result: Ok(FsReply::Data(vec![1, 2, 3])),
+            },
+            FsResponse {
+                id: 3,
+                result: Ok(FsReply::NoEntry { ttl_ms: 250 }),
+            },
         ] {
             let m = FsHostMsg::Response(r);
             let mut d = FrameDecoder::new();
@@ -359,15 +466,49 @@ mod tests {
     #[test]
     fn validation_rejects_hostile_names_and_sizes() {
         let bad = [
-            FsOp::Lookup { parent: 1, name: String::new() },
-            FsOp::Lookup { parent: 1, name: "a/b".into() },
-            FsOp::Lookup { parent: 1, name: "..".into() },
-            FsOp::Mkdir { parent: 1, name: "x\0".into(), mode: 0o755 },
-            FsOp::Create { parent: 1, name: "n".repeat(MAX_NAME + 1), mode: 0, flags: 0 },
-            FsOp::Symlink { parent: 1, name: "l".into(), target: String::new() },
-            FsOp::Read { fh: 1, offset: 0, size: MAX_FS_DATA as u32 + 1 },
-            FsOp::Write { fh: 1, offset: 0, data: vec![0; MAX_FS_DATA + 1] },
-            FsOp::ReadDir { ino: 1, offset: 0, max_entries: 0 },
+            FsOp::Lookup {
+                parent: 1,
+                name: String::new(),
+            },
+            FsOp::Lookup {
+                parent: 1,
+                name: "a/b".into(),
+            },
+            FsOp::Lookup {
+                parent: 1,
+                name: "..".into(),
+            },
+            FsOp::Mkdir {
+                parent: 1,
+                name: "x\0".into(),
+                mode: 0o755,
+            },
+            FsOp::Create {
+                parent: 1,
+                name: "n".repeat(MAX_NAME + 1),
+                mode: 0,
+                flags: 0,
+            },
+            FsOp::Symlink {
+                parent: 1,
+                name: "l".into(),
+                target: String::new(),
+            },
+            FsOp::Read {
+                fh: 1,
+                offset: 0,
+                size: MAX_FS_DATA as u32 + 1,
+            },
+            FsOp::Write {
+                fh: 1,
+                offset: 0,
+                data: vec![0; MAX_FS_DATA + 1],
+            },
+            FsOp::ReadDir {
+                ino: 1,
+                offset: 0,
+                max_entries: 0,
+            },
             FsOp::Access { ino: 1, mask: 8 },
             FsOp::Rename {
                 parent: 1,
@@ -380,7 +521,18 @@ mod tests {
         for op in bad {
             assert!(op.validate().is_err(), "{op:?} should be refused");
         }
-        assert!(FsOp::Lookup { parent: 1, name: "file.txt".into() }.validate().is_ok());
-        assert!(FsOp::Read { fh: 1, offset: 0, size: MAX_FS_DATA as u32 }.validate().is_ok());
+        assert!(FsOp::Lookup {
+            parent: 1,
+            name: "file.txt".into()
+        }
+        .validate()
+        .is_ok());
+        assert!(FsOp::Read {
+            fh: 1,
+            offset: 0,
+            size: MAX_FS_DATA as u32
+        }
+        .validate()
+        .is_ok());
     }
 }

@@ -411,7 +411,72 @@ impl FsServer {
         FsResponse { id: req.id, result }
     }
 
+    /// POSIX permission checks for non-root callers. The guest mounts
+    /// without `default_permissions`, which would make its kernel fetch a
+    /// directory's attributes before every create or unlink in it (one more
+    /// round trip each); the same rules are applied here instead, against
+    /// the provider's own metadata. Root passes, as in the kernel (the
+    /// kernel itself still requires an x bit to exec a file).
+    async fn authorize(&self, op: &FsOp, caller: Caller) -> VfsResult<()> {
+        const R: i32 = 4;
+        const W: i32 = 2;
+        const X: i32 = 1;
+        if caller.uid == 0 {
+            return Ok(());
+        }
+        let need = |ino: u64, mask: i32| (ino, mask);
+        let checks: Vec<(u64, i32)> = match op {
+            FsOp::Lookup { parent, .. } => vec![need(*parent, X)],
+            FsOp::Open { ino, flags } => {
+                let o = OpenOptions::from_linux_flags(*flags, 0);
+                let mut m = 0;
+                if o.read {
+                    m |= R;
+                }
+                if o.write || o.truncate {
+                    m |= W;
+                }
+                vec![need(*ino, m)]
+            }
+            FsOp::ReadDir { ino, .. } => vec![need(*ino, R)],
+            FsOp::Create { parent, .. }
+            | FsOp::Mkdir { parent, .. }
+            | FsOp::Symlink { parent, .. }
+            | FsOp::Unlink { parent, .. }
+            | FsOp::Rmdir { parent, .. } => vec![need(*parent, W | X)],
+            FsOp::Link { new_parent, .. } => vec![need(*new_parent, W | X)],
+            FsOp::Rename {
+                parent, new_parent, ..
+            } => vec![need(*parent, W | X), need(*new_parent, W | X)],
+            FsOp::SetAttr { ino, set, .. } => {
+                let path = self.path_of(*ino)?;
+                let m = self.provider.stat(&path).await?;
+                let owner_only = set.mode.is_some() || set.uid.is_some() || set.gid.is_some();
+                if owner_only && m.uid != caller.uid {
+                    return Err(VfsError::new(errno::EPERM));
+                }
+                if set.size.is_some() {
+                    check_access(&m, W, caller, false)?;
+                }
+                if (set.atime.is_some() || set.mtime.is_some()) && m.uid != caller.uid {
+                    check_access(&m, W, caller, false)?;
+                }
+                vec![]
+            }
+            _ => vec![],
+        };
+        for (ino, mask) in checks {
+            if mask == 0 {
+                continue;
+            }
+            let m = self.provider.stat(&self.path_of(ino)?).await?;
+            check_access(&m, mask, caller, false)?;
+        }
+        Ok(())
+    }
+
     async fn dispatch(&self, op: FsOp, caller: Caller) -> VfsResult<FsReply> {
+        self.authorize(&op, caller).await?;
         let p = &self.provider;
         match op {
             FsOp::Lookup { parent, name } => {
@@ -858,16 +923,33 @@ mod tests {
     use crate::vfs::memory::MemoryProvider;
     use gondolin_wire::fs::SetAttr;
 
+    const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        pid: 1,
+    };
+    const USER: Caller = Caller {
+        uid: 1000,
+        gid: 1000,
+        pid: 2,
+    };
+
     fn req(id: u64, op: FsOp) -> FsRequest {
         FsRequest {
             id,
-            caller: Caller {
-                uid: 1000,
-                gid: 1000,
-                pid: 1,
-            },
+            caller: ROOT,
             op,
         }
+    }
+
+    async fn as_user(s: &FsServer, op: FsOp) -> Result<FsReply, i32> {
+        s.handle_request(FsRequest {
+            id: 9,
+            caller: USER,
+            op,
+        })
+        .await
+        .result
     }
 
     async fn ok(s: &FsServer, op: FsOp) -> FsReply {
@@ -1070,11 +1152,56 @@ mod tests {
             panic!()
         };
         assert_eq!((attr.size, attr.perm), (10, 0o600));
-        // Owned by root, mode 0600: uid 1000 may not read it.
+        // Owned by root, mode 0600: uid 1000 may neither read nor open it...
+        let access = FsOp::Access { ino: f, mask: 4 };
+        assert_eq!(as_user(&s, access).await, Err(errno::EACCES));
         assert_eq!(
-            errno_of(&s, FsOp::Access { ino: f, mask: 4 }).await,
-            errno::EACCES
+            as_user(&s, FsOp::Open { ino: f, flags: 0 }).await,
+            Err(errno::EACCES)
         );
+        // ...nor create, remove or chmod in a root-owned 0755 directory.
+        let create = FsOp::Create {
+            parent: ROOT_INO,
+            name: "u".into(),
+            mode: 0o644,
+            flags: 1,
+        };
+        assert_eq!(as_user(&s, create.clone()).await, Err(errno::EACCES));
+        assert_eq!(
+            as_user(
+                &s,
+                FsOp::Unlink {
+                    parent: ROOT_INO,
+                    name: "f00".into()
+                }
+            )
+            .await,
+            Err(errno::EACCES)
+        );
+        let chmod = FsOp::SetAttr {
+            ino: f,
+            fh: None,
+            set: SetAttr {
+                mode: Some(0o777),
+                ..Default::default()
+            },
+        };
+        assert_eq!(as_user(&s, chmod).await, Err(errno::EPERM));
+        // Once the directory is world-writable, it can create there.
+        let open_dir = SetAttr {
+            mode: Some(0o777),
+            ..Default::default()
+        };
+        ok(
+            &s,
+            FsOp::SetAttr {
+                ino: ROOT_INO,
+                fh: None,
+                set: open_dir,
+            },
+        )
+        .await;
+        assert!(as_user(&s, create).await.is_ok());
         ok(&s, FsOp::Access { ino: f, mask: 0 }).await;
     }
 

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufReader, IoSlice, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,7 +19,7 @@ use gondolin_wire::fs::{
     errno, Attr, Caller, FileKind, FsGuestMsg, FsHostMsg, FsOp, FsReply, FsRequest, Timestamp,
     FS_PROTOCOL_VERSION,
 };
-use gondolin_wire::{encode_into, FrameDecoder};
+use gondolin_wire::{decode, encode_into, MAX_FRAME};
 
 use crate::log;
 use crate::transport::{self, Target, Transport};
@@ -222,6 +222,27 @@ impl Conn {
         }
     }
 
+    /// Send a write of `data` without copying it into a frame first: the
+    /// header and the kernel's buffer go out in one vectored write.
+    pub fn call_write(&self, caller: Caller, fh: u64, offset: u64, data: &[u8], reply: ReplyWrite) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let header = gondolin_wire::fs::write_frame_header(id, caller, fh, offset, data.len());
+        self.pending
+            .lock()
+            .unwrap()
+            .insert(id, Pending::Write(reply));
+        let res = {
+            let mut w = self.writer.lock().unwrap();
+            write_all_vectored(&mut w, &header, data)
+        };
+        if let Err(e) = res {
+            log!("writing to the host failed: {e}");
+            if let Some(p) = self.pending.lock().unwrap().remove(&id) {
+                fail(p, errno::EIO);
+            }
+        }
+    }
+
     /// Send `op` without waiting for (or caring about) the answer.
     pub fn notify(&self, caller: Caller, op: FsOp) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -271,49 +292,67 @@ impl Conn {
 
     /// The reader loop: runs until the host is gone for good (socket) or
     /// forever (virtio port, which reconnects).
-    pub fn read_loop(&self, mut reader: File, reconnects: bool) {
-        let mut dec = FrameDecoder::new();
-        let mut buf = vec![0u8; 256 * 1024];
+    pub fn read_loop(&self, reader: File, reconnects: bool) {
+        // Small frames come from the buffer; a large body is read straight
+        // into its own allocation (BufReader bypasses its buffer for reads
+        // bigger than it), saving a copy of every data reply.
+        let mut rd = BufReader::with_capacity(64 * 1024, reader);
         loop {
-            match reader.read(&mut buf) {
-                Ok(0) => {
-                    // The host went away: nothing in flight can be answered.
-                    self.fail_all();
-                    dec = FrameDecoder::new();
-                    if !reconnects {
-                        return;
+            let err = match read_frame(&mut rd) {
+                Ok(body) => match decode::<FsHostMsg>(&body) {
+                    Ok(m) => {
+                        self.dispatch(m);
+                        continue;
                     }
-                    std::thread::sleep(Duration::from_millis(100));
-                    let _ = self.hello();
+                    Err(e) => format!("bad frame from the host: {e}"),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    "the host went away".into()
                 }
-                Ok(n) => {
-                    dec.push(&buf[..n]);
-                    loop {
-                        match dec.next_message::<FsHostMsg>() {
-                            Ok(Some(m)) => self.dispatch(m),
-                            Ok(None) => break,
-                            Err(e) => {
-                                log!("bad frame from the host: {e}");
-                                self.fail_all();
-                                if !reconnects {
-                                    return;
-                                }
-                                dec = FrameDecoder::new();
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    log!("reading from the host failed: {e}");
-                    self.fail_all();
-                    if !reconnects {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+                Err(e) => format!("reading from the host failed: {e}"),
+            };
+            log!("{err}");
+            // Nothing in flight can be answered now.
+            self.fail_all();
+            if !reconnects {
+                return;
             }
+            rd = BufReader::with_capacity(64 * 1024, rd.into_inner());
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = self.hello();
         }
     }
+}
+
+/// One frame body: 4-byte big-endian length, then that many bytes (bounded
+/// by `MAX_FRAME` before anything is allocated).
+fn read_frame(rd: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    rd.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    rd.read_exact(&mut body)?;
+    Ok(body)
+}
+
+fn write_all_vectored(w: &mut File, a: &[u8], b: &[u8]) -> std::io::Result<()> {
+    let (mut a, mut b) = (a, b);
+    while !a.is_empty() || !b.is_empty() {
+        let n = match w.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let from_a = n.min(a.len());
+        a = &a[from_a..];
+        b = &b[n - from_a..];
+    }
+    Ok(())
 }

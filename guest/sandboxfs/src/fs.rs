@@ -327,15 +327,7 @@ impl Filesystem for SandboxFs {
         if data.len() > MAX_FS_DATA {
             return reply.error(Errno::EINVAL);
         }
-        self.call(
-            req,
-            FsOp::Write {
-                fh: fh.0,
-                offset,
-                data: data.to_vec(),
-            },
-            Pending::Write(reply),
-        );
+        self.conn.call_write(caller(req), fh.0, offset, data, reply);
     }
 
     fn flush(

@@ -329,6 +329,42 @@ pub enum FsHostMsg {
     },
 }
 
+/// The frame for a `Write` request, minus its data: send these bytes, then
+/// `len` bytes of data, and the peer decodes the same message as
+/// `encode(&FsGuestMsg::Request(.. FsOp::Write { data, .. }))`. Lets the guest
+/// pass the kernel's buffer straight to the port instead of copying it twice
+/// (copies are what an emulated guest pays most for).
+pub fn write_frame_header(id: u64, caller: Caller, fh: u64, offset: u64, len: usize) -> Vec<u8> {
+    let msg = FsGuestMsg::Request(FsRequest {
+        id,
+        caller,
+        op: FsOp::Write {
+            fh,
+            offset,
+            data: Vec::new(),
+        },
+    });
+    let mut body = postcard::to_allocvec(&msg).expect("postcard encode of a wire message");
+    // `data` is the last field: an empty byte string is the single varint 0.
+    debug_assert_eq!(body.last(), Some(&0));
+    body.pop();
+    let mut n = len as u64;
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            body.push(b);
+            break;
+        }
+        body.push(b | 0x80);
+    }
+    let total = (body.len() + len) as u32;
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&total.to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
 fn check_name(name: &str) -> Result<(), WireError> {
     if name.is_empty() || name.len() > MAX_NAME {
         return Err(WireError::Invalid("file name empty or too long"));
@@ -438,6 +474,30 @@ mod tests {
             assert_eq!(&got, m);
         }
         assert!(d.next_message::<FsGuestMsg>().unwrap().is_none());
+    }
+
+    #[test]
+    fn split_write_frames_match_whole_ones() {
+        for len in [0usize, 1, 127, 128, 16_383, 16_384, 70_000, MAX_FS_DATA] {
+            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let caller = Caller {
+                uid: 7,
+                gid: 8,
+                pid: 9,
+            };
+            let whole = encode(&FsGuestMsg::Request(FsRequest {
+                id: 1 << 40,
+                caller,
+                op: FsOp::Write {
+                    fh: 3,
+                    offset: u64::MAX,
+                    data: data.clone(),
+                },
+            }));
+            let mut split = write_frame_header(1 << 40, caller, 3, u64::MAX, len);
+            split.extend_from_slice(&data);
+            assert_eq!(split, whole, "len {len}");
+        }
     }
 
     #[test]

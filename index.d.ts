@@ -105,7 +105,6 @@ type Dirent = { name: string; isDirectory(): boolean; isFile(): boolean; isSymbo
 export interface VirtualProvider {
   readonly readonly: boolean;
   readonly supportsSymlinks: boolean;
-  readonly supportsWatch?: boolean;
   open?(path: string, flags: string, mode?: number): Promise<VirtualFileHandle>;
   openSync?(path: string, flags: string, mode?: number): VirtualFileHandle;
   stat?(path: string, options?: object): Promise<Stats>;

@@ -52,3 +52,39 @@ async function sessionsUsage(): Promise<void> {
   await findSession(42);
 }
 void sessionsUsage;
+
+import {
+  MemoryProvider,
+  RealFSProvider,
+  ReadonlyProvider,
+  ShadowProvider,
+  createShadowPathPredicate,
+  type VirtualProvider,
+  type VfsHookContext,
+} from "@gondolin/native";
+
+async function vfsUsage(custom: VirtualProvider): Promise<void> {
+  const mem = new MemoryProvider();
+  await mem.writeFile("/a.txt", "hi");
+  const text = await mem.readFile("/a.txt", "utf8");
+  void text;
+  mem.setReadOnly();
+  const real = new RealFSProvider("./project");
+  void (real.rootPath satisfies string);
+  const vm = await VM.create({
+    vfs: {
+      fuseMount: "/data",
+      mounts: {
+        "/workspace": new ShadowProvider(real, { shouldShadow: createShadowPathPredicate([".env"]), writeMode: "tmpfs" }),
+        "/docs": new ReadonlyProvider(new RealFSProvider("./docs")),
+        "/custom": custom,
+      },
+      hooks: { before: (ctx: VfsHookContext) => void ctx.op, after: async () => {} },
+    },
+  });
+  await vm.close();
+  await VM.create({ vfs: null });
+  // @ts-expect-error writeMode is "deny" or "tmpfs"
+  new ShadowProvider(mem, { shouldShadow: () => true, writeMode: "hide" });
+}
+void vfsUsage;

@@ -8,7 +8,7 @@
 const fs = require("node:fs");
 const path = require("node:path");
 const { Readable } = require("node:stream");
-const { makeStats } = require("./vfs.cjs");
+const { makeStats, statsObject } = require("./vfs.cjs");
 
 // errno names by the message coreutils prints (strerror text).
 const ERRNO = [
@@ -60,26 +60,21 @@ function statsFrom(line) {
   const f = line.trim().split("|");
   if (f.length < 13) throw new Error(`unexpected stat output: ${line}`);
   const num = (s) => Number(s);
-  const st = Object.create(fs.Stats.prototype);
-  st.mode = parseInt(f[0], 16);
-  st.dev = num(f[1]);
-  st.ino = num(f[2]);
-  st.nlink = num(f[3]);
-  st.uid = num(f[4]);
-  st.gid = num(f[5]);
-  st.rdev = parseInt(f[6], 16) * 256 + parseInt(f[7], 16);
-  st.size = num(f[8]);
-  st.blksize = num(f[9]);
-  st.blocks = num(f[10]);
-  st.atimeMs = num(f[11]) * 1000;
-  st.mtimeMs = num(f[12]) * 1000;
-  st.ctimeMs = num(f[13]) * 1000;
-  st.birthtimeMs = st.ctimeMs;
-  st.atime = new Date(st.atimeMs);
-  st.mtime = new Date(st.mtimeMs);
-  st.ctime = new Date(st.ctimeMs);
-  st.birthtime = new Date(st.birthtimeMs);
-  return st;
+  return statsObject({
+    mode: parseInt(f[0], 16),
+    dev: num(f[1]),
+    ino: num(f[2]),
+    nlink: num(f[3]),
+    uid: num(f[4]),
+    gid: num(f[5]),
+    rdev: parseInt(f[6], 16) * 256 + parseInt(f[7], 16),
+    size: num(f[8]),
+    blksize: num(f[9]),
+    blocks: num(f[10]),
+    atimeMs: num(f[11]) * 1000,
+    mtimeMs: num(f[12]) * 1000,
+    ctimeMs: num(f[13]) * 1000,
+  });
 }
 
 const VFS_CHUNK = 1024 * 1024;

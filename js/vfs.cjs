@@ -49,27 +49,22 @@ function check(outcome, syscall, p) {
   return outcome;
 }
 
-function makeStats(s) {
+/** A node:fs Stats from plain fields (times in ms; mode with type bits). */
+function statsObject(f) {
   const st = Object.create(fs.Stats.prototype);
-  st.dev = 0;
-  st.ino = s.ino;
-  st.mode = (S_IFMT[s.kind] ?? 0) | (s.mode & 0o7777);
-  st.nlink = s.nlink;
-  st.uid = s.uid;
-  st.gid = s.gid;
-  st.rdev = 0;
-  st.size = s.size;
-  st.blksize = 4096;
-  st.blocks = Math.ceil(s.size / 512);
-  st.atimeMs = s.atimeMs;
-  st.mtimeMs = s.mtimeMs;
-  st.ctimeMs = s.ctimeMs;
-  st.birthtimeMs = s.ctimeMs;
-  st.atime = new Date(s.atimeMs);
-  st.mtime = new Date(s.mtimeMs);
-  st.ctime = new Date(s.ctimeMs);
-  st.birthtime = new Date(s.ctimeMs);
+  Object.assign(st, { dev: 0, rdev: 0, blksize: 4096, blocks: Math.ceil(f.size / 512) }, f);
+  st.birthtimeMs = f.birthtimeMs ?? f.ctimeMs;
+  st.atime = new Date(st.atimeMs);
+  st.mtime = new Date(st.mtimeMs);
+  st.ctime = new Date(st.ctimeMs);
+  st.birthtime = new Date(st.birthtimeMs);
   return st;
+}
+
+/** Stats from a provider outcome's `stat`. */
+function makeStats(s) {
+  const { kind, mode, ...rest } = s;
+  return statsObject({ ...rest, mode: (S_IFMT[kind] ?? 0) | (mode & 0o7777) });
 }
 
 function statKind(st) {
@@ -713,6 +708,7 @@ module.exports = {
   formatVirtualEntries,
   buildVfs,
   makeStats,
+  statsObject,
   check,
   toNative,
 };

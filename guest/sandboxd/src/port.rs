@@ -79,7 +79,10 @@ impl Port {
 fn open_virtio() -> io::Result<OwnedFd> {
     let start = Instant::now();
     loop {
-        let found = find_port(Path::new("/sys/class/virtio-ports"));
+        let found = gondolin_wire::ports::find_virtio_port(
+            Path::new(gondolin_wire::ports::VIRTIO_PORTS_CLASS),
+            PORT_NAME,
+        );
         if let Some(dev) = &found {
             let path =
                 CString::new(format!("/dev/{dev}")).map_err(|_| io::ErrorKind::InvalidData)?;
@@ -96,35 +99,5 @@ fn open_virtio() -> io::Result<OwnedFd> {
             ));
         }
         std::thread::sleep(RETRY);
-    }
-}
-
-fn find_port(class: &Path) -> Option<String> {
-    for entry in std::fs::read_dir(class).ok()?.flatten() {
-        let name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
-        if name.trim_end() == PORT_NAME {
-            return entry.file_name().into_string().ok();
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_port_by_sysfs_name() {
-        let dir = std::env::temp_dir().join(format!("sandboxd-port-{}", std::process::id()));
-        for (dev, name) in [
-            ("vport0p1", "gondolin.fs\n"),
-            ("vport0p2", "gondolin.control\n"),
-        ] {
-            std::fs::create_dir_all(dir.join(dev)).unwrap();
-            std::fs::write(dir.join(dev).join("name"), name).unwrap();
-        }
-        assert_eq!(find_port(&dir).as_deref(), Some("vport0p2"));
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(find_port(&dir), None);
     }
 }

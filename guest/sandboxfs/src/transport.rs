@@ -8,6 +8,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use gondolin_wire::ports::{find_virtio_port, VIRTIO_PORTS_CLASS};
+
 const RETRY: Duration = Duration::from_millis(10);
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -51,7 +53,7 @@ pub fn open(target: &Target) -> io::Result<Transport> {
 fn open_port(name: &str) -> io::Result<File> {
     let start = Instant::now();
     loop {
-        if let Some(dev) = find_port(Path::new("/sys/class/virtio-ports"), name) {
+        if let Some(dev) = find_virtio_port(Path::new(VIRTIO_PORTS_CLASS), name) {
             match OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -69,35 +71,5 @@ fn open_port(name: &str) -> io::Result<File> {
             ));
         }
         std::thread::sleep(RETRY);
-    }
-}
-
-pub fn find_port(class: &Path, wanted: &str) -> Option<String> {
-    for entry in std::fs::read_dir(class).ok()?.flatten() {
-        let name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
-        if name.trim_end() == wanted {
-            return entry.file_name().into_string().ok();
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_port_by_sysfs_name() {
-        let dir = std::env::temp_dir().join(format!("sandboxfs-port-{}", std::process::id()));
-        for (dev, name) in [
-            ("vport0p1", "gondolin.control\n"),
-            ("vport0p2", "gondolin.fs\n"),
-        ] {
-            std::fs::create_dir_all(dir.join(dev)).unwrap();
-            std::fs::write(dir.join(dev).join("name"), name).unwrap();
-        }
-        assert_eq!(find_port(&dir, "gondolin.fs").as_deref(), Some("vport0p2"));
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(find_port(&dir, "gondolin.fs"), None);
     }
 }

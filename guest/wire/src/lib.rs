@@ -12,6 +12,7 @@
 mod frame;
 pub mod fs;
 mod msg;
+pub mod ports;
 
 pub use frame::{decode, encode, encode_into, FrameDecoder};
 pub use fs::MAX_FS_DATA;

@@ -5,5 +5,6 @@
 pub mod control;
 pub mod image;
 mod napi;
+pub mod net;
 pub mod vfs;
 pub mod vm;

@@ -1,0 +1,281 @@
+//! Egress: every guest TCP flow is classified, then HTTP (plain, or inside
+//! a TLS session the host terminates with a minted certificate) is parsed
+//! by hyper, checked against the policy, has its secrets filled in, and is
+//! replayed upstream by a hyper client. Anything else is reset.
+
+mod bridge;
+pub mod classify;
+pub mod policy;
+pub mod secrets;
+
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
+
+use crate::net::{dns::DnsServer, Flow, FlowHandler};
+use crate::tls::MitmCa;
+use classify::{classify, Kind, SNIFF_LIMIT};
+use policy::{any_match, is_internal, HostPattern};
+use secrets::Secrets;
+
+pub use bridge::UpstreamClient;
+
+/// How long a new flow may take to say what it is.
+const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upstream requests in flight per VM.
+pub const MAX_UPSTREAM: usize = 128;
+
+/// What the guest may reach, decided on the host.
+#[derive(Debug)]
+pub struct Policy {
+    /// `None` = every host.
+    pub allowed_hosts: Option<Vec<HostPattern>>,
+    /// May resolve to internal addresses; implicitly allowed.
+    pub allowed_internal: Vec<HostPattern>,
+    pub block_internal: bool,
+    pub secrets: Arc<Secrets>,
+    pub allow_websockets: bool,
+    pub max_request_body: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            allowed_hosts: None,
+            allowed_internal: Vec::new(),
+            block_internal: true,
+            secrets: Arc::new(Secrets::default()),
+            allow_websockets: true,
+            max_request_body: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Policy {
+    pub fn host_allowed(&self, host: &str) -> bool {
+        match &self.allowed_hosts {
+            None => true,
+            Some(list) => any_match(list, host) || any_match(&self.allowed_internal, host),
+        }
+    }
+
+    pub fn ip_allowed(&self, host: &str, ip: IpAddr) -> bool {
+        !(self.block_internal && is_internal(ip) && !any_match(&self.allowed_internal, host))
+    }
+}
+
+/// One audit record per request (or refused flow).
+#[derive(Debug, Clone)]
+pub struct EgressEvent {
+    pub protocol: &'static str,
+    pub host: String,
+    pub method: String,
+    /// As the guest sent it: placeholders, never secrets.
+    pub url: String,
+    pub allowed: bool,
+    pub reason: Option<String>,
+    pub status: Option<u16>,
+    /// Response body bytes sent to the guest.
+    pub bytes: u64,
+}
+
+pub struct Egress {
+    pub policy: Policy,
+    ca: Arc<MitmCa>,
+    dns: Arc<DnsServer>,
+    client: UpstreamClient,
+    events: Option<mpsc::Sender<EgressEvent>>,
+    upstream: Arc<tokio::sync::Semaphore>,
+}
+
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Egress")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Egress {
+    pub fn new(
+        policy: Policy,
+        ca: Arc<MitmCa>,
+        dns: Arc<DnsServer>,
+        events: Option<mpsc::Sender<EgressEvent>>,
+    ) -> Arc<Egress> {
+        Arc::new_cyclic(|me: &std::sync::Weak<Egress>| Egress {
+            policy,
+            ca,
+            dns,
+            client: bridge::client(me.clone()),
+            events,
+            upstream: Arc::new(tokio::sync::Semaphore::new(MAX_UPSTREAM)),
+        })
+    }
+
+    pub(crate) fn event(&self, e: EgressEvent) {
+        if let Some(tx) = &self.events {
+            // Auditing never slows the guest: a full queue drops records.
+            let _ = tx.try_send(e);
+        }
+    }
+
+    async fn serve_flow(self: Arc<Self>, flow: Flow) {
+        let Flow {
+            dst, mut stream, ..
+        } = flow;
+        let mut buf = BytesMut::with_capacity(1024);
+        let kind = tokio::time::timeout(SNIFF_TIMEOUT, async {
+            loop {
+                match classify(&buf) {
+                    Kind::Undecided => {}
+                    k => return k,
+                }
+                if buf.len() >= SNIFF_LIMIT {
+                    return Kind::Deny("sniff-limit-exceeded");
+                }
+                let mut chunk = [0u8; 2048];
+                let want = chunk.len().min(SNIFF_LIMIT - buf.len());
+                match stream.read(&mut chunk[..want]).await {
+                    Ok(0) | Err(_) => return Kind::Deny("closed"),
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await
+        .unwrap_or(Kind::Deny("sniff-timeout"));
+        let io = Rewind {
+            prefix: buf.freeze(),
+            inner: stream,
+        };
+        match kind {
+            Kind::Http => bridge::serve(self, io, None, dst).await,
+            Kind::Tls => self.serve_tls(io, dst).await,
+            Kind::Deny(reason) => {
+                if reason != "closed" {
+                    self.event(EgressEvent {
+                        protocol: "tcp",
+                        host: dst.to_string(),
+                        method: String::new(),
+                        url: String::new(),
+                        allowed: false,
+                        reason: Some(reason.to_string()),
+                        status: None,
+                        bytes: 0,
+                    });
+                }
+                io.inner.reset();
+            }
+            Kind::Undecided => unreachable!("classification loop returns a decision"),
+        }
+    }
+
+    async fn serve_tls(self: Arc<Self>, io: Rewind, dst: SocketAddrV4) {
+        let acceptor =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+        let Ok(Ok(start)) = tokio::time::timeout(SNIFF_TIMEOUT, acceptor).await else {
+            return;
+        };
+        let sni = start.client_hello().server_name().map(str::to_string);
+        let name = match &sni {
+            Some(n) => n.clone(),
+            None => self
+                .dns
+                .name_for(*dst.ip())
+                .unwrap_or_else(|| dst.ip().to_string()),
+        };
+        let config = match self.ca.server_config(&name) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(target: "gondolin::net", "{e}");
+                return;
+            }
+        };
+        let Ok(Ok(tls)) = tokio::time::timeout(SNIFF_TIMEOUT, start.into_stream(config)).await
+        else {
+            return;
+        };
+        bridge::serve(self, tls, Some(name), dst).await;
+    }
+}
+
+/// Wraps the egress engine as the stack's flow handler.
+#[derive(Debug, Clone)]
+pub struct EgressHandler(pub Arc<Egress>);
+
+impl FlowHandler for EgressHandler {
+    fn handle(&self, flow: Flow) {
+        tokio::spawn(self.0.clone().serve_flow(flow));
+    }
+}
+
+/// A stream that first replays the sniffed bytes.
+pub(crate) struct Rewind {
+    prefix: Bytes,
+    inner: crate::net::FlowStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Resolve `host` on the host and keep only addresses the policy allows.
+/// This runs when the upstream connection is made, so a name that
+/// resolves to a public address for a check and to an internal one for
+/// the connection cannot slip through (there is only one resolution).
+pub(crate) async fn resolve_allowed(
+    policy: &Policy,
+    host: &str,
+    port: u16,
+) -> std::io::Result<Vec<SocketAddr>> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    let allowed: Vec<SocketAddr> = addrs
+        .iter()
+        .copied()
+        .filter(|a| policy.ip_allowed(host, a.ip()))
+        .collect();
+    if allowed.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            bridge::Blocked(format!("blocked by policy: {host}")),
+        ));
+    }
+    Ok(allowed)
+}
+
+#[cfg(test)]
+mod tests;

@@ -22,10 +22,13 @@ const {
   formatVirtualEntries,
 } = require("./vfs.cjs");
 
+const { createHttpHooks, HttpRequestBlockedError } = require("./net.cjs");
 const { listSessions, findSession, gcSessions, connectToSession, registerSession, unregisterSession } = require("./sessions.cjs");
 
 module.exports = {
   VM,
+  createHttpHooks,
+  HttpRequestBlockedError,
   ExecProcess,
   ExecResult,
   buildImage,

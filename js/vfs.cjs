@@ -654,6 +654,17 @@ function attach(provider, vm, base, links) {
  * the guest paths bind-mounted from it. Returns null for `vfs: null`.
  * `detach()` forgets the VM in every provider when it closes.
  */
+/** The host-served /etc/gondolin: the MITM CA when the VM has a network; read-only. */
+function defaultEtc(withNet) {
+  const p = new MemoryProvider();
+  if (withNet) {
+    p.mkdirSync("/mitm", { recursive: true });
+    p.writeFileSync("/mitm/ca.crt", native.mitmCaPem());
+  }
+  p.setReadOnly();
+  return p;
+}
+
 function buildVfs(options, vm) {
   const sandbox = options.sandbox || {};
   if (options.vfs === null) return null;
@@ -677,7 +688,7 @@ function buildVfs(options, vm) {
     }
     keys.set(n, p);
   }
-  if (!keys.has("/etc/gondolin")) keys.set("/etc/gondolin", new MemoryProvider());
+  if (!keys.has("/etc/gondolin")) keys.set("/etc/gondolin", defaultEtc(sandbox.netEnabled !== false));
   if (!keys.has("/")) keys.set("/", new MemoryProvider());
   const builder = new native.NativeMounts();
   const links = [];

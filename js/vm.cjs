@@ -9,6 +9,7 @@ const { ExecProcess, normalizeCommand, windowBytes } = require("./exec.cjs");
 const { ensureImage } = require("./image.cjs");
 const { VmFs } = require("./fs.cjs");
 const { buildVfs } = require("./vfs.cjs");
+const { netOptions, pumpEgress } = require("./net.cjs");
 const { registerVmSession } = require("./sessions.cjs"); // sessions
 
 const DEFAULT_START_TIMEOUT_MS = 120000;
@@ -43,6 +44,9 @@ function validateOptions(options) {
   const mode = options.rootfs && options.rootfs.mode;
   if (mode !== undefined && !ROOTFS_MODES.includes(mode)) throw new TypeError(`unsupported rootfs mode: ${mode}`);
   if (options.env !== undefined) envToEntries(options.env, "env");
+  if (options.onEgress !== undefined && typeof options.onEgress !== "function") {
+    throw new TypeError("onEgress must be a function");
+  }
 }
 
 class VM {
@@ -56,6 +60,7 @@ class VM {
   constructor(options = {}) {
     validateOptions(options);
     this._options = options;
+    this._net = netOptions(options);
     this.id = randomUUID();
     this._image = null;
     this._native = null;
@@ -117,7 +122,8 @@ class VM {
         debug: Boolean(debug) && debug !== "0" && debug !== "false",
         fuseMount: this._vfs ? this._vfs.fuseMount : undefined,
         binds: this._vfs ? this._vfs.binds : undefined,
-      }, this._vfs ? this._vfs.root : null);
+        net: this._net.net || undefined,
+      }, this._vfs ? this._vfs.root : null, this._net.secrets);
     } catch (err) {
       this._closed = true;
       throw fromNative(err);
@@ -128,6 +134,7 @@ class VM {
       throw withCode("VM is closed", "vm_closed");
     }
     this._native = n;
+    if (typeof o.onEgress === "function") pumpEgress(n, o.onEgress).catch(() => {});
     try {
       this._session = await registerVmSession(this, o.sessionLabel); // sessions
     } catch (err) {

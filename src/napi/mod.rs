@@ -9,6 +9,7 @@
 mod error;
 mod exec;
 mod image;
+mod net;
 mod vfs;
 mod vfs_call;
 mod vfs_js;

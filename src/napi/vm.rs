@@ -39,6 +39,8 @@ pub struct NativeVmOptions {
     pub fuse_mount: Option<String>,
     /// With a VFS root: guest paths bind-mounted from `fuseMount` + path.
     pub binds: Option<Vec<String>>,
+    /// The guest network; absent = no NIC.
+    pub net: Option<crate::napi::net::NativeNetOptions>,
 }
 
 #[napi(object)]
@@ -58,6 +60,17 @@ pub struct NativeVmInfo {
     pub boot_ms: f64,
     pub qemu_pid: Option<u32>,
     pub temp_dir: String,
+}
+
+#[napi(object)]
+#[derive(Default)]
+pub struct NativeNetStats {
+    pub frames_in: f64,
+    pub frames_out: f64,
+    pub flows_opened: f64,
+    pub flows_refused: f64,
+    pub dns_queries: f64,
+    pub dropped: f64,
 }
 
 #[napi(object)]
@@ -82,6 +95,8 @@ pub fn detect_accel(explicit: Option<String>) -> NativeAccel {
 pub struct NativeVm {
     vm: Arc<Vm>,
     fs: Option<Arc<FsServer>>,
+    egress: Option<crate::napi::net::EgressEvents>,
+    net_stats: Option<Arc<crate::net::NetStats>>,
 }
 
 fn config(o: NativeVmOptions) -> napi::Result<VmConfig> {
@@ -103,6 +118,7 @@ fn config(o: NativeVmOptions) -> napi::Result<VmConfig> {
         start_timeout: timeout.map(|ms| Duration::from_millis(ms as u64)),
         debug: o.debug.unwrap_or(false),
         vfs: None,
+        net: None,
     })
 }
 
@@ -113,10 +129,20 @@ pub fn start_vm<'e>(
     env: &'e Env,
     options: NativeVmOptions,
     vfs_root: Option<&NativeProvider>,
+    secrets: Option<&crate::napi::net::NativeSecrets>,
 ) -> napi::Result<PromiseRaw<'e, NativeVm>> {
     let fuse_mount = options.fuse_mount.clone().unwrap_or_else(|| "/data".into());
     let binds = options.binds.clone().unwrap_or_default();
+    let mut options = options;
+    let net = options.net.take().map(|n| crate::napi::net::attach(n, secrets)).transpose()?;
     let mut cfg = config(options)?;
+    let mut egress = None;
+    let mut net_stats = None;
+    if let Some((attach, events)) = net {
+        net_stats = Some(attach.stats.clone());
+        cfg.net = Some(attach);
+        egress = events;
+    }
     let server = vfs_root.map(|root| FsServer::new(root.inner.clone()));
     if let Some(server) = &server {
         let fuse_mount = check_absolute(&fuse_mount, "vfs.fuseMount")
@@ -132,6 +158,8 @@ pub fn start_vm<'e>(
         Ok(NativeVm {
             vm: Arc::new(vm),
             fs: server,
+            egress,
+            net_stats,
         })
     })
 }
@@ -174,6 +202,31 @@ impl NativeVm {
     pub fn vfs_invalidate(&self, path: String) {
         if let Some(fs) = &self.fs {
             fs.invalidate(&crate::vfs::path::normalize(&path));
+        }
+    }
+
+    /// The next egress record; `null` once the VM is gone (or events are off).
+    #[napi]
+    pub async fn next_egress(&self) -> Option<crate::napi::net::NativeEgressEvent> {
+        let rx = self.egress.clone()?;
+        let mut rx = rx.lock().await;
+        rx.recv().await.map(Into::into)
+    }
+
+    /// Network counters (zero without a NIC).
+    #[napi]
+    pub fn net_stats(&self) -> NativeNetStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(s) = &self.net_stats else {
+            return NativeNetStats::default();
+        };
+        NativeNetStats {
+            frames_in: s.frames_in.load(Relaxed) as f64,
+            frames_out: s.frames_out.load(Relaxed) as f64,
+            flows_opened: s.flows_opened.load(Relaxed) as f64,
+            flows_refused: s.flows_refused.load(Relaxed) as f64,
+            dns_queries: s.dns_queries.load(Relaxed) as f64,
+            dropped: s.dropped.load(Relaxed) as f64,
         }
     }
 

@@ -30,6 +30,15 @@ async fn serve_fs(listener: UnixListener, server: std::sync::Arc<crate::vfs::ser
     }
 }
 
+/// Serve the guest NIC: QEMU connects once at start.
+async fn serve_net(listener: UnixListener, net: super::NetAttach) {
+    let Ok((stream, _)) = listener.accept().await else {
+        return;
+    };
+    drop(listener);
+    crate::net::run(stream, net.config, net.dns, net.handler, net.stats).await;
+}
+
 /// How long close() lets QEMU exit after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(2);
 
@@ -132,6 +141,14 @@ impl Vm {
             cmdline.push_str(&vfs.cmdline());
             tokio::spawn(serve_fs(fs_listener, vfs.server.clone()));
         }
+        let mut net_socket = None;
+        if let Some(net) = &config.net {
+            let sock = dir.join("net.sock");
+            let net_listener = UnixListener::bind(&sock)?;
+            net_socket = Some(sock);
+            cmdline.push_str(" gondolin.net=1");
+            tokio::spawn(serve_net(net_listener, net.clone()));
+        }
         if let Some(extra) = &config.append {
             cmdline.push(' ');
             cmdline.push_str(extra);
@@ -149,6 +166,7 @@ impl Vm {
             rootfs_mode: config.rootfs_mode,
             serial_ports,
             qmp_socket: dir.join("qmp.sock"),
+            net_socket,
         };
         let qemu_path = config
             .qemu_path

@@ -68,6 +68,23 @@ pub struct VmConfig {
     pub debug: bool,
     /// The host-served filesystem, if any.
     pub vfs: Option<VfsAttach>,
+    /// The guest's network, if any (no NIC at all otherwise).
+    pub net: Option<NetAttach>,
+}
+
+/// The guest NIC's host side: the stack and what handles its flows.
+#[derive(Clone)]
+pub struct NetAttach {
+    pub config: crate::net::NetConfig,
+    pub dns: std::sync::Arc<crate::net::dns::DnsServer>,
+    pub handler: std::sync::Arc<dyn crate::net::FlowHandler>,
+    pub stats: std::sync::Arc<crate::net::NetStats>,
+}
+
+impl std::fmt::Debug for NetAttach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetAttach").field("config", &self.config).finish_non_exhaustive()
+    }
 }
 
 /// How the guest mounts the host-served filesystem.

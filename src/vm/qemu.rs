@@ -22,6 +22,8 @@ pub struct QemuPlan {
     pub serial_ports: Vec<(String, PathBuf)>,
     /// QEMU listens here for QMP.
     pub qmp_socket: PathBuf,
+    /// The host's end of the guest NIC (`None` = no network device).
+    pub net_socket: Option<PathBuf>,
 }
 
 fn p(path: &std::path::Path) -> String {
@@ -107,6 +109,21 @@ pub fn qemu_argv(plan: &QemuPlan) -> Vec<String> {
             &format!("virtserialport,chardev={id},name={name},bus=vser0.0"),
         ]);
     }
+    if let Some(sock) = &plan.net_socket {
+        push(&[
+            "-netdev",
+            &format!(
+                "stream,id=net0,server=off,addr.type=unix,addr.path={}",
+                p(sock)
+            ),
+            "-device",
+            // romfile= skips the PXE option ROM: nothing here network-boots.
+            &format!(
+                "virtio-net-{bus},netdev=net0,mac=02:00:00:00:00:01{}",
+                if bus == "pci" { ",romfile=" } else { "" }
+            ),
+        ]);
+    }
     push(&[
         "-qmp",
         &format!("unix:{},server=on,wait=off", p(&plan.qmp_socket)),
@@ -132,6 +149,7 @@ mod tests {
             rootfs_mode: RootfsMode::Cow,
             serial_ports: vec![("gondolin.control".into(), "/tmp/x/control.sock".into())],
             qmp_socket: "/tmp/x/qmp.sock".into(),
+            net_socket: None,
         }
     }
 

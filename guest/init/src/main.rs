@@ -10,7 +10,8 @@
 //! `gondolin.init=poweroff` (print one line and power off: the bare-boot
 //! benchmark baseline), `gondolin.debug` (timestamps on the console),
 //! `gondolin.fs=` / `gondolin.binds=` (the host-served filesystem, see
-//! [`vfs`]).
+//! [`vfs`]), `gondolin.net=1` (configure eth0 and trust the MITM CA,
+//! see [`net`]).
 
 mod mounts;
 mod net;
@@ -93,8 +94,16 @@ fn main() {
         },
         Err(e) => vfs_error = Some(e),
     }
+    let mut env = Vec::new();
+    if words.contains(&"gondolin.net=1") {
+        if let Err(e) = net::eth0_up() {
+            say!("network: {e}");
+        }
+        // The CA comes from the host-served /etc/gondolin.
+        env = net::trust_mitm_ca();
+    }
     if debug {
         say!("starting sandboxd at {}s", uptime());
     }
-    supervise::run(debug, vfs_error, sandboxfs);
+    supervise::run(debug, vfs_error, sandboxfs, env);
 }

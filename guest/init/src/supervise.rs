@@ -24,9 +24,12 @@ const ENV: &[(&str, &str)] = &[
     ("XDG_DATA_HOME", "/tmp/.local/share"),
 ];
 
-fn spawn(vfs_error: Option<&str>) -> Option<u32> {
+fn spawn(vfs_error: Option<&str>, extra: &[(String, String)]) -> Option<u32> {
     let mut cmd = Command::new(SANDBOXD);
-    cmd.env_clear().envs(ENV.iter().copied()).current_dir("/");
+    cmd.env_clear()
+        .envs(ENV.iter().copied())
+        .envs(extra.iter().map(|(k, v)| (k, v)))
+        .current_dir("/");
     if let Some(e) = vfs_error {
         cmd.env("GONDOLIN_VFS_ERROR", e);
     }
@@ -49,9 +52,14 @@ fn spawn(vfs_error: Option<&str>) -> Option<u32> {
 
 /// Supervise sandboxd (restarting it), reap everything else. `vfs_error` is
 /// handed to sandboxd, which reports it to the host.
-pub fn run(debug: bool, vfs_error: Option<String>, sandboxfs: Option<u32>) -> ! {
+pub fn run(
+    debug: bool,
+    vfs_error: Option<String>,
+    sandboxfs: Option<u32>,
+    env: Vec<(String, String)>,
+) -> ! {
     let vfs_error = vfs_error.as_deref();
-    let mut sandboxd = spawn(vfs_error);
+    let mut sandboxd = spawn(vfs_error, &env);
     let mut last_start = Instant::now();
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::empty())) {
@@ -65,7 +73,7 @@ pub fn run(debug: bool, vfs_error: Option<String>, sandboxfs: Option<u32>) -> ! 
                     std::thread::sleep(Duration::from_millis(300) - since);
                 }
                 last_start = Instant::now();
-                sandboxd = spawn(vfs_error);
+                sandboxd = spawn(vfs_error, &env);
             }
             Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _))
                 if Some(pid.as_raw() as u32) == sandboxfs =>
@@ -79,7 +87,7 @@ pub fn run(debug: bool, vfs_error: Option<String>, sandboxfs: Option<u32>) -> ! 
                 // Nothing to reap (sandboxd failed to start): retry later.
                 std::thread::sleep(Duration::from_millis(500));
                 if sandboxd.is_none() {
-                    sandboxd = spawn(vfs_error);
+                    sandboxd = spawn(vfs_error, &env);
                 }
             }
             Err(e) => {

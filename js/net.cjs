@@ -1,0 +1,179 @@
+"use strict";
+// Egress policy in JS terms: createHttpHooks, HttpRequestBlockedError, and
+// the translation of VM options into the native network config. The policy
+// itself (host patterns, internal ranges, secrets) runs in Rust.
+
+const { native } = require("./native.cjs");
+
+const kNative = Symbol.for("gondolin.httpHooks.native");
+
+class HttpRequestBlockedError extends Error {
+  constructor(message = "request blocked", status = 403, statusText = "Forbidden") {
+    super(message);
+    this.name = "HttpRequestBlockedError";
+    this.status = status;
+    this.statusText = statusText;
+  }
+}
+
+function hostList(v, name) {
+  if (v === undefined) return undefined;
+  if (!Array.isArray(v) || v.some((h) => typeof h !== "string")) {
+    throw new TypeError(`${name} must be an array of host patterns`);
+  }
+  const out = [];
+  for (const h of v) {
+    const n = h.trim().toLowerCase();
+    if (n && !out.includes(n)) out.push(n);
+  }
+  return out;
+}
+
+const CALLBACKS = ["isRequestAllowed", "isIpAllowed", "onRequest", "onResponse"];
+
+function createHttpHooks(options = {}) {
+  if (options === null || typeof options !== "object") throw new TypeError("createHttpHooks options must be an object");
+  const allowedHosts = hostList(options.allowedHosts, "allowedHosts");
+  const allowedInternalHosts = hostList(options.allowedInternalHosts, "allowedInternalHosts") || [];
+  for (const cb of CALLBACKS) {
+    if (options[cb] !== undefined) {
+      // Honest refusal instead of silently ignoring a security callback.
+      throw new TypeError(`createHttpHooks: ${cb} callbacks are not supported yet by @gondolin/native; use allowedHosts, allowedInternalHosts, blockInternalRanges and secrets`);
+    }
+  }
+  const defs = [];
+  for (const [name, def] of Object.entries(options.secrets || {})) {
+    if (!def || typeof def !== "object" || typeof def.value !== "string" || !Array.isArray(def.hosts)) {
+      throw new TypeError(`secrets.${name} must be { hosts: string[], value: string }`);
+    }
+    defs.push({ name, value: def.value, hosts: hostList(def.hosts, `secrets.${name}.hosts`) });
+  }
+  let secrets;
+  try {
+    secrets = new native.NativeSecrets(defs, Boolean(options.replaceSecretsInQuery));
+  } catch (err) {
+    throw require("./errors.cjs").fromNative(err);
+  }
+  const env = {};
+  for (const s of secrets.list()) env[s.name] = s.placeholder;
+  const httpHooks = {};
+  Object.defineProperty(httpHooks, kNative, {
+    value: {
+      allowedHosts,
+      allowedInternalHosts,
+      blockInternalRanges: options.blockInternalRanges !== false,
+      secrets,
+    },
+  });
+  const wrap = (f) => (...a) => {
+    try {
+      return f(...a);
+    } catch (err) {
+      throw require("./errors.cjs").fromNative(err);
+    }
+  };
+  const secretManager = {
+    listSecrets: () => secrets.list().map((s) => ({ name: s.name, placeholder: s.placeholder, hosts: s.hosts, deleted: s.deleted })),
+    updateSecret: wrap((name, opts = {}) => {
+      if (opts.value !== undefined && typeof opts.value !== "string") throw new TypeError("updateSecret: value must be a string");
+      secrets.update(name, opts.value, hostList(opts.hosts, "updateSecret: hosts"));
+    }),
+    deleteSecret: wrap((name) => secrets.delete(name)),
+  };
+  return {
+    httpHooks,
+    env,
+    allowedHosts: allowedHosts === undefined ? ["*"] : [...allowedHosts, ...allowedInternalHosts.filter((h) => !allowedHosts.includes(h))],
+    secretManager,
+  };
+}
+
+const DNS_MODES = ["synthetic", "trusted", "open"];
+
+/**
+ * Native network options (or null: no NIC) and the secrets handle for a
+ * VM's options.
+ */
+function netOptions(options) {
+  const sandbox = options.sandbox || {};
+  if (sandbox.netEnabled === false) return { net: null, secrets: null };
+  const hooks = sandbox.httpHooks ?? options.httpHooks;
+  const dns = sandbox.dns ?? options.dns ?? {};
+  if (dns === null || typeof dns !== "object") throw new TypeError("dns must be an object");
+  if (dns.mode !== undefined && !DNS_MODES.includes(dns.mode)) {
+    throw new TypeError(`dns.mode must be "synthetic", "trusted" or "open" (got ${JSON.stringify(dns.mode)})`);
+  }
+  if (dns.syntheticHostMapping !== undefined && !["single", "per-host"].includes(dns.syntheticHostMapping)) {
+    throw new TypeError(`dns.syntheticHostMapping must be "single" or "per-host" (got ${JSON.stringify(dns.syntheticHostMapping)})`);
+  }
+  if (dns.syntheticTtlSeconds !== undefined && (!Number.isInteger(dns.syntheticTtlSeconds) || dns.syntheticTtlSeconds < 0)) {
+    throw new TypeError("dns.syntheticTtlSeconds must be a non-negative integer");
+  }
+  let policy = { blockInternalRanges: true };
+  let secrets = null;
+  if (hooks !== undefined && hooks !== null) {
+    if (typeof hooks !== "object") throw new TypeError("httpHooks must be an object");
+    const n = hooks[kNative];
+    if (!n) {
+      for (const cb of CALLBACKS) {
+        if (hooks[cb] !== undefined) {
+          throw new TypeError(`httpHooks.${cb} callbacks are not supported yet by @gondolin/native; build the policy with createHttpHooks({ allowedHosts, secrets, ... })`);
+        }
+      }
+    } else {
+      policy = n;
+      secrets = n.secrets;
+    }
+  }
+  const allowWebSockets = sandbox.allowWebSockets ?? options.allowWebSockets;
+  const maxBody = sandbox.maxHttpBodyBytes ?? options.maxHttpBodyBytes;
+  if (maxBody !== undefined && (typeof maxBody !== "number" || !(maxBody >= 0))) {
+    throw new TypeError(`maxHttpBodyBytes must be a non-negative number (got ${maxBody})`);
+  }
+  return {
+    net: {
+      dnsMode: dns.mode,
+      trustedServers: dns.trustedServers,
+      syntheticIpv4: dns.syntheticIPv4,
+      syntheticIpv6: dns.syntheticIPv6,
+      syntheticTtlSeconds: dns.syntheticTtlSeconds,
+      perHostMapping: dns.syntheticHostMapping === "per-host",
+      allowedHosts: policy.allowedHosts,
+      allowedInternalHosts: policy.allowedInternalHosts,
+      blockInternalRanges: policy.blockInternalRanges,
+      allowWebSockets: allowWebSockets === undefined ? undefined : Boolean(allowWebSockets),
+      maxHttpBodyBytes: maxBody,
+      events: typeof options.onEgress === "function",
+    },
+    secrets,
+  };
+}
+
+/** Pull egress events into `onEgress` until the VM is gone. */
+async function pumpEgress(nativeVm, onEgress) {
+  for (;;) {
+    const e = await nativeVm.nextEgress();
+    if (e === null || e === undefined) return;
+    const event = {
+      protocol: e.protocol,
+      host: e.host,
+      method: e.method || undefined,
+      url: e.url || undefined,
+      decision: e.allowed ? "allow" : "deny",
+      reason: e.reason ?? undefined,
+      status: e.status ?? undefined,
+      bytes: e.bytes,
+    };
+    try {
+      onEgress(event);
+    } catch (err) {
+      process.emitWarning(`gondolin: onEgress threw: ${err && err.message}`);
+    }
+  }
+}
+
+function mitmCaPem() {
+  return native.mitmCaPem();
+}
+
+module.exports = { createHttpHooks, HttpRequestBlockedError, netOptions, pumpEgress, mitmCaPem };

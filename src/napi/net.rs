@@ -1,0 +1,228 @@
+//! The guest network as JS sees it: options in, a secrets handle, the MITM
+//! CA for the guest, egress events out.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use napi_derive::napi;
+use tokio::sync::{mpsc, Mutex};
+
+use super::error::js_error;
+use crate::http::policy::patterns;
+use crate::http::secrets::{new_placeholder, Secret, Secrets};
+use crate::http::{Egress, EgressEvent, EgressHandler, Policy};
+use crate::net::dns::{host_resolvers, DnsConfig, DnsMode, DnsServer};
+use crate::net::{NetConfig, NetStats};
+use crate::tls::MitmCa;
+use crate::vm::NetAttach;
+
+#[napi(object)]
+pub struct NativeNetOptions {
+    pub dns_mode: Option<String>,
+    pub trusted_servers: Option<Vec<String>>,
+    pub synthetic_ipv4: Option<String>,
+    pub synthetic_ipv6: Option<String>,
+    pub synthetic_ttl_seconds: Option<u32>,
+    pub per_host_mapping: Option<bool>,
+    /// Absent = every host; empty = none.
+    pub allowed_hosts: Option<Vec<String>>,
+    pub allowed_internal_hosts: Option<Vec<String>>,
+    pub block_internal_ranges: Option<bool>,
+    pub allow_web_sockets: Option<bool>,
+    pub max_http_body_bytes: Option<f64>,
+    pub max_flows: Option<u32>,
+    /// Deliver egress events through `NativeVm.nextEgress()`.
+    pub events: Option<bool>,
+}
+
+#[napi(object)]
+pub struct NativeSecretDef {
+    pub name: String,
+    pub value: String,
+    pub hosts: Vec<String>,
+}
+
+#[napi(object)]
+pub struct NativeSecretEntry {
+    pub name: String,
+    pub placeholder: String,
+    pub hosts: Vec<String>,
+    pub deleted: bool,
+}
+
+/// Secrets shared by every VM created with one `createHttpHooks` result.
+#[napi]
+pub struct NativeSecrets {
+    pub(crate) inner: Arc<Secrets>,
+}
+
+#[napi]
+impl NativeSecrets {
+    #[napi(constructor)]
+    pub fn new(defs: Vec<NativeSecretDef>, replace_in_query: Option<bool>) -> napi::Result<Self> {
+        let mut list = Vec::new();
+        for d in defs {
+            if d.name.is_empty() || d.name.contains('=') || d.name.contains('\0') {
+                return Err(js_error(
+                    "invalid_option",
+                    format!("secrets: invalid environment variable name {:?}", d.name),
+                ));
+            }
+            list.push(Secret {
+                name: d.name,
+                placeholder: new_placeholder(),
+                value: d.value,
+                hosts: patterns(&d.hosts),
+                deleted: false,
+                revoked: Vec::new(),
+            });
+        }
+        Ok(NativeSecrets {
+            inner: Arc::new(Secrets::new(list, replace_in_query.unwrap_or(false))),
+        })
+    }
+
+    #[napi]
+    pub fn list(&self) -> Vec<NativeSecretEntry> {
+        self.inner
+            .snapshot()
+            .into_iter()
+            .map(|s| NativeSecretEntry {
+                name: s.name,
+                placeholder: s.placeholder,
+                hosts: s.hosts.iter().map(|h| h.as_str().to_string()).collect(),
+                deleted: s.deleted,
+            })
+            .collect()
+    }
+
+    #[napi]
+    pub fn update(&self, name: String, value: Option<String>, hosts: Option<Vec<String>>) -> napi::Result<()> {
+        self.inner
+            .update(&name, value, hosts)
+            .map_err(|e| js_error("invalid_option", e))
+    }
+
+    #[napi]
+    pub fn delete(&self, name: String) -> napi::Result<()> {
+        self.inner.delete(&name).map_err(|e| js_error("invalid_option", e))
+    }
+}
+
+/// The MITM CA certificate (PEM) guests are told to trust.
+#[napi]
+pub fn mitm_ca_pem() -> napi::Result<String> {
+    MitmCa::shared()
+        .map(|ca| ca.ca_pem())
+        .map_err(|e| js_error("mitm_ca_failed", e))
+}
+
+#[napi(object)]
+pub struct NativeEgressEvent {
+    pub protocol: String,
+    pub host: String,
+    pub method: String,
+    pub url: String,
+    pub allowed: bool,
+    pub reason: Option<String>,
+    pub status: Option<u32>,
+    pub bytes: f64,
+}
+
+impl From<EgressEvent> for NativeEgressEvent {
+    fn from(e: EgressEvent) -> Self {
+        NativeEgressEvent {
+            protocol: e.protocol.to_string(),
+            host: e.host,
+            method: e.method,
+            url: e.url,
+            allowed: e.allowed,
+            reason: e.reason,
+            status: e.status.map(u32::from),
+            bytes: e.bytes as f64,
+        }
+    }
+}
+
+pub(crate) type EgressEvents = Arc<Mutex<mpsc::Receiver<EgressEvent>>>;
+
+fn bad(msg: String) -> napi::Error {
+    js_error("invalid_option", msg)
+}
+
+/// Build the VM's network from JS options.
+pub(crate) fn attach(
+    o: NativeNetOptions,
+    secrets: Option<&NativeSecrets>,
+) -> napi::Result<(NetAttach, Option<EgressEvents>)> {
+    let mode = DnsMode::parse(o.dns_mode.as_deref().unwrap_or("synthetic")).map_err(bad)?;
+    let mut dns = DnsConfig {
+        mode,
+        per_host: o.per_host_mapping.unwrap_or(false),
+        ..DnsConfig::default()
+    };
+    if let Some(v4) = &o.synthetic_ipv4 {
+        dns.synthetic_v4 = v4
+            .parse::<Ipv4Addr>()
+            .map_err(|_| bad(format!("dns.syntheticIPv4 must be an IPv4 address (got {v4:?})")))?;
+    }
+    if let Some(v6) = &o.synthetic_ipv6 {
+        dns.synthetic_v6 = v6
+            .parse::<Ipv6Addr>()
+            .map_err(|_| bad(format!("dns.syntheticIPv6 must be an IPv6 address (got {v6:?})")))?;
+    }
+    if let Some(ttl) = o.synthetic_ttl_seconds {
+        dns.ttl = ttl;
+    }
+    dns.servers = match &o.trusted_servers {
+        Some(list) if !list.is_empty() => list
+            .iter()
+            .map(|s| {
+                s.parse::<Ipv4Addr>()
+                    .map_err(|_| bad(format!("dns.trustedServers entries must be IPv4 addresses (got {s:?})")))
+            })
+            .collect::<napi::Result<_>>()?,
+        _ => host_resolvers(),
+    };
+    if mode == DnsMode::Trusted && dns.servers.is_empty() {
+        return Err(bad("dns mode 'trusted' requires at least one IPv4 resolver (none found). Provide an IPv4 resolver via --dns-trusted-server or configure an IPv4 DNS server on the host".into()));
+    }
+    if mode == DnsMode::Open && dns.servers.is_empty() {
+        dns.servers.push(Ipv4Addr::new(8, 8, 8, 8));
+    }
+    let max_body = match o.max_http_body_bytes {
+        None => 64 * 1024 * 1024,
+        Some(v) if v.is_finite() && v >= 0.0 => v as u64,
+        Some(v) => return Err(bad(format!("maxHttpBodyBytes must be a non-negative number (got {v})"))),
+    };
+    let policy = Policy {
+        allowed_hosts: o.allowed_hosts.as_ref().map(|l| patterns(l)),
+        allowed_internal: patterns(o.allowed_internal_hosts.as_deref().unwrap_or(&[])),
+        block_internal: o.block_internal_ranges.unwrap_or(true),
+        secrets: secrets.map(|s| s.inner.clone()).unwrap_or_default(),
+        allow_websockets: o.allow_web_sockets.unwrap_or(true),
+        max_request_body: max_body,
+    };
+    let ca = MitmCa::shared().map_err(|e| js_error("mitm_ca_failed", e))?;
+    let dns_server = Arc::new(DnsServer::new(dns.clone()));
+    let (events_tx, events) = if o.events.unwrap_or(false) {
+        let (tx, rx) = mpsc::channel(1024);
+        (Some(tx), Some(Arc::new(Mutex::new(rx))))
+    } else {
+        (None, None)
+    };
+    let egress = Egress::new(policy, ca, dns_server.clone(), events_tx);
+    let config = NetConfig {
+        dns,
+        max_flows: o.max_flows.map(|n| n.max(1) as usize).unwrap_or(crate::net::DEFAULT_MAX_FLOWS),
+    };
+    Ok((
+        NetAttach {
+            config,
+            dns: dns_server,
+            handler: Arc::new(EgressHandler(egress)),
+            stats: Arc::new(NetStats::default()),
+        },
+        events,
+    ))
+}

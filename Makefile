@@ -4,7 +4,7 @@ TRIPLE      := linux-x64-gnu
 RUST_TARGET := x86_64-unknown-linux-gnu
 NPM_DIR     := npm/$(TRIPLE)
 GUEST_OUT   := target/$(RUST_TARGET)/guest
-APT_PKGS    := qemu-system-x86 debootstrap e2fsprogs kmod xz-utils zstd tmux
+APT_PKGS    := qemu-system-x86 debootstrap e2fsprogs kmod xz-utils zstd tmux openssl git
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help

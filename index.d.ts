@@ -34,6 +34,12 @@ export interface SandboxOptions {
   debug?: boolean;
   /** Provider exposed at the FUSE root (alternative to VMOptions.vfs). */
   vfsProvider?: VirtualProvider;
+  /** false: no network device at all. Default: true. */
+  netEnabled?: boolean;
+  httpHooks?: HttpHooks;
+  dns?: DnsOptions;
+  allowWebSockets?: boolean;
+  maxHttpBodyBytes?: number;
 }
 
 /** Where the guest sees host-served files. */
@@ -284,6 +290,102 @@ export interface VMOptions {
    * /etc/gondolin. null: no VFS at all.
    */
   vfs?: VmVfsOptions | null;
+  /**
+   * Egress policy, usually `createHttpHooks(...).httpHooks`. Without it every
+   * host is allowed but internal address ranges (loopback, RFC 1918,
+   * link-local/metadata, CGNAT) stay blocked — upstream allows those too.
+   */
+  httpHooks?: HttpHooks;
+  dns?: DnsOptions;
+  /** default: true — egress WebSocket upgrades */
+  allowWebSockets?: boolean;
+  /** default: 64 MiB — larger request bodies get 413 */
+  maxHttpBodyBytes?: number;
+  /** Audit trail: one event per HTTP(S) request or refused flow. */
+  onEgress?: (event: EgressEvent) => void;
+}
+
+export type DnsMode = "open" | "trusted" | "synthetic";
+export type SyntheticDnsHostMappingMode = "single" | "per-host";
+export interface DnsOptions {
+  /** default: "synthetic" */
+  mode?: DnsMode;
+  /** IPv4 only; default: the host's resolv.conf IPv4 servers */
+  trustedServers?: string[];
+  /** default: "192.0.2.1" */
+  syntheticIPv4?: string;
+  /** default: "2001:db8::1" */
+  syntheticIPv6?: string;
+  /** default: 60 */
+  syntheticTtlSeconds?: number;
+  /** default: "single" */
+  syntheticHostMapping?: SyntheticDnsHostMappingMode;
+}
+
+/** Opaque policy object made by createHttpHooks (JS callbacks are not supported yet). */
+export interface HttpHooks {
+  readonly __gondolinHttpHooks?: never;
+}
+
+export declare class HttpRequestBlockedError extends Error {
+  status: number;
+  statusText: string;
+  constructor(message?: string, status?: number, statusText?: string);
+}
+
+export interface SecretDefinition {
+  hosts: string[];
+  value: string;
+}
+
+export interface CreateHttpHooksOptions {
+  /** undefined = every host; [] = none. `*` matches any run of characters. */
+  allowedHosts?: string[];
+  /** May resolve to internal addresses; implicitly allowed. */
+  allowedInternalHosts?: string[];
+  /** key = guest environment variable name */
+  secrets?: Record<string, SecretDefinition>;
+  /** default: false */
+  replaceSecretsInQuery?: boolean;
+  /** default: true */
+  blockInternalRanges?: boolean;
+}
+
+export interface UpdateSecretOptions {
+  value?: string;
+  hosts?: string[];
+}
+export interface SecretManagerEntry {
+  name: string;
+  placeholder: string;
+  hosts: string[];
+  deleted: boolean;
+}
+export interface SecretManager {
+  listSecrets(): SecretManagerEntry[];
+  updateSecret(name: string, options: UpdateSecretOptions): void;
+  deleteSecret(name: string): void;
+}
+export interface CreateHttpHooksResult {
+  httpHooks: HttpHooks;
+  /** { NAME: "GONDOLIN_SECRET_<48 hex>" } — pass as VMOptions.env */
+  env: Record<string, string>;
+  allowedHosts: string[];
+  secretManager: SecretManager;
+}
+export declare function createHttpHooks(options?: CreateHttpHooksOptions): CreateHttpHooksResult;
+
+export interface EgressEvent {
+  protocol: "http" | "https" | "tcp";
+  host: string;
+  method?: string;
+  /** As the guest sent it: placeholders, never secret values. */
+  url?: string;
+  decision: "allow" | "deny";
+  reason?: string;
+  status?: number;
+  /** Response body bytes delivered to the guest. */
+  bytes: number;
 }
 
 export type ExecOutputMode = "buffer" | "pipe" | "inherit" | "ignore" | NodeJS.WritableStream;

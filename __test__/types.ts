@@ -88,3 +88,22 @@ async function vfsUsage(custom: VirtualProvider): Promise<void> {
   new ShadowProvider(mem, { shouldShadow: () => true, writeMode: "hide" });
 }
 void vfsUsage;
+
+// Network: policy, secrets, DNS, egress events.
+import { createHttpHooks, HttpRequestBlockedError, type EgressEvent } from "@gondolin/native";
+const policy = createHttpHooks({
+  allowedHosts: ["api.example.com", "*.github.com"],
+  allowedInternalHosts: ["10.0.0.5"],
+  secrets: { TOKEN: { hosts: ["api.example.com"], value: "t" } },
+  replaceSecretsInQuery: false,
+});
+policy.secretManager.updateSecret("TOKEN", { value: "u" });
+const netVm = new VM({
+  httpHooks: policy.httpHooks,
+  env: policy.env,
+  dns: { mode: "synthetic", syntheticHostMapping: "per-host" },
+  allowWebSockets: false,
+  onEgress: (e: EgressEvent) => void e.decision,
+});
+void netVm;
+void new HttpRequestBlockedError("no", 451, "Unavailable For Legal Reasons").status;

@@ -23,7 +23,20 @@ const VM_OPTIONS = `VM options:
   --image DIR          guest image directory (default: built on first use)
   --rootfs-mode MODE   readonly | memory | cow (default cow)
   --env KEY=VALUE      environment variable for the command (repeatable)
-  --cwd PATH           working directory in the guest`;
+  --cwd PATH           working directory in the guest
+
+Network options (HTTP and HTTPS only; internal addresses are blocked unless
+named exactly by --allow-host):
+  --allow-host PATTERN       allow egress to PATTERN ('*' wildcards; repeatable)
+  --deny-all-egress          deny every host not named by --allow-host
+  --host-secret NAME@HOST[,HOST...][=VALUE]
+                             give the guest $NAME as a placeholder that the host
+                             replaces with VALUE (default: the host's $NAME)
+                             only in requests to HOST (repeatable)
+  --dns MODE                 synthetic (default) | trusted | open
+  --dns-trusted-server IP    resolver for --dns trusted (repeatable)
+  --disable-websockets       refuse WebSocket upgrades
+  --no-network               no network device at all`;
 
 const EXEC_USAGE = `Usage: gondolin exec [options] -- CMD [ARGS...]
 
@@ -117,6 +130,36 @@ function parseVmFlag(args, i, o, usage) {
     case "--cwd":
       o.cwd = takeValue(args, i, flag, usage);
       return 1;
+    case "--allow-host":
+      (o.allowHosts ||= []).push(takeValue(args, i, flag, usage));
+      return 1;
+    case "--deny-all-egress":
+      o.denyAll = true;
+      return 0;
+    case "--host-secret": {
+      const v = takeValue(args, i, flag, usage);
+      const m = /^([A-Za-z_][A-Za-z0-9_]*)@([^=]+)(?:=([\s\S]*))?$/.exec(v);
+      if (!m) throw new UsageError(`--host-secret expects NAME@HOST[,HOST...][=VALUE] (got ${v})`, usage);
+      const value = m[3] ?? process.env[m[1]];
+      if (value === undefined) throw new UsageError(`--host-secret ${m[1]}: no =VALUE given and $${m[1]} is not set`, usage);
+      (o.secrets ||= {})[m[1]] = { hosts: m[2].split(",").map((h) => h.trim()).filter(Boolean), value };
+      return 1;
+    }
+    case "--dns": {
+      const v = takeValue(args, i, flag, usage);
+      if (!["synthetic", "trusted", "open"].includes(v)) throw new UsageError(`--dns must be synthetic, trusted or open (got ${v})`, usage);
+      o.dns = v;
+      return 1;
+    }
+    case "--dns-trusted-server":
+      (o.dnsServers ||= []).push(takeValue(args, i, flag, usage));
+      return 1;
+    case "--disable-websockets":
+      o.noWebSockets = true;
+      return 0;
+    case "--no-network":
+      o.noNetwork = true;
+      return 0;
     default:
       return -1;
   }
@@ -128,6 +171,21 @@ function vmOptions(o) {
   if (o.cpus) options.cpus = o.cpus;
   if (o.image) options.sandbox.imagePath = path.resolve(o.image);
   if (o.rootfsMode) options.rootfs = { mode: o.rootfsMode };
+  if (o.noNetwork) {
+    options.sandbox.netEnabled = false;
+    return options;
+  }
+  const { createHttpHooks } = require("./net.cjs");
+  const hooks = createHttpHooks({
+    allowedHosts: o.denyAll ? o.allowHosts || [] : o.allowHosts,
+    // A host named exactly (no wildcard) may be an internal address.
+    allowedInternalHosts: (o.allowHosts || []).filter((h) => !h.includes("*")),
+    secrets: o.secrets,
+  });
+  options.httpHooks = hooks.httpHooks;
+  options.env = hooks.env;
+  if (o.dns || o.dnsServers) options.dns = { mode: o.dns, trustedServers: o.dnsServers };
+  if (o.noWebSockets) options.allowWebSockets = false;
   return options;
 }
 

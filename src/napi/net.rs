@@ -97,7 +97,12 @@ impl NativeSecrets {
     }
 
     #[napi]
-    pub fn update(&self, name: String, value: Option<String>, hosts: Option<Vec<String>>) -> napi::Result<()> {
+    pub fn update(
+        &self,
+        name: String,
+        value: Option<String>,
+        hosts: Option<Vec<String>>,
+    ) -> napi::Result<()> {
         self.inner
             .update(&name, value, hosts)
             .map_err(|e| js_error("invalid_option", e))
@@ -105,7 +110,9 @@ impl NativeSecrets {
 
     #[napi]
     pub fn delete(&self, name: String) -> napi::Result<()> {
-        self.inner.delete(&name).map_err(|e| js_error("invalid_option", e))
+        self.inner
+            .delete(&name)
+            .map_err(|e| js_error("invalid_option", e))
     }
 }
 
@@ -162,14 +169,18 @@ pub(crate) fn attach(
         ..DnsConfig::default()
     };
     if let Some(v4) = &o.synthetic_ipv4 {
-        dns.synthetic_v4 = v4
-            .parse::<Ipv4Addr>()
-            .map_err(|_| bad(format!("dns.syntheticIPv4 must be an IPv4 address (got {v4:?})")))?;
+        dns.synthetic_v4 = v4.parse::<Ipv4Addr>().map_err(|_| {
+            bad(format!(
+                "dns.syntheticIPv4 must be an IPv4 address (got {v4:?})"
+            ))
+        })?;
     }
     if let Some(v6) = &o.synthetic_ipv6 {
-        dns.synthetic_v6 = v6
-            .parse::<Ipv6Addr>()
-            .map_err(|_| bad(format!("dns.syntheticIPv6 must be an IPv6 address (got {v6:?})")))?;
+        dns.synthetic_v6 = v6.parse::<Ipv6Addr>().map_err(|_| {
+            bad(format!(
+                "dns.syntheticIPv6 must be an IPv6 address (got {v6:?})"
+            ))
+        })?;
     }
     if let Some(ttl) = o.synthetic_ttl_seconds {
         dns.ttl = ttl;
@@ -178,8 +189,11 @@ pub(crate) fn attach(
         Some(list) if !list.is_empty() => list
             .iter()
             .map(|s| {
-                s.parse::<Ipv4Addr>()
-                    .map_err(|_| bad(format!("dns.trustedServers entries must be IPv4 addresses (got {s:?})")))
+                s.parse::<Ipv4Addr>().map_err(|_| {
+                    bad(format!(
+                        "dns.trustedServers entries must be IPv4 addresses (got {s:?})"
+                    ))
+                })
             })
             .collect::<napi::Result<_>>()?,
         _ => host_resolvers(),
@@ -193,7 +207,11 @@ pub(crate) fn attach(
     let max_body = match o.max_http_body_bytes {
         None => 64 * 1024 * 1024,
         Some(v) if v.is_finite() && v >= 0.0 => v as u64,
-        Some(v) => return Err(bad(format!("maxHttpBodyBytes must be a non-negative number (got {v})"))),
+        Some(v) => {
+            return Err(bad(format!(
+                "maxHttpBodyBytes must be a non-negative number (got {v})"
+            )))
+        }
     };
     let policy = Policy {
         allowed_hosts: o.allowed_hosts.as_ref().map(|l| patterns(l)),
@@ -214,7 +232,10 @@ pub(crate) fn attach(
     let egress = Egress::new(policy, ca, dns_server.clone(), events_tx);
     let config = NetConfig {
         dns,
-        max_flows: o.max_flows.map(|n| n.max(1) as usize).unwrap_or(crate::net::DEFAULT_MAX_FLOWS),
+        max_flows: o
+            .max_flows
+            .map(|n| n.max(1) as usize)
+            .unwrap_or(crate::net::DEFAULT_MAX_FLOWS),
     };
     Ok((
         NetAttach {

@@ -134,7 +134,11 @@ pub fn start_vm<'e>(
     let fuse_mount = options.fuse_mount.clone().unwrap_or_else(|| "/data".into());
     let binds = options.binds.clone().unwrap_or_default();
     let mut options = options;
-    let net = options.net.take().map(|n| crate::napi::net::attach(n, secrets)).transpose()?;
+    let net = options
+        .net
+        .take()
+        .map(|n| crate::napi::net::attach(n, secrets))
+        .transpose()?;
     let mut cfg = config(options)?;
     let mut egress = None;
     let mut net_stats = None;

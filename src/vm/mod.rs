@@ -83,7 +83,9 @@ pub struct NetAttach {
 
 impl std::fmt::Debug for NetAttach {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NetAttach").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("NetAttach")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 

@@ -78,18 +78,33 @@ pub fn eth0_up() -> io::Result<()> {
             req.ifr_name[i] = *b as libc::c_char;
         }
         req.ifr_ifru.ifru_addr = sockaddr(GUEST_IP);
-        check(libc::ioctl(fd, libc::SIOCSIFADDR as _, &req), "setting the address")?;
+        check(
+            libc::ioctl(fd, libc::SIOCSIFADDR as _, &req),
+            "setting the address",
+        )?;
         req.ifr_ifru.ifru_netmask = sockaddr(NETMASK);
-        check(libc::ioctl(fd, libc::SIOCSIFNETMASK as _, &req), "setting the netmask")?;
-        check(libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req), "reading flags")?;
+        check(
+            libc::ioctl(fd, libc::SIOCSIFNETMASK as _, &req),
+            "setting the netmask",
+        )?;
+        check(
+            libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req),
+            "reading flags",
+        )?;
         req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        check(libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &req), "bringing eth0 up")?;
+        check(
+            libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &req),
+            "bringing eth0 up",
+        )?;
         let mut rt: libc::rtentry = std::mem::zeroed();
         rt.rt_dst = sockaddr([0, 0, 0, 0]);
         rt.rt_genmask = sockaddr([0, 0, 0, 0]);
         rt.rt_gateway = sockaddr(GATEWAY);
         rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
-        check(libc::ioctl(fd, libc::SIOCADDRT as _, &rt), "adding the default route")?;
+        check(
+            libc::ioctl(fd, libc::SIOCADDRT as _, &rt),
+            "adding the default route",
+        )?;
         libc::close(fd);
     }
     std::fs::create_dir_all("/run/gondolin")?;
@@ -122,9 +137,14 @@ pub fn trust_mitm_ca() -> Vec<(String, String)> {
             crate::say!("trusting the MITM CA: {e}");
         }
     }
-    ["SSL_CERT_FILE", "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "GIT_SSL_CAINFO"]
-        .iter()
-        .map(|k| (k.to_string(), MERGED.to_string()))
-        .chain([("NODE_EXTRA_CA_CERTS".to_string(), COPY.to_string())])
-        .collect()
+    [
+        "SSL_CERT_FILE",
+        "CURL_CA_BUNDLE",
+        "REQUESTS_CA_BUNDLE",
+        "GIT_SSL_CAINFO",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), MERGED.to_string()))
+    .chain([("NODE_EXTRA_CA_CERTS".to_string(), COPY.to_string())])
+    .collect()
 }

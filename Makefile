@@ -55,6 +55,7 @@ bench: build ## benchmarks; print JSON
 	node bench/boot-exec.mjs
 	node bench/exec-fs.mjs
 	node bench/vfs.mjs
+	node bench/net.mjs
 
 lint: ## rustfmt + clippy
 	cargo fmt --all --check

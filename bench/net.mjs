@@ -14,10 +14,10 @@ import os from "node:os";
 import path from "node:path";
 import { VM, createHttpHooks } from "@gondolin/native";
 
-const MIB = 200;
+const MIB = Number(process.env.NET_BENCH_MIB || 200);
 const SMALL = 500;
 const UPSTREAM = { httpMiBps: 12, smallP50Ms: 5.5 };
-const round = (x, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
+const round = (x, d = 2) => (x === null || !Number.isFinite(x) ? null : Math.round(x * 10 ** d) / 10 ** d);
 
 function hostIp() {
   for (const list of Object.values(os.networkInterfaces())) {
@@ -68,9 +68,18 @@ const sh = async (cmd) => {
   return r.stdout;
 };
 
+const errors = [];
 let peakRss = 0;
 const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 100);
-const curlRate = async (url) => Number(await sh(`curl -sS -o /dev/null -w '%{speed_download}' ${url}`)) / 1048576;
+const curlRate = async (url) => {
+  // A stuck transfer fails the figure (null + error) instead of hanging the run.
+  const r = await vm.exec(["/bin/bash", "-c", `curl -sS -m 240 -o /dev/null -w '%{speed_download}' ${url}`]);
+  if (r.exitCode !== 0) {
+    errors.push(`${url}: ${r.stderr.trim()}`);
+    return null;
+  }
+  return Number(r.stdout) / 1048576;
+};
 const httpMiBps = await curlRate(`http://${ip}:${httpPort}/big`);
 const httpsMiBps = await curlRate(`https://${ip}:${httpsPort}/big`);
 clearInterval(sampler);
@@ -109,5 +118,6 @@ const out = {
   keepAliveP50Ms: round(small.keepAlive.p50),
   keepAliveP95Ms: round(small.keepAlive.p95),
   hostRssPeakMiB: round(peakRss / 1048576, 1),
+  errors,
 };
 console.log(JSON.stringify(out, null, 2));

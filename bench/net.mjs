@@ -83,7 +83,7 @@ const curlRate = async (url) => {
 const httpMiBps = await curlRate(`http://${ip}:${httpPort}/big`);
 const httpsMiBps = await curlRate(`https://${ip}:${httpsPort}/big`);
 clearInterval(sampler);
-await sh(`mkdir -p /tmp/srv && head -c ${MIB}M /dev/zero > /tmp/srv/big && (cd /tmp/srv && nohup python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &) && for i in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:8000/ && break; sleep 0.1; done`);
+await sh(`mkdir -p /tmp/srv && head -c ${MIB}M /dev/zero > /tmp/srv/big && cd /tmp/srv && setsid -f python3 -m http.server 8000 --bind 127.0.0.1 </dev/null >/dev/null 2>&1 && for i in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:8000/ && break; sleep 0.1; done`);
 const guestLoopbackMiBps = await curlRate("http://127.0.0.1:8000/big");
 await sh("rm -f /tmp/srv/big");
 

@@ -46,7 +46,7 @@ impl phy::Device for QueueDevice {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut c = DeviceCapabilities::default();
         c.medium = Medium::Ethernet;
-        c.max_transmission_unit = 1514;
+        c.max_transmission_unit = super::MTU + 14;
         c.max_burst_size = None;
         c
     }

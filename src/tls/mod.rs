@@ -49,6 +49,19 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The MITM server's crypto: ChaCha20-Poly1305 preferred. The guest has to
+/// decrypt everything it downloads, and under TCG emulation its ChaCha20
+/// runs ~1.5x faster than AES-GCM (52 vs 35 MB/s measured with `openssl
+/// speed` in the guest); on the host either is far faster than the guest.
+fn server_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites.sort_by_key(|s| {
+        let name = format!("{:?}", s.suite());
+        !name.contains("CHACHA20")
+    });
+    Arc::new(p)
+}
+
 fn validity(params: &mut CertificateParams, days: i64) {
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::minutes(5);
@@ -167,13 +180,15 @@ impl MitmCa {
             CertificateDer::from(self.cert.der().to_vec()),
         ];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key.serialize_der()));
-        let mut config = ServerConfig::builder_with_provider(provider())
+        let mut config = ServerConfig::builder_with_provider(server_provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| err(e.to_string()))?
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .map_err(|e| err(e.to_string()))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Our order wins: ChaCha20 first (see server_provider).
+        config.ignore_client_order = true;
         let config = Arc::new(config);
         let mut leaves = self.leaves.lock().unwrap();
         if leaves.len() >= LEAF_CACHE {

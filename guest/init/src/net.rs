@@ -87,6 +87,12 @@ pub fn eth0_up() -> io::Result<()> {
             libc::ioctl(fd, libc::SIOCSIFNETMASK as _, &req),
             "setting the netmask",
         )?;
+        // Must match the host stack's MTU (gondolin::net::MTU).
+        req.ifr_ifru.ifru_mtu = 65_520;
+        check(
+            libc::ioctl(fd, libc::SIOCSIFMTU as _, &req),
+            "setting the MTU",
+        )?;
         check(
             libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req),
             "reading flags",

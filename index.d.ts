@@ -301,6 +301,8 @@ export interface VMOptions {
   allowWebSockets?: boolean;
   /** default: 64 MiB — larger request bodies get 413 */
   maxHttpBodyBytes?: number;
+  /** default: 64 MiB — responses buffered for onResponse beyond this get 502 */
+  maxHttpResponseBodyBytes?: number;
   /** Audit trail: one event per HTTP(S) request or refused flow. */
   onEgress?: (event: EgressEvent) => void;
 }
@@ -322,9 +324,30 @@ export interface DnsOptions {
   syntheticHostMapping?: SyntheticDnsHostMappingMode;
 }
 
-/** Opaque policy object made by createHttpHooks (JS callbacks are not supported yet). */
+export interface HttpIpAllowInfo {
+  hostname: string;
+  ip: string;
+  family: 4 | 6;
+  port: number;
+  protocol: "http" | "https";
+}
+
+/**
+ * Egress hooks. Usually made by createHttpHooks (whose allowlist, internal
+ * ranges and secrets run natively); a plain object with these members works
+ * too. Hooks that see bodies get them buffered (up to maxHttpBodyBytes /
+ * maxHttpResponseBodyBytes); a hook that throws fails only its request
+ * (HttpRequestBlockedError → its status, anything else → 502).
+ */
 export interface HttpHooks {
-  readonly __gondolinHttpHooks?: never;
+  /** Head-only view (no body). */
+  isRequestAllowed?: (request: Request) => Promise<boolean> | boolean;
+  /** Each resolved address, after the built-in internal-range check. */
+  isIpAllowed?: (info: HttpIpAllowInfo) => Promise<boolean> | boolean;
+  /** Rewrite (return a Request or edit this one in place), answer (return a Response), or keep. */
+  onRequest?: (request: Request) => Promise<Request | Response | void> | Request | Response | void;
+  /** Replace the response (return a Response) or keep it. */
+  onResponse?: (response: Response, request: Request) => Promise<Response | void> | Response | void;
 }
 
 export declare class HttpRequestBlockedError extends Error {
@@ -349,6 +372,11 @@ export interface CreateHttpHooksOptions {
   replaceSecretsInQuery?: boolean;
   /** default: true */
   blockInternalRanges?: boolean;
+  isRequestAllowed?: HttpHooks["isRequestAllowed"];
+  /** Consulted only after the allowlist and internal checks pass. */
+  isIpAllowed?: HttpHooks["isIpAllowed"];
+  onRequest?: HttpHooks["onRequest"];
+  onResponse?: HttpHooks["onResponse"];
 }
 
 export interface UpdateSecretOptions {

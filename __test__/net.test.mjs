@@ -20,6 +20,7 @@ let httpsPort;
 const seen = []; // requests the servers received
 const events = [];
 let secretEnv;
+const hookSeen = [];
 
 /** The host's first non-loopback IPv4 address: the guest reaches it through the bridge. */
 function firstHostIp() {
@@ -105,6 +106,21 @@ before(async () => {
     allowedHosts: [hostIp, "*.allowed.test"],
     allowedInternalHosts: [hostIp],
     secrets: { API_KEY: { hosts: [hostIp], value: "real-secret-value" } },
+    isRequestAllowed: (req) => new URL(req.url).pathname !== "/hook/deny",
+    onRequest: async (req) => {
+      const p = new URL(req.url).pathname;
+      hookSeen.push(`${req.method} ${p}`);
+      if (p === "/hook/short") return new Response("answered by the hook\n", { status: 202, headers: { "x-hook": "1" } });
+      if (p === "/hook/throw") throw new Error("hook exploded");
+      if (p === "/hook/blocked") throw new HttpRequestBlockedError("not today", 451, "Unavailable For Legal Reasons");
+      if (p === "/hook/rewrite") req.headers.set("x-hooked", "yes"); // in place, returns undefined
+      if (p === "/hook/post") return new Request(req.url.replace("/hook/post", "/echo-post"), { method: "POST", headers: req.headers, body: (await req.text()).toUpperCase() });
+      return undefined;
+    },
+    onResponse: async (resp, req) => {
+      if (new URL(req.url).pathname !== "/hook/resp") return undefined;
+      return new Response((await resp.text()).toUpperCase(), { status: resp.status, headers: { "content-type": "text/plain" } });
+    },
   });
   secretEnv = hooks.env;
   vm = await VM.create({ httpHooks: hooks.httpHooks, env: hooks.env, onEgress: (e) => events.push(e) });
@@ -221,8 +237,39 @@ test("createHttpHooks: env placeholders, allowedHosts, secret manager", () => {
   const e = new HttpRequestBlockedError();
   assert.equal(e.status, 403);
   assert.equal(e.name, "HttpRequestBlockedError");
-  assert.throws(() => createHttpHooks({ onRequest: () => {} }), /not supported yet/);
+  assert.throws(() => createHttpHooks({ onRequest: "nope" }), /onRequest must be a function/);
   assert.throws(() => new VM({ dns: { mode: "bogus" } }), /dns\.mode/);
+});
+
+test("JS hooks: short-circuit, in-place edits, rewrites, response rewrite, deny, throw", { skip }, async () => {
+  const base = `http://${hostIp}:${httpPort}`;
+  const get = async (p, extra = "") => {
+    const r = await sh(`curl -s -m 20 -o /tmp/hb -w '%{http_code}' ${extra} ${base}${p}; echo; cat /tmp/hb`);
+    const [code, ...rest] = r.stdout.split("\n");
+    return { code: Number(code), body: rest.join("\n") };
+  };
+  const before = seen.length;
+  let r = await get("/hook/short");
+  assert.deepEqual(r, { code: 202, body: "answered by the hook\n" });
+  assert.equal(seen.length, before, "a short-circuited request never reaches the server");
+  r = await get("/hook/rewrite");
+  assert.equal(JSON.parse(r.body).headers["x-hooked"], "yes");
+  r = await get("/hook/post", "-d hello");
+  assert.equal(JSON.parse(r.body).url, "/echo-post");
+  assert.equal(JSON.parse(r.body).body, "HELLO");
+  r = await get("/hook/resp");
+  assert.equal(r.code, 200);
+  assert.match(r.body, /"URL":"\/HOOK\/RESP"/, "onResponse rewrote the body");
+  r = await get("/hook/deny");
+  assert.equal(r.code, 403);
+  r = await get("/hook/blocked");
+  assert.equal(r.code, 451);
+  r = await get("/hook/throw");
+  assert.equal(r.code, 502);
+  assert.match(r.body, /hook exploded/);
+  r = await get("/echo");
+  assert.equal(r.code, 200, "a throwing hook fails only its own request");
+  assert.ok(hookSeen.includes("GET /hook/rewrite"));
 });
 
 test("CLI: --deny-all-egress, --allow-host and --host-secret", { skip }, async () => {

@@ -96,6 +96,9 @@ const policy = createHttpHooks({
   allowedInternalHosts: ["10.0.0.5"],
   secrets: { TOKEN: { hosts: ["api.example.com"], value: "t" } },
   replaceSecretsInQuery: false,
+  isIpAllowed: (info) => info.family === 4,
+  onRequest: (req) => (new URL(req.url).pathname === "/x" ? new Response("no", { status: 403 }) : undefined),
+  onResponse: async (resp) => new Response(await resp.text(), { status: resp.status }),
 });
 policy.secretManager.updateSecret("TOKEN", { value: "u" });
 const netVm = new VM({

@@ -35,11 +35,11 @@ function createHttpHooks(options = {}) {
   if (options === null || typeof options !== "object") throw new TypeError("createHttpHooks options must be an object");
   const allowedHosts = hostList(options.allowedHosts, "allowedHosts");
   const allowedInternalHosts = hostList(options.allowedInternalHosts, "allowedInternalHosts") || [];
+  const callbacks = {};
   for (const cb of CALLBACKS) {
-    if (options[cb] !== undefined) {
-      // Honest refusal instead of silently ignoring a security callback.
-      throw new TypeError(`createHttpHooks: ${cb} callbacks are not supported yet by @gondolin/native; use allowedHosts, allowedInternalHosts, blockInternalRanges and secrets`);
-    }
+    if (options[cb] === undefined) continue;
+    if (typeof options[cb] !== "function") throw new TypeError(`createHttpHooks: ${cb} must be a function`);
+    callbacks[cb] = options[cb];
   }
   const defs = [];
   for (const [name, def] of Object.entries(options.secrets || {})) {
@@ -63,8 +63,11 @@ function createHttpHooks(options = {}) {
       allowedInternalHosts,
       blockInternalRanges: options.blockInternalRanges !== false,
       secrets,
+      callbacks,
     },
   });
+  // The user's callbacks stay reachable as ordinary HttpHooks members.
+  Object.assign(httpHooks, callbacks);
   const wrap = (f) => (...a) => {
     try {
       return f(...a);
@@ -111,22 +114,28 @@ function netOptions(options) {
   }
   let policy = { blockInternalRanges: true };
   let secrets = null;
+  let callbacks = {};
   if (hooks !== undefined && hooks !== null) {
     if (typeof hooks !== "object") throw new TypeError("httpHooks must be an object");
     const n = hooks[kNative];
-    if (!n) {
-      for (const cb of CALLBACKS) {
-        if (hooks[cb] !== undefined) {
-          throw new TypeError(`httpHooks.${cb} callbacks are not supported yet by @gondolin/native; build the policy with createHttpHooks({ allowedHosts, secrets, ... })`);
-        }
-      }
-    } else {
+    if (n) {
       policy = n;
       secrets = n.secrets;
+      callbacks = n.callbacks;
+    } else {
+      for (const cb of CALLBACKS) {
+        if (hooks[cb] === undefined) continue;
+        if (typeof hooks[cb] !== "function") throw new TypeError(`httpHooks.${cb} must be a function`);
+        callbacks[cb] = hooks[cb].bind(hooks);
+      }
     }
   }
   const allowWebSockets = sandbox.allowWebSockets ?? options.allowWebSockets;
   const maxBody = sandbox.maxHttpBodyBytes ?? options.maxHttpBodyBytes;
+  const maxResponse = sandbox.maxHttpResponseBodyBytes ?? options.maxHttpResponseBodyBytes;
+  if (maxResponse !== undefined && (typeof maxResponse !== "number" || !(maxResponse >= 0))) {
+    throw new TypeError(`maxHttpResponseBodyBytes must be a non-negative number (got ${maxResponse})`);
+  }
   if (maxBody !== undefined && (typeof maxBody !== "number" || !(maxBody >= 0))) {
     throw new TypeError(`maxHttpBodyBytes must be a non-negative number (got ${maxBody})`);
   }
@@ -143,9 +152,83 @@ function netOptions(options) {
       blockInternalRanges: policy.blockInternalRanges,
       allowWebSockets: allowWebSockets === undefined ? undefined : Boolean(allowWebSockets),
       maxHttpBodyBytes: maxBody,
+      maxHttpResponseBodyBytes: maxResponse,
       events: typeof options.onEgress === "function",
     },
     secrets,
+    hookNames: Object.keys(callbacks),
+    dispatch: Object.keys(callbacks).length ? makeHttpDispatcher(callbacks) : null,
+  };
+}
+
+const NULL_BODY = new Set([101, 204, 205, 304]);
+const pairs = (headers) => {
+  const out = [];
+  for (const [k, v] of headers) out.push([k, v]);
+  return out;
+};
+
+/** A WHATWG Request for a native hook call (bodies only where allowed). */
+function toRequest(call, withBody) {
+  const method = call.method || "GET";
+  const init = { method, headers: call.headers || [] };
+  if (withBody && call.body && call.body.length && method !== "GET" && method !== "HEAD") init.body = call.body;
+  return new Request(call.url, init);
+}
+
+async function requestOutcome(r) {
+  let body;
+  if (r.body !== null && r.method !== "GET" && r.method !== "HEAD") body = Buffer.from(await r.arrayBuffer());
+  return { action: "request", method: r.method, url: r.url, headers: pairs(r.headers), body };
+}
+
+async function responseOutcome(r) {
+  const headers = pairs(r.headers).filter(([k]) => k !== "set-cookie");
+  for (const c of r.headers.getSetCookie ? r.headers.getSetCookie() : []) headers.push(["set-cookie", c]);
+  const body = r.body === null ? undefined : Buffer.from(await r.arrayBuffer());
+  return { action: "response", status: r.status, statusText: r.statusText, headers, body };
+}
+
+/**
+ * The one function native code calls for every hook: builds WHATWG objects,
+ * runs the user's callback, and always resolves to an outcome.
+ */
+function makeHttpDispatcher(cb) {
+  return async (call) => {
+    try {
+      switch (call.hook) {
+        case "isRequestAllowed":
+          return { action: (await cb.isRequestAllowed(toRequest(call, false))) ? "allow" : "deny" };
+        case "isIpAllowed": {
+          const info = { hostname: call.hostname, ip: call.ip, family: call.family, port: call.port, protocol: call.protocol };
+          return { action: (await cb.isIpAllowed(info)) ? "allow" : "deny" };
+        }
+        case "onRequest": {
+          const req = toRequest(call, true);
+          const r = await cb.onRequest(req);
+          if (r === undefined || r === null) return await requestOutcome(req); // keeps in-place header edits
+          if (r instanceof Response) return await responseOutcome(r);
+          if (r instanceof Request) return await requestOutcome(r);
+          throw new TypeError("onRequest must return Request, Response, or undefined");
+        }
+        case "onResponse": {
+          const status = call.status || 200;
+          const body = NULL_BODY.has(status) ? null : call.responseBody;
+          const resp = new Response(body, { status, statusText: call.statusText || "", headers: call.responseHeaders || [] });
+          const r = await cb.onResponse(resp, toRequest(call, false));
+          if (r === undefined || r === null) return { action: "keep" };
+          if (r instanceof Response) return await responseOutcome(r);
+          throw new TypeError("onResponse must return Response or undefined");
+        }
+        default:
+          return { action: "keep" };
+      }
+    } catch (err) {
+      if (err && err.name === "HttpRequestBlockedError") {
+        return { action: "blocked", status: err.status, statusText: err.statusText, message: err.message };
+      }
+      return { action: "error", message: String((err && err.message) || err) };
+    }
   };
 }
 

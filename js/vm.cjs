@@ -123,7 +123,7 @@ class VM {
         fuseMount: this._vfs ? this._vfs.fuseMount : undefined,
         binds: this._vfs ? this._vfs.binds : undefined,
         net: this._net.net || undefined,
-      }, this._vfs ? this._vfs.root : null, this._net.secrets);
+      }, this._vfs ? this._vfs.root : null, this._net.secrets, this._net.dispatch, this._net.hookNames);
     } catch (err) {
       this._closed = true;
       throw fromNative(err);

@@ -23,6 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::hooks::{Hook, HookError, HookRequest, HookResponse, HttpHooks, IpCheck, OnRequest};
 use super::{resolve_allowed, Egress, EgressEvent};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -237,7 +238,7 @@ async fn handle(
 ) -> Response<Body> {
     let https = sni.is_some();
     let scheme = if https { "https" } else { "http" };
-    let Some((host, port, authority)) = target(&req, https) else {
+    let Some((host, _, authority)) = target(&req, https) else {
         return reply(StatusCode::BAD_REQUEST, "missing Host header");
     };
     let path = req
@@ -246,7 +247,7 @@ async fn handle(
         .map(|p| p.as_str())
         .unwrap_or("/")
         .to_string();
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         eg: eg.clone(),
         method: req.method().to_string(),
         url: format!("{scheme}://{authority}{path}"),
@@ -278,14 +279,6 @@ async fn handle(
             );
         }
     }
-    if !policy.host_allowed(&host) {
-        return ctx.deny(StatusCode::FORBIDDEN, &format!("blocked by policy: {host}"));
-    }
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        if !policy.ip_allowed(&host, ip) {
-            return ctx.deny(StatusCode::FORBIDDEN, &format!("blocked by policy: {host}"));
-        }
-    }
     if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
         match len.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
             Some(n) if n > policy.max_request_body => {
@@ -298,51 +291,326 @@ async fn handle(
             None => return reply(StatusCode::BAD_REQUEST, "bad Content-Length"),
         }
     }
-    // Secrets, in headers and (when enabled) the query.
-    let mut headers = req.headers().clone();
-    if let Err(why) = fill_secrets(&eg, &mut headers, &host) {
-        return ctx.deny(StatusCode::FORBIDDEN, &why);
-    }
-    let mut path = path;
-    if let Some((p, q)) = path.split_once('?') {
-        match policy.secrets.query(q, &host) {
-            Ok(q2) => path = format!("{p}?{q2}"),
-            Err(e) => return ctx.deny(StatusCode::FORBIDDEN, &e.0),
-        }
-    }
-    strip_hop_by_hop(&mut headers, upgrade.is_some());
     let guest_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
         || req
             .headers()
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0");
-    let method = req.method().clone();
-    let body: Body = if has_body {
-        Limited::new(req.into_body(), policy.max_request_body as usize).boxed()
+    let (parts, incoming) = req.into_parts();
+    let mut method = parts.method;
+    let mut url = ctx.url.clone();
+    let mut headers = parts.headers;
+    let mut body: Body = if has_body {
+        Limited::new(incoming, policy.max_request_body as usize).boxed()
     } else {
         Empty::new().map_err(|never| match never {}).boxed()
     };
-    let url = format!("{scheme}://{}{path}", authority_for(&host, port, https));
+    let mut has_body = has_body;
+
+    // onRequest sees (and may replace) the whole request first.
+    if let Some(h) = policy.hook(Hook::OnRequest) {
+        let bytes = if has_body {
+            let taken = std::mem::replace(&mut body, full(Bytes::new()));
+            match taken.collect().await {
+                Ok(c) => Some(c.to_bytes()),
+                Err(_) => {
+                    return ctx.deny(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body exceeds maxHttpBodyBytes",
+                    )
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(b) = &bytes {
+            body = full(b.clone());
+        }
+        let hreq = HookRequest {
+            method: method.to_string(),
+            url: url.clone(),
+            headers: to_pairs(&headers),
+            body: bytes.clone(),
+        };
+        match h.on_request(hreq).await {
+            Ok(OnRequest::Keep) => {}
+            Ok(OnRequest::Rewrite(r)) => {
+                let Ok(m) = Method::from_bytes(r.method.as_bytes()) else {
+                    return hook_failed(&ctx, "onRequest returned an invalid method");
+                };
+                method = m;
+                url = r.url;
+                headers = match from_pairs(&r.headers) {
+                    Ok(h) => h,
+                    Err(e) => return hook_failed(&ctx, &e),
+                };
+                has_body = r.body.as_ref().is_some_and(|b| !b.is_empty());
+                body = full(r.body.unwrap_or_default());
+                if let Ok(u) = url::Url::parse(&url) {
+                    if let Some(h) = u.host_str() {
+                        let auth = match u.port() {
+                            Some(p) => format!("{h}:{p}"),
+                            None => h.to_string(),
+                        };
+                        if let Ok(v) = HeaderValue::from_str(&auth) {
+                            headers.insert(header::HOST, v);
+                        }
+                    }
+                }
+                ctx.url = url.clone();
+                ctx.method = method.to_string();
+            }
+            Ok(OnRequest::Respond(r)) => {
+                let resp = hook_response(r);
+                ctx.eg.event(EgressEvent {
+                    protocol: ctx.protocol,
+                    host: ctx.host.clone(),
+                    method: ctx.method.clone(),
+                    url: ctx.url.clone(),
+                    allowed: true,
+                    reason: Some("answered by onRequest".into()),
+                    status: Some(resp.status().as_u16()),
+                    bytes: 0,
+                });
+                return resp;
+            }
+            Err(e) => return hook_error(&ctx, e),
+        }
+    }
+
+    // Where the (possibly rewritten) request goes.
+    let Ok(target_url) = url::Url::parse(&url) else {
+        return reply(StatusCode::BAD_REQUEST, "invalid request URL");
+    };
+    if target_url.scheme() != "http" && target_url.scheme() != "https" {
+        return ctx.deny(
+            StatusCode::BAD_REQUEST,
+            "only http and https URLs are supported",
+        );
+    }
+    let host = target_url
+        .host_str()
+        .unwrap_or("")
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let port = target_url.port_or_known_default().unwrap_or(80);
+    ctx.host = host.clone();
+    if !policy.host_allowed(&host) {
+        return ctx.deny(StatusCode::FORBIDDEN, &format!("blocked by policy: {host}"));
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        if !policy.ip_allowed(&host, ip) {
+            return ctx.deny(StatusCode::FORBIDDEN, &format!("blocked by policy: {host}"));
+        }
+    }
+    if let Some(h) = policy.hook(Hook::IsRequestAllowed) {
+        let head = HookRequest {
+            method: method.to_string(),
+            url: url.clone(),
+            headers: to_pairs(&headers),
+            body: None,
+        };
+        match h.is_request_allowed(&head).await {
+            Ok(true) => {}
+            Ok(false) => return ctx.deny(StatusCode::FORBIDDEN, "blocked by request policy"),
+            Err(e) => return hook_error(&ctx, e),
+        }
+    }
+    if let Some(h) = policy.hook(Hook::IsIpAllowed) {
+        match first_allowed_ip(h.as_ref(), policy, &host, port, target_url.scheme()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return ctx.deny(StatusCode::FORBIDDEN, &format!("blocked by policy: {host}"))
+            }
+            Err(e) => return hook_error(&ctx, e),
+        }
+    }
+    // Secrets, in headers and (when enabled) the query.
+    if let Err(why) = fill_secrets(&eg, &mut headers, &host) {
+        return ctx.deny(StatusCode::FORBIDDEN, &why);
+    }
+    let mut final_url = target_url.clone();
+    if let Some(q) = target_url.query() {
+        match policy.secrets.query(q, &host) {
+            Ok(q2) => final_url.set_query(Some(&q2)),
+            Err(e) => return ctx.deny(StatusCode::FORBIDDEN, &e.0),
+        }
+    }
+    strip_hop_by_hop(&mut headers, upgrade.is_some());
     let _permit = eg.upstream.clone().acquire_owned().await;
-    let resp = match send_following(&ctx, method, url, headers, body, has_body).await {
+    let resp = match send_following(
+        &ctx,
+        method.clone(),
+        final_url.to_string(),
+        headers.clone(),
+        body,
+        has_body,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(r) => return r,
     };
+    if let Some(h) = policy.hook(Hook::OnResponse) {
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let req_view = HookRequest {
+                method: method.to_string(),
+                url,
+                headers: to_pairs(&headers),
+                body: None,
+            };
+            return on_response(ctx, h.clone(), resp, req_view).await;
+        }
+    }
     respond(ctx, resp, guest_upgrade)
 }
 
-fn authority_for(host: &str, port: u16, https: bool) -> String {
-    let h = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
+/// Resolve and ask the user's `isIpAllowed` about each address (after the
+/// built-in internal-range check) until one passes.
+async fn first_allowed_ip(
+    h: &dyn HttpHooks,
+    policy: &super::Policy,
+    host: &str,
+    port: u16,
+    scheme: &str,
+) -> Result<bool, HookError> {
+    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => match tokio::net::lookup_host((host, port)).await {
+            Ok(a) => a.map(|a| a.ip()).collect(),
+            Err(_) => return Ok(true), // the upstream request reports it
+        },
     };
-    if (https && port == 443) || (!https && port == 80) {
-        h
-    } else {
-        format!("{h}:{port}")
+    for ip in addrs {
+        if !policy.ip_allowed(host, ip) {
+            continue;
+        }
+        let info = IpCheck {
+            hostname: host.to_string(),
+            ip,
+            port,
+            protocol: if scheme == "https" { "https" } else { "http" },
+        };
+        if h.is_ip_allowed(&info).await? {
+            return Ok(true);
+        }
     }
+    Ok(false)
+}
+
+fn to_pairs(h: &HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn from_pairs(pairs: &[(String, String)]) -> Result<HeaderMap, String> {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("invalid header name {k:?}"))?;
+        let value =
+            HeaderValue::from_str(v).map_err(|_| format!("invalid value for header {k}"))?;
+        h.append(name, value);
+    }
+    Ok(h)
+}
+
+fn hook_response(r: HookResponse) -> Response<Body> {
+    let mut resp = Response::new(full(r.body));
+    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+    if let Ok(h) = from_pairs(&r.headers) {
+        *resp.headers_mut() = h;
+    }
+    strip_hop_by_hop(resp.headers_mut(), false);
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    resp
+}
+
+fn hook_failed(ctx: &Ctx, why: &str) -> Response<Body> {
+    ctx.deny(StatusCode::BAD_GATEWAY, why)
+}
+
+fn hook_error(ctx: &Ctx, e: HookError) -> Response<Body> {
+    match e {
+        HookError::Blocked {
+            status,
+            status_text,
+            message,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+            ctx.eg.event(EgressEvent {
+                protocol: ctx.protocol,
+                host: ctx.host.clone(),
+                method: ctx.method.clone(),
+                url: ctx.url.clone(),
+                allowed: false,
+                reason: Some(message.clone()),
+                status: Some(status.as_u16()),
+                bytes: 0,
+            });
+            let mut r = reply(status, &message);
+            let _ = status_text;
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
+        HookError::Failed(m) => hook_failed(ctx, &m),
+    }
+}
+
+/// Buffer the upstream response for `onResponse`, then send what it says.
+async fn on_response(
+    ctx: Ctx,
+    h: Arc<dyn HttpHooks>,
+    resp: Response<Incoming>,
+    req: HookRequest,
+) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    let limit = ctx.eg.policy.max_response_body as usize;
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => {
+            return ctx.deny(
+                StatusCode::BAD_GATEWAY,
+                "response body exceeds maxHttpResponseBodyBytes",
+            )
+        }
+    };
+    let view = HookResponse {
+        status: parts.status.as_u16(),
+        status_text: parts.status.canonical_reason().unwrap_or("").to_string(),
+        headers: to_pairs(&parts.headers),
+        body: bytes.clone(),
+    };
+    let out = match h.on_response(view, &req).await {
+        Ok(Some(r)) => hook_response(r),
+        Ok(None) => {
+            let mut r = Response::from_parts(parts, full(bytes));
+            r.headers_mut().remove(header::CONTENT_LENGTH);
+            r
+        }
+        Err(e) => return hook_error(&ctx, e),
+    };
+    ctx.eg.event(EgressEvent {
+        protocol: ctx.protocol,
+        host: ctx.host.clone(),
+        method: ctx.method.clone(),
+        url: ctx.url.clone(),
+        allowed: true,
+        reason: None,
+        status: Some(out.status().as_u16()),
+        bytes: out.body().size_hint().exact().unwrap_or(0),
+    });
+    out
 }
 
 fn fill_secrets(eg: &Egress, headers: &mut HeaderMap, host: &str) -> Result<(), String> {

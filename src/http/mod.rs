@@ -5,6 +5,7 @@
 
 mod bridge;
 pub mod classify;
+pub mod hooks;
 pub mod policy;
 pub mod secrets;
 
@@ -42,6 +43,9 @@ pub struct Policy {
     pub secrets: Arc<Secrets>,
     pub allow_websockets: bool,
     pub max_request_body: u64,
+    /// Bodies buffered for `onResponse` are capped here (then 502).
+    pub max_response_body: u64,
+    pub hooks: Option<Arc<dyn hooks::HttpHooks>>,
 }
 
 impl Default for Policy {
@@ -53,6 +57,8 @@ impl Default for Policy {
             secrets: Arc::new(Secrets::default()),
             allow_websockets: true,
             max_request_body: 64 * 1024 * 1024,
+            max_response_body: 64 * 1024 * 1024,
+            hooks: None,
         }
     }
 }
@@ -67,6 +73,10 @@ impl Policy {
 
     pub fn ip_allowed(&self, host: &str, ip: IpAddr) -> bool {
         !(self.block_internal && is_internal(ip) && !any_match(&self.allowed_internal, host))
+    }
+
+    fn hook(&self, which: hooks::Hook) -> Option<&Arc<dyn hooks::HttpHooks>> {
+        self.hooks.as_ref().filter(|h| h.has(which))
     }
 }
 

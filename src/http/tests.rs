@@ -216,3 +216,92 @@ async fn upgrades_other_than_websocket_are_refused() {
     .await;
     assert_eq!(status, 501);
 }
+
+/// Hooks that act on the path: /short → answered, /rewrite → /echo-rewritten,
+/// /deny → isRequestAllowed false, /blocked → 451, /boom → hook failure;
+/// responses get an extra header.
+struct TestHooks;
+
+#[async_trait::async_trait]
+impl hooks::HttpHooks for TestHooks {
+    fn has(&self, _: hooks::Hook) -> bool {
+        true
+    }
+    async fn is_request_allowed(
+        &self,
+        head: &hooks::HookRequest,
+    ) -> Result<bool, hooks::HookError> {
+        Ok(!head.url.ends_with("/deny"))
+    }
+    async fn is_ip_allowed(&self, _: &hooks::IpCheck) -> Result<bool, hooks::HookError> {
+        Ok(true)
+    }
+    async fn on_request(
+        &self,
+        mut req: hooks::HookRequest,
+    ) -> Result<hooks::OnRequest, hooks::HookError> {
+        if req.url.ends_with("/short") {
+            return Ok(hooks::OnRequest::Respond(hooks::HookResponse {
+                status: 201,
+                status_text: String::new(),
+                headers: vec![("x-from".into(), "hook".into())],
+                body: Bytes::from_static(b"short-circuited"),
+            }));
+        }
+        if req.url.ends_with("/blocked") {
+            return Err(hooks::HookError::Blocked {
+                status: 451,
+                status_text: "Unavailable For Legal Reasons".into(),
+                message: "nope".into(),
+            });
+        }
+        if req.url.ends_with("/boom") {
+            return Err(hooks::HookError::Failed("onRequest threw: boom".into()));
+        }
+        if req.url.ends_with("/rewrite") {
+            req.url = req.url.replace("/rewrite", "/echo-rewritten");
+            req.headers.push(("x-added".into(), "1".into()));
+            return Ok(hooks::OnRequest::Rewrite(req));
+        }
+        Ok(hooks::OnRequest::Keep)
+    }
+    async fn on_response(
+        &self,
+        mut resp: hooks::HookResponse,
+        _req: &hooks::HookRequest,
+    ) -> Result<Option<hooks::HookResponse>, hooks::HookError> {
+        resp.body = Bytes::from(format!("seen:{}", String::from_utf8_lossy(&resp.body)));
+        Ok(Some(resp))
+    }
+}
+
+#[tokio::test]
+async fn hooks_rewrite_short_circuit_deny_and_fail_one_request() {
+    let up = upstream().await;
+    let eg = egress(Policy {
+        hooks: Some(Arc::new(TestHooks)),
+        ..open_internal()
+    });
+    let host = format!("127.0.0.1:{}", up.port());
+    let (s, b) = guest_get(eg.clone(), &host, "/short", &[]).await;
+    assert_eq!(
+        (s, b.as_str()),
+        (201, "short-circuited"),
+        "no upstream, no onResponse"
+    );
+    let (s, b) = guest_get(eg.clone(), &host, "/rewrite", &[]).await;
+    assert_eq!(s, 200);
+    assert!(b.starts_with("seen:GET /echo-rewritten"), "{b}");
+    assert!(b.contains("x-added: 1"));
+    let (s, b) = guest_get(eg.clone(), &host, "/deny", &[]).await;
+    assert_eq!(s, 403);
+    assert!(b.contains("blocked by request policy"));
+    let (s, b) = guest_get(eg.clone(), &host, "/blocked", &[]).await;
+    assert_eq!(s, 451, "{b}");
+    let (s, b) = guest_get(eg.clone(), &host, "/boom", &[]).await;
+    assert_eq!(s, 502);
+    assert!(b.contains("boom"));
+    // The VM's bridge still works after a failing hook.
+    let (s, _) = guest_get(eg, &host, "/ok", &[]).await;
+    assert_eq!(s, 200);
+}

@@ -8,6 +8,7 @@
 
 mod error;
 mod exec;
+mod http_js;
 mod image;
 mod net;
 mod vfs;

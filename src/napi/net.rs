@@ -30,6 +30,7 @@ pub struct NativeNetOptions {
     pub block_internal_ranges: Option<bool>,
     pub allow_web_sockets: Option<bool>,
     pub max_http_body_bytes: Option<f64>,
+    pub max_http_response_body_bytes: Option<f64>,
     pub max_flows: Option<u32>,
     /// Deliver egress events through `NativeVm.nextEgress()`.
     pub events: Option<bool>,
@@ -161,6 +162,7 @@ fn bad(msg: String) -> napi::Error {
 pub(crate) fn attach(
     o: NativeNetOptions,
     secrets: Option<&NativeSecrets>,
+    hooks: Option<Arc<dyn crate::http::hooks::HttpHooks>>,
 ) -> napi::Result<(NetAttach, Option<EgressEvents>)> {
     let mode = DnsMode::parse(o.dns_mode.as_deref().unwrap_or("synthetic")).map_err(bad)?;
     let mut dns = DnsConfig {
@@ -213,6 +215,15 @@ pub(crate) fn attach(
             )))
         }
     };
+    let max_response = match o.max_http_response_body_bytes {
+        None => 64 * 1024 * 1024,
+        Some(v) if v.is_finite() && v >= 0.0 => v as u64,
+        Some(v) => {
+            return Err(bad(format!(
+                "maxHttpResponseBodyBytes must be a non-negative number (got {v})"
+            )))
+        }
+    };
     let policy = Policy {
         allowed_hosts: o.allowed_hosts.as_ref().map(|l| patterns(l)),
         allowed_internal: patterns(o.allowed_internal_hosts.as_deref().unwrap_or(&[])),
@@ -220,6 +231,8 @@ pub(crate) fn attach(
         secrets: secrets.map(|s| s.inner.clone()).unwrap_or_default(),
         allow_websockets: o.allow_web_sockets.unwrap_or(true),
         max_request_body: max_body,
+        max_response_body: max_response,
+        hooks,
     };
     let ca = MitmCa::shared().map_err(|e| js_error("mitm_ca_failed", e))?;
     let dns_server = Arc::new(DnsServer::new(dns.clone()));

@@ -130,6 +130,9 @@ pub fn start_vm<'e>(
     options: NativeVmOptions,
     vfs_root: Option<&NativeProvider>,
     secrets: Option<&crate::napi::net::NativeSecrets>,
+    #[napi(ts_arg_type = "((call: HttpHookCall) => Promise<HttpHookOutcome>) | undefined | null")]
+    http_dispatch: Option<crate::napi::http_js::HttpDispatch>,
+    http_hooks: Option<Vec<String>>,
 ) -> napi::Result<PromiseRaw<'e, NativeVm>> {
     let fuse_mount = options.fuse_mount.clone().unwrap_or_else(|| "/data".into());
     let binds = options.binds.clone().unwrap_or_default();
@@ -137,7 +140,15 @@ pub fn start_vm<'e>(
     let net = options
         .net
         .take()
-        .map(|n| crate::napi::net::attach(n, secrets))
+        .map(|n| {
+            let hooks = http_dispatch.map(|d| {
+                Arc::new(crate::napi::http_js::JsHttpHooks::new(
+                    d,
+                    http_hooks.as_deref().unwrap_or(&[]),
+                )) as Arc<dyn crate::http::hooks::HttpHooks>
+            });
+            crate::napi::net::attach(n, secrets, hooks)
+        })
         .transpose()?;
     let mut cfg = config(options)?;
     let mut egress = None;

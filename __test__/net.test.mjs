@@ -4,6 +4,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
+import crypto from "node:crypto";
 import http from "node:http";
 import https from "node:https";
 import os from "node:os";
@@ -97,6 +98,19 @@ before(async () => {
   execFileSync("git", ["update-server-info"], { cwd: path.join(dir, "repo.git") });
 
   const plain = http.createServer(handler);
+  // A minimal WebSocket echo (one small text frame at a time).
+  plain.on("upgrade", (req, socket) => {
+    const accept = crypto.createHash("sha1").update(req.headers["sec-websocket-key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest("base64");
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+    socket.on("data", (buf) => {
+      const len = buf[1] & 0x7f;
+      const mask = buf.subarray(2, 6);
+      const data = Buffer.from(buf.subarray(6, 6 + len).map((b, i) => b ^ mask[i % 4]));
+      const payload = Buffer.from("echo:" + data);
+      socket.write(Buffer.concat([Buffer.from([0x81, payload.length]), payload]));
+    });
+    socket.on("error", () => {});
+  });
   const tls = https.createServer({ key: fs.readFileSync(path.join(dir, "srv.key")), cert: fs.readFileSync(path.join(dir, "srv.crt")) }, handler);
   servers = [plain, tls];
   httpPort = await listen(plain);
@@ -123,7 +137,7 @@ before(async () => {
     },
   });
   secretEnv = hooks.env;
-  vm = await VM.create({ httpHooks: hooks.httpHooks, env: hooks.env, onEgress: (e) => events.push(e) });
+  vm = await VM.create({ httpHooks: hooks.httpHooks, env: hooks.env, maxHttpBodyBytes: 1024 * 1024, onEgress: (e) => events.push(e) });
   await vm.start();
 });
 
@@ -270,6 +284,63 @@ test("JS hooks: short-circuit, in-place edits, rewrites, response rewrite, deny,
   r = await get("/echo");
   assert.equal(r.code, 200, "a throwing hook fails only its own request");
   assert.ok(hookSeen.includes("GET /hook/rewrite"));
+});
+
+const WS_CLIENT = (host, port) => `
+import socket, base64, os
+s = socket.create_connection(("${host}", ${port}), timeout=10)
+key = base64.b64encode(os.urandom(16)).decode()
+s.sendall(("GET /ws HTTP/1.1\\r\\nHost: ${host}:${port}\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
+           "Sec-WebSocket-Key: " + key + "\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n").encode())
+resp = b""
+while b"\\r\\n\\r\\n" not in resp:
+    chunk = s.recv(4096)
+    if not chunk: break
+    resp += chunk
+head, _, rest = resp.partition(b"\\r\\n\\r\\n")
+print(head.split(b"\\r\\n")[0].decode())
+if b" 101 " in head:
+    msg = b"hello ws"; mask = os.urandom(4)
+    s.sendall(bytes([0x81, 0x80 | len(msg)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(msg)))
+    data = rest
+    while len(data) < 2 + 5 + len(msg):
+        data += s.recv(4096)
+    print(data[2:].decode())
+`;
+
+test("WebSocket upgrades are tunneled; oversize bodies get 413", { skip }, async () => {
+  fs.writeFileSync(path.join(dir, "ws.py"), WS_CLIENT(hostIp, httpPort));
+  await vm.fs.writeFile("/tmp/ws.py", fs.readFileSync(path.join(dir, "ws.py")));
+  const ws = await sh("python3 /tmp/ws.py");
+  assert.equal(ws.stdout, "HTTP/1.1 101 Switching Protocols\necho:hello ws\n", ws.stderr);
+  const big = await sh(`head -c 2M /dev/zero > /tmp/big && curl -s -m 30 -o /dev/null -w '%{http_code}' --data-binary @/tmp/big http://${hostIp}:${httpPort}/upload`);
+  assert.equal(big.stdout, "413");
+  const py = await sh(`python3 -c 'import requests; print(requests.get("https://${hostIp}:${httpsPort}/requests").json()["url"])'`);
+  assert.equal(py.stdout.trim(), "/requests", py.stderr);
+});
+
+test("trusted DNS answers from the host's resolvers; WebSockets can be turned off", { skip }, async () => {
+  const { lookup } = await import("node:dns/promises");
+  let expected;
+  try {
+    expected = (await lookup("deb.debian.org", { family: 4 })).address;
+  } catch {
+    return; // no DNS on this host: nothing to compare against
+  }
+  const other = await VM.create({
+    dns: { mode: "trusted" },
+    allowWebSockets: false,
+    httpHooks: createHttpHooks({ allowedInternalHosts: [hostIp] }).httpHooks,
+  });
+  try {
+    const r = await other.exec("getent ahostsv4 deb.debian.org | head -1");
+    assert.equal(r.stdout.split(/\s+/)[0], expected);
+    await other.fs.writeFile("/tmp/ws.py", fs.readFileSync(path.join(dir, "ws.py")));
+    const ws = await other.exec("python3 /tmp/ws.py");
+    assert.match(ws.stdout, /^HTTP\/1.1 501 /);
+  } finally {
+    await other.close();
+  }
 });
 
 test("CLI: --deny-all-egress, --allow-host and --host-secret", { skip }, async () => {

@@ -297,6 +297,13 @@ export interface VMOptions {
    */
   httpHooks?: HttpHooks;
   dns?: DnsOptions;
+  /**
+   * Upstream client for HTTP(S) egress instead of the built-in one (it gets
+   * the policy-checked request with secrets filled in; redirects stay
+   * manual and are followed by the host). The built-in client's
+   * connect-time address check does not apply to a custom fetch.
+   */
+  fetch?: (request: Request) => Promise<Response>;
   /** default: true — egress WebSocket upgrades */
   allowWebSockets?: boolean;
   /** default: 64 MiB — larger request bodies get 413 */

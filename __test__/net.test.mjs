@@ -319,7 +319,7 @@ test("WebSocket upgrades are tunneled; oversize bodies get 413", { skip }, async
   assert.equal(py.stdout.trim(), "/requests", py.stderr);
 });
 
-test("trusted DNS answers from the host's resolvers; WebSockets can be turned off", { skip }, async () => {
+test("trusted DNS answers from the host's resolvers; WebSockets can be turned off; custom fetch", { skip }, async () => {
   const { lookup } = await import("node:dns/promises");
   let expected;
   try {
@@ -327,12 +327,23 @@ test("trusted DNS answers from the host's resolvers; WebSockets can be turned of
   } catch {
     return; // no DNS on this host: nothing to compare against
   }
+  const fetched = [];
   const other = await VM.create({
     dns: { mode: "trusted" },
     allowWebSockets: false,
     httpHooks: createHttpHooks({ allowedInternalHosts: [hostIp] }).httpHooks,
+    // A custom upstream client: sees each request, answers from the real server.
+    fetch: async (req) => {
+      fetched.push(req.url);
+      const r = await fetch(req);
+      return new Response(await r.text(), { status: r.status, headers: { "x-via": "custom-fetch" } });
+    },
   });
   try {
+    const f = await other.exec(`curl -s -i http://${hostIp}:${httpPort}/via-fetch`);
+    assert.match(f.stdout, /x-via: custom-fetch/i);
+    assert.match(f.stdout, /"url":"\/via-fetch"/);
+    assert.deepEqual(fetched, [`http://${hostIp}:${httpPort}/via-fetch`]);
     const r = await other.exec("getent ahostsv4 deb.debian.org | head -1");
     assert.equal(r.stdout.split(/\s+/)[0], expected);
     await other.fs.writeFile("/tmp/ws.py", fs.readFileSync(path.join(dir, "ws.py")));

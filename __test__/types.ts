@@ -110,3 +110,4 @@ const netVm = new VM({
 });
 void netVm;
 void new HttpRequestBlockedError("no", 451, "Unavailable For Legal Reasons").status;
+void new VM({ fetch: (req: Request) => fetch(req) });

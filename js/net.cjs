@@ -130,6 +130,11 @@ function netOptions(options) {
       }
     }
   }
+  const fetchFn = sandbox.fetch ?? options.fetch;
+  if (fetchFn !== undefined) {
+    if (typeof fetchFn !== "function") throw new TypeError("fetch must be a function");
+    callbacks = { ...callbacks, fetch: fetchFn };
+  }
   const allowWebSockets = sandbox.allowWebSockets ?? options.allowWebSockets;
   const maxBody = sandbox.maxHttpBodyBytes ?? options.maxHttpBodyBytes;
   const maxResponse = sandbox.maxHttpResponseBodyBytes ?? options.maxHttpResponseBodyBytes;
@@ -219,6 +224,18 @@ function makeHttpDispatcher(cb) {
           if (r === undefined || r === null) return { action: "keep" };
           if (r instanceof Response) return await responseOutcome(r);
           throw new TypeError("onResponse must return Response or undefined");
+        }
+        case "fetch": {
+          // Redirects stay manual: the host follows them and checks each hop.
+          const method = call.method || "GET";
+          const init = { method, headers: call.headers || [], redirect: "manual" };
+          if (call.body && call.body.length && method !== "GET" && method !== "HEAD") init.body = call.body;
+          const r = await cb.fetch(new Request(call.url, init));
+          if (!(r instanceof Response)) throw new TypeError("fetch must resolve to a Response");
+          const out = await responseOutcome(r);
+          // fetch hands back decoded bodies: the encoding headers no longer apply.
+          out.headers = out.headers.filter(([k]) => k !== "content-encoding" && k !== "content-length");
+          return out;
         }
         default:
           return { action: "keep" };

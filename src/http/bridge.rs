@@ -254,7 +254,6 @@ async fn handle(
         host: host.clone(),
         protocol: scheme,
     };
-    let policy = &eg.policy;
     if let Some(sni) = &sni {
         if !host.eq_ignore_ascii_case(sni.trim_end_matches('.')) {
             return ctx.deny(
@@ -272,7 +271,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_ascii_lowercase);
     if let Some(u) = &upgrade {
-        if u != "websocket" || !policy.allow_websockets {
+        if u != "websocket" || !eg.policy.allow_websockets {
             return ctx.deny(
                 StatusCode::NOT_IMPLEMENTED,
                 "upgrades other than WebSocket (when allowed) are not supported",
@@ -281,7 +280,7 @@ async fn handle(
     }
     if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
         match len.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
-            Some(n) if n > policy.max_request_body => {
+            Some(n) if n > eg.policy.max_request_body => {
                 return ctx.deny(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "request body exceeds maxHttpBodyBytes",
@@ -302,14 +301,15 @@ async fn handle(
     let mut url = ctx.url.clone();
     let mut headers = parts.headers;
     let mut body: Body = if has_body {
-        Limited::new(incoming, policy.max_request_body as usize).boxed()
+        Limited::new(incoming, eg.policy.max_request_body as usize).boxed()
     } else {
         Empty::new().map_err(|never| match never {}).boxed()
     };
     let mut has_body = has_body;
 
     // onRequest sees (and may replace) the whole request first.
-    if let Some(h) = policy.hook(Hook::OnRequest) {
+    let hook_onrequest = eg.policy.hook(Hook::OnRequest).cloned();
+    if let Some(h) = hook_onrequest {
         let bytes = if has_body {
             let taken = std::mem::replace(&mut body, full(Bytes::new()));
             match taken.collect().await {
@@ -397,15 +397,16 @@ async fn handle(
         .to_ascii_lowercase();
     let port = target_url.port_or_known_default().unwrap_or(80);
     ctx.host = host.clone();
-    if !policy.host_allowed(&host) {
+    if !eg.policy.host_allowed(&host) {
         return ctx.deny(StatusCode::FORBIDDEN, &format!("blocked by policy: {host}"));
     }
     if let Ok(ip) = host.parse::<IpAddr>() {
-        if !policy.ip_allowed(&host, ip) {
+        if !eg.policy.ip_allowed(&host, ip) {
             return ctx.deny(StatusCode::FORBIDDEN, &format!("blocked by policy: {host}"));
         }
     }
-    if let Some(h) = policy.hook(Hook::IsRequestAllowed) {
+    let hook_isrequestallowed = eg.policy.hook(Hook::IsRequestAllowed).cloned();
+    if let Some(h) = hook_isrequestallowed {
         let head = HookRequest {
             method: method.to_string(),
             url: url.clone(),
@@ -418,8 +419,9 @@ async fn handle(
             Err(e) => return hook_error(&ctx, e),
         }
     }
-    if let Some(h) = policy.hook(Hook::IsIpAllowed) {
-        match first_allowed_ip(h.as_ref(), policy, &host, port, target_url.scheme()).await {
+    let hook_isipallowed = eg.policy.hook(Hook::IsIpAllowed).cloned();
+    if let Some(h) = hook_isipallowed {
+        match first_allowed_ip(h.as_ref(), &eg, &host, port, target_url.scheme()).await {
             Ok(true) => {}
             Ok(false) => {
                 return ctx.deny(StatusCode::FORBIDDEN, &format!("blocked by policy: {host}"))
@@ -433,7 +435,7 @@ async fn handle(
     }
     let mut final_url = target_url.clone();
     if let Some(q) = target_url.query() {
-        match policy.secrets.query(q, &host) {
+        match eg.policy.secrets.query(q, &host) {
             Ok(q2) => final_url.set_query(Some(&q2)),
             Err(e) => return ctx.deny(StatusCode::FORBIDDEN, &e.0),
         }
@@ -453,7 +455,8 @@ async fn handle(
         Ok(r) => r,
         Err(r) => return r,
     };
-    if let Some(h) = policy.hook(Hook::OnResponse) {
+    let hook_onresponse = eg.policy.hook(Hook::OnResponse).cloned();
+    if let Some(h) = hook_onresponse {
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             let req_view = HookRequest {
                 method: method.to_string(),
@@ -461,7 +464,7 @@ async fn handle(
                 headers: to_pairs(&headers),
                 body: None,
             };
-            return on_response(ctx, h.clone(), resp, req_view).await;
+            return on_response(ctx, h, resp, req_view).await;
         }
     }
     respond(ctx, resp, guest_upgrade)
@@ -471,7 +474,7 @@ async fn handle(
 /// built-in internal-range check) until one passes.
 async fn first_allowed_ip(
     h: &dyn HttpHooks,
-    policy: &super::Policy,
+    eg: &Arc<Egress>,
     host: &str,
     port: u16,
     scheme: &str,
@@ -484,7 +487,7 @@ async fn first_allowed_ip(
         },
     };
     for ip in addrs {
-        if !policy.ip_allowed(host, ip) {
+        if !eg.policy.ip_allowed(host, ip) {
             continue;
         }
         let info = IpCheck {
@@ -570,14 +573,14 @@ fn hook_error(ctx: &Ctx, e: HookError) -> Response<Body> {
 async fn on_response(
     ctx: Ctx,
     h: Arc<dyn HttpHooks>,
-    resp: Response<Incoming>,
+    resp: Response<Body>,
     req: HookRequest,
 ) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     let limit = ctx.eg.policy.max_response_body as usize;
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(c) => c.to_bytes(),
+    let bytes = match collect_limited(body, limit).await {
+        Ok(b) => b,
         Err(_) => {
             return ctx.deny(
                 StatusCode::BAD_GATEWAY,
@@ -674,7 +677,7 @@ async fn send_following(
     mut headers: HeaderMap,
     body: Body,
     has_body: bool,
-) -> Result<Response<Incoming>, Response<Body>> {
+) -> Result<Response<Body>, Response<Body>> {
     let eg = &ctx.eg;
     let mut body = Some(body);
     for _ in 0..=MAX_REDIRECTS {
@@ -686,15 +689,25 @@ async fn send_following(
         let Ok(req) = builder.body(b) else {
             return Err(reply(StatusCode::BAD_REQUEST, "invalid request"));
         };
-        let resp = match eg.client.request(req).await {
-            Ok(r) => r,
-            Err(e) => {
-                if let Some(why) = is_blocked(&e) {
-                    return Err(ctx.deny(StatusCode::FORBIDDEN, &why));
+        let fetch_hook = eg.policy.hook(Hook::Fetch).cloned();
+        let resp = if let Some(h) = fetch_hook {
+            // The user's fetch replaces the built-in client (and with it the
+            // connect-time address check; the policy checks before it stand).
+            match fetch_via_hook(h, req, url.clone()).await {
+                Ok(r) => r,
+                Err(e) => return Err(hook_error(ctx, e)),
+            }
+        } else {
+            match eg.client.request(req).await {
+                Ok(r) => r.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
+                Err(e) => {
+                    if let Some(why) = is_blocked(&e) {
+                        return Err(ctx.deny(StatusCode::FORBIDDEN, &why));
+                    }
+                    tracing::debug!(target: "gondolin::net", "upstream {url}: {e:?}");
+                    let detail = upstream_error(&e);
+                    return Err(ctx.deny(StatusCode::BAD_GATEWAY, &detail));
                 }
-                tracing::debug!(target: "gondolin::net", "upstream {url}: {e:?}");
-                let detail = upstream_error(&e);
-                return Err(ctx.deny(StatusCode::BAD_GATEWAY, &detail));
             }
         };
         let status = resp.status();
@@ -769,6 +782,54 @@ async fn send_following(
     Err(ctx.deny(StatusCode::LOOP_DETECTED, "too many redirects"))
 }
 
+/// Buffer a body up to `limit` bytes (`Err` beyond it, or on a body error).
+fn collect_limited(
+    mut body: Body,
+    limit: usize,
+) -> Pin<Box<dyn Future<Output = Result<Bytes, ()>> + Send>> {
+    Box::pin(async move {
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| ())?;
+            if let Some(d) = frame.data_ref() {
+                if buf.len() + d.len() > limit {
+                    return Err(());
+                }
+                buf.extend_from_slice(d);
+            }
+        }
+        Ok(buf.freeze())
+    })
+}
+
+/// Hand the request to the user's fetch (type-erased future: keeps the
+/// caller's future `Send` for every lifetime).
+fn fetch_via_hook(
+    h: Arc<dyn HttpHooks>,
+    req: Request<Body>,
+    url: String,
+) -> Pin<Box<dyn Future<Output = Result<Response<Body>, HookError>> + Send>> {
+    Box::pin(async move {
+        let (parts, body) = req.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|_| HookError::Blocked {
+                status: 413,
+                status_text: "Payload Too Large".into(),
+                message: "request body exceeds maxHttpBodyBytes".into(),
+            })?
+            .to_bytes();
+        let hreq = HookRequest {
+            method: parts.method.to_string(),
+            url,
+            headers: to_pairs(&parts.headers),
+            body: (!bytes.is_empty()).then_some(bytes),
+        };
+        h.fetch(hreq).await.map(hook_response)
+    })
+}
+
 fn upstream_error(e: &hyper_util::client::legacy::Error) -> String {
     let mut msg = String::from("upstream request failed");
     let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
@@ -781,7 +842,7 @@ fn upstream_error(e: &hyper_util::client::legacy::Error) -> String {
 
 fn respond(
     ctx: Ctx,
-    resp: Response<Incoming>,
+    resp: Response<Body>,
     guest_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
@@ -821,13 +882,13 @@ fn respond(
         ctx: Some(ctx),
         status: status.as_u16(),
     };
-    Response::from_parts(parts, counted.map_err(|e| Box::new(e) as BoxError).boxed())
+    Response::from_parts(parts, counted.boxed())
 }
 
 /// The response body on its way to the guest; reports the egress event
 /// with the byte count when it ends (or the guest goes away).
 struct Counted {
-    inner: Incoming,
+    inner: Body,
     bytes: u64,
     ctx: Option<Ctx>,
     status: u16,
@@ -858,12 +919,12 @@ impl Drop for Counted {
 
 impl HttpBody for Counted {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(f))) => {

@@ -60,6 +60,8 @@ pub enum Hook {
     IsIpAllowed,
     OnRequest,
     OnResponse,
+    /// A user-supplied upstream client instead of the built-in one.
+    Fetch,
 }
 
 #[async_trait]
@@ -74,6 +76,11 @@ pub trait HttpHooks: Send + Sync {
         resp: HookResponse,
         req: &HookRequest,
     ) -> Result<Option<HookResponse>, HookError>;
+    /// Perform the (policy-checked, secrets-filled) request upstream.
+    async fn fetch(&self, req: HookRequest) -> Result<HookResponse, HookError> {
+        let _ = req;
+        Err(HookError::Failed("no fetch hook".into()))
+    }
 }
 
 impl std::fmt::Debug for dyn HttpHooks {

@@ -224,8 +224,8 @@ struct TestHooks;
 
 #[async_trait::async_trait]
 impl hooks::HttpHooks for TestHooks {
-    fn has(&self, _: hooks::Hook) -> bool {
-        true
+    fn has(&self, h: hooks::Hook) -> bool {
+        h != hooks::Hook::Fetch
     }
     async fn is_request_allowed(
         &self,

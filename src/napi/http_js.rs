@@ -67,6 +67,7 @@ impl JsHttpHooks {
                 "isIpAllowed" => Some(Hook::IsIpAllowed),
                 "onRequest" => Some(Hook::OnRequest),
                 "onResponse" => Some(Hook::OnResponse),
+                "fetch" => Some(Hook::Fetch),
                 _ => None,
             })
             .collect();
@@ -187,5 +188,13 @@ impl HttpHooks for JsHttpHooks {
         call.response_body = Some(Buffer::from(resp.body.to_vec()));
         let out = self.call(call).await?;
         Ok((out.action == "response").then(|| response_from(out)))
+    }
+
+    async fn fetch(&self, req: HookRequest) -> Result<HookResponse, HookError> {
+        let out = self.call(request_call("fetch", &req)).await?;
+        if out.action != "response" {
+            return Err(HookError::Failed("fetch must resolve to a Response".into()));
+        }
+        Ok(response_from(out))
     }
 }

@@ -21,6 +21,7 @@ let httpsPort;
 const seen = []; // requests the servers received
 const events = [];
 let secretEnv;
+let hooksResult;
 const hookSeen = [];
 
 /** The host's first non-loopback IPv4 address: the guest reaches it through the bridge. */
@@ -137,6 +138,7 @@ before(async () => {
     },
   });
   secretEnv = hooks.env;
+  hooksResult = hooks;
   vm = await VM.create({ httpHooks: hooks.httpHooks, env: hooks.env, maxHttpBodyBytes: 1024 * 1024, onEgress: (e) => events.push(e) });
   await vm.start();
 });
@@ -192,6 +194,20 @@ test("HTTPS through the MITM works for curl, python, node and git", { skip }, as
   const openssl = await sh(`echo | openssl s_client -connect ${hostIp}:${httpsPort} -verify_return_error 2>&1 | grep -E 'Verify return code|issuer'`);
   assert.match(openssl.stdout, /gondolin-mitm-ca/);
   assert.match(openssl.stdout, /Verify return code: 0/);
+});
+
+test("TLS: the Host header must match the server name; secrets rotate at runtime", { skip }, async () => {
+  const r = await sh(`curl -s -m 20 -o /dev/null -w '%{http_code}' -H 'Host: other.allowed.test' https://${hostIp}:${httpsPort}/`);
+  assert.equal(r.stdout, "421");
+  hooksResult.secretManager.updateSecret("API_KEY", { value: "rotated-value" });
+  try {
+    const e = await sh(`curl -s -m 20 -H "X-Key: $API_KEY" http://${hostIp}:${httpPort}/rotated`);
+    assert.equal(JSON.parse(e.stdout).headers["x-key"], "rotated-value");
+    const old = await sh(`curl -s -m 20 -o /dev/null -w '%{http_code}' -H "X-Key: real-secret-value" http://${hostIp}:${httpPort}/old`);
+    assert.equal(old.stdout, "403", "the replaced value is refused");
+  } finally {
+    hooksResult.secretManager.updateSecret("API_KEY", { value: "real-secret-value" });
+  }
 });
 
 test("a large download streams through intact", { skip }, async () => {

@@ -80,6 +80,7 @@ impl Secrets {
         }
         if let Some(v) = value {
             if v != s.value {
+                s.revoked.retain(|r| *r != v); // restoring an old value un-revokes it
                 let old = std::mem::replace(&mut s.value, v);
                 if !old.is_empty() {
                     s.revoked.push(old);

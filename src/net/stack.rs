@@ -29,6 +29,11 @@ use super::{dhcp, link, NetConfig, GATEWAY_IP, GATEWAY_MAC, MAX_FRAME, PREFIX_LE
 
 /// Per-flow socket buffers. 256 KiB lets the window scale past 64 KiB.
 const SOCKET_BUFFER: usize = 256 * 1024;
+/// Half-open flows (SYN seen, handshake not done) allowed at once: a SYN
+/// flood costs at most this many socket buffers.
+const MAX_PENDING: usize = 64;
+/// Forwarded DNS queries in flight; more are dropped (the guest retries).
+const MAX_DNS_IN_FLIGHT: usize = 64;
 /// Drop a flow that stops acknowledging for this long.
 const FLOW_TIMEOUT: Duration = Duration::from_secs(120);
 /// Stop feeding flows while this many frames wait for QEMU.
@@ -252,7 +257,12 @@ impl Stack {
         if self.tuples.contains_key(&(src, dst)) {
             return; // a retransmitted SYN
         }
-        if self.flows.len() >= self.cfg.max_flows {
+        let pending = self
+            .flows
+            .values()
+            .filter(|f| matches!(f.state, FlowState::Pending))
+            .count();
+        if self.flows.len() >= self.cfg.max_flows || pending >= MAX_PENDING {
             // No socket: smoltcp answers the SYN with an RST.
             self.stats.flows_refused.fetch_add(1, Ordering::Relaxed);
             return;
@@ -553,6 +563,7 @@ pub async fn run(
     // Injected frames (forwarded DNS answers) come back through here.
     let (inject_tx, mut inject_rx) = mpsc::channel::<Vec<u8>>(64);
     let wake = Arc::new(Notify::new());
+    let dns_slots = Arc::new(tokio::sync::Semaphore::new(MAX_DNS_IN_FLIGHT));
     let mut stack = Stack::new(cfg, dns, handler, stats, wake.clone(), now());
     let mut delay: Option<Duration> = None;
     loop {
@@ -610,12 +621,16 @@ pub async fn run(
                 reply_from,
                 reply_to,
             } = e;
+            let Ok(permit) = dns_slots.clone().try_acquire_owned() else {
+                continue;
+            };
             let inject = inject_tx.clone();
             let mac = stack.guest_mac;
             tokio::spawn(async move {
                 if let Some(answer) = forward_dns(&query, server).await {
                     let _ = inject.try_send(udp_frame(reply_from, reply_to, &answer, mac));
                 }
+                drop(permit);
             });
         }
     }

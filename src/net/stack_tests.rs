@@ -343,3 +343,41 @@ async fn reset_and_flow_limit() {
     assert_eq!(net.sock(a).state(), tcp::State::Closed);
     assert_eq!(net.host.open_flows(), 0, "closed flows are dropped");
 }
+
+#[test]
+fn a_syn_flood_is_bounded() {
+    use smoltcp::wire::{TcpControl, TcpRepr, TcpSeqNumber};
+    let mut net = Net::new(1000);
+    let dst = Ipv4Addr::new(203, 0, 113, 7);
+    for port in 0..(MAX_PENDING as u16 + 10) {
+        let syn = TcpRepr {
+            src_port: 20000 + port,
+            dst_port: 443,
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(1),
+            ack_number: None,
+            window_len: 64240,
+            window_scale: None,
+            max_seg_size: Some(1460),
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload: &[],
+        };
+        let mut body = vec![0u8; syn.buffer_len()];
+        syn.emit(
+            &mut TcpPacket::new_unchecked(&mut body[..]),
+            &GUEST_IP.into(),
+            &dst.into(),
+            &ChecksumCapabilities::default(),
+        );
+        net.host.ingest(guest_frame(dst, IpProtocol::Tcp, &body));
+    }
+    net.pump_with(true);
+    assert_eq!(
+        net.host.open_flows(),
+        MAX_PENDING,
+        "half-open flows are capped"
+    );
+    assert_eq!(net.host.stats.flows_refused.load(Ordering::Relaxed), 10);
+}

@@ -402,7 +402,7 @@ fn hostile_frames_never_panic() {
         );
         b
     };
-    let seeds = vec![
+    let seeds = [
         udp_from_guest(SocketAddrV4::new(GATEWAY_IP, 53), 5353, &q),
         udp_from_guest(
             SocketAddrV4::new(Ipv4Addr::BROADCAST, 67),

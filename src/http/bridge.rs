@@ -23,7 +23,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::hooks::{Hook, HookError, HookRequest, HookResponse, HttpHooks, IpCheck, OnRequest};
+use super::hook_glue::{
+    fetch_via_hook, first_allowed_ip, from_pairs, hook_error, hook_failed, hook_response,
+    on_response, to_pairs,
+};
+use super::hooks::{Hook, HookRequest, OnRequest};
 use super::{resolve_allowed, Egress, EgressEvent};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -123,12 +127,12 @@ where
     let _ = conn.await;
 }
 
-fn full(b: impl Into<Bytes>) -> Body {
+pub(super) fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
 /// A short text/plain answer the host makes itself.
-fn reply(status: StatusCode, detail: &str) -> Response<Body> {
+pub(super) fn reply(status: StatusCode, detail: &str) -> Response<Body> {
     let reason = status.canonical_reason().unwrap_or("");
     let body = if detail.is_empty() {
         format!("{} {reason}\n", status.as_u16())
@@ -149,7 +153,7 @@ fn reply(status: StatusCode, detail: &str) -> Response<Body> {
 }
 
 /// Connection-level headers that never cross the bridge.
-fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+pub(super) fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     let nominated: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -206,26 +210,31 @@ fn target(req: &Request<Incoming>, https: bool) -> Option<(String, u16, String)>
     Some((host, port, authority))
 }
 
-struct Ctx {
-    eg: Arc<Egress>,
-    method: String,
-    url: String,
-    host: String,
-    protocol: &'static str,
+pub(super) struct Ctx {
+    pub(super) eg: Arc<Egress>,
+    pub(super) method: String,
+    pub(super) url: String,
+    pub(super) host: String,
+    pub(super) protocol: &'static str,
 }
 
 impl Ctx {
-    fn deny(&self, status: StatusCode, reason: &str) -> Response<Body> {
+    /// One audit record for this request.
+    pub(super) fn record(&self, allowed: bool, reason: Option<&str>, status: u16, bytes: u64) {
         self.eg.event(EgressEvent {
             protocol: self.protocol,
             host: self.host.clone(),
             method: self.method.clone(),
             url: self.url.clone(),
-            allowed: false,
-            reason: Some(reason.to_string()),
-            status: Some(status.as_u16()),
-            bytes: 0,
+            allowed,
+            reason: reason.map(str::to_string),
+            status: Some(status),
+            bytes,
         });
+    }
+
+    pub(super) fn deny(&self, status: StatusCode, reason: &str) -> Response<Body> {
+        self.record(false, Some(reason), status.as_u16(), 0);
         reply(status, reason)
     }
 }
@@ -363,16 +372,12 @@ async fn handle(
             }
             Ok(OnRequest::Respond(r)) => {
                 let resp = hook_response(r);
-                ctx.eg.event(EgressEvent {
-                    protocol: ctx.protocol,
-                    host: ctx.host.clone(),
-                    method: ctx.method.clone(),
-                    url: ctx.url.clone(),
-                    allowed: true,
-                    reason: Some("answered by onRequest".into()),
-                    status: Some(resp.status().as_u16()),
-                    bytes: 0,
-                });
+                ctx.record(
+                    true,
+                    Some("answered by onRequest"),
+                    resp.status().as_u16(),
+                    0,
+                );
                 return resp;
             }
             Err(e) => return hook_error(&ctx, e),
@@ -468,152 +473,6 @@ async fn handle(
         }
     }
     respond(ctx, resp, guest_upgrade)
-}
-
-/// Resolve and ask the user's `isIpAllowed` about each address (after the
-/// built-in internal-range check) until one passes.
-async fn first_allowed_ip(
-    h: &dyn HttpHooks,
-    eg: &Arc<Egress>,
-    host: &str,
-    port: u16,
-    scheme: &str,
-) -> Result<bool, HookError> {
-    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![ip],
-        Err(_) => match tokio::net::lookup_host((host, port)).await {
-            Ok(a) => a.map(|a| a.ip()).collect(),
-            Err(_) => return Ok(true), // the upstream request reports it
-        },
-    };
-    for ip in addrs {
-        if !eg.policy.ip_allowed(host, ip) {
-            continue;
-        }
-        let info = IpCheck {
-            hostname: host.to_string(),
-            ip,
-            port,
-            protocol: if scheme == "https" { "https" } else { "http" },
-        };
-        if h.is_ip_allowed(&info).await? {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-fn to_pairs(h: &HeaderMap) -> Vec<(String, String)> {
-    h.iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect()
-}
-
-fn from_pairs(pairs: &[(String, String)]) -> Result<HeaderMap, String> {
-    let mut h = HeaderMap::new();
-    for (k, v) in pairs {
-        let name = HeaderName::from_bytes(k.as_bytes())
-            .map_err(|_| format!("invalid header name {k:?}"))?;
-        let value =
-            HeaderValue::from_str(v).map_err(|_| format!("invalid value for header {k}"))?;
-        h.append(name, value);
-    }
-    Ok(h)
-}
-
-fn hook_response(r: HookResponse) -> Response<Body> {
-    let mut resp = Response::new(full(r.body));
-    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
-    if let Ok(h) = from_pairs(&r.headers) {
-        *resp.headers_mut() = h;
-    }
-    strip_hop_by_hop(resp.headers_mut(), false);
-    resp.headers_mut().remove(header::CONTENT_LENGTH);
-    resp
-}
-
-fn hook_failed(ctx: &Ctx, why: &str) -> Response<Body> {
-    ctx.deny(StatusCode::BAD_GATEWAY, why)
-}
-
-fn hook_error(ctx: &Ctx, e: HookError) -> Response<Body> {
-    match e {
-        HookError::Blocked {
-            status,
-            status_text,
-            message,
-        } => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
-            ctx.eg.event(EgressEvent {
-                protocol: ctx.protocol,
-                host: ctx.host.clone(),
-                method: ctx.method.clone(),
-                url: ctx.url.clone(),
-                allowed: false,
-                reason: Some(message.clone()),
-                status: Some(status.as_u16()),
-                bytes: 0,
-            });
-            let mut r = reply(status, &message);
-            let _ = status_text;
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            r
-        }
-        HookError::Failed(m) => hook_failed(ctx, &m),
-    }
-}
-
-/// Buffer the upstream response for `onResponse`, then send what it says.
-async fn on_response(
-    ctx: Ctx,
-    h: Arc<dyn HttpHooks>,
-    resp: Response<Body>,
-    req: HookRequest,
-) -> Response<Body> {
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
-    let limit = ctx.eg.policy.max_response_body as usize;
-    let bytes = match collect_limited(body, limit).await {
-        Ok(b) => b,
-        Err(_) => {
-            return ctx.deny(
-                StatusCode::BAD_GATEWAY,
-                "response body exceeds maxHttpResponseBodyBytes",
-            )
-        }
-    };
-    let view = HookResponse {
-        status: parts.status.as_u16(),
-        status_text: parts.status.canonical_reason().unwrap_or("").to_string(),
-        headers: to_pairs(&parts.headers),
-        body: bytes.clone(),
-    };
-    let out = match h.on_response(view, &req).await {
-        Ok(Some(r)) => hook_response(r),
-        Ok(None) => {
-            let mut r = Response::from_parts(parts, full(bytes));
-            r.headers_mut().remove(header::CONTENT_LENGTH);
-            r
-        }
-        Err(e) => return hook_error(&ctx, e),
-    };
-    ctx.eg.event(EgressEvent {
-        protocol: ctx.protocol,
-        host: ctx.host.clone(),
-        method: ctx.method.clone(),
-        url: ctx.url.clone(),
-        allowed: true,
-        reason: None,
-        status: Some(out.status().as_u16()),
-        bytes: out.body().size_hint().exact().unwrap_or(0),
-    });
-    out
 }
 
 fn fill_secrets(eg: &Egress, headers: &mut HeaderMap, host: &str) -> Result<(), String> {
@@ -782,54 +641,6 @@ async fn send_following(
     Err(ctx.deny(StatusCode::LOOP_DETECTED, "too many redirects"))
 }
 
-/// Buffer a body up to `limit` bytes (`Err` beyond it, or on a body error).
-fn collect_limited(
-    mut body: Body,
-    limit: usize,
-) -> Pin<Box<dyn Future<Output = Result<Bytes, ()>> + Send>> {
-    Box::pin(async move {
-        let mut buf = bytes::BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| ())?;
-            if let Some(d) = frame.data_ref() {
-                if buf.len() + d.len() > limit {
-                    return Err(());
-                }
-                buf.extend_from_slice(d);
-            }
-        }
-        Ok(buf.freeze())
-    })
-}
-
-/// Hand the request to the user's fetch (type-erased future: keeps the
-/// caller's future `Send` for every lifetime).
-fn fetch_via_hook(
-    h: Arc<dyn HttpHooks>,
-    req: Request<Body>,
-    url: String,
-) -> Pin<Box<dyn Future<Output = Result<Response<Body>, HookError>> + Send>> {
-    Box::pin(async move {
-        let (parts, body) = req.into_parts();
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|_| HookError::Blocked {
-                status: 413,
-                status_text: "Payload Too Large".into(),
-                message: "request body exceeds maxHttpBodyBytes".into(),
-            })?
-            .to_bytes();
-        let hreq = HookRequest {
-            method: parts.method.to_string(),
-            url,
-            headers: to_pairs(&parts.headers),
-            body: (!bytes.is_empty()).then_some(bytes),
-        };
-        h.fetch(hreq).await.map(hook_response)
-    })
-}
-
 fn upstream_error(e: &hyper_util::client::legacy::Error) -> String {
     let mut msg = String::from("upstream request failed");
     let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
@@ -859,16 +670,7 @@ fn respond(
                 }
             });
             strip_hop_by_hop(&mut parts.headers, true);
-            ctx.eg.event(EgressEvent {
-                protocol: ctx.protocol,
-                host: ctx.host.clone(),
-                method: ctx.method.clone(),
-                url: ctx.url.clone(),
-                allowed: true,
-                reason: Some("websocket".into()),
-                status: Some(101),
-                bytes: 0,
-            });
+            ctx.record(true, Some("websocket"), 101, 0);
             return Response::from_parts(
                 parts,
                 Empty::new().map_err(|never| match never {}).boxed(),
@@ -897,16 +699,7 @@ struct Counted {
 impl Counted {
     fn finish(&mut self) {
         if let Some(ctx) = self.ctx.take() {
-            ctx.eg.event(EgressEvent {
-                protocol: ctx.protocol,
-                host: ctx.host,
-                method: ctx.method,
-                url: ctx.url,
-                allowed: true,
-                reason: None,
-                status: Some(self.status),
-                bytes: self.bytes,
-            });
+            ctx.record(true, None, self.status, self.bytes);
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod bridge;
 pub mod classify;
+mod hook_glue;
 pub mod hooks;
 pub mod policy;
 pub mod secrets;

@@ -1,6 +1,6 @@
 //! QEMU's stream netdev framing: `u32be length || Ethernet frame`.
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Read one frame. `Ok(None)` at a clean end of stream. A frame longer
 /// than `max` is read and discarded (the stream stays in sync) and comes
@@ -32,17 +32,17 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     Ok(Some(buf))
 }
 
-/// Write one frame (length prefix and payload in one write).
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(frame.len() + 4);
+/// Append one frame, length prefix first, to an outgoing buffer (the
+/// stack batches many frames into one write).
+pub fn encode_frame(buf: &mut Vec<u8>, frame: &[u8]) {
     buf.extend_from_slice(&(frame.len() as u32).to_be_bytes());
     buf.extend_from_slice(frame);
-    w.write_all(&buf).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
 
     #[tokio::test]
     async fn partial_writes_reassemble() {
@@ -69,8 +69,10 @@ mod tests {
     async fn oversize_frames_are_skipped_not_buffered() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
         tokio::spawn(async move {
-            write_frame(&mut a, &vec![7u8; 5000]).await.unwrap();
-            write_frame(&mut a, b"ok").await.unwrap();
+            let mut buf = Vec::new();
+            encode_frame(&mut buf, &[7u8; 5000]);
+            encode_frame(&mut buf, b"ok");
+            a.write_all(&buf).await.unwrap();
         });
         assert!(read_frame(&mut b, 1522).await.unwrap().unwrap().is_empty());
         assert_eq!(read_frame(&mut b, 1522).await.unwrap().unwrap(), b"ok");

@@ -160,10 +160,6 @@ impl Stack {
         f
     }
 
-    pub fn tx_len(&self) -> usize {
-        self.dev.tx.len()
-    }
-
     pub fn take_effects(&mut self) -> Vec<Effect> {
         std::mem::take(&mut self.effects)
     }
@@ -544,14 +540,10 @@ pub async fn run(
         let mut batch = Vec::with_capacity(64 * 1024);
         while let Some(f) = out_rx.recv().await {
             batch.clear();
-            let push = |batch: &mut Vec<u8>, f: &[u8]| {
-                batch.extend_from_slice(&(f.len() as u32).to_be_bytes());
-                batch.extend_from_slice(f);
-            };
-            push(&mut batch, &f);
+            link::encode_frame(&mut batch, &f);
             while batch.len() < 60 * 1024 {
                 match out_rx.try_recv() {
-                    Ok(f) => push(&mut batch, &f),
+                    Ok(f) => link::encode_frame(&mut batch, &f),
                     Err(_) => break,
                 }
             }

@@ -313,3 +313,43 @@ test("host-side changes to a mounted MemoryProvider reach the guest at once", { 
   await mem.unlink("/appeared.txt");
   assert.notEqual((await sh("cat /mem/appeared.txt")).exitCode, 0);
 });
+
+test("the guest daemons hold both lanes; a guest program cannot take or reach one", { skip }, async () => {
+  // sandboxd (9002) and sandboxfs (9001) are connected to the gateway.
+  const tcp = await ok("cat /proc/net/tcp");
+  for (const port of ["2329", "232A"]) {
+    assert.match(tcp, new RegExp(`017FA8C0:${port} 01 `), `lane ${port} not established:\n${tcp}`);
+  }
+  // A second connection to a lane, or one to an unused lane port, is reset.
+  const probe = await sh(`python3 - <<'PY'
+import socket
+for port in (9001, 9002, 9005):
+    try:
+        s = socket.create_connection(("192.168.127.1", port), timeout=5)
+        s.sendall(b"x" * 64)
+        data = s.recv(100)
+        print(port, "eof" if data == b"" else "data")
+    except (ConnectionResetError, ConnectionRefusedError, BrokenPipeError):
+        print(port, "reset")
+PY`);
+  assert.equal(probe.stdout, "9001 reset\n9002 reset\n9005 reset\n", probe.stderr);
+  // And the VM still works.
+  assert.equal(await ok("cat /mem/seeded.txt"), "seeded\n");
+});
+
+test("without a NIC the VFS and exec ride virtio-serial", { skip }, async () => {
+  const mem = new MemoryProvider();
+  const plain = await VM.create({ sandbox: { netEnabled: false }, vfs: { mounts: { "/w": mem } } });
+  try {
+    const r = await plain.exec(["/bin/sh", "-c", "ls /sys/class/net; head -c 3000000 /dev/zero | tr '\\0' y > /w/big; wc -c < /w/big"]);
+    assert.equal(r.exitCode, 0, r.stderr);
+    assert.equal(r.stdout, "lo\n3000000\n");
+    const big = await mem.readFile("/big");
+    assert.equal(big.length, 3000000);
+    assert.ok(big.every((b) => b === 0x79));
+    const out = await plain.exec(["/bin/sh", "-c", "head -c 5000000 /dev/zero"]);
+    assert.equal(out.stdoutBuffer.length, 5000000);
+  } finally {
+    await plain.close();
+  }
+});

@@ -40,7 +40,7 @@ const rssMiB = (pid) => {
 async function bareBoot(image, info) {
   const argv = [
     "-nodefaults", "-no-reboot", "-nographic", "-no-user-config",
-    "-machine", "q35", "-accel", info.accel, "-cpu", "max",
+    "-machine", "q35", "-accel", info.accel, "-cpu", "max,-erms",
     "-m", "1G", "-smp", "2",
     "-kernel", image.kernel, "-initrd", image.initrd,
     "-append", `${image.cmdline} ${info.cmdlineExtra} gondolin.rootfs=ro gondolin.init=poweroff`,

@@ -14,6 +14,7 @@ mod device;
 pub mod dhcp;
 pub mod dns;
 pub mod flow;
+pub mod lanes;
 pub mod link;
 pub mod stack;
 

@@ -41,7 +41,11 @@ pub fn qemu_argv(plan: &QemuPlan) -> Vec<String> {
     };
     let cpu = plan.cpu.clone().unwrap_or_else(|| match plan.accel {
         Accel::Kvm | Accel::Hvf => "host".into(),
-        _ => "max".into(),
+        // Without ERMS the guest kernel copies with `rep movsq` instead of
+        // `rep movsb`; TCG runs a string instruction one element per
+        // iteration, so every kernel copy (page cache, sockets, pipes,
+        // FUSE) gets several times faster: tmpfs reads go 230 → 870 MB/s.
+        _ => "max,-erms".into(),
     });
     let (format, extra) = match plan.rootfs_mode {
         RootfsMode::Cow => ("qcow2", ""),
@@ -165,7 +169,7 @@ mod tests {
         let a = qemu_argv(&plan());
         assert_eq!(after(&a, "-machine"), ["q35"]);
         assert_eq!(after(&a, "-accel"), ["tcg,thread=multi,tb-size=128"]);
-        assert_eq!(after(&a, "-cpu"), ["max"]);
+        assert_eq!(after(&a, "-cpu"), ["max,-erms"]);
         assert_eq!(after(&a, "-m"), ["1G"]);
         assert_eq!(after(&a, "-smp"), ["2"]);
         assert!(a.contains(&"-nodefaults".to_string()));

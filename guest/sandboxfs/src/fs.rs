@@ -338,8 +338,9 @@ impl Filesystem for SandboxFs {
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes are not buffered here: nothing to flush.
-        reply.ok();
+        // Writes are not buffered here: nothing to flush. ENOSYS tells the
+        // kernel so once; it then skips FLUSH on every later close(2).
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(

@@ -14,7 +14,6 @@ mod device;
 pub mod dhcp;
 pub mod dns;
 pub mod flow;
-pub mod lanes;
 pub mod link;
 pub mod stack;
 

@@ -30,41 +30,6 @@ async fn serve_fs(listener: UnixListener, server: std::sync::Arc<crate::vfs::ser
     }
 }
 
-/// Where the control connection will come from.
-enum ControlWait {
-    Serial(UnixListener),
-    Lane(oneshot::Receiver<crate::net::FlowStream>),
-}
-
-impl ControlWait {
-    async fn connect(self) -> Result<(ControlClient, crate::control::Connection), VmError> {
-        match self {
-            ControlWait::Serial(listener) => {
-                let (stream, _) = listener.accept().await?;
-                Ok(ControlClient::new(stream))
-            }
-            ControlWait::Lane(lane) => match lane.await {
-                Ok(stream) => Ok(ControlClient::new(stream)),
-                // The NIC's stack ended before sandboxd connected.
-                Err(_) => std::future::pending().await,
-            },
-        }
-    }
-}
-
-/// Serve the fs RPC on its lane once sandboxfs connects over the NIC.
-async fn serve_fs_lane(
-    lane: oneshot::Receiver<crate::net::FlowStream>,
-    server: std::sync::Arc<crate::vfs::server::FsServer>,
-) {
-    let Ok(stream) = lane.await else {
-        return;
-    };
-    if let Err(e) = crate::vfs::server::serve(server, stream).await {
-        tracing::warn!(target: "gondolin::vfs", "fs lane closed: {e}");
-    }
-}
-
 /// Serve the guest NIC: QEMU connects once at start.
 async fn serve_net(listener: UnixListener, net: super::NetAttach) {
     let Ok((stream, _)) = listener.accept().await else {
@@ -164,52 +129,25 @@ impl Vm {
             }
             _ => config.rootfs.clone(),
         };
+        let control_sock = dir.join("control.sock");
+        let listener = UnixListener::bind(&control_sock)?;
+        let mut serial_ports = vec![(CONTROL_PORT.to_string(), control_sock)];
         let mut cmdline = config.cmdline.clone();
-        // With a NIC, the guest daemons reach us over its fast link (lanes);
-        // without one, over virtio-serial ports.
-        let lanes = config
-            .net
-            .as_ref()
-            .map(|n| crate::net::lanes::Lanes::new(n.handler.clone()));
-        let mut serial_ports = Vec::new();
-        let control_wait = match &lanes {
-            Some(lanes) => {
-                cmdline.push_str(" gondolin.lanes=1");
-                ControlWait::Lane(lanes.expect(gondolin_wire::ports::LANE_CONTROL))
-            }
-            None => {
-                let control_sock = dir.join("control.sock");
-                let listener = UnixListener::bind(&control_sock)?;
-                serial_ports.push((CONTROL_PORT.to_string(), control_sock));
-                ControlWait::Serial(listener)
-            }
-        };
         if let Some(vfs) = &config.vfs {
+            let fs_sock = dir.join("fs.sock");
+            let fs_listener = UnixListener::bind(&fs_sock)?;
+            serial_ports.push((FS_PORT.to_string(), fs_sock));
             cmdline.push(' ');
             cmdline.push_str(&vfs.cmdline());
-            match &lanes {
-                // With a NIC, the fs RPC rides its fast link.
-                Some(lanes) => {
-                    let lane = lanes.expect(gondolin_wire::ports::LANE_FS);
-                    tokio::spawn(serve_fs_lane(lane, vfs.server.clone()));
-                }
-                None => {
-                    let fs_sock = dir.join("fs.sock");
-                    let fs_listener = UnixListener::bind(&fs_sock)?;
-                    serial_ports.push((FS_PORT.to_string(), fs_sock));
-                    tokio::spawn(serve_fs(fs_listener, vfs.server.clone()));
-                }
-            }
+            tokio::spawn(serve_fs(fs_listener, vfs.server.clone()));
         }
         let mut net_socket = None;
-        if let (Some(net), Some(lanes)) = (&config.net, lanes) {
+        if let Some(net) = &config.net {
             let sock = dir.join("net.sock");
             let net_listener = UnixListener::bind(&sock)?;
             net_socket = Some(sock);
             cmdline.push_str(" gondolin.net=1");
-            let mut net = net.clone();
-            net.handler = lanes;
-            tokio::spawn(serve_net(net_listener, net));
+            tokio::spawn(serve_net(net_listener, net.clone()));
         }
         if let Some(extra) = &config.append {
             cmdline.push(' ');
@@ -255,14 +193,15 @@ impl Vm {
             }
         };
 
-        // QEMU connects to the serial socket as soon as it starts, sandboxd
-        // to a lane once it runs; either way the guest speaks once sandboxd
-        // runs.
-        let (control, conn) = tokio::select! {
-            r = control_wait.connect() => r?,
+        // QEMU connects to our socket as soon as it starts; the guest speaks
+        // once sandboxd runs.
+        let stream = tokio::select! {
+            r = listener.accept() => r?.0,
             st = child.wait() => return Err(VmError::BootFailed(describe_exit(st, &tail))),
             _ = sleep_until() => return Err(VmError::StartTimeout(timeout_ms)),
         };
+        drop(listener);
+        let (control, conn) = ControlClient::new(stream);
         let mut closed = conn.closed;
         let version = tokio::select! {
             r = conn.ready => match r {

@@ -11,8 +11,7 @@
 //! benchmark baseline), `gondolin.debug` (timestamps on the console),
 //! `gondolin.fs=` / `gondolin.binds=` (the host-served filesystem, see
 //! [`vfs`]), `gondolin.net=1` (configure eth0 and trust the MITM CA,
-//! see [`net`]), `gondolin.lanes=1` (sandboxd and sandboxfs reach the host
-//! over the NIC instead of virtio-serial).
+//! see [`net`]).
 
 mod mounts;
 mod net;
@@ -80,13 +79,6 @@ fn main() {
     if let Err(e) = net::loopback_up() {
         say!("bringing up lo failed: {e}");
     }
-    let net = words.contains(&"gondolin.net=1");
-    if net {
-        // Before the VFS: its RPC may ride the NIC.
-        if let Err(e) = net::eth0_up() {
-            say!("network: {e}");
-        }
-    }
     // A VFS failure does not stop the boot: sandboxd reports it to the host,
     // which fails VM start with the reason.
     let mut vfs_error = None;
@@ -103,20 +95,15 @@ fn main() {
         Err(e) => vfs_error = Some(e),
     }
     let mut env = Vec::new();
-    if net {
+    if words.contains(&"gondolin.net=1") {
+        if let Err(e) = net::eth0_up() {
+            say!("network: {e}");
+        }
         // The CA comes from the host-served /etc/gondolin.
         env = net::trust_mitm_ca();
     }
     if debug {
         say!("starting sandboxd at {}s", uptime());
     }
-    // With lanes, sandboxd speaks to the host over the NIC.
-    let mut sandboxd_args = Vec::new();
-    if net && words.contains(&"gondolin.lanes=1") {
-        sandboxd_args.push("--tcp".to_string());
-        sandboxd_args.push(gondolin_wire::ports::lane_addr(
-            gondolin_wire::ports::LANE_CONTROL,
-        ));
-    }
-    supervise::run(debug, vfs_error, sandboxfs, env, sandboxd_args);
+    supervise::run(debug, vfs_error, sandboxfs, env);
 }

@@ -24,10 +24,9 @@ const ENV: &[(&str, &str)] = &[
     ("XDG_DATA_HOME", "/tmp/.local/share"),
 ];
 
-fn spawn(vfs_error: Option<&str>, extra: &[(String, String)], args: &[String]) -> Option<u32> {
+fn spawn(vfs_error: Option<&str>, extra: &[(String, String)]) -> Option<u32> {
     let mut cmd = Command::new(SANDBOXD);
-    cmd.args(args)
-        .env_clear()
+    cmd.env_clear()
         .envs(ENV.iter().copied())
         .envs(extra.iter().map(|(k, v)| (k, v)))
         .current_dir("/");
@@ -58,10 +57,9 @@ pub fn run(
     vfs_error: Option<String>,
     sandboxfs: Option<u32>,
     env: Vec<(String, String)>,
-    args: Vec<String>,
 ) -> ! {
     let vfs_error = vfs_error.as_deref();
-    let mut sandboxd = spawn(vfs_error, &env, &args);
+    let mut sandboxd = spawn(vfs_error, &env);
     let mut last_start = Instant::now();
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::empty())) {
@@ -75,7 +73,7 @@ pub fn run(
                     std::thread::sleep(Duration::from_millis(300) - since);
                 }
                 last_start = Instant::now();
-                sandboxd = spawn(vfs_error, &env, &args);
+                sandboxd = spawn(vfs_error, &env);
             }
             Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _))
                 if Some(pid.as_raw() as u32) == sandboxfs =>
@@ -89,7 +87,7 @@ pub fn run(
                 // Nothing to reap (sandboxd failed to start): retry later.
                 std::thread::sleep(Duration::from_millis(500));
                 if sandboxd.is_none() {
-                    sandboxd = spawn(vfs_error, &env, &args);
+                    sandboxd = spawn(vfs_error, &env);
                 }
             }
             Err(e) => {

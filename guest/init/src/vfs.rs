@@ -3,9 +3,7 @@
 //! all before `sandboxd` (and so any exec) starts.
 //!
 //! Kernel command-line words: `gondolin.fs=<mount>` turns it on,
-//! `gondolin.binds=<path>,<path>` lists the bind mounts, `gondolin.lanes=1`
-//! says the host serves the RPC on the NIC's fs lane instead of the
-//! `gondolin.fs` virtio port (eth0 must be up first). Paths are
+//! `gondolin.binds=<path>,<path>` lists the bind mounts. Paths are
 //! percent-encoded by the host (space, comma, `%` and non-ASCII bytes).
 
 use std::fs;
@@ -29,8 +27,6 @@ const READY_FD: i32 = 3;
 pub struct Plan {
     pub fuse_mount: String,
     pub binds: Vec<String>,
-    /// Connect over the NIC's fs lane.
-    pub lane: bool,
 }
 
 fn decode(s: &str) -> Option<String> {
@@ -72,12 +68,7 @@ pub fn plan(words: &[&str]) -> Result<Option<Plan>, String> {
             binds.push(p);
         }
     }
-    let lane = words.contains(&"gondolin.lanes=1");
-    Ok(Some(Plan {
-        fuse_mount,
-        binds,
-        lane,
-    }))
+    Ok(Some(Plan { fuse_mount, binds }))
 }
 
 /// Start sandboxfs and set up the mounts. Returns sandboxfs' pid.
@@ -87,17 +78,16 @@ pub fn setup(plan: &Plan, debug: bool) -> Result<u32, String> {
     let (rd, wr) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
     let wr_raw = wr.as_raw_fd();
     let mut cmd = Command::new(SANDBOXFS);
-    cmd.args(["--mount", &plan.fuse_mount]);
-    if plan.lane {
-        let addr = gondolin_wire::ports::lane_addr(gondolin_wire::ports::LANE_FS);
-        cmd.args(["--tcp", &addr]);
-    } else {
-        cmd.args(["--port", "gondolin.fs"]);
-    }
-    cmd.arg("--ready-fd")
-        .arg(READY_FD.to_string())
-        .stdin(Stdio::null())
-        .env_clear();
+    cmd.args([
+        "--mount",
+        &plan.fuse_mount,
+        "--port",
+        "gondolin.fs",
+        "--ready-fd",
+    ])
+    .arg(READY_FD.to_string())
+    .stdin(Stdio::null())
+    .env_clear();
     if debug {
         cmd.env("SANDBOXFS_DEBUG", "1");
     }
@@ -171,11 +161,6 @@ mod tests {
         .unwrap();
         assert_eq!(p.fuse_mount, "/data");
         assert_eq!(p.binds, vec!["/workspace", "/etc/gondolin", "/a b"]);
-        assert!(!p.lane);
-        let p = plan(&["gondolin.fs=/data", "gondolin.lanes=1"])
-            .unwrap()
-            .unwrap();
-        assert!(p.lane);
         assert!(plan(&["gondolin.fs=relative"]).is_err());
         assert!(plan(&["gondolin.fs=/data", "gondolin.binds=/x/../etc"]).is_err());
         assert!(plan(&["gondolin.fs=/data", "gondolin.binds=/%zz"]).is_err());

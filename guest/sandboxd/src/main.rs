@@ -2,9 +2,8 @@
 //!
 //! Started by our init (PID 1, which reaps orphans) with HOME, PATH, TMPDIR,
 //! LANG and TERM set. It speaks the `gondolin-wire` protocol over the
-//! `gondolin.control` virtio-serial port, over the NIC's control lane with
-//! `--tcp ADDR`, or over a unix socket given with `--connect PATH` (how the
-//! tests drive it on the host).
+//! `gondolin.control` virtio-serial port, or over a unix socket given with
+//! `--connect PATH` (how the tests drive it on the host).
 //!
 //! Module map: `port` (the byte stream to the host), `server` (the poll
 //! loop and request dispatch), `exec` (per-exec credit, stdin, drain),
@@ -25,7 +24,7 @@ use std::process::ExitCode;
 
 use port::Target;
 
-const USAGE: &str = "usage: sandboxd [--connect UNIX_SOCKET_PATH | --tcp HOST:PORT]";
+const USAGE: &str = "usage: sandboxd [--connect UNIX_SOCKET_PATH]";
 
 fn main() -> ExitCode {
     let target = match parse_args(std::env::args().skip(1)) {
@@ -58,11 +57,6 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Target, String> 
         Some("--connect") => match args.next() {
             Some(path) => Target::Unix(PathBuf::from(path)),
             None => return Err("--connect needs a socket path".into()),
-        },
-        Some("--tcp") => match args.next().map(|a| a.parse()) {
-            Some(Ok(addr)) => Target::Tcp(addr),
-            Some(Err(_)) => return Err("--tcp needs HOST:PORT".into()),
-            None => return Err("--tcp needs an address".into()),
         },
         Some(other) => return Err(format!("unexpected argument {other:?}")),
     };

@@ -1,16 +1,13 @@
 //! The byte stream to the host: the `gondolin.control` virtio-serial port in
-//! the VM, the control lane over the NIC (`--tcp ADDR`, when the VM has a
-//! network), or a unix socket (`--connect PATH`) when testing on the host.
+//! the VM, or a unix socket (`--connect PATH`) when testing on the host.
 //!
 //! A virtio port outlives host connections: while nothing is connected on
 //! the host side, reads return 0 and poll reports POLLHUP. So "end of file"
 //! means "the host went away" and we wait for POLLHUP to clear rather than
-//! exit. A socket connection (unix or lane) is one host session: its end is
-//! ours.
+//! exit. A unix socket connection is one host session: its end is ours.
 
 use std::ffi::CString;
 use std::io;
-use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -25,7 +22,6 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Target {
     Virtio,
     Unix(PathBuf),
-    Tcp(SocketAddr),
 }
 
 pub struct Port {
@@ -38,15 +34,6 @@ impl Port {
         match target {
             Target::Unix(path) => {
                 let s = UnixStream::connect(path)?;
-                s.set_nonblocking(true)?;
-                Ok(Port {
-                    fd: s.into(),
-                    reconnects: false,
-                })
-            }
-            Target::Tcp(addr) => {
-                let s = connect_tcp(addr)?;
-                s.set_nodelay(true)?;
                 s.set_nonblocking(true)?;
                 Ok(Port {
                     fd: s.into(),
@@ -82,18 +69,6 @@ impl Port {
                 Ok(_) if p.revents & libc::POLLHUP == 0 => return,
                 _ => std::thread::sleep(RETRY),
             }
-        }
-    }
-}
-
-/// Connect to the host's lane, retrying while the link comes up.
-fn connect_tcp(addr: &SocketAddr) -> io::Result<TcpStream> {
-    let start = Instant::now();
-    loop {
-        match TcpStream::connect_timeout(addr, OPEN_TIMEOUT) {
-            Ok(s) => return Ok(s),
-            Err(e) if start.elapsed() >= OPEN_TIMEOUT => return Err(e),
-            Err(_) => std::thread::sleep(RETRY),
         }
     }
 }

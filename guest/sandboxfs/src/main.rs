@@ -1,6 +1,6 @@
 //! sandboxfs: the guest side of Gondolin's host-programmed filesystem.
 //!
-//! `sandboxfs --mount DIR (--port NAME | --tcp ADDR | --connect SOCKET) [--ready-fd N]`
+//! `sandboxfs --mount DIR (--port NAME | --connect SOCKET) [--ready-fd N]`
 //! mounts a FUSE filesystem on DIR and forwards every operation to the host
 //! over the fs RPC (see `gondolin_wire::fs`). It writes one byte to the
 //! ready fd once the kernel has completed the FUSE handshake, so init can
@@ -53,9 +53,7 @@ struct Args {
 
 fn usage(msg: &str) -> ! {
     eprintln!("sandboxfs: {msg}");
-    eprintln!(
-        "usage: sandboxfs --mount DIR (--port NAME | --tcp ADDR | --connect SOCKET) [--ready-fd N]"
-    );
+    eprintln!("usage: sandboxfs --mount DIR (--port NAME | --connect SOCKET) [--ready-fd N]");
     std::process::exit(2);
 }
 
@@ -73,12 +71,6 @@ fn parse_args() -> Args {
             "--mount" => mount = Some(value()),
             "--port" => target = Some(transport::Target::Port(value())),
             "--connect" => target = Some(transport::Target::Unix(value())),
-            "--tcp" => {
-                let v = value();
-                target = Some(transport::Target::Tcp(v.parse().unwrap_or_else(|_| {
-                    usage(&format!("--tcp needs HOST:PORT, not {v}"))
-                })))
-            }
             "--ready-fd" => {
                 ready_fd = Some(
                     value()
@@ -91,7 +83,7 @@ fn parse_args() -> Args {
     }
     Args {
         mount: mount.unwrap_or_else(|| usage("--mount is required")),
-        target: target.unwrap_or_else(|| usage("--port, --tcp or --connect is required")),
+        target: target.unwrap_or_else(|| usage("--port or --connect is required")),
         ready_fd,
     }
 }
@@ -143,7 +135,7 @@ fn main() {
         let _ = f.write_all(b"1");
     }
     if !reconnects {
-        // A test socket or a lane: when the host goes away, so do we.
+        // Test mode: when the host goes away, so do we.
         std::thread::spawn(move || {
             let _ = reader_thread.join();
             let _ = nix::mount::umount2(args.mount.as_str(), nix::mount::MntFlags::MNT_DETACH);

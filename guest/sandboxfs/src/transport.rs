@@ -1,11 +1,9 @@
-//! The byte stream to the host: the `gondolin.fs` virtio-serial port, a TCP
-//! lane over the NIC (`--tcp ADDR`, when the VM has a network), or a unix
-//! socket (`--connect PATH`) when testing on the host. Blocking I/O:
+//! The byte stream to the host: the `gondolin.fs` virtio-serial port, or a
+//! unix socket (`--connect PATH`) when testing on the host. Blocking I/O:
 //! one reader thread, writers serialized by a mutex.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -18,7 +16,6 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Target {
     Port(String),
     Unix(String),
-    Tcp(SocketAddr),
 }
 
 /// A connected stream, as two handles (reader, writer).
@@ -40,17 +37,6 @@ pub fn open(target: &Target) -> io::Result<Transport> {
                 reconnects: false,
             })
         }
-        Target::Tcp(addr) => {
-            let s = connect_tcp(addr)?;
-            s.set_nodelay(true)?;
-            let w = s.try_clone()?;
-            Ok(Transport {
-                reader: File::from(std::os::fd::OwnedFd::from(s)),
-                writer: File::from(std::os::fd::OwnedFd::from(w)),
-                // The host takes one connection per lane: no second chance.
-                reconnects: false,
-            })
-        }
         Target::Port(name) => {
             let f = open_port(name)?;
             Ok(Transport {
@@ -58,18 +44,6 @@ pub fn open(target: &Target) -> io::Result<Transport> {
                 reader: f,
                 reconnects: true,
             })
-        }
-    }
-}
-
-/// Connect, retrying while the link comes up.
-fn connect_tcp(addr: &SocketAddr) -> io::Result<TcpStream> {
-    let start = Instant::now();
-    loop {
-        match TcpStream::connect_timeout(addr, OPEN_TIMEOUT) {
-            Ok(s) => return Ok(s),
-            Err(e) if start.elapsed() >= OPEN_TIMEOUT => return Err(e),
-            Err(_) => std::thread::sleep(RETRY),
         }
     }
 }

@@ -4,24 +4,6 @@
 
 use std::path::Path;
 
-/// TCP ports on the host side of the NIC (the gateway address) where the
-/// host serves the guest's own daemons when the VM has a network: a 64 KiB
-/// MTU link moves bulk data several times faster than virtio-serial, whose
-/// host→guest path goes 4 KiB at a time. Each lane takes one connection.
-pub const LANE_FS: u16 = 9001;
-/// The control protocol (exec, vm.fs) on its lane.
-pub const LANE_CONTROL: u16 = 9002;
-/// The lane range: flows to other ports here are reset, never bridged.
-pub const LANES: std::ops::RangeInclusive<u16> = 9000..=9009;
-/// The gateway as the guest dials it.
-pub const LANE_HOST: [u8; 4] = [192, 168, 127, 1];
-
-/// `HOST:PORT` of a lane, as the guest daemons take it on their command line.
-pub fn lane_addr(port: u16) -> String {
-    let [a, b, c, d] = LANE_HOST;
-    format!("{a}.{b}.{c}.{d}:{port}")
-}
-
 /// Where the kernel lists virtio-serial ports.
 pub const VIRTIO_PORTS_CLASS: &str = "/sys/class/virtio-ports";
 

@@ -106,6 +106,7 @@ pub fn setup(plan: &Plan, debug: bool) -> Result<u32, String> {
         .map_err(|e| format!("starting sandboxfs: {e}"))?;
     drop(wr);
     wait_ready(rd)?;
+    widen_readahead(&plan.fuse_mount);
     for b in &plan.binds {
         let src = format!("{}{}", plan.fuse_mount.trim_end_matches('/'), b);
         fs::create_dir_all(b).map_err(|e| format!("creating the mount point {b}: {e}"))?;
@@ -120,6 +121,25 @@ pub fn setup(plan: &Plan, debug: bool) -> Result<u32, String> {
     }
     Ok(child.id())
 }
+
+/// The kernel gives a FUSE mount 128 KiB of readahead; with 4 MiB, several
+/// 1 MiB reads are in flight to the host at once, and sequential reads get
+/// ~70% faster (122 → 210 MB/s under TCG). Best effort.
+fn widen_readahead(mount: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = fs::metadata(mount) else {
+        return;
+    };
+    let dev = m.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    if let Err(e) = fs::write(&knob, READAHEAD_KB.to_string()) {
+        crate::say!("vfs: setting {knob}: {e}");
+    }
+}
+
+/// Readahead for the host-served filesystem.
+const READAHEAD_KB: u32 = 4096;
 
 fn wait_ready(rd: OwnedFd) -> Result<(), String> {
     let timeout = PollTimeout::try_from(MOUNT_WAIT.as_millis() as i32).unwrap_or(PollTimeout::MAX);

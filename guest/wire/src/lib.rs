@@ -29,7 +29,7 @@ pub const DEFAULT_WINDOW: u32 = 256 * 1024;
 pub const MIN_WINDOW: u32 = 4 * 1024;
 pub const MAX_WINDOW: u32 = 16 * 1024 * 1024;
 /// Stdin credit the guest grants (and keeps topped up) per exec.
-pub const STDIN_WINDOW: u32 = 1024 * 1024;
+pub const STDIN_WINDOW: u32 = 4 * 1024 * 1024;
 /// Bounds on exec requests.
 pub const MAX_ARGS: usize = 4096;
 pub const MAX_ENV: usize = 4096;

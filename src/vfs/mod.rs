@@ -8,6 +8,7 @@
 //! imports napi).
 
 pub mod hooks;
+mod inodes;
 pub mod path;
 mod provider;
 pub mod server;

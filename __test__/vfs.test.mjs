@@ -314,6 +314,25 @@ test("host-side changes to a mounted MemoryProvider reach the guest at once", { 
   assert.notEqual((await sh("cat /mem/appeared.txt")).exitCode, 0);
 });
 
+test("host edits to a RealFS directory reach the guest at once, not after the cache TTL", { skip }, async () => {
+  // The guest caches RealFS attributes and entries for 1 s; the host-side
+  // watch invalidates them as soon as another program changes the files.
+  fs.writeFileSync(path.join(work, "watched.txt"), "short\n");
+  assert.equal(await ok("cat /workspace/watched.txt"), "short\n");
+  fs.writeFileSync(path.join(work, "watched.txt"), "a longer line than before\n");
+  await sleep(100);
+  assert.equal(await ok("cat /workspace/watched.txt"), "a longer line than before\n");
+  // A name the guest found missing (a cached negative entry) appears.
+  assert.notEqual((await sh("cat /workspace/appears.txt")).exitCode, 0);
+  fs.writeFileSync(path.join(work, "appears.txt"), "here\n");
+  await sleep(100);
+  assert.equal(await ok("cat /workspace/appears.txt"), "here\n");
+  // And one the host deletes goes away.
+  fs.rmSync(path.join(work, "appears.txt"));
+  await sleep(100);
+  assert.notEqual((await sh("cat /workspace/appears.txt")).exitCode, 0);
+});
+
 test("a VM without a NIC serves its mounts and streams output", { skip }, async () => {
   const mem = new MemoryProvider();
   const plain = await VM.create({ sandbox: { netEnabled: false }, vfs: { mounts: { "/w": mem } } });

@@ -111,6 +111,9 @@ impl Provider for HookedProvider {
     fn cache_policy(&self, path: &str) -> CachePolicy {
         self.inner.cache_policy(path)
     }
+    fn subscribe(&self, sink: super::ChangeSink) {
+        self.inner.subscribe(sink)
+    }
 
     async fn stat(&self, path: &str) -> VfsResult<Metadata> {
         self.run(HookContext::at("stat", path), zero, self.inner.stat(path))

@@ -18,13 +18,14 @@ pub mod mounts;
 pub mod readonly;
 pub mod realfs;
 pub mod shadow;
+pub mod watch;
 
 #[cfg(test)]
 mod conformance;
 
 pub use provider::{
-    CachePolicy, DirEntry, FileHandle, FileKind, Metadata, OpenOptions, Provider, SetTimes, StatFs,
-    SYNTHETIC_STATFS,
+    CachePolicy, ChangeSink, DirEntry, FileHandle, FileKind, Metadata, OpenOptions, Provider,
+    SetTimes, StatFs, SYNTHETIC_STATFS,
 };
 
 use gondolin_wire::fs::errno;

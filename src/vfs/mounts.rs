@@ -134,6 +134,16 @@ impl Provider for MountRouter {
             None => CachePolicy::LONG,
         }
     }
+    fn subscribe(&self, sink: super::ChangeSink) {
+        for (mount, p) in &self.mounts {
+            let mount = mount.clone();
+            let sink = sink.clone();
+            p.subscribe(std::sync::Arc::new(move |inner: &str| match inner {
+                "/" => sink(&mount),
+                _ => sink(&super::path::join(&mount, inner.trim_start_matches('/'))),
+            }));
+        }
+    }
 
     async fn stat(&self, path: &str) -> VfsResult<Metadata> {
         self.stat_with(path, true).await

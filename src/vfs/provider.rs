@@ -233,6 +233,10 @@ pub trait FileHandle: Send + Sync {
 /// keep their default, which fails with `ENOSYS` (the server and the
 /// wrappers treat `ENOSYS` as "not supported" and fall back where the spec
 /// says so).
+/// Where a provider reports paths changed behind the server's back; it
+/// returns false once its subscriber is gone.
+pub type ChangeSink = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 #[async_trait]
 pub trait Provider: Send + Sync {
     /// True if every mutation fails with EROFS.
@@ -246,6 +250,11 @@ pub trait Provider: Send + Sync {
     fn cache_policy(&self, _path: &str) -> CachePolicy {
         CachePolicy::SHORT
     }
+    /// Hear about changes made behind the server's back (another program
+    /// editing a host directory): `sink(path)` for every changed path, for
+    /// as long as it returns true. Providers that cannot tell ignore this;
+    /// their cache policy alone bounds how stale the guest's view gets.
+    fn subscribe(&self, _sink: ChangeSink) {}
 
     /// Follows symlinks.
     async fn stat(&self, path: &str) -> VfsResult<Metadata>;

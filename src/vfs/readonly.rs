@@ -30,6 +30,9 @@ impl Provider for ReadonlyProvider {
     fn cache_policy(&self, path: &str) -> CachePolicy {
         self.inner.cache_policy(path)
     }
+    fn subscribe(&self, sink: super::ChangeSink) {
+        self.inner.subscribe(sink)
+    }
     async fn stat(&self, path: &str) -> VfsResult<Metadata> {
         self.inner.stat(path).await
     }

@@ -31,6 +31,8 @@ use super::{
 pub struct RealFSProvider {
     root: PathBuf,
     root_fd: OwnedFd,
+    /// Other programs' edits, reported to the VMs mounting us.
+    watch: super::watch::DirWatch,
 }
 
 fn map_escape(e: Errno) -> VfsError {
@@ -104,7 +106,12 @@ impl RealFSProvider {
         .map_err(|e| VfsError::with_message(e as i32, format!("{}: {e}", root.display())))?;
         // SAFETY: `open` returned a fresh descriptor that we now own.
         let root_fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(RealFSProvider { root, root_fd })
+        let watch = super::watch::DirWatch::new(root.clone());
+        Ok(RealFSProvider {
+            root,
+            root_fd,
+            watch,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -183,10 +190,14 @@ impl Provider for RealFSProvider {
     fn supports_symlinks(&self) -> bool {
         true
     }
-    /// Other host processes edit these files: short TTLs bound how long
-    /// the guest can see a stale view.
+    /// Other host processes edit these files: the watch reports their
+    /// edits at once, and short TTLs bound how long the guest can see a
+    /// stale view if it misses one (or cannot be set up).
     fn cache_policy(&self, _path: &str) -> CachePolicy {
         CachePolicy::SHORT
+    }
+    fn subscribe(&self, sink: super::ChangeSink) {
+        self.watch.subscribe(sink)
     }
 
     async fn stat(&self, path: &str) -> VfsResult<Metadata> {

@@ -59,8 +59,20 @@ pub struct FsServer {
     next_fh: AtomicU64,
     dirs: Mutex<HashMap<u64, DirListing>>,
     notify: Mutex<Option<mpsc::UnboundedSender<FsHostMsg>>>,
+    /// Paths the guest changed lately, with when: the provider's own change
+    /// reports for them are echoes of the guest's work, not news.
+    guest_touched: Mutex<HashMap<String, Instant>>,
+    /// The path each open handle was opened at (writes name no inode).
+    handle_paths: Mutex<HashMap<u64, String>>,
     pub metrics: FsMetrics,
 }
+
+/// How long after a guest change to a path a provider's report of a change
+/// there is taken for the echo of it. A host edit inside this window is
+/// seen once the guest's cache TTL runs out instead of at once.
+const ECHO_WINDOW: Duration = Duration::from_millis(300);
+/// Past this many remembered paths, the stale ones are dropped.
+const TOUCHED_MAX: usize = 4096;
 
 impl std::fmt::Debug for FsServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -134,15 +146,88 @@ fn listing_ino(path: &str) -> u64 {
 
 impl FsServer {
     pub fn new(provider: Arc<dyn Provider>) -> Arc<Self> {
-        Arc::new(FsServer {
+        let server = Arc::new(FsServer {
             provider,
             inodes: Mutex::new(Inodes::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             dirs: Mutex::new(HashMap::new()),
             notify: Mutex::new(None),
+            guest_touched: Mutex::new(HashMap::new()),
+            handle_paths: Mutex::new(HashMap::new()),
             metrics: FsMetrics::default(),
-        })
+        });
+        // Changes other programs make (a RealFS directory edited on the
+        // host) reach the guest's caches at once; the provider drops the
+        // subscription once this server is gone.
+        let weak = Arc::downgrade(&server);
+        server
+            .provider
+            .subscribe(Arc::new(move |path: &str| match weak.upgrade() {
+                Some(s) => {
+                    s.provider_changed(path);
+                    true
+                }
+                None => false,
+            }));
+        server
+    }
+
+    /// The provider reports `path` changed: invalidate it in the guest
+    /// unless the change is the guest's own.
+    fn provider_changed(&self, path: &str) {
+        let echo = self
+            .guest_touched
+            .lock()
+            .unwrap()
+            .get(path)
+            .is_some_and(|t| t.elapsed() < ECHO_WINDOW);
+        if !echo {
+            self.invalidate(path);
+        }
+    }
+
+    /// Remember which paths `op` changes, to tell echoes from news.
+    fn note_guest_change(&self, op: &FsOp) {
+        let mut paths = Vec::new();
+        match op {
+            FsOp::Create { parent, name, .. }
+            | FsOp::Mkdir { parent, name, .. }
+            | FsOp::Symlink { parent, name, .. }
+            | FsOp::Unlink { parent, name }
+            | FsOp::Rmdir { parent, name } => paths.extend(self.child_of(*parent, name).ok()),
+            FsOp::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                ..
+            } => {
+                paths.extend(self.child_of(*parent, name).ok());
+                paths.extend(self.child_of(*new_parent, new_name).ok());
+            }
+            FsOp::Link {
+                ino,
+                new_parent,
+                new_name,
+            } => {
+                paths.extend(self.path_of(*ino).ok());
+                paths.extend(self.child_of(*new_parent, new_name).ok());
+            }
+            FsOp::SetAttr { ino, .. } => paths.extend(self.path_of(*ino).ok()),
+            FsOp::Write { fh, .. } => {
+                paths.extend(self.handle_paths.lock().unwrap().get(fh).cloned())
+            }
+            _ => return,
+        }
+        let now = Instant::now();
+        let mut t = self.guest_touched.lock().unwrap();
+        if t.len() >= TOUCHED_MAX {
+            t.retain(|_, at| now.duration_since(*at) < ECHO_WINDOW);
+        }
+        for p in paths {
+            t.insert(p, now);
+        }
     }
 
     pub fn provider(&self) -> &Arc<dyn Provider> {
@@ -241,7 +326,10 @@ impl FsServer {
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
         let result = match req.op.validate() {
             Err(e) => Err(VfsError::invalid(e.to_string())),
-            Ok(()) => self.dispatch(req.op, req.caller).await,
+            Ok(()) => {
+                self.note_guest_change(&req.op);
+                self.dispatch(req.op, req.caller).await
+            }
         };
         let result = result.map_err(|e| {
             self.metrics.errors.fetch_add(1, Ordering::Relaxed);
@@ -452,6 +540,7 @@ impl FsServer {
                 opts.exclusive = false;
                 let h = p.open(&path, opts).await?;
                 let fh = self.add_handle(h)?;
+                self.handle_paths.lock().unwrap().insert(fh, path.clone());
                 Ok(FsReply::Opened {
                     fh,
                     keep_cache: self.policy(&path).keep_data_cache,
@@ -468,6 +557,7 @@ impl FsServer {
                 opts.create = true;
                 let h = p.open(&path, opts).await?;
                 let fh = self.add_handle(h)?;
+                self.handle_paths.lock().unwrap().insert(fh, path.clone());
                 let m = match p.lstat(&path).await {
                     Ok(m) => m,
                     Err(e) => {
@@ -533,6 +623,7 @@ impl FsServer {
     }
 
     async fn release(&self, fh: u64) -> VfsResult<()> {
+        self.handle_paths.lock().unwrap().remove(&fh);
         let h = self.handles.lock().unwrap().remove(&fh);
         match h {
             Some(h) => h.close().await,
@@ -627,6 +718,7 @@ impl FsServer {
 
     /// Close every open handle (VM shutdown).
     pub async fn close(&self) {
+        self.handle_paths.lock().unwrap().clear();
         let handles: Vec<_> = self
             .handles
             .lock()
@@ -923,6 +1015,46 @@ mod tests {
         // Forgotten inodes are dropped from the table.
         ok(&s, FsOp::Forget { ino: d, nlookup: 1 }).await;
         assert_eq!(errno_of(&s, FsOp::GetAttr { ino: d }).await, errno::ENOENT);
+    }
+
+    #[tokio::test]
+    async fn provider_changes_invalidate_unless_they_echo_the_guest() {
+        let s = FsServer::new(Arc::new(MemoryProvider::new()));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        *s.notify.lock().unwrap() = Some(tx);
+        ok(
+            &s,
+            FsOp::Create {
+                parent: ROOT_INO,
+                name: "mine.txt".into(),
+                mode: 0o644,
+                flags: libc::O_WRONLY,
+            },
+        )
+        .await;
+        // The provider reporting the guest's own create is an echo.
+        s.provider_changed("/mine.txt");
+        assert!(rx.try_recv().is_err());
+        // A change nobody in the guest made drops the guest's entry.
+        s.provider_changed("/theirs.txt");
+        match rx.try_recv() {
+            Ok(FsHostMsg::InvalidateEntry { parent, name }) => {
+                assert_eq!((parent, name.as_str()), (ROOT_INO, "theirs.txt"))
+            }
+            other => panic!("expected an entry invalidation, got {other:?}"),
+        }
+        // Once the echo window has passed, a change to the guest's file is
+        // news again: its inode and entry are invalidated.
+        s.guest_touched.lock().unwrap().clear();
+        s.provider_changed("/mine.txt");
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(FsHostMsg::InvalidateInode { .. })
+        ));
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(FsHostMsg::InvalidateEntry { .. })
+        ));
     }
 
     #[tokio::test]

@@ -189,6 +189,9 @@ impl Provider for ShadowProvider {
     fn cache_policy(&self, path: &str) -> CachePolicy {
         self.inner.cache_policy(path)
     }
+    fn subscribe(&self, sink: super::ChangeSink) {
+        self.inner.subscribe(sink)
+    }
 
     async fn stat(&self, path: &str) -> VfsResult<Metadata> {
         self.for_read("stat", path).await?.stat(path).await

@@ -24,6 +24,9 @@ const ERRNO = [
   [/Operation not permitted/, "EPERM", 1],
 ];
 
+/** Exec option (internal): run no process, store stdin in this guest file. */
+const kStdinToFile = Symbol("gondolin.stdinToFile");
+
 function fsError(prefix, detail) {
   const text = detail.trim().split("\n").pop() || "failed";
   const err = new Error(`${prefix}: ${text}`);
@@ -338,8 +341,10 @@ class VmFs {
     }
     const d = this._direct(p);
     if (d) return d.writeFile(input, `failed to write guest file '${p}'`);
-    await this._run(["/bin/sh", "-c", 'exec cat > "$1"', "sh", p], `failed to write guest file '${p}'`, options, {
+    // sandboxd writes stdin straight into the file: no shell, no cat, no pipe.
+    await this._run(["gondolin:write-file", p], `failed to write guest file '${p}'`, options, {
       stdin: input,
+      [kStdinToFile]: p,
     });
   }
 
@@ -359,4 +364,4 @@ class VmFs {
   }
 }
 
-module.exports = { VmFs, resolvePath, statsFrom };
+module.exports = { VmFs, resolvePath, statsFrom, kStdinToFile };

@@ -19,6 +19,8 @@ pub struct ExecRequest {
     pub pty: Option<(u16, u16)>,
     /// Output credit per stream; clamped to the protocol's bounds.
     pub window: u32,
+    /// No process: stdin goes into this guest file (see the wire `Exec`).
+    pub stdin_to_file: Option<String>,
 }
 
 impl ExecRequest {
@@ -37,6 +39,7 @@ impl ExecRequest {
             pty: self.pty,
             stdout_window: w,
             stderr_window: w,
+            stdin_to_file: self.stdin_to_file.clone(),
         }
     }
 }

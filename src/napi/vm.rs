@@ -52,6 +52,8 @@ pub struct NativeExecOptions {
     pub pty_rows: Option<u32>,
     pub pty_cols: Option<u32>,
     pub window_bytes: Option<u32>,
+    /// Internal (vm.fs.writeFile): no process, stdin goes into this file.
+    pub stdin_to_file: Option<String>,
 }
 
 #[napi(object)]
@@ -195,6 +197,7 @@ impl NativeVm {
             stdin: o.stdin.unwrap_or(false),
             pty,
             window: o.window_bytes.unwrap_or(0),
+            stdin_to_file: o.stdin_to_file,
         };
         let handle = self.vm.control().exec(&req).js()?;
         Ok(NativeExec::new(handle))

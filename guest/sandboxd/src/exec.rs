@@ -66,6 +66,8 @@ pub struct Stdin {
     regrant: u32,
     /// The host sent eof on a pipe: close it once the queue is empty.
     eof: bool,
+    /// Why writing failed, for a file sink (the exec's stderr).
+    error: Option<String>,
 }
 
 impl Stdin {
@@ -134,9 +136,61 @@ impl Exec {
                 credit: stdin_credit,
                 regrant: 0,
                 eof: false,
+                error: None,
             },
             drain: None,
         }
+    }
+
+    /// An exec with no process: stdin goes into `file` (`stdin_to_file`).
+    /// It ends when the host closes stdin, or on the first failed write.
+    pub fn file_sink(id: u32, file: OwnedFd) -> Exec {
+        Exec {
+            id,
+            pid: 0,
+            status: None,
+            stdout: OutStream {
+                fd: None,
+                credit: 0,
+            },
+            stderr: OutStream {
+                fd: None,
+                credit: 0,
+            },
+            stdin: Stdin {
+                fd: Some(file),
+                pty: false,
+                queue: VecDeque::new(),
+                head: 0,
+                credit: STDIN_WINDOW,
+                regrant: 0,
+                eof: false,
+                error: None,
+            },
+            drain: None,
+        }
+    }
+
+    fn is_sink(&self) -> bool {
+        self.pid == 0
+    }
+
+    /// A file sink whose stdin is done has its exit status.
+    pub fn settle(&mut self) {
+        if self.is_sink() && self.status.is_none() && self.stdin.fd.is_none() {
+            let code = if self.stdin.error.is_some() { 1 } else { 0 };
+            self.status = Some((code, None));
+        }
+    }
+
+    /// The error a file sink reports on stderr before its exit.
+    pub fn error_output(&self) -> Option<GuestMsg> {
+        let e = self.stdin.error.as_ref()?;
+        Some(GuestMsg::Output {
+            id: self.id,
+            stream: Stream::Stderr,
+            data: e.as_bytes().to_vec(),
+        })
     }
 
     pub fn initial_stdin_window(&self) -> Option<GuestMsg> {
@@ -164,13 +218,22 @@ impl Exec {
         }
     }
 
-    pub fn kill(&self, signal: i32) {
+    pub fn kill(&mut self, signal: i32) {
+        if self.is_sink() {
+            // No process: stop writing, end as if killed.
+            if self.status.is_none() {
+                self.stdin.discard_queue();
+                self.stdin.fd = None;
+                self.status = Some((128 + signal, Some(signal)));
+            }
+            return;
+        }
         sys::kill_group(self.pid, signal);
     }
 
     /// Check (without blocking) whether the main process exited.
     pub fn reap(&mut self, now: Instant) {
-        if self.status.is_some() {
+        if self.status.is_some() || self.is_sink() {
             return;
         }
         if let Some(status) = sys::try_wait(self.pid) {
@@ -311,7 +374,11 @@ impl Exec {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // EPIPE: the child closed its stdin (EIO on a hung-up pty).
                 // Not an error of the exec: later input is consumed unread.
-                Err(_) => {
+                // For a file sink (no child), it is the exec's failure.
+                Err(e) => {
+                    if self.pid == 0 {
+                        st.error = Some(format!("write: {}\n", sys::errno_text(&e)));
+                    }
                     st.discard_queue();
                     st.fd = None;
                 }

@@ -217,12 +217,16 @@ impl Server {
         let mut done = Vec::new();
         for (&id, e) in self.execs.iter_mut() {
             e.expire_drain(now);
+            e.settle();
             if e.is_done() {
                 done.push(id);
             }
         }
         for id in done {
             if let Some(e) = self.execs.remove(&id) {
+                if let Some(m) = e.error_output() {
+                    self.out.push(&m);
+                }
                 self.out.push(&e.exit_msg());
             }
         }
@@ -304,7 +308,7 @@ impl Server {
                     );
                     return;
                 }
-                match self.execs.get(&id) {
+                match self.execs.get_mut(&id) {
                     None => self.error(id, "unknown_id", "no running exec with this id"),
                     Some(e) => e.kill(signal),
                 }
@@ -319,6 +323,9 @@ impl Server {
         }
         if self.execs.len() >= MAX_EXECS {
             return self.error(id, "exec_failed", "too many concurrent execs");
+        }
+        if let Some(path) = &req.stdin_to_file {
+            return self.start_file_sink(id, path, req.stderr_window);
         }
         match self.spawner.spawn(req) {
             Ok(child) => {
@@ -349,6 +356,42 @@ impl Server {
         }
     }
 
+    /// `stdin_to_file`: open the file and take stdin into it, no process.
+    /// A file that cannot be opened ends the exec at once with status 1.
+    fn start_file_sink(&mut self, id: u32, path: &str, stderr_window: u32) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path);
+        match opened {
+            Ok(f) => {
+                let e = Exec::file_sink(id, f.into());
+                if let Some(m) = e.initial_stdin_window() {
+                    self.out.push(&m);
+                }
+                self.execs.insert(id, e);
+            }
+            Err(err) => {
+                let mut data = format!("{path}: {}\n", sys::errno_text(&err)).into_bytes();
+                data.truncate(MAX_FAIL_LINE.min(initial_credit(stderr_window) as usize));
+                self.out.push(&GuestMsg::Output {
+                    id,
+                    stream: Stream::Stderr,
+                    data,
+                });
+                self.out.push(&GuestMsg::Exit {
+                    id,
+                    exit_code: 1,
+                    signal: None,
+                });
+            }
+        }
+    }
+
     fn error(&mut self, id: u32, code: &str, message: &str) {
         let mut message = message.to_owned();
         if message.len() > MAX_ERROR_TEXT {
@@ -367,9 +410,10 @@ impl Server {
 
     /// The host is gone: its execs die with it (whole process groups).
     fn abandon_all(&mut self) {
-        for (_, e) in self.execs.drain() {
+        for (_, mut e) in self.execs.drain() {
+            let had_status = e.status.is_some();
             e.kill(libc::SIGKILL);
-            if e.status.is_none() {
+            if !had_status && e.pid > 0 {
                 self.orphans.push(e.pid);
             }
         }

@@ -284,6 +284,98 @@ fn stdin_round_trip_through_cat() {
     );
 }
 
+/// Send `data` as stdin of exec `id`, following the guest's credit, then
+/// eof; returns the exec's stderr and exit code.
+fn feed_stdin(g: &mut Guest, id: u32, data: &[u8]) -> (Vec<u8>, i32) {
+    let (mut sent, mut credit, mut eof_sent) = (0, 0usize, false);
+    let mut stderr = Vec::new();
+    loop {
+        while credit > 0 && sent < data.len() {
+            let n = (data.len() - sent).min(credit).min(64 * 1024);
+            g.send(&HostMsg::Stdin {
+                id,
+                data: data[sent..sent + n].to_vec(),
+                eof: false,
+            });
+            sent += n;
+            credit -= n;
+        }
+        if sent == data.len() && !eof_sent {
+            g.send(&HostMsg::Stdin {
+                id,
+                data: Vec::new(),
+                eof: true,
+            });
+            eof_sent = true;
+        }
+        match g.recv() {
+            GuestMsg::StdinWindow { id: i, bytes } if i == id => credit += bytes as usize,
+            GuestMsg::Output {
+                id: i,
+                stream: Stream::Stderr,
+                data,
+            } if i == id => stderr.extend(data),
+            GuestMsg::Exit {
+                id: i, exit_code, ..
+            } if i == id => return (stderr, exit_code),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn stdin_to_file_stores_stdin_without_a_process() {
+    let mut g = Guest::start();
+    let dir = std::env::temp_dir().join(format!("sandboxd-sink-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("out.bin");
+    std::fs::write(&path, vec![b'x'; 10_000_000]).unwrap();
+    let mut e = exec(&["gondolin:write-file"]);
+    e.stdin = true;
+    e.stdin_to_file = Some(path.to_str().unwrap().to_string());
+    g.send(&HostMsg::Exec {
+        id: 5,
+        exec: e.clone(),
+    });
+    // More than one stdin window; the old, longer content is truncated.
+    let data: Vec<u8> = (0..5 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
+    let (stderr, code) = feed_stdin(&mut g, 5, &data);
+    assert_eq!((code, stderr.as_slice()), (0, &b""[..]));
+    assert!(std::fs::read(&path).unwrap() == data);
+
+    // A file that cannot be created: status 1 and the reason on stderr.
+    e.stdin_to_file = Some(dir.join("missing/x").to_str().unwrap().to_string());
+    let o = g.run(6, e.clone());
+    assert_eq!(o.exit_code, 1);
+    assert!(
+        o.stderr_str().contains("No such file or directory"),
+        "{}",
+        o.stderr_str()
+    );
+
+    // Killing a sink ends it at once, as if by the signal.
+    e.stdin_to_file = Some(path.to_str().unwrap().to_string());
+    g.send(&HostMsg::Exec {
+        id: 7,
+        exec: e.clone(),
+    });
+    assert!(matches!(g.recv(), GuestMsg::StdinWindow { id: 7, .. }));
+    g.send(&HostMsg::Kill { id: 7, signal: 9 });
+    match g.recv() {
+        GuestMsg::Exit {
+            id: 7,
+            exit_code,
+            signal,
+        } => assert_eq!((exit_code, signal), (137, Some(9))),
+        other => panic!("unexpected {other:?}"),
+    }
+    // A relative path or a pty is refused before anything is opened.
+    e.stdin_to_file = Some("relative".into());
+    g.send(&HostMsg::Exec { id: 8, exec: e });
+    assert!(matches!(g.recv(), GuestMsg::Error { id: 8, .. }));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn stdin_beyond_credit_is_refused_but_not_fatal() {
     let mut g = Guest::start();

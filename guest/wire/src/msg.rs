@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{WireError, MAX_ARGS, MAX_CHUNK, MAX_ENV, MAX_STRING};
 
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Which output stream a chunk or a credit grant belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +31,10 @@ pub struct Exec {
     /// Initial output credit per stream, in bytes.
     pub stdout_window: u32,
     pub stderr_window: u32,
+    /// Start no process: write stdin into this file (created or truncated,
+    /// mode 0644) and exit 0 at its end, or 1 with the reason on stderr.
+    /// How `vm.fs.writeFile` stores a file without a `cat` and a pipe.
+    pub stdin_to_file: Option<String>,
 }
 
 /// Host -> guest.
@@ -129,6 +133,15 @@ impl Exec {
                 return Err(WireError::Invalid("cwd must be absolute"));
             }
         }
+        if let Some(f) = &self.stdin_to_file {
+            check_str(f, "file path too long")?;
+            if !f.starts_with('/') || f.contains('\0') {
+                return Err(WireError::Invalid("stdin_to_file must be an absolute path"));
+            }
+            if !self.stdin || self.pty.is_some() {
+                return Err(WireError::Invalid("stdin_to_file needs stdin and no pty"));
+            }
+        }
         Ok(())
     }
 }
@@ -175,6 +188,7 @@ mod tests {
             pty: Some((24, 80)),
             stdout_window: 4096,
             stderr_window: 4096,
+            stdin_to_file: None,
         }
     }
 

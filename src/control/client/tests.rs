@@ -43,6 +43,7 @@ fn req(argv: &[&str]) -> ExecRequest {
     ExecRequest {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         window: 4096,
+        stdin_to_file: None,
         ..Default::default()
     }
 }

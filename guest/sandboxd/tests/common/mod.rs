@@ -49,6 +49,7 @@ pub fn exec(argv: &[&str]) -> Exec {
         pty: None,
         stdout_window: 0,
         stderr_window: 0,
+        stdin_to_file: None,
     }
 }
 

@@ -24,8 +24,9 @@ const ERRNO = [
   [/Operation not permitted/, "EPERM", 1],
 ];
 
-/** Exec option (internal): run no process, store stdin in this guest file. */
+/** Exec options (internal): run no process, store stdin in this guest file / send this guest file as stdout. */
 const kStdinToFile = Symbol("gondolin.stdinToFile");
+const kStdoutFromFile = Symbol("gondolin.stdoutFromFile");
 
 function fsError(prefix, detail) {
   const text = detail.trim().split("\n").pop() || "failed";
@@ -298,7 +299,8 @@ class VmFs {
     const d = this._direct(p);
     const buf = d
       ? await d.readFile(`failed to read guest file '${p}'`)
-      : (await this._run(["cat", "--", p], `failed to read guest file '${p}'`, options)).stdoutBuffer;
+      : (await this._run(["gondolin:read-file", p], `failed to read guest file '${p}'`, options, { [kStdoutFromFile]: p }))
+          .stdoutBuffer;
     return enc ? buf.toString(enc) : buf;
   }
 
@@ -307,7 +309,7 @@ class VmFs {
     const p = resolvePath(filePath, options.cwd);
     const d = this._direct(p);
     if (d) return d.readStream(`failed to stream guest file '${p}'`);
-    const proc = this._vm.exec(["cat", "--", p], { stdout: "pipe", signal: options.signal });
+    const proc = this._vm.exec(["gondolin:read-file", p], { stdout: "pipe", signal: options.signal, [kStdoutFromFile]: p });
     const stream = proc.stdout;
     const prefix = `failed to stream guest file '${p}'`;
     // Resolve on the first byte, or reject if cat fails before any data.
@@ -364,4 +366,4 @@ class VmFs {
   }
 }
 
-module.exports = { VmFs, resolvePath, statsFrom, kStdinToFile };
+module.exports = { VmFs, resolvePath, statsFrom, kStdinToFile, kStdoutFromFile };

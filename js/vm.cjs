@@ -7,7 +7,7 @@ const { fromNative, withCode } = require("./errors.cjs");
 const { mergeEnv, envToEntries } = require("./env.cjs");
 const { ExecProcess, normalizeCommand, windowBytes } = require("./exec.cjs");
 const { ensureImage } = require("./image.cjs");
-const { VmFs, kStdinToFile } = require("./fs.cjs");
+const { VmFs, kStdinToFile, kStdoutFromFile } = require("./fs.cjs");
 const { buildVfs } = require("./vfs.cjs");
 const { netOptions, pumpEgress } = require("./net.cjs");
 const { registerVmSession } = require("./sessions.cjs"); // sessions
@@ -163,6 +163,7 @@ class VM {
       ptyCols: pty ? 80 : undefined,
       windowBytes: windowBytes(options.windowBytes),
       stdinToFile: options[kStdinToFile],
+      stdoutFromFile: options[kStdoutFromFile],
     };
     const nativeExec = this._closed
       ? Promise.reject(withCode("VM is closed", "vm_closed"))

@@ -21,6 +21,8 @@ pub struct ExecRequest {
     pub window: u32,
     /// No process: stdin goes into this guest file (see the wire `Exec`).
     pub stdin_to_file: Option<String>,
+    /// No process: this guest file is the stdout (see the wire `Exec`).
+    pub stdout_from_file: Option<String>,
 }
 
 impl ExecRequest {
@@ -40,6 +42,7 @@ impl ExecRequest {
             stdout_window: w,
             stderr_window: w,
             stdin_to_file: self.stdin_to_file.clone(),
+            stdout_from_file: self.stdout_from_file.clone(),
         }
     }
 }

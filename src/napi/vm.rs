@@ -54,6 +54,8 @@ pub struct NativeExecOptions {
     pub window_bytes: Option<u32>,
     /// Internal (vm.fs.writeFile): no process, stdin goes into this file.
     pub stdin_to_file: Option<String>,
+    /// Internal (vm.fs.readFile): no process, this file is the stdout.
+    pub stdout_from_file: Option<String>,
 }
 
 #[napi(object)]
@@ -198,6 +200,7 @@ impl NativeVm {
             pty,
             window: o.window_bytes.unwrap_or(0),
             stdin_to_file: o.stdin_to_file,
+            stdout_from_file: o.stdout_from_file,
         };
         let handle = self.vm.control().exec(&req).js()?;
         Ok(NativeExec::new(handle))

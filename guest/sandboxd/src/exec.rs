@@ -142,7 +142,7 @@ impl Exec {
         }
     }
 
-    /// An exec with no process: stdin goes into `file` (`stdin_to_file`).
+    /// An exec with no process (`pid` 0): stdin goes into `file` (`stdin_to_file`).
     /// It ends when the host closes stdin, or on the first failed write.
     pub fn file_sink(id: u32, file: OwnedFd) -> Exec {
         Exec {
@@ -171,19 +171,30 @@ impl Exec {
         }
     }
 
+    /// An exec with no process whose stdout is `file` (`stdout_from_file`).
+    pub fn file_source(id: u32, file: OwnedFd, stdout_window: u32) -> Exec {
+        let mut e = Exec::file_sink(id, file);
+        e.stdout.fd = e.stdin.fd.take();
+        e.stdout.credit = initial_credit(stdout_window);
+        e.stdin.credit = 0;
+        e
+    }
+
     fn is_sink(&self) -> bool {
         self.pid == 0
     }
 
-    /// A file sink whose stdin is done has its exit status.
+    /// A file exec whose file is done (stdin written, or stdout sent) has
+    /// its exit status.
     pub fn settle(&mut self) {
-        if self.is_sink() && self.status.is_none() && self.stdin.fd.is_none() {
+        let done = self.stdin.fd.is_none() && self.stdout.fd.is_none();
+        if self.is_sink() && self.status.is_none() && done {
             let code = if self.stdin.error.is_some() { 1 } else { 0 };
             self.status = Some((code, None));
         }
     }
 
-    /// The error a file sink reports on stderr before its exit.
+    /// The error a file exec reports on stderr before its exit.
     pub fn error_output(&self) -> Option<GuestMsg> {
         let e = self.stdin.error.as_ref()?;
         Some(GuestMsg::Output {
@@ -319,6 +330,11 @@ impl Exec {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // A file source (no process) fails on a read error.
+                Err(e) if self.pid == 0 => {
+                    self.stdin.error = Some(format!("read: {}\n", sys::errno_text(&e)));
+                    s.fd = None;
+                }
                 // End of file; for a pty master, EIO once no slave is open.
                 _ => s.fd = None,
             }

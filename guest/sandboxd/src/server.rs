@@ -327,6 +327,9 @@ impl Server {
         if let Some(path) = &req.stdin_to_file {
             return self.start_file_sink(id, path, req.stderr_window);
         }
+        if let Some(path) = &req.stdout_from_file {
+            return self.start_file_source(id, path, req);
+        }
         match self.spawner.spawn(req) {
             Ok(child) => {
                 let e = Exec::new(id, child, req);
@@ -375,21 +378,44 @@ impl Server {
                 }
                 self.execs.insert(id, e);
             }
-            Err(err) => {
-                let mut data = format!("{path}: {}\n", sys::errno_text(&err)).into_bytes();
-                data.truncate(MAX_FAIL_LINE.min(initial_credit(stderr_window) as usize));
-                self.out.push(&GuestMsg::Output {
-                    id,
-                    stream: Stream::Stderr,
-                    data,
-                });
-                self.out.push(&GuestMsg::Exit {
-                    id,
-                    exit_code: 1,
-                    signal: None,
-                });
-            }
+            Err(err) => self.fail_file_exec(id, path, &err, stderr_window),
         }
+    }
+
+    /// `stdout_from_file`: send the file as the exec's stdout, no process.
+    fn start_file_source(&mut self, id: u32, path: &str, req: &gondolin_wire::Exec) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .and_then(|f| match f.metadata()?.is_dir() {
+                true => Err(io::Error::from_raw_os_error(libc::EISDIR)),
+                false => Ok(f),
+            });
+        match opened {
+            Ok(f) => {
+                let e = Exec::file_source(id, f.into(), req.stdout_window);
+                self.execs.insert(id, e);
+            }
+            Err(err) => self.fail_file_exec(id, path, &err, req.stderr_window),
+        }
+    }
+
+    /// A file exec whose file cannot be opened: the reason on stderr, status 1.
+    fn fail_file_exec(&mut self, id: u32, path: &str, err: &io::Error, stderr_window: u32) {
+        let mut data = format!("{path}: {}\n", sys::errno_text(err)).into_bytes();
+        data.truncate(MAX_FAIL_LINE.min(initial_credit(stderr_window) as usize));
+        self.out.push(&GuestMsg::Output {
+            id,
+            stream: Stream::Stderr,
+            data,
+        });
+        self.out.push(&GuestMsg::Exit {
+            id,
+            exit_code: 1,
+            signal: None,
+        });
     }
 
     fn error(&mut self, id: u32, code: &str, message: &str) {

@@ -377,6 +377,39 @@ fn stdin_to_file_stores_stdin_without_a_process() {
 }
 
 #[test]
+fn stdout_from_file_sends_a_file_without_a_process() {
+    let mut g = Guest::start();
+    let dir = std::env::temp_dir().join(format!("sandboxd-source-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("in.bin");
+    // Several windows' worth, so the read follows the host's grants.
+    let data: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 241) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let mut e = exec(&["gondolin:read-file"]);
+    e.stdout_from_file = Some(path.to_str().unwrap().to_string());
+    let o = g.run(9, e.clone());
+    assert_eq!(o.exit_code, 0, "{}", o.stderr_str());
+    assert!(
+        o.stdout == data,
+        "{} of {} bytes",
+        o.stdout.len(),
+        data.len()
+    );
+    // Missing file, directory: status 1 and the reason.
+    for (p, why) in [
+        (dir.join("nope"), "No such file or directory"),
+        (dir.clone(), "Is a directory"),
+    ] {
+        e.stdout_from_file = Some(p.to_str().unwrap().to_string());
+        let o = g.run(10, e.clone());
+        assert_eq!(o.exit_code, 1);
+        assert!(o.stdout.is_empty());
+        assert!(o.stderr_str().contains(why), "{}", o.stderr_str());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn stdin_beyond_credit_is_refused_but_not_fatal() {
     let mut g = Guest::start();
     let o = g.run(1, exec(&["true"]));

@@ -35,6 +35,9 @@ pub struct Exec {
     /// mode 0644) and exit 0 at its end, or 1 with the reason on stderr.
     /// How `vm.fs.writeFile` stores a file without a `cat` and a pipe.
     pub stdin_to_file: Option<String>,
+    /// Start no process: send this file as stdout and exit 0 at its end, or
+    /// 1 with the reason on stderr. How `vm.fs.readFile` reads a file.
+    pub stdout_from_file: Option<String>,
 }
 
 /// Host -> guest.
@@ -106,6 +109,14 @@ fn check_str(s: &str, what: &'static str) -> Result<(), WireError> {
     Ok(())
 }
 
+fn check_file_path(f: &str) -> Result<(), WireError> {
+    check_str(f, "file path too long")?;
+    if !f.starts_with('/') || f.contains('\0') {
+        return Err(WireError::Invalid("file paths must be absolute"));
+    }
+    Ok(())
+}
+
 impl Exec {
     pub fn validate(&self) -> Result<(), WireError> {
         if self.argv.is_empty() || self.argv[0].is_empty() {
@@ -134,12 +145,19 @@ impl Exec {
             }
         }
         if let Some(f) = &self.stdin_to_file {
-            check_str(f, "file path too long")?;
-            if !f.starts_with('/') || f.contains('\0') {
-                return Err(WireError::Invalid("stdin_to_file must be an absolute path"));
+            check_file_path(f)?;
+            if !self.stdin || self.pty.is_some() || self.stdout_from_file.is_some() {
+                return Err(WireError::Invalid(
+                    "stdin_to_file needs stdin, no pty and no stdout_from_file",
+                ));
             }
-            if !self.stdin || self.pty.is_some() {
-                return Err(WireError::Invalid("stdin_to_file needs stdin and no pty"));
+        }
+        if let Some(f) = &self.stdout_from_file {
+            check_file_path(f)?;
+            if self.stdin || self.pty.is_some() {
+                return Err(WireError::Invalid(
+                    "stdout_from_file takes no stdin and no pty",
+                ));
             }
         }
         Ok(())
@@ -189,6 +207,7 @@ mod tests {
             stdout_window: 4096,
             stderr_window: 4096,
             stdin_to_file: None,
+            stdout_from_file: None,
         }
     }
 

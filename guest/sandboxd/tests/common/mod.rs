@@ -50,6 +50,7 @@ pub fn exec(argv: &[&str]) -> Exec {
         stdout_window: 0,
         stderr_window: 0,
         stdin_to_file: None,
+        stdout_from_file: None,
     }
 }
 

@@ -66,8 +66,6 @@ pub struct Stdin {
     regrant: u32,
     /// The host sent eof on a pipe: close it once the queue is empty.
     eof: bool,
-    /// Why writing failed, for a file sink (the exec's stderr).
-    error: Option<String>,
 }
 
 impl Stdin {
@@ -104,6 +102,8 @@ pub struct Exec {
     pub stderr: OutStream,
     pub stdin: Stdin,
     drain: Option<Drain>,
+    /// Why a file exec's read or write failed (sent on stderr; status 1).
+    file_error: Option<String>,
 }
 
 impl Exec {
@@ -136,9 +136,9 @@ impl Exec {
                 credit: stdin_credit,
                 regrant: 0,
                 eof: false,
-                error: None,
             },
             drain: None,
+            file_error: None,
         }
     }
 
@@ -165,9 +165,9 @@ impl Exec {
                 credit: STDIN_WINDOW,
                 regrant: 0,
                 eof: false,
-                error: None,
             },
             drain: None,
+            file_error: None,
         }
     }
 
@@ -180,7 +180,8 @@ impl Exec {
         e
     }
 
-    fn is_sink(&self) -> bool {
+    /// A file exec (`stdin_to_file` / `stdout_from_file`) has no process.
+    fn is_file_exec(&self) -> bool {
         self.pid == 0
     }
 
@@ -188,15 +189,15 @@ impl Exec {
     /// its exit status.
     pub fn settle(&mut self) {
         let done = self.stdin.fd.is_none() && self.stdout.fd.is_none();
-        if self.is_sink() && self.status.is_none() && done {
-            let code = if self.stdin.error.is_some() { 1 } else { 0 };
+        if self.is_file_exec() && self.status.is_none() && done {
+            let code = if self.file_error.is_some() { 1 } else { 0 };
             self.status = Some((code, None));
         }
     }
 
     /// The error a file exec reports on stderr before its exit.
     pub fn error_output(&self) -> Option<GuestMsg> {
-        let e = self.stdin.error.as_ref()?;
+        let e = self.file_error.as_ref()?;
         Some(GuestMsg::Output {
             id: self.id,
             stream: Stream::Stderr,
@@ -230,7 +231,7 @@ impl Exec {
     }
 
     pub fn kill(&mut self, signal: i32) {
-        if self.is_sink() {
+        if self.is_file_exec() {
             // No process: stop writing, end as if killed.
             if self.status.is_none() {
                 self.stdin.discard_queue();
@@ -244,7 +245,7 @@ impl Exec {
 
     /// Check (without blocking) whether the main process exited.
     pub fn reap(&mut self, now: Instant) {
-        if self.status.is_some() || self.is_sink() {
+        if self.status.is_some() || self.is_file_exec() {
             return;
         }
         if let Some(status) = sys::try_wait(self.pid) {
@@ -332,7 +333,7 @@ impl Exec {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // A file source (no process) fails on a read error.
                 Err(e) if self.pid == 0 => {
-                    self.stdin.error = Some(format!("read: {}\n", sys::errno_text(&e)));
+                    self.file_error = Some(format!("read: {}\n", sys::errno_text(&e)));
                     s.fd = None;
                 }
                 // End of file; for a pty master, EIO once no slave is open.
@@ -393,7 +394,7 @@ impl Exec {
                 // For a file sink (no child), it is the exec's failure.
                 Err(e) => {
                     if self.pid == 0 {
-                        st.error = Some(format!("write: {}\n", sys::errno_text(&e)));
+                        self.file_error = Some(format!("write: {}\n", sys::errno_text(&e)));
                     }
                     st.discard_queue();
                     st.fd = None;

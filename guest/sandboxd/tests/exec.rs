@@ -227,71 +227,32 @@ fn stdin_round_trip_through_cat() {
     // 3 MiB of every byte value: more than one stdin window, so the test
     // must follow the guest's re-grants.
     let data: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
-    let mut sent = 0;
-    let mut credit = 0usize;
-    let mut out = Vec::new();
-    let mut eof_sent = false;
-    loop {
-        while credit > 0 && sent < data.len() {
-            let n = (data.len() - sent).min(credit).min(32 * 1024);
-            g.send(&HostMsg::Stdin {
-                id: 4,
-                data: data[sent..sent + n].to_vec(),
-                eof: false,
-            });
-            sent += n;
-            credit -= n;
-        }
-        if sent == data.len() && !eof_sent {
-            g.send(&HostMsg::Stdin {
-                id: 4,
-                data: Vec::new(),
-                eof: true,
-            });
-            eof_sent = true;
-        }
-        match g.recv() {
-            GuestMsg::StdinWindow { id: 4, bytes } => {
-                credit += bytes as usize;
-                assert!(credit <= STDIN_WINDOW as usize);
-            }
-            GuestMsg::Output {
-                id: 4,
-                stream: Stream::Stdout,
-                data: d,
-            } => {
-                g.send(&HostMsg::Window {
-                    id: 4,
-                    stdout: d.len() as u32,
-                    stderr: 0,
-                });
-                out.extend(d);
-            }
-            GuestMsg::Exit {
-                id: 4, exit_code, ..
-            } => {
-                assert_eq!(exit_code, 0);
-                break;
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    let o = feed_stdin(&mut g, 4, &data);
+    assert_eq!(o.exit_code, 0);
     assert!(
-        out == data,
+        o.stdout == data,
         "cat output differs ({} of {} bytes)",
-        out.len(),
+        o.stdout.len(),
         data.len()
     );
 }
 
-/// Send `data` as stdin of exec `id`, following the guest's credit, then
-/// eof; returns the exec's stderr and exit code.
-fn feed_stdin(g: &mut Guest, id: u32, data: &[u8]) -> (Vec<u8>, i32) {
+/// What `feed_stdin` saw of an exec.
+struct Fed {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    exit_code: i32,
+}
+
+/// Send `data` as stdin of exec `id`, following the guest's credit (never
+/// more than `STDIN_WINDOW` outstanding), then eof; collect its output,
+/// granting the credit back, until it exits.
+fn feed_stdin(g: &mut Guest, id: u32, data: &[u8]) -> Fed {
     let (mut sent, mut credit, mut eof_sent) = (0, 0usize, false);
-    let mut stderr = Vec::new();
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     loop {
         while credit > 0 && sent < data.len() {
-            let n = (data.len() - sent).min(credit).min(64 * 1024);
+            let n = (data.len() - sent).min(credit).min(32 * 1024);
             g.send(&HostMsg::Stdin {
                 id,
                 data: data[sent..sent + n].to_vec(),
@@ -309,15 +270,35 @@ fn feed_stdin(g: &mut Guest, id: u32, data: &[u8]) -> (Vec<u8>, i32) {
             eof_sent = true;
         }
         match g.recv() {
-            GuestMsg::StdinWindow { id: i, bytes } if i == id => credit += bytes as usize,
+            GuestMsg::StdinWindow { id: i, bytes } if i == id => {
+                credit += bytes as usize;
+                assert!(credit <= STDIN_WINDOW as usize);
+            }
             GuestMsg::Output {
                 id: i,
-                stream: Stream::Stderr,
-                data,
-            } if i == id => stderr.extend(data),
+                stream,
+                data: d,
+            } if i == id => {
+                let (out, so, se) = match stream {
+                    Stream::Stdout => (&mut stdout, d.len() as u32, 0),
+                    Stream::Stderr => (&mut stderr, 0, d.len() as u32),
+                };
+                g.send(&HostMsg::Window {
+                    id,
+                    stdout: so,
+                    stderr: se,
+                });
+                out.extend(d);
+            }
             GuestMsg::Exit {
                 id: i, exit_code, ..
-            } if i == id => return (stderr, exit_code),
+            } if i == id => {
+                return Fed {
+                    stdout,
+                    stderr,
+                    exit_code,
+                }
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -339,8 +320,8 @@ fn stdin_to_file_stores_stdin_without_a_process() {
     });
     // More than one stdin window; the old, longer content is truncated.
     let data: Vec<u8> = (0..5 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
-    let (stderr, code) = feed_stdin(&mut g, 5, &data);
-    assert_eq!((code, stderr.as_slice()), (0, &b""[..]));
+    let o = feed_stdin(&mut g, 5, &data);
+    assert_eq!((o.exit_code, o.stderr.as_slice()), (0, &b""[..]));
     assert!(std::fs::read(&path).unwrap() == data);
 
     // A file that cannot be created: status 1 and the reason on stderr.

@@ -11,6 +11,7 @@ pub mod hooks;
 mod inodes;
 pub mod path;
 mod provider;
+pub mod serve;
 pub mod server;
 // Native providers (one module each) go below this line.
 pub mod memory;

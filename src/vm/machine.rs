@@ -25,7 +25,7 @@ async fn serve_fs(listener: UnixListener, server: std::sync::Arc<crate::vfs::ser
         return;
     };
     drop(listener);
-    if let Err(e) = crate::vfs::server::serve(server, stream).await {
+    if let Err(e) = crate::vfs::serve::serve(server, stream).await {
         tracing::warn!(target: "gondolin::vfs", "fs port closed: {e}");
     }
 }

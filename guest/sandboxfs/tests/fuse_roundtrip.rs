@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gondolin::vfs::memory::MemoryProvider;
-use gondolin::vfs::server::{serve, FsServer};
+use gondolin::vfs::serve::serve;
+use gondolin::vfs::server::FsServer;
 use gondolin::vfs::Provider;
 
 struct Mounted {

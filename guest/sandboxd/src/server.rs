@@ -344,14 +344,7 @@ impl Server {
                     Some(_) => (Stream::Stdout, req.stdout_window),
                     None => (Stream::Stderr, req.stderr_window),
                 };
-                let mut data = line.into_bytes();
-                data.truncate(MAX_FAIL_LINE.min(initial_credit(window) as usize));
-                self.out.push(&GuestMsg::Output { id, stream, data });
-                self.out.push(&GuestMsg::Exit {
-                    id,
-                    exit_code: 127,
-                    signal: None,
-                });
+                self.fail_at_start(id, stream, window, line, 127);
             }
             Err(SpawnError::Setup(e)) => {
                 self.error(id, "exec_failed", &format!("cannot set up the child: {e}"))
@@ -404,16 +397,19 @@ impl Server {
 
     /// A file exec whose file cannot be opened: the reason on stderr, status 1.
     fn fail_file_exec(&mut self, id: u32, path: &str, err: &io::Error, stderr_window: u32) {
-        let mut data = format!("{path}: {}\n", sys::errno_text(err)).into_bytes();
-        data.truncate(MAX_FAIL_LINE.min(initial_credit(stderr_window) as usize));
-        self.out.push(&GuestMsg::Output {
-            id,
-            stream: Stream::Stderr,
-            data,
-        });
+        let line = format!("{path}: {}\n", sys::errno_text(err));
+        self.fail_at_start(id, Stream::Stderr, stderr_window, line, 1);
+    }
+
+    /// An exec that never got going: one line of why (within the stream's
+    /// credit), then its exit status.
+    fn fail_at_start(&mut self, id: u32, stream: Stream, window: u32, line: String, code: i32) {
+        let mut data = line.into_bytes();
+        data.truncate(MAX_FAIL_LINE.min(initial_credit(window) as usize));
+        self.out.push(&GuestMsg::Output { id, stream, data });
         self.out.push(&GuestMsg::Exit {
             id,
-            exit_code: 1,
+            exit_code: code,
             signal: None,
         });
     }

@@ -357,12 +357,18 @@ class VmFs {
       err.code = "EPERM";
       throw err;
     }
+    const prefix = `failed to delete guest file '${p}'`;
     const d = this._direct(p);
-    if (d) return d.remove(d.rel, options, `failed to delete guest file '${p}'`);
     const argv = ["rm"];
     if (options.recursive) argv.push("-r");
     if (options.force) argv.push("-f");
-    await this._run([...argv, "--", p], `failed to delete guest file '${p}'`, options);
+    try {
+      await (d ? d.remove(d.rel, options, prefix) : this._run([...argv, "--", p], prefix, options));
+    } catch (err) {
+      // Upstream's wording (the guest's error name), whichever route failed.
+      if (err.code === "ENOENT") err.message = `${prefix}: FileNotFound`;
+      throw err;
+    }
   }
 }
 

@@ -8,12 +8,14 @@ const { mergeEnv, envToEntries } = require("./env.cjs");
 const { ExecProcess, normalizeCommand, windowBytes } = require("./exec.cjs");
 const { ensureImage } = require("./image.cjs");
 const { VmFs, kStdinToFile, kStdoutFromFile } = require("./fs.cjs");
-const { buildVfs } = require("./vfs.cjs");
+const { buildVfs, normalizeVfsPath } = require("./vfs.cjs");
+const { resolveOptions, optionError, tmpfsCmdline, defaultDebugLog } = require("./options.cjs");
 const { netOptions, pumpEgress } = require("./net.cjs");
 const { registerVmSession } = require("./sessions.cjs"); // sessions
 
 const DEFAULT_START_TIMEOUT_MS = 120000;
-const ROOTFS_MODES = ["readonly", "memory", "cow"];
+// The FUSE root's home when the default (/data) is taken by a mount of its own.
+const HIDDEN_FUSE_MOUNT = "/run/gondolin/vfs";
 
 function startTimeout(options) {
   let v = options.startTimeoutMs;
@@ -25,28 +27,54 @@ function startTimeout(options) {
 }
 
 function validateOptions(options) {
-  if (options === null || typeof options !== "object") throw new TypeError("VM options must be an object");
-  const sandbox = options.sandbox || {};
-  if (sandbox.rootDiskSnapshot !== undefined) {
-    throw new Error(
-      "sandbox.rootDiskSnapshot has been removed; use VM rootfs.mode='memory' or rootfs.mode='cow'",
-    );
+  const resolved = resolveOptions(options);
+  try {
+    if (options.env !== undefined) envToEntries(options.env, "env");
+  } catch (err) {
+    throw optionError(err.message);
   }
-  if (options.vfs && sandbox.vfsProvider) throw new Error("VM cannot specify both vfs and sandbox.vfsProvider");
-  const memory = sandbox.memory ?? options.memory;
-  if (memory !== undefined && (typeof memory !== "string" || !/^\d+[MGTmgt]?$/.test(memory.trim()))) {
-    throw new TypeError(`memory must be a size like "512M" or "2G" (got ${JSON.stringify(memory)})`);
+  return resolved;
+}
+
+/**
+ * The `vfs` options with the FUSE mount point moved out of the way: a mount
+ * at /data (or under it) is what most examples write, and the default FUSE
+ * root lives there. An explicit `fuseMount` stays, and must not collide.
+ */
+function placeFuseMount(v) {
+  if (!v || typeof v !== "object") return v;
+  const keys = Object.keys(v.mounts || {}).map(normalizeVfsPath).filter((k) => k !== "/");
+  const inside = (p, base) => p === base || p.startsWith(base + "/");
+  if (v.fuseMount === undefined) {
+    return keys.some((k) => inside(k, "/data")) ? { ...v, fuseMount: HIDDEN_FUSE_MOUNT } : v;
   }
-  const cpus = sandbox.cpus ?? options.cpus;
-  if (cpus !== undefined && (!Number.isInteger(cpus) || cpus < 1 || cpus > 255)) {
-    throw new TypeError(`cpus must be an integer between 1 and 255 (got ${cpus})`);
+  if (typeof v.fuseMount !== "string") return v; // buildVfs names the type error
+  const fm = normalizeVfsPath(v.fuseMount);
+  for (const k of keys) {
+    if (inside(k, fm) || inside(fm, k)) {
+      throw optionError(
+        `vfs.mounts key ${k} collides with vfs.fuseMount ${fm}; choose a vfs.fuseMount outside every mount ` +
+          `(or leave it unset: the default moves to ${HIDDEN_FUSE_MOUNT} when /data is mounted)`,
+      );
+    }
   }
-  const mode = options.rootfs && options.rootfs.mode;
-  if (mode !== undefined && !ROOTFS_MODES.includes(mode)) throw new TypeError(`unsupported rootfs mode: ${mode}`);
-  if (options.env !== undefined) envToEntries(options.env, "env");
-  if (options.onEgress !== undefined && typeof options.onEgress !== "function") {
-    throw new TypeError("onEgress must be a function");
-  }
+  return v;
+}
+
+/** vfs hooks that also report each guest file operation as a "vfs" debug line. */
+function debugVfsHooks(v, log) {
+  const user = (v && v.hooks) || {};
+  return {
+    ...v,
+    hooks: {
+      ...user,
+      after: async (ctx) => {
+        const where = ctx.path ?? (ctx.oldPath !== undefined ? `${ctx.oldPath} -> ${ctx.newPath}` : "");
+        log("vfs", `${ctx.op} ${where}${ctx.result !== undefined ? ` = ${ctx.result}` : ""}`.trimEnd());
+        if (typeof user.after === "function") await user.after(ctx);
+      },
+    },
+  };
 }
 
 class VM {
@@ -54,13 +82,30 @@ class VM {
     const vm = new VM(options);
     // Resolve (and on first use, build) the image now, as upstream resolves assets in create().
     vm._image = await ensureImage((options.sandbox || {}).imagePath);
+    // autoStart (default true): the VM is running when create() resolves;
+    // false leaves it stopped until start() or the first exec/vm.fs call.
+    if (options.autoStart !== false) {
+      try {
+        await vm.start();
+      } catch (err) {
+        await vm.close();
+        throw err;
+      }
+    }
     return vm;
   }
 
   constructor(options = {}) {
-    validateOptions(options);
+    this._resolved = validateOptions(options);
     this._options = options;
+    const sandbox = options.sandbox || {};
+    this._debugFlags = this._resolved.debug;
+    // Upstream: the sink defaults to console.log when any flag is on; null = silent.
+    const sink = options.debugLog !== undefined ? options.debugLog : sandbox.debugLog;
+    this._debugLog = sink === undefined ? defaultDebugLog : sink;
     this._net = netOptions(options);
+    // Egress records are the "net" debug lines.
+    if (this._net.net && this._debugFlags.has("net")) this._net.net.events = true;
     this.id = randomUUID();
     this._image = null;
     this._native = null;
@@ -69,8 +114,33 @@ class VM {
     this._closed = false;
     // The provider stack exists before boot: vm.fs on VFS paths uses it
     // without booting the guest.
-    this._vfs = buildVfs(options, this);
+    let vfs = placeFuseMount(options.vfs);
+    if (vfs !== null && this._debugFlags.has("vfs")) vfs = debugVfsHooks(vfs, (c, m) => this._debug(c, m));
+    this._vfs = buildVfs(vfs === options.vfs ? options : { ...options, vfs }, this);
     this.fs = new VmFs(this);
+  }
+
+  /** Send one debug line to the sink when `component` is enabled; sink errors are ignored. */
+  _debug(component, message) {
+    const log = this._debugLog;
+    if (!log || !this._debugFlags.has(component)) return;
+    try {
+      log(component, message);
+    } catch {
+      // a debug sink must not break the VM
+    }
+  }
+
+  /** Replace the debug sink; null silences it. Which components log is fixed at construction. */
+  setDebugLog(callback) {
+    if (callback !== null && typeof callback !== "function") throw new TypeError("debugLog must be a function or null");
+    this._debugLog = callback;
+  }
+
+  /** The QEMU process id, or null before boot and after close. */
+  getHostPid() {
+    if (!this._native || this._closed) return null;
+    return this._native.info().qemuPid ?? null;
   }
 
   /**
@@ -102,30 +172,36 @@ class VM {
     const sandbox = o.sandbox || {};
     const image = this._image || (this._image = await ensureImage(sandbox.imagePath));
     if (this._closed) throw withCode("VM is closed", "vm_closed");
-    const mode = (o.rootfs && o.rootfs.mode) || image.defaultRootfsMode || "cow";
-    const debug = sandbox.debug ?? process.env.GONDOLIN_DEBUG;
+    const mode = this._resolved.rootfsMode || image.defaultRootfsMode || "cow";
+    let cmdline = sandbox.append ?? image.cmdline;
+    if (this._resolved.tmpfs) cmdline = `${cmdline} ${tmpfsCmdline(this._resolved.tmpfs)}`;
+    const memory = sandbox.memory ?? o.memory ?? "1G";
+    const cpus = sandbox.cpus ?? o.cpus ?? 2;
+    this._debug("vm", `booting: ${memory} memory, ${cpus} cpus, rootfs ${mode}`);
     let n;
     try {
       n = await native.startVm({
         kernel: image.kernel,
         initrd: image.initrd,
         rootfs: image.rootfs,
-        cmdline: sandbox.append ?? image.cmdline,
+        cmdline,
         rootfsMode: mode,
-        memory: sandbox.memory ?? o.memory ?? "1G",
-        cpus: sandbox.cpus ?? o.cpus ?? 2,
+        memory,
+        cpus,
         accel: sandbox.accel,
         qemuPath: sandbox.qemuPath,
         machine: sandbox.machineType,
         cpu: sandbox.cpu ?? process.env.GONDOLIN_CPU,
         startTimeoutMs: startTimeout(o),
-        debug: Boolean(debug) && debug !== "0" && debug !== "false",
+        // Guest console and QEMU stderr echo to stderr with the "vm" component.
+        debug: this._debugFlags.has("vm") && this._debugLog !== null,
         fuseMount: this._vfs ? this._vfs.fuseMount : undefined,
         binds: this._vfs ? this._vfs.binds : undefined,
         net: this._net.net || undefined,
       }, this._vfs ? this._vfs.root : null, this._net.secrets, this._net.dispatch, this._net.hookNames);
     } catch (err) {
       this._closed = true;
+      this._debug("vm", `boot failed: ${err.message}`);
       throw fromNative(err);
     }
     if (this._closed) {
@@ -134,7 +210,10 @@ class VM {
       throw withCode("VM is closed", "vm_closed");
     }
     this._native = n;
-    if (typeof o.onEgress === "function") pumpEgress(n, o.onEgress).catch(() => {});
+    const info = n.info();
+    this._debug("vm", `running: accel ${info.accel}, boot ${Math.round(info.bootMs)} ms, qemu pid ${info.qemuPid}`);
+    const onEgress = this._egressSink(o.onEgress);
+    if (onEgress) pumpEgress(n, onEgress).catch(() => {});
     try {
       this._session = await registerVmSession(this, o.sessionLabel); // sessions
     } catch (err) {
@@ -142,6 +221,18 @@ class VM {
       if (!VM._sessionWarned) process.emitWarning(`gondolin: could not register the session: ${err.message}`);
       VM._sessionWarned = true;
     }
+  }
+
+  /** The egress consumer: the user's onEgress and/or the "net" debug lines. */
+  _egressSink(onEgress) {
+    const user = typeof onEgress === "function" ? onEgress : null;
+    if (!this._debugFlags.has("net")) return user;
+    return (e) => {
+      const what = e.url ? `${e.method} ${e.url}` : `${e.protocol} ${e.host}`;
+      const why = e.reason ? ` (${e.reason})` : "";
+      this._debug("net", `${e.decision} ${what}${e.status !== undefined ? ` ${e.status}` : ""}${why}`);
+      if (user) user(e);
+    };
   }
 
   /** Run a command; returns a thenable ExecProcess at once. */
@@ -175,7 +266,17 @@ class VM {
             throw fromNative(err);
           }
         });
-    return new ExecProcess(nativeExec, options);
+    const proc = new ExecProcess(nativeExec, options);
+    if (this._debugFlags.has("exec")) {
+      // Env keys only: values may be secrets (as upstream).
+      const keys = env.map((e) => e.slice(0, e.indexOf("=")));
+      this._debug("exec", `exec ${JSON.stringify(argv)}${options.cwd ? ` cwd=${options.cwd}` : ""} env keys=[${keys.join(",")}]`);
+      proc.result.then(
+        (r) => this._debug("exec", `exit ${r.exitCode} ${JSON.stringify(argv[0])}`),
+        (err) => this._debug("exec", `failed ${JSON.stringify(argv[0])}: ${err && err.message}`),
+      );
+    }
+    return proc;
   }
 
   shell(options = {}) {
@@ -207,6 +308,7 @@ class VM {
         if (this._session) await this._session.close(); // sessions
         if (this._native) await this._native.close();
         if (this._vfs) this._vfs.detach();
+        if (this._native) this._debug("vm", "closed");
       })();
     }
     return this._closing;
@@ -218,4 +320,4 @@ class VM {
   }
 }
 
-module.exports = { VM };
+module.exports = { VM, HIDDEN_FUSE_MOUNT };

@@ -10,7 +10,8 @@
 //! `gondolin.init=poweroff` (print one line and power off: the bare-boot
 //! benchmark baseline), `gondolin.debug` (timestamps on the console),
 //! `gondolin.fs=` / `gondolin.binds=` (the host-served filesystem, see
-//! [`vfs`]), `gondolin.net=1` (configure eth0 and trust the MITM CA,
+//! [`vfs`]), `gondolin.tmpfs=` (the scratch tmpfs mounts, see
+//! [`mounts::scratch_plan`]), `gondolin.net=1` (configure eth0 and trust the MITM CA,
 //! see [`net`]).
 
 mod mounts;
@@ -72,7 +73,7 @@ fn main() {
     if let Err(e) = mounts::switch_root(readonly) {
         fatal(&format!("switching to the root disk failed: {e}"));
     }
-    if let Err(e) = mounts::late() {
+    if let Err(e) = mounts::late(&mounts::scratch_plan(&words)) {
         fatal(&format!("preparing the root filesystem failed: {e}"));
     }
     let _ = nix::unistd::sethostname("gondolin");
@@ -101,6 +102,10 @@ fn main() {
         }
         // The CA comes from the host-served /etc/gondolin.
         env = net::trust_mitm_ca();
+        if !env.is_empty() {
+            // uv (0.9+) reads the system store, which now holds the MITM CA.
+            env.push(("UV_SYSTEM_CERTS".into(), "true".into()));
+        }
     }
     if debug {
         say!("starting sandboxd at {}s", uptime());

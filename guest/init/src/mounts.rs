@@ -152,8 +152,95 @@ pub fn switch_root(readonly: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// One scratch tmpfs: where, and its mount data (`mode=..[,size=..]`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Scratch {
+    pub path: String,
+    pub data: String,
+}
+
+/// The built-in scratch set, used when the host sends no `gondolin.tmpfs=`.
+const DEFAULT_SCRATCH: [(&str, &str); 5] = [
+    ("/tmp", "mode=1777"),
+    ("/root", "mode=0700"),
+    ("/var/tmp", "mode=1777"),
+    ("/var/cache", "mode=0755"),
+    ("/var/log", "mode=0755"),
+];
+
+fn valid_size(v: &str) -> bool {
+    let digits = v.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G', '%']);
+    v.len() - digits.len() <= 1
+        && !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.bytes().any(|b| b != b'0')
+}
+
+fn valid_mode(v: &str) -> bool {
+    (3..=4).contains(&v.len()) && v.bytes().all(|b| (b'0'..=b'7').contains(&b))
+}
+
+/// One `path[:size=S][:mode=M]` item of `gondolin.tmpfs=`; None if malformed.
+fn scratch_item(item: &str) -> Option<Scratch> {
+    let mut parts = item.split(':');
+    let path = parts.next()?;
+    let reserved = ["/proc", "/sys", "/dev", "/run"]
+        .iter()
+        .any(|r| path == *r || path.starts_with(&format!("{r}/")));
+    if !path.starts_with('/') || path == "/" || path.split('/').any(|c| c == "..") || reserved {
+        return None;
+    }
+    let (mut mode, mut size) = ("1777", None);
+    for opt in parts {
+        match opt.split_once('=')? {
+            ("mode", v) if valid_mode(v) => mode = v,
+            ("size", v) if valid_size(v) => size = Some(v),
+            _ => return None,
+        }
+    }
+    let data = match size {
+        Some(s) => format!("mode={mode},size={s}"),
+        None => format!("mode={mode}"),
+    };
+    Some(Scratch {
+        path: path.to_string(),
+        data,
+    })
+}
+
+/// The scratch tmpfs mounts from the kernel command line (`gondolin.tmpfs=`,
+/// `none` for no scratch mounts), parents first. Malformed items are
+/// reported and skipped: the path then stays on the root disk.
+pub fn scratch_plan(words: &[&str]) -> Vec<Scratch> {
+    let Some(list) = words.iter().find_map(|w| w.strip_prefix("gondolin.tmpfs=")) else {
+        return DEFAULT_SCRATCH
+            .iter()
+            .map(|(p, d)| Scratch {
+                path: p.to_string(),
+                data: d.to_string(),
+            })
+            .collect();
+    };
+    if list == "none" {
+        return Vec::new();
+    }
+    let mut plan: Vec<Scratch> = list
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .filter_map(|item| {
+            let s = scratch_item(item);
+            if s.is_none() {
+                say!("ignoring tmpfs entry {item:?}");
+            }
+            s
+        })
+        .collect();
+    plan.sort_by(|a, b| a.path.cmp(&b.path));
+    plan
+}
+
 /// Writable scratch space and pseudo-terminals in the new root.
-pub fn late() -> io::Result<()> {
+pub fn late(scratch: &[Scratch]) -> io::Result<()> {
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mnt(
         "devpts",
@@ -166,11 +253,9 @@ pub fn late() -> io::Result<()> {
         let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
     }
     mnt("tmpfs", "/dev/shm", "tmpfs", nodev, Some("mode=1777"))?;
-    mnt("tmpfs", "/tmp", "tmpfs", nodev, Some("mode=1777"))?;
-    mnt("tmpfs", "/root", "tmpfs", nodev, Some("mode=0700"))?;
-    mnt("tmpfs", "/var/tmp", "tmpfs", nodev, Some("mode=1777"))?;
-    mnt("tmpfs", "/var/cache", "tmpfs", nodev, Some("mode=0755"))?;
-    mnt("tmpfs", "/var/log", "tmpfs", nodev, Some("mode=0755"))?;
+    for s in scratch {
+        mnt("tmpfs", &s.path, "tmpfs", nodev, Some(&s.data))?;
+    }
     for d in [
         "/tmp/.cache",
         "/tmp/.config",
@@ -197,4 +282,54 @@ pub fn late() -> io::Result<()> {
 pub fn bind_file(src: &str, dst: &str) -> io::Result<()> {
     mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>)
         .map_err(|e| io::Error::other(format!("bind-mounting {src} on {dst}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(line: &str) -> Vec<(String, String)> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        scratch_plan(&words)
+            .into_iter()
+            .map(|s| (s.path, s.data))
+            .collect()
+    }
+
+    #[test]
+    fn default_set_without_the_word() {
+        let p = plan("console=ttyS0");
+        assert_eq!(p.len(), 5);
+        assert!(p.contains(&("/root".into(), "mode=0700".into())));
+    }
+
+    #[test]
+    fn parses_sizes_modes_and_none() {
+        assert_eq!(
+            plan("gondolin.tmpfs=/var/tmp:size=25%,/tmp:size=1048576:mode=1777"),
+            vec![
+                ("/tmp".into(), "mode=1777,size=1048576".into()),
+                ("/var/tmp".into(), "mode=1777,size=25%".into()),
+            ]
+        );
+        assert!(plan("gondolin.tmpfs=none").is_empty());
+    }
+
+    #[test]
+    fn skips_malformed_and_reserved_items() {
+        for bad in [
+            "rel",
+            "/",
+            "/proc",
+            "/dev/shm",
+            "/a/../b",
+            "/x:size=0",
+            "/x:size=1x",
+            "/x:mode=rwx",
+            "/x:opt=1",
+            "/x:size=5%%",
+        ] {
+            assert!(plan(&format!("gondolin.tmpfs={bad}")).is_empty(), "{bad}");
+        }
+    }
 }

@@ -30,8 +30,18 @@ export interface SandboxOptions {
   cpu?: string;
   /** Replaces the image's base kernel command line. */
   append?: string;
-  /** Echo the guest console and QEMU's stderr to stderr. */
-  debug?: boolean;
+  /**
+   * Debug components: true = all, or a list ("net", "exec", "vfs", "protocol",
+   * "vm", "*"; aliases "fs", "network", "sandbox"). Default: $GONDOLIN_DEBUG.
+   * "vm" also echoes the guest console and QEMU's stderr to stderr.
+   */
+  debug?: DebugConfig;
+  /** Same as VMOptions.debugLog (VMOptions wins). */
+  debugLog?: DebugLogFn | null;
+  /** true: writable root whose changes are discarded (rootfs.mode "cow"); false: rootfs.mode "readonly". */
+  rootOverlay?: boolean;
+  /** Same as VMOptions.tmpfs (this one wins). */
+  tmpfs?: GuestTmpfsMounts;
   /** Provider exposed at the FUSE root (alternative to VMOptions.vfs). */
   vfsProvider?: VirtualProvider;
   /** false: no network device at all. Default: true. */
@@ -47,7 +57,11 @@ export interface VmVfsOptions {
   /** Absolute guest path -> provider. Each non-"/" key is bind-mounted at that path before any exec. */
   mounts?: Record<string, VirtualProvider>;
   hooks?: VfsHooks;
-  /** Where the provider root is mounted in the guest; default "/data". */
+  /**
+   * Where the provider root is mounted in the guest; default "/data", or
+   * "/run/gondolin/vfs" when a mount lies at or under /data. Must not
+   * collide with a mount.
+   */
   fuseMount?: string;
 }
 
@@ -237,16 +251,25 @@ export declare class ShadowProvider extends NativeBackedProvider {
 /** Exact path or descendants; "x" means "/x"; "/" is ignored; no globs. Runs natively. */
 export declare function createShadowPathPredicate(shadowPaths: string[]): ShadowPredicate;
 
-/** Base for user providers: capability flags default to false. */
-export declare class VirtualProvider {
+/**
+ * Base for user providers: capability flags default to false. A class of its
+ * own name would merge with the VirtualProvider interface and make every
+ * plain-object provider declare its members, so the value is typed here.
+ */
+export interface VirtualProviderBase {
   readonly readonly: boolean;
   readonly supportsSymlinks: boolean;
   readonly supportsWatch: boolean;
 }
-export declare const VirtualProviderClass: typeof VirtualProvider;
+export interface VirtualProviderConstructor {
+  new (): VirtualProviderBase;
+  readonly prototype: VirtualProviderBase;
+}
+export declare const VirtualProvider: VirtualProviderConstructor;
+export declare const VirtualProviderClass: VirtualProviderConstructor;
 
 /** Read-only provider base: implement the four abstract methods; writes fail with EROFS. */
-export declare abstract class ReadonlyVirtualProvider extends VirtualProvider {
+export declare abstract class ReadonlyVirtualProvider extends VirtualProvider implements VirtualProvider {
   protected abstract openReadonlySync(entryPath: string, flags: string, mode?: number): VirtualFileHandle;
   abstract statSync(entryPath: string, options?: object): Stats;
   abstract lstatSync(entryPath: string, options?: object): Stats;
@@ -272,12 +295,39 @@ export declare class VirtualDirent {
 export declare function createVirtualDirStats(): Stats;
 export declare function formatVirtualEntries(entries: string[], withTypes: boolean): string[] | VirtualDirent[];
 
+/** One guest scratch tmpfs. */
+export interface GuestTmpfsMountOptions {
+  /** Bytes, a k/m/g suffixed size, or a % of guest memory; default: half the guest memory. */
+  size?: string | number;
+  /** Octal mode of the mount root; default "1777". */
+  mode?: string;
+}
+/** Guest path -> options. Replaces the built-in set; {} keeps those paths on the root disk. */
+export type GuestTmpfsMounts = Record<string, GuestTmpfsMountOptions>;
+/** The built-in scratch mounts (/tmp, /root 0700, /var/tmp, /var/cache, /var/log). */
+export declare const DEFAULT_GUEST_TMPFS: Readonly<GuestTmpfsMounts>;
+
+export type DebugFlag = "net" | "exec" | "vfs" | "protocol" | "vm";
+export type DebugConfig = boolean | ReadonlyArray<DebugFlag | "*" | "all" | "fs" | "network" | "sandbox">;
+export type DebugComponent = DebugFlag | "qemu" | "error";
+export type DebugLogFn = (component: DebugComponent, message: string) => void;
+
+/**
+ * Every key is checked when the VM is constructed: an unknown key (or a bad
+ * value) throws an error with code "invalid_option" naming the nearest valid key.
+ */
 export interface VMOptions {
   sandbox?: SandboxOptions;
   rootfs?: VmRootfsOptions;
+  /** default true: VM.create() resolves once the VM runs; false: boot at start() or first use. */
+  autoStart?: boolean;
+  /** Guest scratch tmpfs mounts; default DEFAULT_GUEST_TMPFS. */
+  tmpfs?: GuestTmpfsMounts;
+  /** Sink for debug lines; default console.log("[component] message"); null = silent. */
+  debugLog?: DebugLogFn | null;
   /** Default environment of every exec (per-exec env wins per key). */
   env?: EnvInput;
-  /** default: "1G" (QEMU size syntax) */
+  /** default: "1G" (QEMU size syntax); at least 128M */
   memory?: string;
   /** default: 2 */
   cpus?: number;
@@ -550,6 +600,10 @@ export declare class VM {
   shell(options?: ShellOptions): ExecProcess;
   /** null until booted. */
   get info(): VmInfo | null;
+  /** QEMU's process id; null before boot and after close. */
+  getHostPid(): number | null;
+  /** Replace the debug sink (null silences it); the enabled components are fixed at construction. */
+  setDebugLog(callback: DebugLogFn | null): void;
 }
 
 export interface GuestImage {

@@ -111,3 +111,44 @@ const netVm = new VM({
 void netVm;
 void new HttpRequestBlockedError("no", 451, "Unavailable For Legal Reasons").status;
 void new VM({ fetch: (req: Request) => fetch(req) });
+
+// Upstream 0.13 options; plain-object providers; unknown keys.
+import {
+  DEFAULT_GUEST_TMPFS,
+  VirtualProvider as VirtualProviderBase,
+  type DebugComponent,
+  type GuestTmpfsMounts,
+} from "@gondolin/native";
+
+async function optionsUsage(): Promise<void> {
+  // A plain object with only the methods it needs is a provider.
+  const plain: VirtualProvider = {
+    readonly: true,
+    supportsSymlinks: false,
+    statSync: () => ({}) as import("node:fs").Stats,
+    readdirSync: () => ["a.txt"],
+  };
+  class Mine extends VirtualProviderBase {
+    readdirSync(): string[] {
+      return [];
+    }
+  }
+  const tmpfs: GuestTmpfsMounts = { ...DEFAULT_GUEST_TMPFS, "/tmp": { size: "64m", mode: "1777" }, "/scratch": { size: 1 << 20 } };
+  const vm = await VM.create({
+    autoStart: false,
+    tmpfs,
+    vfs: { mounts: { "/data": new MemoryProvider(), "/plain": plain, "/mine": new Mine() } },
+    sandbox: { rootOverlay: true, debug: ["*"], debugLog: (c: DebugComponent, m: string) => void [c, m] },
+    debugLog: null,
+  });
+  const pid: number | null = vm.getHostPid();
+  void pid;
+  vm.setDebugLog((component, message) => void [component satisfies DebugComponent, message]);
+  vm.setDebugLog(null);
+  await vm.close();
+  // @ts-expect-error unknown keys are refused (JS users get an invalid_option error)
+  new VM({ memroy: "1G" });
+  // @ts-expect-error debug components are a closed set
+  new VM({ sandbox: { debug: ["nett"] } });
+}
+void optionsUsage;

@@ -2,6 +2,7 @@
 // CommonJS entry of @gondolin/native.
 
 const { VM } = require("./vm.cjs");
+const { DEFAULT_GUEST_TMPFS } = require("./options.cjs");
 const { ExecProcess, ExecResult } = require("./exec.cjs");
 const { buildImage, ensureImage, findImage } = require("./image.cjs");
 const {
@@ -27,6 +28,7 @@ const { listSessions, findSession, gcSessions, connectToSession, registerSession
 
 module.exports = {
   VM,
+  DEFAULT_GUEST_TMPFS,
   createHttpHooks,
   HttpRequestBlockedError,
   ExecProcess,

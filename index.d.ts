@@ -319,7 +319,11 @@ export type DebugLogFn = (component: DebugComponent, message: string) => void;
 export interface VMOptions {
   sandbox?: SandboxOptions;
   rootfs?: VmRootfsOptions;
-  /** default true: VM.create() resolves once the VM runs; false: boot at start() or first use. */
+  /**
+   * default true: VM.create() starts the boot in the background (errors
+   * surface from start() or the first use); false: nothing boots until
+   * start() or the first exec / guest vm.fs call.
+   */
   autoStart?: boolean;
   /** Guest scratch tmpfs mounts; default DEFAULT_GUEST_TMPFS. */
   tmpfs?: GuestTmpfsMounts;
@@ -587,7 +591,7 @@ export interface VmFs {
 }
 
 export declare class VM {
-  /** Resolves the guest image (building it on first use); does not boot. */
+  /** Resolves the guest image (building it on first use) and, unless autoStart is false, starts the boot. */
   static create(options?: VMOptions): Promise<VM>;
   constructor(options?: VMOptions);
   readonly id: string;

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import { createRequire } from "node:module";
 import { VM, MemoryProvider, DEFAULT_GUEST_TMPFS } from "@gondolin/native";
-import { vmSkip } from "./helpers.mjs";
+import { vmSkip, sleep } from "./helpers.mjs";
 
 const require = createRequire(import.meta.url);
 const { resolveOptions } = require("../js/options.cjs");
@@ -56,6 +56,18 @@ test("autoStart: false creates the VM stopped; the first use boots it; getHostPi
   const pid = vm.getHostPid();
   assert.equal(typeof pid, "number");
   assert.match(fs.readFileSync(`/proc/${pid}/cmdline`, "utf8"), /qemu-system/);
+});
+
+test("autoStart defaults to true: VM.create() boots in the background, no call needed", { skip }, async () => {
+  const eager = await VM.create({ memory: "256M", vfs: null, sandbox: { netEnabled: false } });
+  try {
+    const deadline = Date.now() + 60000;
+    while (eager.getHostPid() === null && Date.now() < deadline) await sleep(50);
+    assert.equal(typeof eager.getHostPid(), "number");
+  } finally {
+    await eager.close();
+  }
+  assert.equal(eager.getHostPid(), null, "null after close");
 });
 
 test("tmpfs: per-path size and mode; paths left out stay on the root disk", { skip }, async () => {

@@ -82,16 +82,10 @@ class VM {
     const vm = new VM(options);
     // Resolve (and on first use, build) the image now, as upstream resolves assets in create().
     vm._image = await ensureImage((options.sandbox || {}).imagePath);
-    // autoStart (default true): the VM is running when create() resolves;
-    // false leaves it stopped until start() or the first exec/vm.fs call.
-    if (options.autoStart !== false) {
-      try {
-        await vm.start();
-      } catch (err) {
-        await vm.close();
-        throw err;
-      }
-    }
+    // autoStart (default true): the boot starts now, in the background, so it
+    // overlaps the caller's setup; its errors surface from start() or the
+    // first use. false: nothing boots until start() or the first use.
+    if (options.autoStart !== false) vm.start();
     return vm;
   }
 

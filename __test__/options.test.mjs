@@ -26,6 +26,7 @@ test("unknown or bad options fail at construction with invalid_option and the ne
   refused({ tmpfs: { "/tmp": { size: "0" } } }, /tmpfs size for \/tmp/);
   refused({ vfs: { fuseMount: "/data", mounts: { "/data/x": new MemoryProvider() } } }, /collides with vfs\.fuseMount \/data/);
   refused({ sandbox: { rootOverlay: true }, rootfs: { mode: "readonly" } }, /contradicts rootfs\.mode/);
+  refused({ dns: { mode: "x" } }, /dns\.mode must be/);
   // Refused by VM.create, before any image work or boot.
   await assert.rejects(VM.create({ memory: "32M" }), (err) => err.code === "invalid_option" && /at least 128M/.test(err.message));
   // rootOverlay: true = writable discarded root (cow); false = read-only root.

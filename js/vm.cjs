@@ -28,12 +28,18 @@ function startTimeout(options) {
 
 function validateOptions(options) {
   const resolved = resolveOptions(options);
-  try {
-    if (options.env !== undefined) envToEntries(options.env, "env");
-  } catch (err) {
-    throw optionError(err.message);
-  }
+  if (options.env !== undefined) invalidOption(() => envToEntries(options.env, "env"));
   return resolved;
+}
+
+/** Run an option parser; its TypeErrors are option errors (code "invalid_option"). */
+function invalidOption(parse) {
+  try {
+    return parse();
+  } catch (err) {
+    if (err instanceof TypeError && err.code === undefined) err.code = "invalid_option";
+    throw err;
+  }
 }
 
 /**
@@ -97,7 +103,7 @@ class VM {
     // Upstream: the sink defaults to console.log when any flag is on; null = silent.
     const sink = options.debugLog !== undefined ? options.debugLog : sandbox.debugLog;
     this._debugLog = sink === undefined ? defaultDebugLog : sink;
-    this._net = netOptions(options);
+    this._net = invalidOption(() => netOptions(options));
     // Egress records are the "net" debug lines.
     if (this._net.net && this._debugFlags.has("net")) this._net.net.events = true;
     this.id = randomUUID();
@@ -110,7 +116,7 @@ class VM {
     // without booting the guest.
     let vfs = placeFuseMount(options.vfs);
     if (vfs !== null && this._debugFlags.has("vfs")) vfs = debugVfsHooks(vfs, (c, m) => this._debug(c, m));
-    this._vfs = buildVfs(vfs === options.vfs ? options : { ...options, vfs }, this);
+    this._vfs = invalidOption(() => buildVfs(vfs === options.vfs ? options : { ...options, vfs }, this));
     this.fs = new VmFs(this);
   }
 

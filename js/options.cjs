@@ -4,6 +4,8 @@
 // are pure option handling (tmpfs, debug flags). Every error here carries
 // code "invalid_option", so a bad option fails VM.create, never the boot.
 
+const path = require("node:path");
+
 /** Keys each options object accepts. Add a key here when you add an option. */
 const KNOWN = {
   VMOptions: [
@@ -121,7 +123,7 @@ const TMPFS_RESERVED = ["/proc", "/sys", "/dev", "/run"];
 
 function tmpfsPath(raw) {
   if (typeof raw !== "string" || !raw.startsWith("/")) throw optionError(`tmpfs path must be absolute: ${String(raw)}`);
-  let p = require("node:path").posix.normalize(raw);
+  let p = path.posix.normalize(raw);
   if (p.length > 1 && p.endsWith("/")) p = p.slice(0, -1);
   if (p === "/") throw optionError("tmpfs cannot be mounted over /");
   // The list travels on the kernel command line as "path:opt=v,path...".
@@ -254,9 +256,7 @@ function resolveOptions(options) {
     }
     mode = implied;
   }
-  for (const k of ["autoStart"]) {
-    if (options[k] !== undefined && typeof options[k] !== "boolean") throw optionError(`${k} must be a boolean`);
-  }
+  if (options.autoStart !== undefined && typeof options.autoStart !== "boolean") throw optionError("autoStart must be a boolean");
   for (const [k, v] of [["onEgress", options.onEgress], ["debugLog", options.debugLog ?? sandbox.debugLog]]) {
     if (v !== undefined && v !== null && typeof v !== "function") throw optionError(`${k} must be a function`);
   }

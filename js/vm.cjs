@@ -201,8 +201,9 @@ class VM {
       }, this._vfs ? this._vfs.root : null, this._net.secrets, this._net.dispatch, this._net.hookNames);
     } catch (err) {
       this._closed = true;
-      this._debug("vm", `boot failed: ${err.message}`);
-      throw fromNative(err);
+      const e = fromNative(err);
+      this._debug("vm", `boot failed: ${e.message}`);
+      throw e;
     }
     if (this._closed) {
       // close() ran while we were booting: don't leak the VM.

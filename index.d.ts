@@ -320,9 +320,9 @@ export interface VMOptions {
   sandbox?: SandboxOptions;
   rootfs?: VmRootfsOptions;
   /**
-   * default true: VM.create() starts the boot in the background (errors
-   * surface from start() or the first use); false: nothing boots until
-   * start() or the first exec / guest vm.fs call.
+   * default true: the first exec / guest vm.fs call boots the VM (as
+   * upstream, VM.create() never boots). false: no implicit boot; such a
+   * call before start() rejects with code "vm_not_started" (upstream 0.13).
    */
   autoStart?: boolean;
   /** Guest scratch tmpfs mounts; default DEFAULT_GUEST_TMPFS. */
@@ -591,7 +591,7 @@ export interface VmFs {
 }
 
 export declare class VM {
-  /** Resolves the guest image (building it on first use) and, unless autoStart is false, starts the boot. */
+  /** Resolves the guest image (building it on first use); does not boot (start() or the first use does). */
   static create(options?: VMOptions): Promise<VM>;
   constructor(options?: VMOptions);
   readonly id: string;

@@ -40,7 +40,7 @@ const data = new MemoryProvider();
 let vm;
 after(() => vm && vm.close());
 
-test("autoStart: false creates the VM stopped; the first use boots it; getHostPid is QEMU's pid", { skip }, async () => {
+test("autoStart: false creates the VM stopped; use before start() is refused; getHostPid is QEMU's pid", { skip }, async () => {
   vm = await VM.create({
     autoStart: false,
     memory: "512M",
@@ -52,6 +52,9 @@ test("autoStart: false creates the VM stopped; the first use boots it; getHostPi
   assert.equal(vm.info, null);
   assert.equal(vm.getHostPid(), null);
   assert.equal(lines.length, 0, "nothing logged, nothing booted");
+  await assert.rejects(vm.exec("echo up"), { code: "vm_not_started", message: /call vm\.start\(\) first/ });
+  assert.equal(vm.getHostPid(), null, "a refused use does not boot");
+  await vm.start();
   const r = await vm.exec("echo up");
   assert.equal(r.stdout, "up\n");
   const pid = vm.getHostPid();
@@ -59,16 +62,16 @@ test("autoStart: false creates the VM stopped; the first use boots it; getHostPi
   assert.match(fs.readFileSync(`/proc/${pid}/cmdline`, "utf8"), /qemu-system/);
 });
 
-test("autoStart defaults to true: VM.create() boots in the background, no call needed", { skip }, async () => {
-  const eager = await VM.create({ memory: "256M", vfs: null, sandbox: { netEnabled: false } });
+test("autoStart defaults to true: VM.create() does not boot; the first use does", { skip }, async () => {
+  const lazy = await VM.create({ memory: "256M", vfs: null, sandbox: { netEnabled: false } });
   try {
-    const deadline = Date.now() + 60000;
-    while (eager.getHostPid() === null && Date.now() < deadline) await sleep(50);
-    assert.equal(typeof eager.getHostPid(), "number");
+    assert.equal(lazy.getHostPid(), null, "create() alone boots nothing (as upstream)");
+    assert.equal((await lazy.exec("echo hi")).stdout, "hi\n");
+    assert.equal(typeof lazy.getHostPid(), "number");
   } finally {
-    await eager.close();
+    await lazy.close();
   }
-  assert.equal(eager.getHostPid(), null, "null after close");
+  assert.equal(lazy.getHostPid(), null, "null after close");
 });
 
 test("tmpfs: per-path size and mode; paths left out stay on the root disk", { skip }, async () => {

@@ -88,10 +88,7 @@ class VM {
     const vm = new VM(options);
     // Resolve (and on first use, build) the image now, as upstream resolves assets in create().
     vm._image = await ensureImage((options.sandbox || {}).imagePath);
-    // autoStart (default true): the boot starts now, in the background, so it
-    // overlaps the caller's setup; its errors surface from start() or the
-    // first use. false: nothing boots until start() or the first use.
-    if (options.autoStart !== false) vm.start();
+    // Like upstream, create() does not boot: start() or the first use does.
     return vm;
   }
 
@@ -158,6 +155,19 @@ class VM {
   }
 
   /** Boot (once) and wait until the guest is ready. */
+  /**
+   * The boot a first use triggers. With `autoStart: false` (upstream 0.13)
+   * a VM never boots implicitly: use before `start()` is refused.
+   */
+  _implicitStart() {
+    if (this._options.autoStart === false && !this._starting) {
+      return Promise.reject(
+        withCode("VM is not started and autoStart is false; call vm.start() first", "vm_not_started"),
+      );
+    }
+    return this.start();
+  }
+
   start() {
     if (this._closed) return Promise.reject(withCode("VM is closed", "vm_closed"));
     if (!this._starting) {
@@ -259,7 +269,7 @@ class VM {
     };
     const nativeExec = this._closed
       ? Promise.reject(withCode("VM is closed", "vm_closed"))
-      : this.start().then(() => {
+      : this._implicitStart().then(() => {
           if (this._closed) throw withCode("VM is closed", "vm_closed");
           try {
             return this._native.exec(req);

@@ -75,10 +75,11 @@ ${VM_OPTIONS}
 const LIST_USAGE = `Usage: gondolin list [--all]
 
 Lists the VMs running on this machine (any process using gondolin), newest
-first: ID, PID, AGE, ALIVE, LABEL. Stale entries are removed first.
+first: ID, PID, AGE, ALIVE, LABEL. Stale entries (process gone, socket not
+answering) are removed first.
 
 Options:
-  --all                also show entries that are not running (not removable)
+  --all                also show stale entries (ALIVE no), leaving them in place
   -h, --help           show this help
 `;
 
@@ -403,9 +404,11 @@ async function cmdList(args) {
   const unknown = args.find((a) => a !== "--all");
   if (unknown !== undefined) throw new UsageError(`Unknown argument: ${unknown}`, LIST_USAGE);
   const { gcSessions, listSessions } = require("./sessions.cjs");
-  await gcSessions().catch(() => 0);
+  // --all shows the stale entries too, so they are looked at, not removed.
+  const showAll = args.includes("--all");
+  if (!showAll) await gcSessions().catch(() => 0);
   const entries = await listSessions();
-  const all = args.includes("--all") ? entries : entries.filter((s) => s.alive);
+  const all = showAll ? entries : entries.filter((s) => s.alive);
   if (all.length === 0) {
     process.stdout.write("No sessions.\n");
     return 0;

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import crypto from "node:crypto";
 import fs from "node:fs";
+import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import { cli, root, vmSkip } from "./helpers.mjs";
@@ -192,5 +193,24 @@ test("attach --cwd and --env reach the command in another process's VM", { skip 
     await vm.close();
     delete process.env.GONDOLIN_SESSIONS_DIR;
     fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a guest reaches a service on the host's loopback as localhost with --allow-host localhost (README)", { skip }, async () => {
+  const server = http.createServer((req, res) => res.end(`host-service saw Host: ${req.headers.host}\n`));
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = server.address().port;
+  try {
+    // The guest's own resolver maps localhost to the guest: send the
+    // connection to the gateway, the host routes by the Host header.
+    const r = await runAsync(["exec", "--allow-host", "localhost", "--", "sh", "-c",
+      `curl -sS -m 30 --resolve localhost:${port}:192.0.2.1 http://localhost:${port}/; ` +
+      `curl -sS -m 30 -H 'Host: 127.0.0.1:${port}' http://192.0.2.1:${port}/`]);
+    assert.equal(r.status, 0, r.stderr);
+    const [ok, refused] = r.stdout.split("\n");
+    assert.equal(ok, `host-service saw Host: localhost:${port}`);
+    assert.match(refused, /^403 Forbidden: blocked by policy: 127\.0\.0\.1/, "only the allowed name reaches the host");
+  } finally {
+    server.close();
   }
 });

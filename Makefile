@@ -52,7 +52,7 @@ pack: build ## npm tarballs → target/pack/: @gondolin/native and @gondolin/nat
 demo: deps build ## set everything up and run a command in a VM
 	node js/cli.cjs exec -- uname -a
 
-test: build lint test-rust typecheck image pack test-js ## everything CI runs
+test: build lint test-rust typecheck image test-js ## everything CI runs
 
 test-rust: ## cargo tests (wire protocol, QEMU argv, control client, image, guest daemon)
 	cargo test --workspace

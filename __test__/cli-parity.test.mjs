@@ -54,11 +54,17 @@ test("every command's --help names each flag its parser accepts", () => {
     attach: ["--cwd", "--env", "-- CMD", "--help"],
     build: ["--definition", "--output", "--verbose", "--quiet", "--help"],
   };
+  let allHelp = "";
   for (const [cmd, expected] of Object.entries(flags)) {
     const r = run(cmd ? [cmd, "--help"] : ["--help"]);
     assert.equal(r.status, 0, r.stderr);
+    allHelp += r.stdout;
     for (const f of expected) assert.ok(r.stdout.includes(f), `'gondolin ${cmd} --help' mentions ${f}:\n${r.stdout}`);
   }
+  // And no flag the parser knows is left out of every help text.
+  const parsed = [...fs.readFileSync(cli, "utf8").matchAll(/(?:case |=== )"(--?[a-zA-Z][\w-]*)"/g)].map((m) => m[1]);
+  assert.ok(parsed.length > 20, `found the parser's flags: ${parsed}`);
+  for (const f of new Set(parsed)) assert.match(allHelp, new RegExp(`(^|[\\s,\\[])${f}\\b`, "m"), `${f} is documented`);
 });
 
 test("bad mount and attach arguments fail before any VM, naming the flag and the fix", () => {

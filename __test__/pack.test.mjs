@@ -16,6 +16,7 @@ const triple = `linux-${process.arch}-gnu`;
 const platformName = `@gondolin/native-${triple}`;
 const project = fs.mkdtempSync(path.join(os.tmpdir(), "gondolin-pack-"));
 const installed = path.join(project, "node_modules", "@gondolin");
+let tarballs;
 
 // The installed copy must find everything itself: no hints pointing back here.
 const env = { ...process.env };
@@ -34,7 +35,7 @@ const WHERE_LOADED = `require("node:fs").readFileSync("/proc/self/maps", "utf8")
 before(() => {
   execFileSync("make", ["-s", "pack"], { cwd: root, stdio: ["ignore", "ignore", "inherit"] });
   const dir = path.join(root, "target", "pack");
-  const tarballs = [`gondolin-native-${pkg.version}.tgz`, `gondolin-native-${triple}-${pkg.version}.tgz`].map((f) =>
+  tarballs = [`gondolin-native-${pkg.version}.tgz`, `gondolin-native-${triple}-${pkg.version}.tgz`].map((f) =>
     path.join(dir, f),
   );
   fs.writeFileSync(path.join(project, "package.json"), JSON.stringify({ name: "pack-test", private: true }));
@@ -70,6 +71,23 @@ test("the packed main package lists the platform packages; the platform package 
   assert.doesNotMatch(sections, /\.debug_info/, "no debug info in the addon");
   assert.match(sections, /\.symtab/, "symbols stay, so panics name functions");
   assert.ok(fs.statSync(addon).size < 20 * 1024 * 1024, `addon is ${fs.statSync(addon).size} bytes`);
+});
+
+test("without the platform package, the first require names the missing package and the fix", () => {
+  const bare = fs.mkdtempSync(path.join(os.tmpdir(), "gondolin-pack-bare-"));
+  try {
+    fs.writeFileSync(path.join(bare, "package.json"), JSON.stringify({ name: "pack-bare", private: true }));
+    execFileSync("npm", ["install", "--offline", "--no-audit", "--no-fund", "--omit=optional", tarballs[0]], {
+      cwd: bare,
+      env,
+      stdio: ["ignore", "ignore", "inherit"],
+    });
+    const r = spawnSync(process.execPath, ["-e", 'require("@gondolin/native")'], { cwd: bare, env, encoding: "utf8" });
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, new RegExp(`the platform package ${platformName} is not installed .*--omit=optional`));
+  } finally {
+    fs.rmSync(bare, { recursive: true, force: true });
+  }
 });
 
 test("npx gondolin exec -- uname -a from the installed package", { skip }, () => {

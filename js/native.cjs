@@ -1,8 +1,10 @@
 "use strict";
 // Loads the compiled addon the napi-rs way: from the platform package
 // (@gondolin/native-<triple>, an optionalDependency npm installs only on the
-// matching os/cpu), else — in a checkout — from npm/<triple>/, where
-// `make build` puts it. The guest binaries sit beside the addon.
+// matching os/cpu). In a checkout, `make build` puts the addon in
+// npm/<triple>/ and that build wins: it is the one matching this JS, and a
+// checkout's `npm install` must never swap in a registry copy. The published
+// main package has no npm/ directory. The guest binaries sit beside the addon.
 
 const path = require("node:path");
 const fs = require("node:fs");
@@ -31,10 +33,9 @@ function installedPlatformDir() {
 }
 
 function loadNative() {
-  const candidates = [process.env.GONDOLIN_NATIVE_PATH];
+  const candidates = [process.env.GONDOLIN_NATIVE_PATH, path.join(checkoutDir, `gondolin.${triple}.node`)];
   const installed = installedPlatformDir();
   if (installed) candidates.push(path.join(installed, `gondolin.${triple}.node`));
-  candidates.push(path.join(checkoutDir, `gondolin.${triple}.node`));
   let lastError;
   for (const file of candidates.filter(Boolean)) {
     if (!fs.existsSync(file)) continue;
@@ -44,10 +45,11 @@ function loadNative() {
       lastError = err;
     }
   }
-  const hint =
-    `@gondolin/native has no binary for ${triple}: the platform package ${platformPackage} is not installed ` +
-    `(npm skips it on another os/cpu, or with --omit=optional). Reinstall @gondolin/native on this machine, ` +
-    `or build it from a checkout with 'make build'.`;
+  const hint = lastError
+    ? `@gondolin/native could not load its addon for ${triple}`
+    : `@gondolin/native has no binary for ${triple}: the platform package ${platformPackage} is not installed ` +
+      `(npm skips it on another os/cpu, or with --omit=optional). Reinstall @gondolin/native on this machine, ` +
+      `or build it from a checkout with 'make build'.`;
   const err = new Error(lastError ? `${hint}\n(cause: ${lastError.message})` : hint);
   err.code = "native_missing";
   throw err;
@@ -58,9 +60,10 @@ const native = loadNative();
 /** Where the guest binaries (init, sandboxd, sandboxfs) for image builds live. */
 function guestBinDir() {
   if (process.env.GONDOLIN_GUEST_BIN_DIR) return process.env.GONDOLIN_GUEST_BIN_DIR;
+  const local = path.join(checkoutDir, "guest");
+  if (fs.existsSync(local)) return local;
   const installed = installedPlatformDir();
-  if (installed && fs.existsSync(path.join(installed, "guest"))) return path.join(installed, "guest");
-  return path.join(checkoutDir, "guest");
+  return installed ? path.join(installed, "guest") : local;
 }
 
 module.exports = { native, triple, pkgRoot, guestBinDir };

@@ -10,7 +10,7 @@ const USAGE = `Usage: gondolin <command> [options]
 
 Commands:
   exec [options] -- CMD [ARGS...]   run one command in a fresh VM; exits with its status
-  bash [options] [-- CMD [ARGS...]] interactive shell (or CMD) in a fresh VM
+  bash [options] [-- CMD...]        interactive shell (or CMD) in a fresh VM
   list [--all]                      list running VMs (sessions) on this machine
   attach ID [options] [-- CMD...]   shell (or CMD) in a VM another process runs
   build [options]                   build the guest image from Debian packages

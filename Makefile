@@ -3,12 +3,14 @@
 TRIPLE      := linux-x64-gnu
 RUST_TARGET := x86_64-unknown-linux-gnu
 NPM_DIR     := npm/$(TRIPLE)
+ADDON       := $(NPM_DIR)/gondolin.$(TRIPLE).node
+PACK_DIR    := target/pack
 GUEST_OUT   := target/$(RUST_TARGET)/guest
 APT_PKGS    := qemu-system-x86 debootstrap e2fsprogs kmod xz-utils zstd tmux openssl git
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build addon guest image demo test test-rust test-js typecheck bench lint fmt fuzz clean
+.PHONY: help deps build addon guest image pack demo test test-rust test-js typecheck bench lint fmt fuzz clean
 
 help: ## list the recipes
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -25,9 +27,13 @@ deps: ## install the system packages (QEMU, debootstrap, ...) and npm dev depend
 
 build: addon guest ## build the Node addon and the static guest binaries
 
-addon: ## the napi addon → npm/$(TRIPLE)/gondolin.$(TRIPLE).node
+addon: ## the napi addon → npm/$(TRIPLE)/gondolin.$(TRIPLE).node (debug info split off)
 	cargo build --release --lib
-	cp target/release/libgondolin.so $(NPM_DIR)/gondolin.$(TRIPLE).node
+	# The line tables go to a .debug file beside the addon (not in the npm
+	# package); the addon keeps its symbols, so a panic still names functions.
+	objcopy --only-keep-debug target/release/libgondolin.so $(ADDON).debug
+	objcopy --strip-debug --add-gnu-debuglink=$(ADDON).debug target/release/libgondolin.so $(ADDON).tmp
+	mv $(ADDON).tmp $(ADDON)
 
 guest: ## init + sandboxd + sandboxfs, statically linked → npm/$(TRIPLE)/guest/
 	RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile guest --target $(RUST_TARGET) -p gondolin-init -p sandboxd -p sandboxfs
@@ -36,6 +42,12 @@ guest: ## init + sandboxd + sandboxfs, statically linked → npm/$(TRIPLE)/guest
 
 image: build ## build the guest image into ~/.cache/gondolin/images (reused when up to date)
 	node js/cli.cjs build
+
+pack: build ## npm tarballs → target/pack/: @gondolin/native and @gondolin/native-$(TRIPLE)
+	rm -rf $(PACK_DIR) && mkdir -p $(PACK_DIR)
+	npm pack --silent --pack-destination $(PACK_DIR) ./$(NPM_DIR)
+	npm pack --silent --pack-destination $(PACK_DIR) .
+	ls -l $(PACK_DIR)
 
 demo: deps build ## set everything up and run a command in a VM
 	node js/cli.cjs exec -- uname -a
@@ -66,7 +78,7 @@ fmt: ## format the Rust code
 
 clean: ## remove build output (not the image cache)
 	cargo clean
-	rm -rf $(NPM_DIR)/guest $(NPM_DIR)/*.node
+	rm -rf $(NPM_DIR)/guest $(NPM_DIR)/*.node $(NPM_DIR)/*.node.debug
 
 fuzz: ## fuzz the wire decoders for 60 s (needs nightly + cargo-fuzz)
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz

@@ -3,16 +3,22 @@
 // The `gondolin` command line.
 
 const path = require("node:path");
+const fs = require("node:fs");
+const os = require("node:os");
 
 const USAGE = `Usage: gondolin <command> [options]
 
 Commands:
   exec [options] -- CMD [ARGS...]   run one command in a fresh VM; exits with its status
-  bash [options]                    interactive shell in a fresh VM
-  list                              list running VMs (sessions) on this machine
-  attach ID [-- CMD [ARGS...]]      shell (or CMD) in a VM another process runs
+  bash [options] [-- CMD...]        interactive shell (or CMD) in a fresh VM
+  list [--all]                      list running VMs (sessions) on this machine
+  attach ID [options] [-- CMD...]   shell (or CMD) in a VM another process runs
   build [options]                   build the guest image from Debian packages
   help                              show this help
+
+Options:
+  -h, --help                        show this help
+  -V, --version                     print the version
 
 Run 'gondolin <command> --help' for a command's options.
 `;
@@ -24,6 +30,12 @@ const VM_OPTIONS = `VM options:
   --rootfs-mode MODE   readonly | memory | cow (default cow)
   --env KEY=VALUE      environment variable for the command (repeatable)
   --cwd PATH           working directory in the guest
+
+Host files (repeatable; each GUEST path is a directory the guest sees):
+  --mount-hostfs HOST:GUEST[:ro]
+                       the host directory HOST at GUEST; writes go to HOST
+                       unless ':ro' makes it read-only
+  --mount-memfs GUEST  an empty in-memory directory at GUEST (gone on exit)
 
 Network options (HTTP and HTTPS only; internal addresses are blocked unless
 named exactly by --allow-host):
@@ -42,27 +54,36 @@ const EXEC_USAGE = `Usage: gondolin exec [options] -- CMD [ARGS...]
 
 Runs CMD in a fresh VM (no shell: use 'sh -c "..."' for one), streams its
 output, and exits with its exit status (128+N when killed by signal N).
+Unless stdin is a terminal, it is forwarded to CMD ('echo hi | gondolin exec
+-- cat'). Example:
+  gondolin exec --mount-hostfs ~/project:/workspace --cwd /workspace -- npm test
 
 ${VM_OPTIONS}
   -h, --help           show this help
 `;
 
-const BASH_USAGE = `Usage: gondolin bash [options]
+const BASH_USAGE = `Usage: gondolin bash [options] [-- CMD [ARGS...]]
 
 Starts a fresh VM and an interactive shell in it (bash, or sh if bash is
-missing); exits with the shell's status. The VM is closed when the shell exits.
+missing), or CMD on a terminal (pty) when given after '--'; exits with its
+status. The VM is closed when it exits. Ctrl-] detaches (exit 130).
 
 ${VM_OPTIONS}
   -h, --help           show this help
 `;
 
-const LIST_USAGE = `Usage: gondolin list
+const LIST_USAGE = `Usage: gondolin list [--all]
 
 Lists the VMs running on this machine (any process using gondolin), newest
-first: ID, PID, AGE, ALIVE, LABEL. Stale entries are removed first.
+first: ID, PID, AGE, ALIVE, LABEL. Stale entries (process gone, socket not
+answering) are removed first.
+
+Options:
+  --all                also show stale entries (ALIVE no), leaving them in place
+  -h, --help           show this help
 `;
 
-const ATTACH_USAGE = `Usage: gondolin attach ID [-- CMD [ARGS...]]
+const ATTACH_USAGE = `Usage: gondolin attach ID [options] [-- CMD [ARGS...]]
 
 Runs a command in a VM owned by another process. ID is a session id from
 'gondolin list' or a unique prefix of one.
@@ -72,6 +93,8 @@ terminal, else a shell reading a script from stdin. With CMD: runs it without
 stdin, streams its output. Exits with the remote status.
 
 Options:
+  --cwd PATH           working directory in the guest
+  --env KEY=VALUE      environment variable for the shell or CMD (repeatable)
   -h, --help           show this help
 `;
 
@@ -102,9 +125,65 @@ function takeValue(args, i, flag, usage) {
   return v;
 }
 
+function parseEnv(v, usage) {
+  if (!v.includes("=") || v.startsWith("=")) throw new UsageError(`--env expects KEY=VALUE (got ${v})`, usage);
+  return v;
+}
+
+function expandHome(p) {
+  return p === "~" || p.startsWith("~/") ? path.join(os.homedir(), p.slice(1)) : p;
+}
+
+/** A guest mount point: absolute, normalized, not "/", not given twice. */
+function guestMountPath(flag, guest, o, usage) {
+  if (!guest.startsWith("/")) {
+    throw new UsageError(`${flag}: the guest path must be absolute (got ${guest}; e.g. /workspace)`, usage);
+  }
+  const p = path.posix.normalize(guest).replace(/\/+$/, "");
+  if (!p) throw new UsageError(`${flag}: cannot mount over the guest's root /; pick a directory such as /workspace`, usage);
+  if (o.mounts.some((m) => m.guest === p)) {
+    throw new UsageError(`${flag}: ${p} is already mounted by an earlier --mount-hostfs/--mount-memfs`, usage);
+  }
+  return p;
+}
+
+/** `--mount-hostfs HOST:GUEST[:ro]` → { host, guest, readonly }. */
+function parseHostMount(v, o, usage) {
+  const flag = "--mount-hostfs";
+  let rest = v;
+  let readonly = false;
+  if (rest.endsWith(":ro")) {
+    readonly = true;
+    rest = rest.slice(0, -3);
+  } else if (rest.endsWith(":rw")) {
+    rest = rest.slice(0, -3);
+  }
+  const colon = rest.lastIndexOf(":");
+  if (colon < 0) throw new UsageError(`${flag} expects HOST:GUEST[:ro] (got ${v}), e.g. ./project:/workspace`, usage);
+  const hostArg = rest.slice(0, colon);
+  const guestArg = rest.slice(colon + 1);
+  if (!hostArg) throw new UsageError(`${flag} ${v}: missing the host directory before ':'`, usage);
+  if (!guestArg) throw new UsageError(`${flag} ${v}: missing the guest path after ':' (e.g. ${hostArg}:/workspace)`, usage);
+  const host = path.resolve(expandHome(hostArg));
+  let st;
+  try {
+    st = fs.statSync(host);
+  } catch {
+    throw new UsageError(`${flag} ${v}: host path ${host} does not exist`, usage);
+  }
+  if (!st.isDirectory()) throw new UsageError(`${flag} ${v}: host path ${host} is not a directory (mount its parent)`, usage);
+  return { host, guest: guestMountPath(flag, guestArg, o, usage), readonly };
+}
+
 function parseVmFlag(args, i, o, usage) {
   const flag = args[i];
   switch (flag) {
+    case "--mount-hostfs":
+      o.mounts.push(parseHostMount(takeValue(args, i, flag, usage), o, usage));
+      return 1;
+    case "--mount-memfs":
+      o.mounts.push({ guest: guestMountPath(flag, takeValue(args, i, flag, usage), o, usage), memory: true });
+      return 1;
     case "--memory":
       o.memory = takeValue(args, i, flag, usage);
       return 1;
@@ -118,15 +197,15 @@ function parseVmFlag(args, i, o, usage) {
     case "--image":
       o.image = takeValue(args, i, flag, usage);
       return 1;
-    case "--rootfs-mode":
-      o.rootfsMode = takeValue(args, i, flag, usage);
-      return 1;
-    case "--env": {
+    case "--rootfs-mode": {
       const v = takeValue(args, i, flag, usage);
-      if (!v.includes("=") || v.startsWith("=")) throw new UsageError(`--env expects KEY=VALUE (got ${v})`, usage);
-      o.env.push(v);
+      if (!["readonly", "memory", "cow"].includes(v)) throw new UsageError(`--rootfs-mode must be readonly, memory or cow (got ${v})`, usage);
+      o.rootfsMode = v;
       return 1;
     }
+    case "--env":
+      o.env.push(parseEnv(takeValue(args, i, flag, usage), usage));
+      return 1;
     case "--cwd":
       o.cwd = takeValue(args, i, flag, usage);
       return 1;
@@ -171,6 +250,16 @@ function vmOptions(o) {
   if (o.cpus) options.cpus = o.cpus;
   if (o.image) options.sandbox.imagePath = path.resolve(o.image);
   if (o.rootfsMode) options.rootfs = { mode: o.rootfsMode };
+  if (o.mounts.length) {
+    const { RealFSProvider, ReadonlyProvider, MemoryProvider } = require("./vfs.cjs");
+    const mounts = {};
+    for (const m of o.mounts) {
+      if (m.memory) mounts[m.guest] = new MemoryProvider();
+      else if (m.readonly) mounts[m.guest] = new ReadonlyProvider(new RealFSProvider(m.host));
+      else mounts[m.guest] = new RealFSProvider(m.host);
+    }
+    options.vfs = { mounts };
+  }
   if (o.noNetwork) {
     options.sandbox.netEnabled = false;
     return options;
@@ -190,7 +279,7 @@ function vmOptions(o) {
 }
 
 async function cmdExec(args) {
-  const o = { env: [] };
+  const o = { env: [], mounts: [] };
   const dash = args.indexOf("--");
   const before = dash < 0 ? args : args.slice(0, dash);
   for (let i = 0; i < before.length; i++) {
@@ -209,17 +298,23 @@ async function cmdExec(args) {
 
   const { VM } = require("./vm.cjs");
   const vm = await VM.create(vmOptions(o));
+  // A pipe or file on stdin goes to the command; a terminal does not (the
+  // command would wait for typing that nobody expects to do).
+  const stdin = process.stdin.isTTY ? undefined : process.stdin;
   try {
-    const result = await vm.exec(command, { env: o.env, cwd: o.cwd, stdout: "inherit", stderr: "inherit" });
+    const result = await vm.exec(command, { env: o.env, cwd: o.cwd, stdin, stdout: "inherit", stderr: "inherit" });
     if (result.signal != null) process.stderr.write(`process exited due to signal ${result.signal}\n`);
     return result.exitCode;
   } finally {
+    // The command may exit without reading all of stdin: stop reading it, or
+    // an open pipe would keep this process alive.
+    if (stdin) stdin.destroy();
     await vm.close();
   }
 }
 
 function parseVmOnly(args, usage) {
-  const o = { env: [] };
+  const o = { env: [], mounts: [] };
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
     if (a === "-h" || a === "--help") return null;
@@ -254,11 +349,14 @@ function termEnv() {
 }
 
 async function cmdBash(args) {
-  const o = parseVmOnly(args, BASH_USAGE);
+  const dash = args.indexOf("--");
+  const o = parseVmOnly(dash < 0 ? args : args.slice(0, dash), BASH_USAGE);
   if (!o) {
     process.stdout.write(BASH_USAGE);
     return 0;
   }
+  const command = dash < 0 ? SHELL_COMMAND : args.slice(dash + 1);
+  if (command.length === 0) throw new UsageError("missing command after --", BASH_USAGE);
   const { VM } = require("./vm.cjs");
   const vm = await VM.create(vmOptions(o));
   // Terminal gone or asked to stop: close the VM (and its session entry) first.
@@ -270,7 +368,7 @@ async function cmdBash(args) {
   try {
     // attach: raw mode on a TTY stdin, stdin → shell, output → our stdout,
     // terminal size now and on every resize.
-    const proc = vm.shell({ command: SHELL_COMMAND, env: o.env, cwd: o.cwd, attach: false });
+    const proc = vm.shell({ command, env: o.env, cwd: o.cwd, attach: false });
     let detach;
     const detached = new Promise((resolve) => (detach = resolve));
     proc.attach(process.stdin, process.stdout, process.stderr, { onDetach: () => detach(DETACHED) });
@@ -303,10 +401,14 @@ async function cmdList(args) {
     process.stdout.write(LIST_USAGE);
     return 0;
   }
-  if (args.length) throw new UsageError(`Unknown argument: ${args[0]}`, LIST_USAGE);
+  const unknown = args.find((a) => a !== "--all");
+  if (unknown !== undefined) throw new UsageError(`Unknown argument: ${unknown}`, LIST_USAGE);
   const { gcSessions, listSessions } = require("./sessions.cjs");
-  await gcSessions().catch(() => 0);
-  const all = await listSessions();
+  // --all shows the stale entries too, so they are looked at, not removed.
+  const showAll = args.includes("--all");
+  if (!showAll) await gcSessions().catch(() => 0);
+  const entries = await listSessions();
+  const all = showAll ? entries : entries.filter((s) => s.alive);
   if (all.length === 0) {
     process.stdout.write("No sessions.\n");
     return 0;
@@ -330,16 +432,24 @@ async function cmdAttach(args) {
     process.stdout.write(ATTACH_USAGE);
     return 0;
   }
-  const flag = before.find((a) => a.startsWith("-"));
-  if (flag) throw new UsageError(`Unknown argument: ${flag}`, ATTACH_USAGE);
-  if (before.length === 0) throw new UsageError("attach requires a session id", ATTACH_USAGE);
-  if (before.length > 1) throw new UsageError(`Unknown argument: ${before[1]}`, ATTACH_USAGE);
+  const positional = [];
+  const env = [];
+  let cwd;
+  for (let i = 0; i < before.length; i++) {
+    const a = before[i];
+    if (a === "--cwd") cwd = takeValue(before, i++, a, ATTACH_USAGE);
+    else if (a === "--env") env.push(parseEnv(takeValue(before, i++, a, ATTACH_USAGE), ATTACH_USAGE));
+    else if (a.startsWith("-")) throw new UsageError(`Unknown argument: ${a}`, ATTACH_USAGE);
+    else positional.push(a);
+  }
+  if (positional.length === 0) throw new UsageError("attach requires a session id", ATTACH_USAGE);
+  if (positional.length > 1) throw new UsageError(`Unknown argument: ${positional[1]}`, ATTACH_USAGE);
   if (command && command.length === 0) throw new UsageError("missing command after --", ATTACH_USAGE);
   const { findSession, gcSessions, connectToSession } = require("./sessions.cjs");
   await gcSessions().catch(() => 0);
-  const session = await findSession(before[0]);
+  const session = await findSession(positional[0]);
   if (!session || !session.alive) {
-    throw new Error(`session not found or not running: ${before[0]} (see 'gondolin list')`);
+    throw new Error(`session not found or not running: ${positional[0]} (see 'gondolin list')`);
   }
 
   const interactive = !command;
@@ -389,7 +499,8 @@ async function cmdAttach(args) {
             type: "exec",
             id: 1,
             argv: command || (tty ? SHELL_COMMAND : SCRIPT_SHELL_COMMAND),
-            env: interactive ? [`TERM=${termEnv()}`] : undefined,
+            env: interactive ? [`TERM=${termEnv()}`, ...env] : env.length ? env : undefined,
+            cwd,
             stdin: interactive,
             pty: tty,
             rows: tty ? process.stdout.rows : undefined,
@@ -474,6 +585,10 @@ async function main(argv) {
     case "-h":
     case "--help":
       process.stdout.write(USAGE);
+      return 0;
+    case "-V":
+    case "--version":
+      process.stdout.write(`gondolin ${require("../package.json").version}\n`);
       return 0;
     case "exec":
       return cmdExec(args);

@@ -1,6 +1,10 @@
 "use strict";
-// Loads the compiled addon: the per-platform npm package when installed from
-// the registry, else the binary a local build put under npm/<platform>/.
+// Loads the compiled addon the napi-rs way: from the platform package
+// (@gondolin/native-<triple>, an optionalDependency npm installs only on the
+// matching os/cpu). In a checkout, `make build` puts the addon in
+// npm/<triple>/ and that build wins: it is the one matching this JS, and a
+// checkout's `npm install` must never swap in a registry copy. The published
+// main package has no npm/ directory. The guest binaries sit beside the addon.
 
 const path = require("node:path");
 const fs = require("node:fs");
@@ -15,49 +19,51 @@ function platformTriple() {
 }
 
 const triple = platformTriple();
+const platformPackage = `@gondolin/native-${triple}`;
 const pkgRoot = path.resolve(__dirname, "..");
-const candidates = [
-  process.env.GONDOLIN_NATIVE_PATH,
-  path.join(pkgRoot, "npm", triple, `gondolin.${triple}.node`),
-].filter(Boolean);
+const checkoutDir = path.join(pkgRoot, "npm", triple);
 
-let native;
-let lastError;
-for (const file of candidates) {
-  if (!fs.existsSync(file)) continue;
+/** Directory of the installed platform package, or null when it isn't installed. */
+function installedPlatformDir() {
   try {
-    native = require(file);
-    break;
-  } catch (err) {
-    lastError = err;
+    return path.dirname(require.resolve(`${platformPackage}/package.json`));
+  } catch {
+    return null;
   }
 }
-if (!native) {
-  try {
-    native = require(`@gondolin/native-${triple}`);
-  } catch (err) {
-    lastError = lastError || err;
+
+function loadNative() {
+  const candidates = [process.env.GONDOLIN_NATIVE_PATH, path.join(checkoutDir, `gondolin.${triple}.node`)];
+  const installed = installedPlatformDir();
+  if (installed) candidates.push(path.join(installed, `gondolin.${triple}.node`));
+  let lastError;
+  for (const file of candidates.filter(Boolean)) {
+    if (!fs.existsSync(file)) continue;
+    try {
+      return require(file);
+    } catch (err) {
+      lastError = err;
+    }
   }
-}
-if (!native) {
-  const hint =
-    `@gondolin/native has no binary for ${triple}. ` +
-    `Build it from a checkout with 'make build', or install the platform package @gondolin/native-${triple}.`;
+  const hint = lastError
+    ? `@gondolin/native could not load its addon for ${triple}`
+    : `@gondolin/native has no binary for ${triple}: the platform package ${platformPackage} is not installed ` +
+      `(npm skips it on another os/cpu, or with --omit=optional). Reinstall @gondolin/native on this machine, ` +
+      `or build it from a checkout with 'make build'.`;
   const err = new Error(lastError ? `${hint}\n(cause: ${lastError.message})` : hint);
   err.code = "native_missing";
   throw err;
 }
 
-/** Where the guest binaries (init, sandboxd) for image builds live. */
+const native = loadNative();
+
+/** Where the guest binaries (init, sandboxd, sandboxfs) for image builds live. */
 function guestBinDir() {
   if (process.env.GONDOLIN_GUEST_BIN_DIR) return process.env.GONDOLIN_GUEST_BIN_DIR;
-  const local = path.join(pkgRoot, "npm", triple, "guest");
+  const local = path.join(checkoutDir, "guest");
   if (fs.existsSync(local)) return local;
-  try {
-    return path.join(path.dirname(require.resolve(`@gondolin/native-${triple}/package.json`)), "guest");
-  } catch {
-    return local;
-  }
+  const installed = installedPlatformDir();
+  return installed ? path.join(installed, "guest") : local;
 }
 
 module.exports = { native, triple, pkgRoot, guestBinDir };

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use crate::net::{dns::DnsServer, Flow, FlowHandler};
 use crate::tls::MitmCa;
 use classify::{classify, Kind, SNIFF_LIMIT};
-use policy::{any_match, is_internal, HostPattern};
+use policy::{any_match, is_internal, is_own_address, HostPattern};
 use secrets::Secrets;
 
 pub use bridge::UpstreamClient;
@@ -72,8 +72,11 @@ impl Policy {
         }
     }
 
+    /// The built-in IP rule: internal ranges (including IPv6 forms that
+    /// embed an internal IPv4 address) and this machine's own addresses.
     pub fn ip_allowed(&self, host: &str, ip: IpAddr) -> bool {
-        !(self.block_internal && is_internal(ip) && !any_match(&self.allowed_internal, host))
+        let internal = is_internal(ip) || is_own_address(ip);
+        !(self.block_internal && internal && !any_match(&self.allowed_internal, host))
     }
 
     fn hook(&self, which: hooks::Hook) -> Option<&Arc<dyn hooks::HttpHooks>> {

@@ -8,6 +8,7 @@ pub mod classify;
 mod hook_glue;
 pub mod hooks;
 pub mod policy;
+pub mod scrub;
 pub mod secrets;
 
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};

@@ -243,16 +243,16 @@ mod tests {
             let [p, q, r, t] = a.octets();
             let (hi, lo) = (u16::from_be_bytes([p, q]), u16::from_be_bytes([r, t]));
             let forms = [
-                format!("::ffff:{v4}"),                        // v4-mapped
-                format!("::{v4}"),                             // v4-compatible
-                format!("::{hi:x}:{lo:x}"),                    // v4-compatible, hex
-                format!("::ffff:0:{v4}"),                      // v4-translated
-                format!("64:ff9b::{v4}"),                      // NAT64 well-known
-                format!("64:ff9b::{hi:x}:{lo:x}"),             // NAT64, hex
-                format!("64:ff9b:1::{hi:x}:{lo:x}"),           // NAT64 local-use
-                format!("2002:{hi:x}:{lo:x}::"),               // 6to4
-                format!("2002:{hi:x}:{lo:x}:1::1"),            // 6to4, a host behind it
-                format!("2001:0:{hi:x}:{lo:x}::"),             // Teredo server
+                format!("::ffff:{v4}"),                                    // v4-mapped
+                format!("::{v4}"),                                         // v4-compatible
+                format!("::{hi:x}:{lo:x}"),                                // v4-compatible, hex
+                format!("::ffff:0:{v4}"),                                  // v4-translated
+                format!("64:ff9b::{v4}"),                                  // NAT64 well-known
+                format!("64:ff9b::{hi:x}:{lo:x}"),                         // NAT64, hex
+                format!("64:ff9b:1::{hi:x}:{lo:x}"),                       // NAT64 local-use
+                format!("2002:{hi:x}:{lo:x}::"),                           // 6to4
+                format!("2002:{hi:x}:{lo:x}:1::1"),                        // 6to4, a host behind it
+                format!("2001:0:{hi:x}:{lo:x}::"),                         // Teredo server
                 format!("2001:0:4136:e378:8000:63bf:{:x}:{:x}", !hi, !lo), // Teredo client
             ];
             for f in forms {

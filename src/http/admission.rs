@@ -158,8 +158,8 @@ impl DialPlan {
     }
 }
 
-/// A request the policy refused at connect time (carried through the
-/// client's errors).
+/// A destination the dialer refused (its host), carried through the
+/// client's errors.
 #[derive(Debug)]
 pub struct Blocked(pub String);
 impl std::fmt::Display for Blocked {
@@ -189,11 +189,12 @@ impl tower_service::Service<Uri> for Dialer {
             let refused = |what: String| {
                 std::io::Error::new(std::io::ErrorKind::PermissionDenied, Blocked(what))
             };
-            let key = DialKey::of(&uri).ok_or_else(|| refused(format!("no host in {uri}")))?;
+            let key = DialKey::of(&uri).ok_or_else(|| refused(uri.to_string()))?;
+            // Nothing admitted for this destination: refuse, never resolve.
             let addrs = eg
                 .dial_plan
                 .get(&key)
-                .ok_or_else(|| refused(format!("not admitted: {}", key.host)))?;
+                .ok_or_else(|| refused(key.host.clone()))?;
             let mut last = std::io::Error::other("no address");
             for a in addrs {
                 match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(a)).await {

@@ -308,29 +308,17 @@ async fn send_following(ctx: &Ctx, out: Outgoing) -> Result<(Response<Body>, boo
         }
         let host = host_of(&url);
         if hop == 0 {
-            // The guest's request holds placeholders only.
-            admit(
-                eg,
-                Hop {
-                    method: &method,
-                    url: &url,
-                    headers: &headers,
-                },
-            )
-            .await?;
-            carried = fill_secrets(eg, &mut headers, &mut url, &host)?;
+            // Secrets first: a placeholder headed off its hosts is refused
+            // before anything is resolved. The hooks see placeholders.
+            let filled = fill_secrets(eg, &headers, &url, &host)?;
+            admit(eg, hop_view(&method, &url, &headers)).await?;
+            if let Some((h, u)) = filled {
+                (headers, url, carried) = (h, u, true);
+            }
         } else {
             refuse_real_values(eg, &url, &headers, &host)?;
             let (view_url, view_headers) = placeholder_view(eg, &url, &headers);
-            admit(
-                eg,
-                Hop {
-                    method: &method,
-                    url: &view_url,
-                    headers: &view_headers,
-                },
-            )
-            .await?;
+            admit(eg, hop_view(&method, &view_url, &view_headers)).await?;
         }
         if carried {
             // So the answer can be searched for the value (see deliver.rs).
@@ -366,6 +354,14 @@ async fn send_following(ctx: &Ctx, out: Outgoing) -> Result<(Response<Body>, boo
     Err(Refusal::TooManyRedirects)
 }
 
+fn hop_view<'a>(method: &'a Method, url: &'a url::Url, headers: &'a HeaderMap) -> Hop<'a> {
+    Hop {
+        method,
+        url,
+        headers,
+    }
+}
+
 /// Where a redirect the host should follow points (http/https only).
 fn redirect_target(resp: &Response<Body>, url: &url::Url, has_body: bool) -> Option<url::Url> {
     let redirect = matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308);
@@ -378,19 +374,20 @@ fn redirect_target(resp: &Response<Body>, url: &url::Url, has_body: bool) -> Opt
 }
 
 /// Placeholders become real values (headers, and the query when enabled)
-/// for the secret's hosts; anywhere else the request is refused. Returns
-/// whether a real value now goes upstream.
+/// for the secret's hosts; anywhere else the request is refused. `None`
+/// when nothing changes (and no copy without secrets).
 fn fill_secrets(
     eg: &Egress,
-    headers: &mut HeaderMap,
-    url: &mut url::Url,
+    headers: &HeaderMap,
+    url: &url::Url,
     host: &str,
-) -> Result<bool, Refusal> {
+) -> Result<Option<(HeaderMap, url::Url)>, Refusal> {
     let secrets = &eg.policy.secrets;
     if secrets.is_empty() {
-        return Ok(false);
+        return Ok(None);
     }
     let refused = |e: super::secrets::Refused| Refusal::Secret(e.0);
+    let (mut headers, mut url) = (headers.clone(), url.clone());
     let mut carried = false;
     for (name, v) in headers.iter_mut() {
         let Ok(s) = v.to_str() else { continue };
@@ -408,7 +405,7 @@ fn fill_secrets(
             carried = true;
         }
     }
-    Ok(carried)
+    Ok(carried.then_some((headers, url)))
 }
 
 /// A redirect may reflect a real value (an open redirect on the secret's

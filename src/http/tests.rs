@@ -650,3 +650,17 @@ async fn hooks_on_redirect_hops_see_placeholders() {
     assert!(calls[2].contains(&ph), "{calls:?}");
     assert!(calls.iter().all(|c| !c.contains("real-token")), "{calls:?}");
 }
+
+#[tokio::test]
+async fn a_placeholder_off_its_hosts_is_refused_before_resolving() {
+    let (policy, ph) = secret_policy(false, &["127.0.0.1"]);
+    let eg = egress(policy);
+    let auth = format!("Bearer {ph}");
+    // The name does not resolve: the secret rule answers first.
+    let (s, b) = guest_get(eg, "nowhere.invalid", "/", &[("authorization", &auth)]).await;
+    assert_eq!(s, 403, "{b}");
+    assert!(
+        b.contains("secret TOKEN not allowed for host: nowhere.invalid"),
+        "{b}"
+    );
+}

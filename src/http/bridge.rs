@@ -70,6 +70,7 @@ struct Outgoing {
     has_body: bool,
 }
 
+/// One guest request, step by step; any step may refuse it.
 async fn steps(
     ctx: &mut Ctx,
     mut req: Request<Incoming>,
@@ -86,28 +87,38 @@ async fn steps(
     }
     check_method(&out.method)?;
     strip_hop_by_hop(&mut out.headers, upgrade);
-    let view = HookRequest {
-        method: out.method.to_string(),
-        url: out.url.to_string(),
-        headers: to_pairs(&out.headers),
-        body: None,
-    };
+    // onResponse gets the request as the guest (or onRequest) made it.
+    let on_resp = ctx
+        .eg
+        .policy
+        .hook(Hook::OnResponse)
+        .cloned()
+        .map(|h| (h, head_view(&out)));
     let method = out.method.clone();
     let _permit = ctx.eg.upstream.clone().acquire_owned().await;
     let (resp, carried_secret) = send_following(ctx, out).await?;
     refuse_unreadable(&resp, carried_secret)?;
     let scrubber = ctx.eg.policy.secrets.scrubber();
-    if let Some(h) = ctx.eg.policy.hook(Hook::OnResponse).cloned() {
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+    match on_resp {
+        Some((h, view)) if resp.status() != StatusCode::SWITCHING_PROTOCOLS => {
             let out = on_response(ctx, h, resp, view).await?;
-            return Ok(scrub(out, scrubber, &method));
+            Ok(scrub(out, scrubber, &method))
         }
+        _ => Ok(respond(
+            ctx.clone(),
+            scrub(resp, scrubber, &method),
+            guest_upgrade,
+        )),
     }
-    Ok(respond(
-        ctx.clone(),
-        scrub(resp, scrubber, &method),
-        guest_upgrade,
-    ))
+}
+
+fn head_view(out: &Outgoing) -> HookRequest {
+    HookRequest {
+        method: out.method.to_string(),
+        url: out.url.to_string(),
+        headers: to_pairs(&out.headers),
+        body: None,
+    }
 }
 
 /// Who the request is for. A request names its host once: a second

@@ -483,7 +483,7 @@ async fn every_hop_is_admitted_in_one_order() {
     let p = up.port();
     let rec = recorder(None);
     let eg = egress(Policy {
-        allowed_hosts: Some(policy::patterns(&["127.0.0.1", "localhost"])),
+        allowed_hosts: Some(policy::patterns(&["127.0.0.1", "localhost", "10.0.0.1"])),
         hooks: Some(rec.clone()),
         ..open_internal()
     });
@@ -491,6 +491,11 @@ async fn every_hop_is_admitted_in_one_order() {
     // Built-in host rule first: no hook is asked.
     let (s, _) = guest_get(eg.clone(), "other.test", "/", &[]).await;
     assert_eq!(s, 403);
+    assert!(rec.calls.lock().unwrap().is_empty());
+    // Then the built-in IP rule: an allowed name, an internal address;
+    // still no hook is asked.
+    let (s, b) = guest_get(eg.clone(), "10.0.0.1", "/", &[]).await;
+    assert_eq!(s, 403, "{b}");
     assert!(rec.calls.lock().unwrap().is_empty());
     // Then isRequestAllowed, then isIpAllowed on the dialled address.
     let (s, _) = guest_get(eg.clone(), &format!("localhost:{p}"), "/ok", &[]).await;

@@ -1,741 +1,466 @@
-//! One guest HTTP connection: hyper server towards the guest, policy and
-//! secrets in the middle, hyper client (rustls, system roots) upstream.
+//! One guest HTTP connection: a hyper server towards the guest, and for
+//! each request a short list of named steps (see [`steps`]); every refusal
+//! is a [`Refusal`], answered and recorded in one place.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
-use std::pin::Pin;
-use std::sync::{Arc, OnceLock, Weak};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::net::SocketAddrV4;
+use std::sync::Arc;
 
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body::{Body as HttpBody, Frame};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::hook_glue::{
-    fetch_via_hook, first_allowed_ip, from_pairs, hook_error, hook_failed, hook_response,
-    on_response, to_pairs,
-};
+use super::admission::{admit, host_of, Hop};
+use super::deliver::{refuse_unreadable, respond, scrub};
+use super::hook_glue::{from_pairs, hook_response, on_response, to_pairs};
 use super::hooks::{Hook, HookRequest, OnRequest};
-use super::{resolve_allowed, Egress, EgressEvent};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type Body = BoxBody<Bytes, BoxError>;
-pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector<GuardResolver>>, Body>;
+use super::refusal::{Ctx, Refusal};
+use super::reply::{empty, full, strip_hop_by_hop, Body};
+use super::{upstream, Egress, Policy};
 
 const MAX_REDIRECTS: usize = 10;
-const HEADER_LIMIT: usize = 64 * 1024;
-
-/// A request the policy refused (carried through connector errors).
-#[derive(Debug)]
-pub struct Blocked(pub String);
-impl std::fmt::Display for Blocked {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for Blocked {}
-
-/// The upstream client's resolver: resolves on the host and drops every
-/// address the policy refuses, at connect time.
-#[derive(Clone)]
-pub struct GuardResolver(Weak<Egress>);
-
-impl tower_service::Service<Name> for GuardResolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        let eg = self.0.upgrade();
-        Box::pin(async move {
-            let eg = eg.ok_or_else(|| std::io::Error::other("the VM is gone"))?;
-            Ok(resolve_allowed(&eg.policy, name.as_str(), 0)
-                .await?
-                .into_iter())
-        })
-    }
-}
-
-fn tls_config() -> rustls::ClientConfig {
-    static CONFIG: OnceLock<rustls::ClientConfig> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let mut roots = rustls::RootCertStore::empty();
-            // Honors SSL_CERT_FILE / SSL_CERT_DIR, like OpenSSL.
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
-                let _ = roots.add(cert);
-            }
-            if roots.is_empty() {
-                tracing::warn!(target: "gondolin::net", "no system CA certificates found: HTTPS upstreams will fail verification");
-            }
-            rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth()
-        })
-        .clone()
-}
-
-pub(crate) fn client(egress: Weak<Egress>) -> UpstreamClient {
-    let mut http = HttpConnector::new_with_resolver(GuardResolver(egress));
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(Duration::from_secs(10)));
-    http.set_nodelay(true);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config())
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(16)
-        .build(https)
-}
+/// One limit for a request head (request line + headers) on every path,
+/// hooks or not: beyond it hyper answers 431 and nothing goes upstream.
+pub(crate) const HEAD_LIMIT: usize = 64 * 1024;
+pub(crate) const MAX_HEADERS: usize = 100;
 
 /// Serve HTTP/1 on one guest connection (keep-alive included).
-pub(crate) async fn serve<I>(eg: Arc<Egress>, io: I, sni: Option<String>, dst: SocketAddrV4)
+pub(crate) async fn serve<I>(eg: Arc<Egress>, io: I, sni: Option<String>, _dst: SocketAddrV4)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req| {
         let eg = eg.clone();
         let sni = sni.clone();
-        async move { Ok::<_, Infallible>(handle(eg, req, sni, dst).await) }
+        async move { Ok::<_, Infallible>(handle(eg, req, sni).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
-        .max_buf_size(HEADER_LIMIT + 8 * 1024)
+        .max_buf_size(HEAD_LIMIT + 8 * 1024)
+        .max_header_size(HEAD_LIMIT)
+        .max_headers(MAX_HEADERS)
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     let _ = conn.await;
 }
 
-pub(super) fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never| match never {}).boxed()
-}
-
-/// A short text/plain answer the host makes itself.
-pub(super) fn reply(status: StatusCode, detail: &str) -> Response<Body> {
-    let reason = status.canonical_reason().unwrap_or("");
-    let body = if detail.is_empty() {
-        format!("{} {reason}\n", status.as_u16())
-    } else {
-        format!("{} {reason}: {detail}\n", status.as_u16())
-    };
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    if !detail.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(detail) {
-            h.insert("x-gondolin-reason", v);
-        }
-    }
-    r
-}
-
-/// Connection-level headers that never cross the bridge.
-pub(super) fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    let nominated: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in nominated {
-        if !(keep_upgrade && n == header::UPGRADE) {
-            h.remove(n);
-        }
-    }
-    for n in [
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-    ] {
-        h.remove(n);
-    }
-    if keep_upgrade {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        h.remove(header::CONNECTION);
-        h.remove(header::UPGRADE);
-    }
-}
-
-/// `(host, port, authority)` the request is for.
-fn target(req: &Request<Incoming>, https: bool) -> Option<(String, u16, String)> {
-    let authority = match req.uri().authority() {
-        Some(a) => a.as_str().to_string(),
-        None => req
-            .headers()
-            .get(header::HOST)?
-            .to_str()
-            .ok()?
-            .trim()
-            .to_string(),
-    };
-    let uri: Uri = format!("http://{authority}/").parse().ok()?;
-    let host = uri
-        .host()?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
-    if host.is_empty() {
-        return None;
-    }
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    Some((host, port, authority))
-}
-
-pub(super) struct Ctx {
-    pub(super) eg: Arc<Egress>,
-    pub(super) method: String,
-    pub(super) url: String,
-    pub(super) host: String,
-    pub(super) protocol: &'static str,
-}
-
-impl Ctx {
-    /// One audit record for this request.
-    pub(super) fn record(&self, allowed: bool, reason: Option<&str>, status: u16, bytes: u64) {
-        self.eg.event(EgressEvent {
-            protocol: self.protocol,
-            host: self.host.clone(),
-            method: self.method.clone(),
-            url: self.url.clone(),
-            allowed,
-            reason: reason.map(str::to_string),
-            status: Some(status),
-            bytes,
-        });
-    }
-
-    pub(super) fn deny(&self, status: StatusCode, reason: &str) -> Response<Body> {
-        self.record(false, Some(reason), status.as_u16(), 0);
-        reply(status, reason)
-    }
-}
-
-async fn handle(
-    eg: Arc<Egress>,
-    mut req: Request<Incoming>,
-    sni: Option<String>,
-    _dst: SocketAddrV4,
-) -> Response<Body> {
-    let https = sni.is_some();
-    let scheme = if https { "https" } else { "http" };
-    let Some((host, _, authority)) = target(&req, https) else {
-        return reply(StatusCode::BAD_REQUEST, "missing Host header");
-    };
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
+async fn handle(eg: Arc<Egress>, req: Request<Incoming>, sni: Option<String>) -> Response<Body> {
     let mut ctx = Ctx {
-        eg: eg.clone(),
+        eg,
         method: req.method().to_string(),
-        url: format!("{scheme}://{authority}{path}"),
-        host: host.clone(),
-        protocol: scheme,
+        url: String::new(),
+        host: String::new(),
+        protocol: if sni.is_some() { "https" } else { "http" },
     };
-    if let Some(sni) = &sni {
-        if !host.eq_ignore_ascii_case(sni.trim_end_matches('.')) {
-            return ctx.deny(
-                StatusCode::MISDIRECTED_REQUEST,
-                "Host header does not match the TLS server name",
-            );
-        }
+    match steps(&mut ctx, req, sni.as_deref()).await {
+        Ok(resp) => resp,
+        Err(r) => ctx.refuse(r),
     }
-    if req.method() == Method::CONNECT {
-        return ctx.deny(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not allowed");
-    }
-    let upgrade = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_ascii_lowercase);
-    if let Some(u) = &upgrade {
-        if u != "websocket" || !eg.policy.allow_websockets {
-            return ctx.deny(
-                StatusCode::NOT_IMPLEMENTED,
-                "upgrades other than WebSocket (when allowed) are not supported",
-            );
-        }
-    }
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
-        match len.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
-            Some(n) if n > eg.policy.max_request_body => {
-                return ctx.deny(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body exceeds maxHttpBodyBytes",
-                );
-            }
-            Some(_) => {}
-            None => return reply(StatusCode::BAD_REQUEST, "bad Content-Length"),
-        }
-    }
-    let guest_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
-        || req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0");
-    let (parts, incoming) = req.into_parts();
-    let mut method = parts.method;
-    let mut url = ctx.url.clone();
-    let mut headers = parts.headers;
-    let mut body: Body = if has_body {
-        Limited::new(incoming, eg.policy.max_request_body as usize).boxed()
-    } else {
-        Empty::new().map_err(|never| match never {}).boxed()
-    };
-    let mut has_body = has_body;
-
-    // onRequest sees (and may replace) the whole request first.
-    let hook_onrequest = eg.policy.hook(Hook::OnRequest).cloned();
-    if let Some(h) = hook_onrequest {
-        let bytes = if has_body {
-            let taken = std::mem::replace(&mut body, full(Bytes::new()));
-            match taken.collect().await {
-                Ok(c) => Some(c.to_bytes()),
-                Err(_) => {
-                    return ctx.deny(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "request body exceeds maxHttpBodyBytes",
-                    )
-                }
-            }
-        } else {
-            None
-        };
-        if let Some(b) = &bytes {
-            body = full(b.clone());
-        }
-        let hreq = HookRequest {
-            method: method.to_string(),
-            url: url.clone(),
-            headers: to_pairs(&headers),
-            body: bytes.clone(),
-        };
-        match h.on_request(hreq).await {
-            Ok(OnRequest::Keep) => {}
-            Ok(OnRequest::Rewrite(r)) => {
-                let Ok(m) = Method::from_bytes(r.method.as_bytes()) else {
-                    return hook_failed(&ctx, "onRequest returned an invalid method");
-                };
-                method = m;
-                url = r.url;
-                headers = match from_pairs(&r.headers) {
-                    Ok(h) => h,
-                    Err(e) => return hook_failed(&ctx, &e),
-                };
-                has_body = r.body.as_ref().is_some_and(|b| !b.is_empty());
-                body = full(r.body.unwrap_or_default());
-                if let Ok(u) = url::Url::parse(&url) {
-                    if let Some(h) = u.host_str() {
-                        let auth = match u.port() {
-                            Some(p) => format!("{h}:{p}"),
-                            None => h.to_string(),
-                        };
-                        if let Ok(v) = HeaderValue::from_str(&auth) {
-                            headers.insert(header::HOST, v);
-                        }
-                    }
-                }
-                ctx.url = url.clone();
-                ctx.method = method.to_string();
-            }
-            Ok(OnRequest::Respond(r)) => {
-                let resp = hook_response(r);
-                ctx.record(
-                    true,
-                    Some("answered by onRequest"),
-                    resp.status().as_u16(),
-                    0,
-                );
-                return resp;
-            }
-            Err(e) => return hook_error(&ctx, e),
-        }
-    }
-
-    // Where the (possibly rewritten) request goes.
-    let Ok(target_url) = url::Url::parse(&url) else {
-        return reply(StatusCode::BAD_REQUEST, "invalid request URL");
-    };
-    if target_url.scheme() != "http" && target_url.scheme() != "https" {
-        return ctx.deny(
-            StatusCode::BAD_REQUEST,
-            "only http and https URLs are supported",
-        );
-    }
-    let host = target_url
-        .host_str()
-        .unwrap_or("")
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
-    let port = target_url.port_or_known_default().unwrap_or(80);
-    ctx.host = host.clone();
-    if !eg.policy.host_allowed(&host) {
-        return ctx.deny(StatusCode::FORBIDDEN, &format!("blocked by policy: {host}"));
-    }
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        if !eg.policy.ip_allowed(&host, ip) {
-            return ctx.deny(StatusCode::FORBIDDEN, &format!("blocked by policy: {host}"));
-        }
-    }
-    let hook_isrequestallowed = eg.policy.hook(Hook::IsRequestAllowed).cloned();
-    if let Some(h) = hook_isrequestallowed {
-        let head = HookRequest {
-            method: method.to_string(),
-            url: url.clone(),
-            headers: to_pairs(&headers),
-            body: None,
-        };
-        match h.is_request_allowed(&head).await {
-            Ok(true) => {}
-            Ok(false) => return ctx.deny(StatusCode::FORBIDDEN, "blocked by request policy"),
-            Err(e) => return hook_error(&ctx, e),
-        }
-    }
-    let hook_isipallowed = eg.policy.hook(Hook::IsIpAllowed).cloned();
-    if let Some(h) = hook_isipallowed {
-        match first_allowed_ip(h.as_ref(), &eg, &host, port, target_url.scheme()).await {
-            Ok(true) => {}
-            Ok(false) => {
-                return ctx.deny(StatusCode::FORBIDDEN, &format!("blocked by policy: {host}"))
-            }
-            Err(e) => return hook_error(&ctx, e),
-        }
-    }
-    // Secrets, in headers and (when enabled) the query.
-    if let Err(why) = fill_secrets(&eg, &mut headers, &host) {
-        return ctx.deny(StatusCode::FORBIDDEN, &why);
-    }
-    let mut final_url = target_url.clone();
-    if let Some(q) = target_url.query() {
-        match eg.policy.secrets.query(q, &host) {
-            Ok(q2) => final_url.set_query(Some(&q2)),
-            Err(e) => return ctx.deny(StatusCode::FORBIDDEN, &e.0),
-        }
-    }
-    strip_hop_by_hop(&mut headers, upgrade.is_some());
-    let _permit = eg.upstream.clone().acquire_owned().await;
-    let resp = match send_following(
-        &ctx,
-        method.clone(),
-        final_url.to_string(),
-        headers.clone(),
-        body,
-        has_body,
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    let hook_onresponse = eg.policy.hook(Hook::OnResponse).cloned();
-    if let Some(h) = hook_onresponse {
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let req_view = HookRequest {
-                method: method.to_string(),
-                url,
-                headers: to_pairs(&headers),
-                body: None,
-            };
-            return on_response(ctx, h, resp, req_view).await;
-        }
-    }
-    respond(ctx, resp, guest_upgrade)
 }
 
-fn fill_secrets(eg: &Egress, headers: &mut HeaderMap, host: &str) -> Result<(), String> {
-    if eg.policy.secrets.is_empty() {
-        return Ok(());
+/// What goes upstream (first hop).
+struct Outgoing {
+    method: Method,
+    url: url::Url,
+    headers: HeaderMap,
+    body: Body,
+    has_body: bool,
+}
+
+/// One guest request, step by step; any step may refuse it.
+async fn steps(
+    ctx: &mut Ctx,
+    mut req: Request<Incoming>,
+    sni: Option<&str>,
+) -> Result<Response<Body>, Refusal> {
+    read_target(ctx, &req, sni)?;
+    check_method(req.method())?;
+    let upgrade = check_upgrade(&req, &ctx.eg.policy)?;
+    check_declared_length(&req, ctx.eg.policy.max_request_body)?;
+    let guest_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let mut out = outgoing(ctx, req)?;
+    if let Some(answer) = on_request(ctx, &mut out).await? {
+        return Ok(deliver_as_is(ctx, answer));
     }
-    for v in headers.values_mut() {
-        let Ok(s) = v.to_str() else { continue };
-        let name = "";
-        let out = eg.policy.secrets.header(name, s, host).map_err(|e| e.0)?;
-        if out != s {
-            *v = HeaderValue::from_str(&out)
-                .map_err(|_| "secret value is not a valid header value".to_string())?;
+    check_method(&out.method)?;
+    strip_hop_by_hop(&mut out.headers, upgrade);
+    // onResponse gets the request as the guest (or onRequest) made it.
+    let on_resp = ctx
+        .eg
+        .policy
+        .hook(Hook::OnResponse)
+        .cloned()
+        .map(|h| (h, head_view(&out)));
+    let method = out.method.clone();
+    let _permit = ctx.eg.upstream.clone().acquire_owned().await;
+    let (resp, carried_secret) = send_following(ctx, out).await?;
+    refuse_unreadable(&resp, carried_secret)?;
+    let scrubber = ctx.eg.policy.secrets.scrubber();
+    match on_resp {
+        Some((h, view)) if resp.status() != StatusCode::SWITCHING_PROTOCOLS => {
+            let out = on_response(ctx, h, resp, view).await?;
+            Ok(scrub(out, scrubber, &method))
         }
+        _ => Ok(respond(
+            ctx.clone(),
+            scrub(resp, scrubber, &method),
+            guest_upgrade,
+        )),
     }
-    for name in [header::AUTHORIZATION, header::PROXY_AUTHORIZATION] {
-        if let Some(v) = headers
-            .get(&name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-        {
-            let out = eg
-                .policy
-                .secrets
-                .header(name.as_str(), &v, host)
-                .map_err(|e| e.0)?;
-            if out != v {
-                headers.insert(
-                    name,
-                    HeaderValue::from_str(&out)
-                        .map_err(|_| "invalid Authorization after substitution".to_string())?,
-                );
+}
+
+fn head_view(out: &Outgoing) -> HookRequest {
+    HookRequest {
+        method: out.method.to_string(),
+        url: out.url.to_string(),
+        headers: to_pairs(&out.headers),
+        body: None,
+    }
+}
+
+/// Who the request is for. A request names its host once: a second
+/// `Host` header is malformed (RFC 9112 §3.2), and an absolute-form target
+/// or a TLS server name that disagrees with `Host` is misdirected, so the
+/// host that is checked is the host that goes upstream.
+fn read_target(ctx: &mut Ctx, req: &Request<Incoming>, sni: Option<&str>) -> Result<(), Refusal> {
+    let https = sni.is_some();
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Refusal::BadRequest("more than one Host header"));
+    }
+    let host_header = host_header
+        .map(|v| v.to_str().map(str::trim))
+        .transpose()
+        .map_err(|_| Refusal::BadRequest("invalid Host header"))?;
+    let in_target = req.uri().authority().map(|a| a.as_str());
+    let authority = match (in_target, host_header) {
+        (Some(t), Some(h)) => {
+            if endpoint(t, https) != endpoint(h, https) {
+                return Err(Refusal::Misdirected(
+                    "Host header does not match the request target",
+                ));
             }
+            t
+        }
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => return Err(Refusal::BadRequest("missing Host header")),
+    };
+    let (host, _) = endpoint(authority, https).ok_or(Refusal::BadRequest("invalid Host header"))?;
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    ctx.url = format!("{}://{authority}{path}", ctx.protocol);
+    ctx.host = host.clone();
+    if let Some(sni) = sni {
+        if !host.eq_ignore_ascii_case(sni.trim_end_matches('.')) {
+            return Err(Refusal::Misdirected(
+                "Host header does not match the TLS server name",
+            ));
         }
     }
     Ok(())
 }
 
-fn is_blocked(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(b) = err.downcast_ref::<Blocked>() {
-            return Some(b.0.clone());
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(b) = io.get_ref().and_then(|i| i.downcast_ref::<Blocked>()) {
-                return Some(b.0.clone());
-            }
-        }
-        cur = err.source();
+/// `(host, port)` of an authority, lower-case, default port filled in.
+fn endpoint(authority: &str, https: bool) -> Option<(String, u16)> {
+    let uri: Uri = format!("http://{authority}/").parse().ok()?;
+    let host = uri
+        .host()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    if host.is_empty() {
+        return None;
     }
-    None
+    Some((host, uri.port_u16().unwrap_or(if https { 443 } else { 80 })))
 }
 
-/// Send upstream, following redirects on the host (each hop re-checked)
-/// when the request has no body to replay.
-async fn send_following(
-    ctx: &Ctx,
-    mut method: Method,
-    mut url: String,
-    mut headers: HeaderMap,
-    body: Body,
-    has_body: bool,
-) -> Result<Response<Body>, Response<Body>> {
-    let eg = &ctx.eg;
-    let mut body = Some(body);
-    for _ in 0..=MAX_REDIRECTS {
-        let mut builder = Request::builder().method(method.clone()).uri(&url);
-        *builder.headers_mut().unwrap() = headers.clone();
-        let b = body
-            .take()
-            .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed());
-        let Ok(req) = builder.body(b) else {
-            return Err(reply(StatusCode::BAD_REQUEST, "invalid request"));
-        };
-        let fetch_hook = eg.policy.hook(Hook::Fetch).cloned();
-        let resp = if let Some(h) = fetch_hook {
-            // The user's fetch replaces the built-in client (and with it the
-            // connect-time address check; the policy checks before it stand).
-            match fetch_via_hook(h, req, url.clone()).await {
-                Ok(r) => r,
-                Err(e) => return Err(hook_error(ctx, e)),
-            }
-        } else {
-            match eg.client.request(req).await {
-                Ok(r) => r.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
-                Err(e) => {
-                    if let Some(why) = is_blocked(&e) {
-                        return Err(ctx.deny(StatusCode::FORBIDDEN, &why));
-                    }
-                    tracing::debug!(target: "gondolin::net", "upstream {url}: {e:?}");
-                    let detail = upstream_error(&e);
-                    return Err(ctx.deny(StatusCode::BAD_GATEWAY, &detail));
+/// CONNECT tunnels past the policy; TRACE and TRACK reflect the request,
+/// secrets filled in, back into the guest.
+fn check_method(m: &Method) -> Result<(), Refusal> {
+    let name = m.as_str();
+    if *m == Method::CONNECT || *m == Method::TRACE || name.eq_ignore_ascii_case("TRACK") {
+        return Err(Refusal::Method(name.to_string()));
+    }
+    Ok(())
+}
+
+/// `true` for a WebSocket upgrade (when allowed); other upgrades are refused.
+fn check_upgrade(req: &Request<Incoming>, policy: &Policy) -> Result<bool, Refusal> {
+    let Some(u) = req.headers().get(header::UPGRADE) else {
+        return Ok(false);
+    };
+    if u.as_bytes().eq_ignore_ascii_case(b"websocket") && policy.allow_websockets {
+        return Ok(true);
+    }
+    Err(Refusal::Upgrade)
+}
+
+fn check_declared_length(req: &Request<Incoming>, max: u64) -> Result<(), Refusal> {
+    let Some(len) = req.headers().get(header::CONTENT_LENGTH) else {
+        return Ok(());
+    };
+    match len.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(n) if n > max => Err(Refusal::BodyTooLarge),
+        Some(_) => Ok(()),
+        None => Err(Refusal::BadRequest("bad Content-Length")),
+    }
+}
+
+/// The guest's request as the first hop; a body streams, capped.
+fn outgoing(ctx: &Ctx, req: Request<Incoming>) -> Result<Outgoing, Refusal> {
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let url = url::Url::parse(&ctx.url).map_err(|_| Refusal::BadRequest("invalid request URL"))?;
+    let (parts, incoming) = req.into_parts();
+    let body = if has_body {
+        Limited::new(incoming, ctx.eg.policy.max_request_body as usize).boxed()
+    } else {
+        empty()
+    };
+    Ok(Outgoing {
+        method: parts.method,
+        url,
+        headers: parts.headers,
+        body,
+        has_body,
+    })
+}
+
+/// `onRequest` sees (and may replace, or answer) the whole request.
+async fn on_request(ctx: &mut Ctx, out: &mut Outgoing) -> Result<Option<Response<Body>>, Refusal> {
+    let Some(h) = ctx.eg.policy.hook(Hook::OnRequest).cloned() else {
+        return Ok(None);
+    };
+    let bytes = if out.has_body {
+        let taken = std::mem::replace(&mut out.body, empty());
+        let c = taken.collect().await.map_err(|_| Refusal::BodyTooLarge)?;
+        Some(c.to_bytes())
+    } else {
+        None
+    };
+    if let Some(b) = &bytes {
+        out.body = full(b.clone());
+    }
+    let hreq = HookRequest {
+        method: out.method.to_string(),
+        url: out.url.to_string(),
+        headers: to_pairs(&out.headers),
+        body: bytes,
+    };
+    let failed = |why: String| Refusal::Hook(super::hooks::HookError::Failed(why));
+    match h.on_request(hreq).await? {
+        OnRequest::Keep => Ok(None),
+        OnRequest::Respond(r) => Ok(Some(hook_response(r))),
+        OnRequest::Rewrite(r) => {
+            out.method = Method::from_bytes(r.method.as_bytes())
+                .map_err(|_| failed("onRequest returned an invalid method".into()))?;
+            out.url =
+                url::Url::parse(&r.url).map_err(|_| Refusal::BadRequest("invalid request URL"))?;
+            out.headers = from_pairs(&r.headers).map_err(failed)?;
+            // The rewritten URL names the host; Host follows it.
+            if let Some(h) = out.url.host_str() {
+                let auth = match out.url.port() {
+                    Some(p) => format!("{h}:{p}"),
+                    None => h.to_string(),
+                };
+                if let Ok(v) = HeaderValue::from_str(&auth) {
+                    out.headers.insert(header::HOST, v);
                 }
             }
-        };
-        let status = resp.status();
-        let location = resp
-            .headers()
-            .get(header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let redirect = matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308);
-        let (true, Some(location), false) = (redirect, location, has_body) else {
-            return Ok(resp);
-        };
-        let Ok(base) = url::Url::parse(&url) else {
-            return Ok(resp);
-        };
-        let Ok(next) = base.join(&location) else {
-            return Ok(resp);
-        };
-        if next.scheme() != "http" && next.scheme() != "https" {
-            return Ok(resp);
+            out.has_body = r.body.as_ref().is_some_and(|b| !b.is_empty());
+            out.body = full(r.body.unwrap_or_default());
+            ctx.url = out.url.to_string();
+            ctx.method = out.method.to_string();
+            ctx.host = host_of(&out.url);
+            Ok(None)
         }
-        let next_host = next
-            .host_str()
-            .unwrap_or("")
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
-        if !eg.policy.host_allowed(&next_host) {
-            return Err(ctx.deny(
-                StatusCode::FORBIDDEN,
-                &format!("blocked by policy: {next_host} (redirect)"),
+    }
+}
+
+/// An answer made on the host (by `onRequest`): scrubbed and recorded.
+fn deliver_as_is(ctx: &Ctx, resp: Response<Body>) -> Response<Body> {
+    ctx.record(
+        true,
+        Some("answered by onRequest"),
+        resp.status().as_u16(),
+        0,
+    );
+    let method: Method = ctx.method.parse().unwrap_or(Method::GET);
+    scrub(resp, ctx.eg.policy.secrets.scrubber(), &method)
+}
+
+/// Send upstream, following redirects on the host when the request has no
+/// body to replay. Every hop is admitted the same way; real secret values
+/// only ever travel to their own hosts. Also says whether a real value
+/// went upstream (then the response may echo one).
+async fn send_following(ctx: &Ctx, out: Outgoing) -> Result<(Response<Body>, bool), Refusal> {
+    let eg = &ctx.eg;
+    let Outgoing {
+        mut method,
+        mut url,
+        mut headers,
+        body,
+        has_body,
+    } = out;
+    let mut body = Some(body);
+    let mut carried = false;
+    for hop in 0..=MAX_REDIRECTS {
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(Refusal::BadRequest(
+                "only http and https URLs are supported",
             ));
         }
-        if let Ok(ip) = next_host.parse::<IpAddr>() {
-            if !eg.policy.ip_allowed(&next_host, ip) {
-                return Err(ctx.deny(
-                    StatusCode::FORBIDDEN,
-                    &format!("blocked by policy: {next_host} (redirect)"),
-                ));
+        let host = host_of(&url);
+        if hop == 0 {
+            // Secrets first: a placeholder headed off its hosts is refused
+            // before anything is resolved. The hooks see placeholders.
+            let filled = fill_secrets(eg, &headers, &url, &host)?;
+            admit(eg, hop_view(&method, &url, &headers)).await?;
+            if let Some((h, u)) = filled {
+                (headers, url, carried) = (h, u, true);
             }
+        } else {
+            refuse_real_values(eg, &url, &headers, &host)?;
+            let (view_url, view_headers) = placeholder_view(eg, &url, &headers);
+            admit(eg, hop_view(&method, &view_url, &view_headers)).await?;
         }
-        if next.origin() != base.origin() {
+        if carried {
+            // So the answer can be searched for the value (see deliver.rs).
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
+        let b = body.take().unwrap_or_else(empty);
+        let resp = upstream::send(eg, method.clone(), &url, headers.clone(), b).await?;
+        let Some(next) = redirect_target(&resp, &url, has_body) else {
+            return Ok((resp, carried));
+        };
+        if next.origin() != url.origin() {
             headers.remove(header::AUTHORIZATION);
             headers.remove(header::COOKIE);
         }
-        // Real secret values may only follow to their own hosts.
-        for v in headers.values() {
-            if let Ok(s) = v.to_str() {
-                if let Err(e) = eg.policy.secrets.header("", s, &next_host) {
-                    return Err(ctx.deny(StatusCode::FORBIDDEN, &e.0));
-                }
-            }
-        }
-        if let Some(port) = next.port() {
-            headers.insert(
-                header::HOST,
-                HeaderValue::from_str(&format!("{next_host}:{port}"))
-                    .map_err(|_| reply(StatusCode::BAD_GATEWAY, "bad redirect"))?,
-            );
-        } else {
-            headers.insert(
-                header::HOST,
-                HeaderValue::from_str(&next_host)
-                    .map_err(|_| reply(StatusCode::BAD_GATEWAY, "bad redirect"))?,
-            );
-        }
-        if status == StatusCode::SEE_OTHER && method != Method::HEAD {
+        let next_host = host_of(&next);
+        let auth = match next.port() {
+            Some(p) if next_host.contains(':') => format!("[{next_host}]:{p}"),
+            Some(p) => format!("{next_host}:{p}"),
+            None if next_host.contains(':') => format!("[{next_host}]"),
+            None => next_host,
+        };
+        let host_value =
+            HeaderValue::from_str(&auth).map_err(|_| Refusal::Upstream("bad redirect".into()))?;
+        headers.insert(header::HOST, host_value);
+        if resp.status() == StatusCode::SEE_OTHER && method != Method::HEAD {
             method = Method::GET;
         }
-        url = next.to_string();
+        url = next;
     }
-    Err(ctx.deny(StatusCode::LOOP_DETECTED, "too many redirects"))
+    Err(Refusal::TooManyRedirects)
 }
 
-fn upstream_error(e: &hyper_util::client::legacy::Error) -> String {
-    let mut msg = String::from("upstream request failed");
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(err) = cur {
-        msg = format!("upstream request failed: {err}");
-        cur = err.source();
+fn hop_view<'a>(method: &'a Method, url: &'a url::Url, headers: &'a HeaderMap) -> Hop<'a> {
+    Hop {
+        method,
+        url,
+        headers,
     }
-    msg
 }
 
-fn respond(
-    ctx: Ctx,
-    resp: Response<Body>,
-    guest_upgrade: Option<hyper::upgrade::OnUpgrade>,
-) -> Response<Body> {
-    let (mut parts, body) = resp.into_parts();
-    let status = parts.status;
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(guest) = guest_upgrade {
-            let upstream =
-                hyper::upgrade::on(Response::from_parts(parts.clone(), Empty::<Bytes>::new()));
-            tokio::spawn(async move {
-                if let (Ok(g), Ok(u)) = (guest.await, upstream.await) {
-                    let _ =
-                        tokio::io::copy_bidirectional(&mut TokioIo::new(g), &mut TokioIo::new(u))
-                            .await;
-                }
-            });
-            strip_hop_by_hop(&mut parts.headers, true);
-            ctx.record(true, Some("websocket"), 101, 0);
-            return Response::from_parts(
-                parts,
-                Empty::new().map_err(|never| match never {}).boxed(),
-            );
+/// Where a redirect the host should follow points (http/https only).
+fn redirect_target(resp: &Response<Body>, url: &url::Url, has_body: bool) -> Option<url::Url> {
+    let redirect = matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308);
+    if !redirect || has_body {
+        return None;
+    }
+    let location = resp.headers().get(header::LOCATION)?.to_str().ok()?;
+    let next = url.join(location).ok()?;
+    matches!(next.scheme(), "http" | "https").then_some(next)
+}
+
+/// Placeholders become real values (headers, and the query when enabled)
+/// for the secret's hosts; anywhere else the request is refused. `None`
+/// when nothing changes (and no copy without secrets).
+fn fill_secrets(
+    eg: &Egress,
+    headers: &HeaderMap,
+    url: &url::Url,
+    host: &str,
+) -> Result<Option<(HeaderMap, url::Url)>, Refusal> {
+    let secrets = &eg.policy.secrets;
+    if secrets.is_empty() {
+        return Ok(None);
+    }
+    let refused = |e: super::secrets::Refused| Refusal::Secret(e.0);
+    let (mut headers, mut url) = (headers.clone(), url.clone());
+    let mut carried = false;
+    for (name, v) in headers.iter_mut() {
+        let Ok(s) = v.to_str() else { continue };
+        let out = secrets.header(name.as_str(), s, host).map_err(refused)?;
+        if out != s {
+            *v = HeaderValue::from_str(&out)
+                .map_err(|_| Refusal::Secret("secret value is not a valid header value".into()))?;
+            carried = true;
         }
     }
-    strip_hop_by_hop(&mut parts.headers, false);
-    let counted = Counted {
-        inner: body,
-        bytes: 0,
-        ctx: Some(ctx),
-        status: status.as_u16(),
+    if let Some(q) = url.query().map(str::to_string) {
+        let q2 = secrets.query(&q, host).map_err(refused)?;
+        if q2 != q {
+            url.set_query(Some(&q2));
+            carried = true;
+        }
+    }
+    Ok(carried.then_some((headers, url)))
+}
+
+/// A redirect may reflect a real value (an open redirect on the secret's
+/// host pointing elsewhere with `?stolen=VALUE`): the hop is refused if its
+/// URL (as sent, or percent-decoded) or headers carry a real value to a
+/// host outside that secret's hosts.
+fn refuse_real_values(
+    eg: &Egress,
+    url: &url::Url,
+    headers: &HeaderMap,
+    host: &str,
+) -> Result<(), Refusal> {
+    let secrets = &eg.policy.secrets;
+    if secrets.is_empty() {
+        return Ok(());
+    }
+    let refused = |e: super::secrets::Refused| Refusal::Secret(format!("{} (redirect)", e.0));
+    let decoded = percent_encoding::percent_decode_str(url.as_str()).decode_utf8_lossy();
+    secrets.refuse_real(url.as_str(), host).map_err(refused)?;
+    secrets.refuse_real(&decoded, host).map_err(refused)?;
+    secrets
+        .refuse_real(&decoded.replace('+', " "), host)
+        .map_err(refused)?;
+    for v in headers.values() {
+        if let Ok(s) = v.to_str() {
+            secrets.refuse_real(s, host).map_err(refused)?;
+        }
+    }
+    Ok(())
+}
+
+/// What hooks see of a redirect hop: real values back to placeholders.
+fn placeholder_view(eg: &Egress, url: &url::Url, headers: &HeaderMap) -> (url::Url, HeaderMap) {
+    let Some(s) = eg.policy.secrets.scrubber() else {
+        return (url.clone(), headers.clone());
     };
-    Response::from_parts(parts, counted.boxed())
-}
-
-/// The response body on its way to the guest; reports the egress event
-/// with the byte count when it ends (or the guest goes away).
-struct Counted {
-    inner: Body,
-    bytes: u64,
-    ctx: Option<Ctx>,
-    status: u16,
-}
-
-impl Counted {
-    fn finish(&mut self) {
-        if let Some(ctx) = self.ctx.take() {
-            ctx.record(true, None, self.status, self.bytes);
-        }
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.finish();
-    }
-}
-
-impl HttpBody for Counted {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(Some(Ok(f))) => {
-                if let Some(d) = f.data_ref() {
-                    self.bytes += d.len() as u64;
-                }
+    let view_url = url::Url::parse(&s.text(url.as_str())).unwrap_or_else(|_| url.clone());
+    let mut view_headers = headers.clone();
+    for v in view_headers.values_mut() {
+        if let Ok(text) = v.to_str() {
+            if let Ok(nv) = HeaderValue::from_str(&s.text(text)) {
+                *v = nv;
             }
-            Poll::Ready(None) => self.finish(),
-            _ => {}
         }
-        r
     }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
+    (view_url, view_headers)
 }

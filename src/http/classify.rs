@@ -3,8 +3,9 @@
 /// Bytes buffered while deciding.
 pub const SNIFF_LIMIT: usize = 8 * 1024;
 
-const METHODS: [&str; 9] = [
-    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+/// TRACE and TRACK are recognised so the bridge can answer them 405.
+const METHODS: [&str; 10] = [
+    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE", "TRACK",
 ];
 
 #[derive(Debug, PartialEq, Eq)]

@@ -2,7 +2,6 @@
 //! answers into responses, and buffering bodies for those that need one.
 
 use std::future::Future;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -12,44 +11,11 @@ use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 
-use super::bridge::{full, reply, strip_hop_by_hop, Body, Ctx};
-use super::hooks::{HookError, HookRequest, HookResponse, HttpHooks, IpCheck};
-use super::Egress;
+use super::hooks::{HookError, HookRequest, HookResponse, HttpHooks};
+use super::refusal::{Ctx, Refusal};
+use super::reply::{full, strip_hop_by_hop, Body};
 
-/// Resolve and ask the user's `isIpAllowed` about each address (after the
-/// built-in internal-range check) until one passes.
-pub(super) async fn first_allowed_ip(
-    h: &dyn HttpHooks,
-    eg: &Arc<Egress>,
-    host: &str,
-    port: u16,
-    scheme: &str,
-) -> Result<bool, HookError> {
-    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![ip],
-        Err(_) => match tokio::net::lookup_host((host, port)).await {
-            Ok(a) => a.map(|a| a.ip()).collect(),
-            Err(_) => return Ok(true), // the upstream request reports it
-        },
-    };
-    for ip in addrs {
-        if !eg.policy.ip_allowed(host, ip) {
-            continue;
-        }
-        let info = IpCheck {
-            hostname: host.to_string(),
-            ip,
-            port,
-            protocol: if scheme == "https" { "https" } else { "http" },
-        };
-        if h.is_ip_allowed(&info).await? {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-pub(super) fn to_pairs(h: &HeaderMap) -> Vec<(String, String)> {
+pub(crate) fn to_pairs(h: &HeaderMap) -> Vec<(String, String)> {
     h.iter()
         .map(|(k, v)| {
             (
@@ -83,48 +49,20 @@ pub(super) fn hook_response(r: HookResponse) -> Response<Body> {
     resp
 }
 
-pub(super) fn hook_failed(ctx: &Ctx, why: &str) -> Response<Body> {
-    ctx.deny(StatusCode::BAD_GATEWAY, why)
-}
-
-pub(super) fn hook_error(ctx: &Ctx, e: HookError) -> Response<Body> {
-    match e {
-        HookError::Blocked {
-            status,
-            status_text,
-            message,
-        } => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
-            ctx.record(false, Some(&message), status.as_u16(), 0);
-            let mut r = reply(status, &message);
-            let _ = status_text;
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            r
-        }
-        HookError::Failed(m) => hook_failed(ctx, &m),
-    }
-}
-
-/// Buffer the upstream response for `onResponse`, then send what it says.
+/// Buffer the upstream response for `onResponse`, then send what it says
+/// (the egress event is recorded here, with the final size).
 pub(super) async fn on_response(
-    ctx: Ctx,
+    ctx: &Ctx,
     h: Arc<dyn HttpHooks>,
     resp: Response<Body>,
     req: HookRequest,
-) -> Response<Body> {
+) -> Result<Response<Body>, Refusal> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     let limit = ctx.eg.policy.max_response_body as usize;
-    let bytes = match collect_limited(body, limit).await {
-        Ok(b) => b,
-        Err(_) => {
-            return ctx.deny(
-                StatusCode::BAD_GATEWAY,
-                "response body exceeds maxHttpResponseBodyBytes",
-            )
-        }
-    };
+    let bytes = collect_limited(body, limit)
+        .await
+        .map_err(|_| Refusal::ResponseTooLarge)?;
     let view = HookResponse {
         status: parts.status.as_u16(),
         status_text: parts.status.canonical_reason().unwrap_or("").to_string(),
@@ -138,7 +76,7 @@ pub(super) async fn on_response(
             r.headers_mut().remove(header::CONTENT_LENGTH);
             r
         }
-        Err(e) => return hook_error(&ctx, e),
+        Err(e) => return Err(e.into()),
     };
     ctx.record(
         true,
@@ -146,7 +84,7 @@ pub(super) async fn on_response(
         out.status().as_u16(),
         out.body().size_hint().exact().unwrap_or(0),
     );
-    out
+    Ok(out)
 }
 
 /// Buffer a body up to `limit` bytes (`Err` beyond it, or on a body error).

@@ -3,14 +3,20 @@
 //! by hyper, checked against the policy, has its secrets filled in, and is
 //! replayed upstream by a hyper client. Anything else is reset.
 
+mod admission;
 mod bridge;
 pub mod classify;
+mod deliver;
 mod hook_glue;
 pub mod hooks;
 pub mod policy;
+mod refusal;
+mod reply;
+pub mod scrub;
 pub mod secrets;
+mod upstream;
 
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddrV4};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -23,10 +29,10 @@ use tokio::sync::mpsc;
 use crate::net::{dns::DnsServer, Flow, FlowHandler};
 use crate::tls::MitmCa;
 use classify::{classify, Kind, SNIFF_LIMIT};
-use policy::{any_match, is_internal, HostPattern};
+use policy::{any_match, is_internal, is_own_address, HostPattern};
 use secrets::Secrets;
 
-pub use bridge::UpstreamClient;
+pub use upstream::UpstreamClient;
 
 /// How long a new flow may take to say what it is.
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,8 +78,11 @@ impl Policy {
         }
     }
 
+    /// The built-in IP rule: internal ranges (including IPv6 forms that
+    /// embed an internal IPv4 address) and this machine's own addresses.
     pub fn ip_allowed(&self, host: &str, ip: IpAddr) -> bool {
-        !(self.block_internal && is_internal(ip) && !any_match(&self.allowed_internal, host))
+        let internal = is_internal(ip) || is_own_address(ip);
+        !(self.block_internal && internal && !any_match(&self.allowed_internal, host))
     }
 
     fn hook(&self, which: hooks::Hook) -> Option<&Arc<dyn hooks::HttpHooks>> {
@@ -101,6 +110,8 @@ pub struct Egress {
     ca: Arc<MitmCa>,
     dns: Arc<DnsServer>,
     client: UpstreamClient,
+    /// What admission allowed the client to dial.
+    dial_plan: admission::DialPlan,
     events: Option<mpsc::Sender<EgressEvent>>,
     upstream: Arc<tokio::sync::Semaphore>,
 }
@@ -124,7 +135,8 @@ impl Egress {
             policy,
             ca,
             dns,
-            client: bridge::client(me.clone()),
+            client: upstream::client(me.clone()),
+            dial_plan: admission::DialPlan::default(),
             events,
             upstream: Arc::new(tokio::sync::Semaphore::new(MAX_UPSTREAM)),
         })
@@ -262,30 +274,6 @@ impl AsyncWrite for Rewind {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-}
-
-/// Resolve `host` on the host and keep only addresses the policy allows.
-/// This runs when the upstream connection is made, so a name that
-/// resolves to a public address for a check and to an internal one for
-/// the connection cannot slip through (there is only one resolution).
-pub(crate) async fn resolve_allowed(
-    policy: &Policy,
-    host: &str,
-    port: u16,
-) -> std::io::Result<Vec<SocketAddr>> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
-    let allowed: Vec<SocketAddr> = addrs
-        .iter()
-        .copied()
-        .filter(|a| policy.ip_allowed(host, a.ip()))
-        .collect();
-    if allowed.is_empty() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            bridge::Blocked(format!("blocked by policy: {host}")),
-        ));
-    }
-    Ok(allowed)
 }
 
 #[cfg(test)]

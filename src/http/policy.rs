@@ -65,8 +65,9 @@ pub fn any_match(list: &[HostPattern], host: &str) -> bool {
 }
 
 /// Loopback, private, link-local (cloud metadata), CGNAT, "this network",
-/// broadcast; IPv6 loopback/unspecified/ULA/link-local and IPv4-mapped
-/// forms of the IPv4 ranges.
+/// broadcast; IPv6 loopback/unspecified/ULA/link-local/site-local, the
+/// local-use NAT64 prefix, and every IPv6 form that embeds an IPv4 address
+/// (judged by that address).
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => internal_v4(v4),
@@ -87,14 +88,85 @@ fn internal_v4(ip: Ipv4Addr) -> bool {
 }
 
 fn internal_v6(ip: Ipv6Addr) -> bool {
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return internal_v4(v4);
+    if embedded_v4(ip).iter().any(|v4| internal_v4(*v4)) {
+        return true;
     }
     let s = ip.segments();
     ip.is_unspecified()
         || ip.is_loopback()
-        || (s[0] & 0xfe00) == 0xfc00
-        || (s[0] & 0xffc0) == 0xfe80
+        || (s[0] & 0xfe00) == 0xfc00 // ULA
+        || (s[0] & 0xffc0) == 0xfe80 // link-local
+        || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated, still routed by some)
+        // RFC 8215 local-use NAT64: the operator picks where the IPv4
+        // address sits (any prefix length /48../96), so the whole /48 is
+        // a way into the local network.
+        || (s[0], s[1], s[2]) == (0x64, 0xff9b, 0x0001)
+}
+
+/// The IPv4 addresses an IPv6 address stands for, in every standard
+/// embedding: v4-mapped `::ffff:a.b.c.d`, v4-compatible `::a.b.c.d`,
+/// v4-translated `::ffff:0:a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`, 6to4
+/// `2002:AABB:CCDD::`, and Teredo `2001:0::` (server, and the client
+/// address stored inverted).
+pub fn embedded_v4(ip: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let s = ip.segments();
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from(((hi as u32) << 16) | lo as u32);
+    let low = v4(s[6], s[7]);
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, ..] => vec![low],
+        // `::` and `::1` are IPv6's own; the rest of ::/96 is v4-compatible.
+        [0, 0, 0, 0, 0, 0, 0, 0 | 1] => vec![],
+        [0, 0, 0, 0, 0, 0, ..] => vec![low],
+        [0, 0, 0, 0, 0xffff, 0, ..] => vec![low],
+        [0x64, 0xff9b, 0, 0, 0, 0, ..] => vec![low],
+        [0x2002, hi, lo, ..] => vec![v4(hi, lo)],
+        [0x2001, 0, hi, lo, ..] => vec![v4(hi, lo), v4(!s[6], !s[7])],
+        _ => vec![],
+    }
+}
+
+/// Whether `ip` is one of this machine's own interface addresses (a
+/// service bound to 0.0.0.0 answers on every one of them). Interfaces
+/// change, so the list is re-read at most once a second.
+pub fn is_own_address(ip: IpAddr) -> bool {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    static CACHE: Mutex<Option<(Instant, Vec<IpAddr>)>> = Mutex::new(None);
+    let ip = canonical(ip);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let fresh = cache
+        .as_ref()
+        .is_some_and(|(at, _)| at.elapsed() < Duration::from_secs(1));
+    if !fresh {
+        *cache = Some((Instant::now(), own_addresses()));
+    }
+    cache.as_ref().is_some_and(|(_, list)| list.contains(&ip))
+}
+
+/// An IPv6 address that embeds IPv4 the way the kernel would route it
+/// (v4-mapped) compares as that IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn own_addresses() -> Vec<IpAddr> {
+    let Ok(list) = nix::ifaddrs::getifaddrs() else {
+        // Unknown: the built-in ranges still apply.
+        tracing::warn!(target: "gondolin::net", "cannot read the host's interface addresses");
+        return Vec::new();
+    };
+    list.filter_map(|i| i.address)
+        .filter_map(|a| {
+            if let Some(v4) = a.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                a.as_sockaddr_in6().map(|v6| canonical(IpAddr::V6(v6.ip())))
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -138,8 +210,10 @@ mod tests {
             "fc00::1",
             "fd12::1",
             "fe80::1",
+            "fec0::1",
             "::ffff:127.0.0.1",
             "::ffff:10.1.1.1",
+            "64:ff9b:1::808:808",
         ] {
             assert!(is_internal(ip.parse().unwrap()), "{ip} is internal");
         }
@@ -151,8 +225,56 @@ mod tests {
             "93.184.216.34",
             "2606:4700::1",
             "::ffff:8.8.8.8",
+            "::808:808",
+            "::ffff:0:808:808",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+            "2001:0:808:808::f7f7:f7f7",
         ] {
             assert!(!is_internal(ip.parse().unwrap()), "{ip} is public");
         }
+    }
+
+    /// Every IPv6 embedding of each internal IPv4 address is internal.
+    #[test]
+    fn ipv6_embeddings_are_judged_by_their_ipv4_address() {
+        for v4 in ["127.0.0.1", "169.254.169.254", "10.0.0.1", "192.168.0.1"] {
+            let a: Ipv4Addr = v4.parse().unwrap();
+            let [p, q, r, t] = a.octets();
+            let (hi, lo) = (u16::from_be_bytes([p, q]), u16::from_be_bytes([r, t]));
+            let forms = [
+                format!("::ffff:{v4}"),                                    // v4-mapped
+                format!("::{v4}"),                                         // v4-compatible
+                format!("::{hi:x}:{lo:x}"),                                // v4-compatible, hex
+                format!("::ffff:0:{v4}"),                                  // v4-translated
+                format!("64:ff9b::{v4}"),                                  // NAT64 well-known
+                format!("64:ff9b::{hi:x}:{lo:x}"),                         // NAT64, hex
+                format!("64:ff9b:1::{hi:x}:{lo:x}"),                       // NAT64 local-use
+                format!("2002:{hi:x}:{lo:x}::"),                           // 6to4
+                format!("2002:{hi:x}:{lo:x}:1::1"),                        // 6to4, a host behind it
+                format!("2001:0:{hi:x}:{lo:x}::"),                         // Teredo server
+                format!("2001:0:4136:e378:8000:63bf:{:x}:{:x}", !hi, !lo), // Teredo client
+            ];
+            for f in forms {
+                let ip: IpAddr = f.parse().unwrap_or_else(|_| panic!("{f} parses"));
+                assert!(is_internal(ip), "{f} embeds {v4}");
+            }
+        }
+        assert_eq!(
+            embedded_v4("2002:7f00:1::".parse().unwrap()),
+            vec![Ipv4Addr::LOCALHOST]
+        );
+        assert!(embedded_v4("2606:4700::1".parse().unwrap()).is_empty());
+    }
+
+    #[test]
+    fn own_interface_addresses_are_recognised() {
+        assert!(is_own_address("127.0.0.1".parse().unwrap()));
+        assert!(is_own_address("::ffff:127.0.0.1".parse().unwrap()));
+        let mine: Vec<IpAddr> = own_addresses();
+        for ip in &mine {
+            assert!(is_own_address(*ip), "{ip}");
+        }
+        assert!(!is_own_address("203.0.113.77".parse().unwrap()));
     }
 }

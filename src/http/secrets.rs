@@ -8,11 +8,12 @@
 //! the request. Values can change while VMs run; the old value is then
 //! refused everywhere.
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use base64::Engine;
 
 use super::policy::{any_match, patterns, HostPattern};
+use super::scrub::Scrubber;
 
 pub const PLACEHOLDER_PREFIX: &str = "GONDOLIN_SECRET_";
 
@@ -31,6 +32,8 @@ pub struct Secret {
 pub struct Secrets {
     list: RwLock<Vec<Secret>>,
     in_query: bool,
+    /// Rebuilt whenever a value changes; `None` with no values at all.
+    scrubber: RwLock<Option<Arc<Scrubber>>>,
 }
 
 /// Why a request may not go out.
@@ -49,10 +52,28 @@ pub fn new_placeholder() -> String {
 
 impl Secrets {
     pub fn new(list: Vec<Secret>, in_query: bool) -> Secrets {
+        let scrubber = RwLock::new(scrubber_for(&list));
         Secrets {
             list: RwLock::new(list),
             in_query,
+            scrubber,
         }
+    }
+
+    /// Finds real values (current and revoked) in what comes back from
+    /// upstream; `None` when no secret has a value.
+    pub fn scrubber(&self) -> Option<Arc<Scrubber>> {
+        self.scrubber.read().unwrap().clone()
+    }
+
+    fn rebuild_scrubber(&self, list: &[Secret]) {
+        *self.scrubber.write().unwrap() = scrubber_for(list);
+    }
+
+    /// Refuse `text` (a redirect's URL, say) if it carries a real value to
+    /// a host outside that secret's hosts, or a revoked value anywhere.
+    pub fn refuse_real(&self, text: &str, host: &str) -> Result<(), Refused> {
+        check(&self.list.read().unwrap(), text, host)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -90,6 +111,7 @@ impl Secrets {
         if let Some(h) = hosts {
             s.hosts = patterns(&h);
         }
+        self.rebuild_scrubber(&list);
         Ok(())
     }
 
@@ -107,6 +129,7 @@ impl Secrets {
                 s.revoked.push(old);
             }
         }
+        self.rebuild_scrubber(&list);
         Ok(())
     }
 
@@ -147,6 +170,18 @@ impl Secrets {
         check(&list, query, host)?;
         substitute(&list, query, host)
     }
+}
+
+fn scrubber_for(list: &[Secret]) -> Option<Arc<Scrubber>> {
+    let pairs = list
+        .iter()
+        .flat_map(|s| {
+            std::iter::once(&s.value)
+                .chain(&s.revoked)
+                .map(|v| (v.clone(), s.placeholder.clone()))
+        })
+        .collect();
+    Scrubber::new(pairs).map(Arc::new)
 }
 
 /// Refuse revoked values anywhere, and live values off their hosts.

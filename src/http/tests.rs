@@ -3,7 +3,7 @@
 
 use super::*;
 use http_body_util::{BodyExt, Full};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 /// An upstream that echoes the request line and headers in its body, and
 /// redirects `/redirect?to=URL`.
@@ -33,7 +33,12 @@ async fn upstream() -> SocketAddr {
                         }
                         let mut text = format!("{} {}\n", req.method(), req.uri());
                         for (k, v) in req.headers() {
-                            text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+                            let v = v.to_str().unwrap_or("?");
+                            text.push_str(&format!("{k}: {v}\n"));
+                            // Reversed, so tests can see what arrived even
+                            // though the response is scrubbed on its way back.
+                            let rev: String = v.chars().rev().collect();
+                            text.push_str(&format!("{k} reversed: {rev}\n"));
                         }
                         let body = req.into_body().collect().await.unwrap().to_bytes();
                         text.push_str(&format!("body={}\n", body.len()));
@@ -170,8 +175,15 @@ async fn secrets_are_filled_in_only_for_their_hosts() {
     )
     .await;
     assert_eq!(status, 200);
-    assert!(body.contains("authorization: Bearer real-token"), "{body}");
-    assert!(!body.contains(&ph));
+    assert!(
+        body.contains("authorization reversed: nekot-laer reraeB"),
+        "upstream got the real value: {body}"
+    );
+    assert!(
+        body.contains(&format!("authorization: Bearer {ph}")),
+        "the echo comes back with the placeholder: {body}"
+    );
+    assert!(!body.contains("real-token"));
     let (status, body) = guest_get(
         eg,
         &format!("localhost:{}", up.port()),
@@ -304,4 +316,356 @@ async fn hooks_rewrite_short_circuit_deny_and_fail_one_request() {
     // The VM's bridge still works after a failing hook.
     let (s, _) = guest_get(eg, &host, "/ok", &[]).await;
     assert_eq!(s, 200);
+}
+
+/// Raw bytes from the guest (what a hyper client would never send); the
+/// whole answer, up to the host closing or 5 s.
+async fn guest_raw(eg: Arc<Egress>, raw: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut guest, host_end) = tokio::io::duplex(1 << 20);
+    let dst = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 80);
+    tokio::spawn(bridge::serve(eg, host_end, None, dst));
+    guest.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), guest.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(resp: &str) -> &str {
+    resp.get(9..12).unwrap_or("")
+}
+
+#[tokio::test]
+async fn fronting_and_duplicate_host_are_refused() {
+    let up = upstream().await;
+    let policy = Policy {
+        allowed_hosts: Some(policy::patterns(&["127.0.0.1"])),
+        ..open_internal()
+    };
+    let eg = egress(policy);
+    let p = up.port();
+    // Absolute-form target checked, another Host would go upstream: 421.
+    let r = guest_raw(
+        eg.clone(),
+        format!("GET http://127.0.0.1:{p}/x HTTP/1.1\r\nHost: refused.example\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&r), "421", "{r}");
+    assert!(
+        !r.contains("refused.example\n"),
+        "nothing came back from upstream"
+    );
+    // The same authority spelled with its default port is the same host.
+    let r = guest_raw(
+        eg.clone(),
+        format!("GET http://127.0.0.1:{p}/x HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&r), "200", "{r}");
+    for sep in ["\r\n", "\n"] {
+        let raw = format!(
+            "GET /x HTTP/1.1{sep}Host: 127.0.0.1:{p}{sep}Host: refused.example{sep}Connection: close{sep}{sep}"
+        );
+        let r = guest_raw(eg.clone(), raw.as_bytes()).await;
+        assert_eq!(status_of(&r), "400", "{sep:?}: {r}");
+        assert!(r.contains("more than one Host header"), "{r}");
+    }
+}
+
+#[tokio::test]
+async fn trace_track_and_oversize_heads_never_leave() {
+    let up = upstream().await;
+    let eg = egress(open_internal());
+    let p = up.port();
+    for m in ["TRACE", "TRACK", "CONNECT"] {
+        let r = guest_raw(
+            eg.clone(),
+            format!("{m} / HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert_eq!(status_of(&r), "405", "{m}: {r}");
+    }
+    // One 100 KiB header; and 200 small ones.
+    let big = "a".repeat(100 * 1024);
+    let r = guest_raw(
+        eg.clone(),
+        format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&r), "431", "{}", &r[..r.len().min(200)]);
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let r = guest_raw(
+        eg.clone(),
+        format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\n{many}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&r), "431", "{r}");
+}
+
+#[tokio::test]
+async fn oversize_chunked_body_is_413() {
+    let up = upstream().await;
+    let eg = egress(Policy {
+        max_request_body: 1024,
+        ..open_internal()
+    });
+    let p = up.port();
+    let chunk = "b".repeat(4000);
+    let raw = format!(
+        "POST /up HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    );
+    let r = guest_raw(eg, raw.as_bytes()).await;
+    assert_eq!(status_of(&r), "413", "{r}");
+}
+
+/// Records every hook call, in order; refuses paths containing `/deny`
+/// and every address but `allow_ip` (when set).
+struct Recorder {
+    allow_ip: Option<std::net::IpAddr>,
+    calls: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl hooks::HttpHooks for Recorder {
+    fn has(&self, h: hooks::Hook) -> bool {
+        matches!(h, hooks::Hook::IsRequestAllowed | hooks::Hook::IsIpAllowed)
+    }
+    async fn is_request_allowed(
+        &self,
+        head: &hooks::HookRequest,
+    ) -> Result<bool, hooks::HookError> {
+        let headers: Vec<String> = head
+            .headers
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("request {} {}", head.url, headers.join(",")));
+        let path = url::Url::parse(&head.url).map(|u| u.path().to_string());
+        Ok(!path.is_ok_and(|p| p.ends_with("/deny")))
+    }
+    async fn is_ip_allowed(&self, info: &hooks::IpCheck) -> Result<bool, hooks::HookError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("ip {}:{}", info.ip, info.port));
+        Ok(self.allow_ip.is_none_or(|a| a == info.ip))
+    }
+    async fn on_request(
+        &self,
+        _: hooks::HookRequest,
+    ) -> Result<hooks::OnRequest, hooks::HookError> {
+        Ok(hooks::OnRequest::Keep)
+    }
+    async fn on_response(
+        &self,
+        _: hooks::HookResponse,
+        _: &hooks::HookRequest,
+    ) -> Result<Option<hooks::HookResponse>, hooks::HookError> {
+        Ok(None)
+    }
+}
+
+fn recorder(allow_ip: Option<&str>) -> Arc<Recorder> {
+    Arc::new(Recorder {
+        allow_ip: allow_ip.map(|a| a.parse().unwrap()),
+        calls: Default::default(),
+    })
+}
+
+#[tokio::test]
+async fn every_hop_is_admitted_in_one_order() {
+    let up = upstream().await;
+    let p = up.port();
+    let rec = recorder(None);
+    let eg = egress(Policy {
+        allowed_hosts: Some(policy::patterns(&["127.0.0.1", "localhost", "10.0.0.1"])),
+        hooks: Some(rec.clone()),
+        ..open_internal()
+    });
+    let host = format!("127.0.0.1:{p}");
+    // Built-in host rule first: no hook is asked.
+    let (s, _) = guest_get(eg.clone(), "other.test", "/", &[]).await;
+    assert_eq!(s, 403);
+    assert!(rec.calls.lock().unwrap().is_empty());
+    // Then the built-in IP rule: an allowed name, an internal address;
+    // still no hook is asked.
+    let (s, b) = guest_get(eg.clone(), "10.0.0.1", "/", &[]).await;
+    assert_eq!(s, 403, "{b}");
+    assert!(rec.calls.lock().unwrap().is_empty());
+    // Then isRequestAllowed, then isIpAllowed on the dialled address.
+    let (s, _) = guest_get(eg.clone(), &format!("localhost:{p}"), "/ok", &[]).await;
+    assert_eq!(s, 200);
+    let calls = std::mem::take(&mut *rec.calls.lock().unwrap());
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(calls[0].starts_with(&format!("request http://localhost:{p}/ok")));
+    assert_eq!(calls[1], format!("ip 127.0.0.1:{p}"), "the address dialled");
+    // A redirect to a path isRequestAllowed refuses is refused.
+    let (s, b) = guest_get(
+        eg.clone(),
+        &host,
+        &format!("/redirect?to=http://localhost:{p}/deny"),
+        &[],
+    )
+    .await;
+    assert_eq!(s, 403, "{b}");
+    assert!(b.contains("blocked by request policy"), "{b}");
+    let calls = std::mem::take(&mut *rec.calls.lock().unwrap());
+    assert_eq!(
+        calls.len(),
+        3,
+        "first hop (request, ip), second hop refused: {calls:?}"
+    );
+    // A redirect to a host outside the allowlist never reaches the hooks.
+    let (s, _) = guest_get(eg.clone(), &host, "/redirect?to=http://evil.test/", &[]).await;
+    assert_eq!(s, 403);
+    assert_eq!(
+        rec.calls.lock().unwrap().len(),
+        2,
+        "only the first hop asked"
+    );
+}
+
+#[tokio::test]
+async fn is_ip_allowed_refusals_hold_on_redirects() {
+    let up = upstream().await;
+    let p = up.port();
+    // Allows only an address 127.0.0.1 is not: every dial is refused.
+    let rec = recorder(Some("192.0.2.99"));
+    let eg = egress(Policy {
+        hooks: Some(rec.clone()),
+        ..open_internal()
+    });
+    let (s, b) = guest_get(eg.clone(), &format!("127.0.0.1:{p}"), "/", &[]).await;
+    assert_eq!(
+        (s, b.contains("blocked by policy: 127.0.0.1")),
+        (403, true),
+        "{b}"
+    );
+    // Allowed first hop, refused address on the redirect.
+    let rec = recorder(Some("127.0.0.1"));
+    let eg = egress(Policy {
+        hooks: Some(rec.clone()),
+        allowed_internal: policy::patterns(&["127.0.0.1", "127.0.0.2"]),
+        ..Policy::default()
+    });
+    let (s, b) = guest_get(
+        eg,
+        &format!("127.0.0.1:{p}"),
+        &format!("/redirect?to=http://127.0.0.2:{p}/"),
+        &[],
+    )
+    .await;
+    assert_eq!(s, 403, "{b}");
+    assert!(b.contains("blocked by policy: 127.0.0.2"), "{b}");
+    assert_eq!(
+        rec.calls.lock().unwrap().last().unwrap(),
+        &format!("ip 127.0.0.2:{p}")
+    );
+}
+
+#[tokio::test]
+async fn the_dialer_connects_only_to_admitted_destinations() {
+    use tower_service::Service;
+    let eg = egress(open_internal());
+    let mut d = admission::Dialer(Arc::downgrade(&eg));
+    let err = d
+        .call("http://127.0.0.1:9/".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+}
+
+fn secret_policy(in_query: bool, hosts: &[&str]) -> (Policy, String) {
+    secret_valued("real-token", in_query, hosts)
+}
+
+fn secret_valued(value: &str, in_query: bool, hosts: &[&str]) -> (Policy, String) {
+    let ph = secrets::new_placeholder();
+    let secret = secrets::Secret {
+        name: "TOKEN".into(),
+        placeholder: ph.clone(),
+        value: value.into(),
+        hosts: policy::patterns(hosts),
+        deleted: false,
+        revoked: vec![],
+    };
+    let policy = Policy {
+        secrets: Arc::new(Secrets::new(vec![secret], in_query)),
+        ..open_internal()
+    };
+    (policy, ph)
+}
+
+#[tokio::test]
+async fn redirects_never_carry_real_values_off_their_hosts() {
+    let up = upstream().await;
+    let p = up.port();
+    let (policy, ph) = secret_policy(true, &["127.0.0.1"]);
+    let eg = egress(policy);
+    let host = format!("127.0.0.1:{p}");
+    // The secret's host reflects the query into a redirect elsewhere.
+    let target = format!("http://localhost:{p}/?stolen={ph}");
+    let (s, b) = guest_get(eg.clone(), &host, &format!("/redirect?to={target}"), &[]).await;
+    assert_eq!(s, 403, "{b}");
+    assert!(
+        b.contains("secret TOKEN not allowed for host: localhost"),
+        "{b}"
+    );
+    assert!(!b.contains("real-token"));
+    // A value that travels percent-encoded is found too.
+    let (policy, ph2) = secret_valued("real token", true, &["127.0.0.1"]);
+    let (s, b) = guest_get(
+        egress(policy),
+        &host,
+        &format!("/redirect?to=http://localhost:{p}/?stolen={ph2}"),
+        &[],
+    )
+    .await;
+    assert_eq!(s, 403, "{b}");
+    // To its own host it may go (and comes back as the placeholder).
+    let (s, b) = guest_get(eg, &host, &format!("/redirect?to=/final?k={ph}"), &[]).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b.starts_with(&format!("GET /final?k={ph}")), "{b}");
+}
+
+#[tokio::test]
+async fn hooks_on_redirect_hops_see_placeholders() {
+    let up = upstream().await;
+    let p = up.port();
+    let (mut policy, ph) = secret_policy(false, &["127.0.0.1"]);
+    let rec = recorder(None);
+    policy.hooks = Some(rec.clone());
+    let eg = egress(policy);
+    let auth = format!("Bearer {ph}");
+    let (s, b) = guest_get(
+        eg,
+        &format!("127.0.0.1:{p}"),
+        "/redirect?to=/next",
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let calls = rec.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    assert!(calls[2].contains(&ph), "{calls:?}");
+    assert!(calls.iter().all(|c| !c.contains("real-token")), "{calls:?}");
+}
+
+#[tokio::test]
+async fn a_placeholder_off_its_hosts_is_refused_before_resolving() {
+    let (policy, ph) = secret_policy(false, &["127.0.0.1"]);
+    let eg = egress(policy);
+    let auth = format!("Bearer {ph}");
+    // The name does not resolve: the secret rule answers first.
+    let (s, b) = guest_get(eg, "nowhere.invalid", "/", &[("authorization", &auth)]).await;
+    assert_eq!(s, 403, "{b}");
+    assert!(
+        b.contains("secret TOKEN not allowed for host: nowhere.invalid"),
+        "{b}"
+    );
 }

@@ -640,6 +640,21 @@ export declare function ensureImage(imagePath?: string): Promise<GuestImage>;
 /** The image a VM would use, or null if it still has to be built. */
 export declare function findImage(imagePath?: string): GuestImage | null;
 
+/** Upstream's shape of an image's files (absolute paths). */
+export interface GuestAssets {
+  kernelPath: string;
+  initrdPath: string;
+  rootfsPath: string;
+}
+/** The assets VMs would use (GONDOLIN_GUEST_DIR, else the local image), building the image on first use (upstream pulls instead). */
+export declare function ensureGuestAssets(): Promise<GuestAssets>;
+/** Whether ensureGuestAssets() would resolve without building. */
+export declare function hasGuestAssets(): boolean;
+/** The image directory VMs would use; else the image store where a build lands ($GONDOLIN_IMAGE_STORE or ~/.cache/gondolin/images). */
+export declare function getAssetDirectory(): string;
+/** The assets of one image directory; throws (code "invalid_option") if it is missing or not a valid image. */
+export declare function loadGuestAssets(assetDir: string): GuestAssets;
+
 // --- Sessions ---------------------------------------------------------------
 
 /** A VM registered by a running gondolin process (one JSON file + one socket). */

@@ -79,3 +79,12 @@ test("command normalization and env merging", () => {
   assert.equal(windowBytes(1e12), 16 * 1024 * 1024);
   assert.equal(windowBytes(-5), 262144);
 });
+
+test("upstream's guest-asset helpers resolve the image VMs use", async (t) => {
+  if (!esm.hasGuestAssets()) return t.skip("no guest image built yet");
+  const assets = await esm.ensureGuestAssets();
+  const dir = esm.getAssetDirectory();
+  assert.deepEqual(assets, esm.loadGuestAssets(dir));
+  for (const p of Object.values(assets)) assert.ok(fs.statSync(p).size > 0, p);
+  assert.throws(() => esm.loadGuestAssets("/nonexistent/gondolin-assets"), { code: "invalid_option", message: /does not exist/ });
+});

@@ -530,6 +530,8 @@ async function cmdAttach(args) {
   });
 }
 
+const UPSTREAM_BUILD_CONFIG_FLAGS = ["--config", "--init-config"];
+
 async function cmdBuild(args) {
   const o = {};
   for (let i = 0; i < args.length; i++) {
@@ -553,6 +555,15 @@ async function cmdBuild(args) {
         o.quiet = true;
         break;
       default:
+        // Upstream's build config (Alpine packages, post-build steps) has no
+        // equivalent yet; our image is described by a Debian definition file.
+        if (UPSTREAM_BUILD_CONFIG_FLAGS.includes(a)) {
+          throw new UsageError(
+            `${a} (upstream's build config) is not supported yet; describe the image in a definition file ` +
+              `(see images/debian-base.json) and pass it with --definition FILE`,
+            BUILD_USAGE,
+          );
+        }
         throw new UsageError(`Unknown argument: ${a}`, BUILD_USAGE);
     }
   }

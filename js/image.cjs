@@ -63,4 +63,49 @@ async function buildImage(opts) {
   }
 }
 
-module.exports = { ensureImage, findImage, buildImage, buildOptions, DEFAULT_DEFINITION };
+// Upstream's guest-asset helpers (api.md "Guest assets"), over the same
+// resolution as VMs use: GONDOLIN_GUEST_DIR, else the local image for the
+// current guest binaries (built on first use by ensureGuestAssets).
+
+/** { kernelPath, initrdPath, rootfsPath } of an image. */
+function toAssets(image) {
+  return { kernelPath: image.kernel, initrdPath: image.initrd, rootfsPath: image.rootfs };
+}
+
+async function ensureGuestAssets() {
+  return toAssets(await ensureImage());
+}
+
+function hasGuestAssets() {
+  try {
+    return findImage() !== null;
+  } catch {
+    return false;
+  }
+}
+
+/** The image directory VMs would use, else the image store (where a build lands). */
+function getAssetDirectory() {
+  const found = hasGuestAssets() ? findImage() : null;
+  if (found) return found.dir;
+  if (process.env.GONDOLIN_IMAGE_STORE) return path.resolve(process.env.GONDOLIN_IMAGE_STORE);
+  const cache = process.env.XDG_CACHE_HOME || path.join(require("node:os").homedir(), ".cache");
+  return path.join(cache, "gondolin", "images");
+}
+
+/** The assets of an image directory; a clear error naming what is missing. */
+function loadGuestAssets(assetDir) {
+  return toAssets(loadImageDir(assetDir, "assetDir"));
+}
+
+module.exports = {
+  ensureImage,
+  findImage,
+  buildImage,
+  buildOptions,
+  DEFAULT_DEFINITION,
+  ensureGuestAssets,
+  hasGuestAssets,
+  getAssetDirectory,
+  loadGuestAssets,
+};

@@ -4,7 +4,15 @@
 const { VM } = require("./vm.cjs");
 const { DEFAULT_GUEST_TMPFS } = require("./options.cjs");
 const { ExecProcess, ExecResult } = require("./exec.cjs");
-const { buildImage, ensureImage, findImage } = require("./image.cjs");
+const {
+  buildImage,
+  ensureImage,
+  findImage,
+  ensureGuestAssets,
+  hasGuestAssets,
+  getAssetDirectory,
+  loadGuestAssets,
+} = require("./image.cjs");
 const {
   MAX_RPC_DATA,
   ERRNO,
@@ -36,6 +44,10 @@ module.exports = {
   buildImage,
   ensureImage,
   findImage,
+  ensureGuestAssets,
+  hasGuestAssets,
+  getAssetDirectory,
+  loadGuestAssets,
   listSessions,
   findSession,
   gcSessions,

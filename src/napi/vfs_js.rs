@@ -38,6 +38,19 @@ async fn call_js(dispatch: &Dispatch, call: FsCall) -> VfsResult<FsOutcome> {
     outcome.into_result()
 }
 
+/// `call` carrying `times` as JS milliseconds (absent = leave alone).
+fn with_times(call: FsCall, times: SetTimes) -> FsCall {
+    let ms = |t: Option<std::time::SystemTime>| {
+        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64() * 1000.0)
+    };
+    FsCall {
+        atime_ms: ms(times.atime),
+        mtime_ms: ms(times.mtime),
+        ..call
+    }
+}
+
 /// A provider implemented by a JS object.
 pub struct JsProvider {
     dispatch: Arc<Dispatch>,
@@ -168,16 +181,8 @@ impl Provider for JsProvider {
         .await
     }
     async fn set_times(&self, path: &str, times: SetTimes) -> VfsResult<()> {
-        let ms = |t: Option<std::time::SystemTime>| {
-            t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs_f64() * 1000.0)
-        };
-        self.unit(FsCall {
-            atime_ms: ms(times.atime),
-            mtime_ms: ms(times.mtime),
-            ..FsCall::at("utimes", path)
-        })
-        .await
+        self.unit(with_times(FsCall::at("utimes", path), times))
+            .await
     }
     async fn statfs(&self, path: &str) -> VfsResult<StatFs> {
         match self.call(FsCall::at("statfs", path)).await {
@@ -259,6 +264,25 @@ impl FileHandle for JsFileHandle {
             length: Some(len as f64),
             ..FsCall::on("ftruncate", self.fh)
         };
+        call_js(&self.dispatch, call).await.map(|_| ())
+    }
+    async fn chmod(&self, mode: u32) -> VfsResult<()> {
+        let call = FsCall {
+            mode: Some(mode),
+            ..FsCall::on("fchmod", self.fh)
+        };
+        call_js(&self.dispatch, call).await.map(|_| ())
+    }
+    async fn chown(&self, uid: Option<u32>, gid: Option<u32>) -> VfsResult<()> {
+        let call = FsCall {
+            uid,
+            gid,
+            ..FsCall::on("fchown", self.fh)
+        };
+        call_js(&self.dispatch, call).await.map(|_| ())
+    }
+    async fn set_times(&self, times: SetTimes) -> VfsResult<()> {
+        let call = with_times(FsCall::on("futimes", self.fh), times);
         call_js(&self.dispatch, call).await.map(|_| ())
     }
     async fn sync(&self) -> VfsResult<()> {

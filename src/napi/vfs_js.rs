@@ -108,12 +108,26 @@ impl Provider for JsProvider {
             .collect())
     }
     async fn open(&self, path: &str, opts: OpenOptions) -> VfsResult<Box<dyn FileHandle>> {
-        let call = FsCall {
-            flags: Some(opts.node_flags().into()),
+        let open = |flags: &str| FsCall {
+            flags: Some(flags.into()),
             mode: Some(opts.mode),
             ..FsCall::at("open", path)
         };
-        let o = self.call(call).await?;
+        let flags = opts.node_flags();
+        // Node has no flag for O_CREAT without O_TRUNC ("r+" does not
+        // create): open the file if it is there, else create it
+        // exclusively; losing that race to another creator means it is
+        // there now.
+        let plain_create = opts.create && !opts.exclusive && !opts.truncate && !opts.append;
+        let o = match self.call(open(flags)).await {
+            Err(e) if plain_create && e.is(errno::ENOENT) => {
+                match self.call(open(if opts.read { "wx+" } else { "wx" })).await {
+                    Err(e) if e.is(errno::EEXIST) => self.call(open(flags)).await?,
+                    r => r?,
+                }
+            }
+            r => r?,
+        };
         let fh = o.fh.ok_or_else(|| missing("open", "handle"))?;
         Ok(Box::new(JsFileHandle {
             dispatch: self.dispatch.clone(),

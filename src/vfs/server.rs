@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gondolin_wire::fs::{
     errno, Attr, Caller, DirEntry as WireDirEntry, Entry, FileKind, FsHostMsg, FsOp, FsReply,
-    FsRequest, FsResponse, SetAttr, SetTime, Timestamp, MAX_READDIR_ENTRIES, ROOT_INO,
+    FsRequest, FsResponse, SetTime, Timestamp, MAX_READDIR_ENTRIES, ROOT_INO,
 };
 use tokio::sync::mpsc;
 
@@ -22,9 +22,7 @@ use super::deadline::{bounded, configured_timeout};
 use super::handles::OpenFiles;
 use super::inodes::Inodes;
 use super::path::{file_name, join, parent};
-use super::{
-    CachePolicy, FileHandle, Metadata, OpenOptions, Provider, SetTimes, VfsError, VfsResult,
-};
+use super::{CachePolicy, FileHandle, Metadata, OpenOptions, Provider, VfsError, VfsResult};
 
 /// Directory listings kept for paged `readdir` continuations.
 const DIR_CACHE_TTL: Duration = Duration::from_secs(5);
@@ -273,70 +271,6 @@ impl FsServer {
         *self.timeout.lock().unwrap() = limit;
     }
 
-    /// The attributes of `ino`. A file the guest holds open whose name is
-    /// gone (unlinked or renamed over by the guest, deleted on the host)
-    /// answers through its open handle, with no links left.
-    async fn attr_of(&self, ino: u64) -> VfsResult<(Attr, u32)> {
-        let path = self.path_of(ino);
-        let err = match &path {
-            Ok(path) => match self.provider.lstat(path).await {
-                Ok(m) => return Ok((attr(ino, &m), self.policy(path).attr_ttl_ms)),
-                Err(e) => e,
-            },
-            Err(e) => e.clone(),
-        };
-        if !err.is(errno::ENOENT) {
-            return Err(err);
-        }
-        let h = self.handles.lock().unwrap().on_inode(ino, None);
-        let Some(h) = h else { return Err(err) };
-        let mut a = attr(ino, &h.stat().await?);
-        a.nlink = 0;
-        Ok((a, 0))
-    }
-
-    /// `setattr` on a file whose name the guest removed: through a handle
-    /// open on it. (Only then: a name deleted behind the server's back may
-    /// belong to a read-only provider, and handles do not know.)
-    async fn set_attr_unlinked(&self, ino: u64, fh: Option<u64>, set: &SetAttr) -> VfsResult<()> {
-        let h = self.handles.lock().unwrap().on_inode(ino, fh);
-        let h =
-            h.ok_or_else(|| VfsError::with_message(errno::ENOENT, format!("stale inode {ino}")))?;
-        if let Some(size) = set.size {
-            h.truncate(size).await?;
-        }
-        if let Some(mode) = set.mode {
-            h.chmod(mode & 0o7777).await?;
-        }
-        if set.uid.is_some() || set.gid.is_some() {
-            h.chown(set.uid, set.gid).await?;
-        }
-        if set.atime.is_some() || set.mtime.is_some() {
-            h.set_times(set_times(set)).await?;
-        }
-        Ok(())
-    }
-
-    async fn set_attr_at(&self, path: &str, fh: Option<u64>, set: &SetAttr) -> VfsResult<()> {
-        let p = &self.provider;
-        if let Some(size) = set.size {
-            match fh.map(|fh| self.handle(fh)).transpose()? {
-                Some(h) => h.truncate(size).await?,
-                None => p.truncate(path, size).await?,
-            }
-        }
-        if let Some(mode) = set.mode {
-            p.chmod(path, mode & 0o7777).await?;
-        }
-        if set.uid.is_some() || set.gid.is_some() {
-            p.chown(path, set.uid, set.gid).await?;
-        }
-        if set.atime.is_some() || set.mtime.is_some() {
-            p.set_times(path, set_times(set)).await?;
-        }
-        Ok(())
-    }
-
     fn policy(&self, path: &str) -> CachePolicy {
         self.provider.cache_policy(path)
     }
@@ -377,7 +311,7 @@ impl FsServer {
             Ok(()) => {
                 self.note_guest_change(&req.op);
                 let limit = *self.timeout.lock().unwrap();
-                let name = op_name(&req.op);
+                let name = req.op.name();
                 bounded(
                     limit,
                     || format!("{name} #{}", req.id),
@@ -760,40 +694,6 @@ impl FsServer {
     }
 }
 
-fn set_times(set: &SetAttr) -> SetTimes {
-    SetTimes {
-        atime: set.atime.map(to_system_time),
-        mtime: set.mtime.map(to_system_time),
-    }
-}
-
-/// A request's name, for the log.
-fn op_name(op: &FsOp) -> &'static str {
-    match op {
-        FsOp::Lookup { .. } => "lookup",
-        FsOp::Forget { .. } => "forget",
-        FsOp::GetAttr { .. } => "getattr",
-        FsOp::SetAttr { .. } => "setattr",
-        FsOp::ReadLink { .. } => "readlink",
-        FsOp::Mkdir { .. } => "mkdir",
-        FsOp::Unlink { .. } => "unlink",
-        FsOp::Rmdir { .. } => "rmdir",
-        FsOp::Symlink { .. } => "symlink",
-        FsOp::Rename { .. } => "rename",
-        FsOp::Link { .. } => "link",
-        FsOp::Open { .. } => "open",
-        FsOp::Create { .. } => "create",
-        FsOp::Read { .. } => "read",
-        FsOp::Write { .. } => "write",
-        FsOp::Flush { .. } => "flush",
-        FsOp::Fsync { .. } => "fsync",
-        FsOp::Release { .. } => "release",
-        FsOp::ReadDir { .. } => "readdir",
-        FsOp::StatFs { .. } => "statfs",
-        FsOp::Access { .. } => "access",
-    }
-}
-
 /// Permission check from mode bits, for providers without `access`.
 fn check_access(m: &Metadata, mask: i32, caller: Caller, readonly: bool) -> VfsResult<()> {
     const R: i32 = 4;
@@ -825,6 +725,9 @@ fn check_access(m: &Metadata, mask: i32, caller: Caller, readonly: bool) -> VfsR
         Err(VfsError::new(errno::EACCES))
     }
 }
+
+#[path = "server_attrs.rs"]
+mod attrs;
 
 #[cfg(test)]
 #[path = "server_tests.rs"]

@@ -10,7 +10,7 @@ APT_PKGS    := qemu-system-x86 debootstrap e2fsprogs kmod xz-utils zstd tmux ope
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build addon guest image pack demo test test-rust test-js typecheck bench lint fmt fuzz clean
+.PHONY: help deps build addon guest image pack demo test test-rust test-js typecheck bench soak lint fmt fuzz clean
 
 help: ## list the recipes
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -79,6 +79,9 @@ fmt: ## format the Rust code
 clean: ## remove build output (not the image cache)
 	cargo clean
 	rm -rf $(NPM_DIR)/guest $(NPM_DIR)/*.node $(NPM_DIR)/*.node.debug
+
+soak: build ## long soak tests with real VMs (not in CI's budget; ~4 min per 60 s VFS round)
+	node __test__/soak/vfs-soak.mjs 60
 
 fuzz: ## fuzz the wire decoders for 60 s (needs nightly + cargo-fuzz)
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz

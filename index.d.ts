@@ -217,9 +217,21 @@ export declare class MemoryProvider extends NativeBackedProvider {
   setReadOnly(): void;
 }
 
+export interface RealFSProviderOptions {
+  /**
+   * Let the guest change the owner/group of host files (our extension).
+   * Default false: an ownership change fails with EPERM (setting the
+   * current owner succeeds, so `cp -p` and `tar` work).
+   */
+  allowChown?: boolean;
+}
+
 export declare class RealFSProvider extends NativeBackedProvider {
-  /** rootPath = realpath(resolve(rootPath)); "" throws. Symlinks cannot escape it. */
-  constructor(rootPath: string);
+  /**
+   * rootPath = realpath(resolve(rootPath)); "" throws. Symlinks cannot escape it.
+   * setuid/setgid (and sticky on files) are never applied to host files.
+   */
+  constructor(rootPath: string, options?: RealFSProviderOptions);
   readonly rootPath: string;
 }
 

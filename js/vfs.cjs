@@ -368,14 +368,25 @@ class MemoryProvider extends NativeBackedProvider {
 }
 
 class RealFSProvider extends NativeBackedProvider {
-  constructor(rootPath) {
+  /**
+   * @param {string} rootPath host directory served to the guest
+   * @param {{ allowChown?: boolean }} [options] allowChown: let the guest
+   *   change owners of host files (default false: chown fails with EPERM)
+   */
+  constructor(rootPath, options = {}) {
     if (typeof rootPath !== "string" || rootPath === "") {
       const err = new TypeError('The "rootPath" argument must be a non-empty string');
       err.code = "ERR_INVALID_ARG_VALUE";
       throw err;
     }
+    const allowChown = options?.allowChown ?? false;
+    if (typeof allowChown !== "boolean") {
+      const err = new TypeError('The "options.allowChown" property must be a boolean');
+      err.code = "ERR_INVALID_ARG_TYPE";
+      throw err;
+    }
     const resolved = path.resolve(rootPath);
-    super(native.realfsProvider(resolved));
+    super(native.realfsProvider(resolved, allowChown));
     Object.defineProperty(this, "rootPath", { value: native.realfsRoot(resolved), enumerable: true });
   }
 }
@@ -556,6 +567,15 @@ function makeDispatcher(provider) {
     async chown(c) { if (has(provider, "chown")) await invoke(provider, "chown", [c.path, c.uid, c.gid]); return {}; },
     async utimes(c) {
       if (has(provider, "utimes")) await invoke(provider, "utimes", [c.path, new Date(c.atimeMs ?? Date.now()), new Date(c.mtimeMs ?? Date.now())]);
+      return {};
+    },
+    // The same through an open handle (a file whose name is gone): upstream
+    // handles have no setters, so without one the change is dropped too.
+    async fchmod(c) { const { h } = handle(c.fh); if (has(h, "chmod")) await invoke(h, "chmod", [c.mode]); return {}; },
+    async fchown(c) { const { h } = handle(c.fh); if (has(h, "chown")) await invoke(h, "chown", [c.uid, c.gid]); return {}; },
+    async futimes(c) {
+      const { h } = handle(c.fh);
+      if (has(h, "utimes")) await invoke(h, "utimes", [new Date(c.atimeMs ?? Date.now()), new Date(c.mtimeMs ?? Date.now())]);
       return {};
     },
     async statfs(c) { return { statfs: await invoke(provider, "statfs", [c.path]) }; },

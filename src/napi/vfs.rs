@@ -22,7 +22,7 @@ use crate::vfs::hooks::HookedProvider;
 use crate::vfs::memory::MemoryProvider;
 use crate::vfs::mounts::MountRouter;
 use crate::vfs::readonly::ReadonlyProvider;
-use crate::vfs::realfs::RealFSProvider;
+use crate::vfs::realfs::{RealFSProvider, RealFsOptions};
 use crate::vfs::shadow::{
     PathPredicate, ShadowContext, ShadowOptions, ShadowPredicate, ShadowProvider, ShadowWriteMode,
 };
@@ -369,15 +369,20 @@ pub fn memory_provider() -> NativeProvider {
     }
 }
 
+/// `allow_chown`: let the guest change owners of host files (off unless
+/// the caller asks: `new RealFSProvider(dir, { allowChown: true })`).
 #[napi]
-pub fn realfs_provider(root: String) -> napi::Result<NativeProvider> {
+pub fn realfs_provider(root: String, allow_chown: Option<bool>) -> napi::Result<NativeProvider> {
     if root.is_empty() {
         return Err(js_error(
             "invalid_argument",
             "RealFSProvider requires a non-empty rootPath",
         ));
     }
-    let p = RealFSProvider::new(Path::new(&root)).map_err(|e| {
+    let options = RealFsOptions {
+        allow_chown: allow_chown.unwrap_or(false),
+    };
+    let p = RealFSProvider::with_options(Path::new(&root), options).map_err(|e| {
         js_error(
             "invalid_argument",
             format!("RealFSProvider rootPath {root:?}: {e}"),

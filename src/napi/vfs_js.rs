@@ -38,6 +38,19 @@ async fn call_js(dispatch: &Dispatch, call: FsCall) -> VfsResult<FsOutcome> {
     outcome.into_result()
 }
 
+/// `call` carrying `times` as JS milliseconds (absent = leave alone).
+fn with_times(call: FsCall, times: SetTimes) -> FsCall {
+    let ms = |t: Option<std::time::SystemTime>| {
+        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64() * 1000.0)
+    };
+    FsCall {
+        atime_ms: ms(times.atime),
+        mtime_ms: ms(times.mtime),
+        ..call
+    }
+}
+
 /// A provider implemented by a JS object.
 pub struct JsProvider {
     dispatch: Arc<Dispatch>,
@@ -95,12 +108,26 @@ impl Provider for JsProvider {
             .collect())
     }
     async fn open(&self, path: &str, opts: OpenOptions) -> VfsResult<Box<dyn FileHandle>> {
-        let call = FsCall {
-            flags: Some(opts.node_flags().into()),
+        let open = |flags: &str| FsCall {
+            flags: Some(flags.into()),
             mode: Some(opts.mode),
             ..FsCall::at("open", path)
         };
-        let o = self.call(call).await?;
+        let flags = opts.node_flags();
+        // Node has no flag for O_CREAT without O_TRUNC ("r+" does not
+        // create): open the file if it is there, else create it
+        // exclusively; losing that race to another creator means it is
+        // there now.
+        let plain_create = opts.create && !opts.exclusive && !opts.truncate && !opts.append;
+        let o = match self.call(open(flags)).await {
+            Err(e) if plain_create && e.is(errno::ENOENT) => {
+                match self.call(open(if opts.read { "wx+" } else { "wx" })).await {
+                    Err(e) if e.is(errno::EEXIST) => self.call(open(flags)).await?,
+                    r => r?,
+                }
+            }
+            r => r?,
+        };
         let fh = o.fh.ok_or_else(|| missing("open", "handle"))?;
         Ok(Box::new(JsFileHandle {
             dispatch: self.dispatch.clone(),
@@ -168,16 +195,8 @@ impl Provider for JsProvider {
         .await
     }
     async fn set_times(&self, path: &str, times: SetTimes) -> VfsResult<()> {
-        let ms = |t: Option<std::time::SystemTime>| {
-            t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs_f64() * 1000.0)
-        };
-        self.unit(FsCall {
-            atime_ms: ms(times.atime),
-            mtime_ms: ms(times.mtime),
-            ..FsCall::at("utimes", path)
-        })
-        .await
+        self.unit(with_times(FsCall::at("utimes", path), times))
+            .await
     }
     async fn statfs(&self, path: &str) -> VfsResult<StatFs> {
         match self.call(FsCall::at("statfs", path)).await {
@@ -259,6 +278,25 @@ impl FileHandle for JsFileHandle {
             length: Some(len as f64),
             ..FsCall::on("ftruncate", self.fh)
         };
+        call_js(&self.dispatch, call).await.map(|_| ())
+    }
+    async fn chmod(&self, mode: u32) -> VfsResult<()> {
+        let call = FsCall {
+            mode: Some(mode),
+            ..FsCall::on("fchmod", self.fh)
+        };
+        call_js(&self.dispatch, call).await.map(|_| ())
+    }
+    async fn chown(&self, uid: Option<u32>, gid: Option<u32>) -> VfsResult<()> {
+        let call = FsCall {
+            uid,
+            gid,
+            ..FsCall::on("fchown", self.fh)
+        };
+        call_js(&self.dispatch, call).await.map(|_| ())
+    }
+    async fn set_times(&self, times: SetTimes) -> VfsResult<()> {
+        let call = with_times(FsCall::on("futimes", self.fh), times);
         call_js(&self.dispatch, call).await.map(|_| ())
     }
     async fn sync(&self) -> VfsResult<()> {

@@ -64,6 +64,7 @@ async fn names(p: &dyn Provider, path: &str) -> Vec<String> {
 
 /// The shared list. `links`: the provider supports hard and symbolic links.
 async fn conformance(p: &dyn Provider, links: bool) {
+    unlinked_file_works_through_its_handle(p).await;
     // create / read / write / sparse extension / truncate
     write_file(p, "/a", b"hello").await;
     assert_eq!(read_file(p, "/a").await, b"hello");
@@ -149,6 +150,21 @@ async fn conformance(p: &dyn Provider, links: bool) {
     }
 }
 
+/// A file unlinked while open keeps working through the handle, as on
+/// tmpfs: the data, the size, no links left, a mode change.
+async fn unlinked_file_works_through_its_handle(p: &dyn Provider) {
+    let h = p.open("/tmp-u", flags("w+")).await.unwrap();
+    h.write(0, b"hello").await.unwrap();
+    p.unlink("/tmp-u").await.unwrap();
+    assert_eq!(errno_of(p.stat("/tmp-u").await), errno::ENOENT);
+    h.write(5, b" world").await.unwrap();
+    assert_eq!(h.read(0, 100).await.unwrap(), b"hello world");
+    h.chmod(0o600).await.unwrap();
+    let m = h.stat().await.unwrap();
+    assert_eq!((m.size, m.nlink, m.perm), (11, 0, 0o600));
+    h.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn memory_provider_conforms() {
     conformance(&MemoryProvider::new(), true).await;
@@ -158,6 +174,77 @@ async fn memory_provider_conforms() {
 async fn realfs_provider_conforms() {
     let d = temp_dir();
     conformance(&RealFSProvider::new(&d).unwrap(), true).await;
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[tokio::test]
+async fn realfs_never_puts_setid_bits_on_the_host() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = temp_dir();
+    let p = RealFSProvider::new(&d).unwrap();
+    let host_mode =
+        |rel: &str| std::fs::metadata(d.join(rel)).unwrap().permissions().mode() & 0o7777;
+    write_file(&p, "/f", b"x").await;
+    for (asked, got) in [
+        (0o4755, 0o755),
+        (0o6755, 0o755),
+        (0o2711, 0o711),
+        (0o1777, 0o777),
+    ] {
+        p.chmod("/f", asked).await.unwrap();
+        assert_eq!(host_mode("f"), got, "chmod {asked:o}");
+        assert_eq!(
+            p.stat("/f").await.unwrap().perm,
+            got,
+            "stat shows the host's mode"
+        );
+    }
+    let mut o = OpenOptions::from_node_flags("w", 0o6755).unwrap();
+    o.create = true;
+    p.open("/g", o).await.unwrap().close().await.unwrap();
+    assert_eq!(host_mode("g") & 0o7000, 0, "created without setid bits");
+    p.mkdir("/dir", 0o3777).await.unwrap();
+    p.chmod("/dir", 0o7777).await.unwrap();
+    assert_eq!(host_mode("dir"), 0o1777, "a directory keeps only sticky");
+    // Through an open handle too.
+    let h = p.open("/f", flags("r+")).await.unwrap();
+    h.chmod(0o4700).await.unwrap();
+    assert_eq!(host_mode("f"), 0o700);
+    h.close().await.unwrap();
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[tokio::test]
+async fn realfs_refuses_chown_unless_allowed() {
+    use super::realfs::RealFsOptions;
+    use std::os::unix::fs::MetadataExt;
+    let d = temp_dir();
+    let p = RealFSProvider::new(&d).unwrap();
+    write_file(&p, "/f", b"x").await;
+    let st = std::fs::metadata(d.join("f")).unwrap();
+    let (uid, gid) = (st.uid(), st.gid());
+    assert_eq!(
+        errno_of(p.chown("/f", Some(4242), Some(4242)).await),
+        errno::EPERM
+    );
+    assert_eq!(
+        errno_of(p.chown("/f", None, Some(gid + 1)).await),
+        errno::EPERM
+    );
+    let h = p.open("/f", flags("r")).await.unwrap();
+    assert_eq!(errno_of(h.chown(Some(4243), None).await), errno::EPERM);
+    h.close().await.unwrap();
+    // Naming the owner it already has is no change.
+    p.chown("/f", Some(uid), Some(gid)).await.unwrap();
+    let after = std::fs::metadata(d.join("f")).unwrap();
+    assert_eq!((after.uid(), after.gid()), (uid, gid));
+    if uid == 0 {
+        let allowed =
+            RealFSProvider::with_options(&d, RealFsOptions { allow_chown: true }).unwrap();
+        allowed.chown("/f", Some(4242), Some(4242)).await.unwrap();
+        let after = std::fs::metadata(d.join("f")).unwrap();
+        assert_eq!((after.uid(), after.gid()), (4242, 4242));
+    }
     std::fs::remove_dir_all(d).unwrap();
 }
 

@@ -318,6 +318,31 @@ impl FileHandle for HookedHandle {
         };
         run_hooks(&*self.hooks, &mut ctx, zero, self.inner.truncate(len)).await
     }
+    async fn chmod(&self, mode: u32) -> VfsResult<()> {
+        let mut ctx = HookContext {
+            mode: Some(mode),
+            ..self.ctx("chmod")
+        };
+        run_hooks(&*self.hooks, &mut ctx, zero, self.inner.chmod(mode)).await
+    }
+    async fn chown(&self, uid: Option<u32>, gid: Option<u32>) -> VfsResult<()> {
+        run_hooks(
+            &*self.hooks,
+            &mut self.ctx("chown"),
+            zero,
+            self.inner.chown(uid, gid),
+        )
+        .await
+    }
+    async fn set_times(&self, times: SetTimes) -> VfsResult<()> {
+        run_hooks(
+            &*self.hooks,
+            &mut self.ctx("utimes"),
+            zero,
+            self.inner.set_times(times),
+        )
+        .await
+    }
     async fn sync(&self) -> VfsResult<()> {
         self.inner.sync().await
     }

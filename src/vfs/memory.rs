@@ -516,37 +516,21 @@ impl Provider for MemoryProvider {
 
     async fn chmod(&self, path: &str, mode: u32) -> VfsResult<()> {
         self.write(|t| {
-            let n = t.node_mut(t.resolve(path, true)?)?;
-            n.perm = mode & 0o7777;
-            n.ctime = SystemTime::now();
+            chmod(t.node_mut(t.resolve(path, true)?)?, mode);
             Ok(())
         })
     }
 
     async fn chown(&self, path: &str, uid: Option<u32>, gid: Option<u32>) -> VfsResult<()> {
         self.write(|t| {
-            let n = t.node_mut(t.resolve(path, true)?)?;
-            if let Some(u) = uid {
-                n.uid = u;
-            }
-            if let Some(g) = gid {
-                n.gid = g;
-            }
-            n.ctime = SystemTime::now();
+            chown(t.node_mut(t.resolve(path, true)?)?, uid, gid);
             Ok(())
         })
     }
 
     async fn set_times(&self, path: &str, times: SetTimes) -> VfsResult<()> {
         self.write(|t| {
-            let n = t.node_mut(t.resolve(path, true)?)?;
-            if let Some(a) = times.atime {
-                n.atime = a;
-            }
-            if let Some(m) = times.mtime {
-                n.mtime = m;
-            }
-            n.ctime = SystemTime::now();
+            set_times(t.node_mut(t.resolve(path, true)?)?, times);
             Ok(())
         })
     }
@@ -600,6 +584,31 @@ impl Provider for MemoryProvider {
         }
         Ok(out)
     }
+}
+
+fn chmod(n: &mut Node, mode: u32) {
+    n.perm = mode & 0o7777;
+    n.ctime = SystemTime::now();
+}
+
+fn chown(n: &mut Node, uid: Option<u32>, gid: Option<u32>) {
+    if let Some(u) = uid {
+        n.uid = u;
+    }
+    if let Some(g) = gid {
+        n.gid = g;
+    }
+    n.ctime = SystemTime::now();
+}
+
+fn set_times(n: &mut Node, times: SetTimes) {
+    if let Some(a) = times.atime {
+        n.atime = a;
+    }
+    if let Some(m) = times.mtime {
+        n.mtime = m;
+    }
+    n.ctime = SystemTime::now();
 }
 
 fn resize(n: &mut Node, len: u64) -> VfsResult<()> {
@@ -698,5 +707,28 @@ impl FileHandle for MemHandle {
             return Err(err(errno::EFBIG));
         }
         resize(self.tree.write().unwrap().node_mut(self.id)?, len)
+    }
+
+    async fn chmod(&self, mode: u32) -> VfsResult<()> {
+        self.change(|n| chmod(n, mode))
+    }
+
+    async fn chown(&self, uid: Option<u32>, gid: Option<u32>) -> VfsResult<()> {
+        self.change(|n| chown(n, uid, gid))
+    }
+
+    async fn set_times(&self, times: SetTimes) -> VfsResult<()> {
+        self.change(|n| set_times(n, times))
+    }
+}
+
+impl MemHandle {
+    /// A metadata change through the handle (the node may have no name).
+    fn change(&self, f: impl FnOnce(&mut Node)) -> VfsResult<()> {
+        if self.readonly {
+            return Err(VfsError::rofs());
+        }
+        f(self.tree.write().unwrap().node_mut(self.id)?);
+        Ok(())
     }
 }

@@ -7,6 +7,8 @@
 //! adapters around JavaScript objects (in `src/napi/`, since the core never
 //! imports napi).
 
+mod deadline;
+mod handles;
 pub mod hooks;
 mod inodes;
 pub mod path;

@@ -221,6 +221,18 @@ pub trait FileHandle: Send + Sync {
     async fn write(&self, offset: u64, data: &[u8]) -> VfsResult<usize>;
     async fn stat(&self) -> VfsResult<Metadata>;
     async fn truncate(&self, len: u64) -> VfsResult<()>;
+    /// `fchmod`, `fchown`, `futimens`: what the server uses for a file the
+    /// guest still holds open after its name is gone (unlinked, or renamed
+    /// over). Same rules as the provider's path-based calls.
+    async fn chmod(&self, _mode: u32) -> VfsResult<()> {
+        Err(VfsError::nosys("fchmod"))
+    }
+    async fn chown(&self, _uid: Option<u32>, _gid: Option<u32>) -> VfsResult<()> {
+        Err(VfsError::nosys("fchown"))
+    }
+    async fn set_times(&self, _times: SetTimes) -> VfsResult<()> {
+        Err(VfsError::nosys("futimens"))
+    }
     async fn sync(&self) -> VfsResult<()> {
         Ok(())
     }

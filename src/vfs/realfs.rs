@@ -8,6 +8,12 @@
 //! (`mkdirat`, `unlinkat`, `renameat`, ...) run against a descriptor of its
 //! already-resolved parent, so there is no window between check and use.
 //! Linux only (openat2 arrived in 5.6).
+//!
+//! The guest never decides who owns a host file or whether it runs with
+//! someone else's rights: setuid and setgid bits (and sticky on files) are
+//! stripped from every mode before it reaches the host, and ownership
+//! changes fail with EPERM unless the provider was built with
+//! [`RealFsOptions::allow_chown`].
 
 use std::ffi::CString;
 use std::fs::File;
@@ -28,9 +34,19 @@ use super::{
     VfsError, VfsResult,
 };
 
+/// What the guest may do to host files beyond reading and writing them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RealFsOptions {
+    /// Let the guest change a file's owner or group (`chown`); off by
+    /// default, since a guest running as root would hand host files to
+    /// other host users.
+    pub allow_chown: bool,
+}
+
 pub struct RealFSProvider {
     root: PathBuf,
     root_fd: OwnedFd,
+    options: RealFsOptions,
     /// Other programs' edits, reported to the VMs mounting us.
     watch: super::watch::DirWatch,
 }
@@ -89,6 +105,10 @@ fn meta(st: &FileStat) -> Metadata {
 
 impl RealFSProvider {
     pub fn new(root: &Path) -> VfsResult<Self> {
+        Self::with_options(root, RealFsOptions::default())
+    }
+
+    pub fn with_options(root: &Path, options: RealFsOptions) -> VfsResult<Self> {
         if root.as_os_str().is_empty() {
             return Err(VfsError::invalid("RealFSProvider root path is empty"));
         }
@@ -110,6 +130,7 @@ impl RealFSProvider {
         Ok(RealFSProvider {
             root,
             root_fd,
+            options,
             watch,
         })
     }
@@ -165,13 +186,97 @@ impl RealFSProvider {
     }
 }
 
+/// The permission bits the host may get for a guest-chosen `mode`: never
+/// setuid or setgid (a host process running as root would otherwise run
+/// guest-planted programs as root), sticky only on directories (where it
+/// restricts deletion; on files it means nothing good).
+pub fn host_mode(mode: u32, dir: bool) -> u32 {
+    if dir {
+        mode & 0o1777
+    } else {
+        mode & 0o777
+    }
+}
+
+fn is_dir(fd: &impl AsRawFd) -> VfsResult<bool> {
+    let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
+    Ok(st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+}
+
+/// `chmod` on `fd` (an O_PATH descriptor works) with the bits stripped.
+fn chmod_fd(fd: &impl AsRawFd, mode: u32) -> VfsResult<()> {
+    let mode = host_mode(mode, is_dir(fd)?);
+    nix::sys::stat::fchmodat(
+        None,
+        proc_fd(fd).as_str(),
+        Mode::from_bits_truncate(mode),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )?;
+    Ok(())
+}
+
+/// `chown` on `fd`: EPERM for an actual change unless `allowed` (setting
+/// the owner it already has changes nothing and is fine: `cp -p`, `tar`).
+fn chown_fd(fd: &impl AsRawFd, uid: Option<u32>, gid: Option<u32>, allowed: bool) -> VfsResult<()> {
+    let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
+    let changes = uid.is_some_and(|u| u != st.st_uid) || gid.is_some_and(|g| g != st.st_gid);
+    if !changes {
+        return Ok(());
+    }
+    if !allowed {
+        return Err(VfsError::with_message(
+            errno::EPERM,
+            "ownership changes are off for this RealFSProvider (allowChown)",
+        ));
+    }
+    let c = cstr("")?;
+    // SAFETY: valid fd and NUL-terminated empty path with AT_EMPTY_PATH.
+    let r = unsafe {
+        libc::fchownat(
+            fd.as_raw_fd(),
+            c.as_ptr(),
+            uid.unwrap_or(u32::MAX),
+            gid.unwrap_or(u32::MAX),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    Errno::result(r)?;
+    Ok(())
+}
+
+/// `utimensat` on `fd` through its /proc name.
+fn set_times_fd(fd: &impl AsRawFd, times: SetTimes) -> VfsResult<()> {
+    let ts = |t: Option<SystemTime>| match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => libc::timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos() as i64,
+            },
+            Err(_) => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+        },
+    };
+    let spec = [ts(times.atime), ts(times.mtime)];
+    let p = cstr(&proc_fd(fd))?;
+    // SAFETY: valid path and a two-element timespec array.
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), spec.as_ptr(), 0) };
+    Errno::result(r)?;
+    Ok(())
+}
+
 fn fstat(fd: &OwnedFd) -> VfsResult<Metadata> {
     Ok(meta(&nix::sys::stat::fstat(fd.as_raw_fd())?))
 }
 
 /// `/proc/self/fd/N`: the kernel's name for an O_PATH descriptor, for the
 /// calls that cannot take one directly (chmod, utimensat).
-fn proc_fd(fd: &OwnedFd) -> String {
+fn proc_fd(fd: &impl AsRawFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
@@ -249,7 +354,8 @@ impl Provider for RealFSProvider {
                 flags |= OFlag::O_EXCL;
             }
             let (dir, name) = self.parent_dir(path)?;
-            self.beneath_at(dir.as_raw_fd(), name, flags, o.mode, !o.exclusive)?
+            let mode = host_mode(o.mode, false);
+            self.beneath_at(dir.as_raw_fd(), name, flags, mode, !o.exclusive)?
         } else {
             self.beneath(path, flags, 0, true)?
         };
@@ -257,7 +363,10 @@ impl Provider for RealFSProvider {
         if o.write && file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
             return Err(VfsError::new(errno::EISDIR));
         }
-        Ok(Box::new(RealHandle { file }))
+        Ok(Box::new(RealHandle {
+            file,
+            allow_chown: self.options.allow_chown,
+        }))
     }
 
     async fn mkdir(&self, path: &str, mode: u32) -> VfsResult<()> {
@@ -265,7 +374,7 @@ impl Provider for RealFSProvider {
         nix::sys::stat::mkdirat(
             Some(dir.as_raw_fd()),
             name,
-            Mode::from_bits_truncate(mode & 0o7777),
+            Mode::from_bits_truncate(host_mode(mode, true)),
         )?;
         Ok(())
     }
@@ -329,57 +438,20 @@ impl Provider for RealFSProvider {
     }
 
     async fn chmod(&self, path: &str, mode: u32) -> VfsResult<()> {
-        let fd = self.path_fd(path, true)?;
-        nix::sys::stat::fchmodat(
-            None,
-            proc_fd(&fd).as_str(),
-            Mode::from_bits_truncate(mode & 0o7777),
-            nix::sys::stat::FchmodatFlags::FollowSymlink,
-        )?;
-        Ok(())
+        chmod_fd(&self.path_fd(path, true)?, mode)
     }
 
     async fn chown(&self, path: &str, uid: Option<u32>, gid: Option<u32>) -> VfsResult<()> {
-        let fd = self.path_fd(path, true)?;
-        let c = cstr("")?;
-        // SAFETY: valid fd and NUL-terminated empty path with AT_EMPTY_PATH.
-        let r = unsafe {
-            libc::fchownat(
-                fd.as_raw_fd(),
-                c.as_ptr(),
-                uid.unwrap_or(u32::MAX),
-                gid.unwrap_or(u32::MAX),
-                libc::AT_EMPTY_PATH,
-            )
-        };
-        Errno::result(r)?;
-        Ok(())
+        chown_fd(
+            &self.path_fd(path, true)?,
+            uid,
+            gid,
+            self.options.allow_chown,
+        )
     }
 
     async fn set_times(&self, path: &str, times: SetTimes) -> VfsResult<()> {
-        let fd = self.path_fd(path, true)?;
-        let ts = |t: Option<SystemTime>| match t {
-            None => libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_OMIT,
-            },
-            Some(t) => match t.duration_since(UNIX_EPOCH) {
-                Ok(d) => libc::timespec {
-                    tv_sec: d.as_secs() as i64,
-                    tv_nsec: d.subsec_nanos() as i64,
-                },
-                Err(_) => libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                },
-            },
-        };
-        let spec = [ts(times.atime), ts(times.mtime)];
-        let p = cstr(&proc_fd(&fd))?;
-        // SAFETY: valid path and a two-element timespec array.
-        let r = unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), spec.as_ptr(), 0) };
-        Errno::result(r)?;
-        Ok(())
+        set_times_fd(&self.path_fd(path, true)?, times)
     }
 
     async fn statfs(&self, path: &str) -> VfsResult<StatFs> {
@@ -409,6 +481,7 @@ impl Provider for RealFSProvider {
 
 struct RealHandle {
     file: File,
+    allow_chown: bool,
 }
 
 #[async_trait]
@@ -441,6 +514,15 @@ impl FileHandle for RealHandle {
     }
     async fn truncate(&self, len: u64) -> VfsResult<()> {
         Ok(self.file.set_len(len)?)
+    }
+    async fn chmod(&self, mode: u32) -> VfsResult<()> {
+        chmod_fd(&self.file, mode)
+    }
+    async fn chown(&self, uid: Option<u32>, gid: Option<u32>) -> VfsResult<()> {
+        chown_fd(&self.file, uid, gid, self.allow_chown)
+    }
+    async fn set_times(&self, times: SetTimes) -> VfsResult<()> {
+        set_times_fd(&self.file, times)
     }
     async fn sync(&self) -> VfsResult<()> {
         Ok(self.file.sync_data()?)

@@ -18,18 +18,15 @@ use gondolin_wire::fs::{
 };
 use tokio::sync::mpsc;
 
+use super::deadline::{bounded, configured_timeout};
+use super::handles::OpenFiles;
 use super::inodes::Inodes;
 use super::path::{file_name, join, parent};
-use super::{
-    CachePolicy, FileHandle, Metadata, OpenOptions, Provider, SetTimes, VfsError, VfsResult,
-};
+use super::{CachePolicy, FileHandle, Metadata, OpenOptions, Provider, VfsError, VfsResult};
 
-/// Open handles per VM before `open` fails with EMFILE-like ENFILE.
-const MAX_HANDLES: usize = 65_536;
 /// Directory listings kept for paged `readdir` continuations.
 const DIR_CACHE_TTL: Duration = Duration::from_secs(5);
 const DIR_CACHE_MAX: usize = 128;
-const ENFILE: i32 = 23;
 const RENAME_NOREPLACE: u32 = 1;
 
 struct DirListing {
@@ -50,15 +47,14 @@ pub struct FsMetrics {
 pub struct FsServer {
     provider: Arc<dyn Provider>,
     inodes: Mutex<Inodes>,
-    handles: Mutex<HashMap<u64, Arc<dyn FileHandle>>>,
-    next_fh: AtomicU64,
+    handles: Mutex<OpenFiles>,
     dirs: Mutex<HashMap<u64, DirListing>>,
     notify: Mutex<Option<mpsc::UnboundedSender<FsHostMsg>>>,
     /// Paths the guest changed lately, with when: the provider's own change
     /// reports for them are echoes of the guest's work, not news.
     guest_touched: Mutex<HashMap<String, Instant>>,
-    /// The path each open handle was opened at (writes name no inode).
-    handle_paths: Mutex<HashMap<u64, String>>,
+    /// How long one request may run before it is answered EIO.
+    timeout: Mutex<Duration>,
     pub metrics: FsMetrics,
 }
 
@@ -144,12 +140,11 @@ impl FsServer {
         let server = Arc::new(FsServer {
             provider,
             inodes: Mutex::new(Inodes::new()),
-            handles: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
+            handles: Mutex::default(),
             dirs: Mutex::new(HashMap::new()),
             notify: Mutex::new(None),
             guest_touched: Mutex::new(HashMap::new()),
-            handle_paths: Mutex::new(HashMap::new()),
+            timeout: Mutex::new(configured_timeout()),
             metrics: FsMetrics::default(),
         });
         // Changes other programs make (a RealFS directory edited on the
@@ -210,9 +205,7 @@ impl FsServer {
                 paths.extend(self.child_of(*new_parent, new_name).ok());
             }
             FsOp::SetAttr { ino, .. } => paths.extend(self.path_of(*ino).ok()),
-            FsOp::Write { fh, .. } => {
-                paths.extend(self.handle_paths.lock().unwrap().get(fh).cloned())
-            }
+            FsOp::Write { fh, .. } => paths.extend(self.handles.lock().unwrap().path(*fh)),
             _ => return,
         }
         let now = Instant::now();
@@ -269,25 +262,13 @@ impl FsServer {
     }
 
     fn handle(&self, fh: u64) -> VfsResult<Arc<dyn FileHandle>> {
-        self.handles
-            .lock()
-            .unwrap()
-            .get(&fh)
-            .cloned()
-            .ok_or_else(|| VfsError::new(errno::EBADF))
+        self.handles.lock().unwrap().get(fh)
     }
 
-    fn add_handle(&self, h: Box<dyn FileHandle>) -> VfsResult<u64> {
-        let mut handles = self.handles.lock().unwrap();
-        if handles.len() >= MAX_HANDLES {
-            return Err(VfsError::with_message(
-                ENFILE,
-                "too many open files in the VFS",
-            ));
-        }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        handles.insert(fh, Arc::from(h));
-        Ok(fh)
+    /// Bound every request to `limit` (default 30 s, or
+    /// `GONDOLIN_VFS_TIMEOUT_MS`).
+    pub fn set_request_timeout(&self, limit: Duration) {
+        *self.timeout.lock().unwrap() = limit;
     }
 
     fn policy(&self, path: &str) -> CachePolicy {
@@ -321,14 +302,22 @@ impl FsServer {
         Ok(FsReply::Entry(self.entry(path, &m)))
     }
 
-    /// Serve one request. Never panics on guest input; every failure is an errno.
+    /// Serve one request. Never panics on guest input; every failure is an
+    /// errno, and a request that runs past the deadline is answered EIO.
     pub async fn handle_request(&self, req: FsRequest) -> FsResponse {
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
         let result = match req.op.validate() {
             Err(e) => Err(VfsError::invalid(e.to_string())),
             Ok(()) => {
                 self.note_guest_change(&req.op);
-                self.dispatch(req.op, req.caller).await
+                let limit = *self.timeout.lock().unwrap();
+                let name = req.op.name();
+                bounded(
+                    limit,
+                    || format!("{name} #{}", req.id),
+                    self.dispatch(req.op, req.caller),
+                )
+                .await
             }
         };
         let result = result.map_err(|e| {
@@ -381,8 +370,13 @@ impl FsServer {
                 parent, new_parent, ..
             } => vec![need(*parent, W | X), need(*new_parent, W | X)],
             FsOp::SetAttr { ino, set, .. } => {
-                let path = self.path_of(*ino)?;
-                let m = self.provider.stat(&path).await?;
+                let m = match self.path_of(*ino) {
+                    Ok(path) => self.provider.stat(&path).await?,
+                    Err(e) => {
+                        let h = self.handles.lock().unwrap().on_inode(*ino, None);
+                        h.ok_or(e)?.stat().await?
+                    }
+                };
                 let owner_only = set.mode.is_some() || set.uid.is_some() || set.gid.is_some();
                 if owner_only && m.uid != caller.uid {
                     return Err(VfsError::new(errno::EPERM));
@@ -426,39 +420,16 @@ impl FsServer {
                 Ok(FsReply::Done)
             }
             FsOp::GetAttr { ino } => {
-                let path = self.path_of(ino)?;
-                let m = p.lstat(&path).await?;
-                Ok(FsReply::Attr {
-                    attr: attr(ino, &m),
-                    ttl_ms: self.policy(&path).attr_ttl_ms,
-                })
+                let (attr, ttl_ms) = self.attr_of(ino).await?;
+                Ok(FsReply::Attr { attr, ttl_ms })
             }
             FsOp::SetAttr { ino, fh, set } => {
-                let path = self.path_of(ino)?;
-                if let Some(size) = set.size {
-                    match fh.map(|fh| self.handle(fh)).transpose()? {
-                        Some(h) => h.truncate(size).await?,
-                        None => p.truncate(&path, size).await?,
-                    }
+                match self.path_of(ino) {
+                    Ok(path) => self.set_attr_at(&path, fh, &set).await?,
+                    Err(_) => self.set_attr_unlinked(ino, fh, &set).await?,
                 }
-                if let Some(mode) = set.mode {
-                    p.chmod(&path, mode & 0o7777).await?;
-                }
-                if set.uid.is_some() || set.gid.is_some() {
-                    p.chown(&path, set.uid, set.gid).await?;
-                }
-                if set.atime.is_some() || set.mtime.is_some() {
-                    let times = SetTimes {
-                        atime: set.atime.map(to_system_time),
-                        mtime: set.mtime.map(to_system_time),
-                    };
-                    p.set_times(&path, times).await?;
-                }
-                let m = p.lstat(&path).await?;
-                Ok(FsReply::Attr {
-                    attr: attr(ino, &m),
-                    ttl_ms: self.policy(&path).attr_ttl_ms,
-                })
+                let (attr, ttl_ms) = self.attr_of(ino).await?;
+                Ok(FsReply::Attr { attr, ttl_ms })
             }
             FsOp::ReadLink { ino } => Ok(FsReply::Target(p.readlink(&self.path_of(ino)?).await?)),
             FsOp::Mkdir { parent, name, mode } => {
@@ -510,6 +481,7 @@ impl FsServer {
                 }
                 p.rename(&from, &to).await?;
                 self.inodes.lock().unwrap().rename(&from, &to);
+                self.handles.lock().unwrap().rename(&from, &to);
                 self.forget_listing(parent);
                 self.forget_listing(new_parent);
                 Ok(FsReply::Done)
@@ -539,8 +511,7 @@ impl FsServer {
                 opts.create = false;
                 opts.exclusive = false;
                 let h = p.open(&path, opts).await?;
-                let fh = self.add_handle(h)?;
-                self.handle_paths.lock().unwrap().insert(fh, path.clone());
+                let fh = self.handles.lock().unwrap().add(h, ino, &path)?;
                 Ok(FsReply::Opened {
                     fh,
                     keep_cache: self.policy(&path).keep_data_cache,
@@ -556,8 +527,7 @@ impl FsServer {
                 let mut opts = OpenOptions::from_linux_flags(flags, mode);
                 opts.create = true;
                 let h = p.open(&path, opts).await?;
-                let fh = self.add_handle(h)?;
-                self.handle_paths.lock().unwrap().insert(fh, path.clone());
+                let fh = self.handles.lock().unwrap().add(h, 0, &path)?;
                 let m = match p.lstat(&path).await {
                     Ok(m) => m,
                     Err(e) => {
@@ -566,10 +536,9 @@ impl FsServer {
                     }
                 };
                 self.changed_dir_of(&path);
-                Ok(FsReply::Created {
-                    entry: self.entry(&path, &m),
-                    fh,
-                })
+                let entry = self.entry(&path, &m);
+                self.handles.lock().unwrap().set_ino(fh, entry.attr.ino);
+                Ok(FsReply::Created { entry, fh })
             }
             FsOp::Read { fh, offset, size } => {
                 let data = self.handle(fh)?.read(offset, size as usize).await?;
@@ -623,8 +592,7 @@ impl FsServer {
     }
 
     async fn release(&self, fh: u64) -> VfsResult<()> {
-        self.handle_paths.lock().unwrap().remove(&fh);
-        let h = self.handles.lock().unwrap().remove(&fh);
+        let h = self.handles.lock().unwrap().remove(fh);
         match h {
             Some(h) => h.close().await,
             None => Err(VfsError::new(errno::EBADF)),
@@ -718,14 +686,7 @@ impl FsServer {
 
     /// Close every open handle (VM shutdown).
     pub async fn close(&self) {
-        self.handle_paths.lock().unwrap().clear();
-        let handles: Vec<_> = self
-            .handles
-            .lock()
-            .unwrap()
-            .drain()
-            .map(|(_, h)| h)
-            .collect();
+        let handles = self.handles.lock().unwrap().drain();
         for h in handles {
             h.close().await.ok();
         }
@@ -764,6 +725,9 @@ fn check_access(m: &Metadata, mask: i32, caller: Caller, readonly: bool) -> VfsR
         Err(VfsError::new(errno::EACCES))
     }
 }
+
+#[path = "server_attrs.rs"]
+mod attrs;
 
 #[cfg(test)]
 #[path = "server_tests.rs"]

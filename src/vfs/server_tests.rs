@@ -434,3 +434,121 @@ async fn serve_survives_garbage_and_answers_concurrently() {
         .unwrap();
     assert!(task.await.unwrap().is_err());
 }
+
+async fn attr_of(s: &FsServer, ino: u64, set: Option<SetAttr>) -> Attr {
+    let op = match set {
+        Some(set) => FsOp::SetAttr { ino, fh: None, set },
+        None => FsOp::GetAttr { ino },
+    };
+    match ok(s, op).await {
+        FsReply::Attr { attr, .. } => attr,
+        other => panic!("not attributes: {other:?}"),
+    }
+}
+
+/// The guest's view of a file it unlinked while holding it open: the
+/// handle still reads and writes it, `fstat` and `fchmod` (requests on the
+/// inode, which no longer has a name) are served through the handle.
+async fn unlinked_open_file_over_the_wire(s: &FsServer) {
+    let FsReply::Created { fh, entry } = ok(
+        s,
+        FsOp::Create {
+            parent: ROOT_INO,
+            name: "t".into(),
+            mode: 0o644,
+            flags: 0o102, // O_RDWR | O_CREAT
+        },
+    )
+    .await
+    else {
+        panic!()
+    };
+    let ino = entry.attr.ino;
+    let write = |offset, data: &[u8]| FsOp::Write {
+        fh,
+        offset,
+        data: data.to_vec(),
+    };
+    ok(s, write(0, b"hello")).await;
+    let unlink = FsOp::Unlink {
+        parent: ROOT_INO,
+        name: "t".into(),
+    };
+    ok(s, unlink).await;
+    ok(s, write(5, b" world")).await;
+    let read = FsOp::Read {
+        fh,
+        offset: 0,
+        size: 100,
+    };
+    assert_eq!(ok(s, read).await, FsReply::Data(b"hello world".to_vec()));
+    let a = attr_of(s, ino, None).await;
+    assert_eq!((a.size, a.nlink), (11, 0));
+    let set = SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    let a = attr_of(s, ino, Some(set)).await;
+    assert_eq!((a.perm, a.size, a.nlink), (0o600, 11, 0));
+    ok(s, FsOp::Release { fh }).await;
+    assert_eq!(errno_of(s, FsOp::GetAttr { ino }).await, errno::ENOENT);
+}
+
+#[tokio::test]
+async fn unlinked_open_files_keep_working_on_memory_and_realfs() {
+    unlinked_open_file_over_the_wire(&FsServer::new(Arc::new(MemoryProvider::new()))).await;
+    let d = std::env::temp_dir().join(format!("gondolin-unlinked-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let realfs = crate::vfs::realfs::RealFSProvider::new(&d).unwrap();
+    unlinked_open_file_over_the_wire(&FsServer::new(Arc::new(realfs))).await;
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// A provider whose every call hangs (a JS provider whose promise never
+/// settles).
+struct Hung;
+
+#[async_trait::async_trait]
+impl Provider for Hung {
+    async fn stat(&self, _: &str) -> VfsResult<Metadata> {
+        std::future::pending().await
+    }
+    async fn lstat(&self, _: &str) -> VfsResult<Metadata> {
+        std::future::pending().await
+    }
+    async fn readdir(&self, _: &str) -> VfsResult<Vec<crate::vfs::DirEntry>> {
+        std::future::pending().await
+    }
+    async fn open(&self, _: &str, _: OpenOptions) -> VfsResult<Box<dyn FileHandle>> {
+        std::future::pending().await
+    }
+    async fn mkdir(&self, _: &str, _: u32) -> VfsResult<()> {
+        std::future::pending().await
+    }
+    async fn rmdir(&self, _: &str) -> VfsResult<()> {
+        std::future::pending().await
+    }
+    async fn unlink(&self, _: &str) -> VfsResult<()> {
+        std::future::pending().await
+    }
+    async fn rename(&self, _: &str, _: &str) -> VfsResult<()> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_hung_provider_is_answered_eio_within_the_bound() {
+    let s = FsServer::new(Arc::new(Hung));
+    s.set_request_timeout(Duration::from_millis(100));
+    let start = Instant::now();
+    let lookup = FsOp::Lookup {
+        parent: ROOT_INO,
+        name: "x".into(),
+    };
+    let (a, b) = tokio::join!(
+        errno_of(&s, FsOp::GetAttr { ino: ROOT_INO }),
+        errno_of(&s, lookup)
+    );
+    assert_eq!((a, b), (errno::EIO, errno::EIO));
+    assert!(start.elapsed() < Duration::from_secs(5));
+}

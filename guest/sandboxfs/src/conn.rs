@@ -7,13 +7,12 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, IoSlice, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, Notifier, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite,
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
 };
 use gondolin_wire::fs::{
     errno, Attr, Caller, FileKind, FsGuestMsg, FsHostMsg, FsOp, FsReply, FsRequest, Timestamp,
@@ -21,6 +20,7 @@ use gondolin_wire::fs::{
 };
 use gondolin_wire::{decode, encode_into, MAX_FRAME};
 
+use crate::inval::{Inval, Invalidations};
 use crate::log;
 use crate::transport::{self, Target, Transport};
 
@@ -172,7 +172,9 @@ pub struct Conn {
     writer: Mutex<File>,
     pending: Mutex<HashMap<u64, Pending>>,
     next: AtomicU64,
-    pub notifier: OnceLock<Notifier>,
+    /// Invalidations go to their own thread, never the reader's: see
+    /// [`crate::inval`].
+    pub invals: Arc<Invalidations>,
 }
 
 impl Conn {
@@ -187,7 +189,7 @@ impl Conn {
             writer: Mutex::new(writer),
             pending: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
-            notifier: OnceLock::new(),
+            invals: Arc::default(),
         };
         conn.hello()?;
         Ok((conn, reader, reconnects))
@@ -277,15 +279,9 @@ impl Conn {
                     Err(_) => fail(p, errno::EIO),
                 }
             }
-            FsHostMsg::InvalidateInode { ino } => {
-                if let Some(n) = self.notifier.get() {
-                    let _ = n.inval_inode(INodeNo(ino), 0, 0);
-                }
-            }
+            FsHostMsg::InvalidateInode { ino } => self.invals.push(Inval::Inode(ino)),
             FsHostMsg::InvalidateEntry { parent, name } => {
-                if let Some(n) = self.notifier.get() {
-                    let _ = n.inval_entry(INodeNo(parent), std::ffi::OsStr::new(&name));
-                }
+                self.invals.push(Inval::Entry { parent, name })
             }
         }
     }

@@ -8,6 +8,7 @@
 
 mod conn;
 mod fs;
+mod inval;
 mod mount;
 mod transport;
 
@@ -128,7 +129,11 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let _ = conn.notifier.set(session.notifier());
+    let (invals, notifier) = (conn.invals.clone(), session.notifier());
+    std::thread::Builder::new()
+        .name("sandboxfs-inval".into())
+        .spawn(move || invals.run(notifier))
+        .expect("spawning the invalidation thread");
     if let Some(n) = args.ready_fd {
         // SAFETY: the fd was handed to us by our parent for this purpose.
         let mut f = unsafe { std::fs::File::from_raw_fd(n) };

@@ -378,6 +378,33 @@ fn check_name(name: &str) -> Result<(), WireError> {
 }
 
 impl FsOp {
+    /// The request's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FsOp::Lookup { .. } => "lookup",
+            FsOp::Forget { .. } => "forget",
+            FsOp::GetAttr { .. } => "getattr",
+            FsOp::SetAttr { .. } => "setattr",
+            FsOp::ReadLink { .. } => "readlink",
+            FsOp::Mkdir { .. } => "mkdir",
+            FsOp::Unlink { .. } => "unlink",
+            FsOp::Rmdir { .. } => "rmdir",
+            FsOp::Symlink { .. } => "symlink",
+            FsOp::Rename { .. } => "rename",
+            FsOp::Link { .. } => "link",
+            FsOp::Open { .. } => "open",
+            FsOp::Create { .. } => "create",
+            FsOp::Read { .. } => "read",
+            FsOp::Write { .. } => "write",
+            FsOp::Flush { .. } => "flush",
+            FsOp::Fsync { .. } => "fsync",
+            FsOp::Release { .. } => "release",
+            FsOp::ReadDir { .. } => "readdir",
+            FsOp::StatFs { .. } => "statfs",
+            FsOp::Access { .. } => "access",
+        }
+    }
+
     /// Check every bound the host relies on. Inode and handle numbers are
     /// checked by the host against its own tables.
     pub fn validate(&self) -> Result<(), WireError> {

@@ -452,6 +452,9 @@ fn fill_secrets(
     Ok(carried.then_some((headers, url)))
 }
 
+/// A request's URL and header pairs, as JS holds them.
+pub(crate) type RequestParts = (String, Vec<(String, String)>);
+
 /// [`fill_secrets`] for a request held by JS (`httpHooks.onRequest` called
 /// directly): the same substitution and refusals the VM applies. `Ok(None)`
 /// when nothing changes; `Err` carries the refusal's message.
@@ -459,7 +462,7 @@ pub(crate) fn apply_secrets(
     secrets: &Secrets,
     url: &str,
     headers: &[(String, String)],
-) -> Result<Option<(String, Vec<(String, String)>)>, String> {
+) -> Result<Option<RequestParts>, String> {
     let url = url::Url::parse(url).map_err(|_| format!("invalid request URL {url:?}"))?;
     let headers = from_pairs(headers)?;
     match fill_secrets(secrets, &headers, &url, &host_of(&url)) {

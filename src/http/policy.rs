@@ -29,7 +29,9 @@ impl HostPattern {
 /// dot nor holds any of `^$()[]{}+?|\`.
 pub fn check_glob(p: &str) -> Result<(), String> {
     let t = p.trim();
-    if t.starts_with('.') || t.contains(['^', '$', '(', ')', '[', ']', '{', '}', '+', '?', '|', '\\']) {
+    if t.starts_with('.')
+        || t.contains(['^', '$', '(', ')', '[', ']', '{', '}', '+', '?', '|', '\\'])
+    {
         return Err(format!(
             "host pattern {p:?} looks like a regular expression: patterns are globs; use '*' (\"*\" for every host, \"*.example.com\" for subdomains)"
         ));
@@ -208,10 +210,30 @@ mod tests {
 
     #[test]
     fn regex_looking_patterns_are_refused() {
-        for bad in [".*", ".example.com", "^api\\.example\\.com$", "(a|b).com", "api.example.com?", "a+.com", "[ab].com"] {
-            assert!(check_glob(bad).unwrap_err().contains("patterns are globs; use '*'"), "{bad}");
+        for bad in [
+            ".*",
+            ".example.com",
+            "^api\\.example\\.com$",
+            "(a|b).com",
+            "api.example.com?",
+            "a+.com",
+            "[ab].com",
+        ] {
+            assert!(
+                check_glob(bad)
+                    .unwrap_err()
+                    .contains("patterns are globs; use '*'"),
+                "{bad}"
+            );
         }
-        for good in ["*", "*.example.com", "api.*.net", "example.com", "foo.*", "a**b.com"] {
+        for good in [
+            "*",
+            "*.example.com",
+            "api.*.net",
+            "example.com",
+            "foo.*",
+            "a**b.com",
+        ] {
             assert!(check_glob(good).is_ok(), "{good}");
         }
     }

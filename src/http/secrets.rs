@@ -368,21 +368,38 @@ mod tests {
 
     #[test]
     fn placeholder_modes() {
-        let shared = placeholders(PlaceholderMode::Shared, &named(&[("A", ""), ("AB", "")])).unwrap();
+        let shared =
+            placeholders(PlaceholderMode::Shared, &named(&[("A", ""), ("AB", "")])).unwrap();
         let marker = shared[0].strip_suffix(".A").unwrap();
         assert_eq!(marker.len(), PLACEHOLDER_PREFIX.len() + 48);
         assert_eq!(shared[1], format!("{marker}.AB"));
         let again = placeholders(PlaceholderMode::Shared, &named(&[("A", "")])).unwrap();
         assert_ne!(again[0], shared[0], "a new marker per set");
-        let unique = placeholders(PlaceholderMode::Unique, &named(&[("A", ""), ("B", "")])).unwrap();
-        assert!(unique.iter().all(|p| p.len() == PLACEHOLDER_PREFIX.len() + 48));
+        let unique =
+            placeholders(PlaceholderMode::Unique, &named(&[("A", ""), ("B", "")])).unwrap();
+        assert!(unique
+            .iter()
+            .all(|p| p.len() == PLACEHOLDER_PREFIX.len() + 48));
         assert_ne!(unique[0], unique[1]);
-        let custom = placeholders(PlaceholderMode::Shared, &named(&[("A", "sk-live-0123456789abcdef")])).unwrap();
+        let custom = placeholders(
+            PlaceholderMode::Shared,
+            &named(&[("A", "sk-live-0123456789abcdef")]),
+        )
+        .unwrap();
         assert_eq!(custom[0], "sk-live-0123456789abcdef");
         assert!(placeholders(PlaceholderMode::Shared, &named(&[("A", "short")])).is_err());
-        assert!(placeholders(PlaceholderMode::Shared, &named(&[("A", "has a space 0123456")])).is_err());
-        let dup = named(&[("A", "same-placeholder-0001"), ("B", "same-placeholder-0001")]);
-        assert!(placeholders(PlaceholderMode::Unique, &dup).unwrap_err().contains("same placeholder"));
+        assert!(placeholders(
+            PlaceholderMode::Shared,
+            &named(&[("A", "has a space 0123456")])
+        )
+        .is_err());
+        let dup = named(&[
+            ("A", "same-placeholder-0001"),
+            ("B", "same-placeholder-0001"),
+        ]);
+        assert!(placeholders(PlaceholderMode::Unique, &dup)
+            .unwrap_err()
+            .contains("same placeholder"));
         assert!(PlaceholderMode::parse("random").is_err());
     }
 
@@ -399,10 +416,17 @@ mod tests {
             revoked: Vec::new(),
         };
         let s = Secrets::new(
-            vec![mk("A", &ph[0], "va", "a.example"), mk("AB", &ph[1], "vab", "ab.example")],
+            vec![
+                mk("A", &ph[0], "va", "a.example"),
+                mk("AB", &ph[1], "vab", "ab.example"),
+            ],
             false,
         );
-        assert_eq!(s.header("x", &format!("{} {}", ph[1], ph[1]), "ab.example").unwrap(), "vab vab");
+        assert_eq!(
+            s.header("x", &format!("{} {}", ph[1], ph[1]), "ab.example")
+                .unwrap(),
+            "vab vab"
+        );
         assert_eq!(s.header("x", &ph[0], "a.example").unwrap(), "va");
         assert!(s.header("x", &ph[1], "a.example").is_err());
     }

@@ -68,7 +68,8 @@ impl NativeSecrets {
         replace_in_query: Option<bool>,
         placeholder_mode: Option<String>,
     ) -> napi::Result<Self> {
-        let mode = PlaceholderMode::parse(placeholder_mode.as_deref().unwrap_or("shared")).map_err(bad)?;
+        let mode =
+            PlaceholderMode::parse(placeholder_mode.as_deref().unwrap_or("shared")).map_err(bad)?;
         for d in &defs {
             if d.name.is_empty() || !d.name.bytes().all(|b| b.is_ascii_graphic() && b != b'=') {
                 return Err(bad(format!(

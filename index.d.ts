@@ -443,7 +443,9 @@ export interface SecretDefinition {
 /**
  * "shared" (default): `<marker>.<NAME>`, one random marker
  * (`GONDOLIN_SECRET_` + 48 hex) per createHttpHooks call.
- * "unique": `GONDOLIN_SECRET_` + 48 random hex per secret.
+ * "unique": `GONDOLIN_SECRET_` + 48 random hex per secret (use it when the
+ * guest gets only some placeholders: in shared mode one placeholder and a
+ * secret's name make that secret's placeholder).
  */
 export type SecretPlaceholderMode = "shared" | "unique";
 

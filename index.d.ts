@@ -417,10 +417,21 @@ export interface HttpHooks {
   isRequestAllowed?: (request: Request) => Promise<boolean> | boolean;
   /** Each resolved address, after the built-in internal-range check. */
   isIpAllowed?: (info: HttpIpAllowInfo) => Promise<boolean> | boolean;
+  /**
+   * The request head only (`request.body` is null), before the body is read:
+   * rewrite the head (return a Request or edit this one in place; the body
+   * streams on as the guest sent it), answer (return a Response), or keep.
+   * Runs before onRequest. (Upstream had this hook from 0.3 to 0.7.)
+   */
+  onRequestHead?: (request: Request) => Promise<Request | Response | void> | Request | Response | void;
   /** Rewrite (return a Request or edit this one in place), answer (return a Response), or keep. */
   onRequest?: (request: Request) => Promise<Request | Response | void> | Request | Response | void;
-  /** Replace the response (return a Response) or keep it. */
-  onResponse?: (response: Response, request: Request) => Promise<Response | void> | Response | void;
+  /**
+   * Replace the response (return a Response) or keep it (return nothing, or
+   * the `request` argument: `(req, res) => res` written in the opposite
+   * order hands back the Request, and keeps the response).
+   */
+  onResponse?: (response: Response, request: Request) => Promise<Response | Request | void> | Response | Request | void;
 }
 
 export declare class HttpRequestBlockedError extends Error {
@@ -432,10 +443,49 @@ export declare class HttpRequestBlockedError extends Error {
 export interface SecretDefinition {
   hosts: string[];
   value: string;
+  /**
+   * What the guest sees instead of the value: a string (at least 16 visible
+   * ASCII characters, distinct from the other placeholders), or a function
+   * called once with the secret's name (see makePlaceholderFunc). Default:
+   * per secretPlaceholderMode.
+   */
+  placeholder?: string | ((name: string) => string);
 }
 
+/**
+ * "shared" (default): `<marker>.<NAME>`, one random marker
+ * (`GONDOLIN_SECRET_` + 48 hex) per createHttpHooks call.
+ * "unique": `GONDOLIN_SECRET_` + 48 random hex per secret (use it when the
+ * guest gets only some placeholders: in shared mode one placeholder and a
+ * secret's name make that secret's placeholder).
+ */
+export type SecretPlaceholderMode = "shared" | "unique";
+
+export interface MakePlaceholderOptions {
+  /** default: "" */
+  prefix?: string;
+  /** default: PLACEHOLDER_ALPHABET_ALPHANUMERIC; distinct visible ASCII characters */
+  alphabet?: string;
+  /** random characters; default 32. length × log2(alphabet size) must be at least 128 bits */
+  length?: number;
+}
+/** A placeholder generator: `prefix` + `length` characters drawn uniformly (crypto RNG) from `alphabet`. */
+export declare function makePlaceholderFunc(options?: MakePlaceholderOptions): (name: string) => string;
+/** "0123456789abcdef" */
+export declare const PLACEHOLDER_ALPHABET_HEX: string;
+/** A-Z a-z 0-9 */
+export declare const PLACEHOLDER_ALPHABET_ALPHANUMERIC: string;
+/** A-Z 0-9 */
+export declare const PLACEHOLDER_ALPHABET_UPPER_ALPHANUMERIC: string;
+/** A-Z a-z 0-9 - _ */
+export declare const PLACEHOLDER_ALPHABET_BASE64URL: string;
+
 export interface CreateHttpHooksOptions {
-  /** undefined = every host; [] = none. `*` matches any run of characters. */
+  /**
+   * undefined = every host; [] = none. Globs: `*` matches any run of
+   * characters. Regex-looking patterns (`.*`, `^…$`, `(a|b)`, `\.`) are
+   * refused (code "invalid_option"), in every host list.
+   */
   allowedHosts?: string[];
   /** May resolve to internal addresses; implicitly allowed. */
   allowedInternalHosts?: string[];
@@ -445,9 +495,12 @@ export interface CreateHttpHooksOptions {
   replaceSecretsInQuery?: boolean;
   /** default: true */
   blockInternalRanges?: boolean;
+  /** default: "shared" */
+  secretPlaceholderMode?: SecretPlaceholderMode;
   isRequestAllowed?: HttpHooks["isRequestAllowed"];
   /** Consulted only after the allowlist and internal checks pass. */
   isIpAllowed?: HttpHooks["isIpAllowed"];
+  onRequestHead?: HttpHooks["onRequestHead"];
   onRequest?: HttpHooks["onRequest"];
   onResponse?: HttpHooks["onResponse"];
 }
@@ -467,9 +520,29 @@ export interface SecretManager {
   updateSecret(name: string, options: UpdateSecretOptions): void;
   deleteSecret(name: string): void;
 }
+/**
+ * createHttpHooks' hooks, callable directly (the built-in rules run in the
+ * native code the VM uses). Compose them (`{ ...httpHooks, onResponse }`):
+ * the VM still runs the built-in rules natively and calls JS only for the
+ * members you added or replaced.
+ */
+export interface CreatedHttpHooks extends HttpHooks {
+  /** The user's isRequestAllowed, or true. */
+  isRequestAllowed: (request: Request) => Promise<boolean>;
+  /** allowedHosts, then internal ranges (unless allowedInternalHosts), then the user's isIpAllowed. */
+  isIpAllowed: (info: HttpIpAllowInfo) => Promise<boolean>;
+  /**
+   * The user's onRequest, then secrets filled in for the request's host.
+   * Resolves to the request (edited in place) when the user hook returns
+   * nothing; a Response short-circuits; a wrong return type rejects with a
+   * TypeError; a secret headed elsewhere rejects with HttpRequestBlockedError.
+   */
+  onRequest: (request: Request) => Promise<Request | Response>;
+}
+
 export interface CreateHttpHooksResult {
-  httpHooks: HttpHooks;
-  /** { NAME: "GONDOLIN_SECRET_<48 hex>" } — pass as VMOptions.env */
+  httpHooks: CreatedHttpHooks;
+  /** { NAME: placeholder } — pass as VMOptions.env */
   env: Record<string, string>;
   allowedHosts: string[];
   secretManager: SecretManager;

@@ -175,7 +175,7 @@ test("HTTP egress reaches an allowed host with secrets filled in on the host", {
   assert.equal(echo.headers.authorization, `Bearer ${secretEnv.API_KEY}`, "its echo comes back scrubbed");
   // The guest only ever holds the placeholder.
   const env = await sh("echo $API_KEY; cat /proc/self/environ | tr '\\0' '\\n' | grep API_KEY; grep -rs real-secret-value /proc/*/environ /tmp /root | wc -l");
-  assert.match(env.stdout, /^GONDOLIN_SECRET_[0-9a-f]{48}\n/);
+  assert.match(env.stdout, /^GONDOLIN_SECRET_[0-9a-f]{48}\.API_KEY\n/);
   assert.equal(env.stdout.split("\n")[0], secretEnv.API_KEY);
   assert.ok(!env.stdout.includes("real-secret-value"));
   assert.equal(env.stdout.trim().split("\n").pop(), "0");
@@ -258,7 +258,7 @@ except OSError:
 
 test("createHttpHooks: env placeholders, allowedHosts, secret manager", () => {
   const h = createHttpHooks({ secrets: { A: { hosts: ["x.com"], value: "v" } } });
-  assert.match(h.env.A, /^GONDOLIN_SECRET_[0-9a-f]{48}$/);
+  assert.match(h.env.A, /^GONDOLIN_SECRET_[0-9a-f]{48}\.A$/);
   assert.deepEqual(h.allowedHosts, ["*"]);
   assert.deepEqual(createHttpHooks({ allowedHosts: [] }).allowedHosts, []);
   h.secretManager.updateSecret("A", { value: "w" });

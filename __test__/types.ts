@@ -112,6 +112,31 @@ void netVm;
 void new HttpRequestBlockedError("no", 451, "Unavailable For Legal Reasons").status;
 void new VM({ fetch: (req: Request) => fetch(req) });
 
+// Upstream 0.13 placeholders; the callable httpHooks composed with one's own.
+import { makePlaceholderFunc, PLACEHOLDER_ALPHABET_UPPER_ALPHANUMERIC, type SecretPlaceholderMode } from "@gondolin/native";
+async function composeUsage(): Promise<void> {
+  const mode: SecretPlaceholderMode = "unique";
+  const made = createHttpHooks({
+    secretPlaceholderMode: mode,
+    secrets: {
+      A: { hosts: ["a.test"], value: "v", placeholder: "fixed-placeholder-000001" },
+      B: { hosts: ["a.test"], value: "w", placeholder: makePlaceholderFunc({ prefix: "AKIA", alphabet: PLACEHOLDER_ALPHABET_UPPER_ALPHANUMERIC, length: 28 }) },
+    },
+    onRequestHead: (req) => void req.headers.set("x-audit", "1"),
+  });
+  const ok: boolean = await made.httpHooks.isIpAllowed({ hostname: "a.test", ip: "1.2.3.4", family: 4, port: 443, protocol: "https" });
+  const out: Request | Response = await made.httpHooks.onRequest(new Request("https://a.test/"));
+  void ok;
+  void out;
+  // The seeds' `(req, res) => res` order type-checks (it keeps the response).
+  new VM({ httpHooks: { ...made.httpHooks, onResponse: (req, res) => res }, env: made.env });
+  // @ts-expect-error secretPlaceholderMode is "shared" or "unique"
+  createHttpHooks({ secretPlaceholderMode: "random" });
+  // @ts-expect-error unknown createHttpHooks keys are refused
+  createHttpHooks({ alowedHosts: [] });
+}
+void composeUsage;
+
 // Upstream 0.13 options; plain-object providers; unknown keys.
 import {
   DEFAULT_GUEST_TMPFS,

@@ -31,7 +31,15 @@ const {
   formatVirtualEntries,
 } = require("./vfs.cjs");
 
-const { createHttpHooks, HttpRequestBlockedError } = require("./net.cjs");
+const {
+  createHttpHooks,
+  HttpRequestBlockedError,
+  makePlaceholderFunc,
+  PLACEHOLDER_ALPHABET_HEX,
+  PLACEHOLDER_ALPHABET_ALPHANUMERIC,
+  PLACEHOLDER_ALPHABET_UPPER_ALPHANUMERIC,
+  PLACEHOLDER_ALPHABET_BASE64URL,
+} = require("./net.cjs");
 const { listSessions, findSession, gcSessions, connectToSession, registerSession, unregisterSession } = require("./sessions.cjs");
 
 module.exports = {
@@ -39,6 +47,11 @@ module.exports = {
   DEFAULT_GUEST_TMPFS,
   createHttpHooks,
   HttpRequestBlockedError,
+  makePlaceholderFunc,
+  PLACEHOLDER_ALPHABET_HEX,
+  PLACEHOLDER_ALPHABET_ALPHANUMERIC,
+  PLACEHOLDER_ALPHABET_UPPER_ALPHANUMERIC,
+  PLACEHOLDER_ALPHABET_BASE64URL,
   ExecProcess,
   ExecResult,
   buildImage,

@@ -4,6 +4,8 @@
 // itself (host patterns, internal ranges, secrets) runs in Rust.
 
 const { native } = require("./native.cjs");
+const { fromNative } = require("./errors.cjs");
+const { checkKeys, optionError } = require("./options.cjs");
 
 const kNative = Symbol.for("gondolin.httpHooks.native");
 
@@ -29,10 +31,74 @@ function hostList(v, name) {
   return out;
 }
 
-const CALLBACKS = ["isRequestAllowed", "isIpAllowed", "onRequest", "onResponse"];
+const CALLBACKS = ["isRequestAllowed", "isIpAllowed", "onRequestHead", "onRequest", "onResponse"];
+
+// Placeholder alphabets for makePlaceholderFunc (ours: upstream 0.13 has
+// such constants, their exact names were not available).
+const PLACEHOLDER_ALPHABET_HEX = "0123456789abcdef";
+const PLACEHOLDER_ALPHABET_ALPHANUMERIC = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+const PLACEHOLDER_ALPHABET_UPPER_ALPHANUMERIC = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+const PLACEHOLDER_ALPHABET_BASE64URL = `${PLACEHOLDER_ALPHABET_ALPHANUMERIC}-_`;
+/** A generated placeholder must not be guessable by the guest. */
+const MIN_PLACEHOLDER_BITS = 128;
+
+/**
+ * A placeholder generator for `secrets.NAME.placeholder`: `prefix` plus
+ * `length` characters drawn uniformly (crypto RNG) from `alphabet`, e.g.
+ * so a placeholder has the shape a client library checks for. The random
+ * part must carry at least 128 bits.
+ */
+function makePlaceholderFunc(options = {}) {
+  if (options === null || typeof options !== "object") throw optionError("makePlaceholderFunc options must be an object");
+  const { prefix = "", alphabet = PLACEHOLDER_ALPHABET_ALPHANUMERIC, length = 32 } = options;
+  if (typeof prefix !== "string") throw optionError("makePlaceholderFunc: prefix must be a string");
+  const chars = typeof alphabet === "string" ? [...new Set(alphabet)] : [];
+  if (chars.length < 2 || chars.some((c) => !/^[\x21-\x7e]$/.test(c))) {
+    throw optionError("makePlaceholderFunc: alphabet must hold at least 2 distinct visible ASCII characters");
+  }
+  const bits = Number.isInteger(length) && length > 0 ? length * Math.log2(chars.length) : 0;
+  if (bits < MIN_PLACEHOLDER_BITS) {
+    throw optionError(`makePlaceholderFunc: ${length} characters of a ${chars.length}-character alphabet carry ${Math.floor(bits)} bits; at least ${MIN_PLACEHOLDER_BITS} are needed`);
+  }
+  const { randomInt } = require("node:crypto");
+  return () => {
+    let out = prefix;
+    for (let i = 0; i < length; i++) out += chars[randomInt(chars.length)];
+    return out;
+  };
+}
+
+function secretPlaceholder(name, def) {
+  const p = def.placeholder;
+  if (p === undefined) return undefined;
+  const value = typeof p === "function" ? p(name) : p;
+  if (typeof value !== "string") {
+    throw optionError(`secrets.${name}.placeholder must be a string or a function returning one`);
+  }
+  return value;
+}
+
+/** Upstream's duck-typed check of what onRequest hands on. */
+function assertRequest(value) {
+  if (value === null || typeof value !== "object" || typeof value.url !== "string" ||
+      typeof value.method !== "string" || !value.headers || typeof value.headers.forEach !== "function") {
+    throw new TypeError("onRequest must return Request, Response, or undefined");
+  }
+}
+
+/** A Response handed back by a hook, re-wrapped (Set-Cookie kept apart). */
+function normalizeResponse(r) {
+  const headers = new Headers(r.headers);
+  if (typeof r.headers.getSetCookie === "function") {
+    headers.delete("set-cookie");
+    for (const c of r.headers.getSetCookie()) headers.append("set-cookie", c);
+  }
+  return new Response(r.body, { status: r.status, statusText: r.statusText, headers });
+}
 
 function createHttpHooks(options = {}) {
   if (options === null || typeof options !== "object") throw new TypeError("createHttpHooks options must be an object");
+  checkKeys(options, "createHttpHooks");
   const allowedHosts = hostList(options.allowedHosts, "allowedHosts");
   const allowedInternalHosts = hostList(options.allowedInternalHosts, "allowedInternalHosts") || [];
   const callbacks = {};
@@ -41,38 +107,66 @@ function createHttpHooks(options = {}) {
     if (typeof options[cb] !== "function") throw new TypeError(`createHttpHooks: ${cb} must be a function`);
     callbacks[cb] = options[cb];
   }
+  const mode = options.secretPlaceholderMode;
+  if (mode !== undefined && mode !== "shared" && mode !== "unique") {
+    throw optionError(`secretPlaceholderMode must be "shared" or "unique" (got ${JSON.stringify(mode)})`);
+  }
   const defs = [];
   for (const [name, def] of Object.entries(options.secrets || {})) {
     if (!def || typeof def !== "object" || typeof def.value !== "string" || !Array.isArray(def.hosts)) {
       throw new TypeError(`secrets.${name} must be { hosts: string[], value: string }`);
     }
-    defs.push({ name, value: def.value, hosts: hostList(def.hosts, `secrets.${name}.hosts`) });
+    checkKeys(def, "secret", `secrets.${name}`);
+    defs.push({ name, value: def.value, hosts: hostList(def.hosts, `secrets.${name}.hosts`), placeholder: secretPlaceholder(name, def) });
   }
+  const blockInternalRanges = options.blockInternalRanges !== false;
   let secrets;
+  let policy;
   try {
-    secrets = new native.NativeSecrets(defs, Boolean(options.replaceSecretsInQuery));
+    secrets = new native.NativeSecrets(defs, Boolean(options.replaceSecretsInQuery), mode);
+    policy = new native.NativeHttpPolicy(allowedHosts, allowedInternalHosts, blockInternalRanges, secrets);
   } catch (err) {
-    throw require("./errors.cjs").fromNative(err);
+    throw fromNative(err);
   }
   const env = {};
   for (const s of secrets.list()) env[s.name] = s.placeholder;
-  const httpHooks = {};
-  Object.defineProperty(httpHooks, kNative, {
-    value: {
-      allowedHosts,
-      allowedInternalHosts,
-      blockInternalRanges: options.blockInternalRanges !== false,
-      secrets,
-      callbacks,
+  const httpHooks = {
+    isRequestAllowed: async (request) => (callbacks.isRequestAllowed ? callbacks.isRequestAllowed(request) : true),
+    isIpAllowed: async (info) => {
+      if (info === null || typeof info !== "object") throw new TypeError("isIpAllowed expects { hostname, ip, family, port, protocol }");
+      if (!policy.ipAllowed(String(info.hostname ?? ""), String(info.ip ?? ""))) return false;
+      return callbacks.isIpAllowed ? callbacks.isIpAllowed(info) : true;
     },
-  });
-  // The user's callbacks stay reachable as ordinary HttpHooks members.
-  Object.assign(httpHooks, callbacks);
+    onRequest: async (request) => {
+      let next = request;
+      if (callbacks.onRequest) {
+        const r = await callbacks.onRequest(request);
+        if (r !== undefined && r !== null) {
+          if (r instanceof Response || (typeof r === "object" && "status" in r)) return normalizeResponse(r);
+          next = r;
+        }
+      }
+      assertRequest(next);
+      return fillSecrets(policy, next);
+    },
+  };
+  if (callbacks.onRequestHead) httpHooks.onRequestHead = callbacks.onRequestHead;
+  if (callbacks.onResponse) httpHooks.onResponse = callbacks.onResponse;
+  // Enumerable on purpose: `{ ...httpHooks, onResponse }` keeps it, so the
+  // VM still runs this policy natively (see netOptions).
+  httpHooks[kNative] = {
+    allowedHosts,
+    allowedInternalHosts,
+    blockInternalRanges,
+    secrets,
+    callbacks,
+    own: { ...httpHooks },
+  };
   const wrap = (f) => (...a) => {
     try {
       return f(...a);
     } catch (err) {
-      throw require("./errors.cjs").fromNative(err);
+      throw fromNative(err);
     }
   };
   const secretManager = {
@@ -89,6 +183,34 @@ function createHttpHooks(options = {}) {
     allowedHosts: allowedHosts === undefined ? ["*"] : [...allowedHosts, ...allowedInternalHosts.filter((h) => !allowedHosts.includes(h))],
     secretManager,
   };
+}
+
+/**
+ * Secret substitution for a request held in JS, by the native code the VM
+ * uses: the same request back (headers edited in place) or, when the query
+ * changed, a new one; a secret headed elsewhere throws
+ * HttpRequestBlockedError.
+ */
+function fillSecrets(policy, request) {
+  let parts;
+  try {
+    parts = policy.applySecrets(request.url, pairs(request.headers));
+  } catch (err) {
+    const e = fromNative(err);
+    if (e.code === "secret_refused") throw new HttpRequestBlockedError(e.message);
+    throw e;
+  }
+  if (!parts) return request;
+  const headers = new Headers();
+  for (const [k, v] of parts.headers) headers.append(k, v);
+  if (parts.url === request.url) {
+    for (const k of [...request.headers.keys()]) request.headers.delete(k);
+    headers.forEach((v, k) => request.headers.append(k, v));
+    return request;
+  }
+  const method = request.method.toUpperCase();
+  const body = method !== "GET" && method !== "HEAD" ? request.body : null;
+  return new Request(parts.url, { method: request.method, headers, body, ...(body ? { duplex: "half" } : {}) });
 }
 
 const DNS_MODES = ["synthetic", "trusted", "open"];
@@ -119,14 +241,20 @@ function netOptions(options) {
     if (typeof hooks !== "object") throw new TypeError("httpHooks must be an object");
     const n = hooks[kNative];
     if (n) {
+      // From createHttpHooks (maybe spread into a new object): its rules
+      // run natively; JS is asked only for the user's own callbacks, and
+      // for any member the caller replaced or added.
       policy = n;
       secrets = n.secrets;
-      callbacks = n.callbacks;
-    } else {
-      for (const cb of CALLBACKS) {
-        if (hooks[cb] === undefined) continue;
-        if (typeof hooks[cb] !== "function") throw new TypeError(`httpHooks.${cb} must be a function`);
-        callbacks[cb] = hooks[cb].bind(hooks);
+    }
+    for (const cb of CALLBACKS) {
+      const f = hooks[cb];
+      if (f === undefined || f === null) continue;
+      if (typeof f !== "function") throw new TypeError(`httpHooks.${cb} must be a function`);
+      if (n && f === n.own[cb]) {
+        if (n.callbacks[cb]) callbacks[cb] = n.callbacks[cb];
+      } else {
+        callbacks[cb] = f.bind(hooks);
       }
     }
   }
@@ -187,6 +315,11 @@ async function requestOutcome(r) {
   return { action: "request", method: r.method, url: r.url, headers: pairs(r.headers), body };
 }
 
+/** A head-only rewrite: the body (streaming on) stays the guest's. */
+function headOutcome(r) {
+  return { action: "request", method: r.method, url: r.url, headers: pairs(r.headers) };
+}
+
 async function responseOutcome(r) {
   const headers = pairs(r.headers).filter(([k]) => k !== "set-cookie");
   for (const c of r.headers.getSetCookie ? r.headers.getSetCookie() : []) headers.push(["set-cookie", c]);
@@ -208,6 +341,14 @@ function makeHttpDispatcher(cb) {
           const info = { hostname: call.hostname, ip: call.ip, family: call.family, port: call.port, protocol: call.protocol };
           return { action: (await cb.isIpAllowed(info)) ? "allow" : "deny" };
         }
+        case "onRequestHead": {
+          const req = toRequest(call, false);
+          const r = await cb.onRequestHead(req);
+          if (r === undefined || r === null) return headOutcome(req); // keeps in-place header edits
+          if (r instanceof Response) return await responseOutcome(r);
+          if (r instanceof Request) return headOutcome(r);
+          throw new TypeError("onRequestHead must return Request, Response, or undefined");
+        }
         case "onRequest": {
           const req = toRequest(call, true);
           const r = await cb.onRequest(req);
@@ -220,8 +361,11 @@ function makeHttpDispatcher(cb) {
           const status = call.status || 200;
           const body = NULL_BODY.has(status) ? null : call.responseBody;
           const resp = new Response(body, { status, statusText: call.statusText || "", headers: call.responseHeaders || [] });
-          const r = await cb.onResponse(resp, toRequest(call, false));
-          if (r === undefined || r === null) return { action: "keep" };
+          const req = toRequest(call, false);
+          const r = await cb.onResponse(resp, req);
+          // `(req, res) => res` (the seeds' order) hands back the Request it
+          // was given: nothing to change.
+          if (r === undefined || r === null || r === req) return { action: "keep" };
           if (r instanceof Response) return await responseOutcome(r);
           throw new TypeError("onResponse must return Response or undefined");
         }
@@ -276,4 +420,15 @@ function mitmCaPem() {
   return native.mitmCaPem();
 }
 
-module.exports = { createHttpHooks, HttpRequestBlockedError, netOptions, pumpEgress, mitmCaPem };
+module.exports = {
+  createHttpHooks,
+  HttpRequestBlockedError,
+  makePlaceholderFunc,
+  PLACEHOLDER_ALPHABET_HEX,
+  PLACEHOLDER_ALPHABET_ALPHANUMERIC,
+  PLACEHOLDER_ALPHABET_UPPER_ALPHANUMERIC,
+  PLACEHOLDER_ALPHABET_BASE64URL,
+  netOptions,
+  pumpEgress,
+  mitmCaPem,
+};

@@ -20,6 +20,11 @@ const KNOWN = {
   ],
   vfs: ["mounts", "hooks", "fuseMount"],
   rootfs: ["mode"],
+  createHttpHooks: [
+    "allowedHosts", "allowedInternalHosts", "secrets", "replaceSecretsInQuery", "blockInternalRanges",
+    "secretPlaceholderMode", "isRequestAllowed", "isIpAllowed", "onRequestHead", "onRequest", "onResponse",
+  ],
+  secret: ["hosts", "value", "placeholder"],
 };
 
 /** Upstream options this implementation does not have: say so instead of "unknown". */
@@ -276,4 +281,5 @@ module.exports = {
   tmpfsCmdline,
   defaultDebugLog,
   nearest,
+  checkKeys,
 };

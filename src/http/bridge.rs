@@ -20,6 +20,7 @@ use super::hook_glue::{from_pairs, hook_response, on_response, to_pairs};
 use super::hooks::{Hook, HookRequest, OnRequest};
 use super::refusal::{Ctx, Refusal};
 use super::reply::{empty, full, strip_hop_by_hop, Body};
+use super::secrets::Secrets;
 use super::{upstream, Egress, Policy};
 
 const MAX_REDIRECTS: usize = 10;
@@ -82,6 +83,9 @@ async fn steps(
     check_declared_length(&req, ctx.eg.policy.max_request_body)?;
     let guest_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let mut out = outgoing(ctx, req)?;
+    if let Some(answer) = on_request_head(ctx, &mut out).await? {
+        return Ok(deliver_as_is(ctx, answer));
+    }
     if let Some(answer) = on_request(ctx, &mut out).await? {
         return Ok(deliver_as_is(ctx, answer));
     }
@@ -254,34 +258,64 @@ async fn on_request(ctx: &mut Ctx, out: &mut Outgoing) -> Result<Option<Response
         headers: to_pairs(&out.headers),
         body: bytes,
     };
-    let failed = |why: String| Refusal::Hook(super::hooks::HookError::Failed(why));
     match h.on_request(hreq).await? {
         OnRequest::Keep => Ok(None),
         OnRequest::Respond(r) => Ok(Some(hook_response(r))),
         OnRequest::Rewrite(r) => {
-            out.method = Method::from_bytes(r.method.as_bytes())
-                .map_err(|_| failed("onRequest returned an invalid method".into()))?;
-            out.url =
-                url::Url::parse(&r.url).map_err(|_| Refusal::BadRequest("invalid request URL"))?;
-            out.headers = from_pairs(&r.headers).map_err(failed)?;
-            // The rewritten URL names the host; Host follows it.
-            if let Some(h) = out.url.host_str() {
-                let auth = match out.url.port() {
-                    Some(p) => format!("{h}:{p}"),
-                    None => h.to_string(),
-                };
-                if let Ok(v) = HeaderValue::from_str(&auth) {
-                    out.headers.insert(header::HOST, v);
-                }
-            }
+            rewrite_head(ctx, out, &r, "onRequest")?;
             out.has_body = r.body.as_ref().is_some_and(|b| !b.is_empty());
             out.body = full(r.body.unwrap_or_default());
-            ctx.url = out.url.to_string();
-            ctx.method = out.method.to_string();
-            ctx.host = host_of(&out.url);
             Ok(None)
         }
     }
+}
+
+/// `onRequestHead` sees the head only, before the body is read (which then
+/// streams on unbuffered unless `onRequest` exists); it may rewrite the
+/// head or answer.
+async fn on_request_head(
+    ctx: &mut Ctx,
+    out: &mut Outgoing,
+) -> Result<Option<Response<Body>>, Refusal> {
+    let Some(h) = ctx.eg.policy.hook(Hook::OnRequestHead).cloned() else {
+        return Ok(None);
+    };
+    match h.on_request_head(head_view(out)).await? {
+        OnRequest::Keep => Ok(None),
+        OnRequest::Respond(r) => Ok(Some(hook_response(r))),
+        OnRequest::Rewrite(r) => {
+            rewrite_head(ctx, out, &r, "onRequestHead")?;
+            Ok(None)
+        }
+    }
+}
+
+/// Method, URL and headers from a hook's rewritten request.
+fn rewrite_head(
+    ctx: &mut Ctx,
+    out: &mut Outgoing,
+    r: &HookRequest,
+    hook: &str,
+) -> Result<(), Refusal> {
+    let failed = |why: String| Refusal::Hook(super::hooks::HookError::Failed(why));
+    out.method = Method::from_bytes(r.method.as_bytes())
+        .map_err(|_| failed(format!("{hook} returned an invalid method")))?;
+    out.url = url::Url::parse(&r.url).map_err(|_| Refusal::BadRequest("invalid request URL"))?;
+    out.headers = from_pairs(&r.headers).map_err(failed)?;
+    // The rewritten URL names the host; Host follows it.
+    if let Some(h) = out.url.host_str() {
+        let auth = match out.url.port() {
+            Some(p) => format!("{h}:{p}"),
+            None => h.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&auth) {
+            out.headers.insert(header::HOST, v);
+        }
+    }
+    ctx.url = out.url.to_string();
+    ctx.method = out.method.to_string();
+    ctx.host = host_of(&out.url);
+    Ok(())
 }
 
 /// An answer made on the host (by `onRequest`): scrubbed and recorded.
@@ -321,7 +355,7 @@ async fn send_following(ctx: &Ctx, out: Outgoing) -> Result<(Response<Body>, boo
         if hop == 0 {
             // Secrets first: a placeholder headed off its hosts is refused
             // before anything is resolved. The hooks see placeholders.
-            let filled = fill_secrets(eg, &headers, &url, &host)?;
+            let filled = fill_secrets(&eg.policy.secrets, &headers, &url, &host)?;
             admit(eg, hop_view(&method, &url, &headers)).await?;
             if let Some((h, u)) = filled {
                 (headers, url, carried) = (h, u, true);
@@ -388,12 +422,11 @@ fn redirect_target(resp: &Response<Body>, url: &url::Url, has_body: bool) -> Opt
 /// for the secret's hosts; anywhere else the request is refused. `None`
 /// when nothing changes (and no copy without secrets).
 fn fill_secrets(
-    eg: &Egress,
+    secrets: &Secrets,
     headers: &HeaderMap,
     url: &url::Url,
     host: &str,
 ) -> Result<Option<(HeaderMap, url::Url)>, Refusal> {
-    let secrets = &eg.policy.secrets;
     if secrets.is_empty() {
         return Ok(None);
     }
@@ -417,6 +450,27 @@ fn fill_secrets(
         }
     }
     Ok(carried.then_some((headers, url)))
+}
+
+/// A request's URL and header pairs, as JS holds them.
+pub(crate) type RequestParts = (String, Vec<(String, String)>);
+
+/// [`fill_secrets`] for a request held by JS (`httpHooks.onRequest` called
+/// directly): the same substitution and refusals the VM applies. `Ok(None)`
+/// when nothing changes; `Err` carries the refusal's message.
+pub(crate) fn apply_secrets(
+    secrets: &Secrets,
+    url: &str,
+    headers: &[(String, String)],
+) -> Result<Option<RequestParts>, String> {
+    let url = url::Url::parse(url).map_err(|_| format!("invalid request URL {url:?}"))?;
+    let headers = from_pairs(headers)?;
+    match fill_secrets(secrets, &headers, &url, &host_of(&url)) {
+        Ok(None) => Ok(None),
+        Ok(Some((h, u))) => Ok(Some((u.to_string(), to_pairs(&h)))),
+        Err(Refusal::Secret(why)) => Err(why),
+        Err(other) => Err(other.reason()),
+    }
 }
 
 /// A redirect may reflect a real value (an open redirect on the secret's

@@ -58,6 +58,8 @@ pub enum HookError {
 pub enum Hook {
     IsRequestAllowed,
     IsIpAllowed,
+    /// Head only, before the body is read.
+    OnRequestHead,
     OnRequest,
     OnResponse,
     /// A user-supplied upstream client instead of the built-in one.
@@ -70,6 +72,12 @@ pub trait HttpHooks: Send + Sync {
     fn has(&self, hook: Hook) -> bool;
     async fn is_request_allowed(&self, head: &HookRequest) -> Result<bool, HookError>;
     async fn is_ip_allowed(&self, info: &IpCheck) -> Result<bool, HookError>;
+    /// The request head (no body) before the body is read; a rewrite keeps
+    /// the body.
+    async fn on_request_head(&self, head: HookRequest) -> Result<OnRequest, HookError> {
+        let _ = head;
+        Ok(OnRequest::Keep)
+    }
     async fn on_request(&self, req: HookRequest) -> Result<OnRequest, HookError>;
     async fn on_response(
         &self,

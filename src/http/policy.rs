@@ -23,6 +23,22 @@ impl HostPattern {
     }
 }
 
+/// Refuse a pattern written as a regular expression (`.*`, `^api\.`,
+/// `(a|b)`): patterns are globs, and a regex would silently match nothing
+/// (or, read as a glob, something else). A host name never starts with a
+/// dot nor holds any of `^$()[]{}+?|\`.
+pub fn check_glob(p: &str) -> Result<(), String> {
+    let t = p.trim();
+    if t.starts_with('.')
+        || t.contains(['^', '$', '(', ')', '[', ']', '{', '}', '+', '?', '|', '\\'])
+    {
+        return Err(format!(
+            "host pattern {p:?} looks like a regular expression: patterns are globs; use '*' (\"*\" for every host, \"*.example.com\" for subdomains)"
+        ));
+    }
+    Ok(())
+}
+
 /// `*` matches any run (including empty); everything else literally.
 fn glob(p: &[u8], s: &[u8]) -> bool {
     let (mut pi, mut si) = (0, 0);
@@ -190,6 +206,36 @@ mod tests {
         assert!(p("a**b.com").matches("ab.com"));
         assert!(!p("a*b").matches("ac"));
         assert_eq!(patterns(&[" A.com ", "a.com", "", "b.com"]).len(), 2);
+    }
+
+    #[test]
+    fn regex_looking_patterns_are_refused() {
+        for bad in [
+            ".*",
+            ".example.com",
+            "^api\\.example\\.com$",
+            "(a|b).com",
+            "api.example.com?",
+            "a+.com",
+            "[ab].com",
+        ] {
+            assert!(
+                check_glob(bad)
+                    .unwrap_err()
+                    .contains("patterns are globs; use '*'"),
+                "{bad}"
+            );
+        }
+        for good in [
+            "*",
+            "*.example.com",
+            "api.*.net",
+            "example.com",
+            "foo.*",
+            "a**b.com",
+        ] {
+            assert!(check_glob(good).is_ok(), "{good}");
+        }
     }
 
     #[test]

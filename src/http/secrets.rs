@@ -1,7 +1,11 @@
 //! Secrets the guest only ever sees as placeholders.
 //!
-//! Each secret has a random placeholder (`GONDOLIN_SECRET_` + 48 hex) put
-//! in the guest's environment. On the way out, the host replaces
+//! Each secret has a placeholder put in the guest's environment: by default
+//! `<marker>.<NAME>`, where the marker (`GONDOLIN_SECRET_` + 48 random hex)
+//! is shared by the secrets of one `createHttpHooks` call ("shared" mode);
+//! or `GONDOLIN_SECRET_` + 48 random hex per secret ("unique" mode); or a
+//! string the user chose (at least [`MIN_CUSTOM_PLACEHOLDER`] visible ASCII
+//! characters). On the way out, the host replaces
 //! placeholders in header values (and inside `Basic` credentials, and in
 //! the query when enabled) with the real value, but only for the secret's
 //! hosts: a placeholder, or the real value, headed anywhere else blocks
@@ -10,12 +14,17 @@
 
 use std::sync::{Arc, RwLock};
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use base64::Engine;
 
 use super::policy::{any_match, patterns, HostPattern};
 use super::scrub::Scrubber;
 
 pub const PLACEHOLDER_PREFIX: &str = "GONDOLIN_SECRET_";
+/// A user-chosen placeholder shorter than this is too easy to hit by
+/// accident (every header holding it would be substituted or refused).
+pub const MIN_CUSTOM_PLACEHOLDER: usize = 16;
+const MAX_PLACEHOLDER: usize = 512;
 
 #[derive(Debug, Clone)]
 pub struct Secret {
@@ -32,6 +41,8 @@ pub struct Secret {
 pub struct Secrets {
     list: RwLock<Vec<Secret>>,
     in_query: bool,
+    /// Finds placeholders (pattern i = secret i; placeholders never change).
+    matcher: Option<AhoCorasick>,
     /// Rebuilt whenever a value changes; `None` with no values at all.
     scrubber: RwLock<Option<Arc<Scrubber>>>,
 }
@@ -39,6 +50,72 @@ pub struct Secrets {
 /// Why a request may not go out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused(pub String);
+
+/// How placeholders are made when the user gives none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaceholderMode {
+    /// `<marker>.<NAME>`, one random marker per set of secrets.
+    Shared,
+    /// A random placeholder per secret.
+    Unique,
+}
+
+impl PlaceholderMode {
+    pub fn parse(s: &str) -> Result<PlaceholderMode, String> {
+        match s {
+            "shared" => Ok(PlaceholderMode::Shared),
+            "unique" => Ok(PlaceholderMode::Unique),
+            other => Err(format!(
+                "secretPlaceholderMode must be \"shared\" or \"unique\" (got {other:?})"
+            )),
+        }
+    }
+}
+
+/// A user-chosen placeholder is usable: long enough not to be hit by
+/// accident, and only visible ASCII (it travels in header values).
+pub fn check_custom_placeholder(name: &str, p: &str) -> Result<(), String> {
+    if p.len() < MIN_CUSTOM_PLACEHOLDER || p.len() > MAX_PLACEHOLDER {
+        return Err(format!(
+            "secrets.{name}.placeholder must be {MIN_CUSTOM_PLACEHOLDER} to {MAX_PLACEHOLDER} characters (got {})",
+            p.len()
+        ));
+    }
+    if !p.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "secrets.{name}.placeholder may only hold visible ASCII characters (no spaces)"
+        ));
+    }
+    Ok(())
+}
+
+/// Placeholders for `(name, custom placeholder)` pairs, in order. Every
+/// placeholder is distinct.
+pub fn placeholders(
+    mode: PlaceholderMode,
+    defs: &[(String, Option<String>)],
+) -> Result<Vec<String>, String> {
+    let marker = new_placeholder();
+    let mut out: Vec<String> = Vec::with_capacity(defs.len());
+    for (name, custom) in defs {
+        let p = match (custom, mode) {
+            (Some(p), _) => {
+                check_custom_placeholder(name, p)?;
+                p.clone()
+            }
+            (None, PlaceholderMode::Shared) => format!("{marker}.{name}"),
+            (None, PlaceholderMode::Unique) => new_placeholder(),
+        };
+        if let Some(i) = out.iter().position(|q| *q == p) {
+            return Err(format!(
+                "secrets.{name} and secrets.{} have the same placeholder",
+                defs[i].0
+            ));
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
 
 pub fn new_placeholder() -> String {
     use ring::rand::SecureRandom;
@@ -53,9 +130,17 @@ pub fn new_placeholder() -> String {
 impl Secrets {
     pub fn new(list: Vec<Secret>, in_query: bool) -> Secrets {
         let scrubber = RwLock::new(scrubber_for(&list));
+        // Longest first: `<marker>.AB` is not `<marker>.A` followed by "B".
+        let matcher = (!list.is_empty()).then(|| {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(list.iter().map(|s| s.placeholder.as_bytes()))
+                .expect("literal patterns always build")
+        });
         Secrets {
             list: RwLock::new(list),
             in_query,
+            matcher,
             scrubber,
         }
     }
@@ -150,7 +235,7 @@ impl Secrets {
                 if let Ok(raw) = engine.decode(b64.trim()) {
                     let text = String::from_utf8_lossy(&raw).into_owned();
                     check(&list, &text, host)?;
-                    let replaced = substitute(&list, &text, host)?;
+                    let replaced = self.substitute(&list, &text, host)?;
                     if replaced != text {
                         return Ok(format!("Basic {}", engine.encode(replaced)));
                     }
@@ -158,7 +243,7 @@ impl Secrets {
             }
         }
         check(&list, value, host)?;
-        substitute(&list, value, host)
+        self.substitute(&list, value, host)
     }
 
     /// Substitute into a query string (only when enabled).
@@ -168,7 +253,32 @@ impl Secrets {
             return Ok(query.to_string());
         }
         check(&list, query, host)?;
-        substitute(&list, query, host)
+        self.substitute(&list, query, host)
+    }
+
+    /// Replace every placeholder in one pass (a value put in is never
+    /// searched again); a placeholder off its secret's hosts refuses.
+    fn substitute(&self, list: &[Secret], text: &str, host: &str) -> Result<String, Refused> {
+        let Some(matcher) = &self.matcher else {
+            return Ok(text.to_string());
+        };
+        let mut out = String::with_capacity(text.len());
+        let mut last = 0;
+        for m in matcher.find_iter(text) {
+            let s = &list[m.pattern().as_usize()];
+            if !s.deleted && !any_match(&s.hosts, host) {
+                return Err(Refused(format!(
+                    "secret {} not allowed for host: {}",
+                    s.name,
+                    shown(host)
+                )));
+            }
+            out.push_str(&text[last..m.start()]);
+            out.push_str(&s.value);
+            last = m.end();
+        }
+        out.push_str(&text[last..]);
+        Ok(out)
     }
 }
 
@@ -212,26 +322,6 @@ fn check(list: &[Secret], text: &str, host: &str) -> Result<(), Refused> {
     Ok(())
 }
 
-fn substitute(list: &[Secret], text: &str, host: &str) -> Result<String, Refused> {
-    if !text.contains(PLACEHOLDER_PREFIX) {
-        return Ok(text.to_string());
-    }
-    let mut out = text.to_string();
-    for s in list {
-        if out.contains(s.placeholder.as_str()) {
-            if !s.deleted && !any_match(&s.hosts, host) {
-                return Err(Refused(format!(
-                    "secret {} not allowed for host: {}",
-                    s.name,
-                    shown(host)
-                )));
-            }
-            out = out.replace(s.placeholder.as_str(), &s.value);
-        }
-    }
-    Ok(out)
-}
-
 fn shown(host: &str) -> &str {
     if host.is_empty() {
         "unknown"
@@ -268,6 +358,77 @@ mod tests {
             .bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_ne!(p, new_placeholder());
+    }
+
+    fn named(list: &[(&str, &str)]) -> Vec<(String, Option<String>)> {
+        list.iter()
+            .map(|(n, p)| (n.to_string(), (!p.is_empty()).then(|| p.to_string())))
+            .collect()
+    }
+
+    #[test]
+    fn placeholder_modes() {
+        let shared =
+            placeholders(PlaceholderMode::Shared, &named(&[("A", ""), ("AB", "")])).unwrap();
+        let marker = shared[0].strip_suffix(".A").unwrap();
+        assert_eq!(marker.len(), PLACEHOLDER_PREFIX.len() + 48);
+        assert_eq!(shared[1], format!("{marker}.AB"));
+        let again = placeholders(PlaceholderMode::Shared, &named(&[("A", "")])).unwrap();
+        assert_ne!(again[0], shared[0], "a new marker per set");
+        let unique =
+            placeholders(PlaceholderMode::Unique, &named(&[("A", ""), ("B", "")])).unwrap();
+        assert!(unique
+            .iter()
+            .all(|p| p.len() == PLACEHOLDER_PREFIX.len() + 48));
+        assert_ne!(unique[0], unique[1]);
+        let custom = placeholders(
+            PlaceholderMode::Shared,
+            &named(&[("A", "sk-live-0123456789abcdef")]),
+        )
+        .unwrap();
+        assert_eq!(custom[0], "sk-live-0123456789abcdef");
+        assert!(placeholders(PlaceholderMode::Shared, &named(&[("A", "short")])).is_err());
+        assert!(placeholders(
+            PlaceholderMode::Shared,
+            &named(&[("A", "has a space 0123456")])
+        )
+        .is_err());
+        let dup = named(&[
+            ("A", "same-placeholder-0001"),
+            ("B", "same-placeholder-0001"),
+        ]);
+        assert!(placeholders(PlaceholderMode::Unique, &dup)
+            .unwrap_err()
+            .contains("same placeholder"));
+        assert!(PlaceholderMode::parse("random").is_err());
+    }
+
+    /// `<marker>.A` inside `<marker>.AB` is not a use of A.
+    #[test]
+    fn the_longest_placeholder_wins() {
+        let ph = placeholders(PlaceholderMode::Shared, &named(&[("A", ""), ("AB", "")])).unwrap();
+        let mk = |name: &str, p: &str, value: &str, host: &str| Secret {
+            name: name.into(),
+            placeholder: p.into(),
+            value: value.into(),
+            hosts: patterns(&[host]),
+            deleted: false,
+            revoked: Vec::new(),
+        };
+        let s = Secrets::new(
+            vec![
+                mk("A", &ph[0], "va", "a.example"),
+                mk("AB", &ph[1], "vab", "ab.example"),
+            ],
+            false,
+        );
+        assert_eq!(
+            s.header("x", &format!("{} {}", ph[1], ph[1]), "ab.example")
+                .unwrap(),
+            "vab vab"
+        );
+        assert_eq!(s.header("x", &ph[0], "a.example").unwrap(), "va");
+        assert!(s.header("x", &ph[1], "a.example").is_err());
     }
 
     #[test]

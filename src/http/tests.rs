@@ -669,3 +669,100 @@ async fn a_placeholder_off_its_hosts_is_refused_before_resolving() {
         "{b}"
     );
 }
+
+/// `onRequestHead` only: answers /head-short, otherwise adds a header; it
+/// records whether it was ever handed a body.
+struct HeadHooks(std::sync::Mutex<Vec<bool>>);
+
+#[async_trait::async_trait]
+impl hooks::HttpHooks for HeadHooks {
+    fn has(&self, h: hooks::Hook) -> bool {
+        h == hooks::Hook::OnRequestHead
+    }
+    async fn is_request_allowed(&self, _: &hooks::HookRequest) -> Result<bool, hooks::HookError> {
+        unreachable!("not present")
+    }
+    async fn is_ip_allowed(&self, _: &hooks::IpCheck) -> Result<bool, hooks::HookError> {
+        unreachable!("not present")
+    }
+    async fn on_request_head(
+        &self,
+        mut head: hooks::HookRequest,
+    ) -> Result<hooks::OnRequest, hooks::HookError> {
+        self.0.lock().unwrap().push(head.body.is_some());
+        if head.url.ends_with("/head-short") {
+            return Ok(hooks::OnRequest::Respond(hooks::HookResponse {
+                status: 203,
+                status_text: String::new(),
+                headers: Vec::new(),
+                body: Bytes::from_static(b"head answer"),
+            }));
+        }
+        head.headers.push(("x-head".into(), "1".into()));
+        Ok(hooks::OnRequest::Rewrite(head))
+    }
+    async fn on_request(
+        &self,
+        _: hooks::HookRequest,
+    ) -> Result<hooks::OnRequest, hooks::HookError> {
+        unreachable!("not present")
+    }
+    async fn on_response(
+        &self,
+        _: hooks::HookResponse,
+        _: &hooks::HookRequest,
+    ) -> Result<Option<hooks::HookResponse>, hooks::HookError> {
+        unreachable!("not present")
+    }
+}
+
+#[tokio::test]
+async fn the_head_hook_rewrites_or_answers_and_the_body_streams_on() {
+    let up = upstream().await;
+    let h = Arc::new(HeadHooks(Default::default()));
+    let eg = egress(Policy {
+        hooks: Some(h.clone()),
+        ..open_internal()
+    });
+    let host = format!("127.0.0.1:{}", up.port());
+    let (s, b) = guest_get(eg.clone(), &host, "/head-short", &[]).await;
+    assert_eq!((s, b.as_str()), (203, "head answer"));
+    let raw = format!(
+        "POST /p HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+    );
+    let out = guest_raw(eg, raw.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains("x-head: 1"),
+        "the rewritten head went upstream: {out}"
+    );
+    assert!(out.contains("body=5"), "with the guest's body: {out}");
+    assert_eq!(*h.0.lock().unwrap(), vec![false, false], "never a body");
+}
+
+#[test]
+fn secrets_applied_for_js_are_the_bridges() {
+    let ph = secrets::new_placeholder();
+    let s = Secrets::new(
+        vec![secrets::Secret {
+            name: "K".into(),
+            placeholder: ph.clone(),
+            value: "real".into(),
+            hosts: policy::patterns(&["api.test"]),
+            deleted: false,
+            revoked: Vec::new(),
+        }],
+        true,
+    );
+    let headers = vec![("x-k".to_string(), format!("a {ph}"))];
+    let (url, h) = apply_secrets(&s, &format!("https://api.test/p?k={ph}"), &headers)
+        .unwrap()
+        .unwrap();
+    assert_eq!(url, "https://api.test/p?k=real");
+    assert_eq!(h, vec![("x-k".to_string(), "a real".to_string())]);
+    assert_eq!(apply_secrets(&s, "https://api.test/", &[]).unwrap(), None);
+    assert_eq!(
+        apply_secrets(&s, "https://evil.test/", &headers).unwrap_err(),
+        "secret K not allowed for host: evil.test"
+    );
+}

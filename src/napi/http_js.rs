@@ -20,7 +20,8 @@ use crate::http::hooks::{
 #[napi(object)]
 #[derive(Default)]
 pub struct HttpHookCall {
-    /// "isRequestAllowed" | "isIpAllowed" | "onRequest" | "onResponse"
+    /// "isRequestAllowed" | "isIpAllowed" | "onRequestHead" | "onRequest" |
+    /// "onResponse" | "fetch"
     pub hook: String,
     pub method: Option<String>,
     pub url: Option<String>,
@@ -65,6 +66,7 @@ impl JsHttpHooks {
             .filter_map(|n| match n.as_str() {
                 "isRequestAllowed" => Some(Hook::IsRequestAllowed),
                 "isIpAllowed" => Some(Hook::IsIpAllowed),
+                "onRequestHead" => Some(Hook::OnRequestHead),
                 "onRequest" => Some(Hook::OnRequest),
                 "onResponse" => Some(Hook::OnResponse),
                 "fetch" => Some(Hook::Fetch),
@@ -136,6 +138,19 @@ fn response_from(out: HttpHookOutcome) -> HookResponse {
     }
 }
 
+fn on_request_outcome(out: HttpHookOutcome, req: HookRequest) -> OnRequest {
+    match out.action.as_str() {
+        "request" => OnRequest::Rewrite(HookRequest {
+            method: out.method.unwrap_or(req.method),
+            url: out.url.unwrap_or(req.url),
+            headers: pairs_from_js(out.headers),
+            body: out.body.map(|b| b.to_vec().into()),
+        }),
+        "response" => OnRequest::Respond(response_from(out)),
+        _ => OnRequest::Keep,
+    }
+}
+
 #[async_trait]
 impl HttpHooks for JsHttpHooks {
     fn has(&self, hook: Hook) -> bool {
@@ -162,18 +177,14 @@ impl HttpHooks for JsHttpHooks {
         Ok(out.action == "allow")
     }
 
+    async fn on_request_head(&self, head: HookRequest) -> Result<OnRequest, HookError> {
+        let out = self.call(request_call("onRequestHead", &head)).await?;
+        Ok(on_request_outcome(out, head))
+    }
+
     async fn on_request(&self, req: HookRequest) -> Result<OnRequest, HookError> {
         let out = self.call(request_call("onRequest", &req)).await?;
-        Ok(match out.action.as_str() {
-            "request" => OnRequest::Rewrite(HookRequest {
-                method: out.method.unwrap_or(req.method),
-                url: out.url.unwrap_or(req.url),
-                headers: pairs_from_js(out.headers),
-                body: out.body.map(|b| b.to_vec().into()),
-            }),
-            "response" => OnRequest::Respond(response_from(out)),
-            _ => OnRequest::Keep,
-        })
+        Ok(on_request_outcome(out, req))
     }
 
     async fn on_response(

@@ -8,8 +8,8 @@ use napi_derive::napi;
 use tokio::sync::{mpsc, Mutex};
 
 use super::error::js_error;
-use crate::http::policy::patterns;
-use crate::http::secrets::{new_placeholder, Secret, Secrets};
+use crate::http::policy::{check_glob, patterns};
+use crate::http::secrets::{placeholders, PlaceholderMode, Secret, Secrets};
 use crate::http::{Egress, EgressEvent, EgressHandler, Policy};
 use crate::net::dns::{host_resolvers, DnsConfig, DnsMode, DnsServer};
 use crate::net::{NetConfig, NetStats};
@@ -41,6 +41,8 @@ pub struct NativeSecretDef {
     pub name: String,
     pub value: String,
     pub hosts: Vec<String>,
+    /// Chosen by the user (already produced, when it was a generator).
+    pub placeholder: Option<String>,
 }
 
 #[napi(object)]
@@ -59,25 +61,41 @@ pub struct NativeSecrets {
 
 #[napi]
 impl NativeSecrets {
+    /// `placeholder_mode`: "shared" (default) or "unique".
     #[napi(constructor)]
-    pub fn new(defs: Vec<NativeSecretDef>, replace_in_query: Option<bool>) -> napi::Result<Self> {
-        let mut list = Vec::new();
-        for d in defs {
-            if d.name.is_empty() || d.name.contains('=') || d.name.contains('\0') {
-                return Err(js_error(
-                    "invalid_option",
-                    format!("secrets: invalid environment variable name {:?}", d.name),
-                ));
+    pub fn new(
+        defs: Vec<NativeSecretDef>,
+        replace_in_query: Option<bool>,
+        placeholder_mode: Option<String>,
+    ) -> napi::Result<Self> {
+        let mode =
+            PlaceholderMode::parse(placeholder_mode.as_deref().unwrap_or("shared")).map_err(bad)?;
+        for d in &defs {
+            if d.name.is_empty() || !d.name.bytes().all(|b| b.is_ascii_graphic() && b != b'=') {
+                return Err(bad(format!(
+                    "secrets: invalid environment variable name {:?}",
+                    d.name
+                )));
             }
-            list.push(Secret {
+            globs(&d.hosts, &format!("secrets.{}.hosts", d.name))?;
+        }
+        let named: Vec<(String, Option<String>)> = defs
+            .iter()
+            .map(|d| (d.name.clone(), d.placeholder.clone()))
+            .collect();
+        let made = placeholders(mode, &named).map_err(bad)?;
+        let list = defs
+            .into_iter()
+            .zip(made)
+            .map(|(d, placeholder)| Secret {
                 name: d.name,
-                placeholder: new_placeholder(),
+                placeholder,
                 value: d.value,
                 hosts: patterns(&d.hosts),
                 deleted: false,
                 revoked: Vec::new(),
-            });
-        }
+            })
+            .collect();
         Ok(NativeSecrets {
             inner: Arc::new(Secrets::new(list, replace_in_query.unwrap_or(false))),
         })
@@ -104,6 +122,9 @@ impl NativeSecrets {
         value: Option<String>,
         hosts: Option<Vec<String>>,
     ) -> napi::Result<()> {
+        if let Some(h) = &hosts {
+            globs(h, "updateSecret: hosts")?;
+        }
         self.inner
             .update(&name, value, hosts)
             .map_err(|e| js_error("invalid_option", e))
@@ -114,6 +135,92 @@ impl NativeSecrets {
         self.inner
             .delete(&name)
             .map_err(|e| js_error("invalid_option", e))
+    }
+}
+
+/// Refuse regex-looking host patterns (see [`check_glob`]).
+fn globs(list: &[String], what: &str) -> napi::Result<()> {
+    for p in list {
+        check_glob(p).map_err(|e| bad(format!("{what}: {e}")))?;
+    }
+    Ok(())
+}
+
+#[napi(object)]
+pub struct NativeRequestParts {
+    pub url: String,
+    pub headers: Vec<Vec<String>>,
+}
+
+/// The built-in rules of one `createHttpHooks` result, for its callable
+/// `httpHooks` (`isIpAllowed`, `onRequest`): the same code the VM runs.
+#[napi]
+pub struct NativeHttpPolicy {
+    policy: Policy,
+}
+
+#[napi]
+impl NativeHttpPolicy {
+    /// `allowed_hosts` absent = every host.
+    #[napi(constructor)]
+    pub fn new(
+        allowed_hosts: Option<Vec<String>>,
+        allowed_internal_hosts: Vec<String>,
+        block_internal_ranges: bool,
+        secrets: &NativeSecrets,
+    ) -> napi::Result<Self> {
+        globs(allowed_hosts.as_deref().unwrap_or(&[]), "allowedHosts")?;
+        globs(&allowed_internal_hosts, "allowedInternalHosts")?;
+        Ok(NativeHttpPolicy {
+            policy: Policy {
+                allowed_hosts: allowed_hosts.map(|l| patterns(&l)),
+                allowed_internal: patterns(&allowed_internal_hosts),
+                block_internal: block_internal_ranges,
+                secrets: secrets.inner.clone(),
+                ..Policy::default()
+            },
+        })
+    }
+
+    /// The host rule, then the IP rule (internal ranges, this machine's
+    /// addresses). An unparsable `ip` is not internal (as upstream).
+    #[napi]
+    pub fn ip_allowed(&self, hostname: String, ip: String) -> bool {
+        let host = hostname.trim_end_matches('.').to_ascii_lowercase();
+        if !self.policy.host_allowed(&host) {
+            return false;
+        }
+        let ip = ip.trim_start_matches('[').trim_end_matches(']');
+        match ip.parse::<std::net::IpAddr>() {
+            Ok(ip) => self.policy.ip_allowed(&host, ip),
+            Err(_) => true,
+        }
+    }
+
+    /// Placeholders filled in for the request's host; `null` when nothing
+    /// changes. Throws (code `secret_refused`) when a secret may not go
+    /// there.
+    #[napi]
+    pub fn apply_secrets(
+        &self,
+        url: String,
+        headers: Vec<Vec<String>>,
+    ) -> napi::Result<Option<NativeRequestParts>> {
+        let pairs: Vec<(String, String)> = headers
+            .into_iter()
+            .filter_map(|p| match <[String; 2]>::try_from(p) {
+                Ok([k, v]) => Some((k, v)),
+                Err(_) => None,
+            })
+            .collect();
+        match crate::http::apply_secrets(&self.policy.secrets, &url, &pairs) {
+            Ok(None) => Ok(None),
+            Ok(Some((url, h))) => Ok(Some(NativeRequestParts {
+                url,
+                headers: h.into_iter().map(|(k, v)| vec![k, v]).collect(),
+            })),
+            Err(why) => Err(js_error("secret_refused", why)),
+        }
     }
 }
 

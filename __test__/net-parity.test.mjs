@@ -212,6 +212,18 @@ test("unknown createHttpHooks keys name the nearest valid one", () => {
     e.code === "invalid_option" && /unknown option secrets\.A\.hots; did you mean secrets\.A\.hosts\?/.test(e.message));
 });
 
+test("VM options: the whole createHttpHooks() result, unknown hook names and an unset secret value are refused", () => {
+  // The seeds' `VM.create({ httpHooks: createHttpHooks({...}) })` would otherwise run with no policy at all.
+  const whole = createHttpHooks({ allowedHosts: ["a.test"] });
+  assert.throws(() => new VM({ httpHooks: whole }), (e) =>
+    e.code === "invalid_option" && /whole createHttpHooks\(\) result; pass its parts: const \{ httpHooks, env \}/.test(e.message));
+  assert.throws(() => new VM({ httpHooks: { onRequst() {} } }), (e) =>
+    e.code === "invalid_option" && e.message === "unknown option httpHooks.onRequst; did you mean httpHooks.onRequest?");
+  // `value: process.env.GITHUB_TOKEN` with the variable unset.
+  assert.throws(() => createHttpHooks({ secrets: { GITHUB_TOKEN: { hosts: ["api.github.com"], value: undefined } } }), (e) =>
+    e.code === "invalid_option" && /secrets\.GITHUB_TOKEN\.value is undefined \(an unset environment variable\?\)/.test(e.message));
+});
+
 test("the VM runs createHttpHooks' rules natively, handed the object or a spread copy", () => {
   const h = createHttpHooks({ allowedHosts: ["a.test"], secrets: { A: { hosts: ["a.test"], value: "v" } } });
   const direct = netOptions({ httpHooks: h.httpHooks });

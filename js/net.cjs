@@ -5,7 +5,7 @@
 
 const { native } = require("./native.cjs");
 const { fromNative } = require("./errors.cjs");
-const { checkKeys, optionError } = require("./options.cjs");
+const { checkKeys, optionError, KNOWN } = require("./options.cjs");
 
 const kNative = Symbol.for("gondolin.httpHooks.native");
 
@@ -31,7 +31,7 @@ function hostList(v, name) {
   return out;
 }
 
-const CALLBACKS = ["isRequestAllowed", "isIpAllowed", "onRequestHead", "onRequest", "onResponse"];
+const CALLBACKS = KNOWN.httpHooks;
 
 // Placeholder alphabets for makePlaceholderFunc (ours: upstream 0.13 has
 // such constants, their exact names were not available).
@@ -113,6 +113,10 @@ function createHttpHooks(options = {}) {
   }
   const defs = [];
   for (const [name, def] of Object.entries(options.secrets || {})) {
+    if (def && typeof def === "object" && def.value === undefined) {
+      // The usual cause: `value: process.env.NAME` with NAME unset.
+      throw optionError(`secrets.${name}.value is undefined (an unset environment variable?); give the real value as a string`);
+    }
     if (!def || typeof def !== "object" || typeof def.value !== "string" || !Array.isArray(def.hosts)) {
       throw new TypeError(`secrets.${name} must be { hosts: string[], value: string }`);
     }
@@ -239,6 +243,14 @@ function netOptions(options) {
   let callbacks = {};
   if (hooks !== undefined && hooks !== null) {
     if (typeof hooks !== "object") throw new TypeError("httpHooks must be an object");
+    if (hooks.httpHooks && hooks.httpHooks[kNative]) {
+      // VM.create({ httpHooks: createHttpHooks(...) }) would otherwise run with no policy at all.
+      throw optionError(
+        "httpHooks got the whole createHttpHooks() result; pass its parts: " +
+          "const { httpHooks, env } = createHttpHooks(...); VM.create({ httpHooks, env })",
+      );
+    }
+    checkKeys(hooks, "httpHooks");
     const n = hooks[kNative];
     if (n) {
       // From createHttpHooks (maybe spread into a new object): its rules

@@ -25,6 +25,7 @@ const KNOWN = {
     "secretPlaceholderMode", "isRequestAllowed", "isIpAllowed", "onRequestHead", "onRequest", "onResponse",
   ],
   secret: ["hosts", "value", "placeholder"],
+  httpHooks: ["isRequestAllowed", "isIpAllowed", "onRequestHead", "onRequest", "onResponse"],
 };
 
 /** Upstream options this implementation does not have: say so instead of "unknown". */
@@ -275,6 +276,7 @@ function resolveOptions(options) {
 }
 
 module.exports = {
+  KNOWN,
   DEFAULT_GUEST_TMPFS,
   resolveOptions,
   optionError,

@@ -59,13 +59,20 @@ pub(crate) async fn admit(eg: &Egress, hop: Hop<'_>) -> Result<(), Refusal> {
     if !policy.host_allowed(&host) {
         return Err(Refusal::Host(host));
     }
-    // 2. Built-in IP rule, on the one resolution.
-    let mut addrs: Vec<SocketAddr> = resolve(&host, port)
-        .await?
+    // 2. Built-in IP rule, on the one resolution. A user's `fetch` dials
+    // for itself, so a name only it can resolve (a mock, its own resolver)
+    // leaves no address here to judge; a name that does resolve is judged.
+    let fetch_dials = policy.hook(Hook::Fetch).is_some();
+    let resolved = match resolve(&host, port).await {
+        Err(Refusal::Unresolved(_)) if fetch_dials => Vec::new(),
+        other => other?,
+    };
+    let unresolved_for_fetch = resolved.is_empty();
+    let mut addrs: Vec<SocketAddr> = resolved
         .into_iter()
         .filter(|a| policy.ip_allowed(&host, a.ip()))
         .collect();
-    if addrs.is_empty() {
+    if addrs.is_empty() && !unresolved_for_fetch {
         return Err(Refusal::Ip(host));
     }
     // 3. The user's request rule.
@@ -81,7 +88,10 @@ pub(crate) async fn admit(eg: &Egress, hop: Hop<'_>) -> Result<(), Refusal> {
         }
     }
     // 4. The user's IP rule: the first address it allows is the one dialled.
-    if let Some(h) = policy.hook(Hook::IsIpAllowed) {
+    if let Some(h) = policy
+        .hook(Hook::IsIpAllowed)
+        .filter(|_| !unresolved_for_fetch)
+    {
         let mut chosen = None;
         for a in &addrs {
             let info = IpCheck {

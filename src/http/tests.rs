@@ -766,3 +766,59 @@ fn secrets_applied_for_js_are_the_bridges() {
         "secret K not allowed for host: evil.test"
     );
 }
+
+/// A user `fetch` that answers every request itself (a mock upstream).
+struct MockFetch;
+
+#[async_trait::async_trait]
+impl hooks::HttpHooks for MockFetch {
+    fn has(&self, h: hooks::Hook) -> bool {
+        h == hooks::Hook::Fetch
+    }
+    async fn is_request_allowed(&self, _: &hooks::HookRequest) -> Result<bool, hooks::HookError> {
+        Ok(true)
+    }
+    async fn is_ip_allowed(&self, _: &hooks::IpCheck) -> Result<bool, hooks::HookError> {
+        Ok(true)
+    }
+    async fn on_request(
+        &self,
+        _: hooks::HookRequest,
+    ) -> Result<hooks::OnRequest, hooks::HookError> {
+        Ok(hooks::OnRequest::Keep)
+    }
+    async fn on_response(
+        &self,
+        resp: hooks::HookResponse,
+        _: &hooks::HookRequest,
+    ) -> Result<Option<hooks::HookResponse>, hooks::HookError> {
+        Ok(Some(resp))
+    }
+    async fn fetch(
+        &self,
+        req: hooks::HookRequest,
+    ) -> Result<hooks::HookResponse, hooks::HookError> {
+        Ok(hooks::HookResponse {
+            status: 200,
+            status_text: String::new(),
+            headers: vec![],
+            body: Bytes::from(format!("mock:{}", req.url)),
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_user_fetch_serves_names_the_host_cannot_resolve_but_internal_ones_stay_refused() {
+    let eg = egress(Policy {
+        hooks: Some(Arc::new(MockFetch)),
+        ..Policy::default()
+    });
+    // `.invalid` never resolves (RFC 6761): only the user's fetch knows it.
+    let (s, b) = guest_get(eg.clone(), "api.example.invalid", "/x", &[]).await;
+    assert_eq!((s, b.as_str()), (200, "mock:http://api.example.invalid/x"));
+    // A name or address that is internal is still judged and refused.
+    let (s, _) = guest_get(eg.clone(), "127.0.0.1", "/x", &[]).await;
+    assert_eq!(s, 403);
+    let (s, _) = guest_get(eg, "localhost", "/x", &[]).await;
+    assert_eq!(s, 403);
+}

@@ -384,6 +384,10 @@ async fn read_loop<R: AsyncRead>(r: R, shared: Arc<Shared>, closed: oneshot::Sen
             };
         }
     };
+    // Nothing more can be read, so nothing written matters: the writer
+    // drops its half now and the socket closes, whoever still holds the
+    // client (a failed start, a supervisor waiting for QEMU's exit status).
+    shared.stop.cancel();
     if let Err(reason) = closed.send(reason) {
         shared.fail(reason);
     }

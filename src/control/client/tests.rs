@@ -236,3 +236,20 @@ async fn fail_releases_the_connection() {
     assert_eq!(conn.closed.await.unwrap().code, "vm_closed");
     drop(c);
 }
+
+/// The guest side closing (QEMU died) releases the host's end too, even
+/// while the client and the `closed` signal are still held (a failed start,
+/// a supervisor waiting for QEMU's exit status).
+#[tokio::test]
+async fn guest_eof_releases_the_connection() {
+    let (c, conn, mut g) = pair();
+    g.io.shutdown().await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), g.io.read(&mut buf))
+        .await
+        .expect("the host end must close after the guest's EOF")
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(conn.closed.await.unwrap().code, "connection_closed");
+    drop(c);
+}

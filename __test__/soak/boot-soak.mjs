@@ -122,9 +122,19 @@ async function settle(base, ms = 15000) {
 
 /**
  * Run the soak; resolves to a summary object (`ok` false on any failure).
- * killRatio: fraction of cycles in which QEMU is killed (kind chosen at random).
+ * killRatio: fraction of cycles in which QEMU is killed (kind chosen at
+ * random); `plan(n)`, if given, picks cycle n's kill (null or one of
+ * "boot" | "exec" | "after") instead.
  */
-export async function runSoak({ cycles = 200, concurrency = 2, killRatio = 0.5, startTimeoutMs = 120000, log = () => {} } = {}) {
+export async function runSoak({
+  cycles = 200,
+  concurrency = 2,
+  killRatio = 0.5,
+  plan = null,
+  startTimeoutMs = 120000,
+  log = () => {},
+} = {}) {
+  const pick = plan || (() => (Math.random() < killRatio ? KINDS[Math.floor(Math.random() * KINDS.length)] : null));
   const image = await ensureImage();
   const cmdline = image.cmdline;
   // Warm-up: the first VM creates lazily-made things (libuv pool, tokio workers).
@@ -142,7 +152,7 @@ export async function runSoak({ cycles = 200, concurrency = 2, killRatio = 0.5, 
   const worker = async () => {
     while (next < cycles) {
       const n = next++;
-      const kind = Math.random() < killRatio ? KINDS[Math.floor(Math.random() * KINDS.length)] : null;
+      const kind = pick(n);
       let res;
       try {
         res = await cycle(n, kind, cmdline, startTimeoutMs);

@@ -1,0 +1,116 @@
+// Faults from issue 12: multi-byte characters split across output chunks,
+// aborting a piped exec, fds/threads left behind by closed VMs.
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { createRequire } from "node:module";
+import { vmSkip } from "./helpers.mjs";
+import { runSoak } from "./soak/boot-soak.mjs";
+
+const require = createRequire(import.meta.url);
+const { VM } = require("../js/index.cjs");
+const skip = vmSkip();
+
+let vm;
+before(async () => {
+  if (skip) return;
+  vm = await VM.create({ memory: "512M", cpus: 1 });
+  await vm.start();
+});
+after(async () => {
+  if (vm) await vm.close();
+});
+
+/** ~300 KB of 1-, 2-, 3- and 4-byte UTF-8 characters in lines of varying length. */
+function mixedText() {
+  const chars = ["a", "é", "ß", "€", "中", "😀", "𝄞"];
+  let s = "";
+  for (let i = 0; Buffer.byteLength(s) < 300 * 1024; i++) {
+    s += chars[(i * 7 + (i >> 3)) % chars.length];
+    if (i % 97 === 96) s += "\n";
+  }
+  return `${s}\n`;
+}
+
+test("a character split across chunks decodes whole in iteration, output() and lines()", { skip }, async () => {
+  const text = mixedText();
+  await vm.fs.writeFile("/tmp/utf8.txt", text);
+  // dd writes 4097 bytes at a time; a 4096-byte window cuts its output into
+  // chunks of at most 4096 bytes, so characters straddle chunk boundaries.
+  const cmd = "dd if=/tmp/utf8.txt bs=4097 status=none";
+  const opts = { stdout: "pipe", stderr: "pipe", windowBytes: 4096 };
+
+  let iterated = "";
+  for await (const s of vm.exec(cmd, opts)) iterated += s;
+  assert.equal(iterated, text);
+
+  let merged = "";
+  const raw = [];
+  for await (const c of vm.exec(cmd, opts).output()) {
+    assert.equal(c.stream, "stdout");
+    merged += c.text;
+    raw.push(c.data);
+  }
+  assert.equal(merged, text);
+  assert.equal(Buffer.concat(raw).toString("utf8"), text);
+  assert.ok(raw.length >= 75, `expected many chunks, got ${raw.length}`);
+  assert.ok(
+    raw.some((b) => b.toString("utf8").includes("\uFFFD")),
+    "some chunk must end inside a character (otherwise this test proves nothing)",
+  );
+
+  const lines = [];
+  for await (const l of vm.exec(cmd, opts).lines()) lines.push(l);
+  assert.deepEqual(lines, text.slice(0, -1).split("\n"));
+});
+
+test("aborting an exec with piped output ends the streams and rejects; no 'error' event", { skip }, async () => {
+  const ac = new AbortController();
+  const proc = vm.exec("echo started; echo err >&2; sleep 30", { stdout: "pipe", stderr: "pipe", signal: ac.signal });
+  // Watch every event without adding an 'error' listener: the caller in the
+  // report listened for 'data' only, and an 'error' would be uncaught.
+  const events = { stdout: [], stderr: [] };
+  for (const name of ["stdout", "stderr"]) {
+    const s = proc[name];
+    const emit = s.emit.bind(s);
+    s.emit = (ev, ...args) => {
+      events[name].push(ev);
+      return emit(ev, ...args);
+    };
+  }
+  let out = "";
+  proc.stdout.on("data", (d) => (out += d));
+  proc.stderr.on("data", () => {});
+  const ended = Promise.all([proc.stdout, proc.stderr].map((s) => new Promise((r) => s.once("end", r))));
+  while (!out.includes("started")) await new Promise((r) => setTimeout(r, 20));
+  ac.abort();
+  await assert.rejects(proc, (e) => e.code === "exec_aborted" && e.message === "exec aborted");
+  await ended;
+  assert.equal(out, "started\n");
+  assert.equal(events.stdout.includes("error"), false);
+  assert.equal(events.stderr.includes("error"), false);
+  assert.ok(events.stdout.includes("end"));
+
+  // Iterating an aborted exec throws its error after the last chunk.
+  const ac2 = new AbortController();
+  const seen = [];
+  await assert.rejects(
+    (async () => {
+      for await (const s of vm.exec("echo one; sleep 30", { stdout: "pipe", signal: ac2.signal })) {
+        seen.push(s);
+        ac2.abort();
+      }
+    })(),
+    (e) => e.code === "exec_aborted",
+  );
+  assert.deepEqual(seen, ["one\n"]);
+});
+
+test("create/exec/close cycles (QEMU killed mid-exec, during boot, after the exec) leave no fds or threads", { skip }, async () => {
+  // The short version of __test__/soak/fd-soak.mjs (50 cycles).
+  const kinds = [null, "exec", null, "boot", "after", "exec", null, null];
+  const s = await runSoak({ cycles: kinds.length, concurrency: 1, plan: (n) => kinds[n] });
+  assert.deepEqual(s.failures, []);
+  assert.ok(s.fds.after <= s.fds.before, `fds grew: ${JSON.stringify(s.fds)}`);
+  assert.ok(s.threads.after <= s.threads.before, `threads grew: ${JSON.stringify(s.threads)}`);
+  assert.equal(s.kills.missed, 0, `every planned kill must hit a running QEMU: ${JSON.stringify(s.kills)}`);
+});

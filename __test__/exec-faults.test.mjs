@@ -1,13 +1,16 @@
 // Faults from issue 12: multi-byte characters split across output chunks,
 // aborting a piped exec, fds/threads left behind by closed VMs.
 import assert from "node:assert/strict";
+import fs from "node:fs";
+import net from "node:net";
 import { after, before, test } from "node:test";
 import { createRequire } from "node:module";
 import { vmSkip } from "./helpers.mjs";
-import { runSoak } from "./soak/boot-soak.mjs";
+import { qemuPidByMarker, runSoak } from "./soak/boot-soak.mjs";
 
 const require = createRequire(import.meta.url);
-const { VM } = require("../js/index.cjs");
+const { VM, ensureImage } = require("../js/index.cjs");
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const skip = vmSkip();
 
 let vm;
@@ -23,12 +26,14 @@ after(async () => {
 /** ~300 KB of 1-, 2-, 3- and 4-byte UTF-8 characters in lines of varying length. */
 function mixedText() {
   const chars = ["a", "é", "ß", "€", "中", "😀", "𝄞"];
-  let s = "";
-  for (let i = 0; Buffer.byteLength(s) < 300 * 1024; i++) {
-    s += chars[(i * 7 + (i >> 3)) % chars.length];
-    if (i % 97 === 96) s += "\n";
+  const parts = [];
+  let bytes = 0;
+  for (let i = 0; bytes < 300 * 1024; i++) {
+    const c = chars[(i * 7 + (i >> 3)) % chars.length] + (i % 97 === 96 ? "\n" : "");
+    parts.push(c);
+    bytes += Buffer.byteLength(c);
   }
-  return `${s}\n`;
+  return `${parts.join("")}\n`;
 }
 
 test("a character split across chunks decodes whole in iteration, output() and lines()", { skip }, async () => {
@@ -113,4 +118,62 @@ test("create/exec/close cycles (QEMU killed mid-exec, during boot, after the exe
   assert.ok(s.fds.after <= s.fds.before, `fds grew: ${JSON.stringify(s.fds)}`);
   assert.ok(s.threads.after <= s.threads.before, `threads grew: ${JSON.stringify(s.threads)}`);
   assert.equal(s.kills.missed, 0, `every planned kill must hit a running QEMU: ${JSON.stringify(s.kills)}`);
+});
+
+/** Pause a QEMU's vCPUs through its QMP socket (a boot that stalls). */
+async function qmpStop(qmpPath) {
+  const sock = net.connect(qmpPath);
+  const replies = [];
+  let buf = "";
+  let wake = null;
+  sock.on("data", (d) => {
+    buf += d;
+    let i;
+    while ((i = buf.indexOf("\n")) >= 0) {
+      const m = JSON.parse(buf.slice(0, i));
+      buf = buf.slice(i + 1);
+      if (!m.event) replies.push(m);
+      if (wake) wake();
+    }
+  });
+  const reply = async (n) => {
+    while (replies.length < n) await new Promise((r) => (wake = r));
+  };
+  await reply(1); // greeting
+  sock.write('{"execute":"qmp_capabilities"}\n');
+  await reply(2);
+  sock.write('{"execute":"stop"}\n');
+  await reply(3);
+  sock.end();
+  assert.deepEqual(replies[2], { return: {} });
+}
+
+test("a boot stuck past the slow-boot mark: vm_start_timeout carries the console and QEMU's vCPU state", { skip }, async () => {
+  const image = await ensureImage();
+  const marker = `gondolin.soak=${process.pid}-stall`;
+  process.env.GONDOLIN_SLOW_BOOT_MS = "1500";
+  const stalled = await VM.create({ memory: "256M", cpus: 1, startTimeoutMs: 5000, sandbox: { append: `${image.cmdline} ${marker}` } });
+  try {
+    const booting = stalled.start().then(() => null, (e) => e);
+    // Find our QEMU and its QMP socket, then pause its vCPUs.
+    let qmp = null;
+    for (let i = 0; i < 200 && !qmp; i++) {
+      const pid = qemuPidByMarker(marker);
+      const m = pid && /-qmp\0unix:([^,\0]+)/.exec(fs.readFileSync(`/proc/${pid}/cmdline`, "utf8"));
+      if (m && fs.existsSync(m[1])) qmp = m[1];
+      else await sleep(10);
+    }
+    assert.ok(qmp, "QEMU's QMP socket");
+    await qmpStop(qmp);
+    const e = await booting;
+    assert.equal(e && e.code, "vm_start_timeout");
+    assert.match(e.message, /^vm startup timed out after 5000ms while waiting for guest readiness; after 1500ms /);
+    assert.match(e.message, /QEMU pid \d+; status: \{[^}]*"status":"paused"/);
+    assert.match(e.message, /registers: CPU#0 .*[RE]IP=[0-9a-f]+ /);
+    assert.doesNotMatch(e.message, /XMM00=/, "FPU/SSE state is left out");
+    assert.match(e.message, /; console: /);
+  } finally {
+    delete process.env.GONDOLIN_SLOW_BOOT_MS;
+    await stalled.close();
+  }
 });

@@ -22,7 +22,7 @@ export const fdCount = () => fs.readdirSync("/proc/self/fd").length;
 export const threadCount = () => fs.readdirSync("/proc/self/task").length;
 
 /** Our child QEMU whose command line carries `marker` (the VM has no pid to ask yet while booting). */
-function qemuPidByMarker(marker) {
+export function qemuPidByMarker(marker) {
   for (const name of fs.readdirSync("/proc")) {
     if (!/^\d+$/.test(name)) continue;
     try {

@@ -9,7 +9,7 @@ import { vmSkip } from "./helpers.mjs";
 import { qemuPidByMarker, runSoak } from "./soak/boot-soak.mjs";
 
 const require = createRequire(import.meta.url);
-const { VM, ensureImage } = require("../js/index.cjs");
+const { VM, ensureImage, findSession, connectToSession } = require("../js/index.cjs");
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const skip = vmSkip();
 
@@ -66,6 +66,25 @@ test("a character split across chunks decodes whole in iteration, output() and l
   const lines = [];
   for await (const l of vm.exec(cmd, opts).lines()) lines.push(l);
   assert.deepEqual(lines, text.slice(0, -1).split("\n"));
+
+  // Through the session socket (what `gondolin attach` and the CLI use):
+  // output travels as bytes and is decoded once, at the end.
+  const session = await findSession(vm.id);
+  const got = await new Promise((resolve, reject) => {
+    const parts = [];
+    const conn = connectToSession(session.socketPath, {
+      onMessage: (m) => {
+        if (m.type === "status") conn.send({ type: "exec", id: 1, argv: ["dd", "if=/tmp/utf8.txt", "bs=4097", "status=none"] });
+        else if (m.type === "output" && m.stream === "stdout") parts.push(Buffer.from(m.data, "base64"));
+        else if (m.type === "exit") {
+          conn.close();
+          resolve(Buffer.concat(parts).toString("utf8"));
+        } else if (m.type === "error") reject(new Error(m.message));
+      },
+      onClose: (err) => err && reject(err),
+    });
+  });
+  assert.equal(got, text);
 });
 
 test("aborting an exec with piped output ends the streams and rejects; no 'error' event", { skip }, async () => {

@@ -132,7 +132,12 @@ test("aborting an exec with piped output ends the streams and rejects; no 'error
 test("create/exec/close cycles (QEMU killed mid-exec, during boot, after the exec) leave no fds or threads", { skip }, async () => {
   // The short version of __test__/soak/fd-soak.mjs (50 cycles).
   const kinds = [null, "exec", null, "boot", "after", "exec", null, null];
-  const s = await runSoak({ cycles: kinds.length, concurrency: 1, plan: (n) => kinds[n] });
+  const s = await runSoak({
+    cycles: kinds.length,
+    concurrency: 1,
+    plan: (n) => kinds[n],
+    vmOptions: { memory: "256M", cpus: 1 },
+  });
   assert.deepEqual(s.failures, []);
   assert.ok(s.fds.after <= s.fds.before, `fds grew: ${JSON.stringify(s.fds)}`);
   assert.ok(s.threads.after <= s.threads.before, `threads grew: ${JSON.stringify(s.threads)}`);

@@ -3,7 +3,7 @@
 // Fails on any boot that times out, any error a kill does not explain, and
 // any growth of the process's fds or threads. Prints a JSON summary.
 //
-//   node __test__/soak/boot-soak.mjs [--cycles 200] [--concurrency 2] [--kill-ratio 0.5]
+//   node __test__/soak/boot-soak.mjs [--cycles 200] [--concurrency 2] [--kill-ratio 0.5] [--cpus N] [--memory 1G]
 //
 // Exported as runSoak() for fd-soak.mjs and the short version in
 // __test__/exec-faults.test.mjs.
@@ -53,16 +53,16 @@ const KILL_CODES = new Set(["vm_boot_failed", "vm_exited", "connection_closed"])
  * One create → exec → close cycle. `kill` is null or one of KINDS.
  * Returns { bootMs, killed, error } (error: a problem a kill does not explain).
  */
-export async function cycle(n, kill_, cmdline, startTimeoutMs) {
+export async function cycle(n, kill_, cmdline, startTimeoutMs, vmOptions = {}) {
   const marker = `gondolin.soak=${process.pid}-${n}`;
   const vm = await VM.create({
-    memory: "256M",
-    cpus: 1,
+    ...vmOptions,
     startTimeoutMs,
     sandbox: { append: `${cmdline} ${marker}` },
   });
   let killed = false;
   let bootMs = null;
+  let report = null;
   const t0 = Date.now();
   try {
     if (kill_ === "boot") {
@@ -75,31 +75,33 @@ export async function cycle(n, kill_, cmdline, startTimeoutMs) {
       const started = await vm.start().then(() => null, (e) => e);
       await timer;
       if (started) {
-        if (started.code === "vm_start_timeout") return { bootMs, killed, error: started };
-        return { bootMs, killed, error: killed && KILL_CODES.has(started.code) ? null : started };
+        if (started.code === "vm_start_timeout") return { bootMs, report, killed, error: started };
+        return { bootMs, report, killed, error: killed && KILL_CODES.has(started.code) ? null : started };
       }
       bootMs = Date.now() - t0;
+      report = vm.info.slowBootReport ?? null;
       // The kill came after the boot: the exec sees it instead.
       const r = await vm.exec("echo ok").then((x) => x, (e) => e);
-      if (r instanceof Error) return { bootMs, killed, error: killed && KILL_CODES.has(r.code) ? null : r };
-      return { bootMs, killed, error: r.stdout === "ok\n" ? null : new Error(`exec said ${JSON.stringify(r.stdout)}`) };
+      if (r instanceof Error) return { bootMs, report, killed, error: killed && KILL_CODES.has(r.code) ? null : r };
+      return { bootMs, report, killed, error: r.stdout === "ok\n" ? null : new Error(`exec said ${JSON.stringify(r.stdout)}`) };
     }
     const started = await vm.start().then(() => null, (e) => e);
-    if (started) return { bootMs, killed, error: started };
+    if (started) return { bootMs, report, killed, error: started };
     bootMs = Date.now() - t0;
     const pid = vm.info.qemuPid;
+    report = vm.info.slowBootReport ?? null;
     if (kill_ === "exec") {
       const running = vm.exec("sleep 30");
       await sleep(Math.random() * 500);
       killed = kill(pid);
       const e = await running.then(() => new Error("sleep 30 finished although QEMU was killed"), (err) => err);
-      return { bootMs, killed, error: KILL_CODES.has(e.code) ? null : e };
+      return { bootMs, report, killed, error: KILL_CODES.has(e.code) ? null : e };
     }
     const r = await vm.exec("echo ok").then((x) => x, (e) => e);
-    if (r instanceof Error) return { bootMs, killed, error: r };
-    if (r.stdout !== "ok\n") return { bootMs, killed, error: new Error(`exec said ${JSON.stringify(r.stdout)}`) };
+    if (r instanceof Error) return { bootMs, report, killed, error: r };
+    if (r.stdout !== "ok\n") return { bootMs, report, killed, error: new Error(`exec said ${JSON.stringify(r.stdout)}`) };
     if (kill_ === "after") killed = kill(pid);
-    return { bootMs, killed, error: null };
+    return { bootMs, report, killed, error: null };
   } finally {
     await vm.close();
   }
@@ -124,7 +126,8 @@ async function settle(base, ms = 15000) {
  * Run the soak; resolves to a summary object (`ok` false on any failure).
  * killRatio: fraction of cycles in which QEMU is killed (kind chosen at
  * random); `plan(n)`, if given, picks cycle n's kill (null or one of
- * "boot" | "exec" | "after") instead.
+ * "boot" | "exec" | "after") instead. vmOptions: extra VM.create options
+ * (default: the VM defaults, 2 vCPUs and 1 GiB, as users boot them).
  */
 export async function runSoak({
   cycles = 200,
@@ -132,13 +135,14 @@ export async function runSoak({
   killRatio = 0.5,
   plan = null,
   startTimeoutMs = 120000,
+  vmOptions = {},
   log = () => {},
 } = {}) {
   const pick = plan || (() => (Math.random() < killRatio ? KINDS[Math.floor(Math.random() * KINDS.length)] : null));
   const image = await ensureImage();
   const cmdline = image.cmdline;
   // Warm-up: the first VM creates lazily-made things (libuv pool, tokio workers).
-  await cycle(-1, null, cmdline, startTimeoutMs);
+  await cycle(-1, null, cmdline, startTimeoutMs, vmOptions);
   await sleep(500);
   const base = { fds: fdCount(), threads: threadCount() };
   const t0 = Date.now();
@@ -155,13 +159,13 @@ export async function runSoak({
       const kind = pick(n);
       let res;
       try {
-        res = await cycle(n, kind, cmdline, startTimeoutMs);
+        res = await cycle(n, kind, cmdline, startTimeoutMs, vmOptions);
       } catch (e) {
         res = { bootMs: null, killed: false, error: e };
       }
       if (kind) kills[res.killed ? kind : "missed"]++;
       if (res.bootMs != null) boots.push(res.bootMs);
-      if (res.bootMs != null && res.bootMs > 30000) slow.push({ cycle: n, bootMs: res.bootMs });
+      if (res.bootMs != null && res.bootMs > 30000) slow.push({ cycle: n, bootMs: res.bootMs, report: res.report });
       if (res.error) {
         failures.push({ cycle: n, kill: kind, code: res.error.code, message: String(res.error.message).slice(0, 4000) });
         log(`cycle ${n} (${kind || "no kill"}) FAILED: ${res.error.code} ${res.error.message}`);
@@ -181,6 +185,7 @@ export async function runSoak({
     kills,
     boots: sorted.length,
     bootMs: { p50: pct(sorted, 50), p95: pct(sorted, 95), max: sorted[sorted.length - 1] ?? null },
+    vmOptions,
     slowBoots: slow,
     failures,
     fds: { before: base.fds, after: end.fds, maxDuring: maxFds },
@@ -200,6 +205,10 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
     cycles: arg("cycles", 200),
     concurrency: arg("concurrency", 2),
     killRatio: arg("kill-ratio", 0.5),
+    vmOptions: {
+      ...(process.argv.includes("--cpus") ? { cpus: arg("cpus") } : {}),
+      ...(process.argv.includes("--memory") ? { memory: process.argv[process.argv.indexOf("--memory") + 1] } : {}),
+    },
     log: (m) => process.stderr.write(`[boot-soak] ${m}\n`),
   });
   process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);

@@ -56,6 +56,8 @@ pub struct Vm {
     tail: Tail,
     /// The port servers and console pumps; aborted once QEMU is gone.
     tasks: Tasks,
+    /// The slow-boot report, if the boot took longer than the watchdog's mark.
+    boot_report: Option<String>,
 }
 
 /// Tasks a VM spawned. Each normally ends when QEMU closes its end, but a
@@ -302,6 +304,7 @@ impl Vm {
             pid,
             tail,
             tasks,
+            boot_report: progress.report(),
         })
     }
 
@@ -315,6 +318,11 @@ impl Vm {
 
     pub fn boot_time(&self) -> Duration {
         self.boot_time
+    }
+
+    /// Where a slow boot stood at the watchdog's mark (see `bootdiag`).
+    pub fn boot_report(&self) -> Option<&str> {
+        self.boot_report.as_deref()
     }
 
     pub fn qemu_pid(&self) -> Option<u32> {

@@ -195,6 +195,8 @@ test("a boot stuck past the slow-boot mark: vm_start_timeout carries the console
     assert.match(e.message, /QEMU pid \d+; status: \{[^}]*"status":"paused"/);
     assert.match(e.message, /registers: CPU#0 .*[RE]IP=[0-9a-f]+ /);
     assert.doesNotMatch(e.message, /XMM00=/, "FPU/SSE state is left out");
+    // Paused before sandboxd ran: the guest never opened the control port.
+    assert.match(e.message, /ports: gondolin.control: guest closed[,;]/);
     assert.match(e.message, /; console: /);
   } finally {
     delete process.env.GONDOLIN_SLOW_BOOT_MS;

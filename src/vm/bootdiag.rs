@@ -70,10 +70,17 @@ impl Progress {
 
 /// Sleep [`slow_boot`], then write the report and log it. Aborted by the
 /// caller when the boot ends first.
-pub async fn watchdog(progress: Arc<Progress>, tail: Tail, qmp: PathBuf, pid: Option<u32>) {
+/// `ports` are the virtio port names in QEMU's `port{i}` chardev order.
+pub async fn watchdog(
+    progress: Arc<Progress>,
+    tail: Tail,
+    qmp: PathBuf,
+    ports: Vec<String>,
+    pid: Option<u32>,
+) {
     let after = slow_boot();
     tokio::time::sleep(after).await;
-    let qmp_view = match tokio::time::timeout(QMP_TIMEOUT, query_qmp(&qmp)).await {
+    let qmp_view = match tokio::time::timeout(QMP_TIMEOUT, query_qmp(&qmp, &ports)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => format!("QMP query failed: {e}"),
         Err(_) => "QMP query timed out".into(),
@@ -103,7 +110,7 @@ pub async fn watchdog(progress: Arc<Progress>, tail: Tail, qmp: PathBuf, pid: Op
 }
 
 /// QEMU's run state and the vCPUs' registers, as one line.
-async fn query_qmp(path: &std::path::Path) -> std::io::Result<String> {
+async fn query_qmp(path: &std::path::Path, ports: &[String]) -> std::io::Result<String> {
     let stream = UnixStream::connect(path).await?;
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
@@ -112,6 +119,9 @@ async fn query_qmp(path: &std::path::Path) -> std::io::Result<String> {
     for (label, cmd) in [
         ("", serde_json::json!({"execute": "qmp_capabilities"})),
         ("status", serde_json::json!({"execute": "query-status"})),
+        // `frontend-open` of a virtio port's chardev says whether the guest
+        // has the port open: sandboxd started, or the guest is stuck before.
+        ("chardevs", serde_json::json!({"execute": "query-chardev"})),
         (
             "cpus",
             serde_json::json!({"execute": "human-monitor-command", "arguments": {"command-line": "info cpus"}}),
@@ -126,6 +136,7 @@ async fn query_qmp(path: &std::path::Path) -> std::io::Result<String> {
         match label {
             "" => {}
             "registers" => out.push(format!("{label}: {}", without_fpu(&compact(&reply)))),
+            "chardevs" => out.push(format!("ports: {}", chardevs(&reply, ports))),
             _ => out.push(format!("{label}: {}", compact(&reply))),
         }
     }
@@ -162,6 +173,27 @@ fn compact(v: &serde_json::Value) -> String {
     }
 }
 
+/// `gondolin.control: guest open|closed` per virtio port chardev (`port{i}`
+/// is `ports[i]`; the console and QMP's own are left out).
+fn chardevs(v: &serde_json::Value, ports: &[String]) -> String {
+    let Some(list) = v.get("return").and_then(|r| r.as_array()) else {
+        return compact(v);
+    };
+    list.iter()
+        .filter_map(|c| {
+            let label = c.get("label")?.as_str()?;
+            let i: usize = label.strip_prefix("port")?.parse().ok()?;
+            let name = ports.get(i).map(String::as_str).unwrap_or(label);
+            let open = c.get("frontend-open")?.as_bool()?;
+            Some(format!(
+                "{name}: guest {}",
+                if open { "open" } else { "closed" }
+            ))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `info registers` without the FPU/SSE state after each CPU's `FCW=`
 /// (kilobytes of zeros that say nothing about where a boot stands).
 fn without_fpu(regs: &str) -> String {
@@ -194,6 +226,20 @@ mod tests {
         assert_eq!(compact(&v), "RAX=0 RBX=1 RIP=ffff");
         let v = serde_json::json!({"return": {"status": "running"}});
         assert_eq!(compact(&v), r#"{"status":"running"}"#);
+    }
+
+    #[test]
+    fn chardevs_say_whether_the_guest_opened_its_ports() {
+        let v = serde_json::json!({"return": [
+            {"label": "console0", "filename": "stdio", "frontend-open": true},
+            {"label": "port0", "filename": "unix:/x", "frontend-open": false},
+            {"label": "port1", "filename": "unix:/y", "frontend-open": true},
+        ]});
+        let names = ["gondolin.control".to_string(), "gondolin.fs".to_string()];
+        assert_eq!(
+            chardevs(&v, &names),
+            "gondolin.control: guest closed, gondolin.fs: guest open"
+        );
     }
 
     #[test]

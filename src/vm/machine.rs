@@ -188,6 +188,7 @@ impl Vm {
             cmdline.push(' ');
             cmdline.push_str(extra);
         }
+        let port_names: Vec<String> = serial_ports.iter().map(|(n, _)| n.clone()).collect();
         let plan = qemu::QemuPlan {
             accel: accel.clone(),
             machine: config.machine.clone(),
@@ -223,6 +224,7 @@ impl Vm {
             progress.clone(),
             tail.clone(),
             dir.join("qmp.sock"),
+            port_names,
             pid,
         )));
 

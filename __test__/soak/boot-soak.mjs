@@ -4,6 +4,7 @@
 // any growth of the process's fds or threads. Prints a JSON summary.
 //
 //   node __test__/soak/boot-soak.mjs [--cycles 200] [--concurrency 2] [--kill-ratio 0.5] [--cpus N] [--memory 1G]
+//                                  [--max-seconds S]  (stop starting cycles after S seconds)
 //
 // Exported as runSoak() for fd-soak.mjs and the short version in
 // __test__/exec-faults.test.mjs.
@@ -136,6 +137,7 @@ export async function runSoak({
   plan = null,
   startTimeoutMs = 120000,
   vmOptions = {},
+  maxSeconds = Infinity,
   log = () => {},
 } = {}) {
   const pick = plan || (() => (Math.random() < killRatio ? KINDS[Math.floor(Math.random() * KINDS.length)] : null));
@@ -146,6 +148,7 @@ export async function runSoak({
   await sleep(500);
   const base = { fds: fdCount(), threads: threadCount() };
   const t0 = Date.now();
+  const stopAt = t0 + maxSeconds * 1000;
   const boots = [];
   const failures = [];
   const slow = [];
@@ -154,7 +157,7 @@ export async function runSoak({
   let done = 0;
   let maxFds = base.fds;
   const worker = async () => {
-    while (next < cycles) {
+    while (next < cycles && Date.now() < stopAt) {
       const n = next++;
       const kind = pick(n);
       let res;
@@ -179,7 +182,7 @@ export async function runSoak({
   const end = await settle(base);
   const sorted = boots.slice().sort((a, b) => a - b);
   const summary = {
-    cycles,
+    cycles: done,
     concurrency,
     seconds: Math.round((Date.now() - t0) / 1000),
     kills,
@@ -205,6 +208,7 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
     cycles: arg("cycles", 200),
     concurrency: arg("concurrency", 2),
     killRatio: arg("kill-ratio", 0.5),
+    maxSeconds: arg("max-seconds", Infinity),
     vmOptions: {
       ...(process.argv.includes("--cpus") ? { cpus: arg("cpus") } : {}),
       ...(process.argv.includes("--memory") ? { memory: process.argv[process.argv.indexOf("--memory") + 1] } : {}),

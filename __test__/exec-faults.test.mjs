@@ -192,6 +192,7 @@ test("a boot stuck past the slow-boot mark: vm_start_timeout carries the console
     const e = await booting;
     assert.equal(e && e.code, "vm_start_timeout");
     assert.match(e.message, /^vm startup timed out after 5000ms while waiting for guest readiness; after 1500ms /);
+    assert.match(e.message, /; rip 1s later: CPU#0 [RE]IP=[0-9a-f]+; /);
     assert.match(e.message, /QEMU pid \d+; status: \{[^}]*"status":"paused"/);
     assert.match(e.message, /registers: CPU#0 .*[RE]IP=[0-9a-f]+ /);
     assert.doesNotMatch(e.message, /XMM00=/, "FPU/SSE state is left out");

@@ -130,13 +130,22 @@ async fn query_qmp(path: &std::path::Path, ports: &[String]) -> std::io::Result<
             "registers",
             serde_json::json!({"execute": "human-monitor-command", "arguments": {"command-line": "info registers -a"}}),
         ),
+        // A second look a moment later: stuck on one spot, or moving?
+        (
+            "rip 1s later",
+            serde_json::json!({"execute": "human-monitor-command", "arguments": {"command-line": "info registers -a"}}),
+        ),
     ] {
+        if label == "rip 1s later" {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         w.write_all(format!("{cmd}\n").as_bytes()).await?;
         let reply = read_reply(&mut r).await?;
         match label {
             "" => {}
             "registers" => out.push(format!("{label}: {}", without_fpu(&compact(&reply)))),
             "chardevs" => out.push(format!("ports: {}", chardevs(&reply, ports))),
+            "rip 1s later" => out.push(format!("{label}: {}", rips(&compact(&reply)))),
             _ => out.push(format!("{label}: {}", compact(&reply))),
         }
     }
@@ -194,6 +203,14 @@ fn chardevs(v: &serde_json::Value, ports: &[String]) -> String {
         .join(", ")
 }
 
+/// Just each CPU's instruction pointer from `info registers -a`.
+fn rips(regs: &str) -> String {
+    regs.split_whitespace()
+        .filter(|w| w.starts_with("CPU#") || w.starts_with("RIP=") || w.starts_with("EIP="))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `info registers` without the FPU/SSE state after each CPU's `FCW=`
 /// (kilobytes of zeros that say nothing about where a boot stands).
 fn without_fpu(regs: &str) -> String {
@@ -239,6 +256,14 @@ mod tests {
         assert_eq!(
             chardevs(&v, &names),
             "gondolin.control: guest closed, gondolin.fs: guest open"
+        );
+    }
+
+    #[test]
+    fn rips_are_picked_out() {
+        assert_eq!(
+            rips("CPU#0 RAX=1 RIP=ff RFL=2 CPU#1 RAX=2 RIP=ee"),
+            "CPU#0 RIP=ff CPU#1 RIP=ee"
         );
     }
 

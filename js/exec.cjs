@@ -2,6 +2,7 @@
 // ExecProcess (a thenable handle on a running command) and ExecResult.
 
 const { Readable } = require("node:stream");
+const { StringDecoder } = require("node:string_decoder");
 const { fromNative, withCode } = require("./errors.cjs");
 
 const DEFAULT_WINDOW = 256 * 1024;
@@ -136,11 +137,8 @@ class Sink {
     this.mode = { kind: "ignore" };
     this.writeError = e;
   }
-  end(err) {
-    if (this.readable) {
-      if (err) this.readable.destroy(err);
-      else this.readable.push(null);
-    }
+  end() {
+    if (this.readable) this.readable.push(null);
   }
   buffer() {
     return Buffer.concat(this.chunks);
@@ -251,27 +249,43 @@ class ExecProcess {
     }
   }
 
+  /** stdout as text. Throws the exec's error (abort, VM gone) after the last chunk. */
   [Symbol.asyncIterator]() {
     const r = this._pipedStdout();
-    const enc = this._encoding;
-    return (async function* () {
-      for await (const chunk of r) yield chunk.toString(enc);
-    })();
+    return (async function* (self) {
+      for await (const text of self._text(r)) yield text;
+      await self._result;
+    })(this);
   }
 
   lines() {
     const r = this._pipedStdout();
-    const enc = this._encoding;
-    return (async function* () {
+    return (async function* (self) {
       let rest = "";
-      for await (const chunk of r) {
-        rest += chunk.toString(enc);
+      for await (const text of self._text(r)) {
+        rest += text;
         const parts = rest.split("\n");
         rest = parts.pop();
         for (const p of parts) yield p;
       }
       if (rest.length > 0) yield rest;
-    })();
+      await self._result;
+    })(this);
+  }
+
+  /**
+   * Chunks of `r` decoded as text. A character split across chunks is
+   * carried to the next one (a chunk boundary falls anywhere in the byte
+   * stream: decoding chunks on their own turned those into U+FFFD).
+   */
+  async *_text(r) {
+    const dec = new StringDecoder(this._encoding);
+    for await (const chunk of r) {
+      const text = dec.write(chunk);
+      if (text.length > 0) yield text;
+    }
+    const tail = dec.end();
+    if (tail.length > 0) yield tail;
   }
 
   _pipedStdout() {
@@ -292,13 +306,19 @@ class ExecProcess {
     const queue = [];
     let ended = 0;
     let wake = null;
+    // One decoder per stream: `text` carries a split character over to the
+    // stream's next chunk (`data` stays the bytes as they came).
+    const decoders = { stdout: new StringDecoder(this._encoding), stderr: new StringDecoder(this._encoding) };
     const onData = (stream) => () => {
       let data;
       const r = stream === "stdout" ? out : err;
-      while ((data = r.read()) !== null) queue.push({ stream, data, text: data.toString(this._encoding) });
+      while ((data = r.read()) !== null) queue.push({ stream, data, text: decoders[stream].write(data) });
       if (wake) wake();
     };
-    const onEnd = () => {
+    const onEnd = (stream) => () => {
+      // Bytes of an unfinished character at the very end: as U+FFFD.
+      const tail = decoders[stream].end();
+      if (tail.length > 0) queue.push({ stream, data: Buffer.alloc(0), text: tail });
       ended++;
       if (wake) wake();
     };
@@ -306,15 +326,18 @@ class ExecProcess {
     const onErr = onData("stderr");
     out.on("readable", onOut);
     err.on("readable", onErr);
-    out.once("end", onEnd);
-    err.once("end", onEnd);
+    out.once("end", onEnd("stdout"));
+    err.once("end", onEnd("stderr"));
     try {
       for (;;) {
         if (queue.length) {
           yield queue.shift();
           continue;
         }
-        if (ended === 2) return;
+        if (ended === 2) {
+          await this._result; // throws the exec's error, if it failed
+          return;
+        }
         await new Promise((r) => (wake = r));
         wake = null;
       }
@@ -512,9 +535,15 @@ class ExecProcess {
     if (this._settled) return;
     this._settled = true;
     this._cleanup();
-    this._sinks.stdout.end(err);
-    this._sinks.stderr.end(err);
     this._reject(err);
+    // As child_process does when a child is killed: the pipes END and the
+    // promise carries the error. An 'error' event would crash a host that
+    // only listens for 'data'. Ended on the next turn so a rejection handler
+    // that wants the stream to fail (vm.fs.readFileStream) destroys it first.
+    setImmediate(() => {
+      this._sinks.stdout.end();
+      this._sinks.stderr.end();
+    });
   }
 
   _cleanup() {

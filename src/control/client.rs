@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use gondolin_wire::{encode, FrameDecoder, GuestMsg, HostMsg, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use super::exec::{disconnected, ExecControl, ExecEvent, ExecHandle, ExecRequest};
 use super::{ControlError, Disconnect};
@@ -30,6 +31,11 @@ struct State {
 pub(crate) struct Shared {
     out: mpsc::UnboundedSender<Vec<u8>>,
     state: Mutex<State>,
+    /// Cancelled by [`Shared::fail`]: both tasks stop and drop their half of
+    /// the stream, which closes the socket. (The writer holds this `Shared`,
+    /// whose `out` keeps its queue open, so it cannot wait for the queue to
+    /// close: that was one leaked socket per VM.)
+    stop: CancellationToken,
 }
 
 impl Shared {
@@ -81,6 +87,7 @@ impl Shared {
         if let Some(tx) = st.ready.take() {
             let _ = tx.send(Err(d));
         }
+        self.stop.cancel();
     }
 
     fn route(&self, msg: GuestMsg) -> Result<(), Disconnect> {
@@ -197,6 +204,7 @@ impl ControlClient {
                 ready: Some(ready_tx),
                 ..Default::default()
             }),
+            stop: CancellationToken::new(),
         });
         let (r, w) = tokio::io::split(stream);
         tokio::spawn(write_loop(w, out_rx, shared.clone()));
@@ -287,7 +295,13 @@ async fn write_loop<W: AsyncWrite>(
 ) {
     tokio::pin!(w);
     let mut buf = Vec::with_capacity(64 * 1024);
-    while let Some(frame) = rx.recv().await {
+    let stop = shared.stop.clone();
+    loop {
+        let frame = tokio::select! {
+            f = rx.recv() => f,
+            _ = stop.cancelled() => None,
+        };
+        let Some(frame) = frame else { return };
         buf.clear();
         buf.extend_from_slice(&frame);
         // Coalesce whatever else is queued into one write.
@@ -297,7 +311,11 @@ async fn write_loop<W: AsyncWrite>(
                 Err(_) => break,
             }
         }
-        if let Err(e) = w.write_all(&buf).await {
+        let written = tokio::select! {
+            r = w.write_all(&buf) => r,
+            _ = stop.cancelled() => return,
+        };
+        if let Err(e) = written {
             shared.fail(Disconnect {
                 code: "connection_closed",
                 message: format!("writing to the guest failed: {e}"),
@@ -311,8 +329,20 @@ async fn read_loop<R: AsyncRead>(r: R, shared: Arc<Shared>, closed: oneshot::Sen
     tokio::pin!(r);
     let mut dec = FrameDecoder::new();
     let mut buf = vec![0u8; 256 * 1024];
+    let stop = shared.stop.clone();
     let reason = loop {
-        let n = match r.read(&mut buf).await {
+        let read = tokio::select! {
+            r = r.read(&mut buf) => r,
+            _ = stop.cancelled() => {
+                // Failed from outside (the VM closed or exited): that reason
+                // is already recorded; the stream goes with this task.
+                break shared.disconnect().unwrap_or(Disconnect {
+                    code: "connection_closed",
+                    message: "the control connection closed".into(),
+                });
+            }
+        };
+        let n = match read {
             Ok(0) => {
                 break Disconnect {
                     code: "connection_closed",
@@ -354,6 +384,10 @@ async fn read_loop<R: AsyncRead>(r: R, shared: Arc<Shared>, closed: oneshot::Sen
             };
         }
     };
+    // Nothing more can be read, so nothing written matters: the writer
+    // drops its half now and the socket closes, whoever still holds the
+    // client (a failed start, a supervisor waiting for QEMU's exit status).
+    shared.stop.cancel();
     if let Err(reason) = closed.send(reason) {
         shared.fail(reason);
     }

@@ -64,6 +64,9 @@ pub struct NativeVmInfo {
     pub boot_ms: f64,
     pub qemu_pid: Option<u32>,
     pub temp_dir: String,
+    /// Set when the boot passed the slow-boot mark (30 s): what the guest
+    /// and QEMU looked like then.
+    pub slow_boot_report: Option<String>,
 }
 
 #[napi(object)]
@@ -258,6 +261,7 @@ impl NativeVm {
             boot_ms: self.vm.boot_time().as_secs_f64() * 1000.0,
             qemu_pid: self.vm.qemu_pid(),
             temp_dir: self.vm.temp_dir().display().to_string(),
+            slow_boot_report: self.vm.boot_report().map(str::to_string),
         }
     }
 

@@ -2,13 +2,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
 
+use super::bootdiag::{self, Progress, Step};
 use super::console::Tail;
 use super::{disk, qemu, Accel, RootfsMode, VmConfig, VmError};
 use crate::control::{ControlClient, Disconnect};
@@ -53,6 +54,37 @@ pub struct Vm {
     exited: watch::Receiver<Option<String>>,
     pid: Option<u32>,
     tail: Tail,
+    /// The port servers and console pumps; aborted once QEMU is gone.
+    tasks: Tasks,
+    /// The slow-boot report, if the boot took longer than the watchdog's mark.
+    boot_report: Option<String>,
+}
+
+/// Tasks a VM spawned. Each normally ends when QEMU closes its end, but a
+/// QEMU that never connected (or a failed start) would leave a listener
+/// waiting forever: aborting them on close/drop releases every socket.
+#[derive(Default)]
+struct Tasks(Mutex<Vec<tokio::task::AbortHandle>>);
+
+impl Tasks {
+    fn spawn<F>(&self, f: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.0.lock().unwrap().push(tokio::spawn(f).abort_handle());
+    }
+
+    fn abort_all(&self) {
+        for t in self.0.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.abort_all();
+    }
 }
 
 impl std::fmt::Debug for Vm {
@@ -120,6 +152,9 @@ impl Vm {
         let accel = super::detect_accel(config.accel.as_deref());
         let dir = make_temp_dir()?;
         let mut guard = DirGuard(Some(dir.clone()));
+        // Declared after the guard: on a failed start the tasks go first,
+        // then the directory.
+        let tasks = Tasks::default();
 
         let disk = match config.rootfs_mode {
             RootfsMode::Cow => {
@@ -139,7 +174,7 @@ impl Vm {
             serial_ports.push((FS_PORT.to_string(), fs_sock));
             cmdline.push(' ');
             cmdline.push_str(&vfs.cmdline());
-            tokio::spawn(serve_fs(fs_listener, vfs.server.clone()));
+            tasks.spawn(serve_fs(fs_listener, vfs.server.clone()));
         }
         let mut net_socket = None;
         if let Some(net) = &config.net {
@@ -147,12 +182,13 @@ impl Vm {
             let net_listener = UnixListener::bind(&sock)?;
             net_socket = Some(sock);
             cmdline.push_str(" gondolin.net=1");
-            tokio::spawn(serve_net(net_listener, net.clone()));
+            tasks.spawn(serve_net(net_listener, net.clone()));
         }
         if let Some(extra) = &config.append {
             cmdline.push(' ');
             cmdline.push_str(extra);
         }
+        let port_names: Vec<String> = serial_ports.iter().map(|(n, _)| n.clone()).collect();
         let plan = qemu::QemuPlan {
             accel: accel.clone(),
             machine: config.machine.clone(),
@@ -176,16 +212,35 @@ impl Vm {
         let pid = child.id();
         let tail = Tail::default();
         let echo = config.debug.then_some("guest");
-        tokio::spawn(tail.clone().pump(child.stdout.take().unwrap(), echo));
-        tokio::spawn(
+        tasks.spawn(tail.clone().pump(child.stdout.take().unwrap(), echo));
+        tasks.spawn(
             tail.clone()
                 .pump(child.stderr.take().unwrap(), config.debug.then_some("qemu")),
         );
+        // A boot past SLOW_BOOT gets a report (console, QMP) that a later
+        // timeout carries; the handle stops it when start returns.
+        let progress = Arc::new(Progress::default());
+        let _watchdog = AbortOnDrop(tokio::spawn(bootdiag::watchdog(
+            progress.clone(),
+            tail.clone(),
+            dir.join("qmp.sock"),
+            port_names,
+            pid,
+        )));
 
         let deadline = config
             .start_timeout
             .map(|t| tokio::time::Instant::now() + t);
         let timeout_ms = config.start_timeout.map(|t| t.as_millis()).unwrap_or(0);
+        let timed_out = || {
+            VmError::StartTimeout(
+                timeout_ms,
+                progress
+                    .report()
+                    .map(|r| format!("; {r}"))
+                    .unwrap_or_default(),
+            )
+        };
         let sleep_until = || async move {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -198,9 +253,10 @@ impl Vm {
         let stream = tokio::select! {
             r = listener.accept() => r?.0,
             st = child.wait() => return Err(VmError::BootFailed(describe_exit(st, &tail))),
-            _ = sleep_until() => return Err(VmError::StartTimeout(timeout_ms)),
+            _ = sleep_until() => return Err(timed_out()),
         };
         drop(listener);
+        progress.set_step(Step::GuestReady);
         let (control, conn) = ControlClient::new(stream);
         let mut closed = conn.closed;
         let version = tokio::select! {
@@ -223,7 +279,7 @@ impl Vm {
                 let msg = r.map(|d| d.message).unwrap_or_default();
                 return Err(VmError::BootFailed(msg));
             }
-            _ = sleep_until() => return Err(VmError::StartTimeout(timeout_ms)),
+            _ = sleep_until() => return Err(timed_out()),
         };
         if let Err((guest, host)) = ControlClient::check_version(version) {
             return Err(VmError::ProtocolMismatch { guest, host });
@@ -249,6 +305,8 @@ impl Vm {
             exited: exit_rx,
             pid,
             tail,
+            tasks,
+            boot_report: progress.report(),
         })
     }
 
@@ -262,6 +320,11 @@ impl Vm {
 
     pub fn boot_time(&self) -> Duration {
         self.boot_time
+    }
+
+    /// Where a slow boot stood at the watchdog's mark (see `bootdiag`).
+    pub fn boot_report(&self) -> Option<&str> {
+        self.boot_report.as_deref()
     }
 
     pub fn qemu_pid(&self) -> Option<u32> {
@@ -294,6 +357,7 @@ impl Vm {
         }
         let mut rx = self.exited.clone();
         let _ = rx.wait_for(|r| r.is_some()).await;
+        self.tasks.abort_all();
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
     }
 }
@@ -303,6 +367,14 @@ impl Drop for Vm {
         // A VM dropped without close(): the supervisor kills QEMU when the
         // stop channel closes; remove what we can synchronously.
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Aborts a task when dropped (on every return path of `start`).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

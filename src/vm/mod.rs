@@ -7,6 +7,7 @@
 //! exec with the reason instead of leaving it hanging.
 
 mod accel;
+mod bootdiag;
 mod console;
 mod disk;
 mod machine;
@@ -183,8 +184,9 @@ pub enum VmError {
     MissingAsset(PathBuf),
     #[error("starting QEMU failed: {0}")]
     Spawn(std::io::Error),
-    #[error("vm startup timed out after {0}ms while waiting for guest readiness")]
-    StartTimeout(u128),
+    /// The second field is the slow-boot report (empty for short timeouts).
+    #[error("vm startup timed out after {0}ms while waiting for guest readiness{1}")]
+    StartTimeout(u128, String),
     #[error("the VM exited during startup: {0}")]
     BootFailed(String),
     #[error("guest protocol version {guest} does not match the host's {host}; rebuild the guest image (gondolin build)")]
@@ -203,7 +205,7 @@ impl VmError {
             VmError::Overlay(_) => "overlay_failed",
             VmError::MissingAsset(_) => "missing_asset",
             VmError::Spawn(_) => "spawn_failed",
-            VmError::StartTimeout(_) => "vm_start_timeout",
+            VmError::StartTimeout(..) => "vm_start_timeout",
             VmError::BootFailed(_) => "vm_boot_failed",
             VmError::ProtocolMismatch { .. } => "protocol_mismatch",
             VmError::Io(_) => "io_error",

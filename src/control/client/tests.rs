@@ -209,3 +209,47 @@ async fn invalid_requests_are_refused_locally() {
         .to_string()
         .contains("cwd must be absolute"));
 }
+
+/// fail() must let go of the stream even while the client (and so its
+/// writer's queue) is still referenced: the guest end then reads EOF.
+/// Before, the writer kept its half forever: one socket per closed VM.
+#[tokio::test]
+async fn fail_releases_the_connection() {
+    let (c, conn, mut g) = pair();
+    g.send(&GuestMsg::Ready {
+        version: gondolin_wire::PROTOCOL_VERSION,
+    })
+    .await;
+    assert!(conn.ready.await.unwrap().is_ok());
+    let _h = c.exec(&req(&["sleep", "1"])).unwrap();
+    assert!(matches!(g.recv().await, HostMsg::Exec { .. }));
+    c.fail(Disconnect {
+        code: "vm_closed",
+        message: "closed".into(),
+    });
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), g.io.read(&mut buf))
+        .await
+        .expect("the host end must close after fail()")
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(conn.closed.await.unwrap().code, "vm_closed");
+    drop(c);
+}
+
+/// The guest side closing (QEMU died) releases the host's end too, even
+/// while the client and the `closed` signal are still held (a failed start,
+/// a supervisor waiting for QEMU's exit status).
+#[tokio::test]
+async fn guest_eof_releases_the_connection() {
+    let (c, conn, mut g) = pair();
+    g.io.shutdown().await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), g.io.read(&mut buf))
+        .await
+        .expect("the host end must close after the guest's EOF")
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(conn.closed.await.unwrap().code, "connection_closed");
+    drop(c);
+}

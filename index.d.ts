@@ -644,6 +644,13 @@ export interface VmInfo {
   bootMs: number;
   qemuPid?: number;
   tempDir: string;
+  /**
+   * Set when the boot ran past the slow-boot mark (30 s, GONDOLIN_SLOW_BOOT_MS):
+   * what the host waited for, the console tail, QEMU's run state, which
+   * virtio ports the guest opened and each vCPU's registers (our extension;
+   * the same text ends a vm_start_timeout message).
+   */
+  slowBootReport?: string;
 }
 
 export interface VmFsOptions {

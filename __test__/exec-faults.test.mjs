@@ -129,6 +129,27 @@ test("aborting an exec with piped output ends the streams and rejects; no 'error
   assert.deepEqual(seen, ["one\n"]);
 });
 
+test("a piped stream buffers at most windowBytes + 1 KiB on the host while its consumer waits", { skip }, async () => {
+  const windowBytes = 4096;
+  const proc = vm.exec("head -c 1048576 /dev/zero", { stdout: "pipe", windowBytes });
+  // Nobody reads for a while: the guest must stop, not the host buffer grow.
+  await sleep(1500);
+  const held = proc.stdout.readableLength;
+  assert.ok(held > 0, "some output arrived");
+  assert.ok(held <= windowBytes + 1024, `host buffered ${held} bytes with windowBytes ${windowBytes}`);
+  // A slow consumer: the buffer stays bounded all the way through.
+  let total = 0;
+  let peak = 0;
+  for await (const chunk of proc.stdout) {
+    total += chunk.length;
+    peak = Math.max(peak, proc.stdout.readableLength);
+    if (total % 65536 < chunk.length) await sleep(5);
+  }
+  assert.ok(peak <= windowBytes + 1024, `peak ${peak}`);
+  assert.equal((await proc).exitCode, 0);
+  assert.equal(total, 1048576);
+});
+
 test("create/exec/close cycles (QEMU killed mid-exec, during boot, after the exec) leave no fds or threads", { skip }, async () => {
   // The short version of __test__/soak/fd-soak.mjs (50 cycles).
   const kinds = [null, "exec", null, "boot", "after", "exec", null, null];

@@ -77,6 +77,9 @@ function outputMode(value, name, fallback) {
   );
 }
 
+/** A piped stream stops pulling from the guest once this much is unread. */
+const PIPE_HIGH_WATER_MARK = 1024;
+
 function windowBytes(v) {
   if (typeof v !== "number" || !Number.isFinite(v) || v <= 0) return DEFAULT_WINDOW;
   return Math.min(Math.max(Math.floor(v), 4096), 16 * 1024 * 1024);
@@ -93,7 +96,11 @@ class Sink {
     this.chunks = [];
     this.readable = null;
     if (mode.kind === "pipe") {
-      this.readable = new Readable({ read: () => proc._wantMore() });
+      // The guest may have `windowBytes` unacknowledged; credit returns only
+      // when this loop takes a batch, and it stops taking once the Readable
+      // is over its mark. So the Readable holds at most one batch plus
+      // PIPE_HIGH_WATER_MARK - 1 bytes (upstream: window + 1 KiB).
+      this.readable = new Readable({ highWaterMark: PIPE_HIGH_WATER_MARK, read: () => proc._wantMore() });
     }
   }
   /** Returns a promise when the consumer needs time (backpressure), else null. */

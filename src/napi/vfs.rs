@@ -17,7 +17,7 @@ use napi_derive::napi;
 
 use super::error::js_error;
 use super::vfs_call::{dirents_to_js, stat_to_js, statfs_to_js, time_from_ms, FsCall, FsOutcome};
-use super::vfs_js::{Dispatch, HookDispatch, JsHooks, JsProvider};
+use super::vfs_js::{Dispatch, HookDispatch, HookKinds, JsHooks, JsProvider};
 use crate::vfs::hooks::HookedProvider;
 use crate::vfs::memory::MemoryProvider;
 use crate::vfs::mounts::MountRouter;
@@ -514,6 +514,7 @@ impl NativeMounts {
         #[napi(ts_arg_type = "((call: HookCall) => Promise<FsOutcome>) | undefined | null")] hooks: Option<
             HookDispatch,
         >,
+        kinds: Option<HookKinds>,
     ) -> napi::Result<NativeProvider> {
         let mounts = std::mem::take(&mut self.mounts);
         let router = MountRouter::new(mounts).map_err(|e| {
@@ -525,7 +526,7 @@ impl NativeMounts {
         let mut root: Arc<dyn Provider> = Arc::new(router);
         let mut needs_js = self.needs_js;
         if let Some(h) = hooks {
-            root = Arc::new(HookedProvider::new(root, Arc::new(JsHooks::new(h))));
+            root = Arc::new(HookedProvider::new(root, Arc::new(JsHooks::new(h, kinds.unwrap_or_default()))));
             needs_js = true;
         }
         Ok(NativeProvider::wrap(root, needs_js))

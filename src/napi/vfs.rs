@@ -23,11 +23,11 @@ use crate::vfs::memory::MemoryProvider;
 use crate::vfs::mounts::MountRouter;
 use crate::vfs::readonly::ReadonlyProvider;
 use crate::vfs::realfs::{RealFSProvider, RealFsOptions};
+use crate::vfs::server::check_access;
 use crate::vfs::shadow::{
     PathPredicate, ShadowContext, ShadowOptions, ShadowPredicate, ShadowProvider, ShadowWriteMode,
 };
 use crate::vfs::{FileHandle, OpenOptions, Provider, SetTimes, VfsError, VfsResult};
-use crate::vfs::server::check_access;
 use gondolin_wire::fs::{errno, Caller};
 
 /// Handles JS opened on a native provider; closed when the provider is.
@@ -526,7 +526,10 @@ impl NativeMounts {
         let mut root: Arc<dyn Provider> = Arc::new(router);
         let mut needs_js = self.needs_js;
         if let Some(h) = hooks {
-            root = Arc::new(HookedProvider::new(root, Arc::new(JsHooks::new(h, kinds.unwrap_or_default()))));
+            root = Arc::new(HookedProvider::new(
+                root,
+                Arc::new(JsHooks::new(h, kinds.unwrap_or_default())),
+            ));
             needs_js = true;
         }
         Ok(NativeProvider::wrap(root, needs_js))

@@ -137,7 +137,10 @@ impl Provider for JsProvider {
         let plain_create = opts.create && !opts.exclusive && !opts.truncate && !opts.append;
         let o = match self.open_call(open(flags)).await {
             Err(e) if plain_create && e.is(errno::ENOENT) => {
-                match self.open_call(open(if opts.read { "wx+" } else { "wx" })).await {
+                match self
+                    .open_call(open(if opts.read { "wx+" } else { "wx" }))
+                    .await
+                {
                     Err(e) if e.is(errno::EEXIST) => self.open_call(open(flags)).await?,
                     r => r?,
                 }

@@ -344,7 +344,11 @@ impl FileHandle for HookedHandle {
             // The guest asked for `data` to be written: all of it counts
             // as written once all of the replacement is.
             let n = self.inner.write(offset, &new).await?;
-            Ok(if n >= new.len() { data.len() } else { n.min(data.len()) })
+            Ok(if n >= new.len() {
+                data.len()
+            } else {
+                n.min(data.len())
+            })
         };
         run_hooks(&*self.hooks, &mut ctx, |n: &usize| *n as u64, write).await
     }
@@ -437,7 +441,11 @@ mod tests {
         }
         async fn on_write(&self, _: &str, _: u64, data: &[u8]) -> VfsResult<Option<Vec<u8>>> {
             Ok((data == b"keep").then_some(b"kept!".to_vec()).or_else(|| {
-                Some(data.iter().map(|&b| if b == b'x' { b'X' } else { b }).collect())
+                Some(
+                    data.iter()
+                        .map(|&b| if b == b'x' { b'X' } else { b })
+                        .collect(),
+                )
             }))
         }
     }

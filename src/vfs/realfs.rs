@@ -204,13 +204,8 @@ impl RealFSProvider {
             let last = todo.iter().all(|c| c.is_empty() || c == ".");
             done.push(c);
             let here = done.join("/");
-            let fd = match self.beneath_at(
-                self.root_fd.as_raw_fd(),
-                &here,
-                OFlag::O_PATH,
-                0,
-                false,
-            ) {
+            let fd = match self.beneath_at(self.root_fd.as_raw_fd(), &here, OFlag::O_PATH, 0, false)
+            {
                 Err(e) if last && e.is(errno::ENOENT) => break,
                 r => r?,
             };

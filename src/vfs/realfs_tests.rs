@@ -35,20 +35,31 @@ async fn absolute_links_inside_the_root_are_followed() {
     symlink(root.join("loop1"), root.join("loop2")).unwrap();
     let p = RealFSProvider::new(&root).unwrap();
 
-    for path in ["/link", "/chain", "/relchain", "/self/link", "/self/self/real.txt"] {
+    for path in [
+        "/link",
+        "/chain",
+        "/relchain",
+        "/self/link",
+        "/self/self/real.txt",
+    ] {
         assert_eq!(read_file(&p, path).await, b"real", "{path}");
         assert_eq!(p.stat(path).await.unwrap().kind, FileKind::File, "{path}");
     }
     assert_eq!(read_file(&p, "/dirlink/deep.txt").await, b"deep");
     assert_eq!(p.readdir("/dirlink").await.unwrap().len(), 1);
     assert_eq!(p.realpath("/chain").await.unwrap(), "/real.txt");
-    assert_eq!(p.realpath("/dirlink/deep.txt").await.unwrap(), "/sub/deep.txt");
+    assert_eq!(
+        p.realpath("/dirlink/deep.txt").await.unwrap(),
+        "/sub/deep.txt"
+    );
     // Writes, mkdir and rename through an in-root absolute directory link.
     write_file(&p, "/dirlink/new.txt", b"new").await;
     assert_eq!(std::fs::read(root.join("sub/new.txt")).unwrap(), b"new");
     p.mkdir("/dirlink/d", 0o755).await.unwrap();
     assert!(root.join("sub/d").is_dir());
-    p.rename("/dirlink/new.txt", "/dirlink/d/moved").await.unwrap();
+    p.rename("/dirlink/new.txt", "/dirlink/d/moved")
+        .await
+        .unwrap();
     assert!(root.join("sub/d/moved").exists());
     // The links themselves are still links.
     assert_eq!(p.lstat("/link").await.unwrap().kind, FileKind::Symlink);
@@ -72,7 +83,10 @@ async fn absolute_links_inside_the_root_are_followed() {
         );
     }
     assert_eq!(errno_of(p.stat("/loop1").await), errno::ELOOP);
-    assert_eq!(std::fs::read(base.join("outside/secret")).unwrap(), b"secret");
+    assert_eq!(
+        std::fs::read(base.join("outside/secret")).unwrap(),
+        b"secret"
+    );
     std::fs::remove_dir_all(base).unwrap();
 }
 
@@ -103,7 +117,10 @@ async fn dangling_links_create_and_link_links_the_link() {
     write_file(&p, "/dangling-rel", b"rel").await;
     assert_eq!(std::fs::read(root.join("made-rel.txt")).unwrap(), b"rel");
     write_file(&p, "/dangling-abs", b"abs").await;
-    assert_eq!(std::fs::read(root.join("sub/made-abs.txt")).unwrap(), b"abs");
+    assert_eq!(
+        std::fs::read(root.join("sub/made-abs.txt")).unwrap(),
+        b"abs"
+    );
     assert_eq!(
         errno_of(p.open("/dangling-nodir", flags("w")).await.map(|_| ())),
         errno::ENOENT

@@ -177,9 +177,12 @@ test("RealFS follows an absolute symlink inside its root, and nothing that leave
     await assert.rejects(p.writeFile(name, "x"), { code: "ENOENT" }, name);
   }
   assert.equal(fs.readFileSync(path.join(outside, "secret"), "utf8"), "secret\n");
-  // The guest sees the same refusals (its mount is /real).
-  const r = await sh("cat /real/etc /real/climb /real/chain-out 2>&1; true");
-  assert.doesNotMatch(r.stdout, /secret|root:/);
+  // In the guest, its kernel follows the links in its own namespace
+  // (/real/etc is the guest's own /etc/passwd); relative escapes still
+  // end at the root of the mount.
+  const r = await sh("cat /real/climb /real/chain-out 2>&1; true");
+  assert.match(r.stdout, /No such file or directory/);
+  assert.doesNotMatch(r.stdout, /secret/);
 });
 
 test("kept POSIX behaviours: a dangling in-root link opened with 'w' creates its target; link() links the link", { skip }, async () => {

@@ -80,10 +80,36 @@ export interface VfsHookContext {
   result?: unknown;
 }
 
+/** What a content hook may return: new bytes, or nothing to keep the chunk. */
+export type VfsContentHookResult = Buffer | Uint8Array | string | void | null | undefined;
+
+/**
+ * Unknown keys are refused when the VM is created (naming the nearest one).
+ * Paths are guest paths relative to the FUSE root (a mount's key included).
+ */
 export interface VfsHooks {
   /** Throwing aborts the operation (errno from err.code, else EIO). */
   before?: (context: VfsHookContext) => void | Promise<void>;
   after?: (context: VfsHookContext) => void | Promise<void>;
+  /**
+   * Called once per read request the host serves, with that chunk of the
+   * file (`data`, read at `info.offset`; at most 1 MiB), never the whole
+   * file: a `cat` of a large file calls it several times. Returned bytes
+   * replace the chunk (cut to the requested length); a shorter result
+   * looks like end of file to that read. `stat` still reports the stored
+   * size, so keep replacements the same length. The guest keeps no file
+   * data across opens while this hook exists; reads within one open may be
+   * answered from its page cache. Throwing fails the read (errno from
+   * err.code, else EIO).
+   */
+  onRead?: (path: string, data: Buffer, info: { offset: number }) => VfsContentHookResult | Promise<VfsContentHookResult>;
+  /**
+   * Called once per write request, with the chunk the guest writes at
+   * `info.offset` (the kernel may split or merge the guest's writes).
+   * Returned bytes are written at that offset instead; the guest is told
+   * its whole chunk was written. Throwing fails the write.
+   */
+  onWrite?: (path: string, data: Buffer, info: { offset: number }) => VfsContentHookResult | Promise<VfsContentHookResult>;
 }
 
 export interface VfsStatfs {
@@ -236,7 +262,8 @@ export declare class RealFSProvider extends NativeBackedProvider {
 }
 
 export declare class ReadonlyProvider extends NativeBackedProvider {
-  constructor(backend: VirtualProvider);
+  /** `backend` as a host directory path is short for `new RealFSProvider(path)`. */
+  constructor(backend: VirtualProvider | string);
   readonly backend: VirtualProvider;
 }
 

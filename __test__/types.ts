@@ -177,3 +177,22 @@ async function optionsUsage(): Promise<void> {
   new VM({ sandbox: { debug: ["nett"] } });
 }
 void optionsUsage;
+
+import { type VfsHooks } from "@gondolin/native";
+
+/** The seeds' VFS spellings: ReadonlyProvider(path), content hooks. */
+async function vfsParityUsage(): Promise<void> {
+  const hooks: VfsHooks = {
+    onRead: (path: string, data: Buffer) => (path.endsWith(".txt") ? data : undefined),
+    onWrite: async (_path, data, info: { offset: number }) => (info.offset === 0 ? data.toString() : data),
+  };
+  const vm = await VM.create({
+    autoStart: false,
+    vfs: { mounts: { "/ro": new ReadonlyProvider("/host/dir") }, hooks },
+  });
+  await vm.close();
+  // @ts-expect-error hooks have a closed set of keys
+  const bad: VfsHooks = { onread: () => undefined };
+  void bad;
+}
+void vfsParityUsage;

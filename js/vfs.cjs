@@ -10,6 +10,7 @@ const fs = require("node:fs");
 const os = require("node:os");
 const path = require("node:path");
 const { native } = require("./native.cjs");
+const { nearest, optionError } = require("./options.cjs");
 
 const kNative = Symbol.for("gondolin.nativeProvider");
 const kShadowPaths = Symbol.for("gondolin.shadowPaths");
@@ -392,7 +393,12 @@ class RealFSProvider extends NativeBackedProvider {
 }
 
 class ReadonlyProvider extends NativeBackedProvider {
+  /**
+   * @param {VirtualProvider | string} backend provider to wrap; a host
+   *   directory path is short for `new RealFSProvider(path)` (the seeds' spelling)
+   */
   constructor(backend) {
+    if (typeof backend === "string") backend = new RealFSProvider(backend);
     super(native.readonlyProvider(toNative(backend)));
     this.backend = backend;
   }
@@ -610,16 +616,41 @@ function toNative(provider) {
   return n;
 }
 
+const HOOK_KEYS = ["before", "after", "onRead", "onWrite"];
+
+/** Refuse a `vfs.hooks` key we do not know (naming the nearest) or a non-function. */
+function checkHooks(hooks) {
+  if (typeof hooks !== "object" || hooks === null) throw optionError("vfs.hooks must be an object");
+  for (const [key, fn] of Object.entries(hooks)) {
+    if (!HOOK_KEYS.includes(key)) {
+      const near = nearest(key, HOOK_KEYS);
+      throw optionError(`unknown option vfs.hooks.${key}; ${near ? `did you mean vfs.hooks.${near}?` : `valid keys: ${HOOK_KEYS.join(", ")}`}`);
+    }
+    if (fn !== undefined && typeof fn !== "function") throw optionError(`vfs.hooks.${key} must be a function`);
+  }
+}
+
+/** What a content hook returned: replacement bytes, or null to keep the chunk. */
+function contentResult(r, phase) {
+  if (r === undefined || r === null) return null;
+  if (typeof r === "string" || ArrayBuffer.isView(r)) return toBuffer(r);
+  throw errnoError("EIO", phase, undefined, `vfs.hooks.${phase} must return a Buffer, Uint8Array, string or undefined`);
+}
+
 /** The dispatcher for `vfs.hooks`. */
 function makeHookDispatcher(hooks) {
   return async (call) => {
     const fn = hooks[call.phase];
     if (typeof fn !== "function") return {};
-    const ctx = { op: call.op };
-    for (const k of ["path", "oldPath", "newPath", "flags", "mode", "fh", "offset", "length", "size", "result"]) {
-      if (call[k] !== undefined && call[k] !== null) ctx[k] = call[k];
-    }
     try {
+      if (call.phase === "onRead" || call.phase === "onWrite") {
+        const data = contentResult(await fn(call.path, call.data, { offset: call.offset }), call.phase);
+        return data ? { data } : {};
+      }
+      const ctx = { op: call.op };
+      for (const k of ["path", "oldPath", "newPath", "flags", "mode", "fh", "offset", "length", "size", "result"]) {
+        if (call[k] !== undefined && call[k] !== null) ctx[k] = call[k];
+      }
       await fn(ctx);
       return {};
     } catch (err) {
@@ -716,7 +747,14 @@ function buildVfs(options, vm) {
     builder.add(k, toNative(p));
     if (vm) attach(p, vm, k, links);
   }
-  const root = builder.build(v.hooks ? makeHookDispatcher(v.hooks) : null);
+  let root;
+  if (v.hooks) {
+    checkHooks(v.hooks);
+    const kinds = Object.fromEntries(HOOK_KEYS.map((k) => [k, typeof v.hooks[k] === "function"]));
+    root = builder.build(makeHookDispatcher(v.hooks), kinds);
+  } else {
+    root = builder.build(null, null);
+  }
   const binds = [...keys.keys()].filter((k) => k !== "/").sort();
   return { root, fuseMount: normalizeVfsPath(fuseMount), binds, detach: () => links.forEach((f) => f()) };
 }

@@ -17,17 +17,18 @@ use napi_derive::napi;
 
 use super::error::js_error;
 use super::vfs_call::{dirents_to_js, stat_to_js, statfs_to_js, time_from_ms, FsCall, FsOutcome};
-use super::vfs_js::{Dispatch, HookDispatch, JsHooks, JsProvider};
+use super::vfs_js::{Dispatch, HookDispatch, HookKinds, JsHooks, JsProvider};
 use crate::vfs::hooks::HookedProvider;
 use crate::vfs::memory::MemoryProvider;
 use crate::vfs::mounts::MountRouter;
 use crate::vfs::readonly::ReadonlyProvider;
 use crate::vfs::realfs::{RealFSProvider, RealFsOptions};
+use crate::vfs::server::check_access;
 use crate::vfs::shadow::{
     PathPredicate, ShadowContext, ShadowOptions, ShadowPredicate, ShadowProvider, ShadowWriteMode,
 };
 use crate::vfs::{FileHandle, OpenOptions, Provider, SetTimes, VfsError, VfsResult};
-use gondolin_wire::fs::errno;
+use gondolin_wire::fs::{errno, Caller};
 
 /// Handles JS opened on a native provider; closed when the provider is.
 #[derive(Default)]
@@ -255,7 +256,21 @@ async fn run(p: Arc<dyn Provider>, handles: Arc<Handles>, c: FsCall) -> VfsResul
             ..done()
         },
         "access" => {
-            p.access(c.path()?, c.mode.unwrap_or(0) as i32).await?;
+            let (path, mask) = (c.path()?, c.mode.unwrap_or(0) as i32);
+            match p.access(path, mask).await {
+                // The provider left the permission bits to us: check them
+                // as fs.access does, for this process's user.
+                Err(e) if e.is(errno::ENOSYS) => {
+                    let m = p.stat(path).await?;
+                    let me = Caller {
+                        uid: nix::unistd::geteuid().as_raw(),
+                        gid: nix::unistd::getegid().as_raw(),
+                        pid: std::process::id(),
+                    };
+                    check_access(&m, mask, me, p.readonly())?;
+                }
+                r => r?,
+            }
             done()
         }
         other => {
@@ -499,6 +514,7 @@ impl NativeMounts {
         #[napi(ts_arg_type = "((call: HookCall) => Promise<FsOutcome>) | undefined | null")] hooks: Option<
             HookDispatch,
         >,
+        kinds: Option<HookKinds>,
     ) -> napi::Result<NativeProvider> {
         let mounts = std::mem::take(&mut self.mounts);
         let router = MountRouter::new(mounts).map_err(|e| {
@@ -510,7 +526,10 @@ impl NativeMounts {
         let mut root: Arc<dyn Provider> = Arc::new(router);
         let mut needs_js = self.needs_js;
         if let Some(h) = hooks {
-            root = Arc::new(HookedProvider::new(root, Arc::new(JsHooks::new(h))));
+            root = Arc::new(HookedProvider::new(
+                root,
+                Arc::new(JsHooks::new(h, kinds.unwrap_or_default())),
+            ));
             needs_js = true;
         }
         Ok(NativeProvider::wrap(root, needs_js))

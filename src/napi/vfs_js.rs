@@ -15,7 +15,7 @@ use napi::Status;
 use napi_derive::napi;
 
 use super::vfs_call::{kind_from_name, missing, stat_from_js, statfs_from_js, FsCall, FsOutcome};
-use crate::vfs::hooks::{HookContext, VfsHooks};
+use crate::vfs::hooks::{ContentHooks, HookContext, VfsHooks};
 use crate::vfs::{
     DirEntry, FileHandle, Metadata, OpenOptions, Provider, SetTimes, StatFs, VfsError, VfsResult,
 };
@@ -71,6 +71,22 @@ impl JsProvider {
         call_js(&self.dispatch, call).await
     }
 
+    /// One JS `open`, run to its end even when our caller stops waiting
+    /// (the request deadline drops its future): a handle that arrives
+    /// after that is closed, not left in the dispatcher's table forever.
+    async fn open_call(&self, call: FsCall) -> VfsResult<FsOutcome> {
+        let dispatch = self.dispatch.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let r = call_js(&dispatch, call).await;
+            if let Err(Ok(FsOutcome { fh: Some(fh), .. })) = tx.send(r) {
+                let _ = call_js(&dispatch, FsCall::on("close", fh)).await;
+            }
+        });
+        rx.await
+            .map_err(|_| VfsError::with_message(errno::EIO, "JS provider open was abandoned"))?
+    }
+
     async fn unit(&self, call: FsCall) -> VfsResult<()> {
         self.call(call).await.map(|_| ())
     }
@@ -119,10 +135,13 @@ impl Provider for JsProvider {
         // exclusively; losing that race to another creator means it is
         // there now.
         let plain_create = opts.create && !opts.exclusive && !opts.truncate && !opts.append;
-        let o = match self.call(open(flags)).await {
+        let o = match self.open_call(open(flags)).await {
             Err(e) if plain_create && e.is(errno::ENOENT) => {
-                match self.call(open(if opts.read { "wx+" } else { "wx" })).await {
-                    Err(e) if e.is(errno::EEXIST) => self.call(open(flags)).await?,
+                match self
+                    .open_call(open(if opts.read { "wx+" } else { "wx" }))
+                    .await
+                {
+                    Err(e) if e.is(errno::EEXIST) => self.open_call(open(flags)).await?,
                     r => r?,
                 }
             }
@@ -315,7 +334,7 @@ impl FileHandle for JsFileHandle {
 /// What a JS hook gets: the [`HookContext`] plus the phase.
 #[napi(object)]
 pub struct HookCall {
-    /// "before" or "after".
+    /// "before", "after", "onRead" or "onWrite".
     pub phase: String,
     pub op: String,
     pub path: Option<String>,
@@ -328,6 +347,18 @@ pub struct HookCall {
     pub length: Option<f64>,
     pub size: Option<f64>,
     pub result: Option<f64>,
+    /// onRead / onWrite: the chunk read or to be written (at `offset`).
+    pub data: Option<Buffer>,
+}
+
+/// Which of `vfs.hooks` the user gave: absent ones are never called.
+#[napi(object)]
+#[derive(Default, Clone, Copy)]
+pub struct HookKinds {
+    pub before: bool,
+    pub after: bool,
+    pub on_read: bool,
+    pub on_write: bool,
 }
 
 pub type HookDispatch =
@@ -335,11 +366,42 @@ pub type HookDispatch =
 
 pub struct JsHooks {
     dispatch: HookDispatch,
+    kinds: HookKinds,
 }
 
 impl JsHooks {
-    pub fn new(dispatch: HookDispatch) -> Self {
-        JsHooks { dispatch }
+    pub fn new(dispatch: HookDispatch, kinds: HookKinds) -> Self {
+        JsHooks { dispatch, kinds }
+    }
+
+    async fn send(&self, call: HookCall) -> VfsResult<FsOutcome> {
+        let promise = self.dispatch.call_async(call).await.map_err(|e| {
+            VfsError::with_message(errno::EIO, format!("vfs hook could not be called: {e}"))
+        })?;
+        let outcome = promise
+            .await
+            .map_err(|e| VfsError::with_message(errno::EIO, format!("vfs hook failed: {e}")))?;
+        outcome.into_result()
+    }
+
+    /// A content hook: the data it returned, or `None` to keep the chunk.
+    async fn content_call(
+        &self,
+        phase: &str,
+        path: &str,
+        offset: u64,
+        data: &[u8],
+    ) -> VfsResult<Option<Vec<u8>>> {
+        let call = HookCall {
+            phase: phase.into(),
+            op: if phase == "onRead" { "read" } else { "write" }.into(),
+            path: Some(path.into()),
+            offset: Some(offset as f64),
+            length: Some(data.len() as f64),
+            data: Some(Buffer::from(data.to_vec())),
+            ..HookCall::empty()
+        };
+        Ok(self.send(call).await?.data.map(|b| b.to_vec()))
     }
 
     async fn call(&self, phase: &str, c: &HookContext) -> VfsResult<()> {
@@ -357,23 +419,59 @@ impl JsHooks {
             length: f(c.length),
             size: f(c.size),
             result: f(c.result),
+            data: None,
         };
-        let promise = self.dispatch.call_async(call).await.map_err(|e| {
-            VfsError::with_message(errno::EIO, format!("vfs hook could not be called: {e}"))
-        })?;
-        let outcome = promise
-            .await
-            .map_err(|e| VfsError::with_message(errno::EIO, format!("vfs hook failed: {e}")))?;
-        outcome.into_result().map(|_| ())
+        self.send(call).await.map(|_| ())
+    }
+}
+
+impl HookCall {
+    fn empty() -> Self {
+        HookCall {
+            phase: String::new(),
+            op: String::new(),
+            path: None,
+            old_path: None,
+            new_path: None,
+            flags: None,
+            mode: None,
+            fh: None,
+            offset: None,
+            length: None,
+            size: None,
+            result: None,
+            data: None,
+        }
     }
 }
 
 #[async_trait]
 impl VfsHooks for JsHooks {
     async fn before(&self, ctx: &HookContext) -> VfsResult<()> {
+        if !self.kinds.before {
+            return Ok(());
+        }
         self.call("before", ctx).await
     }
     async fn after(&self, ctx: &HookContext) -> VfsResult<()> {
+        if !self.kinds.after {
+            return Ok(());
+        }
         self.call("after", ctx).await
+    }
+    fn content(&self) -> ContentHooks {
+        ContentHooks {
+            read: self.kinds.on_read,
+            write: self.kinds.on_write,
+        }
+    }
+    async fn on_read(&self, path: &str, offset: u64, data: Vec<u8>) -> VfsResult<Vec<u8>> {
+        Ok(self
+            .content_call("onRead", path, offset, &data)
+            .await?
+            .unwrap_or(data))
+    }
+    async fn on_write(&self, path: &str, offset: u64, data: &[u8]) -> VfsResult<Option<Vec<u8>>> {
+        self.content_call("onWrite", path, offset, data).await
     }
 }

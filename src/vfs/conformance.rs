@@ -16,7 +16,7 @@ use super::shadow::{
 };
 use super::{FileKind, OpenOptions, Provider, VfsResult};
 
-fn temp_dir() -> PathBuf {
+pub(super) fn temp_dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "gondolin-vfs-{}-{}",
         std::process::id(),
@@ -29,21 +29,21 @@ fn temp_dir() -> PathBuf {
     d
 }
 
-fn flags(f: &str) -> OpenOptions {
+pub(super) fn flags(f: &str) -> OpenOptions {
     OpenOptions::from_node_flags(f, 0o644).unwrap()
 }
 
-fn errno_of<T: std::fmt::Debug>(r: VfsResult<T>) -> i32 {
+pub(super) fn errno_of<T: std::fmt::Debug>(r: VfsResult<T>) -> i32 {
     r.expect_err("expected an error").errno
 }
 
-async fn write_file(p: &dyn Provider, path: &str, data: &[u8]) {
+pub(super) async fn write_file(p: &dyn Provider, path: &str, data: &[u8]) {
     let h = p.open(path, flags("w")).await.unwrap();
     assert_eq!(h.write(0, data).await.unwrap(), data.len());
     h.close().await.unwrap();
 }
 
-async fn read_file(p: &dyn Provider, path: &str) -> Vec<u8> {
+pub(super) async fn read_file(p: &dyn Provider, path: &str) -> Vec<u8> {
     let h = p.open(path, flags("r")).await.unwrap();
     let d = h.read(0, 1 << 20).await.unwrap();
     h.close().await.unwrap();

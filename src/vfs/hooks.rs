@@ -6,6 +6,12 @@
 //! with that errno — and [`VfsHooks::after`] once it succeeded, with a
 //! short result. Handle operations (`read`, `write`, `release`, ...) report
 //! the path the handle was opened with.
+//!
+//! Content hooks ([`VfsHooks::on_read`], [`VfsHooks::on_write`]) see the
+//! bytes of each read or write request the server handles: the chunk and
+//! its offset, never the whole file (a guest reads and writes in pieces of
+//! at most 1 MiB, at any offset), and may replace them. With `on_read` the
+//! guest keeps no file data across opens, so each open's reads reach it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -44,12 +50,37 @@ impl HookContext {
     }
 }
 
+/// Which content hooks a [`VfsHooks`] has; the others cost nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContentHooks {
+    pub read: bool,
+    pub write: bool,
+}
+
 #[async_trait]
 pub trait VfsHooks: Send + Sync {
     /// Runs before the operation; an error aborts it with that errno.
     async fn before(&self, ctx: &HookContext) -> VfsResult<()>;
     /// Runs after a successful operation; an error fails it.
     async fn after(&self, ctx: &HookContext) -> VfsResult<()>;
+    fn content(&self) -> ContentHooks {
+        ContentHooks::default()
+    }
+    /// The bytes a read request returns (`data`, read at `offset`), or
+    /// what replaces them; longer replacements are cut to the request.
+    async fn on_read(&self, _path: &str, _offset: u64, data: Vec<u8>) -> VfsResult<Vec<u8>> {
+        Ok(data)
+    }
+    /// What a write request of `data` at `offset` writes instead (`None`:
+    /// `data` itself).
+    async fn on_write(
+        &self,
+        _path: &str,
+        _offset: u64,
+        _data: &[u8],
+    ) -> VfsResult<Option<Vec<u8>>> {
+        Ok(None)
+    }
 }
 
 pub struct HookedProvider {
@@ -109,7 +140,13 @@ impl Provider for HookedProvider {
         self.inner.supports_symlinks()
     }
     fn cache_policy(&self, path: &str) -> CachePolicy {
-        self.inner.cache_policy(path)
+        let mut policy = self.inner.cache_policy(path);
+        if self.hooks.content().read {
+            // The guest's page cache would answer reads after a reopen
+            // without asking us, so without the hook.
+            policy.keep_data_cache = false;
+        }
+        policy
     }
     fn subscribe(&self, sink: super::ChangeSink) {
         self.inner.subscribe(sink)
@@ -280,13 +317,16 @@ impl FileHandle for HookedHandle {
             length: Some(len as u64),
             ..self.ctx("read")
         };
-        run_hooks(
-            &*self.hooks,
-            &mut ctx,
-            |v: &Vec<u8>| v.len() as u64,
-            self.inner.read(offset, len),
-        )
-        .await
+        let read = async {
+            let data = self.inner.read(offset, len).await?;
+            if !self.hooks.content().read {
+                return Ok(data);
+            }
+            let mut data = self.hooks.on_read(&self.path, offset, data).await?;
+            data.truncate(len);
+            Ok(data)
+        };
+        run_hooks(&*self.hooks, &mut ctx, |v: &Vec<u8>| v.len() as u64, read).await
     }
     async fn write(&self, offset: u64, data: &[u8]) -> VfsResult<usize> {
         let mut ctx = HookContext {
@@ -294,13 +334,23 @@ impl FileHandle for HookedHandle {
             length: Some(data.len() as u64),
             ..self.ctx("write")
         };
-        run_hooks(
-            &*self.hooks,
-            &mut ctx,
-            |n: &usize| *n as u64,
-            self.inner.write(offset, data),
-        )
-        .await
+        let write = async {
+            if !self.hooks.content().write {
+                return self.inner.write(offset, data).await;
+            }
+            let Some(new) = self.hooks.on_write(&self.path, offset, data).await? else {
+                return self.inner.write(offset, data).await;
+            };
+            // The guest asked for `data` to be written: all of it counts
+            // as written once all of the replacement is.
+            let n = self.inner.write(offset, &new).await?;
+            Ok(if n >= new.len() {
+                data.len()
+            } else {
+                n.min(data.len())
+            })
+        };
+        run_hooks(&*self.hooks, &mut ctx, |n: &usize| *n as u64, write).await
     }
     async fn stat(&self) -> VfsResult<Metadata> {
         run_hooks(
@@ -354,5 +404,74 @@ impl FileHandle for HookedHandle {
             self.inner.close(),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vfs::memory::MemoryProvider;
+
+    /// Upper-cases what is read, doubles nothing, and writes "X" for every
+    /// "x" written.
+    struct Upper;
+
+    #[async_trait]
+    impl VfsHooks for Upper {
+        async fn before(&self, _: &HookContext) -> VfsResult<()> {
+            Ok(())
+        }
+        async fn after(&self, _: &HookContext) -> VfsResult<()> {
+            Ok(())
+        }
+        fn content(&self) -> ContentHooks {
+            ContentHooks {
+                read: true,
+                write: true,
+            }
+        }
+        async fn on_read(&self, path: &str, offset: u64, data: Vec<u8>) -> VfsResult<Vec<u8>> {
+            if path == "/fail" {
+                return Err(VfsError::new(gondolin_wire::fs::errno::EACCES));
+            }
+            // A too-long answer is cut to the request.
+            let mut d = data.to_ascii_uppercase();
+            d.extend_from_slice(format!("@{offset}").as_bytes());
+            Ok(d)
+        }
+        async fn on_write(&self, _: &str, _: u64, data: &[u8]) -> VfsResult<Option<Vec<u8>>> {
+            Ok((data == b"keep").then_some(b"kept!".to_vec()).or_else(|| {
+                Some(
+                    data.iter()
+                        .map(|&b| if b == b'x' { b'X' } else { b })
+                        .collect(),
+                )
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn content_hooks_see_each_chunk_and_replace_it() {
+        let mem: Arc<dyn Provider> = Arc::new(MemoryProvider::new());
+        let p = HookedProvider::new(mem.clone(), Arc::new(Upper));
+        assert!(!p.cache_policy("/f").keep_data_cache);
+        let w = OpenOptions::from_node_flags("w+", 0o644).unwrap();
+        let h = p.open("/f", w).await.unwrap();
+        // The guest is told its whole chunk was written.
+        assert_eq!(h.write(0, b"axbx").await.unwrap(), 4);
+        assert_eq!(h.write(4, b"keep").await.unwrap(), 4);
+        h.close().await.unwrap();
+        let raw = mem.open("/f", OpenOptions::read_only()).await.unwrap();
+        assert_eq!(raw.read(0, 100).await.unwrap(), b"aXbXkept!");
+
+        let h = p.open("/f", OpenOptions::read_only()).await.unwrap();
+        assert_eq!(h.read(0, 4).await.unwrap(), b"AXBX");
+        assert_eq!(h.read(4, 100).await.unwrap(), b"KEPT!@4");
+        h.close().await.unwrap();
+
+        let w = OpenOptions::from_node_flags("w", 0o644).unwrap();
+        p.open("/fail", w).await.unwrap().close().await.unwrap();
+        let h = p.open("/fail", OpenOptions::read_only()).await.unwrap();
+        assert_eq!(h.read(0, 4).await.unwrap_err().errno, 13);
     }
 }

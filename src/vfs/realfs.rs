@@ -4,7 +4,14 @@
 //! RESOLVE_NO_MAGICLINKS)` relative to a descriptor of the root, so `..`,
 //! absolute symlinks, symlinks that climb out, chained or dangling ones and
 //! symlinked intermediate directories cannot reach outside it (an escape is
-//! reported as ENOENT, as upstream). Operations on the final component
+//! reported as ENOENT, as upstream). One kind of absolute symlink is
+//! followed, as upstream does: one whose target names a host path inside
+//! the root (`link -> <root>/real.txt`). When the kernel refuses a path
+//! with EXDEV, [`RealFSProvider::resolve_in_root`] walks it component by
+//! component, rewrites such targets to root-relative paths (anything else,
+//! including `..` above the root, stays ENOENT) and the result is opened
+//! with `RESOLVE_BENEATH` again, so a race cannot turn it into an escape.
+//! Operations on the final component
 //! (`mkdirat`, `unlinkat`, `renameat`, ...) run against a descriptor of its
 //! already-resolved parent, so there is no window between check and use.
 //! Linux only (openat2 arrived in 5.6).
@@ -51,11 +58,16 @@ pub struct RealFSProvider {
     watch: super::watch::DirWatch,
 }
 
-fn map_escape(e: Errno) -> VfsError {
-    match e {
-        // RESOLVE_BENEATH refuses an escape with EXDEV; upstream says ENOENT.
-        Errno::EXDEV => VfsError::noent(),
-        e => VfsError::from(e),
+/// How [`RealFSProvider::beneath_at`] reports a path the kernel refused
+/// to resolve beneath the root (EXDEV from RESOLVE_BENEATH) before it has
+/// been retried by hand; the retry reports what is left as ENOENT.
+const ESCAPE: i32 = errno::EXDEV;
+
+fn escape_as_enoent(e: VfsError) -> VfsError {
+    if e.is(ESCAPE) {
+        VfsError::noent()
+    } else {
+        e
     }
 }
 
@@ -141,7 +153,90 @@ impl RealFSProvider {
 
     /// Open `path` beneath the root. `follow` = follow a final symlink.
     fn beneath(&self, path: &str, flags: OFlag, mode: u32, follow: bool) -> VfsResult<OwnedFd> {
-        self.beneath_at(self.root_fd.as_raw_fd(), rel(path), flags, mode, follow)
+        let first = self.beneath_at(self.root_fd.as_raw_fd(), rel(path), flags, mode, follow);
+        self.or_in_root(first, path, flags, mode, follow)
+    }
+
+    /// `first` (an open of `path`), or when the kernel refused it as an
+    /// escape, the same open of `path` resolved by [`Self::resolve_in_root`].
+    fn or_in_root(
+        &self,
+        first: VfsResult<OwnedFd>,
+        path: &str,
+        flags: OFlag,
+        mode: u32,
+        follow: bool,
+    ) -> VfsResult<OwnedFd> {
+        match first {
+            Err(e) if e.is(ESCAPE) => {
+                let root = self.root_fd.as_raw_fd();
+                self.resolve_in_root(path, follow)
+                    .and_then(|r| self.beneath_at(root, &r, flags, mode, follow))
+                    .map_err(escape_as_enoent)
+            }
+            r => r,
+        }
+    }
+
+    /// `path` with every symlink on it replaced by what it points to, as a
+    /// root-relative path, when each one stays inside the root: relative
+    /// targets that do not climb above it, and absolute targets that name a
+    /// host path inside it. The final component is left alone when
+    /// `!follow`, and may be missing (a dangling link's target, to create).
+    /// Anything else is ENOENT, as every escape.
+    fn resolve_in_root(&self, path: &str, follow: bool) -> VfsResult<String> {
+        const MAX_LINKS: usize = 40; // Linux's MAXSYMLINKS
+        let mut done: Vec<String> = Vec::new();
+        let mut todo: std::collections::VecDeque<String> =
+            path.split('/').map(str::to_string).collect();
+        let mut links = 0;
+        while let Some(c) = todo.pop_front() {
+            match c.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    // Every resolved prefix is a real directory (its links
+                    // were expanded), so `..` is its parent.
+                    done.pop().ok_or_else(VfsError::noent)?;
+                    continue;
+                }
+                _ => {}
+            }
+            let last = todo.iter().all(|c| c.is_empty() || c == ".");
+            done.push(c);
+            let here = done.join("/");
+            let fd = match self.beneath_at(self.root_fd.as_raw_fd(), &here, OFlag::O_PATH, 0, false)
+            {
+                Err(e) if last && e.is(errno::ENOENT) => break,
+                r => r?,
+            };
+            let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
+            if st.st_mode & libc::S_IFMT != libc::S_IFLNK || (last && !follow) {
+                continue;
+            }
+            links += 1;
+            if links > MAX_LINKS {
+                return Err(VfsError::new(errno::ELOOP));
+            }
+            let target = nix::fcntl::readlinkat(Some(fd.as_raw_fd()), "")?;
+            let target = Path::new(&target);
+            done.pop();
+            let rest = if target.is_absolute() {
+                done.clear();
+                target
+                    .strip_prefix(&self.root)
+                    .map_err(|_| VfsError::noent())?
+            } else {
+                target
+            };
+            for part in rest.to_string_lossy().rsplit('/') {
+                todo.push_front(part.to_string());
+            }
+        }
+        Ok(if done.is_empty() {
+            ".".into()
+        } else {
+            done.join("/")
+        })
     }
 
     fn beneath_at(
@@ -163,7 +258,7 @@ impl RealFSProvider {
         let fd = loop {
             match openat2(dir, rel, how) {
                 Err(Errno::EAGAIN) | Err(Errno::EINTR) => continue,
-                r => break r.map_err(map_escape)?,
+                r => break r?,
             }
         };
         // SAFETY: openat2 returned a fresh descriptor that we now own.
@@ -355,7 +450,9 @@ impl Provider for RealFSProvider {
             }
             let (dir, name) = self.parent_dir(path)?;
             let mode = host_mode(o.mode, false);
-            self.beneath_at(dir.as_raw_fd(), name, flags, mode, !o.exclusive)?
+            let follow = !o.exclusive;
+            let first = self.beneath_at(dir.as_raw_fd(), name, flags, mode, follow);
+            self.or_in_root(first, path, flags, mode, follow)?
         } else {
             self.beneath(path, flags, 0, true)?
         };
@@ -469,6 +566,15 @@ impl Provider for RealFSProvider {
         })
     }
 
+    /// Only whether `path` resolves (inside the root): permission bits are
+    /// checked by the caller against its own credentials (the guest
+    /// caller's in the server, the host process's for `access()` from JS),
+    /// never against this process's, which may be root.
+    async fn access(&self, path: &str, _mask: i32) -> VfsResult<()> {
+        self.path_fd(path, true)?;
+        Err(VfsError::nosys("access"))
+    }
+
     async fn realpath(&self, path: &str) -> VfsResult<String> {
         let fd = self.path_fd(path, true)?;
         let host = std::fs::read_link(proc_fd(&fd))?;
@@ -528,3 +634,7 @@ impl FileHandle for RealHandle {
         Ok(self.file.sync_data()?)
     }
 }
+
+#[cfg(test)]
+#[path = "realfs_tests.rs"]
+mod tests;

@@ -695,7 +695,12 @@ impl FsServer {
 }
 
 /// Permission check from mode bits, for providers without `access`.
-fn check_access(m: &Metadata, mask: i32, caller: Caller, readonly: bool) -> VfsResult<()> {
+pub(crate) fn check_access(
+    m: &Metadata,
+    mask: i32,
+    caller: Caller,
+    readonly: bool,
+) -> VfsResult<()> {
     const R: i32 = 4;
     const W: i32 = 2;
     const X: i32 = 1;

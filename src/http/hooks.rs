@@ -70,20 +70,34 @@ pub enum Hook {
 pub trait HttpHooks: Send + Sync {
     /// Which hooks exist (the others are never called).
     fn has(&self, hook: Hook) -> bool;
-    async fn is_request_allowed(&self, head: &HookRequest) -> Result<bool, HookError>;
-    async fn is_ip_allowed(&self, info: &IpCheck) -> Result<bool, HookError>;
+    // Each default is what an absent hook means; only hooks `has` reports
+    // are called, so an implementation writes just the ones it has.
+    async fn is_request_allowed(&self, head: &HookRequest) -> Result<bool, HookError> {
+        let _ = head;
+        Ok(true)
+    }
+    async fn is_ip_allowed(&self, info: &IpCheck) -> Result<bool, HookError> {
+        let _ = info;
+        Ok(true)
+    }
     /// The request head (no body) before the body is read; a rewrite keeps
     /// the body.
     async fn on_request_head(&self, head: HookRequest) -> Result<OnRequest, HookError> {
         let _ = head;
         Ok(OnRequest::Keep)
     }
-    async fn on_request(&self, req: HookRequest) -> Result<OnRequest, HookError>;
+    async fn on_request(&self, req: HookRequest) -> Result<OnRequest, HookError> {
+        let _ = req;
+        Ok(OnRequest::Keep)
+    }
     async fn on_response(
         &self,
         resp: HookResponse,
         req: &HookRequest,
-    ) -> Result<Option<HookResponse>, HookError>;
+    ) -> Result<Option<HookResponse>, HookError> {
+        let _ = (resp, req);
+        Ok(None)
+    }
     /// Perform the (policy-checked, secrets-filled) request upstream.
     async fn fetch(&self, req: HookRequest) -> Result<HookResponse, HookError> {
         let _ = req;

@@ -455,19 +455,6 @@ impl hooks::HttpHooks for Recorder {
             .push(format!("ip {}:{}", info.ip, info.port));
         Ok(self.allow_ip.is_none_or(|a| a == info.ip))
     }
-    async fn on_request(
-        &self,
-        _: hooks::HookRequest,
-    ) -> Result<hooks::OnRequest, hooks::HookError> {
-        Ok(hooks::OnRequest::Keep)
-    }
-    async fn on_response(
-        &self,
-        _: hooks::HookResponse,
-        _: &hooks::HookRequest,
-    ) -> Result<Option<hooks::HookResponse>, hooks::HookError> {
-        Ok(None)
-    }
 }
 
 fn recorder(allow_ip: Option<&str>) -> Arc<Recorder> {
@@ -679,12 +666,6 @@ impl hooks::HttpHooks for HeadHooks {
     fn has(&self, h: hooks::Hook) -> bool {
         h == hooks::Hook::OnRequestHead
     }
-    async fn is_request_allowed(&self, _: &hooks::HookRequest) -> Result<bool, hooks::HookError> {
-        unreachable!("not present")
-    }
-    async fn is_ip_allowed(&self, _: &hooks::IpCheck) -> Result<bool, hooks::HookError> {
-        unreachable!("not present")
-    }
     async fn on_request_head(
         &self,
         mut head: hooks::HookRequest,
@@ -700,19 +681,6 @@ impl hooks::HttpHooks for HeadHooks {
         }
         head.headers.push(("x-head".into(), "1".into()));
         Ok(hooks::OnRequest::Rewrite(head))
-    }
-    async fn on_request(
-        &self,
-        _: hooks::HookRequest,
-    ) -> Result<hooks::OnRequest, hooks::HookError> {
-        unreachable!("not present")
-    }
-    async fn on_response(
-        &self,
-        _: hooks::HookResponse,
-        _: &hooks::HookRequest,
-    ) -> Result<Option<hooks::HookResponse>, hooks::HookError> {
-        unreachable!("not present")
     }
 }
 
@@ -774,25 +742,6 @@ struct MockFetch;
 impl hooks::HttpHooks for MockFetch {
     fn has(&self, h: hooks::Hook) -> bool {
         h == hooks::Hook::Fetch
-    }
-    async fn is_request_allowed(&self, _: &hooks::HookRequest) -> Result<bool, hooks::HookError> {
-        Ok(true)
-    }
-    async fn is_ip_allowed(&self, _: &hooks::IpCheck) -> Result<bool, hooks::HookError> {
-        Ok(true)
-    }
-    async fn on_request(
-        &self,
-        _: hooks::HookRequest,
-    ) -> Result<hooks::OnRequest, hooks::HookError> {
-        Ok(hooks::OnRequest::Keep)
-    }
-    async fn on_response(
-        &self,
-        resp: hooks::HookResponse,
-        _: &hooks::HookRequest,
-    ) -> Result<Option<hooks::HookResponse>, hooks::HookError> {
-        Ok(Some(resp))
     }
     async fn fetch(
         &self,

@@ -46,7 +46,11 @@ impl Provider for ReadonlyProvider {
         if opts.write || opts.create || opts.truncate || opts.append {
             return Err(VfsError::rofs());
         }
-        self.inner.open(path, opts).await
+        // The handle refuses mutations itself: the server reaches files
+        // through handles when their names are gone, and must not find a
+        // writable one behind a read-only provider.
+        let inner = self.inner.open(path, opts).await?;
+        Ok(Box::new(ReadonlyHandle(inner)))
     }
     async fn mkdir(&self, _: &str, _: u32) -> VfsResult<()> {
         Err(VfsError::rofs())
@@ -96,5 +100,62 @@ impl Provider for ReadonlyProvider {
     }
     async fn close(&self) -> VfsResult<()> {
         self.inner.close().await
+    }
+}
+
+/// A handle of a read-only provider: reads pass through, every mutation is
+/// EROFS.
+struct ReadonlyHandle(Box<dyn FileHandle>);
+
+#[async_trait]
+impl FileHandle for ReadonlyHandle {
+    async fn read(&self, offset: u64, len: usize) -> VfsResult<Vec<u8>> {
+        self.0.read(offset, len).await
+    }
+    async fn write(&self, _: u64, _: &[u8]) -> VfsResult<usize> {
+        Err(VfsError::rofs())
+    }
+    async fn stat(&self) -> VfsResult<Metadata> {
+        self.0.stat().await
+    }
+    async fn truncate(&self, _: u64) -> VfsResult<()> {
+        Err(VfsError::rofs())
+    }
+    async fn chmod(&self, _: u32) -> VfsResult<()> {
+        Err(VfsError::rofs())
+    }
+    async fn chown(&self, _: Option<u32>, _: Option<u32>) -> VfsResult<()> {
+        Err(VfsError::rofs())
+    }
+    async fn set_times(&self, _: SetTimes) -> VfsResult<()> {
+        Err(VfsError::rofs())
+    }
+    async fn close(&self) -> VfsResult<()> {
+        self.0.close().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vfs::memory::MemoryProvider;
+
+    #[tokio::test]
+    async fn handles_refuse_every_mutation() {
+        let mem = Arc::new(MemoryProvider::new());
+        let w = mem
+            .open("/f", OpenOptions::from_linux_flags(0o1102, 0o644))
+            .await
+            .unwrap();
+        w.write(0, b"kept").await.unwrap();
+        let ro = ReadonlyProvider::new(mem.clone());
+        let h = ro.open("/f", OpenOptions::read_only()).await.unwrap();
+        assert_eq!(h.read(0, 16).await.unwrap(), b"kept");
+        let rofs = VfsError::rofs().errno;
+        assert_eq!(h.write(0, b"x").await.unwrap_err().errno, rofs);
+        assert_eq!(h.truncate(0).await.unwrap_err().errno, rofs);
+        assert_eq!(h.chmod(0o777).await.unwrap_err().errno, rofs);
+        assert_eq!(h.chown(Some(1), None).await.unwrap_err().errno, rofs);
+        assert_eq!(mem.stat("/f").await.unwrap().perm & 0o777, 0o644);
     }
 }

@@ -61,10 +61,12 @@ pub(crate) async fn admit(eg: &Egress, hop: Hop<'_>) -> Result<(), Refusal> {
     }
     // 2. Built-in IP rule, on the one resolution. A user's `fetch` dials
     // for itself, so a name only it can resolve (a mock, its own resolver)
-    // leaves no address here to judge; a name that does resolve is judged.
+    // leaves no address here to judge; that is allowed only for a host the
+    // allowlist names exactly, never through a wildcard, so a guest cannot
+    // make its own names fail here (SERVFAIL) and resolve in the fetch.
     let fetch_dials = policy.hook(Hook::Fetch).is_some();
     let resolved = match resolve(&host, port).await {
-        Err(Refusal::Unresolved(_)) if fetch_dials => Vec::new(),
+        Err(Refusal::Unresolved(_)) if fetch_dials && policy.names_exactly(&host) => Vec::new(),
         other => other?,
     };
     let unresolved_for_fetch = resolved.is_empty();

@@ -365,12 +365,17 @@ async fn send_following(ctx: &Ctx, out: Outgoing) -> Result<(Response<Body>, boo
             let (view_url, view_headers) = placeholder_view(eg, &url, &headers);
             admit(eg, hop_view(&method, &view_url, &view_headers)).await?;
         }
+        // Decided by destination, not by this request alone: a secret's host
+        // may answer with a value an earlier request stored there.
+        carried |= eg.policy.secrets.serves_host(&host);
         if carried {
-            // So the answer can be searched for the value (see deliver.rs).
+            // So the answer can be searched for the value (see deliver.rs):
+            // whole and uncompressed, never a piece of it.
             headers.insert(
                 header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             );
+            headers.remove(header::RANGE);
         }
         let b = body.take().unwrap_or_else(empty);
         let resp = upstream::send(eg, method.clone(), &url, headers.clone(), b).await?;

@@ -32,7 +32,8 @@ pub(crate) fn refuse_unreadable(
         .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
     if carried_secret && encoded {
         return Err(Refusal::Upstream(
-            "compressed response to a request that carried a secret".into(),
+            "compressed response from a secret's host (it could not be checked for real values)"
+                .into(),
         ));
     }
     Ok(())
@@ -47,12 +48,12 @@ pub(crate) fn scrub(
 ) -> Response<Body> {
     let Some(s) = scrubber else { return resp };
     let (mut parts, body) = resp.into_parts();
+    // As bytes: a value beside a non-ASCII byte is still a value.
     for v in parts.headers.values_mut() {
-        let Ok(text) = v.to_str() else { continue };
-        if let std::borrow::Cow::Owned(clean) = s.text(text) {
-            if let Ok(nv) = HeaderValue::from_str(&clean) {
-                *v = nv;
-            }
+        if s.found_in(v.as_bytes()) {
+            let clean = s.bytes(Bytes::copy_from_slice(v.as_bytes()));
+            *v = HeaderValue::from_maybe_shared(clean)
+                .unwrap_or_else(|_| HeaderValue::from_static(""));
         }
     }
     let bodiless = *method == Method::HEAD

@@ -81,6 +81,13 @@ impl Policy {
 
     /// The built-in IP rule: internal ranges (including IPv6 forms that
     /// embed an internal IPv4 address) and this machine's own addresses.
+    /// Whether `allowedHosts` (or `allowedInternalHosts`) lists `host`
+    /// itself, not through a wildcard.
+    pub fn names_exactly(&self, host: &str) -> bool {
+        let exact = |list: &[HostPattern]| list.iter().any(|p| p.as_str() == host);
+        self.allowed_hosts.as_deref().is_some_and(exact) || exact(&self.allowed_internal)
+    }
+
     pub fn ip_allowed(&self, host: &str, ip: IpAddr) -> bool {
         let internal = is_internal(ip) || is_own_address(ip);
         !(self.block_internal && internal && !any_match(&self.allowed_internal, host))

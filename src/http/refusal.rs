@@ -115,7 +115,14 @@ impl Ctx {
 
     /// The guest's answer to a refusal, recorded.
     pub(crate) fn refuse(&self, r: Refusal) -> Response<Body> {
-        let (status, reason) = (r.status(), r.reason());
+        let status = r.status();
+        // A reason can quote what upstream sent (a redirect's host, an
+        // error): it goes to the guest, so never with a real value in it.
+        let reason = r.reason();
+        let reason = match self.eg.policy.secrets.scrubber() {
+            Some(s) => s.text(&reason).into_owned(),
+            None => reason,
+        };
         self.record(false, Some(&reason), status.as_u16(), 0);
         reply(status, &reason)
     }

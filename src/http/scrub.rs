@@ -37,8 +37,11 @@ impl Scrubber {
         }
         let window = pairs.iter().map(|(v, _)| v.len()).max().unwrap_or(1) - 1;
         // Longest first where values overlap ("sk-new-sk-old" over "sk-old").
+        // ASCII case is ignored: a value can come back case-folded (a URL's
+        // host is lower-cased on the way), and that is the value too.
         let finder = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
+            .ascii_case_insensitive(true)
             .build(pairs.iter().map(|(v, _)| v.as_bytes()))
             .expect("literal patterns always build");
         Some(Scrubber {

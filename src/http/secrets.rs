@@ -158,7 +158,31 @@ impl Secrets {
     /// Refuse `text` (a redirect's URL, say) if it carries a real value to
     /// a host outside that secret's hosts, or a revoked value anywhere.
     pub fn refuse_real(&self, text: &str, host: &str) -> Result<(), Refused> {
-        check(&self.list.read().unwrap(), text, host)
+        // ASCII case is ignored: upstream's text (a redirect's URL) may
+        // carry a value case-folded, as a URL's host always is.
+        let folded: Vec<Secret> = self
+            .list
+            .read()
+            .unwrap()
+            .iter()
+            .map(|s| Secret {
+                value: s.value.to_ascii_lowercase(),
+                revoked: s.revoked.iter().map(|r| r.to_ascii_lowercase()).collect(),
+                ..s.clone()
+            })
+            .collect();
+        check(&folded, &text.to_ascii_lowercase(), host)
+    }
+
+    /// Whether `host` is one of a live secret's hosts: an answer from it may
+    /// hold a real value, whether or not this request carried one (an
+    /// earlier request may have stored it there).
+    pub fn serves_host(&self, host: &str) -> bool {
+        self.list
+            .read()
+            .unwrap()
+            .iter()
+            .any(|s| !s.deleted && any_match(&s.hosts, host))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -348,6 +372,25 @@ mod tests {
             false,
         );
         (s, ph)
+    }
+
+    #[test]
+    fn redirect_text_is_checked_case_folded_and_hosts_are_known() {
+        let (s, ph) = secrets();
+        // A URL's host comes back lower-cased: "sk-real" as "SK-REAL" is it too.
+        assert!(s
+            .refuse_real("http://SK-REAL.evil.test/", "sk-real.evil.test")
+            .is_err());
+        assert!(s
+            .refuse_real("http://api.example.com/?k=SK-REAL", "api.example.com")
+            .is_ok());
+        assert!(s.serves_host("api.example.com") && s.serves_host("x.trusted.dev"));
+        assert!(!s.serves_host("other.test"));
+        let scrub = s.scrubber().unwrap();
+        assert_eq!(
+            scrub.text("host SK-Real.evil.test refused"),
+            format!("host {ph}.evil.test refused")
+        );
     }
 
     #[test]

@@ -760,11 +760,20 @@ impl hooks::HttpHooks for MockFetch {
 async fn a_user_fetch_serves_names_the_host_cannot_resolve_but_internal_ones_stay_refused() {
     let eg = egress(Policy {
         hooks: Some(Arc::new(MockFetch)),
+        allowed_hosts: Some(policy::patterns(&[
+            "api.example.invalid",
+            "*.wild.invalid",
+            "127.0.0.1",
+            "localhost",
+        ])),
         ..Policy::default()
     });
     // `.invalid` never resolves (RFC 6761): only the user's fetch knows it.
     let (s, b) = guest_get(eg.clone(), "api.example.invalid", "/x", &[]).await;
     assert_eq!((s, b.as_str()), (200, "mock:http://api.example.invalid/x"));
+    // Through a wildcard, an unresolvable name stays refused.
+    let (s, _) = guest_get(eg.clone(), "x.wild.invalid", "/x", &[]).await;
+    assert_ne!(s, 200);
     // A name or address that is internal is still judged and refused.
     let (s, _) = guest_get(eg.clone(), "127.0.0.1", "/x", &[]).await;
     assert_eq!(s, 403);

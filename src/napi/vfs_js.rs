@@ -6,6 +6,7 @@
 //! [`FsOutcome`]: tokio awaits it without blocking any thread, so a JS
 //! provider that itself uses `fs.promises` cannot deadlock Node's threadpool.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -151,6 +152,7 @@ impl Provider for JsProvider {
         Ok(Box::new(JsFileHandle {
             dispatch: self.dispatch.clone(),
             fh,
+            closed: AtomicBool::new(false),
         }))
     }
     async fn mkdir(&self, path: &str, mode: u32) -> VfsResult<()> {
@@ -254,10 +256,28 @@ impl Provider for JsProvider {
     }
 }
 
-/// A handle in the JS dispatcher's handle table.
+/// A handle in the JS dispatcher's handle table. Dropped without `close`
+/// (the server's table was full, a hook failed after the open, a deadline
+/// passed), it closes itself, so the guest cannot grow the JS table.
 struct JsFileHandle {
     dispatch: Arc<Dispatch>,
     fh: u32,
+    closed: AtomicBool,
+}
+
+impl Drop for JsFileHandle {
+    fn drop(&mut self) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (dispatch, fh) = (self.dispatch.clone(), self.fh);
+        rt.spawn(async move {
+            let _ = call_js(&dispatch, FsCall::on("close", fh)).await;
+        });
+    }
 }
 
 #[async_trait]
@@ -325,6 +345,7 @@ impl FileHandle for JsFileHandle {
         }
     }
     async fn close(&self) -> VfsResult<()> {
+        self.closed.store(true, Ordering::Release);
         call_js(&self.dispatch, FsCall::on("close", self.fh))
             .await
             .map(|_| ())

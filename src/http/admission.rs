@@ -156,7 +156,11 @@ impl DialPlan {
     fn set(&self, key: DialKey, addrs: Vec<SocketAddr>) {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if m.len() >= PLAN_LIMIT && !m.contains_key(&key) {
-            m.clear();
+            // Make room by one: clearing all would refuse other requests'
+            // dials between their admission and their connect.
+            if let Some(k) = m.keys().next().cloned() {
+                m.remove(&k);
+            }
         }
         m.insert(key, addrs);
     }

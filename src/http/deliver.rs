@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Method, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::{BodyExt, Empty};
@@ -48,14 +48,7 @@ pub(crate) fn scrub(
 ) -> Response<Body> {
     let Some(s) = scrubber else { return resp };
     let (mut parts, body) = resp.into_parts();
-    // As bytes: a value beside a non-ASCII byte is still a value.
-    for v in parts.headers.values_mut() {
-        if s.found_in(v.as_bytes()) {
-            let clean = s.bytes(Bytes::copy_from_slice(v.as_bytes()));
-            *v = HeaderValue::from_maybe_shared(clean)
-                .unwrap_or_else(|_| HeaderValue::from_static(""));
-        }
-    }
+    s.headers(&mut parts.headers);
     let bodiless = *method == Method::HEAD
         || parts.status.is_informational()
         || matches!(parts.status.as_u16(), 204 | 304);

@@ -64,6 +64,18 @@ impl Scrubber {
         Cow::Owned(self.finder.replace_all(text, &self.placeholders))
     }
 
+    /// Header values (response headers, trailers), as bytes: a value
+    /// beside a non-ASCII byte is still a value.
+    pub fn headers(&self, headers: &mut http::HeaderMap) {
+        for v in headers.values_mut() {
+            if self.found_in(v.as_bytes()) {
+                let clean = self.bytes(Bytes::copy_from_slice(v.as_bytes()));
+                *v = http::HeaderValue::from_maybe_shared(clean)
+                    .unwrap_or_else(|_| http::HeaderValue::from_static(""));
+            }
+        }
+    }
+
     /// A whole buffered body.
     pub fn bytes(&self, body: Bytes) -> Bytes {
         if !self.finder.is_match(&body) {
@@ -151,7 +163,16 @@ where
                             return Poll::Ready(Some(Ok(Frame::data(out))));
                         }
                     }
-                    Err(trailers) => return Poll::Ready(Some(Ok(me.flush_then(Some(trailers))))),
+                    Err(frame) => {
+                        let frame = match frame.into_trailers() {
+                            Ok(mut trailers) => {
+                                me.scrubber.headers(&mut trailers);
+                                Frame::trailers(trailers)
+                            }
+                            Err(other) => other,
+                        };
+                        return Poll::Ready(Some(Ok(me.flush_then(Some(frame)))));
+                    }
                 },
                 Poll::Ready(None) => {
                     if me.carry.is_empty() {
@@ -251,5 +272,26 @@ mod tests {
         let body = StreamBody::new(futures_util::stream::iter(frames));
         let out = ScrubBody::new(body, s).collect().await.unwrap().to_bytes();
         assert_eq!(&out[..], b"echo: PH_B and PH_A end");
+    }
+
+    #[tokio::test]
+    async fn trailers_and_non_ascii_headers_are_scrubbed() {
+        let s = Arc::new(scrubber());
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-echo", http::HeaderValue::from_static("TOK-123"));
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"body"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let got = ScrubBody::new(body, s.clone()).collect().await.unwrap();
+        assert_eq!(got.trailers().unwrap()["x-echo"], "PH_B");
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "x-echo",
+            http::HeaderValue::from_bytes(b"tok-123\xc3\xa9").unwrap(),
+        );
+        s.headers(&mut h);
+        assert_eq!(h["x-echo"].as_bytes(), b"PH_B\xc3\xa9");
     }
 }

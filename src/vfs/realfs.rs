@@ -432,11 +432,16 @@ impl Provider for RealFSProvider {
     }
 
     async fn open(&self, path: &str, o: OpenOptions) -> VfsResult<Box<dyn FileHandle>> {
-        let mut flags = match (o.read, o.write) {
-            (_, false) => OFlag::O_RDONLY,
-            (false, true) => OFlag::O_WRONLY,
-            (true, true) => OFlag::O_RDWR,
-        };
+        // O_NONBLOCK: opening a FIFO (or a device) in the host directory
+        // would otherwise block a runtime thread until a peer appears, and a
+        // few such opens would stall every VM of the process. Such files are
+        // then refused below; for files and directories the flag is inert.
+        let mut flags = OFlag::O_NONBLOCK
+            | match (o.read, o.write) {
+                (_, false) => OFlag::O_RDONLY,
+                (false, true) => OFlag::O_WRONLY,
+                (true, true) => OFlag::O_RDWR,
+            };
         if o.append {
             flags |= OFlag::O_APPEND;
         }
@@ -457,8 +462,15 @@ impl Provider for RealFSProvider {
             self.beneath(path, flags, 0, true)?
         };
         let file = File::from(fd);
-        if o.write && file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        let kind = file.metadata().map_err(VfsError::from)?.file_type();
+        if o.write && kind.is_dir() {
             return Err(VfsError::new(errno::EISDIR));
+        }
+        if !kind.is_file() && !kind.is_dir() {
+            return Err(VfsError::with_message(
+                libc::ENXIO,
+                format!("{path}: only regular files and directories are served"),
+            ));
         }
         Ok(Box::new(RealHandle {
             file,

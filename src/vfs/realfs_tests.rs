@@ -145,3 +145,33 @@ async fn dangling_links_create_and_link_links_the_link() {
     assert!(Path::new(&root.join("sub/made-abs.txt")).exists());
     std::fs::remove_dir_all(root).unwrap();
 }
+
+#[test]
+fn a_fifo_in_the_root_is_refused_without_blocking() {
+    let root = std::fs::canonicalize(temp_dir()).unwrap();
+    nix::unistd::mkfifo(
+        &root.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    let p = RealFSProvider::new(&root).unwrap();
+    // On a thread of its own: a blocking open of a FIFO with no peer never
+    // returns, and must fail this test, not hang it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let errnos: Vec<i32> = ["r", "r+"]
+            .iter()
+            .map(|f| errno_of(rt.block_on(p.open("/fifo", flags(f))).map(|_| ())))
+            .collect();
+        let kind = rt.block_on(p.stat("/fifo")).unwrap().kind;
+        let _ = tx.send((errnos, kind));
+    });
+    let (errnos, kind) = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("open of a FIFO must not block");
+    assert_eq!(errnos, [libc::ENXIO, libc::ENXIO]);
+    assert_eq!(kind, FileKind::Other);
+}

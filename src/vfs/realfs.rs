@@ -541,7 +541,8 @@ impl Provider for RealFSProvider {
     }
 
     async fn truncate(&self, path: &str, len: u64) -> VfsResult<()> {
-        let fd = self.beneath(path, OFlag::O_WRONLY, 0, true)?;
+        // O_NONBLOCK: a FIFO must not block the thread (see `open`).
+        let fd = self.beneath(path, OFlag::O_WRONLY | OFlag::O_NONBLOCK, 0, true)?;
         nix::unistd::ftruncate(fd, len as i64)?;
         Ok(())
     }

@@ -167,11 +167,13 @@ fn a_fifo_in_the_root_is_refused_without_blocking() {
             .map(|f| errno_of(rt.block_on(p.open("/fifo", flags(f))).map(|_| ())))
             .collect();
         let kind = rt.block_on(p.stat("/fifo")).unwrap().kind;
-        let _ = tx.send((errnos, kind));
+        let truncated = rt.block_on(p.truncate("/fifo", 0)).is_err();
+        let _ = tx.send((errnos, kind, truncated));
     });
-    let (errnos, kind) = rx
+    let (errnos, kind, truncated) = rx
         .recv_timeout(std::time::Duration::from_secs(10))
         .expect("open of a FIFO must not block");
     assert_eq!(errnos, [libc::ENXIO, libc::ENXIO]);
     assert_eq!(kind, FileKind::Other);
+    assert!(truncated, "truncate of a FIFO fails (without blocking)");
 }

@@ -28,11 +28,11 @@ deps: ## install the system packages (QEMU, debootstrap, ...) and npm dev depend
 build: addon guest ## build the Node addon and the static guest binaries
 
 addon: ## the napi addon → npm/$(TRIPLE)/gondolin.$(TRIPLE).node (debug info split off)
-	cargo build --release --lib
+	cargo build --release -p gondolin-napi
 	# The line tables go to a .debug file beside the addon (not in the npm
 	# package); the addon keeps its symbols, so a panic still names functions.
-	objcopy --only-keep-debug target/release/libgondolin.so $(ADDON).debug
-	objcopy --strip-debug --add-gnu-debuglink=$(ADDON).debug target/release/libgondolin.so $(ADDON).tmp
+	objcopy --only-keep-debug target/release/libgondolin_napi.so $(ADDON).debug
+	objcopy --strip-debug --add-gnu-debuglink=$(ADDON).debug target/release/libgondolin_napi.so $(ADDON).tmp
 	mv $(ADDON).tmp $(ADDON)
 
 guest: ## init + sandboxd + sandboxfs, statically linked → npm/$(TRIPLE)/guest/

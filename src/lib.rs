@@ -5,7 +5,6 @@
 pub mod control;
 pub mod http;
 pub mod image;
-mod napi;
 pub mod net;
 pub mod tls;
 pub mod vfs;

@@ -458,12 +458,12 @@ fn fill_secrets(
 }
 
 /// A request's URL and header pairs, as JS holds them.
-pub(crate) type RequestParts = (String, Vec<(String, String)>);
+pub type RequestParts = (String, Vec<(String, String)>);
 
 /// [`fill_secrets`] for a request held by JS (`httpHooks.onRequest` called
 /// directly): the same substitution and refusals the VM applies. `Ok(None)`
 /// when nothing changes; `Err` carries the refusal's message.
-pub(crate) fn apply_secrets(
+pub fn apply_secrets(
     secrets: &Secrets,
     url: &str,
     headers: &[(String, String)],

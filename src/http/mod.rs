@@ -32,7 +32,7 @@ use classify::{classify, Kind, SNIFF_LIMIT};
 use policy::{any_match, is_internal, is_own_address, HostPattern};
 use secrets::Secrets;
 
-pub(crate) use bridge::apply_secrets;
+pub use bridge::apply_secrets;
 pub use upstream::UpstreamClient;
 
 /// How long a new flow may take to say what it is.

@@ -1,8 +1,8 @@
 //! The one conversion from core errors to JS errors. The JS facade turns the
 //! `[code] message` reason into an Error with a `code` property.
 
-use crate::control::ControlError;
-use crate::vm::VmError;
+use gondolin::control::ControlError;
+use gondolin::vm::VmError;
 
 /// A JS error carrying a stable code.
 pub fn js_error(code: &str, message: impl std::fmt::Display) -> napi::Error {

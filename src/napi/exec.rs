@@ -9,7 +9,7 @@ use napi_derive::napi;
 use tokio::sync::Mutex;
 
 use super::error::IntoJs;
-use crate::control::{ExecControl, ExecEvent, ExecHandle, Stream};
+use gondolin::control::{ExecControl, ExecEvent, ExecHandle, Stream};
 
 /// Output handed to JS per `next()` call, at most.
 const BATCH_BYTES: usize = 1024 * 1024;

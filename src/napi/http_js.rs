@@ -13,7 +13,7 @@ use napi::threadsafe_function::ThreadsafeFunction;
 use napi::Status;
 use napi_derive::napi;
 
-use crate::http::hooks::{
+use gondolin::http::hooks::{
     Hook, HookError, HookRequest, HookResponse, HttpHooks, IpCheck, OnRequest,
 };
 

@@ -6,7 +6,7 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
 use super::error::js_error;
-use crate::image::{self, BuildOptions, ImageError, ImageInfo};
+use gondolin::image::{self, BuildOptions, ImageError, ImageInfo};
 
 #[napi(object)]
 pub struct NativeImage {

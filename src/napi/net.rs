@@ -8,13 +8,13 @@ use napi_derive::napi;
 use tokio::sync::{mpsc, Mutex};
 
 use super::error::js_error;
-use crate::http::policy::{check_glob, patterns};
-use crate::http::secrets::{placeholders, PlaceholderMode, Secret, Secrets};
-use crate::http::{Egress, EgressEvent, EgressHandler, Policy};
-use crate::net::dns::{host_resolvers, DnsConfig, DnsMode, DnsServer};
-use crate::net::{NetConfig, NetStats};
-use crate::tls::MitmCa;
-use crate::vm::NetAttach;
+use gondolin::http::policy::{check_glob, patterns};
+use gondolin::http::secrets::{placeholders, PlaceholderMode, Secret, Secrets};
+use gondolin::http::{Egress, EgressEvent, EgressHandler, Policy};
+use gondolin::net::dns::{host_resolvers, DnsConfig, DnsMode, DnsServer};
+use gondolin::net::{NetConfig, NetStats};
+use gondolin::tls::MitmCa;
+use gondolin::vm::NetAttach;
 
 #[napi(object)]
 pub struct NativeNetOptions {
@@ -213,7 +213,7 @@ impl NativeHttpPolicy {
                 Err(_) => None,
             })
             .collect();
-        match crate::http::apply_secrets(&self.policy.secrets, &url, &pairs) {
+        match gondolin::http::apply_secrets(&self.policy.secrets, &url, &pairs) {
             Ok(None) => Ok(None),
             Ok(Some((url, h))) => Ok(Some(NativeRequestParts {
                 url,
@@ -269,7 +269,7 @@ fn bad(msg: String) -> napi::Error {
 pub(crate) fn attach(
     o: NativeNetOptions,
     secrets: Option<&NativeSecrets>,
-    hooks: Option<Arc<dyn crate::http::hooks::HttpHooks>>,
+    hooks: Option<Arc<dyn gondolin::http::hooks::HttpHooks>>,
 ) -> napi::Result<(NetAttach, Option<EgressEvents>)> {
     let mode = DnsMode::parse(o.dns_mode.as_deref().unwrap_or("synthetic")).map_err(bad)?;
     let mut dns = DnsConfig {
@@ -355,7 +355,7 @@ pub(crate) fn attach(
         max_flows: o
             .max_flows
             .map(|n| n.max(1) as usize)
-            .unwrap_or(crate::net::DEFAULT_MAX_FLOWS),
+            .unwrap_or(gondolin::net::DEFAULT_MAX_FLOWS),
     };
     Ok((
         NetAttach {

@@ -18,16 +18,16 @@ use napi_derive::napi;
 use super::error::js_error;
 use super::vfs_call::{dirents_to_js, stat_to_js, statfs_to_js, time_from_ms, FsCall, FsOutcome};
 use super::vfs_js::{Dispatch, HookDispatch, HookKinds, JsHooks, JsProvider};
-use crate::vfs::hooks::HookedProvider;
-use crate::vfs::memory::MemoryProvider;
-use crate::vfs::mounts::MountRouter;
-use crate::vfs::readonly::ReadonlyProvider;
-use crate::vfs::realfs::{RealFSProvider, RealFsOptions};
-use crate::vfs::server::check_access;
-use crate::vfs::shadow::{
+use gondolin::vfs::hooks::HookedProvider;
+use gondolin::vfs::memory::MemoryProvider;
+use gondolin::vfs::mounts::MountRouter;
+use gondolin::vfs::readonly::ReadonlyProvider;
+use gondolin::vfs::realfs::{RealFSProvider, RealFsOptions};
+use gondolin::vfs::server::check_access;
+use gondolin::vfs::shadow::{
     PathPredicate, ShadowContext, ShadowOptions, ShadowPredicate, ShadowProvider, ShadowWriteMode,
 };
-use crate::vfs::{FileHandle, OpenOptions, Provider, SetTimes, VfsError, VfsResult};
+use gondolin::vfs::{FileHandle, OpenOptions, Provider, SetTimes, VfsError, VfsResult};
 use gondolin_wire::fs::{errno, Caller};
 
 /// Handles JS opened on a native provider; closed when the provider is.

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use napi::bindgen_prelude::Buffer;
 use napi_derive::napi;
 
-use crate::vfs::{
+use gondolin::vfs::{
     errno_from_name, errno_name, DirEntry, FileKind, Metadata, StatFs, VfsError, VfsResult,
 };
 use gondolin_wire::fs::errno;

@@ -16,8 +16,8 @@ use napi::Status;
 use napi_derive::napi;
 
 use super::vfs_call::{kind_from_name, missing, stat_from_js, statfs_from_js, FsCall, FsOutcome};
-use crate::vfs::hooks::{ContentHooks, HookContext, VfsHooks};
-use crate::vfs::{
+use gondolin::vfs::hooks::{ContentHooks, HookContext, VfsHooks};
+use gondolin::vfs::{
     DirEntry, FileHandle, Metadata, OpenOptions, Provider, SetTimes, StatFs, VfsError, VfsResult,
 };
 use gondolin_wire::fs::errno;
@@ -224,8 +224,8 @@ impl Provider for JsProvider {
             Ok(o) => Ok(o
                 .statfs
                 .map(statfs_from_js)
-                .unwrap_or(crate::vfs::SYNTHETIC_STATFS)),
-            Err(e) if e.is(errno::ENOSYS) => Ok(crate::vfs::SYNTHETIC_STATFS),
+                .unwrap_or(gondolin::vfs::SYNTHETIC_STATFS)),
+            Err(e) if e.is(errno::ENOSYS) => Ok(gondolin::vfs::SYNTHETIC_STATFS),
             Err(e) => Err(e),
         }
     }

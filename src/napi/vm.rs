@@ -13,10 +13,10 @@ use napi::Env;
 use super::error::{js_error, IntoJs};
 use super::exec::NativeExec;
 use super::vfs::NativeProvider;
-use crate::control::ExecRequest;
-use crate::vfs::path::check_absolute;
-use crate::vfs::server::FsServer;
-use crate::vm::{RootfsMode, VfsAttach, Vm, VmConfig};
+use gondolin::control::ExecRequest;
+use gondolin::vfs::path::check_absolute;
+use gondolin::vfs::server::FsServer;
+use gondolin::vm::{RootfsMode, VfsAttach, Vm, VmConfig};
 
 #[napi(object)]
 pub struct NativeVmOptions {
@@ -40,7 +40,7 @@ pub struct NativeVmOptions {
     /// With a VFS root: guest paths bind-mounted from `fuseMount` + path.
     pub binds: Option<Vec<String>>,
     /// The guest network; absent = no NIC.
-    pub net: Option<crate::napi::net::NativeNetOptions>,
+    pub net: Option<crate::net::NativeNetOptions>,
 }
 
 #[napi(object)]
@@ -91,7 +91,7 @@ pub struct NativeAccel {
 /// The accelerator a VM would use (explicit value, $GONDOLIN_ACCEL, detection).
 #[napi]
 pub fn detect_accel(explicit: Option<String>) -> NativeAccel {
-    let a = crate::vm::detect_accel(explicit.as_deref());
+    let a = gondolin::vm::detect_accel(explicit.as_deref());
     NativeAccel {
         accel: a.qemu_arg(),
         cmdline_extra: a.cmdline_extra().to_string(),
@@ -102,8 +102,8 @@ pub fn detect_accel(explicit: Option<String>) -> NativeAccel {
 pub struct NativeVm {
     vm: Arc<Vm>,
     fs: Option<Arc<FsServer>>,
-    egress: Option<crate::napi::net::EgressEvents>,
-    net_stats: Option<Arc<crate::net::NetStats>>,
+    egress: Option<crate::net::EgressEvents>,
+    net_stats: Option<Arc<gondolin::net::NetStats>>,
 }
 
 fn config(o: NativeVmOptions) -> napi::Result<VmConfig> {
@@ -136,9 +136,9 @@ pub fn start_vm<'e>(
     env: &'e Env,
     options: NativeVmOptions,
     vfs_root: Option<&NativeProvider>,
-    secrets: Option<&crate::napi::net::NativeSecrets>,
+    secrets: Option<&crate::net::NativeSecrets>,
     #[napi(ts_arg_type = "((call: HttpHookCall) => Promise<HttpHookOutcome>) | undefined | null")]
-    http_dispatch: Option<crate::napi::http_js::HttpDispatch>,
+    http_dispatch: Option<crate::http_js::HttpDispatch>,
     http_hooks: Option<Vec<String>>,
 ) -> napi::Result<PromiseRaw<'e, NativeVm>> {
     let fuse_mount = options.fuse_mount.clone().unwrap_or_else(|| "/data".into());
@@ -149,12 +149,12 @@ pub fn start_vm<'e>(
         .take()
         .map(|n| {
             let hooks = http_dispatch.map(|d| {
-                Arc::new(crate::napi::http_js::JsHttpHooks::new(
+                Arc::new(crate::http_js::JsHttpHooks::new(
                     d,
                     http_hooks.as_deref().unwrap_or(&[]),
-                )) as Arc<dyn crate::http::hooks::HttpHooks>
+                )) as Arc<dyn gondolin::http::hooks::HttpHooks>
             });
-            crate::napi::net::attach(n, secrets, hooks)
+            crate::net::attach(n, secrets, hooks)
         })
         .transpose()?;
     let mut cfg = config(options)?;
@@ -225,13 +225,13 @@ impl NativeVm {
     #[napi]
     pub fn vfs_invalidate(&self, path: String) {
         if let Some(fs) = &self.fs {
-            fs.invalidate(&crate::vfs::path::normalize(&path));
+            fs.invalidate(&gondolin::vfs::path::normalize(&path));
         }
     }
 
     /// The next egress record; `null` once the VM is gone (or events are off).
     #[napi]
-    pub async fn next_egress(&self) -> Option<crate::napi::net::NativeEgressEvent> {
+    pub async fn next_egress(&self) -> Option<crate::net::NativeEgressEvent> {
         let rx = self.egress.clone()?;
         let mut rx = rx.lock().await;
         rx.recv().await.map(Into::into)

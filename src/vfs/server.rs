@@ -695,7 +695,7 @@ impl FsServer {
 }
 
 /// Permission check from mode bits, for providers without `access`.
-pub(crate) fn check_access(
+pub fn check_access(
     m: &Metadata,
     mask: i32,
     caller: Caller,

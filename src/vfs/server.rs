@@ -695,12 +695,7 @@ impl FsServer {
 }
 
 /// Permission check from mode bits, for providers without `access`.
-pub fn check_access(
-    m: &Metadata,
-    mask: i32,
-    caller: Caller,
-    readonly: bool,
-) -> VfsResult<()> {
+pub fn check_access(m: &Metadata, mask: i32, caller: Caller, readonly: bool) -> VfsResult<()> {
     const R: i32 = 4;
     const W: i32 = 2;
     const X: i32 = 1;

@@ -80,10 +80,11 @@ clean: ## remove build output (not the image cache)
 	cargo clean
 	rm -rf $(NPM_DIR)/guest $(NPM_DIR)/*.node $(NPM_DIR)/*.node.debug
 
-soak: build ## long soaks with real VMs, not in CI's budget (~35 min on 2 cores)
+soak: build ## long soaks with real VMs, not in CI's budget (~40 min on 2 cores)
 	node __test__/soak/vfs-soak.mjs 60      # renames/unlinks/fd writes/host edits, 60 s per provider (~4 min)
 	node __test__/soak/fd-soak.mjs          # 50 create/exec/close cycles, QEMU killed in some; no fd/thread growth (~8 min)
 	node __test__/soak/boot-soak.mjs        # 200 cycles, QEMU killed at random points, concurrency 2 (~15-20 min)
+	node __test__/soak/textpoke-soak.mjs    # kernel text patching on a busy 2-vCPU guest never stalls (~6 min)
 
 fuzz: ## fuzz the wire decoders for 60 s (needs nightly + cargo-fuzz)
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz

@@ -31,6 +31,30 @@ pub enum Accel {
 /// Under KVM/HVF none of these are added.
 pub const TCG_CMDLINE: &str = "norandmaps mitigations=off init_on_alloc=0";
 
+/// TCG runs every vCPU of a VM on one host thread (`thread=single`), not one
+/// thread per vCPU (`thread=multi`, QEMU's default for x86).
+///
+/// Multi-threaded TCG in the QEMU we ship against (7.2) can livelock a guest
+/// whose kernel rewrites its own code while another vCPU runs it. Linux
+/// patches static keys, tracepoints and static calls with int3 + IPI +
+/// rewrite (`text_poke_bp`); under `thread=multi` a vCPU can keep executing
+/// a stale translation that still holds the int3 after memory no longer
+/// does, and the kernel's answer to "an int3 that is not there any more" is
+/// to rewind and retry — forever, with interrupts off. Both vCPUs end up
+/// looping through `asm_exc_int3`. Observed as the 120 s `vm_start_timeout`
+/// of issue 12 (1 boot in ~600: a boot patches a few dozen static keys) and
+/// reproduced in minutes by `__test__/soak/textpoke-soak.mjs`, which toggles
+/// the scheduler tracepoints on a busy 2-vCPU guest: `thread=multi` stalled
+/// in 3 of 3 runs within 4 minutes; `thread=single` never stalls. Measured
+/// on this 2-core machine (loaded), single vs multi with 2 vCPUs: boot →
+/// first exec, exec round trip, 4 parallel shell loops, `node -e` and a
+/// threaded `python3` all within noise of each other; what single gives up
+/// is running two guest vCPUs on two host cores at once, and kernel text
+/// patching itself is much slower (each IPI waits for the other vCPU's
+/// turn). `sandbox.accel: "tcg,thread=multi"` restores the old mode.
+/// KVM and HVF are not affected (the CPU keeps code coherent).
+pub const TCG_THREADS: &str = "single";
+
 impl Accel {
     /// Extra kernel command-line words for this accelerator.
     pub fn cmdline_extra(&self) -> &'static str {
@@ -47,7 +71,8 @@ impl Accel {
             Accel::Hvf => "hvf".into(),
             // A 128 MiB translation cache instead of QEMU's 1 GiB default:
             // measured the same exec latency at less than half the RSS.
-            Accel::Tcg => "tcg,thread=multi,tb-size=128".into(),
+            // One thread for all vCPUs: see [`TCG_THREADS`].
+            Accel::Tcg => format!("tcg,thread={TCG_THREADS},tb-size=128"),
             Accel::Other(s) => s.clone(),
         }
     }
@@ -160,6 +185,6 @@ mod tests {
     fn explicit_choice_wins() {
         assert_eq!(detect(Some("tcg")), Accel::Tcg);
         assert_eq!(detect(Some("kvm")).qemu_arg(), "kvm");
-        assert_eq!(Accel::Tcg.qemu_arg(), "tcg,thread=multi,tb-size=128");
+        assert_eq!(Accel::Tcg.qemu_arg(), "tcg,thread=single,tb-size=128");
     }
 }

@@ -168,7 +168,7 @@ mod tests {
     fn tcg_uses_q35_max_and_multithreaded_tcg() {
         let a = qemu_argv(&plan());
         assert_eq!(after(&a, "-machine"), ["q35"]);
-        assert_eq!(after(&a, "-accel"), ["tcg,thread=multi,tb-size=128"]);
+        assert_eq!(after(&a, "-accel"), ["tcg,thread=single,tb-size=128"]);
         assert_eq!(after(&a, "-cpu"), ["max,-erms"]);
         assert_eq!(after(&a, "-m"), ["1G"]);
         assert_eq!(after(&a, "-smp"), ["2"]);

@@ -3,7 +3,7 @@
 
 const { Readable } = require("node:stream");
 const { StringDecoder } = require("node:string_decoder");
-const { fromNative, withCode } = require("./errors.cjs");
+const { withCode } = require("./errors.cjs");
 
 const DEFAULT_WINDOW = 256 * 1024;
 /** Ctrl-]: detaches an attached terminal (as telnet and upstream do). */
@@ -192,7 +192,7 @@ class ExecProcess {
 
     nativePromise.then(
       (n) => this._run(n),
-      (err) => this._finish(fromNative(err)),
+      (err) => this._finish(err),
     );
   }
 
@@ -514,7 +514,7 @@ class ExecProcess {
         }
       }
     } catch (err) {
-      this._finish(fromNative(err));
+      this._finish(err);
     }
   }
 

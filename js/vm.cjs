@@ -3,13 +3,13 @@
 
 const { randomUUID } = require("node:crypto");
 const { native } = require("./native.cjs");
-const { fromNative, withCode } = require("./errors.cjs");
+const { withCode } = require("./errors.cjs");
 const { mergeEnv, envToEntries } = require("./env.cjs");
 const { ExecProcess, normalizeCommand, windowBytes } = require("./exec.cjs");
 const { ensureImage } = require("./image.cjs");
 const { VmFs, kStdinToFile, kStdoutFromFile } = require("./fs.cjs");
 const { buildVfs, normalizeVfsPath } = require("./vfs.cjs");
-const { resolveOptions, optionError, tmpfsCmdline, defaultDebugLog } = require("./options.cjs");
+const { resolveOptions, optionError, defaultDebugLog } = require("./options.cjs");
 const { netOptions, pumpEgress } = require("./net.cjs");
 const { registerVmSession } = require("./sessions.cjs"); // sessions
 
@@ -32,7 +32,10 @@ function validateOptions(options) {
   return resolved;
 }
 
-/** Run an option parser; its TypeErrors are option errors (code "invalid_option"). */
+/**
+ * Run a JS-side option parser (env, network, VFS: the parts holding
+ * functions and provider objects); its TypeErrors are option errors.
+ */
 function invalidOption(parse) {
   try {
     return parse();
@@ -184,9 +187,9 @@ class VM {
     if (this._closed) throw withCode("VM is closed", "vm_closed");
     const mode = this._resolved.rootfsMode || image.defaultRootfsMode || "cow";
     let cmdline = sandbox.append ?? image.cmdline;
-    if (this._resolved.tmpfs) cmdline = `${cmdline} ${tmpfsCmdline(this._resolved.tmpfs)}`;
-    const memory = sandbox.memory ?? o.memory ?? "1G";
-    const cpus = sandbox.cpus ?? o.cpus ?? 2;
+    if (this._resolved.tmpfsCmdline) cmdline = `${cmdline} ${this._resolved.tmpfsCmdline}`;
+    const memory = this._resolved.memory ?? "1G";
+    const cpus = this._resolved.cpus ?? 2;
     this._debug("vm", `booting: ${memory} memory, ${cpus} cpus, rootfs ${mode}`);
     let n;
     try {
@@ -211,9 +214,8 @@ class VM {
       }, this._vfs ? this._vfs.root : null, this._net.secrets, this._net.dispatch, this._net.hookNames);
     } catch (err) {
       this._closed = true;
-      const e = fromNative(err);
-      this._debug("vm", `boot failed: ${e.message}`);
-      throw e;
+      this._debug("vm", `boot failed: ${err.message}`);
+      throw err;
     }
     if (this._closed) {
       // close() ran while we were booting: don't leak the VM.
@@ -271,11 +273,7 @@ class VM {
       ? Promise.reject(withCode("VM is closed", "vm_closed"))
       : this._implicitStart().then(() => {
           if (this._closed) throw withCode("VM is closed", "vm_closed");
-          try {
-            return this._native.exec(req);
-          } catch (err) {
-            throw fromNative(err);
-          }
+          return this._native.exec(req);
         });
     const proc = new ExecProcess(nativeExec, options);
     if (this._debugFlags.has("exec")) {

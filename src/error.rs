@@ -38,6 +38,10 @@ error_codes! {
     /// An option or argument is unknown, of the wrong type or out of range
     /// (raised when the VM is constructed, before any boot).
     InvalidOption = "invalid_option",
+    /// The call is not available on this object as it is (a synchronous
+    /// VFS call on a provider stack with JS providers, `setReadOnly()` on a
+    /// provider that has none).
+    InvalidState = "invalid_state",
     /// The VM was created with `autoStart: false` and used before `start()`.
     VmNotStarted = "vm_not_started",
     /// The VM was closed (by `close()`) before or while the call ran.

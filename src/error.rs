@@ -111,7 +111,9 @@ impl ErrorCode {
     /// trusted to invent codes a host program would branch on.
     pub fn from_guest(name: &str) -> Self {
         match Self::from_name(name) {
-            Some(c @ (ErrorCode::InvalidRequest | ErrorCode::ExecFailed | ErrorCode::VfsError)) => c,
+            Some(c @ (ErrorCode::InvalidRequest | ErrorCode::ExecFailed | ErrorCode::VfsError)) => {
+                c
+            }
             _ => ErrorCode::ExecFailed,
         }
     }
@@ -144,16 +146,26 @@ mod tests {
         for &c in ErrorCode::ALL {
             let n = c.as_str();
             assert!(seen.insert(n), "{n} listed twice");
-            assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{n}");
+            assert!(
+                n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{n}"
+            );
             assert_eq!(ErrorCode::from_name(n), Some(c));
         }
-        assert_eq!(ErrorCode::from_name("invalid_argument"), None, "one name per mistake");
+        assert_eq!(
+            ErrorCode::from_name("invalid_argument"),
+            None,
+            "one name per mistake"
+        );
     }
 
     #[test]
     fn guest_codes_are_not_trusted() {
         assert_eq!(ErrorCode::from_guest("exec_failed"), ErrorCode::ExecFailed);
-        assert_eq!(ErrorCode::from_guest("invalid_request"), ErrorCode::InvalidRequest);
+        assert_eq!(
+            ErrorCode::from_guest("invalid_request"),
+            ErrorCode::InvalidRequest
+        );
         assert_eq!(ErrorCode::from_guest("vm_closed"), ErrorCode::ExecFailed);
         assert_eq!(ErrorCode::from_guest("made_up"), ErrorCode::ExecFailed);
     }

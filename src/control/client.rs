@@ -154,7 +154,10 @@ impl Shared {
                 // an exec ends it.
                 if id != 0 && code != "stdin_backpressure" {
                     if let Some(slot) = st.execs.remove(&id) {
-                        let _ = slot.events.send(ExecEvent::Failed { code: ErrorCode::from_guest(&code), message });
+                        let _ = slot.events.send(ExecEvent::Failed {
+                            code: ErrorCode::from_guest(&code),
+                            message,
+                        });
                     }
                 } else {
                     tracing::debug!(target: "gondolin::exec", id, %code, %message, "guest error");

@@ -59,7 +59,10 @@ pub enum ExecEvent {
         signal: Option<i32>,
     },
     /// The exec failed without a result (guest error or lost connection).
-    Failed { code: ErrorCode, message: String },
+    Failed {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 impl ExecEvent {

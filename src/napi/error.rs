@@ -121,7 +121,10 @@ pub fn js_error(code: &str, message: impl std::fmt::Display) -> napi::Error {
 /// The failure a [`js_error`] value stands for (`io_error` for any other
 /// `napi::Error`, e.g. a failed argument conversion).
 pub fn recover(e: napi::Error) -> JsFailure {
-    let code = e.cause.as_ref().and_then(|c| ErrorCode::from_name(&c.reason));
+    let code = e
+        .cause
+        .as_ref()
+        .and_then(|c| ErrorCode::from_name(&c.reason));
     match code {
         Some(code) => JsFailure::new(code, e.reason),
         None => JsFailure::new(ErrorCode::IoError, e.reason),
@@ -135,7 +138,10 @@ mod tests {
     #[test]
     fn js_error_codes_survive_recover() {
         let f = recover(js_error("invalid_option", "memory must be a size"));
-        assert_eq!((f.code, f.message.as_str()), (ErrorCode::InvalidOption, "memory must be a size"));
+        assert_eq!(
+            (f.code, f.message.as_str()),
+            (ErrorCode::InvalidOption, "memory must be a size")
+        );
     }
 
     #[test]
@@ -179,7 +185,9 @@ mod tests {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../index.d.ts"),
         )
         .unwrap();
-        let start = dts.find("export type GondolinErrorCode =").expect("union in index.d.ts");
+        let start = dts
+            .find("export type GondolinErrorCode =")
+            .expect("union in index.d.ts");
         let union = &dts[start..start + dts[start..].find("\n\n").unwrap()];
         let listed: Vec<&str> = union
             .lines()

@@ -147,7 +147,9 @@ pub fn start_vm<'e>(
     let prepared = prepare(options, vfs_root, secrets, http_dispatch, http_hooks);
     spawn_coded(env, async move {
         let (cfg, server, egress, net_stats) = prepared?;
-        let vm = Vm::start(&cfg).await.map_err(|e| JsFailure::from_core(&e))?;
+        let vm = Vm::start(&cfg)
+            .await
+            .map_err(|e| JsFailure::from_core(&e))?;
         Ok(NativeVm {
             vm: Arc::new(vm),
             fs: server,
@@ -199,9 +201,8 @@ fn prepare(
     }
     let server = vfs_root.map(|root| FsServer::new(root.inner.clone()));
     if let Some(server) = &server {
-        let fuse_mount = check_absolute(&fuse_mount, "vfs.fuseMount").map_err(|e| {
-            JsFailure::new(ErrorCode::InvalidOption, e.message.unwrap_or_default())
-        })?;
+        let fuse_mount = check_absolute(&fuse_mount, "vfs.fuseMount")
+            .map_err(|e| JsFailure::new(ErrorCode::InvalidOption, e.message.unwrap_or_default()))?;
         cfg.vfs = Some(VfsAttach {
             server: server.clone(),
             fuse_mount,

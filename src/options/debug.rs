@@ -72,14 +72,22 @@ mod tests {
     use super::*;
 
     fn arr(items: &[&str]) -> OptValue {
-        OptValue::Array(items.iter().map(|s| OptValue::String(s.to_string())).collect())
+        OptValue::Array(
+            items
+                .iter()
+                .map(|s| OptValue::String(s.to_string()))
+                .collect(),
+        )
     }
 
     #[test]
     fn config_env_and_aliases() {
         assert_eq!(flags(&arr(&["*"]), None).unwrap(), FLAGS);
         assert_eq!(flags(&arr(&["fs", " net "]), None).unwrap(), ["vfs", "net"]);
-        assert_eq!(flags(&OptValue::Undefined, Some("exec,bogus")).unwrap(), ["exec"]);
+        assert_eq!(
+            flags(&OptValue::Undefined, Some("exec,bogus")).unwrap(),
+            ["exec"]
+        );
         assert!(flags(&OptValue::Undefined, Some("0")).unwrap().is_empty());
         assert!(flags(&OptValue::Bool(false), Some("*")).unwrap().is_empty());
     }
@@ -87,7 +95,10 @@ mod tests {
     #[test]
     fn unknown_components_are_refused_with_the_nearest() {
         let e = flags(&arr(&["nett"]), None).unwrap_err().0;
-        assert_eq!(e, "unknown sandbox.debug component \"nett\"; did you mean \"net\"?");
+        assert_eq!(
+            e,
+            "unknown sandbox.debug component \"nett\"; did you mean \"net\"?"
+        );
         let e = flags(&OptValue::String("net".into()), None).unwrap_err().0;
         assert!(e.contains("must be a boolean or an array"));
     }

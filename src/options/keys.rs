@@ -8,18 +8,50 @@ const KNOWN: &[(&str, &[&str])] = &[
     (
         "VMOptions",
         &[
-            "sandbox", "rootfs", "autoStart", "fetch", "httpHooks", "dns", "maxHttpBodyBytes",
-            "maxHttpResponseBodyBytes", "allowWebSockets", "vfs", "env", "memory", "cpus",
-            "startTimeoutMs", "sessionLabel", "debugLog", "onEgress", "tmpfs",
+            "sandbox",
+            "rootfs",
+            "autoStart",
+            "fetch",
+            "httpHooks",
+            "dns",
+            "maxHttpBodyBytes",
+            "maxHttpResponseBodyBytes",
+            "allowWebSockets",
+            "vfs",
+            "env",
+            "memory",
+            "cpus",
+            "startTimeoutMs",
+            "sessionLabel",
+            "debugLog",
+            "onEgress",
+            "tmpfs",
         ],
     ),
     (
         "sandbox",
         &[
-            "imagePath", "memory", "cpus", "qemuPath", "accel", "machineType", "cpu", "append",
-            "debug", "debugLog", "vfsProvider", "netEnabled", "httpHooks", "dns", "fetch",
-            "allowWebSockets", "maxHttpBodyBytes", "maxHttpResponseBodyBytes", "rootOverlay",
-            "tmpfs", "rootDiskSnapshot",
+            "imagePath",
+            "memory",
+            "cpus",
+            "qemuPath",
+            "accel",
+            "machineType",
+            "cpu",
+            "append",
+            "debug",
+            "debugLog",
+            "vfsProvider",
+            "netEnabled",
+            "httpHooks",
+            "dns",
+            "fetch",
+            "allowWebSockets",
+            "maxHttpBodyBytes",
+            "maxHttpResponseBodyBytes",
+            "rootOverlay",
+            "tmpfs",
+            "rootDiskSnapshot",
         ],
     ),
     ("vfs", &["mounts", "hooks", "fuseMount"]),
@@ -27,36 +59,70 @@ const KNOWN: &[(&str, &[&str])] = &[
     (
         "createHttpHooks",
         &[
-            "allowedHosts", "allowedInternalHosts", "secrets", "replaceSecretsInQuery",
-            "blockInternalRanges", "secretPlaceholderMode", "isRequestAllowed", "isIpAllowed",
-            "onRequestHead", "onRequest", "onResponse",
+            "allowedHosts",
+            "allowedInternalHosts",
+            "secrets",
+            "replaceSecretsInQuery",
+            "blockInternalRanges",
+            "secretPlaceholderMode",
+            "isRequestAllowed",
+            "isIpAllowed",
+            "onRequestHead",
+            "onRequest",
+            "onResponse",
         ],
     ),
     ("secret", &["hosts", "value", "placeholder"]),
     (
         "httpHooks",
-        &["isRequestAllowed", "isIpAllowed", "onRequestHead", "onRequest", "onResponse"],
+        &[
+            "isRequestAllowed",
+            "isIpAllowed",
+            "onRequestHead",
+            "onRequest",
+            "onResponse",
+        ],
     ),
 ];
 
 /// Upstream options this implementation does not have: say so instead of "unknown".
 const UNSUPPORTED: &[(&str, &str, &str)] = &[
     ("VMOptions", "ssh", "SSH egress is not supported"),
-    ("VMOptions", "tcp", "host-mapped TCP egress is not supported"),
+    (
+        "VMOptions",
+        "tcp",
+        "host-mapped TCP egress is not supported",
+    ),
     ("sandbox", "vmm", "only the QEMU backend exists"),
     ("sandbox", "krunRunnerPath", "only the QEMU backend exists"),
     ("sandbox", "rootDiskPath", "use rootfs.mode"),
     ("sandbox", "rootDiskFormat", "use rootfs.mode"),
-    ("sandbox", "rootDiskReadOnly", "use rootfs.mode: \"readonly\""),
+    (
+        "sandbox",
+        "rootDiskReadOnly",
+        "use rootfs.mode: \"readonly\"",
+    ),
     ("sandbox", "rootDiskDeleteOnClose", "use rootfs.mode"),
     (
         "sandbox",
         "console",
         "the guest console is kept in a bounded tail (printed with sandbox.debug)",
     ),
-    ("sandbox", "autoRestart", "a VM whose QEMU exits stays closed"),
-    ("sandbox", "qemuIdlePauseMs", "idle pausing is not implemented"),
-    ("sandbox", "mitmCertDir", "the MITM CA is generated per process"),
+    (
+        "sandbox",
+        "autoRestart",
+        "a VM whose QEMU exits stays closed",
+    ),
+    (
+        "sandbox",
+        "qemuIdlePauseMs",
+        "idle pausing is not implemented",
+    ),
+    (
+        "sandbox",
+        "mitmCertDir",
+        "the MITM CA is generated per process",
+    ),
     ("sandbox", "netMac", "the guest MAC is fixed"),
 ];
 
@@ -82,8 +148,8 @@ pub fn check_keys<'a>(
     table: &str,
     label: &str,
 ) -> Result<(), OptionError> {
-    let known = known_keys(table)
-        .ok_or_else(|| OptionError(format!("no option table named {table:?}")))?;
+    let known =
+        known_keys(table).ok_or_else(|| OptionError(format!("no option table named {table:?}")))?;
     for key in keys {
         if known.contains(&key) {
             continue;
@@ -93,7 +159,10 @@ pub fn check_keys<'a>(
         } else {
             format!("{label}.")
         };
-        if let Some((_, _, why)) = UNSUPPORTED.iter().find(|(t, k, _)| *t == table && *k == key) {
+        if let Some((_, _, why)) = UNSUPPORTED
+            .iter()
+            .find(|(t, k, _)| *t == table && *k == key)
+        {
             return Err(OptionError(format!(
                 "{prefix}{key} is not supported by @gondolin/native: {why}"
             )));
@@ -143,7 +212,9 @@ mod tests {
     use super::*;
 
     fn err(keys: &[&str], table: &str, label: &str) -> String {
-        check_keys(keys.iter().copied(), table, label).unwrap_err().0
+        check_keys(keys.iter().copied(), table, label)
+            .unwrap_err()
+            .0
     }
 
     #[test]
@@ -164,13 +235,18 @@ mod tests {
         );
         assert!(err(&["ssh"], "VMOptions", "VMOptions").contains("ssh is not supported"));
         // Object.prototype names are plain unknown keys, not table lookups.
-        assert!(err(&["toString"], "VMOptions", "VMOptions").starts_with("unknown option toString;"));
+        assert!(
+            err(&["toString"], "VMOptions", "VMOptions").starts_with("unknown option toString;")
+        );
         assert!(check_keys(["memory", "cpus"], "VMOptions", "VMOptions").is_ok());
     }
 
     #[test]
     fn a_removed_option_is_never_suggested() {
-        assert_eq!(nearest("rootDiskSnapshop", ["rootDiskSnapshot"]), Some("rootDiskSnapshot"));
+        assert_eq!(
+            nearest("rootDiskSnapshop", ["rootDiskSnapshot"]),
+            Some("rootDiskSnapshot")
+        );
         let e = err(&["rootDiskSnapshop"], "sandbox", "sandbox");
         assert!(!e.contains("did you mean sandbox.rootDiskSnapshot"), "{e}");
     }

@@ -43,7 +43,9 @@ pub enum OptValue {
     Object(Vec<(String, OptValue)>),
     Function,
     /// An object or array off the [`descends`] paths: its contents were not read.
-    Opaque { array: bool },
+    Opaque {
+        array: bool,
+    },
 }
 
 impl OptValue {
@@ -109,7 +111,13 @@ impl OptValue {
             OptValue::String(s) => s.clone(),
             OptValue::Array(items) => items
                 .iter()
-                .map(|v| if v.is_nullish() { String::new() } else { v.to_js_string() })
+                .map(|v| {
+                    if v.is_nullish() {
+                        String::new()
+                    } else {
+                        v.to_js_string()
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join(","),
             OptValue::Object(_) | OptValue::Opaque { array: false } => "[object Object]".into(),
@@ -121,9 +129,7 @@ impl OptValue {
     /// Like JS `JSON.stringify(v)` for the values messages quote.
     pub fn to_json(&self) -> String {
         match self {
-            OptValue::String(s) => {
-                serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
-            }
+            OptValue::String(s) => serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}")),
             OptValue::Number(n) if !n.is_finite() => "null".into(),
             OptValue::Undefined | OptValue::Function => "undefined".into(),
             OptValue::Object(_) | OptValue::Opaque { .. } => "an object".into(),
@@ -222,7 +228,10 @@ pub fn resolve(o: &OptValue, debug_env: Option<&str>) -> Result<Resolved, Option
             return Err(bad(format!("{k} must be a function")));
         }
     }
-    if !matches!(o.get("startTimeoutMs"), OptValue::Undefined | OptValue::Number(_)) {
+    if !matches!(
+        o.get("startTimeoutMs"),
+        OptValue::Undefined | OptValue::Number(_)
+    ) {
         return Err(bad("startTimeoutMs must be a number"));
     }
     let tmpfs = match sandbox.get("tmpfs").or(o.get("tmpfs")) {
@@ -266,11 +275,15 @@ fn cpus(v: &OptValue) -> Result<Option<u32>, OptionError> {
 fn rootfs_mode(rootfs: &OptValue, overlay: &OptValue) -> Result<Option<RootfsMode>, OptionError> {
     let mode = match rootfs.get("mode") {
         OptValue::Undefined => None,
-        OptValue::String(s) => Some(
-            RootfsMode::parse(s)
-                .map_err(|_| bad(format!("unsupported rootfs mode: {s}")))?,
-        ),
-        v => return Err(bad(format!("unsupported rootfs mode: {}", v.to_js_string()))),
+        OptValue::String(s) => {
+            Some(RootfsMode::parse(s).map_err(|_| bad(format!("unsupported rootfs mode: {s}")))?)
+        }
+        v => {
+            return Err(bad(format!(
+                "unsupported rootfs mode: {}",
+                v.to_js_string()
+            )))
+        }
     };
     let implied = match overlay {
         OptValue::Undefined => return Ok(mode),

@@ -1,7 +1,12 @@
 use super::*;
 
 fn obj(entries: &[(&str, OptValue)]) -> OptValue {
-    OptValue::Object(entries.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+    OptValue::Object(
+        entries
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    )
 }
 fn s(v: &str) -> OptValue {
     OptValue::String(v.into())
@@ -19,23 +24,45 @@ fn memory_is_refused_at_construction_naming_the_option() {
     assert!(refused(obj(&[("memory", OptValue::Number(512.0))]))
         .starts_with("memory must be a size like \"512M\" or \"2G\" (got 512)"));
     assert!(refused(obj(&[("sandbox", obj(&[("memory", s("1.5G"))]))])).contains("(got \"1.5G\")"));
-    let r = resolve(&obj(&[("memory", s("512M")), ("cpus", OptValue::Number(4.0))]), None).unwrap();
+    let r = resolve(
+        &obj(&[("memory", s("512M")), ("cpus", OptValue::Number(4.0))]),
+        None,
+    )
+    .unwrap();
     assert_eq!((r.memory.as_deref(), r.cpus), (Some("512M"), Some(4)));
 }
 
 #[test]
 fn types_and_combinations() {
     assert_eq!(refused(OptValue::Null), "VM options must be an object");
-    assert_eq!(refused(obj(&[("sandbox", s("x"))])), "sandbox must be an object");
-    assert_eq!(refused(obj(&[("vfs", OptValue::Bool(true))])), "vfs must be an object or null");
-    assert_eq!(refused(obj(&[("rootfs", OptValue::Null)])), "rootfs must be an object");
+    assert_eq!(
+        refused(obj(&[("sandbox", s("x"))])),
+        "sandbox must be an object"
+    );
+    assert_eq!(
+        refused(obj(&[("vfs", OptValue::Bool(true))])),
+        "vfs must be an object or null"
+    );
+    assert_eq!(
+        refused(obj(&[("rootfs", OptValue::Null)])),
+        "rootfs must be an object"
+    );
     assert_eq!(
         refused(obj(&[("cpus", OptValue::Number(0.0))])),
         "cpus must be an integer between 1 and 255 (got 0)"
     );
-    assert_eq!(refused(obj(&[("rootfs", obj(&[("mode", s("rw"))]))])), "unsupported rootfs mode: rw");
-    assert_eq!(refused(obj(&[("autoStart", s("no"))])), "autoStart must be a boolean");
-    assert_eq!(refused(obj(&[("onEgress", OptValue::Number(1.0))])), "onEgress must be a function");
+    assert_eq!(
+        refused(obj(&[("rootfs", obj(&[("mode", s("rw"))]))])),
+        "unsupported rootfs mode: rw"
+    );
+    assert_eq!(
+        refused(obj(&[("autoStart", s("no"))])),
+        "autoStart must be a boolean"
+    );
+    assert_eq!(
+        refused(obj(&[("onEgress", OptValue::Number(1.0))])),
+        "onEgress must be a function"
+    );
     assert_eq!(
         refused(obj(&[("startTimeoutMs", s("5"))])),
         "startTimeoutMs must be a number"
@@ -48,8 +75,11 @@ fn types_and_combinations() {
         ])),
         "VM cannot specify both vfs and sandbox.vfsProvider"
     );
-    assert!(refused(obj(&[("sandbox", obj(&[("rootDiskSnapshot", OptValue::Bool(true))]))]))
-        .contains("has been removed"));
+    assert!(refused(obj(&[(
+        "sandbox",
+        obj(&[("rootDiskSnapshot", OptValue::Bool(true))])
+    )]))
+    .contains("has been removed"));
 }
 
 #[test]

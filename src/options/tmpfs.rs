@@ -30,9 +30,8 @@ fn mount_path(raw: &str) -> Result<String, OptionError> {
         return Err(bad("tmpfs cannot be mounted over /".into()));
     }
     // The list travels on the kernel command line as "path:opt=v,path...".
-    let unsafe_char = |c: char| {
-        c.is_whitespace() || ",:\"'\\*?[]\0%".contains(c) || c == '\u{feff}'
-    };
+    let unsafe_char =
+        |c: char| c.is_whitespace() || ",:\"'\\*?[]\0%".contains(c) || c == '\u{feff}';
     if p.chars().any(unsafe_char) {
         return Err(bad(format!(
             "tmpfs path contains unsupported characters (whitespace, ',', ':', '%', quotes, globs or '\\'): {p}"
@@ -42,7 +41,9 @@ fn mount_path(raw: &str) -> Result<String, OptionError> {
         .iter()
         .any(|r| p == *r || p.strip_prefix(r).is_some_and(|rest| rest.starts_with('/')))
     {
-        return Err(bad(format!("tmpfs cannot be mounted at reserved path: {p}")));
+        return Err(bad(format!(
+            "tmpfs cannot be mounted at reserved path: {p}"
+        )));
     }
     Ok(p)
 }
@@ -158,7 +159,12 @@ mod tests {
     use super::*;
 
     fn obj(entries: &[(&str, OptValue)]) -> OptValue {
-        OptValue::Object(entries.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+        OptValue::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        )
     }
     fn s(v: &str) -> OptValue {
         OptValue::String(v.into())
@@ -190,9 +196,13 @@ mod tests {
         assert!(err(obj(&[("/proc", obj(&[]))])).contains("reserved path: /proc"));
         assert!(err(obj(&[("/run/x", obj(&[]))])).contains("reserved path: /run/x"));
         assert!(err(obj(&[("/tmp", obj(&[("size", s("0"))]))])).starts_with("tmpfs size for /tmp"));
-        assert!(err(obj(&[("/tmp", obj(&[("size", s("12x"))]))])).starts_with("tmpfs size for /tmp"));
-        assert!(err(obj(&[("/tmp", obj(&[("size", OptValue::Number(1.5))]))]))
-            .contains("positive integer number of bytes"));
+        assert!(
+            err(obj(&[("/tmp", obj(&[("size", s("12x"))]))])).starts_with("tmpfs size for /tmp")
+        );
+        assert!(
+            err(obj(&[("/tmp", obj(&[("size", OptValue::Number(1.5))]))]))
+                .contains("positive integer number of bytes")
+        );
         assert!(err(obj(&[("/tmp", obj(&[("mode", s("999"))]))])).contains("octal string"));
         assert!(err(obj(&[("tmp", obj(&[]))])).contains("must be absolute: tmp"));
         assert!(err(obj(&[("/", obj(&[]))])).contains("over /"));

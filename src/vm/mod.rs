@@ -171,7 +171,11 @@ pub fn parse_memory_mib(s: &str) -> Result<u64, VmError> {
     if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
-    let mib = num.parse::<u64>().ok().and_then(|n| n.checked_mul(mul)).ok_or_else(bad)?;
+    let mib = num
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(bad)?;
     if mib < MIN_MEMORY_MIB {
         return Err(VmError::InvalidOption(format!(
             "memory must be at least {MIN_MEMORY_MIB}M: the guest kernel and init do not boot in less (got {})",
@@ -247,7 +251,17 @@ mod tests {
         assert_eq!(parse_memory_mib("2048").unwrap(), 2048);
         assert_eq!(parse_memory_mib("2g").unwrap(), 2048);
         assert_eq!(parse_memory_mib(" 128m ").unwrap(), 128);
-        for bad in ["", "G", "1X", "-1G", "+1G", "1.5G", "32M", "2T", "99999999999999999999G"] {
+        for bad in [
+            "",
+            "G",
+            "1X",
+            "-1G",
+            "+1G",
+            "1.5G",
+            "32M",
+            "2T",
+            "99999999999999999999G",
+        ] {
             let e = parse_memory_mib(bad).unwrap_err().to_string();
             assert!(e.starts_with("memory must be"), "{bad}: {e}");
         }

@@ -133,7 +133,9 @@ async fn output_beyond_credit_is_a_protocol_violation() {
     while let Some(b) = h.next_batch(1 << 20).await {
         last = b.last().cloned();
     }
-    assert!(matches!(last, Some(ExecEvent::Failed { code, .. }) if code == ErrorCode::ProtocolError));
+    assert!(
+        matches!(last, Some(ExecEvent::Failed { code, .. }) if code == ErrorCode::ProtocolError)
+    );
     assert!(c.exec(&req(&["x"])).is_err());
 }
 
@@ -155,7 +157,9 @@ async fn garbage_and_eof_fail_pending_execs() {
     let mut h = c.exec(&req(&["x"])).unwrap();
     drop(g);
     let b = h.next_batch(1024).await.unwrap();
-    assert!(matches!(&b[0], ExecEvent::Failed { code, .. } if *code == ErrorCode::ConnectionClosed));
+    assert!(
+        matches!(&b[0], ExecEvent::Failed { code, .. } if *code == ErrorCode::ConnectionClosed)
+    );
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 // default debug sink. Every refusal carries code "invalid_option".
 
 const { native } = require("./native.cjs");
-const { fromNative, withCode } = require("./errors.cjs");
+const { withCode } = require("./errors.cjs");
 
 /** Keys each options object accepts, by table (VMOptions, sandbox, vfs, rootfs, createHttpHooks, secret, httpHooks). */
 const KNOWN = Object.freeze(
@@ -39,15 +39,10 @@ function checkKeys(obj, where, label = where) {
 
 /**
  * Check every option and return what the VM needs from them:
- * `{ rootfsMode, tmpfs, tmpfsCmdline, debug: Set, memory, cpus }`.
+ * `{ rootfsMode, tmpfs, tmpfsCmdline, debug: Set, memory, cpus, fuseMount }`.
  */
 function resolveOptions(options) {
-  let r;
-  try {
-    r = native.resolveVmOptions(options, process.env.GONDOLIN_DEBUG);
-  } catch (err) {
-    throw fromNative(err);
-  }
+  const r = native.resolveVmOptions(options, process.env.GONDOLIN_DEBUG);
   const tmpfs = r.tmpfs ? Object.fromEntries(r.tmpfs.map((m) => [m.path, mountOptions(m)])) : null;
   return { ...r, rootfsMode: r.rootfsMode ?? undefined, tmpfs, debug: new Set(r.debug) };
 }

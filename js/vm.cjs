@@ -8,14 +8,12 @@ const { mergeEnv, envToEntries } = require("./env.cjs");
 const { ExecProcess, normalizeCommand, windowBytes } = require("./exec.cjs");
 const { ensureImage } = require("./image.cjs");
 const { VmFs, kStdinToFile, kStdoutFromFile } = require("./fs.cjs");
-const { buildVfs, normalizeVfsPath } = require("./vfs.cjs");
-const { resolveOptions, optionError, defaultDebugLog } = require("./options.cjs");
+const { buildVfs } = require("./vfs.cjs");
+const { resolveOptions, defaultDebugLog } = require("./options.cjs");
 const { netOptions, pumpEgress } = require("./net.cjs");
 const { registerVmSession } = require("./sessions.cjs"); // sessions
 
 const DEFAULT_START_TIMEOUT_MS = 120000;
-// The FUSE root's home when the default (/data) is taken by a mount of its own.
-const HIDDEN_FUSE_MOUNT = "/run/gondolin/vfs";
 
 function startTimeout(options) {
   let v = options.startTimeoutMs;
@@ -43,31 +41,6 @@ function invalidOption(parse) {
     if (err instanceof TypeError && err.code === undefined) err.code = "invalid_option";
     throw err;
   }
-}
-
-/**
- * The `vfs` options with the FUSE mount point moved out of the way: a mount
- * at /data (or under it) is what most examples write, and the default FUSE
- * root lives there. An explicit `fuseMount` stays, and must not collide.
- */
-function placeFuseMount(v) {
-  if (!v || typeof v !== "object") return v;
-  const keys = Object.keys(v.mounts || {}).map(normalizeVfsPath).filter((k) => k !== "/");
-  const inside = (p, base) => p === base || p.startsWith(base + "/");
-  if (v.fuseMount === undefined) {
-    return keys.some((k) => inside(k, "/data")) ? { ...v, fuseMount: HIDDEN_FUSE_MOUNT } : v;
-  }
-  if (typeof v.fuseMount !== "string") return v; // buildVfs names the type error
-  const fm = normalizeVfsPath(v.fuseMount);
-  for (const k of keys) {
-    if (inside(k, fm) || inside(fm, k)) {
-      throw optionError(
-        `vfs.mounts key ${k} collides with vfs.fuseMount ${fm}; choose a vfs.fuseMount outside every mount ` +
-          `(or leave it unset: the default moves to ${HIDDEN_FUSE_MOUNT} when /data is mounted)`,
-      );
-    }
-  }
-  return v;
 }
 
 /** vfs hooks that also report each guest file operation as a "vfs" debug line. */
@@ -114,7 +87,8 @@ class VM {
     this._closed = false;
     // The provider stack exists before boot: vm.fs on VFS paths uses it
     // without booting the guest.
-    let vfs = placeFuseMount(options.vfs);
+    // A mount at /data moves the FUSE root out of the way (checked in Rust).
+    let vfs = this._resolved.fuseMount ? { ...options.vfs, fuseMount: this._resolved.fuseMount } : options.vfs;
     if (vfs !== null && this._debugFlags.has("vfs")) vfs = debugVfsHooks(vfs, (c, m) => this._debug(c, m));
     this._vfs = invalidOption(() => buildVfs(vfs === options.vfs ? options : { ...options, vfs }, this));
     this.fs = new VmFs(this);
@@ -329,4 +303,4 @@ class VM {
   }
 }
 
-module.exports = { VM, HIDDEN_FUSE_MOUNT };
+module.exports = { VM };

@@ -37,6 +37,8 @@ pub struct NativeResolvedOptions {
     pub debug: Vec<String>,
     pub memory: Option<String>,
     pub cpus: Option<u32>,
+    /// Set when the FUSE root moves off `/data` (a mount sits there).
+    pub fuse_mount: Option<String>,
 }
 
 struct Reader {
@@ -146,6 +148,7 @@ pub fn resolve_vm_options(
         debug: r.debug.into_iter().map(str::to_string).collect(),
         memory: r.memory,
         cpus: r.cpus,
+        fuse_mount: r.fuse_mount,
     })
 }
 

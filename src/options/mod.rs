@@ -17,6 +17,7 @@ pub use keys::{check_keys, known_keys, nearest, tables};
 pub use tmpfs::{cmdline as tmpfs_cmdline, TmpfsMount};
 
 use crate::error::{Coded, ErrorCode};
+use crate::vfs::path::normalize;
 use crate::vm::{parse_memory_mib, RootfsMode};
 
 /// A refused option; the message names it and how to fix it.
@@ -157,6 +158,7 @@ pub fn descends(path: &[&str]) -> bool {
     matches!(
         path,
         [] | ["sandbox" | "vfs" | "rootfs" | "tmpfs"]
+            | ["vfs", "mounts"]
             | ["sandbox", "tmpfs" | "debug"]
             | ["tmpfs", _]
             | ["sandbox", "tmpfs", _]
@@ -176,7 +178,15 @@ pub struct Resolved {
     pub memory: Option<String>,
     /// `sandbox.cpus ?? cpus`, checked; `None` = the default.
     pub cpus: Option<u32>,
+    /// Set when the FUSE root must move from its default (`/data`) because a
+    /// mount sits there: [`HIDDEN_FUSE_MOUNT`].
+    pub fuse_mount: Option<String>,
 }
+
+/// The FUSE root's default home.
+pub const DEFAULT_FUSE_MOUNT: &str = "/data";
+/// The FUSE root's home when `/data` is taken by a mount of its own.
+pub const HIDDEN_FUSE_MOUNT: &str = "/run/gondolin/vfs";
 
 fn bad(msg: impl Into<String>) -> OptionError {
     OptionError(msg.into())
@@ -239,13 +249,45 @@ pub fn resolve(o: &OptValue, debug_env: Option<&str>) -> Result<Resolved, Option
         v => Some(tmpfs::parse(v)?),
     };
     let debug = debug::flags(sandbox.get("debug"), debug_env)?;
+    let fuse_mount = fuse_mount(vfs)?;
     Ok(Resolved {
         rootfs_mode,
         tmpfs,
         debug,
         memory,
         cpus,
+        fuse_mount,
     })
+}
+
+/// `vfs.fuseMount` against the mount points: a mount at (or under) `/data`
+/// is what most examples write, and the default FUSE root lives there, so
+/// the default moves out of the way; an explicit `fuseMount` stays and must
+/// not collide with any mount.
+fn fuse_mount(vfs: &OptValue) -> Result<Option<String>, OptionError> {
+    let inside =
+        |p: &str, base: &str| p == base || p.strip_prefix(base).is_some_and(|r| r.starts_with('/'));
+    let keys: Vec<String> = vfs
+        .get("mounts")
+        .keys()
+        .map(|k| normalize(&format!("/{k}")))
+        .filter(|k| k != "/")
+        .collect();
+    let fm = match vfs.get("fuseMount") {
+        OptValue::Undefined => {
+            let moved = keys.iter().any(|k| inside(k, DEFAULT_FUSE_MOUNT));
+            return Ok(moved.then(|| HIDDEN_FUSE_MOUNT.to_string()));
+        }
+        OptValue::String(fm) => normalize(&format!("/{fm}")),
+        _ => return Ok(None), // the VFS setup names the type error
+    };
+    match keys.iter().find(|k| inside(k, &fm) || inside(&fm, k)) {
+        Some(k) => Err(bad(format!(
+            "vfs.mounts key {k} collides with vfs.fuseMount {fm}; choose a vfs.fuseMount outside every mount \
+             (or leave it unset: the default moves to {HIDDEN_FUSE_MOUNT} when /data is mounted)"
+        ))),
+        None => Ok(None),
+    }
 }
 
 fn memory(v: &OptValue) -> Result<Option<String>, OptionError> {

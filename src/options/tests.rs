@@ -104,6 +104,43 @@ fn root_overlay_implies_a_mode_and_must_agree() {
 fn the_reader_descends_only_into_data() {
     assert!(descends(&[]));
     assert!(descends(&["sandbox", "tmpfs", "/tmp"]));
-    assert!(!descends(&["vfs", "mounts"]));
+    assert!(descends(&["vfs", "mounts"]), "mount points are data");
+    assert!(
+        !descends(&["vfs", "mounts", "/data"]),
+        "providers are not read"
+    );
     assert!(!descends(&["httpHooks"]));
+}
+
+#[test]
+fn the_fuse_root_moves_off_a_mount_at_data_or_must_not_collide() {
+    let mounts = |keys: &[&str]| {
+        let p = OptValue::Opaque { array: false };
+        obj(&keys.iter().map(|k| (*k, p.clone())).collect::<Vec<_>>())
+    };
+    let fm = |vfs: OptValue| resolve(&obj(&[("vfs", vfs)]), None).map(|r| r.fuse_mount);
+    assert_eq!(
+        fm(obj(&[("mounts", mounts(&["/data"]))]))
+            .unwrap()
+            .as_deref(),
+        Some(HIDDEN_FUSE_MOUNT)
+    );
+    assert_eq!(fm(obj(&[("mounts", mounts(&["/srv/x"]))])).unwrap(), None);
+    assert_eq!(fm(obj(&[("mounts", mounts(&["/"]))])).unwrap(), None);
+    let e = fm(obj(&[
+        ("fuseMount", s("/data")),
+        ("mounts", mounts(&["/data/x/"])),
+    ]))
+    .unwrap_err();
+    assert!(
+        e.0.starts_with("vfs.mounts key /data/x collides with vfs.fuseMount /data; choose"),
+        "{}",
+        e.0
+    );
+    assert!(fm(obj(&[
+        ("fuseMount", s("/srv")),
+        ("mounts", mounts(&["/data"]))
+    ]))
+    .unwrap()
+    .is_none());
 }

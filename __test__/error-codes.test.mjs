@@ -58,9 +58,15 @@ test("a secret headed for another host is refused with secret_refused", async ()
   await assert.rejects(httpHooks.onRequest(req), hasCode("secret_refused", /secret T not allowed for host: b\.test/));
 });
 
-test("lifecycle refusals without a boot: vm_not_started, vm_closed", async () => {
+test("lifecycle refusals without a boot: vm_not_started, vm_closed; exec misuse", async () => {
   const vm = await VM.create({ autoStart: false, sandbox: { netEnabled: false } });
-  await assert.rejects(vm.exec("true"), hasCode("vm_not_started", /call vm\.start\(\) first/));
+  const proc = vm.exec("true");
+  // Misuse of an exec throws at once, coded too.
+  assert.throws(() => proc.write("x"), hasCode("stdin_disabled", /stdin was not enabled/));
+  assert.throws(() => proc.kill("SIGNOPE"), hasCode("invalid_option", /invalid signal/));
+  assert.throws(() => proc.output(), hasCode("invalid_state", /not piped/));
+  assert.throws(() => vm.exec("ls", { cwd: "tmp" }), hasCode("invalid_option", /cwd must be an absolute path/));
+  await assert.rejects(proc, hasCode("vm_not_started", /call vm\.start\(\) first/));
   await vm.close();
   await assert.rejects(vm.exec("true"), hasCode("vm_closed"));
   await assert.rejects(vm.start(), hasCode("vm_closed"));

@@ -9,7 +9,7 @@ const { ExecProcess, normalizeCommand, windowBytes } = require("./exec.cjs");
 const { ensureImage } = require("./image.cjs");
 const { VmFs, kStdinToFile, kStdoutFromFile } = require("./fs.cjs");
 const { buildVfs } = require("./vfs.cjs");
-const { resolveOptions, defaultDebugLog } = require("./options.cjs");
+const { resolveOptions, optionError, defaultDebugLog } = require("./options.cjs");
 const { netOptions, pumpEgress } = require("./net.cjs");
 const { registerVmSession } = require("./sessions.cjs"); // sessions
 
@@ -107,7 +107,7 @@ class VM {
 
   /** Replace the debug sink; null silences it. Which components log is fixed at construction. */
   setDebugLog(callback) {
-    if (callback !== null && typeof callback !== "function") throw new TypeError("debugLog must be a function or null");
+    if (callback !== null && typeof callback !== "function") throw optionError("debugLog must be a function or null");
     this._debugLog = callback;
   }
 
@@ -224,11 +224,11 @@ class VM {
 
   /** Run a command; returns a thenable ExecProcess at once. */
   exec(command, options = {}) {
-    if (options === null || typeof options !== "object") throw new TypeError("exec options must be an object");
+    if (options === null || typeof options !== "object") throw optionError("exec options must be an object");
     const argv = normalizeCommand(command, options);
     const env = mergeEnv([this._options.env, "env"], [options.env, "exec options.env"]);
     if (options.cwd !== undefined && (typeof options.cwd !== "string" || !options.cwd.startsWith("/"))) {
-      throw new TypeError(`exec options.cwd must be an absolute path (got ${JSON.stringify(options.cwd)})`);
+      throw optionError(`exec options.cwd must be an absolute path (got ${JSON.stringify(options.cwd)})`);
     }
     const stdin = options.stdin !== undefined && options.stdin !== false;
     const pty = Boolean(options.pty);

@@ -38,9 +38,9 @@ error_codes! {
     /// An option or argument is unknown, of the wrong type or out of range
     /// (raised when the VM is constructed, before any boot).
     InvalidOption = "invalid_option",
-    /// The call is not available on this object as it is (a synchronous
-    /// VFS call on a provider stack with JS providers, `setReadOnly()` on a
-    /// provider that has none).
+    /// The call is not available on this object as it is (reading output
+    /// of an exec whose stdout is not piped, attaching twice, a synchronous
+    /// VFS call on a provider stack with JS providers).
     InvalidState = "invalid_state",
     /// The VM was created with `autoStart: false` and used before `start()`.
     VmNotStarted = "vm_not_started",
@@ -101,7 +101,8 @@ error_codes! {
     /// The native addon for this platform could not be loaded (raised by the
     /// JS loader; listed here so the list is whole).
     NativeMissing = "native_missing",
-    /// Any other host I/O failure; `cause` holds the OS error.
+    /// Any other host I/O failure (an exec's output stream failing
+    /// included); `cause` holds the underlying error.
     IoError = "io_error",
 }
 

@@ -552,6 +552,8 @@ export interface HttpHooks {
 export declare class HttpRequestBlockedError extends Error {
   status: number;
   statusText: string;
+  /** "secret_refused" when the request carried a secret for a host not allowed for it (our extension). */
+  code?: "secret_refused";
   constructor(message?: string, status?: number, statusText?: string);
 }
 

@@ -46,10 +46,15 @@ test("options: refused at construction, in Rust, with invalid_option naming the 
   await assert.rejects(VM.create({ memory: "2T" }), hasCode("invalid_option", /at most 1T/));
   assert.throws(() => createHttpHooks({ alowedHosts: [] }), hasCode("invalid_option", /did you mean createHttpHooks\.allowedHosts\?/));
   assert.throws(() => loadGuestAssets("/nonexistent/gondolin-assets"), hasCode("invalid_option", /does not exist/));
-  // The provider objects themselves are never read by the check.
+  // The check reads data only: a provider's own getters never run.
   const provider = new MemoryProvider();
+  Object.defineProperty(provider, "trap", { enumerable: true, get: () => assert.fail("the options check read a provider") });
   const vm = new VM({ vfs: { mounts: { "/data": provider } }, sandbox: { netEnabled: false } });
   await vm.close();
+  assert.throws(
+    () => new VM({ vfs: { fuseMount: "/data", mounts: { "/data/x": provider } } }),
+    hasCode("invalid_option", /vfs\.mounts key \/data\/x collides with vfs\.fuseMount \/data/),
+  );
 });
 
 test("a secret headed for another host is refused with secret_refused", async () => {

@@ -4,6 +4,94 @@
 /// <reference types="node" />
 import type { Readable } from "node:stream";
 
+/**
+ * The `code` of every error the API throws or rejects with (filesystem
+ * errors excepted: they carry Node's errno names, `ENOENT`, as upstream).
+ * One name per kind of mistake, stable across releases. Mirrors the core's
+ * `ErrorCode` enum (src/error.rs); the same list at run time: `ErrorCodes`.
+ */
+export type GondolinErrorCode =
+  /** An option or argument is unknown, of the wrong type or out of range (raised when the VM is constructed, before any boot). */
+  | "invalid_option"
+  /** The call is not available on this object as it is (reading output of an exec whose stdout is not piped, attaching twice, a synchronous VFS call on a provider stack with JS providers). */
+  | "invalid_state"
+  /** The VM was created with `autoStart: false` and used before `start()`. */
+  | "vm_not_started"
+  /** The VM was closed (by `close()`) before or while the call ran. */
+  | "vm_closed"
+  /** QEMU exited on its own while the VM was running. */
+  | "vm_exited"
+  /** The guest was not ready within `startTimeoutMs`. */
+  | "vm_start_timeout"
+  /** QEMU or the guest failed while booting. */
+  | "vm_boot_failed"
+  /** The QEMU binary is not installed (or `sandbox.qemuPath` is wrong). */
+  | "qemu_not_found"
+  /** `qemu-img` is missing (needed for rootfs mode "cow"). */
+  | "qemu_img_not_found"
+  /** The copy-on-write root overlay could not be created. */
+  | "overlay_failed"
+  /** A guest image file (kernel, initrd, rootfs) is missing. */
+  | "missing_asset"
+  /** Starting QEMU failed at the OS level. */
+  | "spawn_failed"
+  /** The guest image speaks another protocol version than the host. */
+  | "protocol_mismatch"
+  /** The guest broke the control protocol; the host stopped trusting it. */
+  | "protocol_error"
+  /** The control connection to the guest closed. */
+  | "connection_closed"
+  /** The guest could not mount the host-served filesystem. */
+  | "vfs_error"
+  /** The guest refused an exec request as malformed. */
+  | "invalid_request"
+  /** The guest could not start the process. */
+  | "exec_failed"
+  /** The exec was aborted through its `signal`. */
+  | "exec_aborted"
+  /** Stdin was written or ended but the exec was started without `stdin`. */
+  | "stdin_disabled"
+  /** The process already exited. */
+  | "exec_exited"
+  /** Too many execs are in flight on this VM. */
+  | "queue_full"
+  /** A real secret value was about to leave for a host not allowed for it. */
+  | "secret_refused"
+  /** The MITM certificate authority could not be created or loaded. */
+  | "mitm_ca_failed"
+  /** An image build needs a host tool that is not installed. */
+  | "missing_tool"
+  /** An image build needs root. */
+  | "needs_root"
+  /** An image definition is invalid. */
+  | "invalid_definition"
+  /** A static guest binary is missing (build the guest first). */
+  | "missing_guest_binary"
+  /** An image directory is not a valid image. */
+  | "invalid_image"
+  /** An image build step failed. */
+  | "build_failed"
+  /** The native addon for this platform could not be loaded (raised by the JS loader; listed here so the list is whole). */
+  | "native_missing"
+  /** Any other host I/O failure (an exec's output stream failing included); `cause` holds the underlying error. */
+  | "io_error";
+
+/** Every `GondolinErrorCode`, in declaration order. */
+export declare const ErrorCodes: readonly GondolinErrorCode[];
+
+/**
+ * An error from the API: a plain `Error` (a `TypeError` for option checks
+ * done in JS) with a real `code` property.
+ */
+export interface GondolinError extends Error {
+  code: GondolinErrorCode;
+  /**
+   * The underlying failure, when there is one: for OS errors an `Error` with
+   * Node's errno name as `code` (`ENOENT`) and a negative `errno`.
+   */
+  cause?: Error & { code?: string; errno?: number };
+}
+
 export type EnvInput = string[] | Record<string, string>;
 export type RootfsMode = "readonly" | "memory" | "cow";
 
@@ -464,6 +552,8 @@ export interface HttpHooks {
 export declare class HttpRequestBlockedError extends Error {
   status: number;
   statusText: string;
+  /** "secret_refused" when the request carried a secret for a host not allowed for it (our extension). */
+  code?: "secret_refused";
   constructor(message?: string, status?: number, statusText?: string);
 }
 

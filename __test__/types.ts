@@ -1,6 +1,6 @@
 // Compiled by `make typecheck` (tsc --noEmit): the public types must accept
 // the README's usage and reject misuse.
-import { VM, type ExecResult, type VMOptions, buildImage } from "@gondolin/native";
+import { VM, type ExecResult, type VMOptions, buildImage, ErrorCodes, type GondolinError, type GondolinErrorCode } from "@gondolin/native";
 
 async function usage(): Promise<void> {
   const options: VMOptions = { memory: "1G", cpus: 2, env: { A: "1" }, rootfs: { mode: "cow" } };
@@ -196,3 +196,20 @@ async function vfsParityUsage(): Promise<void> {
   void bad;
 }
 void vfsParityUsage;
+
+// Error codes: a closed union, the same list at run time.
+async function errorCodes(): Promise<void> {
+  try {
+    await (await VM.create({})).exec("true");
+  } catch (e) {
+    const err = e as GondolinError;
+    const code: GondolinErrorCode = err.code;
+    if (code === "vm_closed" || code === "invalid_option") void err.message;
+    // @ts-expect-error not a GondolinErrorCode (one name per mistake: invalid_option)
+    if (code === "invalid_argument") void 0;
+    void err.cause?.code;
+  }
+  const all: readonly GondolinErrorCode[] = ErrorCodes;
+  void all;
+}
+void errorCodes;

@@ -1,20 +1,35 @@
 "use strict";
-// Native errors arrive as "[code] message"; give them a `code` property.
+// Errors from the addon are JS Errors built in Rust (src/napi/error.rs) with
+// a real `code` property and, where there is one, a `cause`: nothing here
+// parses a message. `ErrorCodes` is the one list, from the core's enum;
+// index.d.ts mirrors it as `GondolinErrorCode`.
 
+const { native } = require("./native.cjs");
+
+/** Every error code the API uses (`GondolinErrorCode`), from the core enum. */
+const ErrorCodes = Object.freeze(native.errorCodes());
+const CODES = new Set(ErrorCodes);
+
+/**
+ * Adapters that still build their errors without an Env (`js_error` in
+ * src/napi/error.rs) carry the code as their cause's exact text: move it to
+ * `code`. Errors that already have a real code pass through untouched.
+ */
 function fromNative(err) {
-  if (!(err instanceof Error)) return err;
-  const m = /^\[([a-z_]+)\] ([\s\S]*)$/.exec(err.message);
-  if (m) {
-    err.message = m[2];
-    err.code = m[1];
+  const carrier = err instanceof Error && err.code === "GenericFailure" ? err.cause : undefined;
+  if (carrier instanceof Error && CODES.has(carrier.message)) {
+    err.code = carrier.message;
+    delete err.cause;
   }
   return err;
 }
 
-function withCode(message, code) {
-  const err = new Error(message);
+/** An Error raised by the JS facade itself, with one of the `ErrorCodes`. */
+function withCode(message, code, options, Class = Error) {
+  if (!CODES.has(code)) throw new Error(`internal: ${code} is not a GondolinErrorCode`);
+  const err = new Class(message, options);
   err.code = code;
   return err;
 }
 
-module.exports = { fromNative, withCode };
+module.exports = { ErrorCodes, fromNative, withCode };

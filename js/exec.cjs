@@ -3,7 +3,8 @@
 
 const { Readable } = require("node:stream");
 const { StringDecoder } = require("node:string_decoder");
-const { fromNative, withCode } = require("./errors.cjs");
+const { withCode } = require("./errors.cjs");
+const { optionError } = require("./options.cjs");
 
 const DEFAULT_WINDOW = 256 * 1024;
 /** Ctrl-]: detaches an attached terminal (as telnet and upstream do). */
@@ -48,19 +49,19 @@ function normalizeCommand(command, options) {
   if (typeof command === "string") {
     const argv = ["/bin/sh", "-lc", command];
     if (options.argv !== undefined) {
-      if (!Array.isArray(options.argv)) throw new TypeError("exec options.argv must be an array of strings");
+      if (!Array.isArray(options.argv)) throw optionError("exec options.argv must be an array of strings");
       argv.push("sh", ...options.argv.map(String));
     }
     return argv;
   }
   if (Array.isArray(command)) {
-    if (command.length === 0) throw new TypeError("command array must include the executable");
+    if (command.length === 0) throw optionError("command array must include the executable");
     return command.map((a, i) => {
-      if (typeof a !== "string") throw new TypeError(`command[${i}] must be a string`);
+      if (typeof a !== "string") throw optionError(`command[${i}] must be a string`);
       return a;
     });
   }
-  throw new TypeError("command must be a string or an array of strings");
+  throw optionError("command must be a string or an array of strings");
 }
 
 function isWritable(v) {
@@ -72,7 +73,7 @@ function outputMode(value, name, fallback) {
   if (value === "buffer" || value === "pipe" || value === "ignore") return { kind: value };
   if (value === "inherit") return { kind: "writable", stream: name === "stdout" ? process.stdout : process.stderr };
   if (isWritable(value)) return { kind: "writable", stream: value };
-  throw new TypeError(
+  throw optionError(
     `invalid exec ${name} option: ${String(value)} (expected "buffer"|"pipe"|"inherit"|"ignore" or a writable stream)`,
   );
 }
@@ -139,7 +140,8 @@ class Sink {
     return null;
   }
   fail(err) {
-    const e = new Error(`${this.name} output write failed: ${err && err.message}`);
+    // Node's errno fields of the stream's error when it has them (EPIPE), else io_error.
+    const e = withCode(`${this.name} output write failed: ${err && err.message}`, "io_error", { cause: err });
     for (const k of ["code", "errno", "syscall", "path"]) if (err && err[k] !== undefined) e[k] = err[k];
     this.mode = { kind: "ignore" };
     this.writeError = e;
@@ -192,7 +194,7 @@ class ExecProcess {
 
     nativePromise.then(
       (n) => this._run(n),
-      (err) => this._finish(fromNative(err)),
+      (err) => this._finish(err),
     );
   }
 
@@ -219,12 +221,12 @@ class ExecProcess {
   }
 
   write(data) {
-    if (!this._stdinEnabled) throw new Error("stdin was not enabled for this exec");
+    if (!this._stdinEnabled) throw withCode("stdin was not enabled for this exec", "stdin_disabled");
     const buf = typeof data === "string" ? Buffer.from(data) : Buffer.from(data);
     this._stdinOp((n) => n.write(buf));
   }
   end() {
-    if (!this._stdinEnabled) throw new Error("stdin was not enabled for this exec");
+    if (!this._stdinEnabled) throw withCode("stdin was not enabled for this exec", "stdin_disabled");
     this._stdinOp((n) => n.end());
   }
   resize(rows, cols) {
@@ -242,7 +244,7 @@ class ExecProcess {
   /** Send a signal (default SIGTERM) to the process group in the guest. */
   kill(signal = "SIGTERM") {
     const num = typeof signal === "number" ? signal : require("node:os").constants.signals[signal];
-    if (!Number.isInteger(num) || num <= 0 || num > 64) throw new TypeError(`invalid signal: ${signal}`);
+    if (!Number.isInteger(num) || num <= 0 || num > 64) throw optionError(`invalid signal: ${signal}`);
     if (this._settled) return false;
     if (!this._native) {
       this._pendingKill = num;
@@ -297,14 +299,14 @@ class ExecProcess {
 
   _pipedStdout() {
     const r = this._sinks.stdout.readable;
-    if (!r) throw new Error('stdout is not piped (set exec options.stdout="pipe")');
+    if (!r) throw withCode('stdout is not piped (set exec options.stdout="pipe")', "invalid_state");
     return r;
   }
 
   output() {
     const out = this._sinks.stdout.readable;
     const err = this._sinks.stderr.readable;
-    if (!out || !err) throw new Error('stdout/stderr are not piped (set exec options.stdout/stderr="pipe")');
+    if (!out || !err) throw withCode('stdout/stderr are not piped (set exec options.stdout/stderr="pipe")', "invalid_state");
     return this._merged(out, err);
   }
 
@@ -360,12 +362,12 @@ class ExecProcess {
    * guest) and calls it; the guest process keeps running.
    */
   attach(stdin, stdout, stderr, options = {}) {
-    if (this._attached) throw new Error("already attached");
+    if (this._attached) throw withCode("already attached", "invalid_state");
     const o = this._sinks.stdout;
     const e = this._sinks.stderr;
     const streaming = [o, e].some((s) => s.mode.kind === "pipe" || s.mode.kind === "writable");
     if (!streaming) {
-      throw new Error('attach() requires streaming output (set exec options stdout/stderr="pipe" or "inherit")');
+      throw withCode('attach() requires streaming output (set exec options stdout/stderr="pipe" or "inherit")', "invalid_state");
     }
     this._attached = true;
     if (o.readable && stdout) o.readable.pipe(stdout, { end: false });
@@ -514,7 +516,7 @@ class ExecProcess {
         }
       }
     } catch (err) {
-      this._finish(fromNative(err));
+      this._finish(err);
     }
   }
 

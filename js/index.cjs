@@ -3,6 +3,7 @@
 
 const { VM } = require("./vm.cjs");
 const { DEFAULT_GUEST_TMPFS } = require("./options.cjs");
+const { ErrorCodes } = require("./errors.cjs");
 const { ExecProcess, ExecResult } = require("./exec.cjs");
 const {
   buildImage,
@@ -45,6 +46,7 @@ const { listSessions, findSession, gcSessions, connectToSession, registerSession
 module.exports = {
   VM,
   DEFAULT_GUEST_TMPFS,
+  ErrorCodes,
   createHttpHooks,
   HttpRequestBlockedError,
   makePlaceholderFunc,

@@ -201,7 +201,7 @@ function fillSecrets(policy, request) {
     parts = policy.applySecrets(request.url, pairs(request.headers));
   } catch (err) {
     const e = fromNative(err);
-    if (e.code === "secret_refused") throw new HttpRequestBlockedError(e.message);
+    if (e.code === "secret_refused") throw Object.assign(new HttpRequestBlockedError(e.message), { code: e.code });
     throw e;
   }
   if (!parts) return request;

@@ -3,19 +3,17 @@
 
 const { randomUUID } = require("node:crypto");
 const { native } = require("./native.cjs");
-const { fromNative, withCode } = require("./errors.cjs");
+const { withCode } = require("./errors.cjs");
 const { mergeEnv, envToEntries } = require("./env.cjs");
 const { ExecProcess, normalizeCommand, windowBytes } = require("./exec.cjs");
 const { ensureImage } = require("./image.cjs");
 const { VmFs, kStdinToFile, kStdoutFromFile } = require("./fs.cjs");
-const { buildVfs, normalizeVfsPath } = require("./vfs.cjs");
-const { resolveOptions, optionError, tmpfsCmdline, defaultDebugLog } = require("./options.cjs");
+const { buildVfs } = require("./vfs.cjs");
+const { resolveOptions, optionError, defaultDebugLog } = require("./options.cjs");
 const { netOptions, pumpEgress } = require("./net.cjs");
 const { registerVmSession } = require("./sessions.cjs"); // sessions
 
 const DEFAULT_START_TIMEOUT_MS = 120000;
-// The FUSE root's home when the default (/data) is taken by a mount of its own.
-const HIDDEN_FUSE_MOUNT = "/run/gondolin/vfs";
 
 function startTimeout(options) {
   let v = options.startTimeoutMs;
@@ -32,7 +30,10 @@ function validateOptions(options) {
   return resolved;
 }
 
-/** Run an option parser; its TypeErrors are option errors (code "invalid_option"). */
+/**
+ * Run a JS-side option parser (env, network, VFS: the parts holding
+ * functions and provider objects); its TypeErrors are option errors.
+ */
 function invalidOption(parse) {
   try {
     return parse();
@@ -40,31 +41,6 @@ function invalidOption(parse) {
     if (err instanceof TypeError && err.code === undefined) err.code = "invalid_option";
     throw err;
   }
-}
-
-/**
- * The `vfs` options with the FUSE mount point moved out of the way: a mount
- * at /data (or under it) is what most examples write, and the default FUSE
- * root lives there. An explicit `fuseMount` stays, and must not collide.
- */
-function placeFuseMount(v) {
-  if (!v || typeof v !== "object") return v;
-  const keys = Object.keys(v.mounts || {}).map(normalizeVfsPath).filter((k) => k !== "/");
-  const inside = (p, base) => p === base || p.startsWith(base + "/");
-  if (v.fuseMount === undefined) {
-    return keys.some((k) => inside(k, "/data")) ? { ...v, fuseMount: HIDDEN_FUSE_MOUNT } : v;
-  }
-  if (typeof v.fuseMount !== "string") return v; // buildVfs names the type error
-  const fm = normalizeVfsPath(v.fuseMount);
-  for (const k of keys) {
-    if (inside(k, fm) || inside(fm, k)) {
-      throw optionError(
-        `vfs.mounts key ${k} collides with vfs.fuseMount ${fm}; choose a vfs.fuseMount outside every mount ` +
-          `(or leave it unset: the default moves to ${HIDDEN_FUSE_MOUNT} when /data is mounted)`,
-      );
-    }
-  }
-  return v;
 }
 
 /** vfs hooks that also report each guest file operation as a "vfs" debug line. */
@@ -111,7 +87,8 @@ class VM {
     this._closed = false;
     // The provider stack exists before boot: vm.fs on VFS paths uses it
     // without booting the guest.
-    let vfs = placeFuseMount(options.vfs);
+    // A mount at /data moves the FUSE root out of the way (checked in Rust).
+    let vfs = this._resolved.fuseMount ? { ...options.vfs, fuseMount: this._resolved.fuseMount } : options.vfs;
     if (vfs !== null && this._debugFlags.has("vfs")) vfs = debugVfsHooks(vfs, (c, m) => this._debug(c, m));
     this._vfs = invalidOption(() => buildVfs(vfs === options.vfs ? options : { ...options, vfs }, this));
     this.fs = new VmFs(this);
@@ -130,7 +107,7 @@ class VM {
 
   /** Replace the debug sink; null silences it. Which components log is fixed at construction. */
   setDebugLog(callback) {
-    if (callback !== null && typeof callback !== "function") throw new TypeError("debugLog must be a function or null");
+    if (callback !== null && typeof callback !== "function") throw optionError("debugLog must be a function or null");
     this._debugLog = callback;
   }
 
@@ -184,9 +161,9 @@ class VM {
     if (this._closed) throw withCode("VM is closed", "vm_closed");
     const mode = this._resolved.rootfsMode || image.defaultRootfsMode || "cow";
     let cmdline = sandbox.append ?? image.cmdline;
-    if (this._resolved.tmpfs) cmdline = `${cmdline} ${tmpfsCmdline(this._resolved.tmpfs)}`;
-    const memory = sandbox.memory ?? o.memory ?? "1G";
-    const cpus = sandbox.cpus ?? o.cpus ?? 2;
+    if (this._resolved.tmpfsCmdline) cmdline = `${cmdline} ${this._resolved.tmpfsCmdline}`;
+    const memory = this._resolved.memory ?? "1G";
+    const cpus = this._resolved.cpus ?? 2;
     this._debug("vm", `booting: ${memory} memory, ${cpus} cpus, rootfs ${mode}`);
     let n;
     try {
@@ -211,9 +188,8 @@ class VM {
       }, this._vfs ? this._vfs.root : null, this._net.secrets, this._net.dispatch, this._net.hookNames);
     } catch (err) {
       this._closed = true;
-      const e = fromNative(err);
-      this._debug("vm", `boot failed: ${e.message}`);
-      throw e;
+      this._debug("vm", `boot failed: ${err.message}`);
+      throw err;
     }
     if (this._closed) {
       // close() ran while we were booting: don't leak the VM.
@@ -248,11 +224,11 @@ class VM {
 
   /** Run a command; returns a thenable ExecProcess at once. */
   exec(command, options = {}) {
-    if (options === null || typeof options !== "object") throw new TypeError("exec options must be an object");
+    if (options === null || typeof options !== "object") throw optionError("exec options must be an object");
     const argv = normalizeCommand(command, options);
     const env = mergeEnv([this._options.env, "env"], [options.env, "exec options.env"]);
     if (options.cwd !== undefined && (typeof options.cwd !== "string" || !options.cwd.startsWith("/"))) {
-      throw new TypeError(`exec options.cwd must be an absolute path (got ${JSON.stringify(options.cwd)})`);
+      throw optionError(`exec options.cwd must be an absolute path (got ${JSON.stringify(options.cwd)})`);
     }
     const stdin = options.stdin !== undefined && options.stdin !== false;
     const pty = Boolean(options.pty);
@@ -271,11 +247,7 @@ class VM {
       ? Promise.reject(withCode("VM is closed", "vm_closed"))
       : this._implicitStart().then(() => {
           if (this._closed) throw withCode("VM is closed", "vm_closed");
-          try {
-            return this._native.exec(req);
-          } catch (err) {
-            throw fromNative(err);
-          }
+          return this._native.exec(req);
         });
     const proc = new ExecProcess(nativeExec, options);
     if (this._debugFlags.has("exec")) {
@@ -331,4 +303,4 @@ class VM {
   }
 }
 
-module.exports = { VM, HIDDEN_FUSE_MOUNT };
+module.exports = { VM };

@@ -3,9 +3,11 @@
 //! about Node; everything else is plain Rust, tested with `cargo test`.
 
 pub mod control;
+pub mod error;
 pub mod http;
 pub mod image;
 pub mod net;
+pub mod options;
 pub mod tls;
 pub mod vfs;
 pub mod vm;

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::exec::{disconnected, ExecControl, ExecEvent, ExecHandle, ExecRequest};
 use super::{ControlError, Disconnect};
+use crate::error::ErrorCode;
 
 struct Slot {
     events: mpsc::UnboundedSender<ExecEvent>,
@@ -45,7 +46,7 @@ impl Shared {
         }
         self.out.send(encode(msg)).map_err(|_| {
             ControlError::Disconnected(self.disconnect().unwrap_or(Disconnect {
-                code: "connection_closed",
+                code: ErrorCode::ConnectionClosed,
                 message: "the connection to the guest closed".into(),
             }))
         })
@@ -92,7 +93,7 @@ impl Shared {
 
     fn route(&self, msg: GuestMsg) -> Result<(), Disconnect> {
         let violation = |m: String| Disconnect {
-            code: "protocol_error",
+            code: ErrorCode::ProtocolError,
             message: m,
         };
         let mut st = self.state.lock().unwrap();
@@ -143,7 +144,7 @@ impl Shared {
                 // host-served filesystem: the VM is not usable as asked.
                 if let Some(tx) = st.ready.take() {
                     let _ = tx.send(Err(Disconnect {
-                        code: "vfs_error",
+                        code: ErrorCode::VfsError,
                         message: format!("the guest could not mount the VFS: {message}"),
                     }));
                 }
@@ -153,7 +154,10 @@ impl Shared {
                 // an exec ends it.
                 if id != 0 && code != "stdin_backpressure" {
                     if let Some(slot) = st.execs.remove(&id) {
-                        let _ = slot.events.send(ExecEvent::Failed { code, message });
+                        let _ = slot.events.send(ExecEvent::Failed {
+                            code: ErrorCode::from_guest(&code),
+                            message,
+                        });
                     }
                 } else {
                     tracing::debug!(target: "gondolin::exec", id, %code, %message, "guest error");
@@ -317,7 +321,7 @@ async fn write_loop<W: AsyncWrite>(
         };
         if let Err(e) = written {
             shared.fail(Disconnect {
-                code: "connection_closed",
+                code: ErrorCode::ConnectionClosed,
                 message: format!("writing to the guest failed: {e}"),
             });
             return;
@@ -337,7 +341,7 @@ async fn read_loop<R: AsyncRead>(r: R, shared: Arc<Shared>, closed: oneshot::Sen
                 // Failed from outside (the VM closed or exited): that reason
                 // is already recorded; the stream goes with this task.
                 break shared.disconnect().unwrap_or(Disconnect {
-                    code: "connection_closed",
+                    code: ErrorCode::ConnectionClosed,
                     message: "the control connection closed".into(),
                 });
             }
@@ -345,14 +349,14 @@ async fn read_loop<R: AsyncRead>(r: R, shared: Arc<Shared>, closed: oneshot::Sen
         let n = match read {
             Ok(0) => {
                 break Disconnect {
-                    code: "connection_closed",
+                    code: ErrorCode::ConnectionClosed,
                     message: "the guest closed the control connection".into(),
                 }
             }
             Ok(n) => n,
             Err(e) => {
                 break Disconnect {
-                    code: "connection_closed",
+                    code: ErrorCode::ConnectionClosed,
                     message: format!("reading from the guest failed: {e}"),
                 }
             }
@@ -379,7 +383,7 @@ async fn read_loop<R: AsyncRead>(r: R, shared: Arc<Shared>, closed: oneshot::Sen
         }
         if let Some(message) = err {
             break Disconnect {
-                code: "protocol_error",
+                code: ErrorCode::ProtocolError,
                 message,
             };
         }

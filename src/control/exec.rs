@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::client::Shared;
 use super::{ControlError, Disconnect};
+use crate::error::ErrorCode;
 
 /// What the caller asks for; validated by [`gondolin_wire::Exec::validate`].
 #[derive(Debug, Clone, Default)]
@@ -59,7 +60,7 @@ pub enum ExecEvent {
     },
     /// The exec failed without a result (guest error or lost connection).
     Failed {
-        code: String,
+        code: ErrorCode,
         message: String,
     },
 }
@@ -125,7 +126,7 @@ impl ExecHandle {
                 // possible when the client itself is gone.
                 self.ctl.done.store(true, Ordering::Release);
                 return Some(vec![ExecEvent::Failed {
-                    code: "connection_closed".into(),
+                    code: ErrorCode::ConnectionClosed,
                     message: "the connection to the guest closed".into(),
                 }]);
             }
@@ -249,7 +250,7 @@ impl Drop for ExecHandle {
 
 pub(crate) fn disconnected(d: &Disconnect) -> ExecEvent {
     ExecEvent::Failed {
-        code: d.code.to_string(),
+        code: d.code,
         message: d.message.clone(),
     }
 }

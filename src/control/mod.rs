@@ -15,12 +15,14 @@ pub use client::{Connection, ControlClient};
 pub use exec::{ExecControl, ExecEvent, ExecHandle, ExecRequest};
 pub use gondolin_wire::Stream;
 
+use crate::error::ErrorCode;
+
 /// Why the connection to the guest is gone; carried to every pending exec.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Disconnect {
-    /// Stable code: `vm_closed`, `vm_exited`, `protocol_error`, `connection_closed`.
-    pub code: &'static str,
+    /// `VmClosed`, `VmExited`, `ProtocolError`, `ConnectionClosed` or `VfsError`.
+    pub code: ErrorCode,
     pub message: String,
 }
 
@@ -38,14 +40,14 @@ pub enum ControlError {
     NoIds,
 }
 
-impl ControlError {
-    pub fn code(&self) -> &'static str {
+impl crate::error::Coded for ControlError {
+    fn code(&self) -> ErrorCode {
         match self {
             ControlError::Disconnected(d) => d.code,
-            ControlError::InvalidRequest(_) => "invalid_request",
-            ControlError::StdinDisabled => "stdin_disabled",
-            ControlError::Exited => "exec_exited",
-            ControlError::NoIds => "queue_full",
+            ControlError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            ControlError::StdinDisabled => ErrorCode::StdinDisabled,
+            ControlError::Exited => ErrorCode::ExecExited,
+            ControlError::NoIds => ErrorCode::QueueFull,
         }
     }
 }

@@ -84,16 +84,17 @@ pub enum ImageError {
     },
 }
 
-impl ImageError {
-    pub fn code(&self) -> &'static str {
+impl crate::error::Coded for ImageError {
+    fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode;
         match self {
-            ImageError::MissingTool { .. } => "missing_tool",
-            ImageError::NotRoot => "needs_root",
-            ImageError::Definition { .. } => "invalid_definition",
-            ImageError::MissingGuestBinary(_) => "missing_guest_binary",
-            ImageError::InvalidImage { .. } => "invalid_image",
-            ImageError::Step { .. } => "build_failed",
-            ImageError::Io { .. } => "io_error",
+            ImageError::MissingTool { .. } => ErrorCode::MissingTool,
+            ImageError::NotRoot => ErrorCode::NeedsRoot,
+            ImageError::Definition { .. } => ErrorCode::InvalidDefinition,
+            ImageError::MissingGuestBinary(_) => ErrorCode::MissingGuestBinary,
+            ImageError::InvalidImage { .. } => ErrorCode::InvalidImage,
+            ImageError::Step { .. } => ErrorCode::BuildFailed,
+            ImageError::Io { .. } => ErrorCode::IoError,
         }
     }
 }

@@ -1,26 +1,200 @@
-//! The one conversion from core errors to JS errors. The JS facade turns the
-//! `[code] message` reason into an Error with a `code` property.
+//! The one conversion from core errors to JS errors. Every error this addon
+//! rejects or throws with is a JS `Error` created here, on the JS thread,
+//! with a real `code` property from [`ErrorCode`] and, when the core error
+//! has a source, a `cause` (an `Error` whose `code` is Node's errno name for
+//! OS errors). The `napi::Error` handed back to napi-rs refers to that very
+//! object, so throwing or rejecting with it gives JS the object unchanged.
+//!
+//! Synchronous methods take the `Env` and call [`IntoJs::js`]; async work
+//! goes through [`spawn_coded`], which builds the error once the future is
+//! back on the JS thread.
 
-use gondolin::control::ControlError;
-use gondolin::vm::VmError;
+use std::future::Future;
 
-/// A JS error carrying a stable code.
-pub fn js_error(code: &str, message: impl std::fmt::Display) -> napi::Error {
-    napi::Error::new(napi::Status::GenericFailure, format!("[{code}] {message}"))
+use napi::bindgen_prelude::{PromiseRaw, ToNapiValue};
+use napi::{Env, Status};
+
+use gondolin::error::{Coded, ErrorCode};
+
+/// An error on its way to JS: code, message and the cause, if any.
+#[derive(Debug, Clone)]
+pub struct JsFailure {
+    pub code: ErrorCode,
+    pub message: String,
+    cause: Option<Cause>,
 }
 
-pub trait IntoJs<T> {
-    fn js(self) -> napi::Result<T>;
+#[derive(Debug, Clone)]
+struct Cause {
+    message: String,
+    /// Node's errno name (`ENOENT`) when the cause is an OS error.
+    errno: Option<(&'static str, i32)>,
 }
 
-impl<T> IntoJs<T> for Result<T, VmError> {
-    fn js(self) -> napi::Result<T> {
-        self.map_err(|e| js_error(e.code(), e))
+impl JsFailure {
+    pub fn new(code: ErrorCode, message: impl std::fmt::Display) -> Self {
+        JsFailure {
+            code,
+            message: message.to_string(),
+            cause: None,
+        }
+    }
+
+    /// A core error with its code and its source as the cause.
+    pub fn from_core<E: Coded>(e: &E) -> Self {
+        let cause = std::error::Error::source(e).map(|s| Cause {
+            message: s.to_string(),
+            errno: s
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::raw_os_error)
+                .map(|n| (gondolin::vfs::errno_name(n), -n)),
+        });
+        JsFailure {
+            code: e.code(),
+            message: e.to_string(),
+            cause,
+        }
+    }
+
+    /// The JS `Error` for this failure, as a `napi::Error` that refers to it.
+    pub fn into_napi(self, env: &Env) -> napi::Error {
+        let fallback = napi::Error::new(Status::GenericFailure, self.message.clone());
+        self.build(env).unwrap_or(fallback)
+    }
+
+    fn build(self, env: &Env) -> napi::Result<napi::Error> {
+        let mut err = env.create_error(napi::Error::from_reason(self.message))?;
+        err.set("code", self.code.as_str())?;
+        if let Some(c) = self.cause {
+            let mut cause = env.create_error(napi::Error::from_reason(c.message))?;
+            match c.errno {
+                Some((name, errno)) => {
+                    cause.set("code", name)?;
+                    cause.set("errno", errno)?;
+                }
+                None => cause.set("code", ErrorCode::IoError.as_str())?,
+            }
+            err.set("cause", cause)?;
+        }
+        Ok(napi::Error::from(err.into_unknown(env)?))
     }
 }
 
-impl<T> IntoJs<T> for Result<T, ControlError> {
-    fn js(self) -> napi::Result<T> {
-        self.map_err(|e| js_error(e.code(), e))
+/// Core results to JS results, on the JS thread.
+pub trait IntoJs<T> {
+    fn js(self, env: &Env) -> napi::Result<T>;
+}
+
+impl<T, E: Coded> IntoJs<T> for Result<T, E> {
+    fn js(self, env: &Env) -> napi::Result<T> {
+        self.map_err(|e| JsFailure::from_core(&e).into_napi(env))
+    }
+}
+
+impl<T> IntoJs<T> for Result<T, JsFailure> {
+    fn js(self, env: &Env) -> napi::Result<T> {
+        self.map_err(|e| e.into_napi(env))
+    }
+}
+
+/// Run `fut` on the runtime; its failure rejects the promise with a coded
+/// JS error (built back on the JS thread).
+pub fn spawn_coded<'e, T, F>(env: &'e Env, fut: F) -> napi::Result<PromiseRaw<'e, T>>
+where
+    T: ToNapiValue + Send + 'static,
+    F: Future<Output = Result<T, JsFailure>> + Send + 'static,
+{
+    env.spawn_future_with_callback(async move { Ok(fut.await) }, |env, r| r.js(env))
+}
+
+/// Transitional, for adapters that still return `napi::Result<T>` built
+/// without an `Env` (`js_error("invalid_option", msg)`): the code rides in
+/// the error's `cause` and [`recover`] (Rust) or `fromNative` (js/errors.cjs)
+/// turns it back into a real `code`. New code uses [`JsFailure`].
+pub fn js_error(code: &str, message: impl std::fmt::Display) -> napi::Error {
+    let code = ErrorCode::from_name(code).unwrap_or(ErrorCode::IoError);
+    let mut e = napi::Error::new(Status::GenericFailure, message.to_string());
+    e.set_cause(napi::Error::new(Status::GenericFailure, code.as_str()));
+    e
+}
+
+/// The failure a [`js_error`] value stands for (`io_error` for any other
+/// `napi::Error`, e.g. a failed argument conversion).
+pub fn recover(e: napi::Error) -> JsFailure {
+    let code = e
+        .cause
+        .as_ref()
+        .and_then(|c| ErrorCode::from_name(&c.reason));
+    match code {
+        Some(code) => JsFailure::new(code, e.reason),
+        None => JsFailure::new(ErrorCode::IoError, e.reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn js_error_codes_survive_recover() {
+        let f = recover(js_error("invalid_option", "memory must be a size"));
+        assert_eq!(
+            (f.code, f.message.as_str()),
+            (ErrorCode::InvalidOption, "memory must be a size")
+        );
+    }
+
+    #[test]
+    fn core_errors_keep_code_and_os_cause() {
+        let io = std::io::Error::from_raw_os_error(2);
+        let f = JsFailure::from_core(&gondolin::vm::VmError::Spawn(io));
+        assert_eq!(f.code, ErrorCode::SpawnFailed);
+        let c = f.cause.expect("cause");
+        assert_eq!(c.errno, Some(("ENOENT", -2)));
+    }
+
+    /// Every `js_error("name", ..)` in the addon names a real code (the
+    /// compiler cannot check a string).
+    #[test]
+    fn js_error_call_sites_name_known_codes() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "rs") || path.ends_with("error.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for chunk in text.split("js_error(").skip(1) {
+                let Some(lit) = chunk.trim_start().strip_prefix('"') else {
+                    continue;
+                };
+                let name = &lit[..lit.find('"').unwrap()];
+                assert!(
+                    ErrorCode::from_name(name).is_some(),
+                    "{}: js_error(\"{name}\") is not a GondolinErrorCode",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    /// index.d.ts mirrors the enum exactly.
+    #[test]
+    fn index_d_ts_lists_every_code() {
+        let dts = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../index.d.ts"),
+        )
+        .unwrap();
+        let start = dts
+            .find("export type GondolinErrorCode =")
+            .expect("union in index.d.ts");
+        let union = &dts[start..start + dts[start..].find("\n\n").unwrap()];
+        let listed: Vec<&str> = union
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("| \""))
+            .map(|rest| &rest[..rest.find('"').unwrap()])
+            .collect();
+        let all: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(listed, all);
     }
 }

@@ -8,7 +8,7 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use tokio::sync::Mutex;
 
-use super::error::IntoJs;
+use super::error::{spawn_coded, IntoJs, JsFailure};
 use gondolin::control::{ExecControl, ExecEvent, ExecHandle, Stream};
 
 /// Output handed to JS per `next()` call, at most.
@@ -21,6 +21,7 @@ pub struct NativeExecEvent {
     pub data: Option<Buffer>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
+    /// With "error": a `GondolinErrorCode`.
     pub code: Option<String>,
     pub message: Option<String>,
 }
@@ -53,7 +54,7 @@ impl From<ExecEvent> for NativeExecEvent {
             },
             ExecEvent::Failed { code, message } => NativeExecEvent {
                 kind: "error".into(),
-                code: Some(code),
+                code: Some(code.as_str().to_string()),
                 message: Some(message),
                 ..base
             },
@@ -94,25 +95,30 @@ impl NativeExec {
     }
 
     /// Write stdin; resolves when the guest had credit for all of it.
-    #[napi]
-    pub async fn write(&self, data: Buffer) -> napi::Result<()> {
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn write<'e>(&self, env: &'e Env, data: Buffer) -> napi::Result<PromiseRaw<'e, ()>> {
         let bytes: Vec<u8> = data.to_vec();
-        self.ctl.write_stdin(&bytes).await.js()
+        let ctl = self.ctl.clone();
+        spawn_coded(env, async move {
+            ctl.write_stdin(&bytes)
+                .await
+                .map_err(|e| JsFailure::from_core(&e))
+        })
     }
 
     #[napi]
-    pub fn end(&self) -> napi::Result<()> {
-        self.ctl.close_stdin().js()
+    pub fn end(&self, env: &Env) -> napi::Result<()> {
+        self.ctl.close_stdin().js(env)
     }
 
     #[napi]
-    pub fn resize(&self, rows: u32, cols: u32) -> napi::Result<()> {
+    pub fn resize(&self, env: &Env, rows: u32, cols: u32) -> napi::Result<()> {
         let c = |v: u32| v.clamp(1, u16::MAX as u32) as u16;
-        self.ctl.resize(c(rows), c(cols)).js()
+        self.ctl.resize(c(rows), c(cols)).js(env)
     }
 
     #[napi]
-    pub fn kill(&self, signal: i32) -> napi::Result<()> {
-        self.ctl.kill(signal).js()
+    pub fn kill(&self, env: &Env, signal: i32) -> napi::Result<()> {
+        self.ctl.kill(signal).js(env)
     }
 }

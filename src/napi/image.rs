@@ -5,8 +5,12 @@ use std::path::PathBuf;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
-use super::error::js_error;
-use gondolin::image::{self, BuildOptions, ImageError, ImageInfo};
+use napi::bindgen_prelude::PromiseRaw;
+use napi::Env;
+
+use super::error::{spawn_coded, IntoJs, JsFailure};
+use gondolin::error::ErrorCode;
+use gondolin::image::{self, BuildOptions, ImageInfo};
 
 #[napi(object)]
 pub struct NativeImage {
@@ -54,46 +58,45 @@ fn opts(o: NativeBuildOptions) -> BuildOptions {
     }
 }
 
-fn err(e: ImageError) -> napi::Error {
-    js_error(e.code(), e)
-}
-
 /// Read and validate the image in `dir`.
 #[napi]
-pub fn load_image(dir: String) -> napi::Result<NativeImage> {
+pub fn load_image(env: &Env, dir: String) -> napi::Result<NativeImage> {
     image::load_image(std::path::Path::new(&dir))
         .map(Into::into)
-        .map_err(err)
+        .js(env)
 }
 
 /// The image for the current inputs if it is already built.
 #[napi]
-pub fn find_image(options: NativeBuildOptions) -> napi::Result<Option<NativeImage>> {
+pub fn find_image(env: &Env, options: NativeBuildOptions) -> napi::Result<Option<NativeImage>> {
     image::find_built(&opts(options))
         .map(|o| o.map(Into::into))
-        .map_err(err)
+        .js(env)
 }
 
 /// Build (or reuse) the image; `progress` gets one line per stage.
-#[napi]
-pub async fn build_image(
+#[napi(ts_return_type = "Promise<NativeImage>")]
+pub fn build_image<'e>(
+    env: &'e Env,
     options: NativeBuildOptions,
     progress: Option<ThreadsafeFunction<String, (), String, napi::Status, false, true>>,
-) -> napi::Result<NativeImage> {
+) -> napi::Result<PromiseRaw<'e, NativeImage>> {
     let o = opts(options);
-    let job = tokio::task::spawn_blocking(move || {
-        let mut report = |line: &str| {
-            if let Some(f) = &progress {
-                f.call(line.to_string(), ThreadsafeFunctionCallMode::NonBlocking);
-            }
-        };
-        image::build(&o, &mut report)
-    });
-    match job.await {
-        Ok(r) => r.map(Into::into).map_err(err),
-        Err(e) => Err(js_error(
-            "build_failed",
-            format!("the image build crashed: {e}"),
-        )),
-    }
+    spawn_coded(env, async move {
+        let job = tokio::task::spawn_blocking(move || {
+            let mut report = |line: &str| {
+                if let Some(f) = &progress {
+                    f.call(line.to_string(), ThreadsafeFunctionCallMode::NonBlocking);
+                }
+            };
+            image::build(&o, &mut report)
+        });
+        match job.await {
+            Ok(r) => r.map(Into::into).map_err(|e| JsFailure::from_core(&e)),
+            Err(e) => Err(JsFailure::new(
+                ErrorCode::BuildFailed,
+                format!("the image build crashed: {e}"),
+            )),
+        }
+    })
 }

@@ -390,7 +390,7 @@ pub fn memory_provider() -> NativeProvider {
 pub fn realfs_provider(root: String, allow_chown: Option<bool>) -> napi::Result<NativeProvider> {
     if root.is_empty() {
         return Err(js_error(
-            "invalid_argument",
+            "invalid_option",
             "RealFSProvider requires a non-empty rootPath",
         ));
     }
@@ -399,7 +399,7 @@ pub fn realfs_provider(root: String, allow_chown: Option<bool>) -> napi::Result<
     };
     let p = RealFSProvider::with_options(Path::new(&root), options).map_err(|e| {
         js_error(
-            "invalid_argument",
+            "invalid_option",
             format!("RealFSProvider rootPath {root:?}: {e}"),
         )
     })?;
@@ -413,7 +413,7 @@ pub fn realfs_root(root: String) -> napi::Result<String> {
         .map(|p| p.to_string_lossy().into_owned())
         .map_err(|e| {
             js_error(
-                "invalid_argument",
+                "invalid_option",
                 format!("RealFSProvider rootPath {root:?}: {e}"),
             )
         })
@@ -453,7 +453,7 @@ pub fn shadow_provider(
         (None, Some(paths)) => (Arc::new(PathPredicate::new(&paths)), false),
         (None, None) => {
             return Err(js_error(
-                "invalid_argument",
+                "invalid_option",
                 "ShadowProvider requires options.shouldShadow callback",
             ))
         }
@@ -463,7 +463,7 @@ pub fn shadow_provider(
         "tmpfs" => ShadowWriteMode::Tmpfs,
         other => {
             return Err(js_error(
-                "invalid_argument",
+                "invalid_option",
                 format!("ShadowProvider writeMode must be \"deny\" or \"tmpfs\" (got {other:?})"),
             ))
         }
@@ -519,7 +519,7 @@ impl NativeMounts {
         let mounts = std::mem::take(&mut self.mounts);
         let router = MountRouter::new(mounts).map_err(|e| {
             js_error(
-                "invalid_argument",
+                "invalid_option",
                 e.message.clone().unwrap_or_else(|| e.to_string()),
             )
         })?;

@@ -10,10 +10,11 @@ use napi_derive::napi;
 use napi::bindgen_prelude::PromiseRaw;
 use napi::Env;
 
-use super::error::{js_error, IntoJs};
+use super::error::{recover, spawn_coded, IntoJs, JsFailure};
 use super::exec::NativeExec;
 use super::vfs::NativeProvider;
 use gondolin::control::ExecRequest;
+use gondolin::error::ErrorCode;
 use gondolin::vfs::path::check_absolute;
 use gondolin::vfs::server::FsServer;
 use gondolin::vm::{RootfsMode, VfsAttach, Vm, VmConfig};
@@ -106,8 +107,9 @@ pub struct NativeVm {
     net_stats: Option<Arc<gondolin::net::NetStats>>,
 }
 
-fn config(o: NativeVmOptions) -> napi::Result<VmConfig> {
-    let mode = RootfsMode::parse(o.rootfs_mode.as_deref().unwrap_or("cow")).js()?;
+fn config(o: NativeVmOptions) -> Result<VmConfig, JsFailure> {
+    let mode = RootfsMode::parse(o.rootfs_mode.as_deref().unwrap_or("cow"))
+        .map_err(|e| JsFailure::from_core(&e))?;
     let timeout = o.start_timeout_ms.filter(|ms| ms.is_finite() && *ms > 0.0);
     Ok(VmConfig {
         kernel: PathBuf::from(o.kernel),
@@ -130,7 +132,8 @@ fn config(o: NativeVmOptions) -> napi::Result<VmConfig> {
 }
 
 /// Boot a VM and resolve once the guest is ready. `vfsRoot` is the
-/// provider the guest mounts at `fuseMount`.
+/// provider the guest mounts at `fuseMount`. Rejects with a coded error
+/// (`vm_start_timeout`, `qemu_not_found`, `vm_boot_failed`, ...).
 #[napi(ts_return_type = "Promise<NativeVm>")]
 pub fn start_vm<'e>(
     env: &'e Env,
@@ -141,6 +144,36 @@ pub fn start_vm<'e>(
     http_dispatch: Option<crate::http_js::HttpDispatch>,
     http_hooks: Option<Vec<String>>,
 ) -> napi::Result<PromiseRaw<'e, NativeVm>> {
+    let prepared = prepare(options, vfs_root, secrets, http_dispatch, http_hooks);
+    spawn_coded(env, async move {
+        let (cfg, server, egress, net_stats) = prepared?;
+        let vm = Vm::start(&cfg)
+            .await
+            .map_err(|e| JsFailure::from_core(&e))?;
+        Ok(NativeVm {
+            vm: Arc::new(vm),
+            fs: server,
+            egress,
+            net_stats,
+        })
+    })
+}
+
+type Prepared = (
+    VmConfig,
+    Option<Arc<FsServer>>,
+    Option<crate::net::EgressEvents>,
+    Option<Arc<gondolin::net::NetStats>>,
+);
+
+/// Everything `start_vm` builds on the JS thread before the boot.
+fn prepare(
+    options: NativeVmOptions,
+    vfs_root: Option<&NativeProvider>,
+    secrets: Option<&crate::net::NativeSecrets>,
+    http_dispatch: Option<crate::http_js::HttpDispatch>,
+    http_hooks: Option<Vec<String>>,
+) -> Result<Prepared, JsFailure> {
     let fuse_mount = options.fuse_mount.clone().unwrap_or_else(|| "/data".into());
     let binds = options.binds.clone().unwrap_or_default();
     let mut options = options;
@@ -156,7 +189,8 @@ pub fn start_vm<'e>(
             });
             crate::net::attach(n, secrets, hooks)
         })
-        .transpose()?;
+        .transpose()
+        .map_err(recover)?;
     let mut cfg = config(options)?;
     let mut egress = None;
     let mut net_stats = None;
@@ -168,29 +202,21 @@ pub fn start_vm<'e>(
     let server = vfs_root.map(|root| FsServer::new(root.inner.clone()));
     if let Some(server) = &server {
         let fuse_mount = check_absolute(&fuse_mount, "vfs.fuseMount")
-            .map_err(|e| js_error("invalid_option", e.message.unwrap_or_default()))?;
+            .map_err(|e| JsFailure::new(ErrorCode::InvalidOption, e.message.unwrap_or_default()))?;
         cfg.vfs = Some(VfsAttach {
             server: server.clone(),
             fuse_mount,
             binds,
         });
     }
-    env.spawn_future(async move {
-        let vm = Vm::start(&cfg).await.js()?;
-        Ok(NativeVm {
-            vm: Arc::new(vm),
-            fs: server,
-            egress,
-            net_stats,
-        })
-    })
+    Ok((cfg, server, egress, net_stats))
 }
 
 #[napi]
 impl NativeVm {
     /// Start a process; returns at once.
     #[napi]
-    pub fn exec(&self, o: NativeExecOptions) -> napi::Result<NativeExec> {
+    pub fn exec(&self, env: &Env, o: NativeExecOptions) -> napi::Result<NativeExec> {
         let pty = match (o.pty_rows, o.pty_cols) {
             (Some(r), Some(c)) => Some((clamp16(r), clamp16(c))),
             _ => None,
@@ -205,7 +231,7 @@ impl NativeVm {
             stdin_to_file: o.stdin_to_file,
             stdout_from_file: o.stdout_from_file,
         };
-        let handle = self.vm.control().exec(&req).js()?;
+        let handle = self.vm.control().exec(&req).js(env)?;
         Ok(NativeExec::new(handle))
     }
 

@@ -13,6 +13,7 @@ use super::bootdiag::{self, Progress, Step};
 use super::console::Tail;
 use super::{disk, qemu, Accel, RootfsMode, VmConfig, VmError};
 use crate::control::{ControlClient, Disconnect};
+use crate::error::ErrorCode;
 
 /// The control port's name as the guest sees it.
 pub const CONTROL_PORT: &str = "gondolin.control";
@@ -349,7 +350,7 @@ impl Vm {
     /// safe to call concurrently: later callers wait for the same shutdown.
     pub async fn close(&self) {
         self.control.fail(Disconnect {
-            code: "vm_closed",
+            code: ErrorCode::VmClosed,
             message: "the VM was closed".into(),
         });
         if let Some(tx) = self.stop.lock().unwrap().take() {
@@ -424,8 +425,8 @@ async fn supervise(
                 break child.wait().await;
             }
             r = &mut closed, if reader_gone.is_none() => {
-                let d = r.unwrap_or(Disconnect { code: "connection_closed", message: "the control connection closed".into() });
-                if d.code == "protocol_error" {
+                let d = r.unwrap_or(Disconnect { code: ErrorCode::ConnectionClosed, message: "the control connection closed".into() });
+                if d.code == ErrorCode::ProtocolError {
                     // The guest broke the protocol: stop trusting it.
                     control.fail(d.clone());
                     let _ = child.start_kill();
@@ -448,7 +449,7 @@ async fn supervise(
         describe_exit(status, &tail)
     );
     control.fail(Disconnect {
-        code: "vm_exited",
+        code: ErrorCode::VmExited,
         message: reason.clone(),
     });
     let _ = exited.send(Some(reason));

@@ -14,6 +14,8 @@ mod machine;
 mod qemu;
 
 use std::path::PathBuf;
+
+use crate::error::ErrorCode;
 use std::time::Duration;
 
 pub use accel::{detect as detect_accel, Accel, TCG_CMDLINE};
@@ -32,6 +34,15 @@ pub enum RootfsMode {
 }
 
 impl RootfsMode {
+    /// The option value that names this mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Readonly => "readonly",
+            Self::Memory => "memory",
+            Self::Cow => "cow",
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Self, VmError> {
         match s {
             "readonly" => Ok(Self::Readonly),
@@ -137,35 +148,52 @@ impl VmConfig {
     }
 }
 
-/// Parse QEMU's size syntax ("512M", "1G", "2048") into MiB.
+/// The least memory the guest kernel and init boot in.
+pub const MIN_MEMORY_MIB: u64 = 128;
+
+/// Parse QEMU's size syntax ("512M", "1G", "2048" = MiB) into MiB. The one
+/// memory rule: checked when the VM is constructed (`options::resolve`)
+/// and again by [`VmConfig::validate`] for callers of the core alone.
 pub fn parse_memory_mib(s: &str) -> Result<u64, VmError> {
     let bad = || {
         VmError::InvalidOption(format!(
-            "memory must be a size like \"512M\" or \"2G\" (got {s:?})"
+            "memory must be a size like \"512M\" or \"2G\" (got {})",
+            json(s)
         ))
     };
     let t = s.trim();
-    let (num, mul) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let mul = match c.to_ascii_uppercase() {
-                'M' => 1,
-                'G' => 1024,
-                'T' => 1024 * 1024,
-                _ => return Err(bad()),
-            };
-            (&t[..i], mul)
-        }
-        Some(_) => (t, 1),
-        None => return Err(bad()),
+    let (num, mul) = match t.as_bytes().last().map(u8::to_ascii_uppercase) {
+        Some(b'M') => (&t[..t.len() - 1], 1),
+        Some(b'G') => (&t[..t.len() - 1], 1024),
+        Some(b'T') => (&t[..t.len() - 1], 1024 * 1024),
+        _ => (t, 1),
     };
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let mib = n.checked_mul(mul).ok_or_else(bad)?;
-    if !(64..=1024 * 1024).contains(&mib) {
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let mib = num
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(bad)?;
+    if mib < MIN_MEMORY_MIB {
         return Err(VmError::InvalidOption(format!(
-            "memory must be between 64M and 1T (got {s:?})"
+            "memory must be at least {MIN_MEMORY_MIB}M: the guest kernel and init do not boot in less (got {})",
+            json(s)
+        )));
+    }
+    if mib > 1024 * 1024 {
+        return Err(VmError::InvalidOption(format!(
+            "memory must be at most 1T (got {})",
+            json(s)
         )));
     }
     Ok(mib)
+}
+
+/// `s` quoted as JSON, as the JS API quotes values in messages.
+fn json(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,7 +211,7 @@ pub enum VmError {
     #[error("guest asset missing: {0}")]
     MissingAsset(PathBuf),
     #[error("starting QEMU failed: {0}")]
-    Spawn(std::io::Error),
+    Spawn(#[source] std::io::Error),
     /// The second field is the slow-boot report (empty for short timeouts).
     #[error("vm startup timed out after {0}ms while waiting for guest readiness{1}")]
     StartTimeout(u128, String),
@@ -195,20 +223,19 @@ pub enum VmError {
     Io(#[from] std::io::Error),
 }
 
-impl VmError {
-    /// Stable machine-readable code, kept across releases.
-    pub fn code(&self) -> &'static str {
+impl crate::error::Coded for VmError {
+    fn code(&self) -> ErrorCode {
         match self {
-            VmError::InvalidOption(_) => "invalid_option",
-            VmError::QemuNotFound { .. } => "qemu_not_found",
-            VmError::QemuImgNotFound => "qemu_img_not_found",
-            VmError::Overlay(_) => "overlay_failed",
-            VmError::MissingAsset(_) => "missing_asset",
-            VmError::Spawn(_) => "spawn_failed",
-            VmError::StartTimeout(..) => "vm_start_timeout",
-            VmError::BootFailed(_) => "vm_boot_failed",
-            VmError::ProtocolMismatch { .. } => "protocol_mismatch",
-            VmError::Io(_) => "io_error",
+            VmError::InvalidOption(_) => ErrorCode::InvalidOption,
+            VmError::QemuNotFound { .. } => ErrorCode::QemuNotFound,
+            VmError::QemuImgNotFound => ErrorCode::QemuImgNotFound,
+            VmError::Overlay(_) => ErrorCode::OverlayFailed,
+            VmError::MissingAsset(_) => ErrorCode::MissingAsset,
+            VmError::Spawn(_) => ErrorCode::SpawnFailed,
+            VmError::StartTimeout(..) => ErrorCode::VmStartTimeout,
+            VmError::BootFailed(_) => ErrorCode::VmBootFailed,
+            VmError::ProtocolMismatch { .. } => ErrorCode::ProtocolMismatch,
+            VmError::Io(_) => ErrorCode::IoError,
         }
     }
 }
@@ -223,7 +250,18 @@ mod tests {
         assert_eq!(parse_memory_mib("512M").unwrap(), 512);
         assert_eq!(parse_memory_mib("2048").unwrap(), 2048);
         assert_eq!(parse_memory_mib("2g").unwrap(), 2048);
-        for bad in ["", "G", "1X", "-1G", "1.5G", "32M", "99999999999999999999G"] {
+        assert_eq!(parse_memory_mib(" 128m ").unwrap(), 128);
+        for bad in [
+            "",
+            "G",
+            "1X",
+            "-1G",
+            "+1G",
+            "1.5G",
+            "32M",
+            "2T",
+            "99999999999999999999G",
+        ] {
             let e = parse_memory_mib(bad).unwrap_err().to_string();
             assert!(e.starts_with("memory must be"), "{bad}: {e}");
         }

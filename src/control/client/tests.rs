@@ -1,6 +1,7 @@
 //! The client against a scripted fake guest over an in-memory pipe.
 
 use super::*;
+use crate::error::Coded;
 use gondolin_wire::{encode, FrameDecoder, GuestMsg, HostMsg, Stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
@@ -126,13 +127,15 @@ async fn output_beyond_credit_is_a_protocol_violation() {
     })
     .await;
     let reason = conn.closed.await.unwrap();
-    assert_eq!(reason.code, "protocol_error");
+    assert_eq!(reason.code, ErrorCode::ProtocolError);
     c.fail(reason);
     let mut last = None;
     while let Some(b) = h.next_batch(1 << 20).await {
         last = b.last().cloned();
     }
-    assert!(matches!(last, Some(ExecEvent::Failed { code, .. }) if code == "protocol_error"));
+    assert!(
+        matches!(last, Some(ExecEvent::Failed { code, .. }) if code == ErrorCode::ProtocolError)
+    );
     assert!(c.exec(&req(&["x"])).is_err());
 }
 
@@ -146,7 +149,7 @@ async fn garbage_and_eof_fail_pending_execs() {
         .unwrap();
     let b = h.next_batch(1024).await.unwrap();
     assert!(
-        matches!(&b[0], ExecEvent::Failed { code, message } if code == "protocol_error" && message.contains("bad frame"))
+        matches!(&b[0], ExecEvent::Failed { code, message } if *code == ErrorCode::ProtocolError && message.contains("bad frame"))
     );
 
     let (c, conn, g) = pair();
@@ -154,7 +157,9 @@ async fn garbage_and_eof_fail_pending_execs() {
     let mut h = c.exec(&req(&["x"])).unwrap();
     drop(g);
     let b = h.next_batch(1024).await.unwrap();
-    assert!(matches!(&b[0], ExecEvent::Failed { code, .. } if code == "connection_closed"));
+    assert!(
+        matches!(&b[0], ExecEvent::Failed { code, .. } if *code == ErrorCode::ConnectionClosed)
+    );
 }
 
 #[tokio::test]
@@ -200,7 +205,7 @@ async fn stdin_waits_for_credit() {
 async fn invalid_requests_are_refused_locally() {
     let (c, _conn, _g) = pair();
     let e = c.exec(&req(&[])).unwrap_err();
-    assert_eq!(e.code(), "invalid_request");
+    assert_eq!(e.code(), ErrorCode::InvalidRequest);
     let mut r = req(&["x"]);
     r.cwd = Some("rel".into());
     assert!(c
@@ -224,7 +229,7 @@ async fn fail_releases_the_connection() {
     let _h = c.exec(&req(&["sleep", "1"])).unwrap();
     assert!(matches!(g.recv().await, HostMsg::Exec { .. }));
     c.fail(Disconnect {
-        code: "vm_closed",
+        code: ErrorCode::VmClosed,
         message: "closed".into(),
     });
     let mut buf = [0u8; 64];
@@ -233,7 +238,7 @@ async fn fail_releases_the_connection() {
         .expect("the host end must close after fail()")
         .unwrap();
     assert_eq!(n, 0);
-    assert_eq!(conn.closed.await.unwrap().code, "vm_closed");
+    assert_eq!(conn.closed.await.unwrap().code, ErrorCode::VmClosed);
     drop(c);
 }
 
@@ -250,6 +255,6 @@ async fn guest_eof_releases_the_connection() {
         .expect("the host end must close after the guest's EOF")
         .unwrap();
     assert_eq!(n, 0);
-    assert_eq!(conn.closed.await.unwrap().code, "connection_closed");
+    assert_eq!(conn.closed.await.unwrap().code, ErrorCode::ConnectionClosed);
     drop(c);
 }

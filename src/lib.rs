@@ -6,6 +6,7 @@ pub mod control;
 pub mod http;
 pub mod image;
 pub mod net;
+pub mod session;
 pub mod tls;
 pub mod vfs;
 pub mod vm;

@@ -11,6 +11,7 @@ mod exec;
 mod http_js;
 mod image;
 mod net;
+mod session;
 mod vfs;
 mod vfs_call;
 mod vfs_js;

@@ -88,19 +88,27 @@ where
     }
     conn.kill_all();
     drop(conn); // closes the output queue: the writer flushes and shuts down
+    // Flush what is queued (the error, after an oversized line), then give
+    // the peer a moment to hang up; never wait on it for longer.
+    let grace = tokio::time::sleep(HANGUP_GRACE);
+    tokio::pin!(grace);
     if !alive.is_cancelled() {
-        // Flush what is queued (the error, after an oversized line), then
-        // give the peer a moment to hang up; never wait on it for longer.
-        let _ = tokio::time::timeout(HANGUP_GRACE, async {
-            let _ = (&mut writer).await;
-            if too_long {
-                reader.discard_to_end().await;
-            }
-        })
-        .await;
+        tokio::select! {
+            _ = &mut writer => {}
+            _ = &mut grace => alive.cancel(),
+        }
     }
     alive.cancel();
-    let _ = writer.await;
+    if !writer.is_finished() {
+        let _ = writer.await;
+    }
+    if too_long {
+        tokio::select! {
+            _ = reader.discard_to_end() => {}
+            _ = &mut grace => {}
+            _ = stop.cancelled() => {}
+        }
+    }
 }
 
 struct Conn {

@@ -96,7 +96,7 @@ async fn accept_loop(listener: UnixListener, target: Arc<Target>, stop: Cancella
         tokio::select! {
             _ = stop.cancelled() => break,
             // Reap finished connections so the set does not grow.
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            Some(done) = conns.join_next(), if !conns.is_empty() => reaped(done),
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     conns.spawn(conn::serve(stream, target.clone(), stop.clone()));
@@ -110,7 +110,21 @@ async fn accept_loop(listener: UnixListener, target: Arc<Target>, stop: Cancella
         }
     }
     drop(listener);
-    while conns.join_next().await.is_some() {}
+    while let Some(done) = conns.join_next().await {
+        reaped(done);
+    }
+}
+
+/// Connection tasks that panicked (a bug); the tests assert none did.
+#[cfg(test)]
+static CONN_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn reaped(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        tracing::error!(target: "gondolin::session", error = %e, "attach connection task failed");
+        #[cfg(test)]
+        CONN_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 #[cfg(test)]

@@ -317,6 +317,7 @@ async fn protocol_errors_on_a_live_socket() {
 
     server.close().await;
     assert!(!path.exists(), "close removes the socket");
+    assert_eq!(CONN_PANICS.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
@@ -384,4 +385,5 @@ async fn exec_output_stdin_and_exit_in_order_and_disconnect_kills() {
     drop(c);
     assert!(matches!(guest.recv().await, HostMsg::Kill { signal: 9, .. }));
     server.close().await;
+    assert_eq!(CONN_PANICS.load(std::sync::atomic::Ordering::SeqCst), 0);
 }

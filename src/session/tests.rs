@@ -202,12 +202,18 @@ impl FakeGuest {
     }
     /// The next host message that is not a credit return.
     async fn recv(&mut self) -> HostMsg {
+        loop {
+            match self.recv_any().await {
+                HostMsg::Window { .. } => continue,
+                m => return m,
+            }
+        }
+    }
+    async fn recv_any(&mut self) -> HostMsg {
         let mut buf = [0u8; 4096];
         loop {
-            match self.dec.next_message::<HostMsg>().unwrap() {
-                Some(HostMsg::Window { .. }) => continue,
-                Some(m) => return m,
-                None => {}
+            if let Some(m) = self.dec.next_message::<HostMsg>().unwrap() {
+                return m;
             }
             let n = self.io.read(&mut buf).await.unwrap();
             assert!(n > 0, "host closed");
@@ -384,6 +390,52 @@ async fn exec_output_stdin_and_exit_in_order_and_disconnect_kills() {
     assert!(reused, "the id of a finished exec can be used again");
     drop(c);
     assert!(matches!(guest.recv().await, HostMsg::Kill { signal: 9, .. }));
+    server.close().await;
+    assert_eq!(CONN_PANICS.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_stops_the_guest() {
+    let (server, mut guest, path) = server().await;
+    let mut c = Client::connect(&path).await;
+    c.recv().await.unwrap();
+    c.send(json!({"type":"exec","id":1,"argv":["yes"]})).await;
+    let HostMsg::Exec { id, exec } = guest.recv().await else {
+        panic!()
+    };
+    // The guest sends whenever it has credit, until credit stops coming.
+    const CHUNK: u32 = 64 * 1024;
+    let mut credit = exec.stdout_window;
+    let mut sent = 0usize;
+    loop {
+        while credit >= CHUNK {
+            let data = vec![b'y'; CHUNK as usize];
+            guest
+                .send(&GuestMsg::Output {
+                    id,
+                    stream: Stream::Stdout,
+                    data,
+                })
+                .await;
+            credit -= CHUNK;
+            sent += CHUNK as usize;
+        }
+        match tokio::time::timeout(std::time::Duration::from_millis(500), guest.recv_any()).await {
+            Ok(HostMsg::Window { stdout, .. }) => credit += stdout,
+            Ok(m) => panic!("unexpected {m:?}"),
+            Err(_) => break, // stalled: the client is not reading
+        }
+    }
+    assert!(sent < 16 << 20, "host buffered {sent} bytes for a client that does not read");
+    // Reading everything resumes the flow.
+    let mut got = 0usize;
+    while got < sent {
+        let m = c.recv().await.unwrap();
+        assert_eq!(m["type"], "output");
+        got += decode_base64_lenient(m["data"].as_str().unwrap()).len();
+    }
+    assert_eq!(got, sent);
+    assert!(matches!(guest.recv_any().await, HostMsg::Window { .. }));
     server.close().await;
     assert_eq!(CONN_PANICS.load(std::sync::atomic::Ordering::SeqCst), 0);
 }

@@ -88,8 +88,8 @@ where
     }
     conn.kill_all();
     drop(conn); // closes the output queue: the writer flushes and shuts down
-    // Flush what is queued (the error, after an oversized line), then give
-    // the peer a moment to hang up; never wait on it for longer.
+                // Flush what is queued (the error, after an oversized line), then give
+                // the peer a moment to hang up; never wait on it for longer.
     let grace = tokio::time::sleep(HANGUP_GRACE);
     tokio::pin!(grace);
     if !alive.is_cancelled() {
@@ -240,7 +240,11 @@ impl Conn {
 
     fn reap(&mut self, id: u32) {
         // Only if it is the exec that finished, not a newer one with its id.
-        if self.execs.get(&id).is_some_and(|r| r.finished.is_cancelled()) {
+        if self
+            .execs
+            .get(&id)
+            .is_some_and(|r| r.finished.is_cancelled())
+        {
             self.execs.remove(&id);
         }
     }
@@ -337,11 +341,7 @@ async fn feed_stdin(
 }
 
 /// Lines to the socket, coalesced; a failed write ends the connection.
-async fn write_loop<W: AsyncWrite>(
-    w: W,
-    mut rx: mpsc::Receiver<String>,
-    alive: CancellationToken,
-) {
+async fn write_loop<W: AsyncWrite>(w: W, mut rx: mpsc::Receiver<String>, alive: CancellationToken) {
     tokio::pin!(w);
     let mut buf = Vec::with_capacity(64 * 1024);
     loop {

@@ -105,8 +105,8 @@ fn parse_message(v: &Value) -> Result<ClientMsg, Refusal> {
         .get("type")
         .and_then(Value::as_str)
         .ok_or_else(|| invalid(uint32(m.get("id")), "message needs a string type"))?;
-    let id = uint32(m.get("id"))
-        .ok_or_else(|| invalid(None, &format!("{ty} requires a uint32 id")))?;
+    let id =
+        uint32(m.get("id")).ok_or_else(|| invalid(None, &format!("{ty} requires a uint32 id")))?;
     let checked = match ty {
         "exec" => parse_exec(m).map(|exec| ClientMsg::Exec { id, exec }),
         "stdin" => parse_stdin(m, id),

@@ -23,10 +23,11 @@ pub fn exec_request(m: &ExecMsg, base_env: &[String]) -> Result<ExecRequest, Str
             ));
         }
     }
-    let pty = m.pty.then(|| match (m.rows, m.cols) {
+    let size = match (m.rows, m.cols) {
         (Some(r), Some(c)) => (r, c),
         _ => DEFAULT_PTY,
-    });
+    };
+    let pty = m.pty.then_some(size);
     Ok(ExecRequest {
         argv: m.argv.clone(),
         env,
@@ -86,7 +87,10 @@ fn merge_env(base: &[String], extra: Option<&Value>) -> Result<Vec<String>, Stri
             ))
         }
     }
-    Ok(merged.into_iter().map(|(k, v)| format!("{k}={v}")).collect())
+    Ok(merged
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect())
 }
 
 /// `KEY=VALUE` at the first `=`; a bare `KEY` means an empty value.

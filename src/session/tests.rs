@@ -31,7 +31,10 @@ fn a_long_line_fails_before_its_newline_and_stays_failed() {
     d.push(b"123456789");
     assert_eq!(d.next_line(), Err(LineTooLong { max: 8 }));
     d.push(b"\n{}\n");
-    assert!(d.next_line().is_err(), "no resynchronising after an oversized line");
+    assert!(
+        d.next_line().is_err(),
+        "no resynchronising after an oversized line"
+    );
 
     let mut d = LineDecoder::new(8);
     d.push(b"123456789\n");
@@ -52,26 +55,68 @@ fn bad_json_and_bad_shapes_are_invalid_request() {
         (None, Code::InvalidRequest, "invalid JSON message")
     );
     assert_eq!(refusal("[1]").message, "message must be a JSON object");
-    assert_eq!(refusal(r#"{"id":1}"#).message, "message needs a string type");
+    assert_eq!(
+        refusal(r#"{"id":1}"#).message,
+        "message needs a string type"
+    );
     assert_eq!(refusal(r#"{"id":1}"#).id, Some(1));
     let r = refusal(r#"{"type":"exec","id":-1}"#);
-    assert_eq!((r.id, r.message.as_str()), (None, "exec requires a uint32 id"));
+    assert_eq!(
+        (r.id, r.message.as_str()),
+        (None, "exec requires a uint32 id")
+    );
     assert_eq!(refusal(r#"{"type":"exec","id":4294967296}"#).id, None);
     let r = refusal(r#"{"type":"exec","id":1,"argv":[]}"#);
     assert_eq!((r.id, r.code), (Some(1), Code::InvalidRequest));
-    assert_eq!(r.message, "exec requires argv: a non-empty array of strings");
+    assert_eq!(
+        r.message,
+        "exec requires argv: a non-empty array of strings"
+    );
     for (line, msg) in [
-        (r#"{"type":"exec","id":1,"argv":["a",1]}"#, "exec requires argv"),
-        (r#"{"type":"exec","id":1,"argv":["a"],"env":"A=1"}"#, "exec env must be"),
-        (r#"{"type":"exec","id":1,"argv":["a"],"cwd":null}"#, "exec cwd must be a string"),
-        (r#"{"type":"exec","id":1,"argv":["a"],"stdin":1}"#, "exec stdin must be a boolean"),
-        (r#"{"type":"exec","id":1,"argv":["a"],"pty":"y"}"#, "exec pty must be a boolean"),
-        (r#"{"type":"exec","id":1,"argv":["a"],"rows":0}"#, "exec rows/cols must be positive"),
-        (r#"{"type":"exec","id":1,"argv":["a"],"cols":65536}"#, "exec rows/cols must be positive"),
-        (r#"{"type":"stdin","id":1,"data":5}"#, "stdin data must be a base64 string"),
-        (r#"{"type":"stdin","id":1,"eof":"yes"}"#, "stdin eof must be a boolean"),
-        (r#"{"type":"resize","id":1,"rows":2}"#, "resize requires positive integer"),
-        (r#"{"type":"kill","id":1,"signal":1.5}"#, "kill signal must be a name or a number"),
+        (
+            r#"{"type":"exec","id":1,"argv":["a",1]}"#,
+            "exec requires argv",
+        ),
+        (
+            r#"{"type":"exec","id":1,"argv":["a"],"env":"A=1"}"#,
+            "exec env must be",
+        ),
+        (
+            r#"{"type":"exec","id":1,"argv":["a"],"cwd":null}"#,
+            "exec cwd must be a string",
+        ),
+        (
+            r#"{"type":"exec","id":1,"argv":["a"],"stdin":1}"#,
+            "exec stdin must be a boolean",
+        ),
+        (
+            r#"{"type":"exec","id":1,"argv":["a"],"pty":"y"}"#,
+            "exec pty must be a boolean",
+        ),
+        (
+            r#"{"type":"exec","id":1,"argv":["a"],"rows":0}"#,
+            "exec rows/cols must be positive",
+        ),
+        (
+            r#"{"type":"exec","id":1,"argv":["a"],"cols":65536}"#,
+            "exec rows/cols must be positive",
+        ),
+        (
+            r#"{"type":"stdin","id":1,"data":5}"#,
+            "stdin data must be a base64 string",
+        ),
+        (
+            r#"{"type":"stdin","id":1,"eof":"yes"}"#,
+            "stdin eof must be a boolean",
+        ),
+        (
+            r#"{"type":"resize","id":1,"rows":2}"#,
+            "resize requires positive integer",
+        ),
+        (
+            r#"{"type":"kill","id":1,"signal":1.5}"#,
+            "kill signal must be a name or a number",
+        ),
     ] {
         let r = refusal(line);
         assert_eq!((r.id, r.code), (Some(1), Code::InvalidRequest), "{line}");
@@ -88,10 +133,15 @@ fn unknown_type_names_the_id() {
 
 #[test]
 fn well_formed_messages_parse() {
-    assert_eq!(parse_line(b"  \r").unwrap(), None, "blank lines are skipped");
-    let m = parse_line(br#"{"type":"exec","id":3.0,"argv":["sh"],"pty":true,"rows":30,"cols":100}"#)
-        .unwrap()
-        .unwrap();
+    assert_eq!(
+        parse_line(b"  \r").unwrap(),
+        None,
+        "blank lines are skipped"
+    );
+    let m =
+        parse_line(br#"{"type":"exec","id":3.0,"argv":["sh"],"pty":true,"rows":30,"cols":100}"#)
+            .unwrap()
+            .unwrap();
     let ClientMsg::Exec { id: 3, exec } = m else {
         panic!("{m:?}")
     };
@@ -132,13 +182,19 @@ fn replies_keep_the_js_field_order() {
         vm_id: "v",
     }
     .to_line();
-    assert_eq!(line, "{\"type\":\"status\",\"state\":\"running\",\"vmId\":\"v\"}\n");
+    assert_eq!(
+        line,
+        "{\"type\":\"status\",\"state\":\"running\",\"vmId\":\"v\"}\n"
+    );
     let exit = ServerMsg::Exit {
         id: 1,
         exit_code: 0,
         signal: None,
     };
-    assert_eq!(exit.to_line(), "{\"type\":\"exit\",\"id\":1,\"exitCode\":0}\n");
+    assert_eq!(
+        exit.to_line(),
+        "{\"type\":\"exit\",\"id\":1,\"exitCode\":0}\n"
+    );
     let r = Refusal::new(None, Code::PayloadTooLarge, "too long");
     assert_eq!(
         ServerMsg::from(&r).to_line(),
@@ -165,15 +221,32 @@ fn exec_requests_merge_env_and_check_cwd_and_signals() {
     assert!(req.stdin, "a pty exec has stdin");
     assert_eq!(req.pty, Some((24, 80)));
     let env_obj = json!({"type":"exec","id":1,"argv":["x"],"env":{"B":"4"}});
-    assert_eq!(exec_request(&msg(env_obj), &base).unwrap().env, ["A=1", "B=4"]);
+    assert_eq!(
+        exec_request(&msg(env_obj), &base).unwrap().env,
+        ["A=1", "B=4"]
+    );
     for (v, err) in [
-        (json!({"env":[1]}), "exec options.env entries must be strings"),
-        (json!({"env":{"K":1}}), "exec options.env.K must be a string"),
-        (json!({"env":["=x"]}), "exec options.env has an entry with an empty name"),
-        (json!({"cwd":"rel"}), "exec options.cwd must be an absolute path (got \"rel\")"),
+        (
+            json!({"env":[1]}),
+            "exec options.env entries must be strings",
+        ),
+        (
+            json!({"env":{"K":1}}),
+            "exec options.env.K must be a string",
+        ),
+        (
+            json!({"env":["=x"]}),
+            "exec options.env has an entry with an empty name",
+        ),
+        (
+            json!({"cwd":"rel"}),
+            "exec options.cwd must be an absolute path (got \"rel\")",
+        ),
     ] {
         let mut m = json!({"type":"exec","id":1,"argv":["x"]});
-        m.as_object_mut().unwrap().extend(v.as_object().unwrap().clone());
+        m.as_object_mut()
+            .unwrap()
+            .extend(v.as_object().unwrap().clone());
         assert_eq!(exec_request(&msg(m), &base).unwrap_err(), err);
     }
     assert_eq!(signal_number(&SignalArg::Name("SIGKILL".into())), Ok(9));
@@ -241,17 +314,24 @@ impl Client {
     /// The next message; `None` at end of stream.
     async fn recv(&mut self) -> Option<Value> {
         let mut line = String::new();
-        let n = tokio::time::timeout(std::time::Duration::from_secs(10), self.r.read_line(&mut line))
-            .await
-            .expect("a reply within 10 s")
-            .unwrap();
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            self.r.read_line(&mut line),
+        )
+        .await
+        .expect("a reply within 10 s")
+        .unwrap();
         (n > 0).then(|| serde_json::from_str(&line).unwrap())
     }
     async fn expect_error(&mut self, id: Option<u32>, code: &str) -> Value {
         let m = self.recv().await.unwrap();
         assert_eq!(m["type"], "error", "{m}");
         assert_eq!(m["code"], code, "{m}");
-        assert_eq!(m.get("id").and_then(Value::as_u64), id.map(u64::from), "{m}");
+        assert_eq!(
+            m.get("id").and_then(Value::as_u64),
+            id.map(u64::from),
+            "{m}"
+        );
         m
     }
 }
@@ -278,9 +358,15 @@ async fn server() -> (AttachServer, FakeGuest, PathBuf) {
 async fn protocol_errors_on_a_live_socket() {
     let (server, mut guest, path) = server().await;
     use std::os::unix::fs::PermissionsExt as _;
-    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let mut c = Client::connect(&path).await;
-    assert_eq!(c.recv().await.unwrap(), json!({"type":"status","state":"running","vmId":"vm-1"}));
+    assert_eq!(
+        c.recv().await.unwrap(),
+        json!({"type":"status","state":"running","vmId":"vm-1"})
+    );
 
     c.w.write_all(b"{not json\n").await.unwrap();
     let m = c.expect_error(None, "invalid_request").await;
@@ -293,7 +379,8 @@ async fn protocol_errors_on_a_live_socket() {
     c.expect_error(Some(2), "unknown_type").await;
 
     // A running exec (the fake guest never ends it) holds its id.
-    c.send(json!({"type":"exec","id":1,"argv":["sleep","9"],"env":{"X":"y"}})).await;
+    c.send(json!({"type":"exec","id":1,"argv":["sleep","9"],"env":{"X":"y"}}))
+        .await;
     let HostMsg::Exec { exec, .. } = guest.recv().await else {
         panic!()
     };
@@ -305,17 +392,25 @@ async fn protocol_errors_on_a_live_socket() {
     c.send(json!({"type":"stdin","id":1,"data":"aGk="})).await;
     let m = c.expect_error(Some(1), "stdin_disabled").await;
     assert_eq!(m["message"], "stdin was not enabled for this exec");
-    c.send(json!({"type":"kill","id":1,"signal":"SIGNOPE"})).await;
+    c.send(json!({"type":"kill","id":1,"signal":"SIGNOPE"}))
+        .await;
     let m = c.expect_error(Some(1), "invalid_request").await;
     assert_eq!(m["message"], "invalid signal: SIGNOPE");
-    c.send(json!({"type":"exec","id":3,"argv":["x"],"cwd":"rel"})).await;
+    c.send(json!({"type":"exec","id":3,"argv":["x"],"cwd":"rel"}))
+        .await;
     c.expect_error(Some(3), "invalid_request").await;
 
     // An oversized line: the error, then the server hangs up.
-    let big = format!("{{\"type\":\"stdin\",\"id\":1,\"data\":\"{}", "A".repeat(MAX_LINE + 10));
+    let big = format!(
+        "{{\"type\":\"stdin\",\"id\":1,\"data\":\"{}",
+        "A".repeat(MAX_LINE + 10)
+    );
     c.w.write_all(big.as_bytes()).await.unwrap();
     let m = c.expect_error(None, "payload_too_large").await;
-    assert_eq!(m["message"], format!("message line exceeds {MAX_LINE} bytes"));
+    assert_eq!(
+        m["message"],
+        format!("message line exceeds {MAX_LINE} bytes")
+    );
     c.w.shutdown().await.unwrap();
     assert_eq!(c.recv().await, None, "closed after payload_too_large");
     // ... and the exec that connection started is killed.
@@ -331,13 +426,17 @@ async fn exec_output_stdin_and_exit_in_order_and_disconnect_kills() {
     let (server, mut guest, path) = server().await;
     let mut c = Client::connect(&path).await;
     c.recv().await.unwrap();
-    c.send(json!({"type":"exec","id":7,"argv":["cat"],"stdin":true})).await;
+    c.send(json!({"type":"exec","id":7,"argv":["cat"],"stdin":true}))
+        .await;
     let HostMsg::Exec { id, exec } = guest.recv().await else {
         panic!()
     };
     assert!(exec.stdin);
-    guest.send(&GuestMsg::StdinWindow { id, bytes: 1 << 16 }).await;
-    c.send(json!({"type":"stdin","id":7,"data":"aGk=","eof":true})).await;
+    guest
+        .send(&GuestMsg::StdinWindow { id, bytes: 1 << 16 })
+        .await;
+    c.send(json!({"type":"stdin","id":7,"data":"aGk=","eof":true}))
+        .await;
     assert_eq!(
         guest.recv().await,
         HostMsg::Stdin {
@@ -372,15 +471,20 @@ async fn exec_output_stdin_and_exit_in_order_and_disconnect_kills() {
         c.recv().await.unwrap(),
         json!({"type":"output","id":7,"stream":"stderr","data":"aGk="})
     );
-    assert_eq!(c.recv().await.unwrap(), json!({"type":"exit","id":7,"exitCode":3}));
+    assert_eq!(
+        c.recv().await.unwrap(),
+        json!({"type":"exit","id":7,"exitCode":3})
+    );
 
     // The finished id is free again; a second exec dies with the client.
     let mut reused = false;
     for _ in 0..50 {
-        c.send(json!({"type":"exec","id":7,"argv":["sleep","9"]})).await;
-        if let HostMsg::Exec { .. } = tokio::time::timeout(std::time::Duration::from_millis(200), guest.recv())
-            .await
-            .unwrap_or(HostMsg::Ping { seq: 0 })
+        c.send(json!({"type":"exec","id":7,"argv":["sleep","9"]}))
+            .await;
+        if let HostMsg::Exec { .. } =
+            tokio::time::timeout(std::time::Duration::from_millis(200), guest.recv())
+                .await
+                .unwrap_or(HostMsg::Ping { seq: 0 })
         {
             reused = true;
             break;
@@ -389,7 +493,10 @@ async fn exec_output_stdin_and_exit_in_order_and_disconnect_kills() {
     }
     assert!(reused, "the id of a finished exec can be used again");
     drop(c);
-    assert!(matches!(guest.recv().await, HostMsg::Kill { signal: 9, .. }));
+    assert!(matches!(
+        guest.recv().await,
+        HostMsg::Kill { signal: 9, .. }
+    ));
     server.close().await;
     assert_eq!(CONN_PANICS.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
@@ -426,7 +533,10 @@ async fn a_client_that_stops_reading_stops_the_guest() {
             Err(_) => break, // stalled: the client is not reading
         }
     }
-    assert!(sent < 16 << 20, "host buffered {sent} bytes for a client that does not read");
+    assert!(
+        sent < 16 << 20,
+        "host buffered {sent} bytes for a client that does not read"
+    );
     // Reading everything resumes the flow.
     let mut got = 0usize;
     while got < sent {

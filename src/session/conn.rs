@@ -153,7 +153,8 @@ impl Conn {
                     ));
                 }
                 let req = exec_request(&exec, &self.target.env).map_err(|m| invalid(id, m))?;
-                tracing::debug!(target: "gondolin::session", id, argv = ?req.argv, "attach exec");
+                // Under the "exec" debug flag, as `vm.exec` logs; argv only (env values may be secrets).
+                tracing::debug!(target: "gondolin::exec", id, argv = ?req.argv, "attach exec");
                 match self.target.control.exec(&req) {
                     Ok(handle) => self.start(id, handle, req.stdin),
                     Err(e) => {

@@ -87,9 +87,10 @@ where
         }
     }
     conn.kill_all();
-    drop(conn); // closes the output queue: the writer flushes and shuts down
-                // Flush what is queued (the error, after an oversized line), then give
-                // the peer a moment to hang up; never wait on it for longer.
+    // Dropping `conn` closes the output queue: the writer flushes what is
+    // queued (the error, after an oversized line) and shuts down. Give the
+    // peer a moment to hang up; never wait on it for longer.
+    drop(conn);
     let grace = tokio::time::sleep(HANGUP_GRACE);
     tokio::pin!(grace);
     if !alive.is_cancelled() {

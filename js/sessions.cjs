@@ -1,5 +1,5 @@
 "use strict";
-// Session registry and attach server.
+// Session registry and the attach client.
 //
 // Registry: every started VM listens on `<dir>/<id>.sock` (unix socket, mode
 // 0600) and then writes `<dir>/<id>.json` = {id, pid, socketPath, createdAt,
@@ -7,30 +7,15 @@
 // ${XDG_CACHE_HOME:-~/.cache}/gondolin/sessions. vm.close() removes both (an
 // exiting process removes them too); gcSessions() cleans up after crashes.
 //
-// Attach protocol (ours, not upstream's framed CBOR/JSON one): one JSON
-// object per line ("\n"-terminated, at most MAX_LINE bytes) in both
-// directions. `id` is a uint32 chosen by the client, scoped to its connection.
-//   client → server
-//     {type:"exec", id, argv: string[], env?, cwd?, stdin?: bool, pty?: bool, rows?, cols?}
-//     {type:"stdin", id, data?: base64, eof?: bool}
-//     {type:"resize", id, rows, cols}
-//     {type:"kill", id, signal?: "SIGTERM" | number}      (default SIGTERM)
-//   server → client
-//     {type:"status", state:"running", vmId}              once, on connect
-//     {type:"output", id, stream:"stdout"|"stderr", data: base64}
-//     {type:"exit", id, exitCode, signal?}                after all its output
-//     {type:"error", id?, code, message}
-// Error codes: invalid_request (bad JSON / fields), duplicate_id, unknown_id,
-// unknown_type, stdin_disabled, payload_too_large (line too long; the server
-// then closes the connection), plus an exec's own failure code (e.g.
-// vm_closed). The server runs every exec with piped output and stops reading
-// an exec's output while the socket is congested. When a client disconnects
-// its running execs are killed (SIGKILL).
+// The attach server behind the socket is native (src/session/, started by
+// serveAttach in src/napi/session.rs); its JSON-lines protocol is documented
+// in docs/attach-protocol.md. connectToSession() below is the client side.
 
 const fs = require("node:fs");
 const net = require("node:net");
 const os = require("node:os");
 const path = require("node:path");
+const { mergeEnv } = require("./env.cjs");
 
 const MAX_LINE = 1024 * 1024;
 
@@ -190,175 +175,17 @@ function send(socket, msg) {
   return socket.write(`${JSON.stringify(msg)}\n`);
 }
 
-const isUint32 = (v) => Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
-const isStringArray = (v) => Array.isArray(v) && v.every((a) => typeof a === "string");
-const positiveInt = (v) => Number.isInteger(v) && v > 0 && v <= 0xffff;
-
-/** Validate one client message; returns an error string or null. */
-function validate(m) {
-  if (!m || typeof m !== "object" || Array.isArray(m)) return "message must be a JSON object";
-  if (typeof m.type !== "string") return "message needs a string type";
-  if (!isUint32(m.id)) return `${m.type} requires a uint32 id`;
-  switch (m.type) {
-    case "exec":
-      if (!isStringArray(m.argv) || m.argv.length === 0) return "exec requires argv: a non-empty array of strings";
-      if (m.env !== undefined && !isStringArray(m.env) && (typeof m.env !== "object" || m.env === null)) {
-        return "exec env must be an array of KEY=VALUE strings or an object";
-      }
-      if (m.cwd !== undefined && typeof m.cwd !== "string") return "exec cwd must be a string";
-      if (m.stdin !== undefined && typeof m.stdin !== "boolean") return "exec stdin must be a boolean";
-      if (m.pty !== undefined && typeof m.pty !== "boolean") return "exec pty must be a boolean";
-      if ((m.rows !== undefined && !positiveInt(m.rows)) || (m.cols !== undefined && !positiveInt(m.cols))) {
-        return "exec rows/cols must be positive integers";
-      }
-      return null;
-    case "stdin":
-      if (m.data !== undefined && typeof m.data !== "string") return "stdin data must be a base64 string";
-      if (m.eof !== undefined && typeof m.eof !== "boolean") return "stdin eof must be a boolean";
-      return null;
-    case "resize":
-      if (!positiveInt(m.rows) || !positiveInt(m.cols)) return "resize requires positive integer rows and cols";
-      return null;
-    case "kill":
-      if (m.signal !== undefined && typeof m.signal !== "string" && !Number.isInteger(m.signal)) {
-        return "kill signal must be a name or a number";
-      }
-      return null;
-    default:
-      return null;
-  }
-}
-
-/** Serve attach clients for `vm` on `socketPath`; resolves once listening (socket mode 0600). */
-async function serveAttach(vm, socketPath) {
-  fs.rmSync(socketPath, { force: true });
-  const clients = new Set();
-  const server = net.createServer((socket) => {
-    const execs = new Map(); // client id -> { proc, gone }
-    let disconnected = false;
-    clients.add(socket);
-    const fail = (id, code, message) => send(socket, { type: "error", ...(id !== undefined ? { id } : {}), code, message });
-    send(socket, { type: "status", state: "running", vmId: vm.id });
-
-    const startExec = (m) => {
-      if (execs.has(m.id)) return fail(m.id, "duplicate_id", "request id already in use");
-      const proc = vm.exec(m.argv, {
-        env: m.env,
-        cwd: m.cwd,
-        stdin: Boolean(m.stdin || m.pty),
-        pty: Boolean(m.pty),
-        stdout: "pipe",
-        stderr: "pipe",
-      });
-      if (m.pty && m.rows && m.cols) proc.resize(m.rows, m.cols);
-      execs.set(m.id, proc);
-      // Forward output with backpressure; report the exit only after both
-      // streams have been forwarded completely.
-      const ended = ["stdout", "stderr"].map((stream) => {
-        const r = proc[stream];
-        r.on("data", (data) => {
-          if (disconnected) return;
-          if (!send(socket, { type: "output", id: m.id, stream, data: data.toString("base64") })) {
-            r.pause();
-            socket.once("drain", () => r.resume());
-          }
-        });
-        return new Promise((resolve) => {
-          r.once("end", resolve);
-          r.once("error", resolve);
-          r.once("close", resolve);
-        });
-      });
-      proc.then(
-        async (res) => {
-          await Promise.all(ended);
-          send(socket, { type: "exit", id: m.id, exitCode: res.exitCode, ...(res.signal != null ? { signal: res.signal } : {}) });
-        },
-        (err) => fail(m.id, err.code || "exec_failed", err.message),
-      ).finally(() => execs.delete(m.id));
-    };
-
-    const onLine = (line) => {
-      let m;
-      try {
-        m = JSON.parse(line);
-      } catch {
-        return fail(undefined, "invalid_request", "invalid JSON message");
-      }
-      const problem = validate(m);
-      if (problem) return fail(isUint32(m && m.id) ? m.id : undefined, "invalid_request", problem);
-      const proc = execs.get(m.id);
-      try {
-        switch (m.type) {
-          case "exec":
-            return startExec(m);
-          case "stdin":
-            if (!proc) return fail(m.id, "unknown_id", "request id not found");
-            if (m.data) proc.write(Buffer.from(m.data, "base64"));
-            if (m.eof) proc.end();
-            return;
-          case "resize":
-            if (!proc) return fail(m.id, "unknown_id", "request id not found");
-            return proc.resize(m.rows, m.cols);
-          case "kill":
-            if (!proc) return fail(m.id, "unknown_id", "request id not found");
-            proc.kill(m.signal ?? "SIGTERM");
-            return;
-          default:
-            return fail(m.id, "unknown_type", "unsupported message type");
-        }
-      } catch (err) {
-        const code = /stdin was not enabled/.test(err.message) ? "stdin_disabled" : "invalid_request";
-        return fail(m.id, code, err.message);
-      }
-    };
-    lineReader(socket, onLine, () => {
-      fail(undefined, "payload_too_large", `message line exceeds ${MAX_LINE} bytes`);
-      // Flush the error, then hang up (hard, if the peer does not close).
-      socket.end();
-      setTimeout(() => socket.destroy(), 2000).unref();
-    });
-    const cleanup = () => {
-      if (disconnected) return;
-      disconnected = true;
-      clients.delete(socket);
-      // Kill what this client started, and drain its streams so the execs settle.
-      for (const proc of execs.values()) {
-        try {
-          proc.kill("SIGKILL");
-        } catch {}
-        proc.stdout.resume();
-        proc.stderr.resume();
-      }
-      execs.clear();
-    };
-    socket.on("close", cleanup);
-    socket.on("error", () => {});
-  });
-  server.on("error", () => {});
-  await new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(socketPath, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-  fs.chmodSync(socketPath, 0o600);
-  server.unref();
-  return {
-    close: () =>
-      new Promise((resolve) => {
-        for (const c of clients) c.destroy();
-        server.close(() => resolve());
-      }),
-  };
-}
-
 /** Start `vm`'s attach server, then register it; close() undoes both. */
 async function registerVmSession(vm, label) {
   const dir = sessionsDir();
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const server = await serveAttach(vm, path.join(dir, `${vm.id}.sock`));
+  // Required here, not at the top: the CLI's list/attach never load the addon.
+  const { native } = require("./native.cjs");
+  const server = await native.serveAttach(vm._native, {
+    socketPath: path.join(dir, `${vm.id}.sock`),
+    vmId: vm.id,
+    env: mergeEnv([vm._options.env, "env"]),
+  });
   try {
     registerSession({ id: vm.id, label: label ?? process.argv.join(" ") });
   } catch (err) {

@@ -8,6 +8,7 @@ pub mod http;
 pub mod image;
 pub mod net;
 pub mod options;
+pub mod session;
 pub mod tls;
 pub mod vfs;
 pub mod vm;

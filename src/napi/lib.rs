@@ -12,6 +12,7 @@ mod http_js;
 mod image;
 mod net;
 mod options;
+mod session;
 mod vfs;
 mod vfs_call;
 mod vfs_js;

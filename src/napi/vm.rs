@@ -303,6 +303,13 @@ impl NativeVm {
     }
 }
 
+impl NativeVm {
+    /// The VM's control client, for its attach server (`session.rs`).
+    pub(crate) fn control(&self) -> gondolin::control::ControlClient {
+        self.vm.control().clone()
+    }
+}
+
 fn clamp16(v: u32) -> u16 {
     v.clamp(1, u16::MAX as u32) as u16
 }

@@ -31,7 +31,7 @@ pub struct NativeAttachServer {
 }
 
 /// Listen for attach clients of `vm` (protocol: docs/attach-protocol.md).
-/// Rejects with code `session_error` when the socket cannot be created.
+/// Rejects with code `io_error` when the socket cannot be created.
 #[napi(ts_return_type = "Promise<NativeAttachServer>")]
 pub fn serve_attach<'e>(
     env: &'e Env,
@@ -48,7 +48,7 @@ pub fn serve_attach<'e>(
     env.spawn_future(async move {
         let server = AttachServer::bind(&path, target).map_err(|e| {
             js_error(
-                "session_error",
+                "io_error",
                 format!("cannot listen on {}: {e}", path.display()),
             )
         })?;

@@ -20,6 +20,20 @@ struct Slot {
     unacked: [u32; 2],
 }
 
+impl Slot {
+    /// The exec is over: deliver its last event, and wake a writer still
+    /// waiting for stdin credit (it gets `Exited`/`Disconnected`) — the
+    /// guest sends no credit for a finished exec, so it would wait forever.
+    fn end(self, last: Option<ExecEvent>) {
+        if let Some(ev) = last {
+            let _ = self.events.send(ev);
+        }
+        if let Some(s) = self.stdin {
+            s.close();
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     execs: HashMap<u32, Slot>,
@@ -69,7 +83,9 @@ impl Shared {
     }
 
     pub(crate) fn forget(&self, id: u32) {
-        self.state.lock().unwrap().execs.remove(&id);
+        if let Some(slot) = self.state.lock().unwrap().execs.remove(&id) {
+            slot.end(None);
+        }
     }
 
     /// Fail everything pending; the first reason wins.
@@ -80,10 +96,7 @@ impl Shared {
         }
         let d = st.disconnect.clone().unwrap();
         for (_, slot) in st.execs.drain() {
-            let _ = slot.events.send(disconnected(&d));
-            if let Some(s) = slot.stdin {
-                s.close();
-            }
+            slot.end(Some(disconnected(&d)));
         }
         if let Some(tx) = st.ready.take() {
             let _ = tx.send(Err(d));
@@ -124,7 +137,7 @@ impl Shared {
                 signal,
             } => {
                 if let Some(slot) = st.execs.remove(&id) {
-                    let _ = slot.events.send(ExecEvent::Exit { exit_code, signal });
+                    slot.end(Some(ExecEvent::Exit { exit_code, signal }));
                 }
             }
             GuestMsg::StdinWindow { id, bytes } => {
@@ -154,10 +167,10 @@ impl Shared {
                 // an exec ends it.
                 if id != 0 && code != "stdin_backpressure" {
                     if let Some(slot) = st.execs.remove(&id) {
-                        let _ = slot.events.send(ExecEvent::Failed {
+                        slot.end(Some(ExecEvent::Failed {
                             code: ErrorCode::from_guest(&code),
                             message,
-                        });
+                        }));
                     }
                 } else {
                     tracing::debug!(target: "gondolin::exec", id, %code, %message, "guest error");

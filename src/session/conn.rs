@@ -18,6 +18,7 @@ use super::protocol::{parse_line, ClientMsg, Code, Refusal, ServerMsg};
 use super::request::{exec_request, signal_number};
 use super::Target;
 use crate::control::{ExecControl, ExecEvent, ExecHandle, Stream};
+use crate::error::Coded;
 
 /// Lines queued for the socket; past this, senders wait (an exec's output
 /// task then stops taking output, and the guest stops on its window).
@@ -162,7 +163,7 @@ impl Conn {
                         let message = e.to_string();
                         self.emit(ServerMsg::Error {
                             id: Some(id),
-                            code: e.code(),
+                            code: e.code().as_str(),
                             message: &message,
                         })
                         .await
@@ -300,7 +301,7 @@ async fn forward(
                 .to_line(),
                 ExecEvent::Failed { code, message } => ServerMsg::Error {
                     id: Some(id),
-                    code: &code,
+                    code: code.as_str(),
                     message: &message,
                 }
                 .to_line(),

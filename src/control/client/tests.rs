@@ -202,6 +202,33 @@ async fn stdin_waits_for_credit() {
 }
 
 #[tokio::test]
+async fn a_stdin_writer_waiting_for_credit_is_released_when_the_exec_ends() {
+    let (c, _conn, mut g) = pair();
+    let mut r = req(&["true"]);
+    r.stdin = true;
+    let h = c.exec(&r).unwrap();
+    let HostMsg::Exec { id, .. } = g.recv().await else {
+        panic!()
+    };
+    let ctl = h.control();
+    let w = tokio::spawn(async move { ctl.write_stdin(&[1u8; 10]).await });
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert!(!w.is_finished(), "must wait for credit");
+    // The process exits without ever reading stdin: no credit will come.
+    g.send(&GuestMsg::Exit {
+        id,
+        exit_code: 0,
+        signal: None,
+    })
+    .await;
+    let res = tokio::time::timeout(std::time::Duration::from_secs(5), w)
+        .await
+        .expect("the writer must not wait forever")
+        .unwrap();
+    assert!(matches!(res, Err(ControlError::Exited)), "{res:?}");
+}
+
+#[tokio::test]
 async fn invalid_requests_are_refused_locally() {
     let (c, _conn, _g) = pair();
     let e = c.exec(&req(&[])).unwrap_err();

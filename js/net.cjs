@@ -394,7 +394,8 @@ function makeHttpDispatcher(cb) {
           return out;
         }
         default:
-          return { action: "keep" };
+          // Rust sends only native.HttpHook names.
+          throw new TypeError(`unknown HTTP hook ${JSON.stringify(call.hook)}`);
       }
     } catch (err) {
       if (err && err.name === "HttpRequestBlockedError") {

@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
 use super::error::js_error;
+use super::js_callback::JsCallback;
 use gondolin::image::{self, BuildOptions, ImageError, ImageInfo};
 
 #[napi(object)]
@@ -78,13 +78,15 @@ pub fn find_image(options: NativeBuildOptions) -> napi::Result<Option<NativeImag
 #[napi]
 pub async fn build_image(
     options: NativeBuildOptions,
-    progress: Option<ThreadsafeFunction<String, (), String, napi::Status, false, true>>,
+    #[napi(ts_arg_type = "((line: string) => void) | undefined | null")] progress: Option<
+        JsCallback<String, ()>,
+    >,
 ) -> napi::Result<NativeImage> {
     let o = opts(options);
     let job = tokio::task::spawn_blocking(move || {
         let mut report = |line: &str| {
             if let Some(f) = &progress {
-                f.call(line.to_string(), ThreadsafeFunctionCallMode::NonBlocking);
+                f.notify(line.to_string());
             }
         };
         image::build(&o, &mut report)

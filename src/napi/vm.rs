@@ -139,7 +139,7 @@ pub fn start_vm<'e>(
     secrets: Option<&crate::net::NativeSecrets>,
     #[napi(ts_arg_type = "((call: HttpHookCall) => Promise<HttpHookOutcome>) | undefined | null")]
     http_dispatch: Option<crate::http_js::HttpDispatch>,
-    http_hooks: Option<Vec<String>>,
+    http_hooks: Option<Vec<crate::http_js::HttpHook>>,
 ) -> napi::Result<PromiseRaw<'e, NativeVm>> {
     let fuse_mount = options.fuse_mount.clone().unwrap_or_else(|| "/data".into());
     let binds = options.binds.clone().unwrap_or_default();

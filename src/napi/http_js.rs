@@ -260,3 +260,18 @@ impl HttpHooks for JsHttpHooks {
         Ok(response_from(out))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_js_hook_name_maps_to_its_own_core_hook() {
+        let hooks: Vec<Hook> = HttpHook::ALL.iter().map(|&h| h.into()).collect();
+        for (i, h) in hooks.iter().enumerate() {
+            assert!(!hooks[i + 1..].contains(h), "{h:?} twice");
+        }
+        assert_eq!(HttpHook::OnRequestHead.as_str(), "onRequestHead");
+        assert_eq!(HookAction::Blocked.as_str(), "blocked");
+    }
+}

@@ -387,3 +387,48 @@ pub fn missing(op: FsOp, what: &str) -> VfsError {
         format!("provider {} returned no {what}", op.as_str()),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_op_has_one_distinct_js_spelling() {
+        let mut names: Vec<&str> = FsOp::ALL.iter().map(|op| op.as_str()).collect();
+        let n = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), n);
+        assert_eq!(FsOp::ReadFile.as_str(), "readFile");
+        assert_eq!(FsOp::CloseProvider.as_str(), "closeProvider");
+    }
+
+    #[test]
+    fn mutations_report_their_paths_and_reads_none() {
+        use Changes::*;
+        let expect = [
+            (FsOp::Stat, None),
+            (FsOp::Read, None),
+            (FsOp::Open, None),
+            (FsOp::WriteFile, Path),
+            (FsOp::Symlink, Path),
+            (FsOp::Rename, BothPaths),
+            (FsOp::Link, BothPaths),
+            (FsOp::Write, Handle),
+            (FsOp::Futimes, Handle),
+        ];
+        for (op, changes) in expect {
+            assert_eq!(op.changes(), changes, "{op:?}");
+        }
+    }
+
+    #[test]
+    fn only_host_side_whole_file_ops_stay_out_of_js_providers() {
+        let kept: Vec<FsOp> = FsOp::ALL
+            .iter()
+            .copied()
+            .filter(|op| !op.reaches_js())
+            .collect();
+        assert_eq!(kept, [FsOp::ReadFile, FsOp::WriteFile]);
+    }
+}

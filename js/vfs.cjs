@@ -617,7 +617,8 @@ function toNative(provider) {
   return n;
 }
 
-const HOOK_KEYS = ["before", "after", "onRead", "onWrite"];
+/** The `vfs.hooks` members: Rust's HookPhase list. */
+const HOOK_KEYS = Object.values(native.HookPhase);
 
 /** Refuse a `vfs.hooks` key we do not know (naming the nearest) or a non-function. */
 function checkHooks(hooks) {

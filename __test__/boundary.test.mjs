@@ -78,3 +78,11 @@ test("GONDOLIN_DEBUG=vfs: a span with name and duration around each JS provider 
   assert.match(on, /js_call\{name="mkdir"\}.*gondolin::vfs::js.*elapsed_us=\d+ ok=true/);
   assert.doesNotMatch(stderr("net"), /js_call/);
 });
+
+test("a JS answer of the wrong shape fails that call only, with EIO naming the operation", async () => {
+  const p = native.jsProvider(async (call) => (call.op === "stat" ? { stat: { kind: 5 } } : { entries: [] }), false, false);
+  const bad = await p.call({ op: "stat", path: "/" });
+  assert.equal(bad.code, "EIO");
+  assert.match(bad.message, /^JS provider stat failed: .*kind/);
+  assert.deepEqual((await p.call({ op: "readdir", path: "/" })).entries, []);
+});

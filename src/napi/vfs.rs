@@ -14,7 +14,7 @@ use napi::bindgen_prelude::{Buffer, Promise};
 use napi_derive::napi;
 
 use super::error::js_error;
-use super::js_callback::{Component, JsCallback};
+use super::js_callback::{boundary_enum, Component, JsCallback};
 use super::vfs_call::{
     dirents_to_js, stat_to_js, statfs_to_js, time_from_ms, Changes, FsCall, FsOp, FsOutcome,
 };
@@ -363,11 +363,22 @@ impl ShadowPredicate for JsPredicate {
     }
 }
 
+boundary_enum! {
+    /// ShadowProvider `writeMode` (upstream's spellings).
+    WriteMode {
+        /// Writes to shadowed paths fail with `denyWriteErrno`.
+        Deny = "deny",
+        /// Writes to shadowed paths go to the `tmpfs` provider.
+        Tmpfs = "tmpfs",
+    }
+}
+
 #[napi(object)]
 pub struct NativeShadowOptions {
     /// Paths for the native predicate (`createShadowPathPredicate`).
     pub paths: Option<Vec<String>>,
-    pub write_mode: Option<String>,
+    /// Absent = `deny`.
+    pub write_mode: Option<WriteMode>,
     pub deny_symlink_bypass: Option<bool>,
     pub deny_write_errno: Option<i32>,
 }
@@ -513,15 +524,9 @@ pub fn shadow_provider(
             ))
         }
     };
-    let write_mode = match options.write_mode.as_deref().unwrap_or("deny") {
-        "deny" => ShadowWriteMode::Deny,
-        "tmpfs" => ShadowWriteMode::Tmpfs,
-        other => {
-            return Err(js_error(
-                "invalid_argument",
-                format!("ShadowProvider writeMode must be \"deny\" or \"tmpfs\" (got {other:?})"),
-            ))
-        }
+    let write_mode = match options.write_mode.unwrap_or(WriteMode::Deny) {
+        WriteMode::Deny => ShadowWriteMode::Deny,
+        WriteMode::Tmpfs => ShadowWriteMode::Tmpfs,
     };
     let needs_js = js || inner.needs_js || tmpfs.is_some_and(|t| t.needs_js);
     let opts = ShadowOptions {

@@ -5,7 +5,7 @@
 
 const { native } = require("./native.cjs");
 const { fromNative } = require("./errors.cjs");
-const { checkKeys, optionError, KNOWN } = require("./options.cjs");
+const { checkKeys, optionError } = require("./options.cjs");
 
 const kNative = Symbol.for("gondolin.httpHooks.native");
 
@@ -31,7 +31,8 @@ function hostList(v, name) {
   return out;
 }
 
-const CALLBACKS = KNOWN.httpHooks;
+// The httpHooks members: Rust's HttpHook list, less `fetch` (a VM option of its own).
+const CALLBACKS = Object.values(native.HttpHook).filter((h) => h !== native.HttpHook.Fetch);
 
 // Placeholder alphabets for makePlaceholderFunc (ours: upstream 0.13 has
 // such constants, their exact names were not available).
@@ -394,7 +395,8 @@ function makeHttpDispatcher(cb) {
           return out;
         }
         default:
-          return { action: "keep" };
+          // Rust sends only native.HttpHook names.
+          throw new TypeError(`unknown HTTP hook ${JSON.stringify(call.hook)}`);
       }
     } catch (err) {
       if (err && err.name === "HttpRequestBlockedError") {

@@ -15,9 +15,6 @@ const { nearest, optionError } = require("./options.cjs");
 const kNative = Symbol.for("gondolin.nativeProvider");
 const kShadowPaths = Symbol.for("gondolin.shadowPaths");
 const kAttached = Symbol("gondolin.attachedVms");
-// Ops that change what a guest may have cached (path2 also changes for these two).
-const MUTATING = new Set(["writeFile", "mkdir", "rmdir", "unlink", "rename", "link", "symlink", "truncate", "chmod", "chown", "utimes", "write", "ftruncate"]);
-const TWO_PATHS = new Set(["rename", "link"]);
 const ERRNO = os.constants.errno;
 /** Largest read/write the guest sends in one request. */
 const MAX_RPC_DATA = 1024 * 1024;
@@ -215,10 +212,8 @@ class NativeBackedProvider {
   _run(call, syscall, p, sync) {
     const done = (o) => {
       check(o, syscall, p);
-      if (MUTATING.has(call.op)) {
-        this._changed(p);
-        if (TWO_PATHS.has(call.op)) this._changed(call.path2);
-      }
+      // Rust names the paths the operation changed (FsOutcome.changed).
+      if (o.changed) for (const c of o.changed) this._changed(c);
       return o;
     };
     if (sync) return done(this[kNative].callSync(call));
@@ -490,6 +485,8 @@ function has(target, name) {
   return typeof target[name] === "function" || typeof target[name + "Sync"] === "function";
 }
 
+const JS_PROVIDER_OPS = native.jsProviderOps();
+
 /** The dispatcher Rust calls for a JS provider: always resolves to an outcome. */
 function makeDispatcher(provider) {
   const handles = new Map();
@@ -588,6 +585,10 @@ function makeDispatcher(provider) {
     async access(c) { await invoke(provider, "access", [c.path, c.mode]); return {}; },
     async closeProvider() { if (typeof provider.close === "function") await provider.close(); return {}; },
   };
+  // The operation list is Rust's (FsOp): a missing entry is a bug here.
+  for (const op of JS_PROVIDER_OPS) {
+    if (typeof ops[op] !== "function") throw new Error(`gondolin: JS provider dispatcher lacks ${op}`);
+  }
   return async (call) => {
     try {
       const op = ops[call.op];
@@ -616,7 +617,8 @@ function toNative(provider) {
   return n;
 }
 
-const HOOK_KEYS = ["before", "after", "onRead", "onWrite"];
+/** The `vfs.hooks` members: Rust's HookPhase list. */
+const HOOK_KEYS = Object.values(native.HookPhase);
 
 /** Refuse a `vfs.hooks` key we do not know (naming the nearest) or a non-function. */
 function checkHooks(hooks) {

@@ -1,6 +1,6 @@
 //! HTTP hooks written in JavaScript, seen from Rust as [`HttpHooks`].
 //!
-//! Every call goes through one weak threadsafe function to a JS dispatcher
+//! Every call goes through one [`JsCallback`] to a JS dispatcher
 //! (`js/net.cjs`) that builds WHATWG `Request`/`Response` objects, runs the
 //! user's hook and always resolves (errors become outcomes), so a throwing
 //! or wrongly-typed hook fails its own request only.
@@ -9,20 +9,63 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use napi::bindgen_prelude::{Buffer, Promise};
-use napi::threadsafe_function::ThreadsafeFunction;
-use napi::Status;
 use napi_derive::napi;
+
+use super::js_callback::{boundary_enum, Component, JsCallback};
 
 use gondolin::http::hooks::{
     Hook, HookError, HookRequest, HookResponse, HttpHooks, IpCheck, OnRequest,
 };
 
+boundary_enum! {
+    /// The HTTP hooks JS may supply (upstream's `httpHooks` members plus
+    /// `fetch`): the names `startVm` accepts and `HttpHookCall.hook` carries.
+    HttpHook {
+        IsRequestAllowed = "isRequestAllowed",
+        IsIpAllowed = "isIpAllowed",
+        OnRequestHead = "onRequestHead",
+        OnRequest = "onRequest",
+        OnResponse = "onResponse",
+        Fetch = "fetch",
+    }
+}
+
+impl From<HttpHook> for Hook {
+    fn from(h: HttpHook) -> Hook {
+        match h {
+            HttpHook::IsRequestAllowed => Hook::IsRequestAllowed,
+            HttpHook::IsIpAllowed => Hook::IsIpAllowed,
+            HttpHook::OnRequestHead => Hook::OnRequestHead,
+            HttpHook::OnRequest => Hook::OnRequest,
+            HttpHook::OnResponse => Hook::OnResponse,
+            HttpHook::Fetch => Hook::Fetch,
+        }
+    }
+}
+
+boundary_enum! {
+    /// What a hook's outcome says.
+    HookAction {
+        /// isRequestAllowed / isIpAllowed: yes.
+        Allow = "allow",
+        /// isRequestAllowed / isIpAllowed: no.
+        Deny = "deny",
+        /// Leave the request or response as it is.
+        Keep = "keep",
+        /// Replace the request with the outcome's method/url/headers/body.
+        Request = "request",
+        /// Answer with the outcome's status/headers/body.
+        Response = "response",
+        /// The hook threw `HttpRequestBlockedError`: refuse with `status`.
+        Blocked = "blocked",
+        /// The hook threw anything else: the request fails with `message`.
+        Error = "error",
+    }
+}
+
 #[napi(object)]
-#[derive(Default)]
 pub struct HttpHookCall {
-    /// "isRequestAllowed" | "isIpAllowed" | "onRequestHead" | "onRequest" |
-    /// "onResponse" | "fetch"
-    pub hook: String,
+    pub hook: HttpHook,
     pub method: Option<String>,
     pub url: Option<String>,
     pub headers: Option<Vec<Vec<String>>>,
@@ -40,8 +83,7 @@ pub struct HttpHookCall {
 
 #[napi(object)]
 pub struct HttpHookOutcome {
-    /// "allow" | "deny" | "keep" | "request" | "response" | "blocked" | "error"
-    pub action: String,
+    pub action: HookAction,
     pub method: Option<String>,
     pub url: Option<String>,
     pub headers: Option<Vec<Vec<String>>>,
@@ -51,8 +93,8 @@ pub struct HttpHookOutcome {
     pub message: Option<String>,
 }
 
-pub type HttpDispatch =
-    ThreadsafeFunction<HttpHookCall, Promise<HttpHookOutcome>, HttpHookCall, Status, false, true>;
+/// `(call) => Promise<HttpHookOutcome>`.
+pub type HttpDispatch = JsCallback<HttpHookCall, Promise<HttpHookOutcome>>;
 
 pub struct JsHttpHooks {
     dispatch: Arc<HttpDispatch>,
@@ -60,19 +102,8 @@ pub struct JsHttpHooks {
 }
 
 impl JsHttpHooks {
-    pub fn new(dispatch: HttpDispatch, names: &[String]) -> Self {
-        let present = names
-            .iter()
-            .filter_map(|n| match n.as_str() {
-                "isRequestAllowed" => Some(Hook::IsRequestAllowed),
-                "isIpAllowed" => Some(Hook::IsIpAllowed),
-                "onRequestHead" => Some(Hook::OnRequestHead),
-                "onRequest" => Some(Hook::OnRequest),
-                "onResponse" => Some(Hook::OnResponse),
-                "fetch" => Some(Hook::Fetch),
-                _ => None,
-            })
-            .collect();
+    pub fn new(dispatch: HttpDispatch, names: &[HttpHook]) -> Self {
+        let present = names.iter().map(|&h| Hook::from(h)).collect();
         JsHttpHooks {
             dispatch: Arc::new(dispatch),
             present,
@@ -80,22 +111,19 @@ impl JsHttpHooks {
     }
 
     async fn call(&self, call: HttpHookCall) -> Result<HttpHookOutcome, HookError> {
-        let hook = call.hook.clone();
-        let promise = self
+        let hook = call.hook.as_str();
+        let out = self
             .dispatch
-            .call_async(call)
+            .call(Component::Net, hook, call)
             .await
-            .map_err(|e| HookError::Failed(format!("{hook} could not be called: {e}")))?;
-        let out = promise
-            .await
-            .map_err(|e| HookError::Failed(format!("{hook} failed: {e}")))?;
-        match out.action.as_str() {
-            "blocked" => Err(HookError::Blocked {
+            .map_err(|e| HookError::Failed(e.to_string()))?;
+        match out.action {
+            HookAction::Blocked => Err(HookError::Blocked {
                 status: out.status.unwrap_or(403).clamp(100, 599) as u16,
                 status_text: out.status_text.unwrap_or_default(),
                 message: out.message.unwrap_or_else(|| "request blocked".into()),
             }),
-            "error" => Err(HookError::Failed(format!(
+            HookAction::Error => Err(HookError::Failed(format!(
                 "{hook} failed: {}",
                 out.message.unwrap_or_default()
             ))),
@@ -118,14 +146,34 @@ fn pairs_from_js(h: Option<Vec<Vec<String>>>) -> Vec<(String, String)> {
         .collect()
 }
 
-fn request_call(hook: &str, r: &HookRequest) -> HttpHookCall {
+impl HttpHookCall {
+    fn new(hook: HttpHook) -> Self {
+        HttpHookCall {
+            hook,
+            method: None,
+            url: None,
+            headers: None,
+            body: None,
+            status: None,
+            status_text: None,
+            response_headers: None,
+            response_body: None,
+            hostname: None,
+            ip: None,
+            family: None,
+            port: None,
+            protocol: None,
+        }
+    }
+}
+
+fn request_call(hook: HttpHook, r: &HookRequest) -> HttpHookCall {
     HttpHookCall {
-        hook: hook.into(),
         method: Some(r.method.clone()),
         url: Some(r.url.clone()),
         headers: Some(pairs_to_js(&r.headers)),
         body: r.body.as_ref().map(|b| Buffer::from(b.to_vec())),
-        ..Default::default()
+        ..HttpHookCall::new(hook)
     }
 }
 
@@ -139,14 +187,14 @@ fn response_from(out: HttpHookOutcome) -> HookResponse {
 }
 
 fn on_request_outcome(out: HttpHookOutcome, req: HookRequest) -> OnRequest {
-    match out.action.as_str() {
-        "request" => OnRequest::Rewrite(HookRequest {
+    match out.action {
+        HookAction::Request => OnRequest::Rewrite(HookRequest {
             method: out.method.unwrap_or(req.method),
             url: out.url.unwrap_or(req.url),
             headers: pairs_from_js(out.headers),
             body: out.body.map(|b| b.to_vec().into()),
         }),
-        "response" => OnRequest::Respond(response_from(out)),
+        HookAction::Response => OnRequest::Respond(response_from(out)),
         _ => OnRequest::Keep,
     }
 }
@@ -158,32 +206,35 @@ impl HttpHooks for JsHttpHooks {
     }
 
     async fn is_request_allowed(&self, head: &HookRequest) -> Result<bool, HookError> {
-        let out = self.call(request_call("isRequestAllowed", head)).await?;
-        Ok(out.action == "allow")
+        let out = self
+            .call(request_call(HttpHook::IsRequestAllowed, head))
+            .await?;
+        Ok(out.action == HookAction::Allow)
     }
 
     async fn is_ip_allowed(&self, info: &IpCheck) -> Result<bool, HookError> {
         let out = self
             .call(HttpHookCall {
-                hook: "isIpAllowed".into(),
                 hostname: Some(info.hostname.clone()),
                 ip: Some(info.ip.to_string()),
                 family: Some(if info.ip.is_ipv4() { 4 } else { 6 }),
                 port: Some(info.port.into()),
                 protocol: Some(info.protocol.into()),
-                ..Default::default()
+                ..HttpHookCall::new(HttpHook::IsIpAllowed)
             })
             .await?;
-        Ok(out.action == "allow")
+        Ok(out.action == HookAction::Allow)
     }
 
     async fn on_request_head(&self, head: HookRequest) -> Result<OnRequest, HookError> {
-        let out = self.call(request_call("onRequestHead", &head)).await?;
+        let out = self
+            .call(request_call(HttpHook::OnRequestHead, &head))
+            .await?;
         Ok(on_request_outcome(out, head))
     }
 
     async fn on_request(&self, req: HookRequest) -> Result<OnRequest, HookError> {
-        let out = self.call(request_call("onRequest", &req)).await?;
+        let out = self.call(request_call(HttpHook::OnRequest, &req)).await?;
         Ok(on_request_outcome(out, req))
     }
 
@@ -192,20 +243,35 @@ impl HttpHooks for JsHttpHooks {
         resp: HookResponse,
         req: &HookRequest,
     ) -> Result<Option<HookResponse>, HookError> {
-        let mut call = request_call("onResponse", req);
+        let mut call = request_call(HttpHook::OnResponse, req);
         call.status = Some(resp.status.into());
         call.status_text = Some(resp.status_text.clone());
         call.response_headers = Some(pairs_to_js(&resp.headers));
         call.response_body = Some(Buffer::from(resp.body.to_vec()));
         let out = self.call(call).await?;
-        Ok((out.action == "response").then(|| response_from(out)))
+        Ok((out.action == HookAction::Response).then(|| response_from(out)))
     }
 
     async fn fetch(&self, req: HookRequest) -> Result<HookResponse, HookError> {
-        let out = self.call(request_call("fetch", &req)).await?;
-        if out.action != "response" {
+        let out = self.call(request_call(HttpHook::Fetch, &req)).await?;
+        if out.action != HookAction::Response {
             return Err(HookError::Failed("fetch must resolve to a Response".into()));
         }
         Ok(response_from(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_js_hook_name_maps_to_its_own_core_hook() {
+        let hooks: Vec<Hook> = HttpHook::ALL.iter().map(|&h| h.into()).collect();
+        for (i, h) in hooks.iter().enumerate() {
+            assert!(!hooks[i + 1..].contains(h), "{h:?} twice");
+        }
+        assert_eq!(HttpHook::OnRequestHead.as_str(), "onRequestHead");
+        assert_eq!(HookAction::Blocked.as_str(), "blocked");
     }
 }

@@ -2,13 +2,13 @@
 
 use std::path::PathBuf;
 
-use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
 use napi::bindgen_prelude::PromiseRaw;
 use napi::Env;
 
 use super::error::{spawn_coded, IntoJs, JsFailure};
+use super::js_callback::JsCallback;
 use gondolin::error::ErrorCode;
 use gondolin::image::{self, BuildOptions, ImageInfo};
 
@@ -79,14 +79,16 @@ pub fn find_image(env: &Env, options: NativeBuildOptions) -> napi::Result<Option
 pub fn build_image<'e>(
     env: &'e Env,
     options: NativeBuildOptions,
-    progress: Option<ThreadsafeFunction<String, (), String, napi::Status, false, true>>,
+    #[napi(ts_arg_type = "((line: string) => void) | undefined | null")] progress: Option<
+        JsCallback<String, ()>,
+    >,
 ) -> napi::Result<PromiseRaw<'e, NativeImage>> {
     let o = opts(options);
     spawn_coded(env, async move {
         let job = tokio::task::spawn_blocking(move || {
             let mut report = |line: &str| {
                 if let Some(f) = &progress {
-                    f.call(line.to_string(), ThreadsafeFunctionCallMode::NonBlocking);
+                    f.notify(line.to_string());
                 }
             };
             image::build(&o, &mut report)

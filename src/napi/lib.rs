@@ -9,7 +9,9 @@
 mod error;
 mod exec;
 mod http_js;
+mod http_policy;
 mod image;
+mod js_callback;
 mod net;
 mod options;
 mod session;

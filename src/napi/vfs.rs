@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use napi::bindgen_prelude::{Buffer, Promise};
-use napi::threadsafe_function::ThreadsafeFunction;
-use napi::Status;
 use napi_derive::napi;
 
 use super::error::js_error;
-use super::vfs_call::{dirents_to_js, stat_to_js, statfs_to_js, time_from_ms, FsCall, FsOutcome};
+use super::js_callback::{boundary_enum, Component, JsCallback};
+use super::vfs_call::{
+    dirents_to_js, stat_to_js, statfs_to_js, time_from_ms, Changes, FsCall, FsOp, FsOutcome,
+};
 use super::vfs_js::{Dispatch, HookDispatch, HookKinds, JsHooks, JsProvider};
 use gondolin::vfs::hooks::HookedProvider;
 use gondolin::vfs::memory::MemoryProvider;
@@ -30,20 +31,32 @@ use gondolin::vfs::shadow::{
 use gondolin::vfs::{FileHandle, OpenOptions, Provider, SetTimes, VfsError, VfsResult};
 use gondolin_wire::fs::{errno, Caller};
 
+/// A handle JS opened, with the path it was opened by (what a write
+/// through it reports as changed).
+#[derive(Clone)]
+struct Open {
+    handle: Arc<dyn FileHandle>,
+    path: Arc<str>,
+}
+
 /// Handles JS opened on a native provider; closed when the provider is.
 #[derive(Default)]
 struct Handles {
-    map: Mutex<HashMap<u32, Arc<dyn FileHandle>>>,
+    map: Mutex<HashMap<u32, Open>>,
     next: AtomicU32,
 }
 
 impl Handles {
-    fn add(&self, h: Box<dyn FileHandle>) -> u32 {
+    fn add(&self, h: Box<dyn FileHandle>, path: &str) -> u32 {
         let id = self.next.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-        self.map.lock().unwrap().insert(id, Arc::from(h));
+        let open = Open {
+            handle: Arc::from(h),
+            path: path.into(),
+        };
+        self.map.lock().unwrap().insert(id, open);
         id
     }
-    fn get(&self, fh: u32) -> VfsResult<Arc<dyn FileHandle>> {
+    fn open(&self, fh: u32) -> VfsResult<Open> {
         self.map
             .lock()
             .unwrap()
@@ -51,11 +64,15 @@ impl Handles {
             .cloned()
             .ok_or_else(|| VfsError::new(errno::EBADF))
     }
+    fn get(&self, fh: u32) -> VfsResult<Arc<dyn FileHandle>> {
+        self.open(fh).map(|o| o.handle)
+    }
     fn take(&self, fh: u32) -> VfsResult<Arc<dyn FileHandle>> {
         self.map
             .lock()
             .unwrap()
             .remove(&fh)
+            .map(|o| o.handle)
             .ok_or_else(|| VfsError::new(errno::EBADF))
     }
 }
@@ -93,33 +110,46 @@ async fn read_all(h: &dyn FileHandle) -> VfsResult<Vec<u8>> {
     }
 }
 
+/// Run `c`, then name the paths it changed (see [`FsOp::changes`]).
 async fn run(p: Arc<dyn Provider>, handles: Arc<Handles>, c: FsCall) -> VfsResult<FsOutcome> {
+    let changed = match c.op.changes() {
+        Changes::None => None,
+        Changes::Path => Some(vec![c.path()?.to_string()]),
+        Changes::BothPaths => Some(vec![c.path()?.to_string(), c.path2()?.to_string()]),
+        Changes::Handle => Some(vec![handles.open(c.fh()?)?.path.to_string()]),
+    };
+    let out = run_op(p, handles, c).await?;
+    Ok(FsOutcome { changed, ..out })
+}
+
+async fn run_op(p: Arc<dyn Provider>, handles: Arc<Handles>, c: FsCall) -> VfsResult<FsOutcome> {
     let done = FsOutcome::default;
-    let out = match c.op.as_str() {
-        "stat" => FsOutcome {
+    let out = match c.op {
+        FsOp::Stat => FsOutcome {
             stat: Some(stat_to_js(&p.stat(c.path()?).await?)),
             ..done()
         },
-        "lstat" => FsOutcome {
+        FsOp::Lstat => FsOutcome {
             stat: Some(stat_to_js(&p.lstat(c.path()?).await?)),
             ..done()
         },
-        "readdir" => FsOutcome {
+        FsOp::Readdir => FsOutcome {
             entries: Some(dirents_to_js(p.readdir(c.path()?).await?)),
             ..done()
         },
-        "open" => {
+        FsOp::Open => {
             let opts = OpenOptions::from_node_flags(
                 c.flags.as_deref().unwrap_or("r"),
                 c.mode.unwrap_or(0o644),
             )?;
-            let h = p.open(c.path()?, opts).await?;
+            let path = c.path()?;
+            let h = p.open(path, opts).await?;
             FsOutcome {
-                fh: Some(handles.add(h)),
+                fh: Some(handles.add(h, path)),
                 ..done()
             }
         }
-        "read" => {
+        FsOp::Read => {
             let len = FsCall::u64_arg(c.length, "length")?.min(16 << 20) as usize;
             let data = handles
                 .get(c.fh()?)?
@@ -130,7 +160,7 @@ async fn run(p: Arc<dyn Provider>, handles: Arc<Handles>, c: FsCall) -> VfsResul
                 ..done()
             }
         }
-        "write" => {
+        FsOp::Write => {
             let data = c.data.as_deref().unwrap_or(&[]);
             let n = handles
                 .get(c.fh()?)?
@@ -141,26 +171,26 @@ async fn run(p: Arc<dyn Provider>, handles: Arc<Handles>, c: FsCall) -> VfsResul
                 ..done()
             }
         }
-        "fstat" => FsOutcome {
+        FsOp::Fstat => FsOutcome {
             stat: Some(stat_to_js(&handles.get(c.fh()?)?.stat().await?)),
             ..done()
         },
-        "ftruncate" => {
+        FsOp::Ftruncate => {
             handles
                 .get(c.fh()?)?
                 .truncate(FsCall::u64_arg(c.length.or(Some(0.0)), "length")?)
                 .await?;
             done()
         }
-        "fsync" => {
+        FsOp::Fsync => {
             handles.get(c.fh()?)?.sync().await?;
             done()
         }
-        "close" => {
+        FsOp::Close => {
             handles.take(c.fh()?)?.close().await?;
             done()
         }
-        "readFile" => {
+        FsOp::ReadFile => {
             let h = p.open(c.path()?, OpenOptions::read_only()).await?;
             let r = read_all(&*h).await;
             h.close().await?;
@@ -169,7 +199,7 @@ async fn run(p: Arc<dyn Provider>, handles: Arc<Handles>, c: FsCall) -> VfsResul
                 ..done()
             }
         }
-        "writeFile" => {
+        FsOp::WriteFile => {
             let opts = OpenOptions::from_node_flags(
                 c.flags.as_deref().unwrap_or("w"),
                 c.mode.unwrap_or(0o644),
@@ -195,39 +225,39 @@ async fn run(p: Arc<dyn Provider>, handles: Arc<Handles>, c: FsCall) -> VfsResul
             r?;
             done()
         }
-        "mkdir" => {
+        FsOp::Mkdir => {
             p.mkdir(c.path()?, c.mode.unwrap_or(0o755)).await?;
             done()
         }
-        "rmdir" => {
+        FsOp::Rmdir => {
             p.rmdir(c.path()?).await?;
             done()
         }
-        "unlink" => {
+        FsOp::Unlink => {
             p.unlink(c.path()?).await?;
             done()
         }
-        "rename" => {
+        FsOp::Rename => {
             p.rename(c.path()?, c.path2()?).await?;
             done()
         }
-        "link" => {
+        FsOp::Link => {
             p.link(c.path()?, c.path2()?).await?;
             done()
         }
-        "symlink" => {
+        FsOp::Symlink => {
             p.symlink(c.path2()?, c.path()?).await?;
             done()
         }
-        "readlink" => FsOutcome {
+        FsOp::Readlink => FsOutcome {
             target: Some(p.readlink(c.path()?).await?),
             ..done()
         },
-        "realpath" => FsOutcome {
+        FsOp::Realpath => FsOutcome {
             target: Some(p.realpath(c.path()?).await?),
             ..done()
         },
-        "truncate" => {
+        FsOp::Truncate => {
             p.truncate(
                 c.path()?,
                 FsCall::u64_arg(c.length.or(Some(0.0)), "length")?,
@@ -235,27 +265,23 @@ async fn run(p: Arc<dyn Provider>, handles: Arc<Handles>, c: FsCall) -> VfsResul
             .await?;
             done()
         }
-        "chmod" => {
+        FsOp::Chmod => {
             p.chmod(c.path()?, c.mode.unwrap_or(0o644)).await?;
             done()
         }
-        "chown" => {
+        FsOp::Chown => {
             p.chown(c.path()?, c.uid, c.gid).await?;
             done()
         }
-        "utimes" => {
-            let times = SetTimes {
-                atime: c.atime_ms.map(time_from_ms),
-                mtime: c.mtime_ms.map(time_from_ms),
-            };
-            p.set_times(c.path()?, times).await?;
+        FsOp::Utimes => {
+            p.set_times(c.path()?, times(&c)).await?;
             done()
         }
-        "statfs" => FsOutcome {
+        FsOp::Statfs => FsOutcome {
             statfs: Some(statfs_to_js(&p.statfs(c.path()?).await?)),
             ..done()
         },
-        "access" => {
+        FsOp::Access => {
             let (path, mask) = (c.path()?, c.mode.unwrap_or(0) as i32);
             match p.access(path, mask).await {
                 // The provider left the permission bits to us: check them
@@ -273,13 +299,32 @@ async fn run(p: Arc<dyn Provider>, handles: Arc<Handles>, c: FsCall) -> VfsResul
             }
             done()
         }
-        other => {
-            return Err(VfsError::invalid(format!(
-                "unknown provider operation {other:?}"
-            )))
+        FsOp::Fchmod => {
+            handles.get(c.fh()?)?.chmod(c.mode.unwrap_or(0o644)).await?;
+            done()
+        }
+        FsOp::Fchown => {
+            handles.get(c.fh()?)?.chown(c.uid, c.gid).await?;
+            done()
+        }
+        FsOp::Futimes => {
+            handles.get(c.fh()?)?.set_times(times(&c)).await?;
+            done()
+        }
+        FsOp::CloseProvider => {
+            p.close().await?;
+            done()
         }
     };
     Ok(out)
+}
+
+/// `atimeMs`/`mtimeMs` (absent = leave alone).
+fn times(c: &FsCall) -> SetTimes {
+    SetTimes {
+        atime: c.atime_ms.map(time_from_ms),
+        mtime: c.mtime_ms.map(time_from_ms),
+    }
 }
 
 fn outcome(r: VfsResult<FsOutcome>) -> FsOutcome {
@@ -287,8 +332,7 @@ fn outcome(r: VfsResult<FsOutcome>) -> FsOutcome {
 }
 
 /// `(ctx) => Promise<boolean>` for a JS `shouldShadow` predicate.
-pub type PredicateDispatch =
-    ThreadsafeFunction<ShadowCall, Promise<bool>, ShadowCall, Status, false, true>;
+pub type PredicateDispatch = JsCallback<ShadowCall, Promise<bool>>;
 
 #[napi(object)]
 pub struct ShadowCall {
@@ -312,10 +356,20 @@ impl ShadowPredicate for JsPredicate {
             new_path: ctx.new_path.clone(),
         };
         // A predicate that cannot answer shadows: fail closed.
-        match self.0.call_async(call).await {
-            Ok(p) => p.await.unwrap_or(true),
-            Err(_) => true,
-        }
+        self.0
+            .call(Component::Vfs, "shouldShadow", call)
+            .await
+            .unwrap_or(true)
+    }
+}
+
+boundary_enum! {
+    /// ShadowProvider `writeMode` (upstream's spellings).
+    WriteMode {
+        /// Writes to shadowed paths fail with `denyWriteErrno`.
+        Deny = "deny",
+        /// Writes to shadowed paths go to the `tmpfs` provider.
+        Tmpfs = "tmpfs",
     }
 }
 
@@ -323,7 +377,8 @@ impl ShadowPredicate for JsPredicate {
 pub struct NativeShadowOptions {
     /// Paths for the native predicate (`createShadowPathPredicate`).
     pub paths: Option<Vec<String>>,
-    pub write_mode: Option<String>,
+    /// Absent = `deny`.
+    pub write_mode: Option<WriteMode>,
     pub deny_symlink_bypass: Option<bool>,
     pub deny_write_errno: Option<i32>,
 }
@@ -427,6 +482,17 @@ pub fn readonly_provider(inner: &NativeProvider) -> NativeProvider {
     )
 }
 
+/// The operations a JS provider's dispatcher must answer (see
+/// [`FsOp::reaches_js`]); `js/vfs.cjs` checks its table against it.
+#[napi]
+pub fn js_provider_ops() -> Vec<FsOp> {
+    FsOp::ALL
+        .iter()
+        .copied()
+        .filter(|op| op.reaches_js())
+        .collect()
+}
+
 /// A provider implemented in JS: `dispatch(call)` resolves to an outcome.
 #[napi]
 pub fn js_provider(
@@ -458,15 +524,9 @@ pub fn shadow_provider(
             ))
         }
     };
-    let write_mode = match options.write_mode.as_deref().unwrap_or("deny") {
-        "deny" => ShadowWriteMode::Deny,
-        "tmpfs" => ShadowWriteMode::Tmpfs,
-        other => {
-            return Err(js_error(
-                "invalid_option",
-                format!("ShadowProvider writeMode must be \"deny\" or \"tmpfs\" (got {other:?})"),
-            ))
-        }
+    let write_mode = match options.write_mode.unwrap_or(WriteMode::Deny) {
+        WriteMode::Deny => ShadowWriteMode::Deny,
+        WriteMode::Tmpfs => ShadowWriteMode::Tmpfs,
     };
     let needs_js = js || inner.needs_js || tmpfs.is_some_and(|t| t.needs_js);
     let opts = ShadowOptions {

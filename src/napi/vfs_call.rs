@@ -14,12 +14,92 @@ use gondolin::vfs::{
 };
 use gondolin_wire::fs::errno;
 
-/// A filesystem operation. `op` names it; the other fields are its
-/// arguments (see `js/vfs.cjs` for the list of ops).
+use super::js_callback::boundary_enum;
+
+boundary_enum! {
+    /// The filesystem operations, as `FsCall.op` spells them: the one list
+    /// (the JS dispatcher in `js/vfs.cjs` checks it covers every one).
+    FsOp {
+        Stat = "stat",
+        Lstat = "lstat",
+        Readdir = "readdir",
+        Open = "open",
+        /// `fh`, `offset`, `length` → `data`.
+        Read = "read",
+        /// `fh`, `offset`, `data` → `n`.
+        Write = "write",
+        Fstat = "fstat",
+        Ftruncate = "ftruncate",
+        Fchmod = "fchmod",
+        Fchown = "fchown",
+        Futimes = "futimes",
+        Fsync = "fsync",
+        Close = "close",
+        /// Whole file by path (host-side convenience; never sent by a guest).
+        ReadFile = "readFile",
+        WriteFile = "writeFile",
+        Mkdir = "mkdir",
+        Rmdir = "rmdir",
+        Unlink = "unlink",
+        /// `path` → `path2`.
+        Rename = "rename",
+        /// `path` (existing) → `path2` (new name).
+        Link = "link",
+        /// A link at `path` pointing to `path2`.
+        Symlink = "symlink",
+        Readlink = "readlink",
+        Realpath = "realpath",
+        Truncate = "truncate",
+        Chmod = "chmod",
+        Chown = "chown",
+        Utimes = "utimes",
+        Statfs = "statfs",
+        /// `mode` is the access mask.
+        Access = "access",
+        /// The provider is being released (sent to JS providers only).
+        CloseProvider = "closeProvider",
+    }
+}
+
+/// Which paths a successful operation changed, for `FsOutcome.changed`
+/// (host-made changes that guests must stop caching, `vfs.hooks` users).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Changes {
+    None,
+    /// `path`.
+    Path,
+    /// `path` and `path2` (rename, link).
+    BothPaths,
+    /// The path the handle `fh` was opened with.
+    Handle,
+}
+
+impl FsOp {
+    /// Sent by `JsProvider` to a JS provider's dispatcher: all but the
+    /// whole-file conveniences, which only JS sends (to native providers).
+    pub fn reaches_js(self) -> bool {
+        !matches!(self, FsOp::ReadFile | FsOp::WriteFile)
+    }
+
+    pub fn changes(self) -> Changes {
+        use FsOp::*;
+        match self {
+            WriteFile | Mkdir | Rmdir | Unlink | Symlink | Truncate | Chmod | Chown | Utimes => {
+                Changes::Path
+            }
+            Rename | Link => Changes::BothPaths,
+            Write | Ftruncate | Fchmod | Fchown | Futimes => Changes::Handle,
+            Stat | Lstat | Readdir | Open | Read | Fstat | Fsync | Close | ReadFile | Readlink
+            | Realpath | Statfs | Access | CloseProvider => Changes::None,
+        }
+    }
+}
+
+/// A filesystem operation: `op` names it; the other fields are its
+/// arguments (see [`FsOp`] for which).
 #[napi(object)]
-#[derive(Default)]
 pub struct FsCall {
-    pub op: String,
+    pub op: FsOp,
     pub path: Option<String>,
     /// Second path: `rename`/`link` destination, `symlink` target.
     pub path2: Option<String>,
@@ -36,33 +116,49 @@ pub struct FsCall {
 }
 
 impl FsCall {
-    pub fn at(op: &str, path: &str) -> Self {
+    /// `op` with no arguments yet.
+    pub fn new(op: FsOp) -> Self {
         FsCall {
-            op: op.into(),
-            path: Some(path.into()),
-            ..Default::default()
+            op,
+            path: None,
+            path2: None,
+            fh: None,
+            offset: None,
+            length: None,
+            mode: None,
+            flags: None,
+            data: None,
+            uid: None,
+            gid: None,
+            atime_ms: None,
+            mtime_ms: None,
         }
     }
-    pub fn on(op: &str, fh: u32) -> Self {
+    pub fn at(op: FsOp, path: &str) -> Self {
         FsCall {
-            op: op.into(),
+            path: Some(path.into()),
+            ..FsCall::new(op)
+        }
+    }
+    pub fn on(op: FsOp, fh: u32) -> Self {
+        FsCall {
             fh: Some(fh),
-            ..Default::default()
+            ..FsCall::new(op)
         }
     }
     pub fn path(&self) -> VfsResult<&str> {
         self.path
             .as_deref()
-            .ok_or_else(|| VfsError::invalid(format!("{}: missing path", self.op)))
+            .ok_or_else(|| VfsError::invalid(format!("{}: missing path", self.op.as_str())))
     }
     pub fn path2(&self) -> VfsResult<&str> {
         self.path2
             .as_deref()
-            .ok_or_else(|| VfsError::invalid(format!("{}: missing second path", self.op)))
+            .ok_or_else(|| VfsError::invalid(format!("{}: missing second path", self.op.as_str())))
     }
     pub fn fh(&self) -> VfsResult<u32> {
         self.fh
-            .ok_or_else(|| VfsError::invalid(format!("{}: missing handle", self.op)))
+            .ok_or_else(|| VfsError::invalid(format!("{}: missing handle", self.op.as_str())))
     }
     pub fn u64_arg(v: Option<f64>, what: &str) -> VfsResult<u64> {
         match v {
@@ -123,6 +219,9 @@ pub struct FsOutcome {
     pub n: Option<f64>,
     pub target: Option<String>,
     pub statfs: Option<FsStatfs>,
+    /// Paths (as the call named them) this operation changed; set by
+    /// native providers on success (see [`FsOp::changes`]).
+    pub changed: Option<Vec<String>>,
 }
 
 impl FsOutcome {
@@ -282,6 +381,54 @@ pub fn statfs_from_js(s: FsStatfs) -> StatFs {
 }
 
 /// An outcome that must carry `what`, else the JS provider broke the contract.
-pub fn missing(op: &str, what: &str) -> VfsError {
-    VfsError::with_message(errno::EIO, format!("provider {op} returned no {what}"))
+pub fn missing(op: FsOp, what: &str) -> VfsError {
+    VfsError::with_message(
+        errno::EIO,
+        format!("provider {} returned no {what}", op.as_str()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_op_has_one_distinct_js_spelling() {
+        let mut names: Vec<&str> = FsOp::ALL.iter().map(|op| op.as_str()).collect();
+        let n = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), n);
+        assert_eq!(FsOp::ReadFile.as_str(), "readFile");
+        assert_eq!(FsOp::CloseProvider.as_str(), "closeProvider");
+    }
+
+    #[test]
+    fn mutations_report_their_paths_and_reads_none() {
+        use Changes::*;
+        let expect = [
+            (FsOp::Stat, None),
+            (FsOp::Read, None),
+            (FsOp::Open, None),
+            (FsOp::WriteFile, Path),
+            (FsOp::Symlink, Path),
+            (FsOp::Rename, BothPaths),
+            (FsOp::Link, BothPaths),
+            (FsOp::Write, Handle),
+            (FsOp::Futimes, Handle),
+        ];
+        for (op, changes) in expect {
+            assert_eq!(op.changes(), changes, "{op:?}");
+        }
+    }
+
+    #[test]
+    fn only_host_side_whole_file_ops_stay_out_of_js_providers() {
+        let kept: Vec<FsOp> = FsOp::ALL
+            .iter()
+            .copied()
+            .filter(|op| !op.reaches_js())
+            .collect();
+        assert_eq!(kept, [FsOp::ReadFile, FsOp::WriteFile]);
+    }
 }

@@ -1,42 +1,37 @@
 //! Providers and hooks written in JavaScript, seen from Rust as ordinary
 //! [`Provider`] / [`VfsHooks`] implementations.
 //!
-//! Each call goes through a weak threadsafe function to one JS dispatcher
-//! (built by `js/vfs.cjs`) that always returns a Promise of an
-//! [`FsOutcome`]: tokio awaits it without blocking any thread, so a JS
-//! provider that itself uses `fs.promises` cannot deadlock Node's threadpool.
+//! Each call goes through a [`JsCallback`] to one JS dispatcher (built by
+//! `js/vfs.cjs`) that always returns a Promise of an [`FsOutcome`]: tokio
+//! awaits it without blocking any thread, so a JS provider that itself uses
+//! `fs.promises` cannot deadlock Node's threadpool.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use napi::bindgen_prelude::{Buffer, Promise};
-use napi::threadsafe_function::ThreadsafeFunction;
-use napi::Status;
 use napi_derive::napi;
 
-use super::vfs_call::{kind_from_name, missing, stat_from_js, statfs_from_js, FsCall, FsOutcome};
+use super::js_callback::{boundary_enum, Component, JsCallback};
+use super::vfs_call::{
+    kind_from_name, missing, stat_from_js, statfs_from_js, FsCall, FsOp, FsOutcome,
+};
 use gondolin::vfs::hooks::{ContentHooks, HookContext, VfsHooks};
 use gondolin::vfs::{
     DirEntry, FileHandle, Metadata, OpenOptions, Provider, SetTimes, StatFs, VfsError, VfsResult,
 };
 use gondolin_wire::fs::errno;
 
-/// `(call) => Promise<FsOutcome>`, unref'd so it never keeps Node alive.
-pub type Dispatch = ThreadsafeFunction<FsCall, Promise<FsOutcome>, FsCall, Status, false, true>;
+/// `(call) => Promise<FsOutcome>`.
+pub type Dispatch = JsCallback<FsCall, Promise<FsOutcome>>;
 
 async fn call_js(dispatch: &Dispatch, call: FsCall) -> VfsResult<FsOutcome> {
-    let op = call.op.clone();
-    let promise = dispatch.call_async(call).await.map_err(|e| {
-        VfsError::with_message(
-            errno::EIO,
-            format!("JS provider {op} could not be called: {e}"),
-        )
-    })?;
-    let outcome = promise
+    dispatch
+        .call(Component::Vfs, call.op.as_str(), call)
         .await
-        .map_err(|e| VfsError::with_message(errno::EIO, format!("JS provider {op} failed: {e}")))?;
-    outcome.into_result()
+        .map_err(|e| VfsError::with_message(errno::EIO, format!("JS provider {e}")))?
+        .into_result()
 }
 
 /// `call` carrying `times` as JS milliseconds (absent = leave alone).
@@ -81,7 +76,7 @@ impl JsProvider {
         tokio::spawn(async move {
             let r = call_js(&dispatch, call).await;
             if let Err(Ok(FsOutcome { fh: Some(fh), .. })) = tx.send(r) {
-                let _ = call_js(&dispatch, FsCall::on("close", fh)).await;
+                let _ = call_js(&dispatch, FsCall::on(FsOp::Close, fh)).await;
             }
         });
         rx.await
@@ -92,7 +87,7 @@ impl JsProvider {
         self.call(call).await.map(|_| ())
     }
 
-    async fn stat_op(&self, op: &str, path: &str) -> VfsResult<Metadata> {
+    async fn stat_op(&self, op: FsOp, path: &str) -> VfsResult<Metadata> {
         let o = self.call(FsCall::at(op, path)).await?;
         o.stat.map(stat_from_js).ok_or_else(|| missing(op, "stat"))
     }
@@ -108,14 +103,14 @@ impl Provider for JsProvider {
     }
 
     async fn stat(&self, path: &str) -> VfsResult<Metadata> {
-        self.stat_op("stat", path).await
+        self.stat_op(FsOp::Stat, path).await
     }
     async fn lstat(&self, path: &str) -> VfsResult<Metadata> {
-        self.stat_op("lstat", path).await
+        self.stat_op(FsOp::Lstat, path).await
     }
     async fn readdir(&self, path: &str) -> VfsResult<Vec<DirEntry>> {
-        let o = self.call(FsCall::at("readdir", path)).await?;
-        let entries = o.entries.ok_or_else(|| missing("readdir", "entries"))?;
+        let o = self.call(FsCall::at(FsOp::Readdir, path)).await?;
+        let entries = o.entries.ok_or_else(|| missing(FsOp::Readdir, "entries"))?;
         Ok(entries
             .into_iter()
             .map(|e| DirEntry {
@@ -128,7 +123,7 @@ impl Provider for JsProvider {
         let open = |flags: &str| FsCall {
             flags: Some(flags.into()),
             mode: Some(opts.mode),
-            ..FsCall::at("open", path)
+            ..FsCall::at(FsOp::Open, path)
         };
         let flags = opts.node_flags();
         // Node has no flag for O_CREAT without O_TRUNC ("r+" does not
@@ -148,7 +143,7 @@ impl Provider for JsProvider {
             }
             r => r?,
         };
-        let fh = o.fh.ok_or_else(|| missing("open", "handle"))?;
+        let fh = o.fh.ok_or_else(|| missing(FsOp::Open, "handle"))?;
         Ok(Box::new(JsFileHandle {
             dispatch: self.dispatch.clone(),
             fh,
@@ -158,52 +153,52 @@ impl Provider for JsProvider {
     async fn mkdir(&self, path: &str, mode: u32) -> VfsResult<()> {
         self.unit(FsCall {
             mode: Some(mode),
-            ..FsCall::at("mkdir", path)
+            ..FsCall::at(FsOp::Mkdir, path)
         })
         .await
     }
     async fn rmdir(&self, path: &str) -> VfsResult<()> {
-        self.unit(FsCall::at("rmdir", path)).await
+        self.unit(FsCall::at(FsOp::Rmdir, path)).await
     }
     async fn unlink(&self, path: &str) -> VfsResult<()> {
-        self.unit(FsCall::at("unlink", path)).await
+        self.unit(FsCall::at(FsOp::Unlink, path)).await
     }
     async fn rename(&self, from: &str, to: &str) -> VfsResult<()> {
         self.unit(FsCall {
             path2: Some(to.into()),
-            ..FsCall::at("rename", from)
+            ..FsCall::at(FsOp::Rename, from)
         })
         .await
     }
     async fn link(&self, existing: &str, new_path: &str) -> VfsResult<()> {
         self.unit(FsCall {
             path2: Some(new_path.into()),
-            ..FsCall::at("link", existing)
+            ..FsCall::at(FsOp::Link, existing)
         })
         .await
     }
     async fn symlink(&self, target: &str, path: &str) -> VfsResult<()> {
         self.unit(FsCall {
             path2: Some(target.into()),
-            ..FsCall::at("symlink", path)
+            ..FsCall::at(FsOp::Symlink, path)
         })
         .await
     }
     async fn readlink(&self, path: &str) -> VfsResult<String> {
-        let o = self.call(FsCall::at("readlink", path)).await?;
-        o.target.ok_or_else(|| missing("readlink", "target"))
+        let o = self.call(FsCall::at(FsOp::Readlink, path)).await?;
+        o.target.ok_or_else(|| missing(FsOp::Readlink, "target"))
     }
     async fn truncate(&self, path: &str, len: u64) -> VfsResult<()> {
         self.unit(FsCall {
             length: Some(len as f64),
-            ..FsCall::at("truncate", path)
+            ..FsCall::at(FsOp::Truncate, path)
         })
         .await
     }
     async fn chmod(&self, path: &str, mode: u32) -> VfsResult<()> {
         self.unit(FsCall {
             mode: Some(mode),
-            ..FsCall::at("chmod", path)
+            ..FsCall::at(FsOp::Chmod, path)
         })
         .await
     }
@@ -211,16 +206,16 @@ impl Provider for JsProvider {
         self.unit(FsCall {
             uid,
             gid,
-            ..FsCall::at("chown", path)
+            ..FsCall::at(FsOp::Chown, path)
         })
         .await
     }
     async fn set_times(&self, path: &str, times: SetTimes) -> VfsResult<()> {
-        self.unit(with_times(FsCall::at("utimes", path), times))
+        self.unit(with_times(FsCall::at(FsOp::Utimes, path), times))
             .await
     }
     async fn statfs(&self, path: &str) -> VfsResult<StatFs> {
-        match self.call(FsCall::at("statfs", path)).await {
+        match self.call(FsCall::at(FsOp::Statfs, path)).await {
             Ok(o) => Ok(o
                 .statfs
                 .map(statfs_from_js)
@@ -232,12 +227,12 @@ impl Provider for JsProvider {
     async fn access(&self, path: &str, mask: i32) -> VfsResult<()> {
         self.unit(FsCall {
             mode: Some(mask as u32),
-            ..FsCall::at("access", path)
+            ..FsCall::at(FsOp::Access, path)
         })
         .await
     }
     async fn realpath(&self, path: &str) -> VfsResult<String> {
-        match self.call(FsCall::at("realpath", path)).await {
+        match self.call(FsCall::at(FsOp::Realpath, path)).await {
             Ok(o) => Ok(o.target.unwrap_or_else(|| path.to_string())),
             Err(e) if e.is(errno::ENOSYS) => {
                 self.lstat(path).await?;
@@ -247,12 +242,7 @@ impl Provider for JsProvider {
         }
     }
     async fn close(&self) -> VfsResult<()> {
-        self.unit(FsCall {
-            op: "closeProvider".into(),
-            ..Default::default()
-        })
-        .await
-        .or(Ok(()))
+        self.unit(FsCall::new(FsOp::CloseProvider)).await.or(Ok(()))
     }
 }
 
@@ -275,7 +265,7 @@ impl Drop for JsFileHandle {
         };
         let (dispatch, fh) = (self.dispatch.clone(), self.fh);
         rt.spawn(async move {
-            let _ = call_js(&dispatch, FsCall::on("close", fh)).await;
+            let _ = call_js(&dispatch, FsCall::on(FsOp::Close, fh)).await;
         });
     }
 }
@@ -286,7 +276,7 @@ impl FileHandle for JsFileHandle {
         let call = FsCall {
             offset: Some(offset as f64),
             length: Some(len as f64),
-            ..FsCall::on("read", self.fh)
+            ..FsCall::on(FsOp::Read, self.fh)
         };
         let o = call_js(&self.dispatch, call).await?;
         let mut data = o.data.map(|b| b.to_vec()).unwrap_or_default();
@@ -297,32 +287,32 @@ impl FileHandle for JsFileHandle {
         let call = FsCall {
             offset: Some(offset as f64),
             data: Some(Buffer::from(data.to_vec())),
-            ..FsCall::on("write", self.fh)
+            ..FsCall::on(FsOp::Write, self.fh)
         };
         let o = call_js(&self.dispatch, call).await?;
-        let n = o.n.ok_or_else(|| missing("write", "byte count"))?;
+        let n = o.n.ok_or_else(|| missing(FsOp::Write, "byte count"))?;
         if !(n.is_finite() && n >= 0.0) {
-            return Err(missing("write", "valid byte count"));
+            return Err(missing(FsOp::Write, "valid byte count"));
         }
         Ok((n as usize).min(data.len()))
     }
     async fn stat(&self) -> VfsResult<Metadata> {
-        let o = call_js(&self.dispatch, FsCall::on("fstat", self.fh)).await?;
+        let o = call_js(&self.dispatch, FsCall::on(FsOp::Fstat, self.fh)).await?;
         o.stat
             .map(stat_from_js)
-            .ok_or_else(|| missing("fstat", "stat"))
+            .ok_or_else(|| missing(FsOp::Fstat, "stat"))
     }
     async fn truncate(&self, len: u64) -> VfsResult<()> {
         let call = FsCall {
             length: Some(len as f64),
-            ..FsCall::on("ftruncate", self.fh)
+            ..FsCall::on(FsOp::Ftruncate, self.fh)
         };
         call_js(&self.dispatch, call).await.map(|_| ())
     }
     async fn chmod(&self, mode: u32) -> VfsResult<()> {
         let call = FsCall {
             mode: Some(mode),
-            ..FsCall::on("fchmod", self.fh)
+            ..FsCall::on(FsOp::Fchmod, self.fh)
         };
         call_js(&self.dispatch, call).await.map(|_| ())
     }
@@ -330,33 +320,47 @@ impl FileHandle for JsFileHandle {
         let call = FsCall {
             uid,
             gid,
-            ..FsCall::on("fchown", self.fh)
+            ..FsCall::on(FsOp::Fchown, self.fh)
         };
         call_js(&self.dispatch, call).await.map(|_| ())
     }
     async fn set_times(&self, times: SetTimes) -> VfsResult<()> {
-        let call = with_times(FsCall::on("futimes", self.fh), times);
+        let call = with_times(FsCall::on(FsOp::Futimes, self.fh), times);
         call_js(&self.dispatch, call).await.map(|_| ())
     }
     async fn sync(&self) -> VfsResult<()> {
-        match call_js(&self.dispatch, FsCall::on("fsync", self.fh)).await {
+        match call_js(&self.dispatch, FsCall::on(FsOp::Fsync, self.fh)).await {
             Err(e) if e.is(errno::ENOSYS) => Ok(()),
             r => r.map(|_| ()),
         }
     }
     async fn close(&self) -> VfsResult<()> {
         self.closed.store(true, Ordering::Release);
-        call_js(&self.dispatch, FsCall::on("close", self.fh))
+        call_js(&self.dispatch, FsCall::on(FsOp::Close, self.fh))
             .await
             .map(|_| ())
     }
 }
 
-/// What a JS hook gets: the [`HookContext`] plus the phase.
+boundary_enum! {
+    /// Which `vfs.hooks` member a [`HookCall`] is for.
+    HookPhase {
+        /// Before the operation; throwing refuses it with the error's errno.
+        Before = "before",
+        /// After it, with its `result`.
+        After = "after",
+        /// A chunk read by the guest (may be replaced).
+        OnRead = "onRead",
+        /// A chunk the guest writes (may be replaced).
+        OnWrite = "onWrite",
+    }
+}
+
+/// What a JS hook gets: the [`HookContext`] plus the phase. `op` is the
+/// operation name from the core's hook context (upstream's `ctx.op`).
 #[napi(object)]
 pub struct HookCall {
-    /// "before", "after", "onRead" or "onWrite".
-    pub phase: String,
+    pub phase: HookPhase,
     pub op: String,
     pub path: Option<String>,
     pub old_path: Option<String>,
@@ -382,8 +386,8 @@ pub struct HookKinds {
     pub on_write: bool,
 }
 
-pub type HookDispatch =
-    ThreadsafeFunction<HookCall, Promise<FsOutcome>, HookCall, Status, false, true>;
+/// `(call) => Promise<FsOutcome>` for `vfs.hooks`.
+pub type HookDispatch = JsCallback<HookCall, Promise<FsOutcome>>;
 
 pub struct JsHooks {
     dispatch: HookDispatch,
@@ -396,39 +400,47 @@ impl JsHooks {
     }
 
     async fn send(&self, call: HookCall) -> VfsResult<FsOutcome> {
-        let promise = self.dispatch.call_async(call).await.map_err(|e| {
-            VfsError::with_message(errno::EIO, format!("vfs hook could not be called: {e}"))
-        })?;
-        let outcome = promise
+        let name = match call.phase {
+            HookPhase::Before => "vfs.hooks.before",
+            HookPhase::After => "vfs.hooks.after",
+            HookPhase::OnRead => "vfs.hooks.onRead",
+            HookPhase::OnWrite => "vfs.hooks.onWrite",
+        };
+        self.dispatch
+            .call(Component::Vfs, name, call)
             .await
-            .map_err(|e| VfsError::with_message(errno::EIO, format!("vfs hook failed: {e}")))?;
-        outcome.into_result()
+            .map_err(|e| VfsError::with_message(errno::EIO, e.to_string()))?
+            .into_result()
     }
 
     /// A content hook: the data it returned, or `None` to keep the chunk.
     async fn content_call(
         &self,
-        phase: &str,
+        phase: HookPhase,
         path: &str,
         offset: u64,
         data: &[u8],
     ) -> VfsResult<Option<Vec<u8>>> {
         let call = HookCall {
-            phase: phase.into(),
-            op: if phase == "onRead" { "read" } else { "write" }.into(),
+            op: if phase == HookPhase::OnRead {
+                "read"
+            } else {
+                "write"
+            }
+            .into(),
             path: Some(path.into()),
             offset: Some(offset as f64),
             length: Some(data.len() as f64),
             data: Some(Buffer::from(data.to_vec())),
-            ..HookCall::empty()
+            ..HookCall::empty(phase)
         };
         Ok(self.send(call).await?.data.map(|b| b.to_vec()))
     }
 
-    async fn call(&self, phase: &str, c: &HookContext) -> VfsResult<()> {
+    async fn call(&self, phase: HookPhase, c: &HookContext) -> VfsResult<()> {
         let f = |v: Option<u64>| v.map(|x| x as f64);
         let call = HookCall {
-            phase: phase.into(),
+            phase,
             op: c.op.into(),
             path: c.path.clone(),
             old_path: c.old_path.clone(),
@@ -447,9 +459,9 @@ impl JsHooks {
 }
 
 impl HookCall {
-    fn empty() -> Self {
+    fn empty(phase: HookPhase) -> Self {
         HookCall {
-            phase: String::new(),
+            phase,
             op: String::new(),
             path: None,
             old_path: None,
@@ -472,13 +484,13 @@ impl VfsHooks for JsHooks {
         if !self.kinds.before {
             return Ok(());
         }
-        self.call("before", ctx).await
+        self.call(HookPhase::Before, ctx).await
     }
     async fn after(&self, ctx: &HookContext) -> VfsResult<()> {
         if !self.kinds.after {
             return Ok(());
         }
-        self.call("after", ctx).await
+        self.call(HookPhase::After, ctx).await
     }
     fn content(&self) -> ContentHooks {
         ContentHooks {
@@ -488,11 +500,12 @@ impl VfsHooks for JsHooks {
     }
     async fn on_read(&self, path: &str, offset: u64, data: Vec<u8>) -> VfsResult<Vec<u8>> {
         Ok(self
-            .content_call("onRead", path, offset, &data)
+            .content_call(HookPhase::OnRead, path, offset, &data)
             .await?
             .unwrap_or(data))
     }
     async fn on_write(&self, path: &str, offset: u64, data: &[u8]) -> VfsResult<Option<Vec<u8>>> {
-        self.content_call("onWrite", path, offset, data).await
+        self.content_call(HookPhase::OnWrite, path, offset, data)
+            .await
     }
 }

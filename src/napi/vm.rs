@@ -142,7 +142,7 @@ pub fn start_vm<'e>(
     secrets: Option<&crate::net::NativeSecrets>,
     #[napi(ts_arg_type = "((call: HttpHookCall) => Promise<HttpHookOutcome>) | undefined | null")]
     http_dispatch: Option<crate::http_js::HttpDispatch>,
-    http_hooks: Option<Vec<String>>,
+    http_hooks: Option<Vec<crate::http_js::HttpHook>>,
 ) -> napi::Result<PromiseRaw<'e, NativeVm>> {
     let prepared = prepare(options, vfs_root, secrets, http_dispatch, http_hooks);
     spawn_coded(env, async move {
@@ -172,7 +172,7 @@ fn prepare(
     vfs_root: Option<&NativeProvider>,
     secrets: Option<&crate::net::NativeSecrets>,
     http_dispatch: Option<crate::http_js::HttpDispatch>,
-    http_hooks: Option<Vec<String>>,
+    http_hooks: Option<Vec<crate::http_js::HttpHook>>,
 ) -> Result<Prepared, JsFailure> {
     let fuse_mount = options.fuse_mount.clone().unwrap_or_else(|| "/data".into());
     let binds = options.binds.clone().unwrap_or_default();

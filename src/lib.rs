@@ -3,8 +3,10 @@
 //! about Node; everything else is plain Rust, tested with `cargo test`.
 
 pub mod control;
+pub mod framed;
 pub mod http;
 pub mod image;
+pub mod log_limit;
 pub mod net;
 pub mod tls;
 pub mod vfs;

@@ -132,7 +132,7 @@ where
     Q: Queue<T>,
 {
     tokio::pin!(w);
-    let mut buf = Vec::with_capacity(max_batch.min(256 * 1024));
+    let mut buf = Vec::with_capacity(max_batch.min(64 * 1024));
     while let Some(item) = rx.recv().await {
         buf.clear();
         encode(&item, &mut buf);

@@ -86,6 +86,16 @@ soak: build ## long soaks with real VMs, not in CI's budget (~40 min on 2 cores)
 	node __test__/soak/boot-soak.mjs        # 200 cycles, QEMU killed at random points, concurrency 2 (~15-20 min)
 	node __test__/soak/textpoke-soak.mjs    # kernel text patching on a busy 2-vCPU guest never stalls (~6 min)
 
-fuzz: ## fuzz the wire decoders for 60 s (needs nightly + cargo-fuzz)
-	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
-	cd guest/wire/fuzz && cargo +nightly fuzz run frames -- -max_total_time=60
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS := wire_frames vfs_requests dns_query dhcp http_classify tls_client_hello
+# Safe-Rust decoders: libFuzzer's checks plus debug assertions, without the
+# ~2x cost of ASan (FUZZ_FLAGS="--sanitizer address" to add it).
+FUZZ_FLAGS   ?= --sanitizer none
+fuzz: ## run every fuzz target (src/fuzz) for FUZZ_SECONDS each (default 600; nightly + cargo-fuzz)
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	# New inputs go to src/fuzz/target/corpus; the committed seeds stay as they are.
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p src/fuzz/target/corpus/$$t && \
+	  cargo +nightly fuzz run --fuzz-dir src/fuzz $(FUZZ_FLAGS) $$t \
+	    src/fuzz/target/corpus/$$t src/fuzz/corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done

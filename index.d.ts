@@ -325,6 +325,10 @@ declare class NativeBackedProvider implements VirtualProvider {
   close(): Promise<void>;
 }
 
+/**
+ * Files held in the host's memory. At most 1 GiB of file contents in all
+ * (our bound, not upstream's): a write or truncate past it fails ENOSPC.
+ */
 export declare class MemoryProvider extends NativeBackedProvider {
   constructor();
   /** After this, every mutation fails with EROFS. */

@@ -4,8 +4,10 @@
 
 pub mod control;
 pub mod error;
+pub mod framed;
 pub mod http;
 pub mod image;
+pub mod log_limit;
 pub mod net;
 pub mod options;
 pub mod session;

@@ -3,14 +3,16 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use gondolin_wire::{encode, FrameDecoder, GuestMsg, HostMsg, PROTOCOL_VERSION};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use gondolin_wire::{encode, GuestMsg, HostMsg, PROTOCOL_VERSION};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::exec::{disconnected, ExecControl, ExecEvent, ExecHandle, ExecRequest};
 use super::{ControlError, Disconnect};
 use crate::error::ErrorCode;
+use crate::framed::{write_coalesced, FramedReader, ReadError};
+use crate::log_limited;
 
 struct Slot {
     events: mpsc::UnboundedSender<ExecEvent>,
@@ -173,7 +175,7 @@ impl Shared {
                         }));
                     }
                 } else {
-                    tracing::debug!(target: "gondolin::exec", id, %code, %message, "guest error");
+                    log_limited!(debug, target: "gondolin::exec", id, %code, %message, "guest error");
                 }
             }
             GuestMsg::Pong { .. } => {}
@@ -305,51 +307,38 @@ fn alloc_id(st: &mut State) -> Result<u32, ControlError> {
     Err(ControlError::NoIds)
 }
 
+/// Coalesce queued frames into writes (at most 256 KiB each) until the
+/// queue closes, a write fails or the client is stopped.
 async fn write_loop<W: AsyncWrite>(
     w: W,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
     shared: Arc<Shared>,
 ) {
-    tokio::pin!(w);
-    let mut buf = Vec::with_capacity(64 * 1024);
     let stop = shared.stop.clone();
-    loop {
-        let frame = tokio::select! {
-            f = rx.recv() => f,
-            _ = stop.cancelled() => None,
-        };
-        let Some(frame) = frame else { return };
-        buf.clear();
-        buf.extend_from_slice(&frame);
-        // Coalesce whatever else is queued into one write.
-        while buf.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(f) => buf.extend_from_slice(&f),
-                Err(_) => break,
-            }
-        }
-        let written = tokio::select! {
-            r = w.write_all(&buf) => r,
-            _ = stop.cancelled() => return,
-        };
-        if let Err(e) = written {
-            shared.fail(Disconnect {
-                code: ErrorCode::ConnectionClosed,
-                message: format!("writing to the guest failed: {e}"),
-            });
-            return;
-        }
+    let written = tokio::select! {
+        r = write_coalesced(w, rx, 256 * 1024, |f: &Vec<u8>, buf| buf.extend_from_slice(f)) => r,
+        _ = stop.cancelled() => return,
+    };
+    if let Err(e) = written {
+        shared.fail(Disconnect {
+            code: ErrorCode::ConnectionClosed,
+            message: format!("writing to the guest failed: {e}"),
+        });
     }
 }
 
-async fn read_loop<R: AsyncRead>(r: R, shared: Arc<Shared>, closed: oneshot::Sender<Disconnect>) {
-    tokio::pin!(r);
-    let mut dec = FrameDecoder::new();
-    let mut buf = vec![0u8; 256 * 1024];
+async fn read_loop<R: AsyncRead + Unpin>(
+    r: R,
+    shared: Arc<Shared>,
+    closed: oneshot::Sender<Disconnect>,
+) {
+    let mut frames = FramedReader::wire(r, 256 * 1024);
     let stop = shared.stop.clone();
     let reason = loop {
         let read = tokio::select! {
-            r = r.read(&mut buf) => r,
+            // Frames already buffered are routed before a stop is noticed.
+            biased;
+            m = frames.next_message::<GuestMsg>() => m,
             _ = stop.cancelled() => {
                 // Failed from outside (the VM closed or exited): that reason
                 // is already recorded; the stream goes with this task.
@@ -359,47 +348,33 @@ async fn read_loop<R: AsyncRead>(r: R, shared: Arc<Shared>, closed: oneshot::Sen
                 });
             }
         };
-        let n = match read {
-            Ok(0) => {
+        let message = match read {
+            Ok(Some(msg)) => match msg.validate() {
+                Err(e) => format!("guest sent a bad message: {e}"),
+                Ok(()) => match shared.route(msg) {
+                    Ok(()) => continue,
+                    Err(d) => d.message,
+                },
+            },
+            Ok(None) => {
                 break Disconnect {
                     code: ErrorCode::ConnectionClosed,
                     message: "the guest closed the control connection".into(),
                 }
             }
-            Ok(n) => n,
-            Err(e) => {
+            Err(ReadError::Io(e)) => {
                 break Disconnect {
                     code: ErrorCode::ConnectionClosed,
                     message: format!("reading from the guest failed: {e}"),
                 }
             }
+            Err(ReadError::Wire(e)) => format!("guest sent a bad frame: {e}"),
         };
-        dec.push(&buf[..n]);
-        let mut err = None;
-        loop {
-            let msg = match dec.next_message::<GuestMsg>() {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                Err(e) => {
-                    err = Some(format!("guest sent a bad frame: {e}"));
-                    break;
-                }
-            };
-            if let Err(e) = msg.validate() {
-                err = Some(format!("guest sent a bad message: {e}"));
-                break;
-            }
-            if let Err(d) = shared.route(msg) {
-                err = Some(d.message);
-                break;
-            }
-        }
-        if let Some(message) = err {
-            break Disconnect {
-                code: ErrorCode::ProtocolError,
-                message,
-            };
-        }
+        log_limited!(debug, target: "gondolin::exec", %message, "control protocol error");
+        break Disconnect {
+            code: ErrorCode::ProtocolError,
+            message,
+        };
     };
     // Nothing more can be read, so nothing written matters: the writer
     // drops its half now and the socket closes, whoever still holds the

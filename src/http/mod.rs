@@ -26,6 +26,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 
+use crate::log_limited;
 use crate::net::{dns::DnsServer, Flow, FlowHandler};
 use crate::tls::MitmCa;
 use classify::{classify, Kind, SNIFF_LIMIT};
@@ -190,6 +191,7 @@ impl Egress {
             Kind::Tls => self.serve_tls(io, dst).await,
             Kind::Deny(reason) => {
                 if reason != "closed" {
+                    log_limited!(debug, target: "gondolin::net", %dst, reason, "refused flow");
                     self.event(EgressEvent {
                         protocol: "tcp",
                         host: dst.to_string(),
@@ -210,8 +212,13 @@ impl Egress {
     async fn serve_tls(self: Arc<Self>, io: Rewind, dst: SocketAddrV4) {
         let acceptor =
             tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
-        let Ok(Ok(start)) = tokio::time::timeout(SNIFF_TIMEOUT, acceptor).await else {
-            return;
+        let start = match tokio::time::timeout(SNIFF_TIMEOUT, acceptor).await {
+            Ok(Ok(start)) => start,
+            Ok(Err(e)) => {
+                log_limited!(debug, target: "gondolin::net", %dst, "bad TLS ClientHello: {e}");
+                return;
+            }
+            Err(_) => return,
         };
         let sni = start.client_hello().server_name().map(str::to_string);
         let name = match &sni {
@@ -224,7 +231,8 @@ impl Egress {
         let config = match self.ca.server_config(&name) {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(target: "gondolin::net", "{e}");
+                // A name the guest chose (SNI) that no leaf can carry.
+                log_limited!(warn, target: "gondolin::net", %dst, "{e}");
                 return;
             }
         };

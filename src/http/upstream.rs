@@ -99,6 +99,6 @@ fn failure(url: &url::Url, e: &hyper_util::client::legacy::Error) -> Refusal {
         msg = format!("upstream request failed: {err}");
         cur = err.source();
     }
-    tracing::debug!(target: "gondolin::net", "upstream {url}: {e:?}");
+    crate::log_limited!(debug, target: "gondolin::net", "upstream {url}: {e:?}");
     Refusal::Upstream(msg)
 }

@@ -1,35 +1,25 @@
 //! QEMU's stream netdev framing: `u32be length || Ethernet frame`.
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use gondolin_wire::FrameDecoder;
+use tokio::io::AsyncRead;
 
-/// Read one frame. `Ok(None)` at a clean end of stream. A frame longer
-/// than `max` is read and discarded (the stream stays in sync) and comes
-/// back as an empty vector.
+use crate::framed::FramedReader;
+
+/// Bytes asked of the socket per read: a few full-MTU frames.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// A reader of the guest's frames. A frame longer than `max` is dropped
+/// unbuffered (the stream stays in sync) and comes back as an empty
+/// vector.
+pub fn reader<R: AsyncRead + Unpin>(r: R, max: usize) -> FramedReader<R, FrameDecoder> {
+    FramedReader::new(r, FrameDecoder::skipping_oversize(max), READ_CHUNK)
+}
+
+/// The next frame from [`reader`]; `Ok(None)` at a clean end of stream.
 pub async fn read_frame<R: AsyncRead + Unpin>(
-    r: &mut R,
-    max: usize,
-) -> std::io::Result<Option<Vec<u8>>> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let n = u32::from_be_bytes(len) as usize;
-    if n > max {
-        // Skip it without allocating what the guest asked for.
-        let mut left = n as u64;
-        let mut sink = [0u8; 2048];
-        while left > 0 {
-            let take = left.min(sink.len() as u64) as usize;
-            r.read_exact(&mut sink[..take]).await?;
-            left -= take as u64;
-        }
-        return Ok(Some(Vec::new()));
-    }
-    let mut buf = vec![0u8; n];
-    r.read_exact(&mut buf).await?;
-    Ok(Some(buf))
+    frames: &mut FramedReader<R, FrameDecoder>,
+) -> Result<Option<Vec<u8>>, crate::framed::ReadError> {
+    frames.next(|f| Ok(f.to_vec())).await
 }
 
 /// Append one frame, length prefix first, to an outgoing buffer (the
@@ -46,7 +36,7 @@ mod tests {
 
     #[tokio::test]
     async fn partial_writes_reassemble() {
-        let (mut a, mut b) = tokio::io::duplex(64);
+        let (mut a, b) = tokio::io::duplex(64);
         let writer = tokio::spawn(async move {
             let mut bytes = Vec::new();
             bytes.extend_from_slice(&5u32.to_be_bytes());
@@ -59,22 +49,24 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         });
-        assert_eq!(read_frame(&mut b, 100).await.unwrap().unwrap(), b"hello");
-        assert_eq!(read_frame(&mut b, 100).await.unwrap().unwrap(), b"abc");
+        let mut frames = reader(b, 100);
+        assert_eq!(read_frame(&mut frames).await.unwrap().unwrap(), b"hello");
+        assert_eq!(read_frame(&mut frames).await.unwrap().unwrap(), b"abc");
         writer.await.unwrap();
-        assert!(read_frame(&mut b, 100).await.unwrap().is_none());
+        assert!(read_frame(&mut frames).await.unwrap().is_none());
     }
 
     #[tokio::test]
     async fn oversize_frames_are_skipped_not_buffered() {
-        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let (mut a, b) = tokio::io::duplex(1 << 16);
         tokio::spawn(async move {
             let mut buf = Vec::new();
             encode_frame(&mut buf, &[7u8; 5000]);
             encode_frame(&mut buf, b"ok");
             a.write_all(&buf).await.unwrap();
         });
-        assert!(read_frame(&mut b, 1522).await.unwrap().unwrap().is_empty());
-        assert_eq!(read_frame(&mut b, 1522).await.unwrap().unwrap(), b"ok");
+        let mut frames = reader(b, 1522);
+        assert!(read_frame(&mut frames).await.unwrap().unwrap().is_empty());
+        assert_eq!(read_frame(&mut frames).await.unwrap().unwrap(), b"ok");
     }
 }

@@ -26,6 +26,7 @@ use super::device::QueueDevice;
 use super::dns::{DnsAction, DnsServer};
 use super::flow::{self, Flow, FlowHandler, FlowPeer, CHUNK};
 use super::{dhcp, link, NetConfig, GATEWAY_IP, GATEWAY_MAC, MAX_FRAME, PREFIX_LEN};
+use crate::framed::write_coalesced;
 
 /// Per-flow socket buffers. 256 KiB lets the window scale past 64 KiB.
 const SOCKET_BUFFER: usize = 256 * 1024;
@@ -525,33 +526,21 @@ pub async fn run(
     handler: Arc<dyn FlowHandler>,
     stats: Arc<NetStats>,
 ) {
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
     let (in_tx, mut in_rx) = mpsc::channel::<Vec<u8>>(256);
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(OUT_FRAMES);
+    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(OUT_FRAMES);
     let reader = tokio::spawn(async move {
-        while let Ok(Some(f)) = link::read_frame(&mut rd, MAX_FRAME).await {
+        let mut frames = link::reader(rd, MAX_FRAME);
+        while let Ok(Some(f)) = link::read_frame(&mut frames).await {
             if !f.is_empty() && in_tx.send(f).await.is_err() {
                 break;
             }
         }
     });
-    let writer = tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        let mut batch = Vec::with_capacity(64 * 1024);
-        while let Some(f) = out_rx.recv().await {
-            batch.clear();
-            link::encode_frame(&mut batch, &f);
-            while batch.len() < 60 * 1024 {
-                match out_rx.try_recv() {
-                    Ok(f) => link::encode_frame(&mut batch, &f),
-                    Err(_) => break,
-                }
-            }
-            if wr.write_all(&batch).await.is_err() {
-                break;
-            }
-        }
-    });
+    // Batches of up to 60 KiB: a write QEMU takes in one go.
+    let writer = tokio::spawn(write_coalesced(wr, out_rx, 60 * 1024, |f: &Vec<u8>, b| {
+        link::encode_frame(b, f)
+    }));
     // Injected frames (forwarded DNS answers) come back through here.
     let (inject_tx, mut inject_rx) = mpsc::channel::<Vec<u8>>(64);
     let wake = Arc::new(Notify::new());

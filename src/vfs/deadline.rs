@@ -1,12 +1,11 @@
 //! The bound on every fs request: whatever a provider does (a JS provider
 //! whose promise never settles, a host call stuck on a dead network
 //! filesystem), the guest gets an answer. A request still running when its
-//! deadline passes is answered EIO and logged (rate-limited: a provider
-//! that hangs every call must not flood the log).
+//! deadline passes is answered EIO and logged (through `log_limited!`: a
+//! provider that hangs every call must not flood the log).
 
 use std::future::Future;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gondolin_wire::fs::errno;
 
@@ -38,13 +37,12 @@ pub async fn bounded<T>(
         Ok(r) => r,
         Err(_) => {
             let what = what();
-            if log_allowed() {
-                tracing::warn!(
-                    target: "gondolin::vfs",
-                    "fs request {what} took longer than {} ms; answered EIO (is the provider hung?)",
-                    limit.as_millis()
-                );
-            }
+            crate::log_limited!(
+                warn,
+                target: "gondolin::vfs",
+                "fs request {what} took longer than {} ms; answered EIO (is the provider hung?)",
+                limit.as_millis()
+            );
             Err(VfsError::with_message(
                 errno::EIO,
                 format!("{what} timed out after {} ms", limit.as_millis()),
@@ -53,24 +51,10 @@ pub async fn bounded<T>(
     }
 }
 
-/// At most one timeout line per second, process-wide (the guest's own
-/// EIO says the rest).
-fn log_allowed() -> bool {
-    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
-    let mut last = LAST.lock().unwrap();
-    let now = Instant::now();
-    match *last {
-        Some(t) if now.duration_since(t) < Duration::from_secs(1) => false,
-        _ => {
-            *last = Some(now);
-            true
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[tokio::test]
     async fn a_call_that_never_finishes_is_answered_eio_at_the_deadline() {

@@ -84,6 +84,10 @@ impl Node {
 struct Tree {
     nodes: HashMap<u64, Node>,
     next: u64,
+    /// Bytes held by file contents, all files together (see
+    /// [`DEFAULT_CAPACITY`]).
+    bytes: u64,
+    capacity: u64,
 }
 
 fn enoent() -> VfsError {
@@ -94,12 +98,50 @@ fn err(n: i32) -> VfsError {
 }
 
 impl Tree {
-    fn new() -> Self {
+    fn new(capacity: u64) -> Self {
         let mut nodes = HashMap::new();
         nodes.insert(ROOT, Node::new(Body::Dir(BTreeMap::new()), 0o755));
         Tree {
             nodes,
             next: ROOT + 1,
+            bytes: 0,
+            capacity,
+        }
+    }
+
+    /// Set file `id`'s length, zero-filling growth, within the provider's
+    /// capacity (ENOSPC) and [`MAX_FILE`] (EFBIG). Every change of a file's
+    /// length goes through here, so the byte count stays exact.
+    fn set_len(&mut self, id: u64, len: u64) -> VfsResult<()> {
+        if len > MAX_FILE {
+            return Err(err(errno::EFBIG));
+        }
+        let (bytes, capacity) = (self.bytes, self.capacity);
+        let n = self.node_mut(id)?;
+        let d = match &mut n.body {
+            Body::File(d) => d,
+            Body::Dir(_) => return Err(err(errno::EISDIR)),
+            Body::Symlink(_) => return Err(err(errno::EINVAL)),
+        };
+        let old = d.len() as u64;
+        if len > old && bytes - old + len > capacity {
+            return Err(err(errno::ENOSPC));
+        }
+        // Within capacity, so within usize.
+        d.resize(len as usize, 0);
+        n.touch();
+        self.bytes = bytes - old + len;
+        Ok(())
+    }
+
+    /// Remove node `id`, returning its file bytes to the capacity.
+    fn free(&mut self, id: u64) {
+        if let Some(Node {
+            body: Body::File(d),
+            ..
+        }) = self.nodes.remove(&id)
+        {
+            self.bytes -= d.len() as u64;
         }
     }
 
@@ -222,7 +264,7 @@ impl Tree {
                 .saturating_sub(if matches!(n.body, Body::Dir(_)) { 2 } else { 1 });
             n.ctime = SystemTime::now();
             if n.nlink == 0 && n.open == 0 {
-                self.nodes.remove(&id);
+                self.free(id);
             }
         }
     }
@@ -231,7 +273,7 @@ impl Tree {
         if let Some(n) = self.nodes.get_mut(&id) {
             n.open = n.open.saturating_sub(1);
             if n.nlink == 0 && n.open == 0 {
-                self.nodes.remove(&id);
+                self.free(id);
             }
         }
     }
@@ -284,9 +326,17 @@ impl Default for MemoryProvider {
 }
 
 impl MemoryProvider {
+    /// An empty tree holding at most [`DEFAULT_CAPACITY`] bytes of file
+    /// contents.
     pub fn new() -> Self {
+        Self::with_capacity(DEFAULT_CAPACITY)
+    }
+
+    /// An empty tree holding at most `bytes` bytes of file contents; a
+    /// write or truncate past that fails ENOSPC, as on a full disk.
+    pub fn with_capacity(bytes: u64) -> Self {
         MemoryProvider {
-            tree: Arc::new(RwLock::new(Tree::new())),
+            tree: Arc::new(RwLock::new(Tree::new(bytes))),
             readonly: AtomicBool::new(false),
         }
     }
@@ -378,16 +428,12 @@ impl Provider for MemoryProvider {
             }
             Err(e) => return Err(e),
         };
-        let n = t.node_mut(id)?;
-        match &mut n.body {
+        match &t.node(id)?.body {
             Body::Dir(_) if opts.write => return Err(err(errno::EISDIR)),
-            Body::File(d) if opts.truncate && opts.write => {
-                d.clear();
-                n.touch();
-            }
+            Body::File(_) if opts.truncate && opts.write => t.set_len(id, 0)?,
             _ => {}
         }
-        n.open += 1;
+        t.node_mut(id)?.open += 1;
         Ok(Box::new(MemHandle {
             tree: self.tree.clone(),
             id,
@@ -510,7 +556,7 @@ impl Provider for MemoryProvider {
     async fn truncate(&self, path: &str, len: u64) -> VfsResult<()> {
         self.write(|t| {
             let id = t.resolve(path, true)?;
-            resize(t.node_mut(id)?, len)
+            t.set_len(id, len)
         })
     }
 
@@ -611,22 +657,16 @@ fn set_times(n: &mut Node, times: SetTimes) {
     n.ctime = SystemTime::now();
 }
 
-fn resize(n: &mut Node, len: u64) -> VfsResult<()> {
-    match &mut n.body {
-        Body::File(d) => {
-            let len = usize::try_from(len).map_err(|_| err(errno::EFBIG))?;
-            d.resize(len, 0);
-            n.touch();
-            Ok(())
-        }
-        Body::Dir(_) => Err(err(errno::EISDIR)),
-        Body::Symlink(_) => Err(err(errno::EINVAL)),
-    }
-}
-
-/// Largest file a MemoryProvider holds (guards host memory against a guest
-/// that seeks far and writes one byte).
+/// Largest single file (EFBIG past it).
 const MAX_FILE: u64 = 64 << 30;
+
+/// File bytes a [`MemoryProvider`] holds, all files together, unless built
+/// [`with_capacity`](MemoryProvider::with_capacity): they live in the host's
+/// memory, and files are not sparse, so without a bound one guest write at
+/// a far offset (or a truncate to a huge length) would allocate that much
+/// host memory at once (found by the `vfs_requests` fuzz target) and a
+/// failed allocation aborts the host process. Past it: ENOSPC.
+pub const DEFAULT_CAPACITY: u64 = 1 << 30;
 
 struct MemHandle {
     tree: Arc<RwLock<Tree>>,
@@ -671,26 +711,22 @@ impl FileHandle for MemHandle {
             return Err(VfsError::rofs());
         }
         let mut t = self.tree.write().unwrap();
-        let n = t.node_mut(self.id)?;
-        let Body::File(d) = &mut n.body else {
+        let Body::File(d) = &t.node(self.id)?.body else {
             return Err(err(errno::EISDIR));
         };
-        let at = if self.opts.append {
-            d.len() as u64
-        } else {
-            offset
-        };
+        let len = d.len() as u64;
+        let at = if self.opts.append { len } else { offset };
         let end = at
             .checked_add(data.len() as u64)
             .ok_or_else(|| err(errno::EFBIG))?;
-        if end > MAX_FILE {
-            return Err(err(errno::EFBIG));
+        if end > len {
+            t.set_len(self.id, end)?;
         }
-        let (at, end) = (at as usize, end as usize);
-        if end > d.len() {
-            d.resize(end, 0);
+        let n = t.node_mut(self.id)?;
+        if let Body::File(d) = &mut n.body {
+            // `end` is within the file now, so within usize.
+            d[at as usize..end as usize].copy_from_slice(data);
         }
-        d[at..end].copy_from_slice(data);
         n.touch();
         Ok(data.len())
     }
@@ -703,10 +739,7 @@ impl FileHandle for MemHandle {
         if !self.opts.write {
             return Err(err(errno::EBADF));
         }
-        if len > MAX_FILE {
-            return Err(err(errno::EFBIG));
-        }
-        resize(self.tree.write().unwrap().node_mut(self.id)?, len)
+        self.tree.write().unwrap().set_len(self.id, len)
     }
 
     async fn chmod(&self, mode: u32) -> VfsResult<()> {
@@ -730,5 +763,78 @@ impl MemHandle {
         }
         f(self.tree.write().unwrap().node_mut(self.id)?);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rw_create() -> OpenOptions {
+        OpenOptions {
+            read: true,
+            write: true,
+            create: true,
+            mode: 0o644,
+            ..Default::default()
+        }
+    }
+
+    /// The `vfs_requests` fuzz target's out-of-memory input (corpus file
+    /// `oom-far-write`): an empty write at offset 2_952_790_014 made the
+    /// host allocate 2.75 GiB at once.
+    #[tokio::test]
+    async fn a_far_write_or_huge_truncate_is_enospc_not_a_host_allocation() {
+        let p = MemoryProvider::with_capacity(1 << 20);
+        let f = p.open("/a", rw_create()).await.unwrap();
+        let e = f.write(2_952_790_014, b"").await.unwrap_err();
+        assert_eq!(e.errno, errno::ENOSPC);
+        let e = f.truncate(u64::MAX).await.unwrap_err();
+        assert_eq!(e.errno, errno::EFBIG);
+        let e = p.truncate("/a", 2 << 20).await.unwrap_err();
+        assert_eq!(e.errno, errno::ENOSPC);
+        assert_eq!(f.stat().await.unwrap().size, 0, "nothing was allocated");
+        // The default is bounded too.
+        let d = MemoryProvider::new();
+        let g = d.open("/b", rw_create()).await.unwrap();
+        let e = g.write(2_952_790_014, b"x").await.unwrap_err();
+        assert_eq!(e.errno, errno::ENOSPC);
+    }
+
+    #[tokio::test]
+    async fn capacity_counts_every_file_and_comes_back_when_files_go() {
+        let p = MemoryProvider::with_capacity(1000);
+        let a = p.open("/a", rw_create()).await.unwrap();
+        let b = p.open("/b", rw_create()).await.unwrap();
+        a.write(0, &[1; 600]).await.unwrap();
+        assert_eq!(
+            b.write(0, &[2; 500]).await.unwrap_err().errno,
+            errno::ENOSPC
+        );
+        b.write(0, &[2; 400]).await.unwrap();
+        // Overwriting inside a file costs nothing more.
+        a.write(100, &[3; 500]).await.unwrap();
+        // Shrinking returns bytes; so does dropping the last name and handle.
+        a.truncate(100).await.unwrap();
+        b.write(400, &[2; 500]).await.unwrap();
+        assert_eq!(
+            p.truncate("/a", 200).await.unwrap_err().errno,
+            errno::ENOSPC
+        );
+        p.unlink("/b").await.unwrap();
+        assert_eq!(
+            a.write(100, &[4; 800]).await.unwrap_err().errno,
+            errno::ENOSPC,
+            "b is still open"
+        );
+        drop(b);
+        a.write(100, &[4; 800]).await.unwrap();
+        // O_TRUNC on open frees the old contents.
+        let t = OpenOptions {
+            truncate: true,
+            ..rw_create()
+        };
+        let a2 = p.open("/a", t).await.unwrap();
+        a2.write(0, &[5; 1000]).await.unwrap();
     }
 }

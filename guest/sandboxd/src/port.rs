@@ -6,18 +6,19 @@
 //! means "the host went away" and we wait for POLLHUP to clear rather than
 //! exit. A unix socket connection is one host session: its end is ours.
 
-use std::ffi::CString;
+use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::sys;
 
 pub const PORT_NAME: &str = "gondolin.control";
+/// Pause between checks while no host is connected.
 const RETRY: Duration = Duration::from_millis(10);
-const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub enum Target {
     Virtio,
@@ -73,31 +74,10 @@ impl Port {
     }
 }
 
-/// Find `/dev/vportNpM` whose sysfs name is ours and open it, retrying while
-/// the driver probes (udev does not run in our guest, so there is no
-/// `/dev/virtio-ports/` symlink to rely on).
+/// Open our port (see `gondolin_wire::ports::open_virtio_port`),
+/// non-blocking: the daemon polls it with everything else.
 fn open_virtio() -> io::Result<OwnedFd> {
-    let start = Instant::now();
-    loop {
-        let found = gondolin_wire::ports::find_virtio_port(
-            Path::new(gondolin_wire::ports::VIRTIO_PORTS_CLASS),
-            PORT_NAME,
-        );
-        if let Some(dev) = &found {
-            let path =
-                CString::new(format!("/dev/{dev}")).map_err(|_| io::ErrorKind::InvalidData)?;
-            match sys::open(&path, libc::O_RDWR | libc::O_NONBLOCK) {
-                Ok(fd) => return Ok(fd),
-                Err(e) if start.elapsed() >= OPEN_TIMEOUT => return Err(e),
-                Err(_) => {}
-            }
-        }
-        if start.elapsed() >= OPEN_TIMEOUT {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("virtio port {PORT_NAME} not found"),
-            ));
-        }
-        std::thread::sleep(RETRY);
-    }
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true).custom_flags(libc::O_NONBLOCK);
+    gondolin_wire::ports::open_virtio_port(PORT_NAME, &opts).map(OwnedFd::from)
 }

@@ -175,7 +175,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
 /// # Safety
 /// Must run in the vfork child, with `plan` fully prepared.
 unsafe fn setup_and_exec(plan: &Plan<'_>, signals: &[c_int]) -> (Step, c_int) {
-    // SAFETY (whole body): thin syscall wrappers on pointers from `plan`,
+    // SAFETY: (the whole body) thin syscall wrappers on pointers from `plan`,
     // whose strings and arrays the parent keeps alive and NUL-terminated.
     unsafe {
         let errno = || *libc::__errno_location();

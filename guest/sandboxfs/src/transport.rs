@@ -5,13 +5,8 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::time::{Duration, Instant};
 
-use gondolin_wire::ports::{find_virtio_port, VIRTIO_PORTS_CLASS};
-
-const RETRY: Duration = Duration::from_millis(10);
-const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+use gondolin_wire::ports::open_virtio_port;
 
 pub enum Target {
     Port(String),
@@ -38,38 +33,14 @@ pub fn open(target: &Target) -> io::Result<Transport> {
             })
         }
         Target::Port(name) => {
-            let f = open_port(name)?;
+            let mut opts = OpenOptions::new();
+            opts.read(true).write(true);
+            let f = open_virtio_port(name, &opts)?;
             Ok(Transport {
                 writer: f.try_clone()?,
                 reader: f,
                 reconnects: true,
             })
         }
-    }
-}
-
-/// Find `/dev/vportNpM` whose sysfs name is `name` (no udev in the guest,
-/// so no `/dev/virtio-ports/` links), retrying while the driver probes.
-fn open_port(name: &str) -> io::Result<File> {
-    let start = Instant::now();
-    loop {
-        if let Some(dev) = find_virtio_port(Path::new(VIRTIO_PORTS_CLASS), name) {
-            match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(format!("/dev/{dev}"))
-            {
-                Ok(f) => return Ok(f),
-                Err(e) if start.elapsed() >= OPEN_TIMEOUT => return Err(e),
-                Err(_) => {}
-            }
-        }
-        if start.elapsed() >= OPEN_TIMEOUT {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("virtio port {name} not found"),
-            ));
-        }
-        std::thread::sleep(RETRY);
     }
 }

@@ -34,12 +34,31 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
 
 /// Incremental frame splitter: push bytes as they arrive, pop whole frames.
 ///
-/// Memory is bounded by `MAX_FRAME` plus one read's worth of bytes: an
-/// oversized length prefix is rejected before any of its body is kept.
-#[derive(Debug, Default)]
+/// Memory is bounded by the frame limit (`MAX_FRAME` unless built with
+/// [`skipping_oversize`](Self::skipping_oversize)) plus one read's worth of
+/// bytes: an oversized length prefix is dealt with before any of its body
+/// is kept.
+#[derive(Debug)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
     pos: usize,
+    max: usize,
+    /// Oversize frames are skipped (`true`) or an error (`false`).
+    skip_oversize: bool,
+    /// Body bytes of a skipped frame still to come.
+    skipping: usize,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        FrameDecoder {
+            buf: Vec::new(),
+            pos: 0,
+            max: MAX_FRAME,
+            skip_oversize: false,
+            skipping: 0,
+        }
+    }
 }
 
 impl FrameDecoder {
@@ -47,8 +66,25 @@ impl FrameDecoder {
         Self::default()
     }
 
+    /// Same framing, but a frame longer than `max` is dropped without being
+    /// buffered and comes back as one empty body, keeping the stream in
+    /// sync. For links where one bad frame is not the end of the peer
+    /// (QEMU's stream netdev: a frame over the MTU is lost, not fatal).
+    pub fn skipping_oversize(max: usize) -> Self {
+        FrameDecoder {
+            max,
+            skip_oversize: true,
+            ..Self::default()
+        }
+    }
+
     /// Append raw bytes read from the port.
-    pub fn push(&mut self, bytes: &[u8]) {
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        if self.skipping > 0 {
+            let n = self.skipping.min(bytes.len());
+            self.skipping -= n;
+            bytes = &bytes[n..];
+        }
         if self.pos > 0 && self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
@@ -64,8 +100,15 @@ impl FrameDecoder {
             return Ok(None);
         }
         let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
-        if len > MAX_FRAME {
-            return Err(WireError::FrameTooLarge(len));
+        if len > self.max {
+            if !self.skip_oversize {
+                return Err(WireError::FrameTooLarge(len));
+            }
+            // Drop what is buffered of it; `push` drops the rest.
+            let have = (avail.len() - 4).min(len);
+            self.pos += 4 + have;
+            self.skipping = len - have;
+            return Ok(Some(&[]));
         }
         if avail.len() < 4 + len {
             self.compact();
@@ -95,5 +138,39 @@ impl FrameDecoder {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn skipping_decoder_drops_an_oversize_frame_and_stays_in_sync() {
+        let mut d = FrameDecoder::skipping_oversize(8);
+        let bytes = [frame(&[7; 5000]), frame(b"ok")].concat();
+        // In pieces, so the skipped body spans pushes.
+        let mut out = Vec::new();
+        for piece in bytes.chunks(300) {
+            d.push(piece);
+            while let Some(f) = d.next_frame().unwrap() {
+                out.push(f.to_vec());
+            }
+            assert!(d.pending() <= 300, "the skipped body is never buffered");
+        }
+        assert_eq!(out, vec![Vec::new(), b"ok".to_vec()]);
+    }
+
+    #[test]
+    fn default_decoder_refuses_an_oversize_frame() {
+        let mut d = FrameDecoder::new();
+        d.push(&((MAX_FRAME as u32) + 1).to_be_bytes());
+        assert!(matches!(d.next_frame(), Err(WireError::FrameTooLarge(_))));
     }
 }

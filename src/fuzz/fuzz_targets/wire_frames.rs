@@ -1,8 +1,10 @@
 //! Arbitrary bytes from an adversarial peer through the frame decoder and
-//! both message decoders: must never panic, never allocate unboundedly.
+//! every message decoder (control and fs, both directions): must never
+//! panic, never allocate unboundedly.
 #![no_main]
 
-use gondolin_wire::{FrameDecoder, GuestMsg, HostMsg};
+use gondolin_wire::fs::{FsGuestMsg, FsHostMsg};
+use gondolin_wire::{decode, FrameDecoder, GuestMsg, HostMsg};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,12 +14,16 @@ fuzz_target!(|data: &[u8]| {
     for part in [a, b] {
         dec.push(part);
         while let Ok(Some(frame)) = dec.next_frame() {
-            if let Ok(m) = gondolin_wire::decode::<GuestMsg>(frame) {
+            if let Ok(m) = decode::<GuestMsg>(frame) {
                 let _ = m.validate();
             }
-            if let Ok(m) = gondolin_wire::decode::<HostMsg>(frame) {
+            if let Ok(m) = decode::<HostMsg>(frame) {
                 let _ = m.validate();
             }
+            if let Ok(FsGuestMsg::Request(r)) = decode::<FsGuestMsg>(frame) {
+                let _ = r.op.validate();
+            }
+            let _ = decode::<FsHostMsg>(frame);
         }
     }
 });

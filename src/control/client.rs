@@ -25,6 +25,7 @@ struct State {
     next_id: u32,
     disconnect: Option<Disconnect>,
     ready: Option<oneshot::Sender<Result<u32, Disconnect>>>,
+    fs: guest_fs::Pending,
 }
 
 /// State shared by the client, its tasks and every exec handle.
@@ -84,6 +85,7 @@ impl Shared {
                 s.close();
             }
         }
+        st.fs.fail(&d);
         if let Some(tx) = st.ready.take() {
             let _ = tx.send(Err(d));
         }
@@ -160,6 +162,7 @@ impl Shared {
                 }
             }
             GuestMsg::Pong { .. } => {}
+            GuestMsg::FsReply { id, reply } => st.fs.complete(id, reply),
         }
         Ok(())
     }
@@ -392,6 +395,8 @@ async fn read_loop<R: AsyncRead>(r: R, shared: Arc<Shared>, closed: oneshot::Sen
         shared.fail(reason);
     }
 }
+
+pub mod guest_fs;
 
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@
 mod client;
 mod exec;
 
+pub use client::guest_fs::{DirEntry, EntryKind, FsStat, GuestFsError, Time};
 pub use client::{Connection, ControlClient};
 pub use exec::{ExecControl, ExecEvent, ExecHandle, ExecRequest};
 pub use gondolin_wire::Stream;

@@ -4,16 +4,16 @@ use super::*;
 use gondolin_wire::{encode, FrameDecoder, GuestMsg, HostMsg, Stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-struct FakeGuest {
+pub(super) struct FakeGuest {
     io: DuplexStream,
     dec: FrameDecoder,
 }
 
 impl FakeGuest {
-    async fn send(&mut self, m: &GuestMsg) {
+    pub(super) async fn send(&mut self, m: &GuestMsg) {
         self.io.write_all(&encode(m)).await.unwrap();
     }
-    async fn recv(&mut self) -> HostMsg {
+    pub(super) async fn recv(&mut self) -> HostMsg {
         let mut buf = [0u8; 4096];
         loop {
             if let Some(m) = self.dec.next_message::<HostMsg>().unwrap() {
@@ -26,7 +26,7 @@ impl FakeGuest {
     }
 }
 
-fn pair() -> (ControlClient, Connection, FakeGuest) {
+pub(super) fn pair() -> (ControlClient, Connection, FakeGuest) {
     let (a, b) = tokio::io::duplex(1 << 20);
     let (c, conn) = ControlClient::new(a);
     (

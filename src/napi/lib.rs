@@ -8,6 +8,7 @@
 
 mod error;
 mod exec;
+mod guest_fs;
 mod http_js;
 mod image;
 mod net;

@@ -12,10 +12,10 @@ mod client;
 mod exec;
 
 pub use client::guest_fs::{DirEntry, EntryKind, FsStat, GuestFsError, Time};
-/// Linux errno number → name (`2` → `"ENOENT"`): the guest's numbering.
-pub use gondolin_wire::guestfs::errno_name;
 pub use client::{Connection, ControlClient};
 pub use exec::{ExecControl, ExecEvent, ExecHandle, ExecRequest};
+/// Linux errno number → name (`2` → `"ENOENT"`): the guest's numbering.
+pub use gondolin_wire::guestfs::errno_name;
 pub use gondolin_wire::Stream;
 
 /// Why the connection to the guest is gone; carried to every pending exec.

@@ -43,9 +43,7 @@ pub fn handle(req: &FsRequest) -> FsReply {
 
 /// The errno of a failed call (EIO if std made the error up itself).
 pub fn errno_of(e: &io::Error) -> i32 {
-    e.raw_os_error()
-        .filter(|n| *n > 0)
-        .unwrap_or(libc::EIO)
+    e.raw_os_error().filter(|n| *n > 0).unwrap_or(libc::EIO)
 }
 
 fn stat(path: &Path, follow: bool) -> io::Result<FsReply> {

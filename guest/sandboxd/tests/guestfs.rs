@@ -36,11 +36,18 @@ fn fs_requests_are_answered_beside_a_running_exec() {
         mode: Some(0o700),
         recursive: true,
     };
-    assert_eq!(g.fs(1, mkdir), FsReply::Done, "fs ids are apart from exec ids");
-    let FsReply::Stat(st) = g.fs(2, FsRequest::Stat {
-        path: at("a/b"),
-        follow: true,
-    }) else {
+    assert_eq!(
+        g.fs(1, mkdir),
+        FsReply::Done,
+        "fs ids are apart from exec ids"
+    );
+    let FsReply::Stat(st) = g.fs(
+        2,
+        FsRequest::Stat {
+            path: at("a/b"),
+            follow: true,
+        },
+    ) else {
         panic!()
     };
     assert_eq!(st.mode & 0o170777, 0o040700);

@@ -114,7 +114,10 @@ pub enum FsReply {
     Done,
     Stat(FsStat),
     /// A page of a listing; `done` once the directory has no more entries.
-    Entries { entries: Vec<DirEntry>, done: bool },
+    Entries {
+        entries: Vec<DirEntry>,
+        done: bool,
+    },
     /// A recursive remove made progress within its budget; ask again.
     More,
     /// The operation failed with this Linux errno (1..=[`MAX_ERRNO`]).
@@ -220,6 +223,7 @@ pub fn errno_name(errno: i32) -> Option<&'static str> {
 
 /// Linux (asm-generic) errno names by number; the guest is always Linux,
 /// whatever the host is.
+#[rustfmt::skip]
 const ERRNO_NAMES: [&str; 134] = [
     "", "EPERM", "ENOENT", "ESRCH", "EINTR", "EIO", "ENXIO", "E2BIG", "ENOEXEC", "EBADF",
     "ECHILD", "EAGAIN", "ENOMEM", "EACCES", "EFAULT", "ENOTBLK", "EBUSY", "EEXIST", "EXDEV",
@@ -240,14 +244,16 @@ const ERRNO_NAMES: [&str; 134] = [
     "EKEYREJECTED", "EOWNERDEAD", "ENOTRECOVERABLE", "ERFKILL", "EHWPOISON",
 ];
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{encode, FrameDecoder, GuestMsg, HostMsg};
 
     fn stat() -> FsStat {
-        let t = Time { sec: -1, nsec: 999_999_999 };
+        let t = Time {
+            sec: -1,
+            nsec: 999_999_999,
+        };
         FsStat {
             mode: 0o100644,
             dev: u64::MAX,
@@ -268,18 +274,44 @@ mod tests {
     #[test]
     fn round_trips_every_request_and_reply() {
         let reqs = [
-            FsRequest::Stat { path: "/a".into(), follow: true },
-            FsRequest::ReadDir { path: "/".into(), offset: 1024 },
-            FsRequest::Mkdir { path: "/a/b".into(), mode: Some(0o700), recursive: true },
-            FsRequest::Rename { from: "/a".into(), to: "/b".into() },
-            FsRequest::Remove { path: "/a".into(), recursive: true, force: false },
-            FsRequest::Access { path: "/bin/sh".into(), mode: 1 },
+            FsRequest::Stat {
+                path: "/a".into(),
+                follow: true,
+            },
+            FsRequest::ReadDir {
+                path: "/".into(),
+                offset: 1024,
+            },
+            FsRequest::Mkdir {
+                path: "/a/b".into(),
+                mode: Some(0o700),
+                recursive: true,
+            },
+            FsRequest::Rename {
+                from: "/a".into(),
+                to: "/b".into(),
+            },
+            FsRequest::Remove {
+                path: "/a".into(),
+                recursive: true,
+                force: false,
+            },
+            FsRequest::Access {
+                path: "/bin/sh".into(),
+                mode: 1,
+            },
         ];
-        let entry = DirEntry { name: vec![0xff, b'x'], kind: EntryKind::Socket };
+        let entry = DirEntry {
+            name: vec![0xff, b'x'],
+            kind: EntryKind::Socket,
+        };
         let replies = [
             FsReply::Done,
             FsReply::Stat(stat()),
-            FsReply::Entries { entries: vec![entry], done: false },
+            FsReply::Entries {
+                entries: vec![entry],
+                done: false,
+            },
             FsReply::More,
             FsReply::Errno(errno::ENOENT),
         ];
@@ -292,7 +324,10 @@ mod tests {
         }
         for (id, reply) in replies.into_iter().enumerate() {
             assert!(reply.validate().is_ok(), "{reply:?}");
-            let m = GuestMsg::FsReply { id: id as u32, reply };
+            let m = GuestMsg::FsReply {
+                id: id as u32,
+                reply,
+            };
             for b in encode(&m) {
                 dec.push(&[b]);
             }
@@ -304,32 +339,70 @@ mod tests {
     fn requests_are_bounded() {
         let long = format!("/{}", "a".repeat(MAX_PATH));
         let bad = [
-            FsRequest::Stat { path: "rel".into(), follow: false },
-            FsRequest::Stat { path: "".into(), follow: false },
-            FsRequest::ReadDir { path: "/a\0b".into(), offset: 0 },
-            FsRequest::Mkdir { path: "/a".into(), mode: Some(0o10000), recursive: false },
-            FsRequest::Rename { from: "/a".into(), to: long.clone() },
-            FsRequest::Remove { path: long.clone(), recursive: true, force: true },
-            FsRequest::Access { path: "/a".into(), mode: 8 },
+            FsRequest::Stat {
+                path: "rel".into(),
+                follow: false,
+            },
+            FsRequest::Stat {
+                path: "".into(),
+                follow: false,
+            },
+            FsRequest::ReadDir {
+                path: "/a\0b".into(),
+                offset: 0,
+            },
+            FsRequest::Mkdir {
+                path: "/a".into(),
+                mode: Some(0o10000),
+                recursive: false,
+            },
+            FsRequest::Rename {
+                from: "/a".into(),
+                to: long.clone(),
+            },
+            FsRequest::Remove {
+                path: long.clone(),
+                recursive: true,
+                force: true,
+            },
+            FsRequest::Access {
+                path: "/a".into(),
+                mode: 8,
+            },
         ];
         for req in &bad {
             assert!(req.validate().is_err(), "{req:?}");
         }
-        let name_too_long = FsRequest::Stat { path: long, follow: true };
+        let name_too_long = FsRequest::Stat {
+            path: long,
+            follow: true,
+        };
         assert_eq!(name_too_long.invalid_errno(), errno::ENAMETOOLONG);
         assert_eq!(bad[0].invalid_errno(), errno::EINVAL);
         assert_eq!(bad[4].invalid_errno(), errno::ENAMETOOLONG);
-        let ok = FsRequest::Stat { path: format!("/{}", "a".repeat(MAX_PATH - 2)), follow: true };
+        let ok = FsRequest::Stat {
+            path: format!("/{}", "a".repeat(MAX_PATH - 2)),
+            follow: true,
+        };
         assert!(ok.validate().is_ok());
         // A request that fails validation inside a HostMsg fails the message.
-        let m = HostMsg::Fs { id: 1, req: bad[0].clone() };
+        let m = HostMsg::Fs {
+            id: 1,
+            req: bad[0].clone(),
+        };
         assert!(m.validate().is_err());
     }
 
     #[test]
     fn replies_are_bounded() {
-        let entry = |name: &[u8]| DirEntry { name: name.to_vec(), kind: EntryKind::File };
-        let page = |entries| FsReply::Entries { entries, done: true };
+        let entry = |name: &[u8]| DirEntry {
+            name: name.to_vec(),
+            kind: EntryKind::File,
+        };
+        let page = |entries| FsReply::Entries {
+            entries,
+            done: true,
+        };
         for bad in [
             FsReply::Errno(0),
             FsReply::Errno(-2),
@@ -341,7 +414,10 @@ mod tests {
             page(vec![entry(&[b'a'; MAX_NAME + 1])]),
             page(vec![entry(b"a"); MAX_DIR_PAGE + 1]),
             // Within the count, beyond the bytes.
-            page(vec![entry(&[b'a'; MAX_NAME]); MAX_DIR_PAGE_BYTES / MAX_NAME + 1]),
+            page(vec![
+                entry(&[b'a'; MAX_NAME]);
+                MAX_DIR_PAGE_BYTES / MAX_NAME + 1
+            ]),
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
             assert!(GuestMsg::FsReply { id: 1, reply: bad }.validate().is_err());

@@ -3,6 +3,7 @@
 //! errno number (see `gondolin_wire::guestfs`). fs ids are their own space,
 //! apart from exec ids; a lost connection fails every pending call.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use gondolin_wire::guestfs::{errno_name, FsReply, FsRequest};
@@ -72,8 +73,8 @@ impl Pending {
         for _ in 0..1024 {
             let id = self.next_id;
             self.next_id = self.next_id.wrapping_add(1);
-            if !self.waiters.contains_key(&id) {
-                self.waiters.insert(id, tx);
+            if let Entry::Vacant(slot) = self.waiters.entry(id) {
+                slot.insert(tx);
                 return Ok(id);
             }
         }
@@ -164,7 +165,14 @@ impl ControlClient {
         recursive: bool,
     ) -> Result<(), GuestFsError> {
         let path = path.to_owned();
-        done(self.fs_call(FsRequest::Mkdir { path, mode, recursive }).await?)
+        done(
+            self.fs_call(FsRequest::Mkdir {
+                path,
+                mode,
+                recursive,
+            })
+            .await?,
+        )
     }
 
     /// `rename(2)` between guest paths (`EXDEV` across file systems).

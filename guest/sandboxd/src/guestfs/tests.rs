@@ -81,7 +81,10 @@ fn readdir_pages_cover_the_directory_once_with_types() {
             entries: entries.clone(),
             done,
         };
-        assert!(reply.validate().is_ok(), "every page passes the host's bounds");
+        assert!(
+            reply.validate().is_ok(),
+            "every page passes the host's bounds"
+        );
         pages += 1;
         for e in entries {
             let name = String::from_utf8(e.name).unwrap();
@@ -124,7 +127,11 @@ fn mkdir_like_mkdir_p_and_m() {
     };
     assert_eq!(mk("a/b/c", None, true), FsReply::Done);
     assert!(Path::new(&s.at("a/b/c")).is_dir());
-    assert_eq!(mk("a/b/c", None, true), FsReply::Done, "-p: existing is fine");
+    assert_eq!(
+        mk("a/b/c", None, true),
+        FsReply::Done,
+        "-p: existing is fine"
+    );
     assert_eq!(errno(mk("a/b/c", None, false)), libc::EEXIST);
     assert_eq!(errno(mk("x/y", None, false)), libc::ENOENT);
     // Exact mode, whatever the umask: 0o707 has bits a 022 umask clears.
@@ -169,7 +176,10 @@ fn rename_and_access() {
 fn remove_like_rm_within_a_budget() {
     let s = Scratch::new("remove");
     let rm = |rel: &str, recursive, force| remove(Path::new(&s.at(rel)), recursive, force, 10);
-    assert_eq!(errno(rm("nope", false, false).unwrap_or_else(errored)), libc::ENOENT);
+    assert_eq!(
+        errno(rm("nope", false, false).unwrap_or_else(errored)),
+        libc::ENOENT
+    );
     assert_eq!(rm("nope", true, true).unwrap(), FsReply::Done);
     fs::create_dir_all(s.at("t/a/b")).unwrap();
     for i in 0..25 {
@@ -179,13 +189,19 @@ fn remove_like_rm_within_a_budget() {
     fs::create_dir(s.at("keep")).unwrap();
     fs::write(s.at("keep/k"), b"").unwrap();
     symlink(s.at("keep"), s.at("t/link")).unwrap();
-    assert_eq!(errno(rm("t", false, true).unwrap_or_else(errored)), libc::EISDIR);
+    assert_eq!(
+        errno(rm("t", false, true).unwrap_or_else(errored)),
+        libc::EISDIR
+    );
     let mut rounds = 0;
     while rm("t", true, false).unwrap() == FsReply::More {
         rounds += 1;
         assert!(rounds < 10, "a recursive remove ends");
     }
-    assert!(rounds >= 2, "25 files with a budget of 10 take several requests");
+    assert!(
+        rounds >= 2,
+        "25 files with a budget of 10 take several requests"
+    );
     assert!(!Path::new(&s.at("t")).exists());
     assert!(Path::new(&s.at("keep/k")).exists());
     fs::write(s.at("f"), b"").unwrap();

@@ -86,10 +86,26 @@ async fn read_dir_follows_pages_and_remove_follows_more() {
     let first: Vec<_> = (0..MAX_DIR_PAGE).map(|i| entry(&format!("f{i}"))).collect();
     let (id, req) = next_fs(&mut g).await;
     assert!(matches!(req, FsRequest::ReadDir { offset: 0, .. }));
-    answer(&mut g, id, FsReply::Entries { entries: first, done: false }).await;
+    answer(
+        &mut g,
+        id,
+        FsReply::Entries {
+            entries: first,
+            done: false,
+        },
+    )
+    .await;
     let (id, req) = next_fs(&mut g).await;
     assert!(matches!(req, FsRequest::ReadDir { offset, .. } if offset as usize == MAX_DIR_PAGE));
-    answer(&mut g, id, FsReply::Entries { entries: vec![entry("z")], done: true }).await;
+    answer(
+        &mut g,
+        id,
+        FsReply::Entries {
+            entries: vec![entry("z")],
+            done: true,
+        },
+    )
+    .await;
     let all = call.await.unwrap().unwrap();
     assert_eq!(all.len(), MAX_DIR_PAGE + 1);
     assert_eq!(all.last().unwrap().name, b"z");
@@ -100,7 +116,14 @@ async fn read_dir_follows_pages_and_remove_follows_more() {
     });
     for reply in [FsReply::More, FsReply::More, FsReply::Done] {
         let (id, req) = next_fs(&mut g).await;
-        assert!(matches!(req, FsRequest::Remove { recursive: true, force: false, .. }));
+        assert!(matches!(
+            req,
+            FsRequest::Remove {
+                recursive: true,
+                force: false,
+                ..
+            }
+        ));
         answer(&mut g, id, reply).await;
     }
     call.await.unwrap().unwrap();
@@ -127,8 +150,19 @@ async fn wrong_replies_are_errors_not_hangs() {
         async move { c.fs_read_dir("/d").await }
     });
     let (id, _) = next_fs(&mut g).await;
-    answer(&mut g, id, FsReply::Entries { entries: vec![], done: false }).await;
-    assert!(matches!(call.await.unwrap(), Err(GuestFsError::BadReply(_))));
+    answer(
+        &mut g,
+        id,
+        FsReply::Entries {
+            entries: vec![],
+            done: false,
+        },
+    )
+    .await;
+    assert!(matches!(
+        call.await.unwrap(),
+        Err(GuestFsError::BadReply(_))
+    ));
 }
 
 #[tokio::test]
@@ -154,7 +188,10 @@ async fn bad_requests_fail_on_the_host_and_a_lost_guest_fails_pending_calls() {
     let err = call.await.unwrap().unwrap_err();
     assert_eq!(err.code(), "connection_closed");
     // And later calls fail at once.
-    assert!(matches!(c.fs_access("/", 0).await, Err(GuestFsError::Control(_))));
+    assert!(matches!(
+        c.fs_access("/", 0).await,
+        Err(GuestFsError::Control(_))
+    ));
 }
 
 #[tokio::test]
@@ -166,7 +203,15 @@ async fn an_oversized_page_is_a_protocol_violation() {
     });
     let (id, _) = next_fs(&mut g).await;
     let entries = vec![entry("a"); MAX_DIR_PAGE + 1];
-    answer(&mut g, id, FsReply::Entries { entries, done: true }).await;
+    answer(
+        &mut g,
+        id,
+        FsReply::Entries {
+            entries,
+            done: true,
+        },
+    )
+    .await;
     let reason = conn.closed.await.unwrap();
     assert_eq!(reason.code, "protocol_error");
     c.fail(reason);

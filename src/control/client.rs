@@ -125,6 +125,11 @@ impl Shared {
                 signal,
             } => {
                 if let Some(slot) = st.execs.remove(&id) {
+                    // A writer waiting for stdin credit the guest will never
+                    // grant (a file exec that failed to open) gets `Exited`.
+                    if let Some(s) = &slot.stdin {
+                        s.close();
+                    }
                     let _ = slot.events.send(ExecEvent::Exit { exit_code, signal });
                 }
             }
@@ -155,6 +160,9 @@ impl Shared {
                 // an exec ends it.
                 if id != 0 && code != "stdin_backpressure" {
                     if let Some(slot) = st.execs.remove(&id) {
+                        if let Some(s) = &slot.stdin {
+                            s.close();
+                        }
                         let _ = slot.events.send(ExecEvent::Failed { code, message });
                     }
                 } else {

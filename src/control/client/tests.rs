@@ -253,3 +253,27 @@ async fn guest_eof_releases_the_connection() {
     assert_eq!(conn.closed.await.unwrap().code, "connection_closed");
     drop(c);
 }
+
+#[tokio::test]
+async fn stdin_waiting_for_credit_ends_when_the_exec_exits() {
+    // A file exec that cannot open its file exits at once without granting
+    // stdin credit: the writer must not wait forever (it held the process).
+    let (c, _conn, mut g) = pair();
+    let mut r = req(&["gondolin:write-file"]);
+    r.stdin = true;
+    let h = c.exec(&r).unwrap();
+    let HostMsg::Exec { id, .. } = g.recv().await else {
+        panic!()
+    };
+    let ctl = h.control();
+    let writer = tokio::spawn(async move { ctl.write_stdin(b"x").await });
+    tokio::task::yield_now().await;
+    g.send(&GuestMsg::Exit {
+        id,
+        exit_code: 2,
+        signal: None,
+    })
+    .await;
+    let res = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+    assert_eq!(res.expect("the writer ended").unwrap(), Err(ControlError::Exited));
+}

@@ -275,5 +275,8 @@ async fn stdin_waiting_for_credit_ends_when_the_exec_exits() {
     })
     .await;
     let res = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
-    assert_eq!(res.expect("the writer ended").unwrap(), Err(ControlError::Exited));
+    assert_eq!(
+        res.expect("the writer ended").unwrap(),
+        Err(ControlError::Exited)
+    );
 }

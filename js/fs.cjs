@@ -1,44 +1,44 @@
 "use strict";
-// vm.fs: host-side file helpers for any guest path. Each operation is one
-// guest process (cat, stat, find, mv, mkdir, rm, test) started through exec,
-// so file operations run beside long-running execs instead of queueing
-// behind them (upstream serializes them), and large files stream with the
-// same credit-based backpressure as exec output.
+// vm.fs: host-side file helpers for any guest path. Metadata calls (stat,
+// access, mkdir, listDir, rename, deleteFile) are one typed request each to
+// sandboxd, answered with data or the guest's errno number, so no program
+// runs and no (localized) error text is read. File contents move through
+// sandboxd's file execs (no process either), which stream with the same
+// credit-based backpressure as exec output and report a failure as the
+// errno in their exit status. Both run beside long-running execs instead
+// of queueing behind them (upstream serializes them).
 
 const fs = require("node:fs");
 const path = require("node:path");
+const util = require("node:util");
 const { Readable } = require("node:stream");
+const { native } = require("./native.cjs");
+const { fromNative, withCode } = require("./errors.cjs");
 const { makeStats, statsObject } = require("./vfs.cjs");
-
-// errno names by the message coreutils prints (strerror text).
-const ERRNO = [
-  [/No such file or directory/, "ENOENT", 2],
-  [/Permission denied/, "EACCES", 13],
-  [/File exists/, "EEXIST", 17],
-  [/Not a directory/, "ENOTDIR", 20],
-  [/Is a directory/, "EISDIR", 21],
-  [/Invalid argument/, "EINVAL", 22],
-  [/Read-only file system/, "EROFS", 30],
-  [/Directory not empty/, "ENOTEMPTY", 39],
-  [/No space left on device/, "ENOSPC", 28],
-  [/Operation not permitted/, "EPERM", 1],
-];
 
 /** Exec options (internal): run no process, store stdin in this guest file / send this guest file as stdout. */
 const kStdinToFile = Symbol("gondolin.stdinToFile");
 const kStdoutFromFile = Symbol("gondolin.stdoutFromFile");
 
-function fsError(prefix, detail) {
-  const text = detail.trim().split("\n").pop() || "failed";
-  const err = new Error(`${prefix}: ${text}`);
-  for (const [re, code, errno] of ERRNO) {
-    if (re.test(text)) {
-      err.code = code;
-      err.errno = -errno;
-      break;
-    }
-  }
+/**
+ * The error for a guest errno (a positive Linux number): `code` is its
+ * name (`ENOENT`, `UNKNOWN` if Linux has none), `errno` is negative as in
+ * Node. The words come from the host's table when it names the number the
+ * same way (a Linux host), else only the code is shown.
+ */
+function errnoError(prefix, errno, code = native.guestErrnoName(errno) ?? "UNKNOWN") {
+  const known = util.getSystemErrorMap().get(-errno);
+  const words = known && known[0] === code ? ` (${known[1]})` : "";
+  const err = new Error(`${prefix}: ${code}${words}`);
+  err.code = code;
+  err.errno = -errno;
   return err;
+}
+
+/** The error of a failed file exec: its status is the errno, unless it was killed. */
+function fileExecError(prefix, r) {
+  if (r.signal) return new Error(`${prefix}: signal ${r.signal}`);
+  return errnoError(prefix, r.exitCode);
 }
 
 function resolvePath(p, cwd, name = "filePath") {
@@ -58,27 +58,6 @@ function checkMode(mode, allowed) {
     throw new TypeError("mode can only contain fs.constants.R_OK, W_OK, and X_OK");
   }
   if (mode > 0o7777) throw new TypeError("mode must fit in permission bits (max 0o7777)");
-}
-
-function statsFrom(line) {
-  const f = line.trim().split("|");
-  if (f.length < 13) throw new Error(`unexpected stat output: ${line}`);
-  const num = (s) => Number(s);
-  return statsObject({
-    mode: parseInt(f[0], 16),
-    dev: num(f[1]),
-    ino: num(f[2]),
-    nlink: num(f[3]),
-    uid: num(f[4]),
-    gid: num(f[5]),
-    rdev: parseInt(f[6], 16) * 256 + parseInt(f[7], 16),
-    size: num(f[8]),
-    blksize: num(f[9]),
-    blocks: num(f[10]),
-    atimeMs: num(f[11]) * 1000,
-    mtimeMs: num(f[12]) * 1000,
-    ctimeMs: num(f[13]) * 1000,
-  });
 }
 
 const VFS_CHUNK = 1024 * 1024;
@@ -223,11 +202,35 @@ class VmFs {
     return rel === null ? null : new VfsDirect(this._vm, rel);
   }
 
-  async _run(argv, prefix, opts = {}, execOpts = {}) {
-    const r = await this._vm.exec(argv, { signal: opts.signal, ...execOpts });
-    if (r.exitCode !== 0) {
-      throw fsError(prefix, r.stderr || (r.signal ? `signal ${r.signal}` : `exit ${r.exitCode}`));
+  /**
+   * One typed call to sandboxd: `native[method](...args)` on the booted VM.
+   * Resolves with the outcome; a guest errno rejects with errnoError.
+   */
+  async _guest(prefix, options, method, ...args) {
+    const signal = options.signal;
+    signal?.throwIfAborted();
+    await this._vm._implicitStart();
+    if (this._vm._closed) throw withCode("VM is closed", "vm_closed");
+    let call = this._vm._native[method](...args).catch((err) => {
+      throw fromNative(err);
+    });
+    if (signal) {
+      // The guest finishes the (short) call; the caller stops waiting.
+      let onAbort;
+      const aborted = new Promise((_, reject) => {
+        onAbort = () => reject(signal.reason);
+        signal.addEventListener("abort", onAbort, { once: true });
+      });
+      call = Promise.race([call, aborted]).finally(() => signal.removeEventListener("abort", onAbort));
     }
+    const out = await call;
+    if (out.errno) throw errnoError(prefix, out.errno, out.code);
+    return out;
+  }
+
+  async _fileExec(argv, prefix, opts, execOpts) {
+    const r = await this._vm.exec(argv, { signal: opts.signal, ...execOpts });
+    if (r.exitCode !== 0) throw fileExecError(prefix, r);
     return r;
   }
 
@@ -237,11 +240,7 @@ class VmFs {
     checkMode(mode, fs.constants.R_OK | fs.constants.W_OK | fs.constants.X_OK);
     const d = this._direct(p);
     if (d) return d.access(mode, `failed to access guest file '${p}'`);
-    const tests = ['[ -e "$1" ] || { echo "No such file or directory" >&2; exit 1; }'];
-    if (mode & fs.constants.R_OK) tests.push('[ -r "$1" ] || { echo "Permission denied" >&2; exit 1; }');
-    if (mode & fs.constants.W_OK) tests.push('[ -w "$1" ] || { echo "Permission denied" >&2; exit 1; }');
-    if (mode & fs.constants.X_OK) tests.push('[ -x "$1" ] || { echo "Permission denied" >&2; exit 1; }');
-    await this._run(["/bin/sh", "-c", tests.join("\n"), "sh", p], `failed to access guest file '${p}'`, options);
+    await this._guest(`failed to access guest file '${p}'`, options, "guestAccess", p, mode);
   }
 
   async mkdir(dirPath, options = {}) {
@@ -249,34 +248,24 @@ class VmFs {
     checkMode(options.mode);
     const d = this._direct(p);
     if (d) return d.mkdir(options, `failed to create guest directory '${p}'`);
-    const argv = ["mkdir"];
-    if (options.recursive) argv.push("-p");
-    if (options.mode !== undefined) argv.push("-m", options.mode.toString(8));
-    await this._run([...argv, "--", p], `failed to create guest directory '${p}'`, options);
+    const prefix = `failed to create guest directory '${p}'`;
+    await this._guest(prefix, options, "guestMkdir", p, options.mode, Boolean(options.recursive));
   }
 
   async listDir(dirPath, options = {}) {
     const p = resolvePath(dirPath, options.cwd, "dirPath");
     const d = this._direct(p);
     if (d) return d.listDir(`failed to list guest directory '${p}'`);
-    const script =
-      '[ -e "$1" ] || { echo "No such file or directory" >&2; exit 1; }\n' +
-      '[ -d "$1" ] || { echo "Not a directory" >&2; exit 1; }\n' +
-      "exec find \"$1\" -mindepth 1 -maxdepth 1 -printf '%f\\0'";
-    const r = await this._run(["/bin/sh", "-c", script, "sh", p], `failed to list guest directory '${p}'`, options);
-    return r.stdout.split("\0").filter(Boolean).sort();
+    const out = await this._guest(`failed to list guest directory '${p}'`, options, "guestReadDir", p);
+    return out.entries.map((e) => e.name).sort();
   }
 
   async stat(filePath, options = {}) {
     const p = resolvePath(filePath, options.cwd);
     const d = this._direct(p);
     if (d) return d.stat(`failed to stat guest file '${p}'`);
-    const r = await this._run(
-      ["stat", "-Lc", "%f|%d|%i|%h|%u|%g|%t|%T|%s|%B|%b|%X|%Y|%Z", "--", p],
-      `failed to stat guest file '${p}'`,
-      options,
-    );
-    return statsFrom(r.stdout);
+    const out = await this._guest(`failed to stat guest file '${p}'`, options, "guestStat", p, true);
+    return statsObject(out.stat);
   }
 
   async rename(oldPath, newPath, options = {}) {
@@ -290,7 +279,7 @@ class VmFs {
       err.code = "EXDEV";
       throw err;
     }
-    await this._run(["mv", "-T", "--", a, b], `failed to rename guest path '${a}' to '${b}'`, options);
+    await this._guest(`failed to rename guest path '${a}' to '${b}'`, options, "guestRename", a, b);
   }
 
   async readFile(filePath, options = {}) {
@@ -299,7 +288,7 @@ class VmFs {
     const d = this._direct(p);
     const buf = d
       ? await d.readFile(`failed to read guest file '${p}'`)
-      : (await this._run(["gondolin:read-file", p], `failed to read guest file '${p}'`, options, { [kStdoutFromFile]: p }))
+      : (await this._fileExec(["gondolin:read-file", p], `failed to read guest file '${p}'`, options, { [kStdoutFromFile]: p }))
           .stdoutBuffer;
     return enc ? buf.toString(enc) : buf;
   }
@@ -312,7 +301,7 @@ class VmFs {
     const proc = this._vm.exec(["gondolin:read-file", p], { stdout: "pipe", signal: options.signal, [kStdoutFromFile]: p });
     const stream = proc.stdout;
     const prefix = `failed to stream guest file '${p}'`;
-    // Resolve on the first byte, or reject if cat fails before any data.
+    // Resolve on the first byte, or reject if the file fails before any data.
     let onReadable;
     const started = await Promise.race([
       new Promise((resolve) => {
@@ -323,10 +312,10 @@ class VmFs {
       }),
       proc.result,
     ]).finally(() => stream.off("readable", onReadable));
-    if (started !== "data" && started.exitCode !== 0) throw fsError(prefix, started.stderr);
+    if (started !== "data" && started.exitCode !== 0) throw fileExecError(prefix, started);
     proc.result.then(
       (r) => {
-        if (r.exitCode !== 0) stream.destroy(fsError(prefix, r.stderr));
+        if (r.exitCode !== 0) stream.destroy(fileExecError(prefix, r));
       },
       (e) => stream.destroy(e),
     );
@@ -344,7 +333,7 @@ class VmFs {
     const d = this._direct(p);
     if (d) return d.writeFile(input, `failed to write guest file '${p}'`);
     // sandboxd writes stdin straight into the file: no shell, no cat, no pipe.
-    await this._run(["gondolin:write-file", p], `failed to write guest file '${p}'`, options, {
+    await this._fileExec(["gondolin:write-file", p], `failed to write guest file '${p}'`, options, {
       stdin: input,
       [kStdinToFile]: p,
     });
@@ -359,11 +348,10 @@ class VmFs {
     }
     const prefix = `failed to delete guest file '${p}'`;
     const d = this._direct(p);
-    const argv = ["rm"];
-    if (options.recursive) argv.push("-r");
-    if (options.force) argv.push("-f");
+    const recursive = Boolean(options.recursive);
+    const force = Boolean(options.force);
     try {
-      await (d ? d.remove(d.rel, options, prefix) : this._run([...argv, "--", p], prefix, options));
+      await (d ? d.remove(d.rel, options, prefix) : this._guest(prefix, options, "guestRemove", p, recursive, force));
     } catch (err) {
       // Upstream's wording (the guest's error name), whichever route failed.
       if (err.code === "ENOENT") err.message = `${prefix}: FileNotFound`;
@@ -372,4 +360,4 @@ class VmFs {
   }
 }
 
-module.exports = { VmFs, resolvePath, statsFrom, kStdinToFile, kStdoutFromFile };
+module.exports = { VmFs, resolvePath, kStdinToFile, kStdoutFromFile };

@@ -42,6 +42,7 @@ struct State {
     next_id: u32,
     disconnect: Option<Disconnect>,
     ready: Option<oneshot::Sender<Result<u32, Disconnect>>>,
+    fs: guest_fs::Pending,
 }
 
 /// State shared by the client, its tasks and every exec handle.
@@ -100,6 +101,7 @@ impl Shared {
         for (_, slot) in st.execs.drain() {
             slot.end(Some(disconnected(&d)));
         }
+        st.fs.fail(&d);
         if let Some(tx) = st.ready.take() {
             let _ = tx.send(Err(d));
         }
@@ -179,6 +181,7 @@ impl Shared {
                 }
             }
             GuestMsg::Pong { .. } => {}
+            GuestMsg::FsReply { id, reply } => st.fs.complete(id, reply),
         }
         Ok(())
     }
@@ -384,6 +387,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
         shared.fail(reason);
     }
 }
+
+pub mod guest_fs;
 
 #[cfg(test)]
 mod tests;

@@ -11,8 +11,11 @@
 mod client;
 mod exec;
 
+pub use client::guest_fs::{DirEntry, EntryKind, FsStat, GuestFsError, Time};
 pub use client::{Connection, ControlClient};
 pub use exec::{ExecControl, ExecEvent, ExecHandle, ExecRequest};
+/// Linux errno number → name (`2` → `"ENOENT"`): the guest's numbering.
+pub use gondolin_wire::guestfs::errno_name;
 pub use gondolin_wire::Stream;
 
 use crate::error::ErrorCode;

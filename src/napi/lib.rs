@@ -8,6 +8,7 @@
 
 mod error;
 mod exec;
+mod guest_fs;
 mod http_js;
 mod http_policy;
 mod image;

@@ -101,7 +101,7 @@ pub fn detect_accel(explicit: Option<String>) -> NativeAccel {
 
 #[napi]
 pub struct NativeVm {
-    vm: Arc<Vm>,
+    pub(crate) vm: Arc<Vm>,
     fs: Option<Arc<FsServer>>,
     egress: Option<crate::net::EgressEvents>,
     net_stats: Option<Arc<gondolin::net::NetStats>>,

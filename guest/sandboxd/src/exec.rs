@@ -29,6 +29,12 @@ const REGRANT_BATCH: u32 = 64 * 1024;
 /// End of transmission: what "end of stdin" means on a terminal.
 const EOT: u8 = 0x04;
 
+/// A file exec's failure: its errno (the exit status) and its stderr line.
+fn file_error(what: &str, e: &io::Error) -> (i32, String) {
+    let line = format!("{what}: {}\n", sys::errno_text(e));
+    (crate::guestfs::errno_of(e), line)
+}
+
 pub fn initial_credit(requested: u32) -> u32 {
     if requested == 0 {
         DEFAULT_WINDOW
@@ -102,8 +108,9 @@ pub struct Exec {
     pub stderr: OutStream,
     pub stdin: Stdin,
     drain: Option<Drain>,
-    /// Why a file exec's read or write failed (sent on stderr; status 1).
-    file_error: Option<String>,
+    /// Why a file exec's read or write failed: the errno (its exit status)
+    /// and the words sent on stderr.
+    file_error: Option<(i32, String)>,
 }
 
 impl Exec {
@@ -190,14 +197,14 @@ impl Exec {
     pub fn settle(&mut self) {
         let done = self.stdin.fd.is_none() && self.stdout.fd.is_none();
         if self.is_file_exec() && self.status.is_none() && done {
-            let code = if self.file_error.is_some() { 1 } else { 0 };
+            let code = self.file_error.as_ref().map_or(0, |(errno, _)| *errno);
             self.status = Some((code, None));
         }
     }
 
     /// The error a file exec reports on stderr before its exit.
     pub fn error_output(&self) -> Option<GuestMsg> {
-        let e = self.file_error.as_ref()?;
+        let (_, e) = self.file_error.as_ref()?;
         Some(GuestMsg::Output {
             id: self.id,
             stream: Stream::Stderr,
@@ -333,7 +340,7 @@ impl Exec {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // A file source (no process) fails on a read error.
                 Err(e) if self.pid == 0 => {
-                    self.file_error = Some(format!("read: {}\n", sys::errno_text(&e)));
+                    self.file_error = Some(file_error("read", &e));
                     s.fd = None;
                 }
                 // End of file; for a pty master, EIO once no slave is open.
@@ -394,7 +401,7 @@ impl Exec {
                 // For a file sink (no child), it is the exec's failure.
                 Err(e) => {
                     if self.pid == 0 {
-                        self.file_error = Some(format!("write: {}\n", sys::errno_text(&e)));
+                        self.file_error = Some(file_error("write", &e));
                     }
                     st.discard_queue();
                     st.fd = None;

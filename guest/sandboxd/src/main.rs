@@ -11,6 +11,7 @@
 //! (libc wrappers).
 
 mod exec;
+mod guestfs;
 mod outbuf;
 mod port;
 mod pty;

@@ -18,6 +18,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Instant;
 
+use gondolin_wire::guestfs::FsReply;
 use gondolin_wire::{FrameDecoder, GuestMsg, HostMsg, Stream, WireError, PROTOCOL_VERSION};
 
 use crate::exec::{initial_credit, Exec};
@@ -269,7 +270,14 @@ impl Server {
                 }
             };
             if let Err(e) = msg.validate() {
-                self.error(request_id(&msg), "invalid_request", &e.to_string());
+                match &msg {
+                    // fs requests always get their FsReply, here an errno.
+                    HostMsg::Fs { id, req } => self.out.push(&GuestMsg::FsReply {
+                        id: *id,
+                        reply: FsReply::Errno(req.invalid_errno()),
+                    }),
+                    _ => self.error(request_id(&msg), "invalid_request", &e.to_string()),
+                }
                 continue;
             }
             self.handle(msg, now);
@@ -314,6 +322,10 @@ impl Server {
                 }
             }
             HostMsg::Ping { seq } => self.out.push(&GuestMsg::Pong { seq }),
+            HostMsg::Fs { id, req } => {
+                let reply = crate::guestfs::handle(&req);
+                self.out.push(&GuestMsg::FsReply { id, reply });
+            }
         }
     }
 
@@ -395,10 +407,12 @@ impl Server {
         }
     }
 
-    /// A file exec whose file cannot be opened: the reason on stderr, status 1.
+    /// A file exec whose file cannot be opened: the reason on stderr, the
+    /// errno as status (see [`gondolin_wire::Exec::stdin_to_file`]).
     fn fail_file_exec(&mut self, id: u32, path: &str, err: &io::Error, stderr_window: u32) {
         let line = format!("{path}: {}\n", sys::errno_text(err));
-        self.fail_at_start(id, Stream::Stderr, stderr_window, line, 1);
+        let status = crate::guestfs::errno_of(err);
+        self.fail_at_start(id, Stream::Stderr, stderr_window, line, status);
     }
 
     /// An exec that never got going: one line of why (within the stream's
@@ -459,7 +473,8 @@ fn request_id(msg: &HostMsg) -> u32 {
         | HostMsg::Stdin { id, .. }
         | HostMsg::Window { id, .. }
         | HostMsg::Resize { id, .. }
-        | HostMsg::Kill { id, .. } => *id,
+        | HostMsg::Kill { id, .. }
+        | HostMsg::Fs { id, .. } => *id,
         HostMsg::Ping { .. } => 0,
     }
 }

@@ -57,6 +57,12 @@ pub fn open(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     Ok(own(fd))
 }
 
+/// `access(2)`: may the caller use `path` as `mode` (`F_OK`, `R_OK`...)?
+pub fn access(path: &CStr, mode: libc::c_int) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated; access reads nothing else.
+    cvt(unsafe { libc::access(path.as_ptr(), mode) }).map(drop)
+}
+
 /// `read(2)` into possibly uninitialised memory; retries on EINTR.
 pub fn read_uninit(fd: BorrowedFd<'_>, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
     loop {

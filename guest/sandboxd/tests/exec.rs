@@ -324,10 +324,11 @@ fn stdin_to_file_stores_stdin_without_a_process() {
     assert_eq!((o.exit_code, o.stderr.as_slice()), (0, &b""[..]));
     assert!(std::fs::read(&path).unwrap() == data);
 
-    // A file that cannot be created: status 1 and the reason on stderr.
+    // A file that cannot be created: the errno as status (ENOENT = 2) and
+    // the reason on stderr.
     e.stdin_to_file = Some(dir.join("missing/x").to_str().unwrap().to_string());
     let o = g.run(6, e.clone());
-    assert_eq!(o.exit_code, 1);
+    assert_eq!(o.exit_code, 2);
     assert!(
         o.stderr_str().contains("No such file or directory"),
         "{}",
@@ -376,14 +377,14 @@ fn stdout_from_file_sends_a_file_without_a_process() {
         o.stdout.len(),
         data.len()
     );
-    // Missing file, directory: status 1 and the reason.
-    for (p, why) in [
-        (dir.join("nope"), "No such file or directory"),
-        (dir.clone(), "Is a directory"),
+    // Missing file, directory: the errno as status and the reason.
+    for (p, errno, why) in [
+        (dir.join("nope"), 2, "No such file or directory"),
+        (dir.clone(), 21, "Is a directory"),
     ] {
         e.stdout_from_file = Some(p.to_str().unwrap().to_string());
         let o = g.run(10, e.clone());
-        assert_eq!(o.exit_code, 1);
+        assert_eq!(o.exit_code, errno);
         assert!(o.stdout.is_empty());
         assert!(o.stderr_str().contains(why), "{}", o.stderr_str());
     }

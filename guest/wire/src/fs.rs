@@ -54,6 +54,7 @@ pub mod errno {
     pub const ENOTEMPTY: i32 = 39;
     pub const ELOOP: i32 = 40;
     pub const ENODATA: i32 = 61;
+    pub const EOVERFLOW: i32 = 75;
     pub const EOPNOTSUPP: i32 = 95;
     pub const ENOTSUP: i32 = EOPNOTSUPP;
 }

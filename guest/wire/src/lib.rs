@@ -11,6 +11,7 @@
 
 mod frame;
 pub mod fs;
+pub mod guestfs;
 mod msg;
 pub mod ports;
 

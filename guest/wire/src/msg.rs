@@ -4,9 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::guestfs::{FsReply, FsRequest};
 use crate::{WireError, MAX_ARGS, MAX_CHUNK, MAX_ENV, MAX_STRING};
 
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Which output stream a chunk or a credit grant belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,11 +33,14 @@ pub struct Exec {
     pub stdout_window: u32,
     pub stderr_window: u32,
     /// Start no process: write stdin into this file (created or truncated,
-    /// mode 0644) and exit 0 at its end, or 1 with the reason on stderr.
-    /// How `vm.fs.writeFile` stores a file without a `cat` and a pipe.
+    /// mode 0644) and exit 0 at its end; on failure the exit status is the
+    /// Linux errno (1..=133; the reason in words on stderr), so the host
+    /// names the error without reading text. How `vm.fs.writeFile` stores a
+    /// file without a `cat` and a pipe.
     pub stdin_to_file: Option<String>,
     /// Start no process: send this file as stdout and exit 0 at its end, or
-    /// 1 with the reason on stderr. How `vm.fs.readFile` reads a file.
+    /// with the errno as status as for `stdin_to_file`. How `vm.fs.readFile`
+    /// reads a file.
     pub stdout_from_file: Option<String>,
 }
 
@@ -60,6 +64,9 @@ pub enum HostMsg {
     Kill { id: u32, signal: i32 },
     /// Liveness probe; answered with [`GuestMsg::Pong`].
     Ping { seq: u32 },
+    /// A file-system request; answered with [`GuestMsg::FsReply`] of the
+    /// same `id` (fs ids are apart from exec ids).
+    Fs { id: u32, req: FsRequest },
 }
 
 /// Guest -> host.
@@ -96,6 +103,11 @@ pub enum GuestMsg {
     },
     Pong {
         seq: u32,
+    },
+    /// The answer to [`HostMsg::Fs`] `id`.
+    FsReply {
+        id: u32,
+        reply: FsReply,
     },
 }
 
@@ -169,6 +181,7 @@ impl HostMsg {
     pub fn validate(&self) -> Result<(), WireError> {
         match self {
             HostMsg::Exec { exec, .. } => exec.validate(),
+            HostMsg::Fs { req, .. } => req.validate(),
             HostMsg::Stdin { data, .. } if data.len() > MAX_CHUNK => {
                 Err(WireError::Invalid("stdin chunk too large"))
             }
@@ -187,6 +200,7 @@ impl GuestMsg {
             GuestMsg::Error { code, message, .. } if code.len() > 256 || message.len() > 4096 => {
                 Err(WireError::Invalid("error text too long"))
             }
+            GuestMsg::FsReply { reply, .. } => reply.validate(),
             _ => Ok(()),
         }
     }

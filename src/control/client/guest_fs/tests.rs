@@ -213,7 +213,7 @@ async fn an_oversized_page_is_a_protocol_violation() {
     )
     .await;
     let reason = conn.closed.await.unwrap();
-    assert_eq!(reason.code, "protocol_error");
+    assert_eq!(reason.code, ErrorCode::ProtocolError);
     c.fail(reason);
     assert_eq!(call.await.unwrap().unwrap_err().code(), "protocol_error");
 }

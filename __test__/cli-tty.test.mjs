@@ -23,6 +23,17 @@ const tmux = (...args) => execFileSync("tmux", ["-L", server, ...args], { encodi
 const pane = (target = main) => tmux("capture-pane", "-p", "-t", target);
 const q = (s) => `'${s.replace(/'/g, `'\\''`)}'`;
 
+/** Stop the private server and wait until it is gone: a new session started
+ * while it is still exiting fails with "server exited unexpectedly". */
+async function killServer() {
+  spawnSync("tmux", ["-L", server, "kill-server"]);
+  for (let i = 0; i < 50; i++) {
+    const r = spawnSync("tmux", ["-L", server, "list-sessions"], { encoding: "utf8" });
+    if (r.status !== 0 && /no server running|error connecting/.test(r.stderr)) return;
+    await sleep(100);
+  }
+}
+
 async function waitFor(re, ms, what, target = main) {
   const deadline = Date.now() + ms;
   let text = "";
@@ -82,7 +93,7 @@ test("gondolin bash: prompt, echo $((6*7)), stty size, exit; interactive attach 
     await waitFor(/CLI-EXIT=5/, 30000, "the CLI to exit with the shell's status");
     assert.deepEqual(fs.readdirSync(dir), [], "the session entry is removed when the CLI exits");
   } finally {
-    spawnSync("tmux", ["-L", server, "kill-server"]);
+    await killServer();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
@@ -98,7 +109,7 @@ test("gondolin bash: Ctrl-] detaches, closes the VM and exits 130", { skip }, as
     await waitFor(/\[gondolin\] detached \(Ctrl-\]\)\s*\n+CLI-EXIT=130/, 30000, "bash to detach on Ctrl-]");
     assert.deepEqual(fs.readdirSync(dir), [], "the VM is closed and its session entry removed");
   } finally {
-    spawnSync("tmux", ["-L", server, "kill-server"]);
+    await killServer();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });

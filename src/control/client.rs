@@ -391,4 +391,4 @@ async fn read_loop<R: AsyncRead + Unpin>(
 pub mod guest_fs;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

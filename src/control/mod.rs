@@ -12,6 +12,8 @@ mod client;
 mod exec;
 
 pub use client::guest_fs::{DirEntry, EntryKind, FsStat, GuestFsError, Time};
+#[cfg(test)]
+pub(crate) use client::tests::{pair as fake_guest_pair, FakeGuest};
 pub use client::{Connection, ControlClient};
 pub use exec::{ExecControl, ExecEvent, ExecHandle, ExecRequest};
 /// Linux errno number → name (`2` → `"ENOENT"`): the guest's numbering.

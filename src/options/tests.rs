@@ -1,6 +1,7 @@
 use super::*;
 
-fn obj(entries: &[(&str, OptValue)]) -> OptValue {
+/// An option object from (key, value) pairs (also used by the submodules' tests).
+pub(super) fn obj(entries: &[(&str, OptValue)]) -> OptValue {
     OptValue::Object(
         entries
             .iter()
@@ -8,7 +9,7 @@ fn obj(entries: &[(&str, OptValue)]) -> OptValue {
             .collect(),
     )
 }
-fn s(v: &str) -> OptValue {
+pub(super) fn s(v: &str) -> OptValue {
     OptValue::String(v.into())
 }
 fn refused(o: OptValue) -> String {

@@ -156,19 +156,8 @@ pub fn cmdline(mounts: &[TmpfsMount]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{obj, s};
     use super::*;
-
-    fn obj(entries: &[(&str, OptValue)]) -> OptValue {
-        OptValue::Object(
-            entries
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
-        )
-    }
-    fn s(v: &str) -> OptValue {
-        OptValue::String(v.into())
-    }
     fn err(v: OptValue) -> String {
         parse(&v).unwrap_err().0
     }

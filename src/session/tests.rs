@@ -4,9 +4,10 @@
 use super::protocol::decode_base64_lenient;
 use super::request::{exec_request, signal_number};
 use super::*;
-use gondolin_wire::{encode, FrameDecoder, GuestMsg, HostMsg, Stream};
+use crate::control::{fake_guest_pair, FakeGuest};
+use gondolin_wire::{GuestMsg, HostMsg, Stream};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 // --- line codec -------------------------------------------------------
@@ -264,37 +265,6 @@ fn exec_requests_merge_env_and_check_cwd_and_signals() {
 
 // --- the server ---------------------------------------------------------
 
-struct FakeGuest {
-    io: DuplexStream,
-    dec: FrameDecoder,
-}
-
-impl FakeGuest {
-    async fn send(&mut self, m: &GuestMsg) {
-        self.io.write_all(&encode(m)).await.unwrap();
-    }
-    /// The next host message that is not a credit return.
-    async fn recv(&mut self) -> HostMsg {
-        loop {
-            match self.recv_any().await {
-                HostMsg::Window { .. } => continue,
-                m => return m,
-            }
-        }
-    }
-    async fn recv_any(&mut self) -> HostMsg {
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(m) = self.dec.next_message::<HostMsg>().unwrap() {
-                return m;
-            }
-            let n = self.io.read(&mut buf).await.unwrap();
-            assert!(n > 0, "host closed");
-            self.dec.push(&buf[..n]);
-        }
-    }
-}
-
 struct Client {
     r: BufReader<tokio::net::unix::OwnedReadHalf>,
     w: tokio::net::unix::OwnedWriteHalf,
@@ -337,9 +307,8 @@ impl Client {
 }
 
 async fn server() -> (AttachServer, FakeGuest, PathBuf) {
-    let (a, b) = tokio::io::duplex(1 << 20);
-    let (control, _conn) = ControlClient::new(a);
-    std::mem::forget(_conn); // keep the client from failing on its own
+    let (control, conn, guest) = fake_guest_pair();
+    std::mem::forget(conn); // keep the client from failing on its own
     let path = std::env::temp_dir().join(format!("gondolin-attach-{}.sock", uuid::Uuid::new_v4()));
     let target = Target {
         vm_id: "vm-1".into(),
@@ -347,10 +316,6 @@ async fn server() -> (AttachServer, FakeGuest, PathBuf) {
         env: vec!["BASE=1".into()],
     };
     let server = AttachServer::bind(&path, target).unwrap();
-    let guest = FakeGuest {
-        io: b,
-        dec: FrameDecoder::new(),
-    };
     (server, guest, path)
 }
 
@@ -381,7 +346,7 @@ async fn protocol_errors_on_a_live_socket() {
     // A running exec (the fake guest never ends it) holds its id.
     c.send(json!({"type":"exec","id":1,"argv":["sleep","9"],"env":{"X":"y"}}))
         .await;
-    let HostMsg::Exec { exec, .. } = guest.recv().await else {
+    let HostMsg::Exec { exec, .. } = guest.recv_skipping_credit().await else {
         panic!()
     };
     assert_eq!(exec.argv, ["sleep", "9"]);
@@ -414,7 +379,10 @@ async fn protocol_errors_on_a_live_socket() {
     c.w.shutdown().await.unwrap();
     assert_eq!(c.recv().await, None, "closed after payload_too_large");
     // ... and the exec that connection started is killed.
-    assert_eq!(guest.recv().await, HostMsg::Kill { id: 1, signal: 9 });
+    assert_eq!(
+        guest.recv_skipping_credit().await,
+        HostMsg::Kill { id: 1, signal: 9 }
+    );
 
     server.close().await;
     assert!(!path.exists(), "close removes the socket");
@@ -428,7 +396,7 @@ async fn exec_output_stdin_and_exit_in_order_and_disconnect_kills() {
     c.recv().await.unwrap();
     c.send(json!({"type":"exec","id":7,"argv":["cat"],"stdin":true}))
         .await;
-    let HostMsg::Exec { id, exec } = guest.recv().await else {
+    let HostMsg::Exec { id, exec } = guest.recv_skipping_credit().await else {
         panic!()
     };
     assert!(exec.stdin);
@@ -438,7 +406,7 @@ async fn exec_output_stdin_and_exit_in_order_and_disconnect_kills() {
     c.send(json!({"type":"stdin","id":7,"data":"aGk=","eof":true}))
         .await;
     assert_eq!(
-        guest.recv().await,
+        guest.recv_skipping_credit().await,
         HostMsg::Stdin {
             id,
             data: b"hi".to_vec(),
@@ -446,7 +414,7 @@ async fn exec_output_stdin_and_exit_in_order_and_disconnect_kills() {
         }
     );
     assert_eq!(
-        guest.recv().await,
+        guest.recv_skipping_credit().await,
         HostMsg::Stdin {
             id,
             data: vec![],
@@ -481,10 +449,12 @@ async fn exec_output_stdin_and_exit_in_order_and_disconnect_kills() {
     for _ in 0..50 {
         c.send(json!({"type":"exec","id":7,"argv":["sleep","9"]}))
             .await;
-        if let HostMsg::Exec { .. } =
-            tokio::time::timeout(std::time::Duration::from_millis(200), guest.recv())
-                .await
-                .unwrap_or(HostMsg::Ping { seq: 0 })
+        if let HostMsg::Exec { .. } = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            guest.recv_skipping_credit(),
+        )
+        .await
+        .unwrap_or(HostMsg::Ping { seq: 0 })
         {
             reused = true;
             break;
@@ -494,7 +464,7 @@ async fn exec_output_stdin_and_exit_in_order_and_disconnect_kills() {
     assert!(reused, "the id of a finished exec can be used again");
     drop(c);
     assert!(matches!(
-        guest.recv().await,
+        guest.recv_skipping_credit().await,
         HostMsg::Kill { signal: 9, .. }
     ));
     server.close().await;
@@ -507,7 +477,7 @@ async fn a_client_that_stops_reading_stops_the_guest() {
     let mut c = Client::connect(&path).await;
     c.recv().await.unwrap();
     c.send(json!({"type":"exec","id":1,"argv":["yes"]})).await;
-    let HostMsg::Exec { id, exec } = guest.recv().await else {
+    let HostMsg::Exec { id, exec } = guest.recv_skipping_credit().await else {
         panic!()
     };
     // The guest sends whenever it has credit, until credit stops coming.
@@ -527,7 +497,7 @@ async fn a_client_that_stops_reading_stops_the_guest() {
             credit -= CHUNK;
             sent += CHUNK as usize;
         }
-        match tokio::time::timeout(std::time::Duration::from_millis(500), guest.recv_any()).await {
+        match tokio::time::timeout(std::time::Duration::from_millis(500), guest.recv()).await {
             Ok(HostMsg::Window { stdout, .. }) => credit += stdout,
             Ok(m) => panic!("unexpected {m:?}"),
             Err(_) => break, // stalled: the client is not reading
@@ -545,7 +515,7 @@ async fn a_client_that_stops_reading_stops_the_guest() {
         got += decode_base64_lenient(m["data"].as_str().unwrap()).len();
     }
     assert_eq!(got, sent);
-    assert!(matches!(guest.recv_any().await, HostMsg::Window { .. }));
+    assert!(matches!(guest.recv().await, HostMsg::Window { .. }));
     server.close().await;
     assert_eq!(CONN_PANICS.load(std::sync::atomic::Ordering::SeqCst), 0);
 }

@@ -5,16 +5,19 @@ use crate::error::Coded;
 use gondolin_wire::{encode, FrameDecoder, GuestMsg, HostMsg, Stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-pub(super) struct FakeGuest {
+/// A scripted guest on the other end of an in-memory pipe (shared with the
+/// session server's tests).
+pub(crate) struct FakeGuest {
     io: DuplexStream,
     dec: FrameDecoder,
 }
 
 impl FakeGuest {
-    pub(super) async fn send(&mut self, m: &GuestMsg) {
+    pub(crate) async fn send(&mut self, m: &GuestMsg) {
         self.io.write_all(&encode(m)).await.unwrap();
     }
-    pub(super) async fn recv(&mut self) -> HostMsg {
+    /// The next host message, credit returns included.
+    pub(crate) async fn recv(&mut self) -> HostMsg {
         let mut buf = [0u8; 4096];
         loop {
             if let Some(m) = self.dec.next_message::<HostMsg>().unwrap() {
@@ -25,9 +28,19 @@ impl FakeGuest {
             self.dec.push(&buf[..n]);
         }
     }
+    /// The next host message that is not a credit return.
+    pub(crate) async fn recv_skipping_credit(&mut self) -> HostMsg {
+        loop {
+            match self.recv().await {
+                HostMsg::Window { .. } => continue,
+                m => return m,
+            }
+        }
+    }
 }
 
-pub(super) fn pair() -> (ControlClient, Connection, FakeGuest) {
+/// A client connected to a [`FakeGuest`].
+pub(crate) fn pair() -> (ControlClient, Connection, FakeGuest) {
     let (a, b) = tokio::io::duplex(1 << 20);
     let (c, conn) = ControlClient::new(a);
     (

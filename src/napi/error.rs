@@ -31,6 +31,18 @@ struct Cause {
     errno: Option<(&'static str, i32)>,
 }
 
+impl Cause {
+    fn of(source: &(dyn std::error::Error + 'static)) -> Self {
+        Cause {
+            message: source.to_string(),
+            errno: source
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::raw_os_error)
+                .map(|n| (gondolin::vfs::errno_name(n), -n)),
+        }
+    }
+}
+
 impl JsFailure {
     pub fn new(code: ErrorCode, message: impl std::fmt::Display) -> Self {
         JsFailure {
@@ -42,18 +54,18 @@ impl JsFailure {
 
     /// A core error with its code and its source as the cause.
     pub fn from_core<E: Coded>(e: &E) -> Self {
-        let cause = std::error::Error::source(e).map(|s| Cause {
-            message: s.to_string(),
-            errno: s
-                .downcast_ref::<std::io::Error>()
-                .and_then(std::io::Error::raw_os_error)
-                .map(|n| (gondolin::vfs::errno_name(n), -n)),
-        });
         JsFailure {
             code: e.code(),
             message: e.to_string(),
-            cause,
+            cause: std::error::Error::source(e).map(Cause::of),
         }
+    }
+
+    /// The same failure with `source` as its `cause` (an OS error keeps its
+    /// errno name), for errors the core does not code itself.
+    pub fn caused_by(mut self, source: &(dyn std::error::Error + 'static)) -> Self {
+        self.cause = Some(Cause::of(source));
+        self
     }
 
     /// The JS `Error` for this failure, as a `napi::Error` that refers to it.
@@ -118,6 +130,17 @@ mod tests {
         assert_eq!(f.code, ErrorCode::SpawnFailed);
         let c = f.cause.expect("cause");
         assert_eq!(c.errno, Some(("ENOENT", -2)));
+    }
+
+    #[test]
+    fn caused_by_keeps_the_os_error() {
+        let io = std::io::Error::from_raw_os_error(13);
+        let f = JsFailure::new(ErrorCode::IoError, "cannot listen").caused_by(&io);
+        let c = f.cause.expect("cause");
+        assert_eq!(
+            (c.errno, c.message),
+            (Some(("EACCES", -13)), io.to_string())
+        );
     }
 
     /// index.d.ts mirrors the enum exactly.

@@ -52,6 +52,7 @@ pub fn serve_attach<'e>(
                 ErrorCode::IoError,
                 format!("cannot listen on {}: {e}", path.display()),
             )
+            .caused_by(&e)
         })?;
         Ok(NativeAttachServer {
             inner: Arc::new(server),

@@ -472,7 +472,7 @@ fn bad_option(message: impl std::fmt::Display) -> JsFailure {
 pub fn realfs_root(env: &Env, root: String) -> napi::Result<String> {
     std::fs::canonicalize(&root)
         .map(|p| p.to_string_lossy().into_owned())
-        .map_err(|e| bad_option(format!("RealFSProvider rootPath {root:?}: {e}")))
+        .map_err(|e| bad_option(format!("RealFSProvider rootPath {root:?}: {e}")).caused_by(&e))
         .js(env)
 }
 

@@ -82,6 +82,7 @@ test("arguments of the JS facade and the addon: invalid_option naming the option
   const { secretManager } = createHttpHooks({ secrets: { T: { hosts: ["a.test"], value: "v" } } });
   assert.throws(() => secretManager.deleteSecret("NOPE"), bad());
   assert.throws(() => secretManager.deleteSecret(5), bad(/^deleteSecret: name must be a string$/));
+  assert.throws(() => secretManager.updateSecret("T", null), bad(/^updateSecret: options must be an object$/));
 });
 
 test("a secret headed for another host is refused with secret_refused", async () => {

@@ -170,6 +170,7 @@ function createHttpHooks(options = {}) {
     listSecrets: () => secrets.list().map((s) => ({ name: s.name, placeholder: s.placeholder, hosts: s.hosts, deleted: s.deleted })),
     updateSecret: (name, opts = {}) => {
       secretName(name, "updateSecret");
+      if (opts === null || typeof opts !== "object") throw optionError("updateSecret: options must be an object");
       if (opts.value !== undefined && typeof opts.value !== "string") throw optionError("updateSecret: value must be a string");
       secrets.update(name, opts.value, hostList(opts.hosts, "updateSecret: hosts"));
     },

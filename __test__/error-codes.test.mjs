@@ -8,7 +8,10 @@ import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { VM, ErrorCodes, ERRNO, MemoryProvider, createHttpHooks, loadGuestAssets, ensureImage } from "@gondolin/native";
+import {
+  VM, ErrorCodes, ERRNO, MemoryProvider, RealFSProvider, ShadowProvider, createShadowPathPredicate,
+  createHttpHooks, loadGuestAssets, ensureImage,
+} from "@gondolin/native";
 import { vmSkip, root } from "./helpers.mjs";
 
 const skip = vmSkip();
@@ -55,6 +58,31 @@ test("options: refused at construction, in Rust, with invalid_option naming the 
     () => new VM({ vfs: { fuseMount: "/data", mounts: { "/data/x": provider } } }),
     hasCode("invalid_option", /vfs\.mounts key \/data\/x collides with vfs\.fuseMount \/data/),
   );
+});
+
+test("arguments of the JS facade and the addon: invalid_option naming the option (and the choices)", async () => {
+  const bad = (message) => hasCode("invalid_option", message);
+  // Checked in JS (values that cannot cross to Rust as they are).
+  assert.throws(() => createHttpHooks({ allowedHosts: 5 }), bad(/^allowedHosts must be an array of host patterns$/));
+  assert.throws(() => createHttpHooks({ onRequest: "x" }), bad(/createHttpHooks: onRequest must be a function/));
+  const p = new MemoryProvider();
+  assert.throws(() => new ShadowProvider(p, {}), bad(/^ShadowProvider requires options\.shouldShadow callback$/));
+  // A string enum of the addon (WriteMode): refused before napi's nameless InvalidArg.
+  const shouldShadow = createShadowPathPredicate(["/x"]);
+  assert.throws(() => new ShadowProvider(p, { shouldShadow, writeMode: "bogus" }), bad(/^ShadowProvider writeMode must be "deny" or "tmpfs" \(got "bogus"\)$/));
+  assert.throws(() => new ShadowProvider(p, { shouldShadow, denyWriteErrno: "EACCES" }), bad(/denyWriteErrno must be an integer/));
+  assert.throws(() => new RealFSProvider(123), bad(/^RealFSProvider rootPath must be a non-empty string$/));
+  assert.throws(() => new VM({ env: { A: 1 } }), bad(/^env\.A must be a string$/));
+  const vm = await VM.create({ autoStart: false, sandbox: { netEnabled: false } });
+  assert.throws(() => vm.exec("true", { env: ["A=1", 2] }), bad(/^exec options\.env entries must be strings$/));
+  await vm.close();
+  // Checked in Rust, built as coded JS errors on the JS thread.
+  assert.throws(() => new RealFSProvider("/nonexistent/gondolin-test"), bad(/^RealFSProvider rootPath "\/nonexistent\/gondolin-test": /));
+  assert.throws(() => createHttpHooks({ secretPlaceholderMode: "shared", secrets: { "A=B": { hosts: ["a.test"], value: "v" } } }), bad(/invalid environment variable name/));
+  const { secretManager } = createHttpHooks({ secrets: { T: { hosts: ["a.test"], value: "v" } } });
+  assert.throws(() => secretManager.deleteSecret("NOPE"), bad());
+  assert.throws(() => secretManager.deleteSecret(5), bad(/^deleteSecret: name must be a string$/));
+  assert.throws(() => secretManager.updateSecret("T", null), bad(/^updateSecret: options must be an object$/));
 });
 
 test("a secret headed for another host is refused with secret_refused", async () => {

@@ -10,20 +10,6 @@ const { native } = require("./native.cjs");
 const ErrorCodes = Object.freeze(native.errorCodes());
 const CODES = new Set(ErrorCodes);
 
-/**
- * Adapters that still build their errors without an Env (`js_error` in
- * src/napi/error.rs) carry the code as their cause's exact text: move it to
- * `code`. Errors that already have a real code pass through untouched.
- */
-function fromNative(err) {
-  const carrier = err instanceof Error && err.code === "GenericFailure" ? err.cause : undefined;
-  if (carrier instanceof Error && CODES.has(carrier.message)) {
-    err.code = carrier.message;
-    delete err.cause;
-  }
-  return err;
-}
-
 /** An Error raised by the JS facade itself, with one of the `ErrorCodes`. */
 function withCode(message, code, options, Class = Error) {
   if (!CODES.has(code)) throw new Error(`internal: ${code} is not a GondolinErrorCode`);
@@ -32,4 +18,4 @@ function withCode(message, code, options, Class = Error) {
   return err;
 }
 
-module.exports = { ErrorCodes, fromNative, withCode };
+module.exports = { ErrorCodes, withCode };

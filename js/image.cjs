@@ -6,7 +6,7 @@
 const path = require("node:path");
 const fs = require("node:fs");
 const { native, pkgRoot, guestBinDir } = require("./native.cjs");
-const { fromNative, withCode } = require("./errors.cjs");
+const { withCode } = require("./errors.cjs");
 
 const DEFAULT_DEFINITION = path.join(pkgRoot, "images", "debian-base.json");
 
@@ -24,22 +24,14 @@ function loadImageDir(dir, optionName) {
   if (!fs.existsSync(abs)) {
     throw withCode(`${optionName} points at ${abs}, which does not exist`, "invalid_option");
   }
-  try {
-    return native.loadImage(abs);
-  } catch (err) {
-    throw fromNative(err);
-  }
+  return native.loadImage(abs);
 }
 
 /** Image for a VM, without building. Returns null if it must be built. */
 function findImage(imagePath) {
   if (imagePath) return loadImageDir(imagePath, "sandbox.imagePath");
   if (process.env.GONDOLIN_GUEST_DIR) return loadImageDir(process.env.GONDOLIN_GUEST_DIR, "GONDOLIN_GUEST_DIR");
-  try {
-    return native.findImage(buildOptions()) || null;
-  } catch (err) {
-    throw fromNative(err);
-  }
+  return native.findImage(buildOptions()) || null;
 }
 
 let building = null;
@@ -56,11 +48,7 @@ async function ensureImage(imagePath) {
 }
 
 async function buildImage(opts) {
-  try {
-    return await native.buildImage(buildOptions(opts), opts.quiet ? null : (line) => process.stderr.write(`${line}\n`));
-  } catch (err) {
-    throw fromNative(err);
-  }
+  return native.buildImage(buildOptions(opts), opts.quiet ? null : (line) => process.stderr.write(`${line}\n`));
 }
 
 // Upstream's guest-asset helpers (api.md "Guest assets"), over the same

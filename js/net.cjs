@@ -4,7 +4,6 @@
 // itself (host patterns, internal ranges, secrets) runs in Rust.
 
 const { native } = require("./native.cjs");
-const { fromNative } = require("./errors.cjs");
 const { checkKeys, optionError } = require("./options.cjs");
 
 const kNative = Symbol.for("gondolin.httpHooks.native");
@@ -21,7 +20,7 @@ class HttpRequestBlockedError extends Error {
 function hostList(v, name) {
   if (v === undefined) return undefined;
   if (!Array.isArray(v) || v.some((h) => typeof h !== "string")) {
-    throw new TypeError(`${name} must be an array of host patterns`);
+    throw optionError(`${name} must be an array of host patterns`);
   }
   const out = [];
   for (const h of v) {
@@ -79,11 +78,17 @@ function secretPlaceholder(name, def) {
   return value;
 }
 
+/** A secret name given to the secret manager (napi's own refusal has no enum code). */
+function secretName(name, where) {
+  if (typeof name !== "string") throw optionError(`${where}: name must be a string`);
+  return name;
+}
+
 /** Upstream's duck-typed check of what onRequest hands on. */
 function assertRequest(value) {
   if (value === null || typeof value !== "object" || typeof value.url !== "string" ||
       typeof value.method !== "string" || !value.headers || typeof value.headers.forEach !== "function") {
-    throw new TypeError("onRequest must return Request, Response, or undefined");
+    throw optionError("onRequest must return Request, Response, or undefined");
   }
 }
 
@@ -98,14 +103,14 @@ function normalizeResponse(r) {
 }
 
 function createHttpHooks(options = {}) {
-  if (options === null || typeof options !== "object") throw new TypeError("createHttpHooks options must be an object");
+  if (options === null || typeof options !== "object") throw optionError("createHttpHooks options must be an object");
   checkKeys(options, "createHttpHooks");
   const allowedHosts = hostList(options.allowedHosts, "allowedHosts");
   const allowedInternalHosts = hostList(options.allowedInternalHosts, "allowedInternalHosts") || [];
   const callbacks = {};
   for (const cb of CALLBACKS) {
     if (options[cb] === undefined) continue;
-    if (typeof options[cb] !== "function") throw new TypeError(`createHttpHooks: ${cb} must be a function`);
+    if (typeof options[cb] !== "function") throw optionError(`createHttpHooks: ${cb} must be a function`);
     callbacks[cb] = options[cb];
   }
   const mode = options.secretPlaceholderMode;
@@ -119,26 +124,20 @@ function createHttpHooks(options = {}) {
       throw optionError(`secrets.${name}.value is undefined (an unset environment variable?); give the real value as a string`);
     }
     if (!def || typeof def !== "object" || typeof def.value !== "string" || !Array.isArray(def.hosts)) {
-      throw new TypeError(`secrets.${name} must be { hosts: string[], value: string }`);
+      throw optionError(`secrets.${name} must be { hosts: string[], value: string }`);
     }
     checkKeys(def, "secret", `secrets.${name}`);
     defs.push({ name, value: def.value, hosts: hostList(def.hosts, `secrets.${name}.hosts`), placeholder: secretPlaceholder(name, def) });
   }
   const blockInternalRanges = options.blockInternalRanges !== false;
-  let secrets;
-  let policy;
-  try {
-    secrets = new native.NativeSecrets(defs, Boolean(options.replaceSecretsInQuery), mode);
-    policy = new native.NativeHttpPolicy(allowedHosts, allowedInternalHosts, blockInternalRanges, secrets);
-  } catch (err) {
-    throw fromNative(err);
-  }
+  const secrets = new native.NativeSecrets(defs, Boolean(options.replaceSecretsInQuery), mode);
+  const policy = new native.NativeHttpPolicy(allowedHosts, allowedInternalHosts, blockInternalRanges, secrets);
   const env = {};
   for (const s of secrets.list()) env[s.name] = s.placeholder;
   const httpHooks = {
     isRequestAllowed: async (request) => (callbacks.isRequestAllowed ? callbacks.isRequestAllowed(request) : true),
     isIpAllowed: async (info) => {
-      if (info === null || typeof info !== "object") throw new TypeError("isIpAllowed expects { hostname, ip, family, port, protocol }");
+      if (info === null || typeof info !== "object") throw optionError("isIpAllowed expects { hostname, ip, family, port, protocol }");
       if (!policy.ipAllowed(String(info.hostname ?? ""), String(info.ip ?? ""))) return false;
       return callbacks.isIpAllowed ? callbacks.isIpAllowed(info) : true;
     },
@@ -167,20 +166,15 @@ function createHttpHooks(options = {}) {
     callbacks,
     own: { ...httpHooks },
   };
-  const wrap = (f) => (...a) => {
-    try {
-      return f(...a);
-    } catch (err) {
-      throw fromNative(err);
-    }
-  };
   const secretManager = {
     listSecrets: () => secrets.list().map((s) => ({ name: s.name, placeholder: s.placeholder, hosts: s.hosts, deleted: s.deleted })),
-    updateSecret: wrap((name, opts = {}) => {
-      if (opts.value !== undefined && typeof opts.value !== "string") throw new TypeError("updateSecret: value must be a string");
+    updateSecret: (name, opts = {}) => {
+      secretName(name, "updateSecret");
+      if (opts === null || typeof opts !== "object") throw optionError("updateSecret: options must be an object");
+      if (opts.value !== undefined && typeof opts.value !== "string") throw optionError("updateSecret: value must be a string");
       secrets.update(name, opts.value, hostList(opts.hosts, "updateSecret: hosts"));
-    }),
-    deleteSecret: wrap((name) => secrets.delete(name)),
+    },
+    deleteSecret: (name) => secrets.delete(secretName(name, "deleteSecret")),
   };
   return {
     httpHooks,
@@ -201,9 +195,8 @@ function fillSecrets(policy, request) {
   try {
     parts = policy.applySecrets(request.url, pairs(request.headers));
   } catch (err) {
-    const e = fromNative(err);
-    if (e.code === "secret_refused") throw Object.assign(new HttpRequestBlockedError(e.message), { code: e.code });
-    throw e;
+    if (err.code === "secret_refused") throw Object.assign(new HttpRequestBlockedError(err.message), { code: err.code });
+    throw err;
   }
   if (!parts) return request;
   const headers = new Headers();
@@ -229,21 +222,21 @@ function netOptions(options) {
   if (sandbox.netEnabled === false) return { net: null, secrets: null };
   const hooks = sandbox.httpHooks ?? options.httpHooks;
   const dns = sandbox.dns ?? options.dns ?? {};
-  if (dns === null || typeof dns !== "object") throw new TypeError("dns must be an object");
+  if (dns === null || typeof dns !== "object") throw optionError("dns must be an object");
   if (dns.mode !== undefined && !DNS_MODES.includes(dns.mode)) {
-    throw new TypeError(`dns.mode must be "synthetic", "trusted" or "open" (got ${JSON.stringify(dns.mode)})`);
+    throw optionError(`dns.mode must be "synthetic", "trusted" or "open" (got ${JSON.stringify(dns.mode)})`);
   }
   if (dns.syntheticHostMapping !== undefined && !["single", "per-host"].includes(dns.syntheticHostMapping)) {
-    throw new TypeError(`dns.syntheticHostMapping must be "single" or "per-host" (got ${JSON.stringify(dns.syntheticHostMapping)})`);
+    throw optionError(`dns.syntheticHostMapping must be "single" or "per-host" (got ${JSON.stringify(dns.syntheticHostMapping)})`);
   }
   if (dns.syntheticTtlSeconds !== undefined && (!Number.isInteger(dns.syntheticTtlSeconds) || dns.syntheticTtlSeconds < 0)) {
-    throw new TypeError("dns.syntheticTtlSeconds must be a non-negative integer");
+    throw optionError("dns.syntheticTtlSeconds must be a non-negative integer");
   }
   let policy = { blockInternalRanges: true };
   let secrets = null;
   let callbacks = {};
   if (hooks !== undefined && hooks !== null) {
-    if (typeof hooks !== "object") throw new TypeError("httpHooks must be an object");
+    if (typeof hooks !== "object") throw optionError("httpHooks must be an object");
     if (hooks.httpHooks && hooks.httpHooks[kNative]) {
       // VM.create({ httpHooks: createHttpHooks(...) }) would otherwise run with no policy at all.
       throw optionError(
@@ -263,7 +256,7 @@ function netOptions(options) {
     for (const cb of CALLBACKS) {
       const f = hooks[cb];
       if (f === undefined || f === null) continue;
-      if (typeof f !== "function") throw new TypeError(`httpHooks.${cb} must be a function`);
+      if (typeof f !== "function") throw optionError(`httpHooks.${cb} must be a function`);
       if (n && f === n.own[cb]) {
         if (n.callbacks[cb]) callbacks[cb] = n.callbacks[cb];
       } else {
@@ -273,17 +266,17 @@ function netOptions(options) {
   }
   const fetchFn = sandbox.fetch ?? options.fetch;
   if (fetchFn !== undefined) {
-    if (typeof fetchFn !== "function") throw new TypeError("fetch must be a function");
+    if (typeof fetchFn !== "function") throw optionError("fetch must be a function");
     callbacks = { ...callbacks, fetch: fetchFn };
   }
   const allowWebSockets = sandbox.allowWebSockets ?? options.allowWebSockets;
   const maxBody = sandbox.maxHttpBodyBytes ?? options.maxHttpBodyBytes;
   const maxResponse = sandbox.maxHttpResponseBodyBytes ?? options.maxHttpResponseBodyBytes;
   if (maxResponse !== undefined && (typeof maxResponse !== "number" || !(maxResponse >= 0))) {
-    throw new TypeError(`maxHttpResponseBodyBytes must be a non-negative number (got ${maxResponse})`);
+    throw optionError(`maxHttpResponseBodyBytes must be a non-negative number (got ${maxResponse})`);
   }
   if (maxBody !== undefined && (typeof maxBody !== "number" || !(maxBody >= 0))) {
-    throw new TypeError(`maxHttpBodyBytes must be a non-negative number (got ${maxBody})`);
+    throw optionError(`maxHttpBodyBytes must be a non-negative number (got ${maxBody})`);
   }
   return {
     net: {

@@ -99,7 +99,7 @@ function toBuffer(data, encoding) {
   if (typeof data === "string") return Buffer.from(data, encoding || "utf8");
   if (Buffer.isBuffer(data)) return data;
   if (ArrayBuffer.isView(data)) return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-  throw new TypeError("data must be a string, Buffer or Uint8Array");
+  throw optionError("data must be a string, Buffer or Uint8Array");
 }
 
 function encodingOf(options) {
@@ -371,15 +371,11 @@ class RealFSProvider extends NativeBackedProvider {
    */
   constructor(rootPath, options = {}) {
     if (typeof rootPath !== "string" || rootPath === "") {
-      const err = new TypeError('The "rootPath" argument must be a non-empty string');
-      err.code = "ERR_INVALID_ARG_VALUE";
-      throw err;
+      throw optionError("RealFSProvider rootPath must be a non-empty string");
     }
     const allowChown = options?.allowChown ?? false;
     if (typeof allowChown !== "boolean") {
-      const err = new TypeError('The "options.allowChown" property must be a boolean');
-      err.code = "ERR_INVALID_ARG_TYPE";
-      throw err;
+      throw optionError("RealFSProvider options.allowChown must be a boolean");
     }
     const resolved = path.resolve(rootPath);
     super(native.realfsProvider(resolved, allowChown));
@@ -400,7 +396,7 @@ class ReadonlyProvider extends NativeBackedProvider {
 }
 
 function createShadowPathPredicate(shadowPaths) {
-  if (!Array.isArray(shadowPaths)) throw new TypeError("shadowPaths must be an array of paths");
+  if (!Array.isArray(shadowPaths)) throw optionError("shadowPaths must be an array of paths");
   const paths = shadowPaths.map((p) => normalizeVfsPath(p)).filter((p) => p !== "/");
   const fn = (ctx) => {
     const candidates = [ctx.path, ctx.oldPath, ctx.newPath].filter((p) => typeof p === "string");
@@ -413,14 +409,21 @@ function createShadowPathPredicate(shadowPaths) {
   return fn;
 }
 
+/** ShadowProvider's `writeMode` values: Rust's WriteMode list. */
+const WRITE_MODES = Object.values(native.WriteMode);
+
 class ShadowProvider extends NativeBackedProvider {
   constructor(backend, options) {
     if (!options || typeof options.shouldShadow !== "function") {
-      throw new Error("ShadowProvider requires options.shouldShadow callback");
+      throw optionError("ShadowProvider requires options.shouldShadow callback");
     }
-    const writeMode = options.writeMode ?? "deny";
-    if (writeMode !== "deny" && writeMode !== "tmpfs") {
-      throw new TypeError(`ShadowProvider writeMode must be "deny" or "tmpfs" (got ${JSON.stringify(writeMode)})`);
+    const writeMode = options.writeMode ?? native.WriteMode.Deny;
+    if (!WRITE_MODES.includes(writeMode)) {
+      // Checked here: napi's own refusal of a string enum names neither the option nor the choices.
+      throw optionError(`ShadowProvider writeMode must be ${WRITE_MODES.map((m) => JSON.stringify(m)).join(" or ")} (got ${JSON.stringify(writeMode)})`);
+    }
+    if (options.denySymlinkBypass !== undefined && typeof options.denySymlinkBypass !== "boolean") {
+      throw optionError("ShadowProvider denySymlinkBypass must be a boolean");
     }
     const paths = options.shouldShadow[kShadowPaths];
     const predicate = paths
@@ -433,6 +436,9 @@ class ShadowProvider extends NativeBackedProvider {
           }
         };
     const errno = options.denyWriteErrno;
+    if (errno !== undefined && !Number.isInteger(errno)) {
+      throw optionError(`ShadowProvider denyWriteErrno must be an integer errno (got ${JSON.stringify(errno)})`);
+    }
     super(
       native.shadowProvider(
         toNative(backend),
@@ -604,12 +610,12 @@ const jsWrapped = new WeakMap();
 
 /** The NativeProvider for any provider object (built-in or JS). */
 function toNative(provider) {
-  if (provider === null || typeof provider !== "object") throw new TypeError("a VFS provider must be an object");
+  if (provider === null || typeof provider !== "object") throw optionError("a VFS provider must be an object");
   if (provider[kNative]) return provider[kNative];
   let n = jsWrapped.get(provider);
   if (!n) {
     if (!has(provider, "stat") || !has(provider, "open") || !has(provider, "readdir")) {
-      throw new TypeError("a VFS provider needs at least stat, open and readdir methods");
+      throw optionError("a VFS provider needs at least stat, open and readdir methods");
     }
     n = native.jsProvider(makeDispatcher(provider), Boolean(provider.readonly), Boolean(provider.supportsSymlinks));
     jsWrapped.set(provider, n);
@@ -722,22 +728,22 @@ function buildVfs(options, vm) {
   const sandbox = options.sandbox || {};
   if (options.vfs === null) return null;
   const v = options.vfs || {};
-  if (typeof v !== "object") throw new TypeError("vfs must be an object or null");
+  if (typeof v !== "object") throw optionError("vfs must be an object or null");
   const fuseMount = v.fuseMount ?? "/data";
   if (typeof fuseMount !== "string" || !fuseMount.startsWith("/") || fuseMount.includes("\0")) {
-    throw new TypeError(`vfs.fuseMount must be an absolute path (got ${JSON.stringify(fuseMount)})`);
+    throw optionError(`vfs.fuseMount must be an absolute path (got ${JSON.stringify(fuseMount)})`);
   }
   const mounts = { ...(v.mounts || {}) };
   if (sandbox.vfsProvider) mounts["/"] = sandbox.vfsProvider;
   const keys = new Map();
   for (const [k, p] of Object.entries(mounts)) {
     if (typeof k !== "string" || !k.startsWith("/") || k.includes("\0")) {
-      throw new TypeError(`vfs.mounts keys must be absolute guest paths (got ${JSON.stringify(k)})`);
+      throw optionError(`vfs.mounts keys must be absolute guest paths (got ${JSON.stringify(k)})`);
     }
     const n = normalizeVfsPath(k);
-    if (keys.has(n)) throw new Error(`duplicate mount path: ${n}`);
+    if (keys.has(n)) throw optionError(`duplicate mount path: ${n}`);
     if (n !== "/" && (n === fuseMount || n.startsWith(fuseMount + "/"))) {
-      throw new TypeError(`vfs.mounts key ${k} lies inside vfs.fuseMount ${fuseMount}; mount it at the provider path instead`);
+      throw optionError(`vfs.mounts key ${k} lies inside vfs.fuseMount ${fuseMount}; mount it at the provider path instead`);
     }
     keys.set(n, p);
   }

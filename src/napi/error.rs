@@ -31,6 +31,18 @@ struct Cause {
     errno: Option<(&'static str, i32)>,
 }
 
+impl Cause {
+    fn of(source: &(dyn std::error::Error + 'static)) -> Self {
+        Cause {
+            message: source.to_string(),
+            errno: source
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::raw_os_error)
+                .map(|n| (gondolin::vfs::errno_name(n), -n)),
+        }
+    }
+}
+
 impl JsFailure {
     pub fn new(code: ErrorCode, message: impl std::fmt::Display) -> Self {
         JsFailure {
@@ -42,18 +54,18 @@ impl JsFailure {
 
     /// A core error with its code and its source as the cause.
     pub fn from_core<E: Coded>(e: &E) -> Self {
-        let cause = std::error::Error::source(e).map(|s| Cause {
-            message: s.to_string(),
-            errno: s
-                .downcast_ref::<std::io::Error>()
-                .and_then(std::io::Error::raw_os_error)
-                .map(|n| (gondolin::vfs::errno_name(n), -n)),
-        });
         JsFailure {
             code: e.code(),
             message: e.to_string(),
-            cause,
+            cause: std::error::Error::source(e).map(Cause::of),
         }
+    }
+
+    /// The same failure with `source` as its `cause` (an OS error keeps its
+    /// errno name), for errors the core does not code itself.
+    pub fn caused_by(mut self, source: &(dyn std::error::Error + 'static)) -> Self {
+        self.cause = Some(Cause::of(source));
+        self
     }
 
     /// The JS `Error` for this failure, as a `napi::Error` that refers to it.
@@ -107,42 +119,9 @@ where
     env.spawn_future_with_callback(async move { Ok(fut.await) }, |env, r| r.js(env))
 }
 
-/// Transitional, for adapters that still return `napi::Result<T>` built
-/// without an `Env` (`js_error("invalid_option", msg)`): the code rides in
-/// the error's `cause` and [`recover`] (Rust) or `fromNative` (js/errors.cjs)
-/// turns it back into a real `code`. New code uses [`JsFailure`].
-pub fn js_error(code: &str, message: impl std::fmt::Display) -> napi::Error {
-    let code = ErrorCode::from_name(code).unwrap_or(ErrorCode::IoError);
-    let mut e = napi::Error::new(Status::GenericFailure, message.to_string());
-    e.set_cause(napi::Error::new(Status::GenericFailure, code.as_str()));
-    e
-}
-
-/// The failure a [`js_error`] value stands for (`io_error` for any other
-/// `napi::Error`, e.g. a failed argument conversion).
-pub fn recover(e: napi::Error) -> JsFailure {
-    let code = e
-        .cause
-        .as_ref()
-        .and_then(|c| ErrorCode::from_name(&c.reason));
-    match code {
-        Some(code) => JsFailure::new(code, e.reason),
-        None => JsFailure::new(ErrorCode::IoError, e.reason),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn js_error_codes_survive_recover() {
-        let f = recover(js_error("invalid_option", "memory must be a size"));
-        assert_eq!(
-            (f.code, f.message.as_str()),
-            (ErrorCode::InvalidOption, "memory must be a size")
-        );
-    }
 
     #[test]
     fn core_errors_keep_code_and_os_cause() {
@@ -153,29 +132,15 @@ mod tests {
         assert_eq!(c.errno, Some(("ENOENT", -2)));
     }
 
-    /// Every `js_error("name", ..)` in the addon names a real code (the
-    /// compiler cannot check a string).
     #[test]
-    fn js_error_call_sites_name_known_codes() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_none_or(|e| e != "rs") || path.ends_with("error.rs") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap();
-            for chunk in text.split("js_error(").skip(1) {
-                let Some(lit) = chunk.trim_start().strip_prefix('"') else {
-                    continue;
-                };
-                let name = &lit[..lit.find('"').unwrap()];
-                assert!(
-                    ErrorCode::from_name(name).is_some(),
-                    "{}: js_error(\"{name}\") is not a GondolinErrorCode",
-                    path.display()
-                );
-            }
-        }
+    fn caused_by_keeps_the_os_error() {
+        let io = std::io::Error::from_raw_os_error(13);
+        let f = JsFailure::new(ErrorCode::IoError, "cannot listen").caused_by(&io);
+        let c = f.cause.expect("cause");
+        assert_eq!(
+            (c.errno, c.message),
+            (Some(("EACCES", -13)), io.to_string())
+        );
     }
 
     /// index.d.ts mirrors the enum exactly.

@@ -2,10 +2,12 @@
 //! result, callable from JS (its `httpHooks.isIpAllowed` / `onRequest`), so
 //! what JS reports is decided by the same code the VM runs.
 
+use napi::Env;
 use napi_derive::napi;
 
-use super::error::js_error;
+use super::error::{IntoJs, JsFailure};
 use super::net::{globs, NativeSecrets};
+use gondolin::error::ErrorCode;
 use gondolin::http::policy::patterns;
 use gondolin::http::Policy;
 
@@ -27,13 +29,14 @@ impl NativeHttpPolicy {
     /// `allowed_hosts` absent = every host.
     #[napi(constructor)]
     pub fn new(
+        env: &Env,
         allowed_hosts: Option<Vec<String>>,
         allowed_internal_hosts: Vec<String>,
         block_internal_ranges: bool,
         secrets: &NativeSecrets,
     ) -> napi::Result<Self> {
-        globs(allowed_hosts.as_deref().unwrap_or(&[]), "allowedHosts")?;
-        globs(&allowed_internal_hosts, "allowedInternalHosts")?;
+        globs(allowed_hosts.as_deref().unwrap_or(&[]), "allowedHosts").js(env)?;
+        globs(&allowed_internal_hosts, "allowedInternalHosts").js(env)?;
         Ok(NativeHttpPolicy {
             policy: Policy {
                 allowed_hosts: allowed_hosts.map(|l| patterns(&l)),
@@ -66,6 +69,7 @@ impl NativeHttpPolicy {
     #[napi]
     pub fn apply_secrets(
         &self,
+        env: &Env,
         url: String,
         headers: Vec<Vec<String>>,
     ) -> napi::Result<Option<NativeRequestParts>> {
@@ -82,7 +86,7 @@ impl NativeHttpPolicy {
                 url,
                 headers: h.into_iter().map(|(k, v)| vec![k, v]).collect(),
             })),
-            Err(why) => Err(js_error("secret_refused", why)),
+            Err(why) => Err(JsFailure::new(ErrorCode::SecretRefused, why)).js(env),
         }
     }
 }

@@ -4,10 +4,12 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+use napi::Env;
 use napi_derive::napi;
 use tokio::sync::{mpsc, Mutex};
 
-use super::error::js_error;
+use super::error::{IntoJs, JsFailure};
+use gondolin::error::ErrorCode;
 use gondolin::http::policy::{check_glob, patterns};
 use gondolin::http::secrets::{placeholders, PlaceholderMode, Secret, Secrets};
 use gondolin::http::{Egress, EgressEvent, EgressHandler, Policy};
@@ -64,10 +66,19 @@ impl NativeSecrets {
     /// `placeholder_mode`: "shared" (default) or "unique".
     #[napi(constructor)]
     pub fn new(
+        env: &Env,
         defs: Vec<NativeSecretDef>,
         replace_in_query: Option<bool>,
         placeholder_mode: Option<String>,
     ) -> napi::Result<Self> {
+        Self::build(defs, replace_in_query, placeholder_mode).js(env)
+    }
+
+    fn build(
+        defs: Vec<NativeSecretDef>,
+        replace_in_query: Option<bool>,
+        placeholder_mode: Option<String>,
+    ) -> Result<Self, JsFailure> {
         let mode =
             PlaceholderMode::parse(placeholder_mode.as_deref().unwrap_or("shared")).map_err(bad)?;
         for d in &defs {
@@ -118,28 +129,25 @@ impl NativeSecrets {
     #[napi]
     pub fn update(
         &self,
+        env: &Env,
         name: String,
         value: Option<String>,
         hosts: Option<Vec<String>>,
     ) -> napi::Result<()> {
         if let Some(h) = &hosts {
-            globs(h, "updateSecret: hosts")?;
+            globs(h, "updateSecret: hosts").js(env)?;
         }
-        self.inner
-            .update(&name, value, hosts)
-            .map_err(|e| js_error("invalid_option", e))
+        self.inner.update(&name, value, hosts).map_err(bad).js(env)
     }
 
     #[napi]
-    pub fn delete(&self, name: String) -> napi::Result<()> {
-        self.inner
-            .delete(&name)
-            .map_err(|e| js_error("invalid_option", e))
+    pub fn delete(&self, env: &Env, name: String) -> napi::Result<()> {
+        self.inner.delete(&name).map_err(bad).js(env)
     }
 }
 
 /// Refuse regex-looking host patterns (see [`check_glob`]).
-pub(crate) fn globs(list: &[String], what: &str) -> napi::Result<()> {
+pub(crate) fn globs(list: &[String], what: &str) -> Result<(), JsFailure> {
     for p in list {
         check_glob(p).map_err(|e| bad(format!("{what}: {e}")))?;
     }
@@ -148,10 +156,15 @@ pub(crate) fn globs(list: &[String], what: &str) -> napi::Result<()> {
 
 /// The MITM CA certificate (PEM) guests are told to trust.
 #[napi]
-pub fn mitm_ca_pem() -> napi::Result<String> {
+pub fn mitm_ca_pem(env: &Env) -> napi::Result<String> {
     MitmCa::shared()
         .map(|ca| ca.ca_pem())
-        .map_err(|e| js_error("mitm_ca_failed", e))
+        .map_err(ca_failed)
+        .js(env)
+}
+
+fn ca_failed(e: impl std::fmt::Display) -> JsFailure {
+    JsFailure::new(ErrorCode::MitmCaFailed, e)
 }
 
 #[napi(object)]
@@ -183,8 +196,8 @@ impl From<EgressEvent> for NativeEgressEvent {
 
 pub(crate) type EgressEvents = Arc<Mutex<mpsc::Receiver<EgressEvent>>>;
 
-fn bad(msg: String) -> napi::Error {
-    js_error("invalid_option", msg)
+fn bad(msg: impl std::fmt::Display) -> JsFailure {
+    JsFailure::new(ErrorCode::InvalidOption, msg)
 }
 
 /// Build the VM's network from JS options.
@@ -192,7 +205,7 @@ pub(crate) fn attach(
     o: NativeNetOptions,
     secrets: Option<&NativeSecrets>,
     hooks: Option<Arc<dyn gondolin::http::hooks::HttpHooks>>,
-) -> napi::Result<(NetAttach, Option<EgressEvents>)> {
+) -> Result<(NetAttach, Option<EgressEvents>), JsFailure> {
     let mode = DnsMode::parse(o.dns_mode.as_deref().unwrap_or("synthetic")).map_err(bad)?;
     let mut dns = DnsConfig {
         mode,
@@ -226,11 +239,11 @@ pub(crate) fn attach(
                     ))
                 })
             })
-            .collect::<napi::Result<_>>()?,
+            .collect::<Result<_, _>>()?,
         _ => host_resolvers(),
     };
     if mode == DnsMode::Trusted && dns.servers.is_empty() {
-        return Err(bad("dns mode 'trusted' requires at least one IPv4 resolver (none found). Provide an IPv4 resolver via --dns-trusted-server or configure an IPv4 DNS server on the host".into()));
+        return Err(bad("dns mode 'trusted' requires at least one IPv4 resolver (none found). Provide an IPv4 resolver via --dns-trusted-server or configure an IPv4 DNS server on the host"));
     }
     if mode == DnsMode::Open && dns.servers.is_empty() {
         dns.servers.push(Ipv4Addr::new(8, 8, 8, 8));
@@ -263,7 +276,7 @@ pub(crate) fn attach(
         max_response_body: max_response,
         hooks,
     };
-    let ca = MitmCa::shared().map_err(|e| js_error("mitm_ca_failed", e))?;
+    let ca = MitmCa::shared().map_err(ca_failed)?;
     let dns_server = Arc::new(DnsServer::new(dns.clone()));
     let (events_tx, events) = if o.events.unwrap_or(false) {
         let (tx, rx) = mpsc::channel(1024);

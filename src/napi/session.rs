@@ -10,8 +10,9 @@ use napi::bindgen_prelude::PromiseRaw;
 use napi::Env;
 use napi_derive::napi;
 
-use super::error::js_error;
+use super::error::{spawn_coded, JsFailure};
 use super::vm::NativeVm;
+use gondolin::error::ErrorCode;
 use gondolin::session::{AttachServer, Target};
 
 #[napi(object)]
@@ -45,12 +46,13 @@ pub fn serve_attach<'e>(
     };
     let path = PathBuf::from(options.socket_path);
     // Spawned so the listener registers with the addon's runtime.
-    env.spawn_future(async move {
+    spawn_coded(env, async move {
         let server = AttachServer::bind(&path, target).map_err(|e| {
-            js_error(
-                "io_error",
+            JsFailure::new(
+                ErrorCode::IoError,
                 format!("cannot listen on {}: {e}", path.display()),
             )
+            .caused_by(&e)
         })?;
         Ok(NativeAttachServer {
             inner: Arc::new(server),

@@ -11,14 +11,16 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use napi::bindgen_prelude::{Buffer, Promise};
+use napi::Env;
 use napi_derive::napi;
 
-use super::error::js_error;
+use super::error::{IntoJs, JsFailure};
 use super::js_callback::{boundary_enum, Component, JsCallback};
 use super::vfs_call::{
     dirents_to_js, stat_to_js, statfs_to_js, time_from_ms, Changes, FsCall, FsOp, FsOutcome,
 };
 use super::vfs_js::{Dispatch, HookDispatch, HookKinds, JsHooks, JsProvider};
+use gondolin::error::ErrorCode;
 use gondolin::vfs::hooks::HookedProvider;
 use gondolin::vfs::memory::MemoryProvider;
 use gondolin::vfs::mounts::MountRouter;
@@ -393,12 +395,13 @@ impl NativeProvider {
 
     /// The same, blocking the JS thread: only for stacks without JS parts.
     #[napi]
-    pub fn call_sync(&self, call: FsCall) -> napi::Result<FsOutcome> {
+    pub fn call_sync(&self, env: &Env, call: FsCall) -> napi::Result<FsOutcome> {
         if self.needs_js {
-            return Err(js_error(
-                "invalid_state",
+            return Err(JsFailure::new(
+                ErrorCode::InvalidState,
                 "synchronous calls are not available on a provider stack that contains JavaScript providers or hooks",
-            ));
+            ))
+            .js(env);
         }
         let fut = run(self.inner.clone(), self.handles.clone(), call);
         Ok(outcome(napi::bindgen_prelude::block_on(fut)))
@@ -416,16 +419,17 @@ impl NativeProvider {
 
     /// MemoryProvider only: refuse every later mutation with EROFS.
     #[napi]
-    pub fn set_read_only(&self) -> napi::Result<()> {
+    pub fn set_read_only(&self, env: &Env) -> napi::Result<()> {
         match &self.memory {
             Some(m) => {
                 m.set_readonly();
                 Ok(())
             }
-            None => Err(js_error(
-                "invalid_state",
+            None => Err(JsFailure::new(
+                ErrorCode::InvalidState,
                 "setReadOnly() is only available on MemoryProvider",
-            )),
+            ))
+            .js(env),
         }
     }
 }
@@ -442,36 +446,34 @@ pub fn memory_provider() -> NativeProvider {
 /// `allow_chown`: let the guest change owners of host files (off unless
 /// the caller asks: `new RealFSProvider(dir, { allowChown: true })`).
 #[napi]
-pub fn realfs_provider(root: String, allow_chown: Option<bool>) -> napi::Result<NativeProvider> {
+pub fn realfs_provider(
+    env: &Env,
+    root: String,
+    allow_chown: Option<bool>,
+) -> napi::Result<NativeProvider> {
     if root.is_empty() {
-        return Err(js_error(
-            "invalid_option",
-            "RealFSProvider requires a non-empty rootPath",
-        ));
+        return Err(bad_option("RealFSProvider requires a non-empty rootPath")).js(env);
     }
     let options = RealFsOptions {
         allow_chown: allow_chown.unwrap_or(false),
     };
-    let p = RealFSProvider::with_options(Path::new(&root), options).map_err(|e| {
-        js_error(
-            "invalid_option",
-            format!("RealFSProvider rootPath {root:?}: {e}"),
-        )
-    })?;
+    let p = RealFSProvider::with_options(Path::new(&root), options)
+        .map_err(|e| bad_option(format!("RealFSProvider rootPath {root:?}: {e}")))
+        .js(env)?;
     Ok(NativeProvider::wrap(Arc::new(p), false))
+}
+
+fn bad_option(message: impl std::fmt::Display) -> JsFailure {
+    JsFailure::new(ErrorCode::InvalidOption, message)
 }
 
 /// The canonical root a RealFSProvider serves (for its `rootPath`).
 #[napi]
-pub fn realfs_root(root: String) -> napi::Result<String> {
+pub fn realfs_root(env: &Env, root: String) -> napi::Result<String> {
     std::fs::canonicalize(&root)
         .map(|p| p.to_string_lossy().into_owned())
-        .map_err(|e| {
-            js_error(
-                "invalid_option",
-                format!("RealFSProvider rootPath {root:?}: {e}"),
-            )
-        })
+        .map_err(|e| bad_option(format!("RealFSProvider rootPath {root:?}: {e}")).caused_by(&e))
+        .js(env)
 }
 
 #[napi]
@@ -508,6 +510,7 @@ pub fn js_provider(
 
 #[napi]
 pub fn shadow_provider(
+    env: &Env,
     inner: &NativeProvider,
     options: NativeShadowOptions,
     #[napi(ts_arg_type = "((ctx: ShadowCall) => Promise<boolean>) | undefined | null")]
@@ -518,10 +521,10 @@ pub fn shadow_provider(
         (Some(f), _) => (Arc::new(JsPredicate(f)), true),
         (None, Some(paths)) => (Arc::new(PathPredicate::new(&paths)), false),
         (None, None) => {
-            return Err(js_error(
-                "invalid_option",
+            return Err(bad_option(
                 "ShadowProvider requires options.shouldShadow callback",
             ))
+            .js(env)
         }
     };
     let write_mode = match options.write_mode.unwrap_or(WriteMode::Deny) {
@@ -571,18 +574,16 @@ impl NativeMounts {
     #[napi]
     pub fn build(
         &mut self,
+        env: &Env,
         #[napi(ts_arg_type = "((call: HookCall) => Promise<FsOutcome>) | undefined | null")] hooks: Option<
             HookDispatch,
         >,
         kinds: Option<HookKinds>,
     ) -> napi::Result<NativeProvider> {
         let mounts = std::mem::take(&mut self.mounts);
-        let router = MountRouter::new(mounts).map_err(|e| {
-            js_error(
-                "invalid_option",
-                e.message.clone().unwrap_or_else(|| e.to_string()),
-            )
-        })?;
+        let router = MountRouter::new(mounts)
+            .map_err(|e| bad_option(e.message.clone().unwrap_or_else(|| e.to_string())))
+            .js(env)?;
         let mut root: Arc<dyn Provider> = Arc::new(router);
         let mut needs_js = self.needs_js;
         if let Some(h) = hooks {

@@ -10,7 +10,7 @@ use napi_derive::napi;
 use napi::bindgen_prelude::PromiseRaw;
 use napi::Env;
 
-use super::error::{recover, spawn_coded, IntoJs, JsFailure};
+use super::error::{spawn_coded, IntoJs, JsFailure};
 use super::exec::NativeExec;
 use super::vfs::NativeProvider;
 use gondolin::control::ExecRequest;
@@ -189,8 +189,7 @@ fn prepare(
             });
             crate::net::attach(n, secrets, hooks)
         })
-        .transpose()
-        .map_err(recover)?;
+        .transpose()?;
     let mut cfg = config(options)?;
     let mut egress = None;
     let mut net_stats = None;

@@ -13,7 +13,7 @@ const path = require("node:path");
 const util = require("node:util");
 const { Readable } = require("node:stream");
 const { native } = require("./native.cjs");
-const { fromNative, withCode } = require("./errors.cjs");
+const { withCode } = require("./errors.cjs");
 const { makeStats, statsObject } = require("./vfs.cjs");
 
 /** Exec options (internal): run no process, store stdin in this guest file / send this guest file as stdout. */
@@ -211,9 +211,7 @@ class VmFs {
     signal?.throwIfAborted();
     await this._vm._implicitStart();
     if (this._vm._closed) throw withCode("VM is closed", "vm_closed");
-    let call = this._vm._native[method](...args).catch((err) => {
-      throw fromNative(err);
-    });
+    let call = this._vm._native[method](...args);
     if (signal) {
       // The guest finishes the (short) call; the caller stops waiting.
       let onAbort;

@@ -45,14 +45,21 @@ pub const TCG_CMDLINE: &str = "norandmaps mitigations=off init_on_alloc=0";
 /// of issue 12 (1 boot in ~600: a boot patches a few dozen static keys) and
 /// reproduced in minutes by `__test__/soak/textpoke-soak.mjs`, which toggles
 /// the scheduler tracepoints on a busy 2-vCPU guest: `thread=multi` stalled
-/// in 3 of 3 runs within 4 minutes; `thread=single` never stalls. Measured
-/// on this 2-core machine (loaded), single vs multi with 2 vCPUs: boot →
-/// first exec, exec round trip, 4 parallel shell loops, `node -e` and a
-/// threaded `python3` all within noise of each other; what single gives up
-/// is running two guest vCPUs on two host cores at once, and kernel text
-/// patching itself is much slower (each IPI waits for the other vCPU's
-/// turn). `sandbox.accel: "tcg,thread=multi"` restores the old mode.
-/// KVM and HVF are not affected (the CPU keeps code coherent).
+/// in each of 3 runs (within 4 minutes each); `thread=single` ran 100
+/// toggles with no stall. (One QEMU SIGSEGV in 400 soak boots under
+/// `thread=multi` was not traced to a cause.)
+///
+/// The price, measured on the idle 2-core machine with 2 vCPUs (`make
+/// bench`, same build, `GONDOLIN_ACCEL` switching the mode): VM.create →
+/// first exec 2.23 s → 2.74 s (+23%), exec output streamed to the host
+/// 152 → 89 MiB/s, TLS between two guest processes 31 → 17 MiB/s; exec
+/// round trip, vm.fs, the VFS and host-mediated HTTP(S) unchanged. Two
+/// guest vCPUs no longer run on two host cores at once, and kernel text
+/// patching itself is slow (each sync IPI waits for the other vCPU's turn:
+/// ~7 s per tracepoint toggle on a loaded machine).
+/// `sandbox.accel: "tcg,thread=multi,tb-size=128"` (or `GONDOLIN_ACCEL`)
+/// restores the old mode and its risk. KVM and HVF are not affected (the
+/// CPU keeps code coherent).
 pub const TCG_THREADS: &str = "single";
 
 impl Accel {

@@ -153,8 +153,11 @@ export interface VmVfsOptions {
   fuseMount?: string;
 }
 
+/** The operation a `vfs.hooks` hook or a shadow predicate is asked about (upstream's `ctx.op` names). */
+export type VfsHookOp = "stat" | "lstat" | "readdir" | "open" | "read" | "write" | "fstat" | "release" | "truncate" | "chmod" | "chown" | "utimes" | "mkdir" | "rmdir" | "unlink" | "rename" | "link" | "symlink" | "readlink" | "realpath" | "statfs" | "access";
+
 export interface VfsHookContext {
-  op: string;
+  op: VfsHookOp;
   path?: string;
   oldPath?: string;
   newPath?: string;
@@ -360,7 +363,7 @@ export declare class ReadonlyProvider extends NativeBackedProvider {
 }
 
 export type ShadowWriteMode = "deny" | "tmpfs";
-export type ShadowContext = { op: string; path: string; flags?: string; oldPath?: string; newPath?: string };
+export type ShadowContext = { op: VfsHookOp; path: string; flags?: string; oldPath?: string; newPath?: string };
 export type ShadowPredicate = (ctx: ShadowContext) => boolean | Promise<boolean>;
 export interface ShadowProviderOptions {
   shouldShadow: ShadowPredicate;

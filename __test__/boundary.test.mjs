@@ -86,3 +86,10 @@ test("a JS answer of the wrong shape fails that call only, with EIO naming the o
   assert.match(bad.message, /^JS provider stat failed: .*kind/);
   assert.deepEqual((await p.call({ op: "readdir", path: "/" })).entries, []);
 });
+
+test("ctx.op of vfs.hooks and shadow predicates crosses as a string enum, the VfsHookOp union of index.d.ts", () => {
+  const fs = require("node:fs");
+  const dts = fs.readFileSync(require.resolve("../index.d.ts"), "utf8");
+  const union = /export type VfsHookOp = ([^;]+);/.exec(dts)[1].match(/"([a-z]+)"/g).map((s) => s.slice(1, -1));
+  assert.deepEqual(Object.values(native.VfsHookOp).sort(), union.sort());
+});

@@ -338,7 +338,7 @@ pub type PredicateDispatch = JsCallback<ShadowCall, Promise<bool>>;
 
 #[napi(object)]
 pub struct ShadowCall {
-    pub op: String,
+    pub op: crate::vfs_js::VfsHookOp,
     pub path: String,
     pub flags: Option<String>,
     pub old_path: Option<String>,
@@ -351,7 +351,7 @@ struct JsPredicate(PredicateDispatch);
 impl ShadowPredicate for JsPredicate {
     async fn should_shadow(&self, ctx: &ShadowContext) -> bool {
         let call = ShadowCall {
-            op: ctx.op.to_string(),
+            op: ctx.op.into(),
             path: ctx.path.clone(),
             flags: ctx.flags.clone(),
             old_path: ctx.old_path.clone(),

@@ -18,6 +18,7 @@ use super::vfs_call::{
     kind_from_name, missing, stat_from_js, statfs_from_js, FsCall, FsOp, FsOutcome,
 };
 use gondolin::vfs::hooks::{ContentHooks, HookContext, VfsHooks};
+use gondolin::vfs::HookOp;
 use gondolin::vfs::{
     DirEntry, FileHandle, Metadata, OpenOptions, Provider, SetTimes, StatFs, VfsError, VfsResult,
 };
@@ -356,12 +357,70 @@ boundary_enum! {
     }
 }
 
-/// What a JS hook gets: the [`HookContext`] plus the phase. `op` is the
-/// operation name from the core's hook context (upstream's `ctx.op`).
+boundary_enum! {
+    /// `ctx.op` of a `vfs.hooks` hook and of a shadow predicate: the core's
+    /// [`HookOp`] as a JS string enum.
+    VfsHookOp {
+        Stat = "stat",
+        Lstat = "lstat",
+        Readdir = "readdir",
+        Open = "open",
+        Read = "read",
+        Write = "write",
+        Fstat = "fstat",
+        Release = "release",
+        Truncate = "truncate",
+        Chmod = "chmod",
+        Chown = "chown",
+        Utimes = "utimes",
+        Mkdir = "mkdir",
+        Rmdir = "rmdir",
+        Unlink = "unlink",
+        Rename = "rename",
+        Link = "link",
+        Symlink = "symlink",
+        Readlink = "readlink",
+        Realpath = "realpath",
+        Statfs = "statfs",
+        Access = "access",
+    }
+}
+
+impl From<HookOp> for VfsHookOp {
+    fn from(op: HookOp) -> Self {
+        match op {
+            HookOp::Stat => VfsHookOp::Stat,
+            HookOp::Lstat => VfsHookOp::Lstat,
+            HookOp::Readdir => VfsHookOp::Readdir,
+            HookOp::Open => VfsHookOp::Open,
+            HookOp::Read => VfsHookOp::Read,
+            HookOp::Write => VfsHookOp::Write,
+            HookOp::Fstat => VfsHookOp::Fstat,
+            HookOp::Release => VfsHookOp::Release,
+            HookOp::Truncate => VfsHookOp::Truncate,
+            HookOp::Chmod => VfsHookOp::Chmod,
+            HookOp::Chown => VfsHookOp::Chown,
+            HookOp::Utimes => VfsHookOp::Utimes,
+            HookOp::Mkdir => VfsHookOp::Mkdir,
+            HookOp::Rmdir => VfsHookOp::Rmdir,
+            HookOp::Unlink => VfsHookOp::Unlink,
+            HookOp::Rename => VfsHookOp::Rename,
+            HookOp::Link => VfsHookOp::Link,
+            HookOp::Symlink => VfsHookOp::Symlink,
+            HookOp::Readlink => VfsHookOp::Readlink,
+            HookOp::Realpath => VfsHookOp::Realpath,
+            HookOp::Statfs => VfsHookOp::Statfs,
+            HookOp::Access => VfsHookOp::Access,
+        }
+    }
+}
+
+/// What a JS hook gets: the [`HookContext`] plus the phase (`op`: upstream's
+/// `ctx.op`).
 #[napi(object)]
 pub struct HookCall {
     pub phase: HookPhase,
-    pub op: String,
+    pub op: VfsHookOp,
     pub path: Option<String>,
     pub old_path: Option<String>,
     pub new_path: Option<String>,
@@ -421,18 +480,17 @@ impl JsHooks {
         offset: u64,
         data: &[u8],
     ) -> VfsResult<Option<Vec<u8>>> {
+        let op = if phase == HookPhase::OnRead {
+            VfsHookOp::Read
+        } else {
+            VfsHookOp::Write
+        };
         let call = HookCall {
-            op: if phase == HookPhase::OnRead {
-                "read"
-            } else {
-                "write"
-            }
-            .into(),
             path: Some(path.into()),
             offset: Some(offset as f64),
             length: Some(data.len() as f64),
             data: Some(Buffer::from(data.to_vec())),
-            ..HookCall::empty(phase)
+            ..HookCall::empty(phase, op)
         };
         Ok(self.send(call).await?.data.map(|b| b.to_vec()))
     }
@@ -459,10 +517,10 @@ impl JsHooks {
 }
 
 impl HookCall {
-    fn empty(phase: HookPhase) -> Self {
+    fn empty(phase: HookPhase, op: VfsHookOp) -> Self {
         HookCall {
             phase,
-            op: String::new(),
+            op,
             path: None,
             old_path: None,
             new_path: None,
@@ -507,5 +565,18 @@ impl VfsHooks for JsHooks {
     async fn on_write(&self, path: &str, offset: u64, data: &[u8]) -> VfsResult<Option<Vec<u8>>> {
         self.content_call(HookPhase::OnWrite, path, offset, data)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_ops_cross_with_the_core_spelling() {
+        assert_eq!(HookOp::ALL.len(), VfsHookOp::ALL.len());
+        for op in HookOp::ALL {
+            assert_eq!(VfsHookOp::from(*op).as_str(), op.as_str());
+        }
     }
 }

@@ -19,14 +19,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{
-    CachePolicy, DirEntry, FileHandle, Metadata, OpenOptions, Provider, SetTimes, StatFs, VfsError,
-    VfsResult,
+    CachePolicy, DirEntry, FileHandle, HookOp, Metadata, OpenOptions, Provider, SetTimes, StatFs,
+    VfsError, VfsResult,
 };
 
 /// What a hook sees. Fields that do not apply to an op are `None`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HookContext {
-    pub op: &'static str,
+    pub op: HookOp,
     pub path: Option<String>,
     pub old_path: Option<String>,
     pub new_path: Option<String>,
@@ -41,7 +41,7 @@ pub struct HookContext {
 }
 
 impl HookContext {
-    fn at(op: &'static str, path: &str) -> Self {
+    fn at(op: HookOp, path: &str) -> Self {
         HookContext {
             op,
             path: Some(path.to_string()),
@@ -153,16 +153,24 @@ impl Provider for HookedProvider {
     }
 
     async fn stat(&self, path: &str) -> VfsResult<Metadata> {
-        self.run(HookContext::at("stat", path), zero, self.inner.stat(path))
-            .await
+        self.run(
+            HookContext::at(HookOp::Stat, path),
+            zero,
+            self.inner.stat(path),
+        )
+        .await
     }
     async fn lstat(&self, path: &str) -> VfsResult<Metadata> {
-        self.run(HookContext::at("lstat", path), zero, self.inner.lstat(path))
-            .await
+        self.run(
+            HookContext::at(HookOp::Lstat, path),
+            zero,
+            self.inner.lstat(path),
+        )
+        .await
     }
     async fn readdir(&self, path: &str) -> VfsResult<Vec<DirEntry>> {
         self.run(
-            HookContext::at("readdir", path),
+            HookContext::at(HookOp::Readdir, path),
             |v: &Vec<DirEntry>| v.len() as u64,
             self.inner.readdir(path),
         )
@@ -172,7 +180,7 @@ impl Provider for HookedProvider {
         let ctx = HookContext {
             flags: Some(opts.node_flags().to_string()),
             mode: Some(opts.mode),
-            ..HookContext::at("open", path)
+            ..HookContext::at(HookOp::Open, path)
         };
         let h = self.run(ctx, zero, self.inner.open(path, opts)).await?;
         Ok(Box::new(HookedHandle {
@@ -185,19 +193,23 @@ impl Provider for HookedProvider {
         self.refuse_if_readonly()?;
         let ctx = HookContext {
             mode: Some(mode),
-            ..HookContext::at("mkdir", path)
+            ..HookContext::at(HookOp::Mkdir, path)
         };
         self.run(ctx, zero, self.inner.mkdir(path, mode)).await
     }
     async fn rmdir(&self, path: &str) -> VfsResult<()> {
         self.refuse_if_readonly()?;
-        self.run(HookContext::at("rmdir", path), zero, self.inner.rmdir(path))
-            .await
+        self.run(
+            HookContext::at(HookOp::Rmdir, path),
+            zero,
+            self.inner.rmdir(path),
+        )
+        .await
     }
     async fn unlink(&self, path: &str) -> VfsResult<()> {
         self.refuse_if_readonly()?;
         self.run(
-            HookContext::at("unlink", path),
+            HookContext::at(HookOp::Unlink, path),
             zero,
             self.inner.unlink(path),
         )
@@ -206,7 +218,7 @@ impl Provider for HookedProvider {
     async fn rename(&self, from: &str, to: &str) -> VfsResult<()> {
         self.refuse_if_readonly()?;
         let ctx = HookContext {
-            op: "rename",
+            op: HookOp::Rename,
             old_path: Some(from.into()),
             new_path: Some(to.into()),
             ..Default::default()
@@ -216,7 +228,7 @@ impl Provider for HookedProvider {
     async fn link(&self, existing: &str, new_path: &str) -> VfsResult<()> {
         self.refuse_if_readonly()?;
         let ctx = HookContext {
-            op: "link",
+            op: HookOp::Link,
             old_path: Some(existing.into()),
             new_path: Some(new_path.into()),
             ..Default::default()
@@ -228,13 +240,13 @@ impl Provider for HookedProvider {
         self.refuse_if_readonly()?;
         let ctx = HookContext {
             old_path: Some(target.into()),
-            ..HookContext::at("symlink", path)
+            ..HookContext::at(HookOp::Symlink, path)
         };
         self.run(ctx, zero, self.inner.symlink(target, path)).await
     }
     async fn readlink(&self, path: &str) -> VfsResult<String> {
         self.run(
-            HookContext::at("readlink", path),
+            HookContext::at(HookOp::Readlink, path),
             zero,
             self.inner.readlink(path),
         )
@@ -244,7 +256,7 @@ impl Provider for HookedProvider {
         self.refuse_if_readonly()?;
         let ctx = HookContext {
             size: Some(len),
-            ..HookContext::at("truncate", path)
+            ..HookContext::at(HookOp::Truncate, path)
         };
         self.run(ctx, zero, self.inner.truncate(path, len)).await
     }
@@ -252,14 +264,14 @@ impl Provider for HookedProvider {
         self.refuse_if_readonly()?;
         let ctx = HookContext {
             mode: Some(mode),
-            ..HookContext::at("chmod", path)
+            ..HookContext::at(HookOp::Chmod, path)
         };
         self.run(ctx, zero, self.inner.chmod(path, mode)).await
     }
     async fn chown(&self, path: &str, uid: Option<u32>, gid: Option<u32>) -> VfsResult<()> {
         self.refuse_if_readonly()?;
         self.run(
-            HookContext::at("chown", path),
+            HookContext::at(HookOp::Chown, path),
             zero,
             self.inner.chown(path, uid, gid),
         )
@@ -268,7 +280,7 @@ impl Provider for HookedProvider {
     async fn set_times(&self, path: &str, times: SetTimes) -> VfsResult<()> {
         self.refuse_if_readonly()?;
         self.run(
-            HookContext::at("utimes", path),
+            HookContext::at(HookOp::Utimes, path),
             zero,
             self.inner.set_times(path, times),
         )
@@ -276,7 +288,7 @@ impl Provider for HookedProvider {
     }
     async fn statfs(&self, path: &str) -> VfsResult<StatFs> {
         self.run(
-            HookContext::at("statfs", path),
+            HookContext::at(HookOp::Statfs, path),
             zero,
             self.inner.statfs(path),
         )
@@ -285,7 +297,7 @@ impl Provider for HookedProvider {
     async fn access(&self, path: &str, mask: i32) -> VfsResult<()> {
         let ctx = HookContext {
             mode: Some(mask as u32),
-            ..HookContext::at("access", path)
+            ..HookContext::at(HookOp::Access, path)
         };
         self.run(ctx, zero, self.inner.access(path, mask)).await
     }
@@ -304,7 +316,7 @@ struct HookedHandle {
 }
 
 impl HookedHandle {
-    fn ctx(&self, op: &'static str) -> HookContext {
+    fn ctx(&self, op: HookOp) -> HookContext {
         HookContext::at(op, &self.path)
     }
 }
@@ -315,7 +327,7 @@ impl FileHandle for HookedHandle {
         let mut ctx = HookContext {
             offset: Some(offset),
             length: Some(len as u64),
-            ..self.ctx("read")
+            ..self.ctx(HookOp::Read)
         };
         let read = async {
             let data = self.inner.read(offset, len).await?;
@@ -332,7 +344,7 @@ impl FileHandle for HookedHandle {
         let mut ctx = HookContext {
             offset: Some(offset),
             length: Some(data.len() as u64),
-            ..self.ctx("write")
+            ..self.ctx(HookOp::Write)
         };
         let write = async {
             if !self.hooks.content().write {
@@ -355,7 +367,7 @@ impl FileHandle for HookedHandle {
     async fn stat(&self) -> VfsResult<Metadata> {
         run_hooks(
             &*self.hooks,
-            &mut self.ctx("fstat"),
+            &mut self.ctx(HookOp::Fstat),
             zero,
             self.inner.stat(),
         )
@@ -364,21 +376,21 @@ impl FileHandle for HookedHandle {
     async fn truncate(&self, len: u64) -> VfsResult<()> {
         let mut ctx = HookContext {
             size: Some(len),
-            ..self.ctx("truncate")
+            ..self.ctx(HookOp::Truncate)
         };
         run_hooks(&*self.hooks, &mut ctx, zero, self.inner.truncate(len)).await
     }
     async fn chmod(&self, mode: u32) -> VfsResult<()> {
         let mut ctx = HookContext {
             mode: Some(mode),
-            ..self.ctx("chmod")
+            ..self.ctx(HookOp::Chmod)
         };
         run_hooks(&*self.hooks, &mut ctx, zero, self.inner.chmod(mode)).await
     }
     async fn chown(&self, uid: Option<u32>, gid: Option<u32>) -> VfsResult<()> {
         run_hooks(
             &*self.hooks,
-            &mut self.ctx("chown"),
+            &mut self.ctx(HookOp::Chown),
             zero,
             self.inner.chown(uid, gid),
         )
@@ -387,7 +399,7 @@ impl FileHandle for HookedHandle {
     async fn set_times(&self, times: SetTimes) -> VfsResult<()> {
         run_hooks(
             &*self.hooks,
-            &mut self.ctx("utimes"),
+            &mut self.ctx(HookOp::Utimes),
             zero,
             self.inner.set_times(times),
         )
@@ -399,7 +411,7 @@ impl FileHandle for HookedHandle {
     async fn close(&self) -> VfsResult<()> {
         run_hooks(
             &*self.hooks,
-            &mut self.ctx("release"),
+            &mut self.ctx(HookOp::Release),
             zero,
             self.inner.close(),
         )

@@ -9,6 +9,7 @@
 
 mod deadline;
 mod handles;
+mod hook_op;
 pub mod hooks;
 mod inodes;
 pub mod path;
@@ -26,6 +27,7 @@ pub mod watch;
 #[cfg(test)]
 mod conformance;
 
+pub use hook_op::HookOp;
 pub use provider::{
     CachePolicy, ChangeSink, DirEntry, FileHandle, FileKind, Metadata, OpenOptions, Provider,
     SetTimes, StatFs, SYNTHETIC_STATFS,

@@ -16,14 +16,14 @@ use gondolin_wire::fs::errno;
 use super::memory::MemoryProvider;
 use super::path::{join, normalize, parent};
 use super::{
-    CachePolicy, DirEntry, FileHandle, Metadata, OpenOptions, Provider, SetTimes, StatFs, VfsError,
-    VfsResult,
+    CachePolicy, DirEntry, FileHandle, HookOp, Metadata, OpenOptions, Provider, SetTimes, StatFs,
+    VfsError, VfsResult,
 };
 
 /// What the predicate is asked about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShadowContext {
-    pub op: &'static str,
+    pub op: HookOp,
     pub path: String,
     pub flags: Option<String>,
     pub old_path: Option<String>,
@@ -109,7 +109,7 @@ impl ShadowProvider {
         }
     }
 
-    async fn shadowed(&self, op: &'static str, path: &str) -> bool {
+    async fn shadowed(&self, op: HookOp, path: &str) -> bool {
         let ctx = ShadowContext {
             op,
             path: path.to_string(),
@@ -160,7 +160,7 @@ impl ShadowProvider {
     }
 
     /// The provider a read of `path` goes to.
-    async fn for_read(&self, op: &'static str, path: &str) -> VfsResult<&Arc<dyn Provider>> {
+    async fn for_read(&self, op: HookOp, path: &str) -> VfsResult<&Arc<dyn Provider>> {
         if self.shadowed(op, path).await {
             self.read_layer()
         } else {
@@ -169,7 +169,7 @@ impl ShadowProvider {
     }
 
     /// The provider a write to `path` goes to.
-    async fn for_write(&self, op: &'static str, path: &str) -> VfsResult<&Arc<dyn Provider>> {
+    async fn for_write(&self, op: HookOp, path: &str) -> VfsResult<&Arc<dyn Provider>> {
         if self.shadowed(op, path).await {
             self.write_layer(path).await
         } else {
@@ -194,25 +194,25 @@ impl Provider for ShadowProvider {
     }
 
     async fn stat(&self, path: &str) -> VfsResult<Metadata> {
-        self.for_read("stat", path).await?.stat(path).await
+        self.for_read(HookOp::Stat, path).await?.stat(path).await
     }
     async fn lstat(&self, path: &str) -> VfsResult<Metadata> {
-        self.for_read("lstat", path).await?.lstat(path).await
+        self.for_read(HookOp::Lstat, path).await?.lstat(path).await
     }
     async fn readdir(&self, path: &str) -> VfsResult<Vec<DirEntry>> {
-        if self.shadowed("readdir", path).await {
+        if self.shadowed(HookOp::Readdir, path).await {
             return self.read_layer()?.readdir(path).await;
         }
         let mut out = Vec::new();
         for e in self.inner.readdir(path).await? {
-            if !self.shadowed("readdir", &join(path, &e.name)).await {
+            if !self.shadowed(HookOp::Readdir, &join(path, &e.name)).await {
                 out.push(e);
             }
         }
         if self.mode == ShadowWriteMode::Tmpfs {
             if let Ok(private) = self.tmpfs.readdir(path).await {
                 for e in private {
-                    let shadowed = self.shadowed("readdir", &join(path, &e.name)).await;
+                    let shadowed = self.shadowed(HookOp::Readdir, &join(path, &e.name)).await;
                     if shadowed && !out.iter().any(|o| o.name == e.name) {
                         out.push(e);
                     }
@@ -224,25 +224,31 @@ impl Provider for ShadowProvider {
     async fn open(&self, path: &str, opts: OpenOptions) -> VfsResult<Box<dyn FileHandle>> {
         let writes = opts.write || opts.create || opts.truncate || opts.append;
         let layer = if writes {
-            self.for_write("open", path).await?
+            self.for_write(HookOp::Open, path).await?
         } else {
-            self.for_read("open", path).await?
+            self.for_read(HookOp::Open, path).await?
         };
         layer.open(path, opts).await
     }
     async fn mkdir(&self, path: &str, mode: u32) -> VfsResult<()> {
-        self.for_write("mkdir", path).await?.mkdir(path, mode).await
+        self.for_write(HookOp::Mkdir, path)
+            .await?
+            .mkdir(path, mode)
+            .await
     }
     async fn rmdir(&self, path: &str) -> VfsResult<()> {
-        self.for_write("rmdir", path).await?.rmdir(path).await
+        self.for_write(HookOp::Rmdir, path).await?.rmdir(path).await
     }
     async fn unlink(&self, path: &str) -> VfsResult<()> {
-        self.for_write("unlink", path).await?.unlink(path).await
+        self.for_write(HookOp::Unlink, path)
+            .await?
+            .unlink(path)
+            .await
     }
     async fn rename(&self, from: &str, to: &str) -> VfsResult<()> {
         let (a, b) = (
-            self.shadowed("rename", from).await,
-            self.shadowed("rename", to).await,
+            self.shadowed(HookOp::Rename, from).await,
+            self.shadowed(HookOp::Rename, to).await,
         );
         match (a, b) {
             (false, false) => self.inner.rename(from, to).await,
@@ -254,8 +260,8 @@ impl Provider for ShadowProvider {
     }
     async fn link(&self, existing: &str, new_path: &str) -> VfsResult<()> {
         let (a, b) = (
-            self.shadowed("link", existing).await,
-            self.shadowed("link", new_path).await,
+            self.shadowed(HookOp::Link, existing).await,
+            self.shadowed(HookOp::Link, new_path).await,
         );
         match (a, b) {
             (false, false) => self.inner.link(existing, new_path).await,
@@ -270,31 +276,37 @@ impl Provider for ShadowProvider {
         }
     }
     async fn symlink(&self, target: &str, path: &str) -> VfsResult<()> {
-        self.for_write("symlink", path)
+        self.for_write(HookOp::Symlink, path)
             .await?
             .symlink(target, path)
             .await
     }
     async fn readlink(&self, path: &str) -> VfsResult<String> {
-        self.for_read("readlink", path).await?.readlink(path).await
+        self.for_read(HookOp::Readlink, path)
+            .await?
+            .readlink(path)
+            .await
     }
     async fn truncate(&self, path: &str, len: u64) -> VfsResult<()> {
-        self.for_write("truncate", path)
+        self.for_write(HookOp::Truncate, path)
             .await?
             .truncate(path, len)
             .await
     }
     async fn chmod(&self, path: &str, mode: u32) -> VfsResult<()> {
-        self.for_write("chmod", path).await?.chmod(path, mode).await
+        self.for_write(HookOp::Chmod, path)
+            .await?
+            .chmod(path, mode)
+            .await
     }
     async fn chown(&self, path: &str, uid: Option<u32>, gid: Option<u32>) -> VfsResult<()> {
-        self.for_write("chown", path)
+        self.for_write(HookOp::Chown, path)
             .await?
             .chown(path, uid, gid)
             .await
     }
     async fn set_times(&self, path: &str, times: SetTimes) -> VfsResult<()> {
-        self.for_write("utimes", path)
+        self.for_write(HookOp::Utimes, path)
             .await?
             .set_times(path, times)
             .await
@@ -303,13 +315,16 @@ impl Provider for ShadowProvider {
         self.inner.statfs(path).await
     }
     async fn access(&self, path: &str, mask: i32) -> VfsResult<()> {
-        self.for_read("access", path)
+        self.for_read(HookOp::Access, path)
             .await?
             .access(path, mask)
             .await
     }
     async fn realpath(&self, path: &str) -> VfsResult<String> {
-        self.for_read("realpath", path).await?.realpath(path).await
+        self.for_read(HookOp::Realpath, path)
+            .await?
+            .realpath(path)
+            .await
     }
     async fn close(&self) -> VfsResult<()> {
         self.inner.close().await

@@ -338,7 +338,8 @@ pub type PredicateDispatch = JsCallback<ShadowCall, Promise<bool>>;
 
 #[napi(object)]
 pub struct ShadowCall {
-    pub op: crate::vfs_js::VfsHookOp,
+    /// A `HookOp` name (typed as `VfsHookOp` in index.d.ts).
+    pub op: String,
     pub path: String,
     pub flags: Option<String>,
     pub old_path: Option<String>,
@@ -351,7 +352,7 @@ struct JsPredicate(PredicateDispatch);
 impl ShadowPredicate for JsPredicate {
     async fn should_shadow(&self, ctx: &ShadowContext) -> bool {
         let call = ShadowCall {
-            op: ctx.op.into(),
+            op: ctx.op.as_str().into(),
             path: ctx.path.clone(),
             flags: ctx.flags.clone(),
             old_path: ctx.old_path.clone(),

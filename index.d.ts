@@ -328,12 +328,18 @@ declare class NativeBackedProvider implements VirtualProvider {
   close(): Promise<void>;
 }
 
+export interface MemoryProviderOptions {
+  /** Most bytes of file contents the tree holds, in all (default 1 GiB = 1073741824). Our extension. */
+  capacityBytes?: number;
+}
+
 /**
- * Files held in the host's memory. At most 1 GiB of file contents in all
- * (our bound, not upstream's): a write or truncate past it fails ENOSPC.
+ * Files held in the host's memory. At most `capacityBytes` (default 1 GiB)
+ * of file contents in all (our bound, not upstream's): a write or truncate
+ * past it fails ENOSPC. Bad options throw `invalid_option`.
  */
 export declare class MemoryProvider extends NativeBackedProvider {
-  constructor();
+  constructor(options?: MemoryProviderOptions);
   /** After this, every mutation fails with EROFS. */
   setReadOnly(): void;
 }

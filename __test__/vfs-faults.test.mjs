@@ -239,3 +239,13 @@ test("short soak: renames, writes through open fds, unlinks and host edits on ea
     assert.ok(counts.w1 > 0 && counts.w2 > 0, `${round.mount}: ${JSON.stringify(counts)}`);
   }
 });
+
+test("MemoryProvider holds at most capacityBytes of file data: past it ENOSPC, freed bytes come back", async () => {
+  const p = new MemoryProvider({ capacityBytes: 4096 });
+  await p.writeFile("/a", Buffer.alloc(3000));
+  await assert.rejects(p.writeFile("/b", Buffer.alloc(2000)), { code: "ENOSPC" });
+  await p.unlink("/a");
+  await p.writeFile("/b", Buffer.alloc(4000)); // the 3000 bytes came back
+  assert.throws(() => new MemoryProvider({ capacityBytes: -1 }), { code: "invalid_option", message: /capacityBytes/ });
+  assert.throws(() => new MemoryProvider({ capacityByte: 1 }), { code: "invalid_option", message: /did you mean capacityBytes/ });
+});

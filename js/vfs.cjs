@@ -353,9 +353,23 @@ class NativeBackedProvider {
   async close() {}
 }
 
+const MEMORY_PROVIDER_KEYS = ["capacityBytes"];
+
 class MemoryProvider extends NativeBackedProvider {
-  constructor() {
-    super(native.memoryProvider());
+  /** @param {{ capacityBytes?: number }} [options] capacityBytes: most bytes of file data held (default 1 GiB) */
+  constructor(options = {}) {
+    if (options === null || typeof options !== "object") throw optionError("MemoryProvider options must be an object");
+    for (const key of Object.keys(options)) {
+      if (!MEMORY_PROVIDER_KEYS.includes(key)) {
+        const near = nearest(key, MEMORY_PROVIDER_KEYS);
+        throw optionError(`unknown option MemoryProvider ${key}; ${near ? `did you mean ${near}?` : `valid keys: ${MEMORY_PROVIDER_KEYS.join(", ")}`}`);
+      }
+    }
+    const { capacityBytes } = options;
+    if (capacityBytes !== undefined && !(Number.isSafeInteger(capacityBytes) && capacityBytes >= 0)) {
+      throw optionError(`MemoryProvider capacityBytes must be a non-negative integer number of bytes (got ${capacityBytes})`);
+    }
+    super(native.memoryProvider(capacityBytes));
   }
   /** After this, every mutation fails with EROFS. */
   setReadOnly() {

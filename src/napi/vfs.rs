@@ -435,9 +435,14 @@ impl NativeProvider {
     }
 }
 
+/// `capacity_bytes`: the most file data the tree holds (default
+/// [`gondolin::vfs::memory::DEFAULT_CAPACITY`], 1 GiB); checked in JS.
 #[napi]
-pub fn memory_provider() -> NativeProvider {
-    let m = Arc::new(MemoryProvider::new());
+pub fn memory_provider(capacity_bytes: Option<f64>) -> NativeProvider {
+    let m = Arc::new(match capacity_bytes {
+        Some(bytes) => MemoryProvider::with_capacity(bytes as u64),
+        None => MemoryProvider::new(),
+    });
     NativeProvider {
         memory: Some(m.clone()),
         ..NativeProvider::wrap(m, false)

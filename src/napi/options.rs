@@ -39,6 +39,8 @@ pub struct NativeResolvedOptions {
     pub cpus: Option<u32>,
     /// Set when the FUSE root moves off `/data` (a mount sits there).
     pub fuse_mount: Option<String>,
+    /// `sandbox.bootSnapshot`; absent = the default (boot templates on).
+    pub boot_snapshot: Option<bool>,
 }
 
 struct Reader {
@@ -149,6 +151,7 @@ pub fn resolve_vm_options(
         memory: r.memory,
         cpus: r.cpus,
         fuse_mount: r.fuse_mount,
+        boot_snapshot: r.boot_snapshot,
     })
 }
 

@@ -52,6 +52,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "rootOverlay",
             "tmpfs",
             "rootDiskSnapshot",
+            "bootSnapshot",
         ],
     ),
     ("vfs", &["mounts", "hooks", "fuseMount"]),

@@ -181,6 +181,10 @@ pub struct Resolved {
     /// Set when the FUSE root must move from its default (`/data`) because a
     /// mount sits there: [`HIDDEN_FUSE_MOUNT`].
     pub fuse_mount: Option<String>,
+    /// `sandbox.bootSnapshot` (our extension): `Some(false)` = always boot
+    /// cold, never from a boot template; `None` = the default (templates
+    /// on unless `GONDOLIN_BOOT_SNAPSHOT=0`, which the JS facade reads).
+    pub boot_snapshot: Option<bool>,
 }
 
 /// The FUSE root's default home.
@@ -230,6 +234,11 @@ pub fn resolve(o: &OptValue, debug_env: Option<&str>) -> Result<Resolved, Option
     if !matches!(o.get("autoStart"), OptValue::Undefined | OptValue::Bool(_)) {
         return Err(bad("autoStart must be a boolean"));
     }
+    let boot_snapshot = match sandbox.get("bootSnapshot") {
+        OptValue::Undefined => None,
+        OptValue::Bool(b) => Some(*b),
+        _ => return Err(bad("sandbox.bootSnapshot must be a boolean")),
+    };
     for (k, v) in [
         ("onEgress", o.get("onEgress")),
         ("debugLog", o.get("debugLog").or(sandbox.get("debugLog"))),
@@ -257,6 +266,7 @@ pub fn resolve(o: &OptValue, debug_env: Option<&str>) -> Result<Resolved, Option
         memory,
         cpus,
         fuse_mount,
+        boot_snapshot,
     })
 }
 

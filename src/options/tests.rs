@@ -145,3 +145,19 @@ fn the_fuse_root_moves_off_a_mount_at_data_or_must_not_collide() {
     .unwrap()
     .is_none());
 }
+
+#[test]
+fn boot_snapshot_is_a_boolean_and_defaults_to_unset() {
+    let r = |v: OptValue| resolve(&obj(&[("sandbox", obj(&[("bootSnapshot", v)]))]), None);
+    assert_eq!(r(OptValue::Bool(false)).unwrap().boot_snapshot, Some(false));
+    assert_eq!(r(OptValue::Bool(true)).unwrap().boot_snapshot, Some(true));
+    assert_eq!(resolve(&obj(&[]), None).unwrap().boot_snapshot, None);
+    assert_eq!(
+        r(s("no")).unwrap_err().0,
+        "sandbox.bootSnapshot must be a boolean"
+    );
+    assert_eq!(
+        refused(obj(&[("sandbox", obj(&[("bootSnapshop", OptValue::Bool(false))]))])),
+        "unknown option sandbox.bootSnapshop; did you mean sandbox.bootSnapshot?"
+    );
+}

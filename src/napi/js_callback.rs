@@ -30,6 +30,8 @@ pub enum Component {
     Vfs,
     /// HTTP hooks and `fetch`: target `gondolin::net::js`.
     Net,
+    /// The attach server's calls into the VM owner (`snapshot`): target `gondolin::session::js`.
+    Session,
 }
 
 /// Why a JS call produced no value.
@@ -96,6 +98,9 @@ impl Component {
         match self {
             Component::Vfs => tracing::debug_span!(target: "gondolin::vfs::js", "js_call", name),
             Component::Net => tracing::debug_span!(target: "gondolin::net::js", "js_call", name),
+            Component::Session => {
+                tracing::debug_span!(target: "gondolin::session::js", "js_call", name)
+            }
         }
     }
 
@@ -106,6 +111,9 @@ impl Component {
             }
             Component::Net => {
                 tracing::debug!(target: "gondolin::net::js", elapsed_us, ok, "js call done")
+            }
+            Component::Session => {
+                tracing::debug!(target: "gondolin::session::js", elapsed_us, ok, "js call done")
             }
         }
     }

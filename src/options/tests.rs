@@ -157,7 +157,10 @@ fn boot_snapshot_is_a_boolean_and_defaults_to_unset() {
         "sandbox.bootSnapshot must be a boolean"
     );
     assert_eq!(
-        refused(obj(&[("sandbox", obj(&[("bootSnapshop", OptValue::Bool(false))]))])),
+        refused(obj(&[(
+            "sandbox",
+            obj(&[("bootSnapshop", OptValue::Bool(false))])
+        )])),
         "unknown option sandbox.bootSnapshop; did you mean sandbox.bootSnapshot?"
     );
 }

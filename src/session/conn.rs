@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::codec::{LineReader, ReadError, MAX_LINE};
 use super::protocol::{parse_line, ClientMsg, Code, Refusal, ServerMsg};
 use super::request::{exec_request, signal_number};
-use super::Target;
+use super::{SnapshotRequest, Target};
 use crate::control::{ExecControl, ExecEvent, ExecHandle, Stream};
 use crate::error::Coded;
 
@@ -51,8 +51,10 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (r, w) = tokio::io::split(stream);
-    // Cancelled by the writer when the socket fails, or by `stop`.
-    let alive = stop.child_token();
+    // Cancelled by the writer when the socket fails, or at teardown. Not a
+    // child of `stop`: a `snapshot_response` must still reach its client
+    // when the owner closes the server right after the checkpoint.
+    let alive = CancellationToken::new();
     let (out, out_rx) = mpsc::channel::<String>(OUT_QUEUE);
     let mut writer = tokio::spawn(write_loop(w, out_rx, alive.clone()));
     let (done, mut done_rx) = mpsc::unbounded_channel();
@@ -60,8 +62,10 @@ where
         target,
         out,
         alive: alive.clone(),
+        stop: stop.clone(),
         execs: HashMap::new(),
         done,
+        replied_final: false,
     };
     let mut reader = LineReader::new(r, MAX_LINE);
     let vm_id = conn.target.vm_id.clone();
@@ -72,8 +76,12 @@ where
     .await;
     let mut too_long = false;
     loop {
+        if conn.replied_final {
+            break; // the VM is gone: nothing more to serve
+        }
         tokio::select! {
             _ = alive.cancelled() => break,
+            _ = stop.cancelled() => break,
             Some(id) = done_rx.recv() => conn.reap(id),
             line = reader.next_line() => match line {
                 Ok(Some(line)) => conn.handle(&line).await,
@@ -88,9 +96,15 @@ where
         }
     }
     conn.kill_all();
+    // On server close, drop the client at once, unless it is owed the
+    // reply to its snapshot (the owner closes the server right after).
+    if stop.is_cancelled() && !conn.replied_final {
+        alive.cancel();
+    }
     // Dropping `conn` closes the output queue: the writer flushes what is
-    // queued (the error, after an oversized line) and shuts down. Give the
-    // peer a moment to hang up; never wait on it for longer.
+    // queued (the error, after an oversized line; a snapshot reply) and
+    // shuts down. Give the peer a moment to hang up; never wait on it for
+    // longer.
     drop(conn);
     let grace = tokio::time::sleep(HANGUP_GRACE);
     tokio::pin!(grace);
@@ -117,9 +131,14 @@ struct Conn {
     target: Arc<Target>,
     out: mpsc::Sender<String>,
     alive: CancellationToken,
+    /// The server's close.
+    stop: CancellationToken,
     execs: HashMap<u32, Running>,
     /// Gets the id of each exec whose result was sent.
     done: mpsc::UnboundedSender<u32>,
+    /// A `snapshot_response` was queued: the VM is consumed and the
+    /// connection ends once it is written.
+    replied_final: bool,
 }
 
 impl Conn {
@@ -194,6 +213,7 @@ impl Conn {
                         _ = tx.send(op) => {}
                         _ = run.finished.cancelled() => {}
                         _ = self.alive.cancelled() => {}
+                        _ = self.stop.cancelled() => {}
                     }
                 }
                 Ok(())
@@ -211,6 +231,33 @@ impl Conn {
                 let _ = run.ctl.kill(sig);
                 Ok(())
             }
+            ClientMsg::Snapshot { id, path, memory } => self.snapshot(id, path, memory).await,
+        }
+    }
+
+    /// Ask the VM's owner to checkpoint it. Reading this connection waits
+    /// meanwhile (the VM stops; nothing else it could ask would run).
+    async fn snapshot(&mut self, id: u32, path: String, memory: bool) -> Result<(), Refusal> {
+        let Some(handler) = self.target.snapshot.clone() else {
+            return Err(Refusal::new(
+                Some(id),
+                Code::Unsupported,
+                "snapshot actions are not supported for this session",
+            ));
+        };
+        tracing::debug!(target: "gondolin::exec", id, path, memory, "attach snapshot");
+        match handler.run(SnapshotRequest { path, memory }).await {
+            Ok(done) => {
+                self.emit(ServerMsg::SnapshotResponse {
+                    id,
+                    path: &done.path,
+                    name: &done.name,
+                })
+                .await;
+                self.replied_final = true;
+                Ok(())
+            }
+            Err(e) => Err(Refusal::new(Some(id), Code::SnapshotFailed, e.message)),
         }
     }
 

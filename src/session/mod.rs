@@ -11,6 +11,7 @@ mod codec;
 mod conn;
 mod protocol;
 mod request;
+mod snapshot;
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -25,6 +26,7 @@ use crate::control::ControlClient;
 
 pub use codec::{LineDecoder, LineTooLong, MAX_LINE};
 pub use protocol::{parse_line, ClientMsg, Code, ExecMsg, Refusal, ServerMsg, SignalArg};
+pub use snapshot::{SnapshotDone, SnapshotFailure, SnapshotHandler, SnapshotRequest};
 
 /// The VM an attach server serves.
 #[derive(Debug, Clone)]
@@ -35,6 +37,10 @@ pub struct Target {
     /// The VM's `env` option as `KEY=VALUE`: the base every attach exec's
     /// env is merged over (as `vm.exec` does).
     pub env: Vec<String>,
+    /// Who checkpoints the VM for a `snapshot` message (the VM's owner: the
+    /// JS `VM`, which owns its lifecycle). `None` = `snapshot` is refused
+    /// with `unsupported`.
+    pub snapshot: Option<SnapshotHandler>,
 }
 
 /// A listening attach server; [`close`](Self::close) (or dropping it) ends
@@ -127,5 +133,7 @@ fn reaped(done: Result<(), tokio::task::JoinError>) {
     }
 }
 
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod tests;

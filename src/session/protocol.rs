@@ -22,6 +22,10 @@ pub enum Code {
     StdinDisabled,
     /// A line over [`super::codec::MAX_LINE`]; the server then hangs up.
     PayloadTooLarge,
+    /// `snapshot` on a server whose VM owner takes no snapshots.
+    Unsupported,
+    /// `snapshot` that the VM owner could not carry out.
+    SnapshotFailed,
 }
 
 impl Code {
@@ -33,6 +37,8 @@ impl Code {
             Code::UnknownType => "unknown_type",
             Code::StdinDisabled => "stdin_disabled",
             Code::PayloadTooLarge => "payload_too_large",
+            Code::Unsupported => "unsupported",
+            Code::SnapshotFailed => "snapshot_failed",
         }
     }
 }
@@ -79,10 +85,31 @@ pub enum SignalArg {
 /// One validated client message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMsg {
-    Exec { id: u32, exec: ExecMsg },
-    Stdin { id: u32, data: Vec<u8>, eof: bool },
-    Resize { id: u32, rows: u16, cols: u16 },
-    Kill { id: u32, signal: SignalArg },
+    Exec {
+        id: u32,
+        exec: ExecMsg,
+    },
+    Stdin {
+        id: u32,
+        data: Vec<u8>,
+        eof: bool,
+    },
+    Resize {
+        id: u32,
+        rows: u16,
+        cols: u16,
+    },
+    Kill {
+        id: u32,
+        signal: SignalArg,
+    },
+    /// Checkpoint the VM into `path` (upstream's session IPC message;
+    /// `memory` is our extension), after which the VM is gone.
+    Snapshot {
+        id: u32,
+        path: String,
+        memory: bool,
+    },
 }
 
 /// Parse one line. Blank lines are skipped (`Ok(None)`).
@@ -115,6 +142,7 @@ fn parse_message(v: &Value) -> Result<ClientMsg, Refusal> {
             _ => Err("resize requires positive integer rows and cols"),
         },
         "kill" => parse_kill(m).map(|signal| ClientMsg::Kill { id, signal }),
+        "snapshot" => parse_snapshot(m, id),
         _ => {
             return Err(Refusal::new(
                 Some(id),
@@ -170,6 +198,19 @@ fn parse_stdin(m: &Map<String, Value>, id: u32) -> Result<ClientMsg, &'static st
         id,
         data,
         eof: eof.unwrap_or(false),
+    })
+}
+
+fn parse_snapshot(m: &Map<String, Value>, id: u32) -> Result<ClientMsg, &'static str> {
+    let path = match m.get("path") {
+        Some(Value::String(p)) if !p.trim().is_empty() => p.clone(),
+        _ => return Err("snapshot requires a non-empty output path"),
+    };
+    let memory = optional_bool(m.get("memory")).ok_or("snapshot memory must be a boolean")?;
+    Ok(ClientMsg::Snapshot {
+        id,
+        path,
+        memory: memory.unwrap_or(false),
     })
 }
 
@@ -267,6 +308,13 @@ pub enum ServerMsg<'a> {
         id: Option<u32>,
         code: &'a str,
         message: &'a str,
+    },
+    /// The checkpoint was written; the VM is gone.
+    #[serde(rename = "snapshot_response")]
+    SnapshotResponse {
+        id: u32,
+        path: &'a str,
+        name: &'a str,
     },
 }
 

@@ -265,24 +265,24 @@ fn exec_requests_merge_env_and_check_cwd_and_signals() {
 
 // --- the server ---------------------------------------------------------
 
-struct Client {
+pub(super) struct Client {
     r: BufReader<tokio::net::unix::OwnedReadHalf>,
     w: tokio::net::unix::OwnedWriteHalf,
 }
 
 impl Client {
-    async fn connect(path: &Path) -> Client {
+    pub(super) async fn connect(path: &Path) -> Client {
         let (r, w) = UnixStream::connect(path).await.unwrap().into_split();
         Client {
             r: BufReader::new(r),
             w,
         }
     }
-    async fn send(&mut self, v: Value) {
+    pub(super) async fn send(&mut self, v: Value) {
         self.w.write_all(format!("{v}\n").as_bytes()).await.unwrap();
     }
     /// The next message; `None` at end of stream.
-    async fn recv(&mut self) -> Option<Value> {
+    pub(super) async fn recv(&mut self) -> Option<Value> {
         let mut line = String::new();
         let n = tokio::time::timeout(
             std::time::Duration::from_secs(10),
@@ -293,7 +293,7 @@ impl Client {
         .unwrap();
         (n > 0).then(|| serde_json::from_str(&line).unwrap())
     }
-    async fn expect_error(&mut self, id: Option<u32>, code: &str) -> Value {
+    pub(super) async fn expect_error(&mut self, id: Option<u32>, code: &str) -> Value {
         let m = self.recv().await.unwrap();
         assert_eq!(m["type"], "error", "{m}");
         assert_eq!(m["code"], code, "{m}");
@@ -307,6 +307,14 @@ impl Client {
 }
 
 async fn server() -> (AttachServer, FakeGuest, PathBuf) {
+    server_with(None).await
+}
+
+/// A server on a temp socket for a fake guest, with `snapshot` as its
+/// snapshot handler.
+pub(super) async fn server_with(
+    snapshot: Option<SnapshotHandler>,
+) -> (AttachServer, FakeGuest, PathBuf) {
     let (control, conn, guest) = fake_guest_pair();
     std::mem::forget(conn); // keep the client from failing on its own
     let path = std::env::temp_dir().join(format!("gondolin-attach-{}.sock", uuid::Uuid::new_v4()));
@@ -314,6 +322,7 @@ async fn server() -> (AttachServer, FakeGuest, PathBuf) {
         vm_id: "vm-1".into(),
         control,
         env: vec!["BASE=1".into()],
+        snapshot,
     };
     let server = AttachServer::bind(&path, target).unwrap();
     (server, guest, path)

@@ -72,13 +72,70 @@ function hasGuestAssets() {
   }
 }
 
+/** `${XDG_CACHE_HOME:-~/.cache}/gondolin`: images, templates, checkpoints (as src/image/store.rs). */
+function cacheRoot() {
+  const cache = process.env.XDG_CACHE_HOME || path.join(require("node:os").homedir(), ".cache");
+  return path.join(cache, "gondolin");
+}
+
+/** The image store: `$GONDOLIN_IMAGE_STORE`, else `<cache root>/images` (one `<buildId>/` per image). */
+function imageStoreDir() {
+  if (process.env.GONDOLIN_IMAGE_STORE) return path.resolve(process.env.GONDOLIN_IMAGE_STORE);
+  return path.join(cacheRoot(), "images");
+}
+
 /** The image directory VMs would use, else the image store (where a build lands). */
 function getAssetDirectory() {
   const found = hasGuestAssets() ? findImage() : null;
   if (found) return found.dir;
-  if (process.env.GONDOLIN_IMAGE_STORE) return path.resolve(process.env.GONDOLIN_IMAGE_STORE);
-  const cache = process.env.XDG_CACHE_HOME || path.join(require("node:os").homedir(), ".cache");
-  return path.join(cache, "gondolin", "images");
+  return imageStoreDir();
+}
+
+// Build ids name a store directory: lowercase hex (ours) or a uuid
+// (upstream's); anything else (uppercase, '/', '..') is refused before it
+// reaches a path, as upstream's getImageObjectDirectory does.
+const BUILD_ID = /^[0-9a-f][0-9a-f-]{7,63}$/;
+
+/**
+ * The image whose buildId is `buildId` (a checkpoint's guestAssetBuildId):
+ * `imagePath` when given (it must match), else GONDOLIN_GUEST_DIR if it is
+ * that build, else the image store's `<buildId>/`. Upstream's order and
+ * messages (api.md §9), minus the dev checkout and the builtin registry,
+ * which we do not have.
+ */
+function imageForBuildId(buildId, imagePath) {
+  if (typeof buildId !== "string" || !BUILD_ID.test(buildId)) {
+    throw withCode(`invalid image build id: ${buildId}`, "invalid_image");
+  }
+  if (imagePath) {
+    const image = loadImageDir(imagePath, "sandbox.imagePath");
+    if (image.buildId !== buildId) {
+      throw withCode(
+        `guest assets do not match checkpoint buildId\n  required: ${buildId}\n  provided: ${image.buildId} (${image.dir})`,
+        "invalid_image",
+      );
+    }
+    return image;
+  }
+  const candidates = [];
+  if (process.env.GONDOLIN_GUEST_DIR) candidates.push(path.resolve(process.env.GONDOLIN_GUEST_DIR));
+  candidates.push(path.join(imageStoreDir(), buildId));
+  for (const dir of candidates) {
+    if (!fs.existsSync(path.join(dir, "manifest.json"))) continue;
+    let image;
+    try {
+      image = native.loadImage(dir);
+    } catch {
+      continue; // a broken directory is not this build
+    }
+    if (image.buildId === buildId) return image;
+  }
+  throw withCode(
+    `Unable to locate guest assets for checkpoint buildId=${buildId}\n` +
+      `  looked in: ${candidates.join(", ")}\n` +
+      `  the image may have been removed from the store; check with: gondolin image inspect ${buildId}`,
+    "missing_asset",
+  );
 }
 
 /** The assets of an image directory; a clear error naming what is missing. */
@@ -96,4 +153,7 @@ module.exports = {
   hasGuestAssets,
   getAssetDirectory,
   loadGuestAssets,
+  cacheRoot,
+  imageStoreDir,
+  imageForBuildId,
 };

@@ -175,8 +175,12 @@ function send(socket, msg) {
   return socket.write(`${JSON.stringify(msg)}\n`);
 }
 
-/** Start `vm`'s attach server, then register it; close() undoes both. */
-async function registerVmSession(vm, label) {
+/**
+ * Start `vm`'s attach server, then register it; close() undoes both.
+ * `onSnapshot(path, memory)` answers the `snapshot` message (it checkpoints
+ * the VM, resolving to { path, name }); it must not wait for close().
+ */
+async function registerVmSession(vm, label, onSnapshot) {
   const dir = sessionsDir();
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   // Required here, not at the top: the CLI's list/attach never load the addon.
@@ -185,7 +189,7 @@ async function registerVmSession(vm, label) {
     socketPath: path.join(dir, `${vm.id}.sock`),
     vmId: vm.id,
     env: mergeEnv([vm._options.env, "env"]),
-  });
+  }, onSnapshot ?? null);
   try {
     registerSession({ id: vm.id, label: label ?? process.argv.join(" ") });
   } catch (err) {

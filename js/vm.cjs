@@ -2,11 +2,12 @@
 // The VM class: lazy boot, singleflight start/close, exec.
 
 const { randomUUID } = require("node:crypto");
+const path = require("node:path");
 const { native } = require("./native.cjs");
 const { withCode } = require("./errors.cjs");
 const { mergeEnv, envToEntries } = require("./env.cjs");
 const { ExecProcess, normalizeCommand, windowBytes } = require("./exec.cjs");
-const { ensureImage } = require("./image.cjs");
+const { ensureImage, cacheRoot } = require("./image.cjs");
 const { VmFs, kStdinToFile, kStdoutFromFile } = require("./fs.cjs");
 const { buildVfs } = require("./vfs.cjs");
 const { resolveOptions, optionError, defaultDebugLog } = require("./options.cjs");
@@ -14,6 +15,28 @@ const { netOptions, pumpEgress } = require("./net.cjs");
 const { registerVmSession } = require("./sessions.cjs"); // sessions
 
 const DEFAULT_START_TIMEOUT_MS = 120000;
+
+/** VmCheckpoint.resume's hook: boot this VM from a checkpoint (internal). */
+const kResume = Symbol("gondolin.resume");
+
+const CHECKPOINTED = "vm was checkpointed and cannot be restarted; resume the checkpoint instead";
+
+/**
+ * Where boot templates live (one subdirectory per image + machine key,
+ * built by the addon on first use): `$GONDOLIN_TEMPLATE_DIR`, else
+ * `<cache root>/templates`.
+ */
+function templateDir() {
+  if (process.env.GONDOLIN_TEMPLATE_DIR) return path.resolve(process.env.GONDOLIN_TEMPLATE_DIR);
+  return path.join(cacheRoot(), "templates");
+}
+
+/** `sandbox.bootSnapshot` (default true) unless `GONDOLIN_BOOT_SNAPSHOT=0`. */
+function bootTemplate(resolved) {
+  if (resolved.bootSnapshot === false) return null;
+  if (resolved.bootSnapshot === undefined && process.env.GONDOLIN_BOOT_SNAPSHOT === "0") return null;
+  return { dir: templateDir() };
+}
 
 function startTimeout(options) {
   let v = options.startTimeoutMs;
@@ -85,6 +108,9 @@ class VM {
     this._starting = null;
     this._closing = null;
     this._closed = false;
+    this._checkpointed = false;
+    /** Set by VmCheckpoint.resume: { checkpoint, image, memory }. */
+    this._resume = null;
     // The provider stack exists before boot: vm.fs on VFS paths uses it
     // without booting the guest.
     // A mount at /data moves the FUSE root out of the way (checked in Rust).
@@ -146,6 +172,7 @@ class VM {
   }
 
   start() {
+    if (this._checkpointed) return Promise.reject(withCode(CHECKPOINTED, "vm_closed"));
     if (this._closed) return Promise.reject(withCode("VM is closed", "vm_closed"));
     if (!this._starting) {
       this._starting = this._boot();
@@ -159,7 +186,7 @@ class VM {
     const sandbox = o.sandbox || {};
     const image = this._image || (this._image = await ensureImage(sandbox.imagePath));
     if (this._closed) throw withCode("VM is closed", "vm_closed");
-    const mode = this._resolved.rootfsMode || image.defaultRootfsMode || "cow";
+    const mode = this._rootfsMode(image);
     let cmdline = sandbox.append ?? image.cmdline;
     if (this._resolved.tmpfsCmdline) cmdline = `${cmdline} ${this._resolved.tmpfsCmdline}`;
     const memory = this._resolved.memory ?? "1G";
@@ -185,6 +212,9 @@ class VM {
         fuseMount: this._vfs ? this._vfs.fuseMount : undefined,
         binds: this._vfs ? this._vfs.binds : undefined,
         net: this._net.net || undefined,
+        // A resumed VM starts from its checkpoint, never from a template.
+        resume: this._resume ? { checkpoint: this._resume.checkpoint } : undefined,
+        bootTemplate: this._resume ? null : bootTemplate(this._resolved),
       }, this._vfs ? this._vfs.root : null, this._net.secrets, this._net.dispatch, this._net.hookNames);
     } catch (err) {
       this._closed = true;
@@ -198,11 +228,14 @@ class VM {
     }
     this._native = n;
     const info = n.info();
-    this._debug("vm", `running: accel ${info.accel}, boot ${Math.round(info.bootMs)} ms, qemu pid ${info.qemuPid}`);
+    this._debug(
+      "vm",
+      `running: accel ${info.accel}, ${info.startedFrom || "boot"} ${Math.round(info.bootMs)} ms, qemu pid ${info.qemuPid}`,
+    );
     const onEgress = this._egressSink(o.onEgress);
     if (onEgress) pumpEgress(n, onEgress).catch(() => {});
     try {
-      this._session = await registerVmSession(this, o.sessionLabel); // sessions
+      this._session = await registerVmSession(this, o.sessionLabel, (p, memory) => this._snapshotForSession(p, memory));
     } catch (err) {
       // sessions: the VM works without its registry entry; warn once per process.
       if (!VM._sessionWarned) process.emitWarning(`gondolin: could not register the session: ${err.message}`);
@@ -282,6 +315,100 @@ class VM {
     return proc;
   }
 
+  /** The rootfs mode this VM runs (or will run) with. */
+  _rootfsMode(image) {
+    if (this._resume) return "cow"; // a private overlay over the checkpoint
+    return this._resolved.rootfsMode || image.defaultRootfsMode || "cow";
+  }
+
+  /** VmCheckpoint.resume: boot from `spec.checkpoint` with `spec.image`. */
+  [kResume](spec) {
+    this._resume = spec;
+    this._image = spec.image;
+  }
+
+  /**
+   * Save the VM into one checkpoint file (absolute `checkpointPath`) and
+   * consume it: QEMU stops, the VM closes, start() is refused afterwards.
+   * `options.memory` (our extension) also saves RAM and device state, so a
+   * resume continues running processes; without it the checkpoint is
+   * upstream's disk-only one. Resolves to the VmCheckpoint.
+   */
+  checkpoint(checkpointPath, options = {}) {
+    return this._checkpoint(checkpointPath, options, false);
+  }
+
+  /** The attach server's `snapshot`: checkpoint, then close the session without waiting (it sends the reply). */
+  async _snapshotForSession(checkpointPath, memory) {
+    const cp = await this._checkpoint(checkpointPath, { memory }, true);
+    return { path: cp.path, name: cp.name };
+  }
+
+  async _checkpoint(checkpointPath, options, forSession) {
+    if (checkpointPath === undefined || checkpointPath === null || checkpointPath === "") {
+      throw withCode("checkpointPath is required", "invalid_option", undefined, TypeError);
+    }
+    if (typeof checkpointPath !== "string" || !path.isAbsolute(checkpointPath)) {
+      throw withCode(`checkpointPath must be an absolute path (got: ${checkpointPath})`, "invalid_option", undefined, TypeError);
+    }
+    if (options === null || typeof options !== "object") throw optionError("checkpoint options must be an object");
+    const unknown = Object.keys(options).find((k) => k !== "memory");
+    if (unknown !== undefined) throw optionError(`unknown checkpoint option ${unknown}; valid keys: memory`);
+    if (options.memory !== undefined && typeof options.memory !== "boolean") {
+      throw optionError("checkpoint options.memory must be a boolean");
+    }
+    if (this._checkpointed) throw withCode(CHECKPOINTED, "vm_closed");
+    if (this._closed) throw withCode("VM is closed", "vm_closed");
+    const image = this._image || (this._image = await ensureImage((this._options.sandbox || {}).imagePath));
+    const mode = this._rootfsMode(image);
+    if (mode === "memory") {
+      throw withCode("cannot checkpoint: root disk is running in ephemeral snapshot mode", "invalid_option");
+    }
+    if (mode !== "cow") throw withCode("cannot checkpoint: root disk must be qcow2 (got raw)", "invalid_option");
+    if (!image.buildId) {
+      throw withCode(
+        "cannot checkpoint: guest assets are missing manifest buildId (rebuild guest assets with a newer gondolin build)",
+        "invalid_image",
+      );
+    }
+    await this.start();
+    // Best effort, as upstream: the guest's dirty pages reach the disk first.
+    await Promise.resolve(this.exec(["/bin/sh", "-c", "sync; sync"])).catch(() => {});
+    if (this._checkpointed) throw withCode(CHECKPOINTED, "vm_closed");
+    if (this._closed) throw withCode("VM is closed", "vm_closed");
+    // From here the VM is consumed: new execs and start() are refused.
+    this._checkpointed = true;
+    this._closed = true;
+    const n = this._native;
+    const session = this._session;
+    const done = (async () => {
+      try {
+        // The attach server answering a `snapshot` waits for this function:
+        // closing it here would wait on ourselves; it closes after the reply.
+        if (session && !forSession) await session.close();
+        const name = path.parse(checkpointPath).name;
+        const trailer = await n.checkpoint(checkpointPath, {
+          memory: options.memory === true,
+          name,
+          guestAssetBuildId: image.buildId,
+        });
+        const { VmCheckpoint } = require("./checkpoint.cjs");
+        return new VmCheckpoint(checkpointPath, JSON.parse(trailer), this._options);
+      } finally {
+        // Consumed either way: what is left of the VM goes.
+        await n.close().catch(() => {});
+        if (this._vfs) this._vfs.detach();
+        if (session && forSession) session.close().catch(() => {});
+        this._debug("vm", `checkpointed to ${checkpointPath}`);
+      }
+    })();
+    this._closing = done.then(
+      () => {},
+      () => {},
+    );
+    return done;
+  }
+
   /** Stop the VM and remove its temp files. Idempotent; concurrent calls share one close. */
   close() {
     if (!this._closing) {
@@ -303,4 +430,4 @@ class VM {
   }
 }
 
-module.exports = { VM };
+module.exports = { VM, kResume, templateDir };

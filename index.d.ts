@@ -138,6 +138,17 @@ export interface SandboxOptions {
   dns?: DnsOptions;
   allowWebSockets?: boolean;
   maxHttpBodyBytes?: number;
+  /**
+   * Start from a boot template instead of booting (our extension). The first
+   * VM of a given image + memory + cpus + machine + accelerator saves a memory
+   * snapshot right after its guest is ready, before any user work, under
+   * `$GONDOLIN_TEMPLATE_DIR` (default `~/.cache/gondolin/templates`); later
+   * VMs with the same settings resume from it (`info.startedFrom` is then
+   * "template"). Per-VM settings (env, VFS mounts, httpHooks, secrets) are
+   * applied after the resume. A damaged template falls back to a cold boot.
+   * Default: true, unless `GONDOLIN_BOOT_SNAPSHOT=0`; false = always boot.
+   */
+  bootSnapshot?: boolean;
 }
 
 /** Where the guest sees host-served files. */
@@ -781,6 +792,12 @@ export interface VmInfo {
    * the same text ends a vm_start_timeout message).
    */
   slowBootReport?: string;
+  /**
+   * How this VM started (our extension): "boot" = a cold kernel boot,
+   * "template" = resumed from a boot template (`sandbox.bootSnapshot`),
+   * "checkpoint" = resumed from a `VmCheckpoint`.
+   */
+  startedFrom: "boot" | "template" | "checkpoint";
 }
 
 export interface VmFsOptions {
@@ -830,6 +847,113 @@ export declare class VM {
   getHostPid(): number | null;
   /** Replace the debug sink (null silences it); the enabled components are fixed at construction. */
   setDebugLog(callback: DebugLogFn | null): void;
+  /**
+   * Save this VM into one checkpoint file and consume it (as upstream): QEMU
+   * stops, the VM closes, and `start()` afterwards rejects with "vm was
+   * checkpointed and cannot be restarted; resume the checkpoint instead".
+   * Boots the VM first if it never ran. The file (mode 0600) is a qcow2
+   * overlay of the root disk backed by the image's rootfs, plus a JSON
+   * trailer (see `VmCheckpointData`).
+   *
+   * `options.memory` (our extension; default false) also saves RAM and device
+   * state: `resume()` then continues the guest where it was (running
+   * processes, open listeners, files in tmpfs) instead of booting it.
+   * Without it the checkpoint is upstream's disk-only one; tmpfs paths and
+   * VFS data are not captured.
+   *
+   * Errors (code `invalid_option`): "checkpointPath is required",
+   * "checkpointPath must be an absolute path (got: P)", "cannot checkpoint:
+   * root disk is running in ephemeral snapshot mode" (rootfs.mode "memory"),
+   * "cannot checkpoint: root disk must be qcow2 (got raw)" (rootfs.mode
+   * "readonly").
+   */
+  checkpoint(checkpointPath: string, options?: CheckpointOptions): Promise<VmCheckpoint>;
+}
+
+/** Options of `vm.checkpoint()`. */
+export interface CheckpointOptions {
+  /** Also save RAM and device state so a resume continues running (our extension). Default false. */
+  memory?: boolean;
+}
+
+/** The machine a memory checkpoint must resume on (our extension to the trailer). */
+export interface VmCheckpointMachine {
+  /** QEMU size, e.g. "1G" */
+  memory: string;
+  cpus: number;
+  machine: string;
+  cpu: string;
+  accel: string;
+  cmdline: string;
+  rootfsMode: RootfsMode;
+}
+
+/** A checkpoint file's JSON trailer (upstream's schema; `memory` is ours). */
+export interface VmCheckpointData {
+  version: 1;
+  name: string;
+  /** ISO 8601 */
+  createdAt: string;
+  /** Basename of the checkpoint file (kept for upstream schema compatibility). */
+  diskFile: string;
+  /** buildId of the image the checkpoint's disk is backed by. */
+  guestAssetBuildId: string;
+  /** "memory" (our extension) when RAM and device state are saved too. */
+  snapshotKind?: "disk" | "memory";
+  createdWithVmm?: "qemu" | "krun";
+  compatibleVmm?: ("qemu" | "krun")[];
+  /**
+   * Memory checkpoints only (our extension): where the migration stream sits
+   * in the file (byte offset and length), its SHA-256 (hex), and the machine
+   * it needs. A resume uses this machine shape, not the VM options' memory/cpus.
+   */
+  memory?: {
+    stateOffset: number;
+    stateLength: number;
+    stateSha256: string;
+    machine: VmCheckpointMachine;
+  };
+}
+
+/**
+ * A checkpoint file (upstream api.md §9). Resume it as many times as you
+ * like, at once: each resumed VM writes to its own overlay, removed on close.
+ */
+export declare class VmCheckpoint {
+  /** `baseVmOptions`: the options resume() starts from (those of the VM that was checkpointed; null when loaded). */
+  constructor(checkpointPath: string, data: VmCheckpointData, baseVmOptions?: VMOptions | null);
+  get name(): string;
+  /** The checkpoint file, absolute. */
+  get path(): string;
+  /** dirname(path) */
+  get dir(): string;
+  /** Same as path. */
+  get diskPath(): string;
+  get guestAssetBuildId(): string;
+  toJSON(): VmCheckpointData;
+  /**
+   * A new VM (not yet started, like `VM.create`) from this checkpoint: its
+   * options are `baseVmOptions` with `options` merged over them (shallow;
+   * `sandbox` one level deep). The image is the one with the checkpoint's
+   * buildId: `sandbox.imagePath` (it must match: "guest assets do not match
+   * checkpoint buildId"), else `GONDOLIN_GUEST_DIR` if it is that build, else
+   * the image store; none → "Unable to locate guest assets for checkpoint
+   * buildId=..." (code `missing_asset`). A memory checkpoint continues
+   * running; its saved machine shape wins over `memory`/`cpus`.
+   */
+  resume(options?: VMOptions): Promise<VM>;
+  /** @deprecated use resume() */
+  clone(options?: VMOptions): Promise<VM>;
+  /**
+   * Read a checkpoint's trailer. Errors (upstream's texts): a directory, a
+   * legacy checkpoint.json, a file with no trailer, an unsupported version,
+   * an invalid trailer length (a truncated file).
+   */
+  static load(checkpointPath: string): VmCheckpoint;
+  /** Remove the checkpoint file; no error if it is gone. */
+  delete(): void;
+  /** Write `data` as the trailer of the checkpoint file `diskPath` (replacing one that is there). */
+  static writeTrailer(diskPath: string, data: VmCheckpointData): void;
 }
 
 export interface GuestImage {

@@ -213,3 +213,19 @@ async function errorCodes(): Promise<void> {
   void all;
 }
 void errorCodes;
+
+// --- Checkpoints and boot templates ----------------------------------------
+import { VmCheckpoint, type VmCheckpointData } from "@gondolin/native";
+
+async function checkpoints(): Promise<void> {
+  const vm = await VM.create({ sandbox: { bootSnapshot: false } });
+  const cp: VmCheckpoint = await vm.checkpoint("/tmp/a.qcow2", { memory: true });
+  const data: VmCheckpointData = cp.toJSON();
+  void (data.memory?.machine.cpus satisfies number | undefined);
+  const again: VM = await VmCheckpoint.load(cp.path).resume({ env: { A: "1" } });
+  void (again.info?.startedFrom satisfies "boot" | "template" | "checkpoint" | undefined);
+  cp.delete();
+  // @ts-expect-error memory is a boolean
+  await vm.checkpoint("/tmp/b.qcow2", { memory: "yes" });
+}
+void checkpoints;

@@ -2,6 +2,7 @@
 // CommonJS entry of @gondolin/native.
 
 const { VM } = require("./vm.cjs");
+const { VmCheckpoint } = require("./checkpoint.cjs");
 const { DEFAULT_GUEST_TMPFS } = require("./options.cjs");
 const { ErrorCodes } = require("./errors.cjs");
 const { ExecProcess, ExecResult } = require("./exec.cjs");
@@ -45,6 +46,7 @@ const { listSessions, findSession, gcSessions, connectToSession, registerSession
 
 module.exports = {
   VM,
+  VmCheckpoint,
   DEFAULT_GUEST_TMPFS,
   ErrorCodes,
   createHttpHooks,

@@ -13,6 +13,9 @@ Commands:
   bash [options] [-- CMD...]        interactive shell (or CMD) in a fresh VM
   list [--all]                      list running VMs (sessions) on this machine
   attach ID [options] [-- CMD...]   shell (or CMD) in a VM another process runs
+  snapshot ID [--output PATH | --name NAME] [--memory]
+                                    checkpoint a running VM (it stops) for
+                                    'gondolin bash --resume'
   build [options]                   build the guest image from Debian packages
   help                              show this help
 
@@ -69,6 +72,12 @@ missing), or CMD on a terminal (pty) when given after '--'; exits with its
 status. The VM is closed when it exits. Ctrl-] detaches (exit 130).
 
 ${VM_OPTIONS}
+
+Checkpoints:
+  --resume ID_OR_PATH  start from a checkpoint instead of a fresh VM: a file
+                       path, or the name (or a unique prefix) of a snapshot in
+                       $GONDOLIN_CHECKPOINT_DIR (default
+                       ~/.cache/gondolin/checkpoints; see 'gondolin snapshot')
   -h, --help           show this help
 `;
 
@@ -98,15 +107,33 @@ Options:
   -h, --help           show this help
 `;
 
+const SNAPSHOT_USAGE = `Usage: gondolin snapshot ID [--output PATH | --name NAME] [--memory]
+
+Checkpoints the running VM of session ID (from 'gondolin list', or a unique
+prefix) into one file and stops it; 'gondolin bash --resume' starts from it.
+The file goes to --output, else to $GONDOLIN_CHECKPOINT_DIR (default
+~/.cache/gondolin/checkpoints) as NAME.qcow2 (default: a random id).
+
+Options:
+  --output PATH        write the checkpoint to PATH
+  --name NAME          name of the checkpoint in the checkpoint directory
+  --memory             also save the VM's memory: a resume continues running
+                       processes instead of booting (our extension)
+  -h, --help           show this help
+`;
+
 const BUILD_USAGE = `Usage: gondolin build [options]
 
 Builds the guest image (Debian kernel + rootfs, our init and sandboxd) into
 the local image store (~/.cache/gondolin/images/<buildId>/). Needs root and
-the debootstrap, e2fsprogs and kmod packages.
+the debootstrap, e2fsprogs and kmod packages. Then prepares the boot template
+for the default VM settings (one VM is booted and saved once), so that later
+VMs start without booting.
 
 Options:
   --definition FILE    image definition (default: images/debian-base.json)
   --output DIR         also copy the finished image to DIR
+  --no-boot-snapshot   do not prepare the boot template
   --verbose            show debootstrap's output
   -q, --quiet          print only the image directory
   -h, --help           show this help
@@ -318,6 +345,12 @@ function parseVmOnly(args, usage) {
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
     if (a === "-h" || a === "--help") return null;
+    if (a === "--resume" && usage === BASH_USAGE) {
+      // An empty value is an error of its own (resolveResume), not a missing one.
+      if (args[i + 1] === undefined || args[i + 1] === "--") throw new UsageError(`${a} requires an argument`, usage);
+      o.resume = args[++i];
+      continue;
+    }
     const used = parseVmFlag(args, i, o, usage);
     if (used < 0) throw new UsageError(`Unknown argument: ${a}`, usage);
     i += used;
@@ -328,6 +361,7 @@ function parseVmOnly(args, usage) {
 // bash if the image has it, else sh (one exec, no probe round trip).
 // Ctrl-] in an interactive shell: stop forwarding and leave (cli.md).
 const DETACHED = Symbol("detached");
+const CHECKPOINTED = Symbol("checkpointed");
 const DETACH_MESSAGE = "\n[gondolin] detached (Ctrl-])\n";
 const DETACH_EXIT = 130;
 
@@ -357,8 +391,16 @@ async function cmdBash(args) {
   }
   const command = dash < 0 ? SHELL_COMMAND : args.slice(dash + 1);
   if (command.length === 0) throw new UsageError("missing command after --", BASH_USAGE);
-  const { VM } = require("./vm.cjs");
-  const vm = await VM.create(vmOptions(o));
+  // Resolved before any VM work, so a bad id fails fast (upstream).
+  const resume = o.resume !== undefined ? resolveResume(o.resume) : null;
+  let vm;
+  if (resume) {
+    const { VmCheckpoint } = require("./checkpoint.cjs");
+    vm = await VmCheckpoint.load(resume).resume(vmOptions(o));
+  } else {
+    const { VM } = require("./vm.cjs");
+    vm = await VM.create(vmOptions(o));
+  }
   // Terminal gone or asked to stop: close the VM (and its session entry) first.
   const signals = { SIGHUP: 1, SIGTERM: 15 };
   const onSignal = (sig) => {
@@ -372,11 +414,23 @@ async function cmdBash(args) {
     let detach;
     const detached = new Promise((resolve) => (detach = resolve));
     proc.attach(process.stdin, process.stdout, process.stderr, { onDetach: () => detach(DETACHED) });
-    const r = await Promise.race([proc.result, detached]);
+    // 'gondolin snapshot' from another process consumes the VM: the shell
+    // ends with it, which is no error here.
+    const r = await Promise.race([
+      proc.result.catch((err) => {
+        if (vm._checkpointed) return CHECKPOINTED;
+        throw err;
+      }),
+      detached,
+    ]);
     if (r === DETACHED) {
       proc.result.catch(() => {}); // the shell dies with the VM
       process.stderr.write(DETACH_MESSAGE);
       return DETACH_EXIT;
+    }
+    if (r === CHECKPOINTED) {
+      process.stderr.write("\n[gondolin] the VM was checkpointed ('gondolin snapshot'); the shell ended\n");
+      return 0;
     }
     if (r.signal != null) process.stderr.write(`process exited due to signal ${r.signal}\n`);
     return r.exitCode;
@@ -550,6 +604,9 @@ async function cmdBuild(args) {
       case "--verbose":
         o.verbose = true;
         break;
+      case "--no-boot-snapshot":
+        o.noBootSnapshot = true;
+        break;
       case "-q":
       case "--quiet":
         o.quiet = true;
@@ -574,16 +631,154 @@ async function cmdBuild(args) {
   } catch (err) {
     throw new Error(`Build failed: ${err.message}`);
   }
+  const template = o.noBootSnapshot ? null : await prepareBootTemplate(image);
   if (o.quiet) {
     process.stdout.write(`${image.dir}\n`);
   } else {
     process.stdout.write(
       `Build successful!\n  Build ID: ${image.buildId}\n  Image directory: ${image.dir}\n` +
         (o.output ? `  Output directory: ${o.output}\n` : "") +
+        (template ? `  Boot template: ${template}\n` : "") +
         `\nUse it: gondolin exec -- uname -a   (or GONDOLIN_GUEST_DIR=${o.output || image.dir})\n`,
     );
   }
   return 0;
+}
+
+/**
+ * Start and close one VM with the default settings on `image`: the first
+ * such VM saves the boot template later VMs resume from. A failure is
+ * reported, not fatal (VMs then boot cold and retry the template).
+ */
+async function prepareBootTemplate(image) {
+  const { VM } = require("./vm.cjs");
+  const started = Date.now();
+  const vm = new VM({ sandbox: { imagePath: image.dir } });
+  try {
+    await vm.start();
+    const from = vm.info.startedFrom;
+    return from === "template"
+      ? `already prepared (a VM started from it in ${Date.now() - started} ms)`
+      : `prepared in ${Date.now() - started} ms`;
+  } catch (err) {
+    return `not prepared (${err.message}); VMs boot cold until one prepares it`;
+  } finally {
+    await vm.close();
+  }
+}
+
+// --- snapshot / --resume (upstream cli.md §3, §6) ---------------------------
+
+/** Upstream's stem rule: runs outside [a-zA-Z0-9._-] → "-", "-" trimmed at the ends. */
+function sanitizeSnapshotName(name) {
+  const safe = name.trim().replace(/[^a-zA-Z0-9._-]+/g, "-").replace(/^-+|-+$/g, "");
+  return safe || "snapshot";
+}
+
+/** The checkpoint file `--resume VALUE` names (cli.md §3), checked before any VM work. */
+function resolveResume(value) {
+  if (value === "") throw new Error("--resume requires a non-empty checkpoint id or path");
+  if (fs.existsSync(value)) return path.resolve(value);
+  if (value.includes("/") || value.includes(path.sep)) throw new Error(`checkpoint not found: ${value}`);
+  const { checkpointDir } = require("./checkpoint.cjs");
+  const dir = checkpointDir();
+  const id = value.endsWith(".qcow2") ? value.slice(0, -".qcow2".length) : value;
+  let stems = [];
+  try {
+    stems = fs
+      .readdirSync(dir)
+      .filter((n) => n.endsWith(".qcow2"))
+      .map((n) => n.slice(0, -".qcow2".length));
+  } catch {
+    // no checkpoint directory yet: nothing matches
+  }
+  if (stems.includes(id)) return path.join(dir, `${id}.qcow2`);
+  const matches = stems.filter((s) => s.startsWith(id)).sort();
+  if (matches.length === 0) throw new Error(`checkpoint not found: ${value}`);
+  if (matches.length > 1) {
+    throw new Error(
+      `ambiguous checkpoint id '${value}' matches ${matches.length} snapshots:\n${matches.map((m) => `  ${m}`).join("\n")}`,
+    );
+  }
+  return path.join(dir, `${matches[0]}.qcow2`);
+}
+
+async function cmdSnapshot(args) {
+  if (args.includes("-h") || args.includes("--help")) {
+    process.stdout.write(SNAPSHOT_USAGE);
+    return 0;
+  }
+  const positional = [];
+  let output;
+  let name;
+  let memory = false;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === "--output") output = takeValue(args, i++, a, SNAPSHOT_USAGE);
+    else if (a === "--name") name = takeValue(args, i++, a, SNAPSHOT_USAGE);
+    else if (a === "--memory") memory = true;
+    else if (a.startsWith("-")) throw new UsageError(`Unknown argument: ${a}`, SNAPSHOT_USAGE);
+    else positional.push(a);
+  }
+  if (name !== undefined && output !== undefined) {
+    throw new UsageError("--name cannot be combined with --output", SNAPSHOT_USAGE);
+  }
+  if (positional.length === 0) throw new UsageError("snapshot requires a session id", SNAPSHOT_USAGE);
+  if (positional.length > 1) throw new UsageError(`Unknown argument: ${positional[1]}`, SNAPSHOT_USAGE);
+  const { checkpointDir } = require("./checkpoint.cjs");
+  const defaultDir = checkpointDir();
+  const target = output !== undefined
+    ? path.resolve(output)
+    : path.join(defaultDir, `${name !== undefined ? sanitizeSnapshotName(name) : require("node:crypto").randomUUID()}.qcow2`);
+  const { findSession, gcSessions, connectToSession } = require("./sessions.cjs");
+  await gcSessions().catch(() => 0);
+  const session = await findSession(positional[0]);
+  if (!session || !session.alive) {
+    throw new Error(`session not found or not running: ${positional[0]} (see 'gondolin list')`);
+  }
+  fs.mkdirSync(path.dirname(target), { recursive: true, mode: 0o700 });
+  const written = await new Promise((resolve, reject) => {
+    let done = false;
+    const settle = (fn) => {
+      if (done) return;
+      done = true;
+      conn.close();
+      fn();
+    };
+    const conn = connectToSession(session.socketPath, {
+      onMessage: (m) => {
+        if (m.type === "status") {
+          conn.send({ type: "snapshot", id: 1, path: target, ...(memory ? { memory: true } : {}) });
+        } else if (m.type === "snapshot_response" && m.id === 1) {
+          settle(() => resolve(m.path || target));
+        } else if (m.type === "error") {
+          settle(() => reject(new Error(`error ${m.code}: ${m.message}`)));
+        }
+      },
+      // Upstream: a connection that ends without a reply may still have
+      // written the checkpoint; look for a loadable one for up to 2 s.
+      onClose: () => settle(() => pollForCheckpoint(target, 2000).then(resolve, reject)),
+    });
+  });
+  const stem = path.parse(written).name;
+  const inDefault = path.dirname(written) === defaultDir && path.extname(written) === ".qcow2";
+  process.stdout.write(
+    `Snapshot created:\n  ID: ${stem}\n  PATH: ${written}\nResume with:\n  gondolin bash --resume ${inDefault ? stem : written}\n`,
+  );
+  return 0;
+}
+
+async function pollForCheckpoint(file, ms) {
+  const { VmCheckpoint } = require("./checkpoint.cjs");
+  const deadline = Date.now() + ms;
+  for (;;) {
+    try {
+      return VmCheckpoint.load(file).path;
+    } catch (err) {
+      if (Date.now() >= deadline) throw new Error(`session connection closed before the snapshot was confirmed: ${err.message}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
 
 async function main(argv) {
@@ -611,6 +806,8 @@ async function main(argv) {
       return cmdList(args);
     case "attach":
       return cmdAttach(args);
+    case "snapshot":
+      return cmdSnapshot(args);
     default:
       process.stderr.write(`Unknown command: ${command}\n${USAGE}`);
       return 1;
@@ -637,4 +834,4 @@ if (require.main === module) {
   );
 }
 
-module.exports = { main };
+module.exports = { main, resolveResume, sanitizeSnapshotName };

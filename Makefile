@@ -68,6 +68,7 @@ bench: build ## benchmarks; print JSON
 	node bench/exec-fs.mjs
 	node bench/vfs.mjs
 	node bench/net.mjs
+	node bench/snapshot.mjs
 
 lint: ## rustfmt + clippy
 	cargo fmt --all --check

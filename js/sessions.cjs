@@ -177,7 +177,7 @@ function send(socket, msg) {
 
 /**
  * Start `vm`'s attach server, then register it; close() undoes both.
- * `onSnapshot(path, memory)` answers the `snapshot` message (it checkpoints
+ * `onSnapshot({ path, memory })` answers the `snapshot` message (it checkpoints
  * the VM, resolving to { path, name }); it must not wait for close().
  */
 async function registerVmSession(vm, label, onSnapshot) {

@@ -235,7 +235,7 @@ class VM {
     const onEgress = this._egressSink(o.onEgress);
     if (onEgress) pumpEgress(n, onEgress).catch(() => {});
     try {
-      this._session = await registerVmSession(this, o.sessionLabel, (p, memory) => this._snapshotForSession(p, memory));
+      this._session = await registerVmSession(this, o.sessionLabel, (req) => this._snapshotForSession(req.path, req.memory));
     } catch (err) {
       // sessions: the VM works without its registry entry; warn once per process.
       if (!VM._sessionWarned) process.emitWarning(`gondolin: could not register the session: ${err.message}`);

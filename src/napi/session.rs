@@ -37,8 +37,17 @@ pub struct NativeSnapshotDone {
     pub name: String,
 }
 
-/// `onSnapshot(path, memory)`: checkpoint the VM (`vm.checkpoint`).
-type OnSnapshot = JsCallback<(String, bool), Promise<NativeSnapshotDone>>;
+/// What a client's `snapshot` asks the VM owner for.
+#[napi(object)]
+pub struct NativeSnapshotRequest {
+    /// As the client sent it (not yet checked to be absolute).
+    pub path: String,
+    /// Save RAM and device state too (our extension).
+    pub memory: bool,
+}
+
+/// `onSnapshot({ path, memory })`: checkpoint the VM (`vm.checkpoint`).
+type OnSnapshot = JsCallback<NativeSnapshotRequest, Promise<NativeSnapshotDone>>;
 
 /// The attach server's `snapshot` handler over the JS VM owner's function.
 fn snapshot_handler(on_snapshot: OnSnapshot) -> SnapshotHandler {
@@ -47,7 +56,14 @@ fn snapshot_handler(on_snapshot: OnSnapshot) -> SnapshotHandler {
         let on_snapshot = on_snapshot.clone();
         async move {
             match on_snapshot
-                .call(Component::Session, "onSnapshot", (req.path, req.memory))
+                .call(
+                    Component::Session,
+                    "onSnapshot",
+                    NativeSnapshotRequest {
+                        path: req.path,
+                        memory: req.memory,
+                    },
+                )
                 .await
             {
                 Ok(done) => Ok(SnapshotDone {
@@ -71,7 +87,7 @@ pub struct NativeAttachServer {
 }
 
 /// Listen for attach clients of `vm` (protocol: docs/attach-protocol.md).
-/// `onSnapshot(path, memory)` answers the `snapshot` message: it must
+/// `onSnapshot({ path, memory })` answers the `snapshot` message: it must
 /// checkpoint the VM and resolve to `{ path, name }` (a rejection becomes
 /// `snapshot_failed` with its message); it must not wait for this server
 /// to close, which waits for the reply. Absent = `snapshot` is refused
@@ -83,7 +99,7 @@ pub fn serve_attach<'e>(
     vm: &NativeVm,
     options: NativeAttachOptions,
     #[napi(
-        ts_arg_type = "((path: string, memory: boolean) => Promise<NativeSnapshotDone>) | null | undefined"
+        ts_arg_type = "((request: NativeSnapshotRequest) => Promise<NativeSnapshotDone>) | null | undefined"
     )]
     on_snapshot: Option<OnSnapshot>,
 ) -> napi::Result<PromiseRaw<'e, NativeAttachServer>> {

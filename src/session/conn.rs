@@ -66,6 +66,7 @@ where
         execs: HashMap::new(),
         done,
         replied_final: false,
+        owes_snapshot_answer: false,
     };
     let mut reader = LineReader::new(r, MAX_LINE);
     let vm_id = conn.target.vm_id.clone();
@@ -97,8 +98,9 @@ where
     }
     conn.kill_all();
     // On server close, drop the client at once, unless it is owed the
-    // reply to its snapshot (the owner closes the server right after).
-    if stop.is_cancelled() && !conn.replied_final {
+    // answer to its snapshot (the owner closes the server right after a
+    // checkpoint, whether it was written or failed half-way).
+    if stop.is_cancelled() && !conn.owes_snapshot_answer {
         alive.cancel();
     }
     // Dropping `conn` closes the output queue: the writer flushes what is
@@ -139,6 +141,9 @@ struct Conn {
     /// A `snapshot_response` was queued: the VM is consumed and the
     /// connection ends once it is written.
     replied_final: bool,
+    /// A snapshot answer (response or `snapshot_failed`) was queued: it is
+    /// flushed even when the server closes meanwhile.
+    owes_snapshot_answer: bool,
 }
 
 impl Conn {
@@ -246,7 +251,9 @@ impl Conn {
             ));
         };
         tracing::debug!(target: "gondolin::exec", id, path, memory, "attach snapshot");
-        match handler.run(SnapshotRequest { path, memory }).await {
+        let answer = handler.run(SnapshotRequest { path, memory }).await;
+        self.owes_snapshot_answer = true;
+        match answer {
             Ok(done) => {
                 self.emit(ServerMsg::SnapshotResponse {
                     id,

@@ -103,6 +103,38 @@ async fn a_failed_checkpoint_is_snapshot_failed_and_the_connection_stays() {
 }
 
 #[tokio::test]
+async fn a_failure_reaches_the_client_even_when_the_owner_closes_the_server_at_once() {
+    // A checkpoint that failed half-way consumed the VM all the same: the
+    // owner closes the server, and the client still learns why.
+    let server_slot: Arc<Mutex<Option<Arc<AttachServer>>>> = Arc::default();
+    let handler = {
+        let server_slot = server_slot.clone();
+        SnapshotHandler::new(move |_req: SnapshotRequest| {
+            let server = server_slot.lock().unwrap().clone().unwrap();
+            async move {
+                tokio::spawn(async move { server.close().await });
+                // Let the close begin (it then waits for this connection).
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                Err(SnapshotFailure {
+                    message: "qemu-img failed".into(),
+                })
+            }
+        })
+    };
+    let (server, _guest, path) = server_with(Some(handler)).await;
+    let server = Arc::new(server);
+    *server_slot.lock().unwrap() = Some(server.clone());
+    let mut c = Client::connect(&path).await;
+    c.recv().await.unwrap();
+    c.send(json!({"type":"snapshot","id":3,"path":"/tmp/x.qcow2"}))
+        .await;
+    let m = c.expect_error(Some(3), "snapshot_failed").await;
+    assert_eq!(m["message"], "qemu-img failed");
+    assert_eq!(c.recv().await, None, "then the closed server hangs up");
+    server.close().await;
+}
+
+#[tokio::test]
 async fn the_reply_reaches_the_client_even_when_the_owner_closes_the_server_at_once() {
     // The owner (the JS VM) closes the server as soon as its checkpoint is
     // written, racing the reply: the reply must still arrive, then EOF.
@@ -115,7 +147,8 @@ async fn the_reply_reaches_the_client_even_when_the_owner_closes_the_server_at_o
             seen.lock().unwrap().push(req.clone());
             async move {
                 tokio::spawn(async move { server.close().await });
-                tokio::task::yield_now().await;
+                // Let the close begin (it then waits for this connection).
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 Ok(SnapshotDone {
                     name: "snap".into(),
                     path: req.path,

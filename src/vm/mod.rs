@@ -8,10 +8,15 @@
 
 mod accel;
 mod bootdiag;
+pub mod checkpoint;
 mod console;
 mod disk;
+mod launch;
 mod machine;
+mod migrate;
 mod qemu;
+mod qmp;
+mod template;
 
 use std::path::PathBuf;
 
@@ -19,8 +24,9 @@ use crate::error::ErrorCode;
 use std::time::Duration;
 
 pub use accel::{detect as detect_accel, Accel, TCG_CMDLINE};
-pub use machine::Vm;
-pub use qemu::{qemu_argv, QemuPlan};
+pub use launch::StartedFrom;
+pub use machine::{CheckpointRequest, Vm};
+pub use qemu::{qemu_argv, DiskFormat, QemuPlan, Ram};
 
 /// How the guest may write its root disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +88,12 @@ pub struct VmConfig {
     pub vfs: Option<VfsAttach>,
     /// The guest's network, if any (no NIC at all otherwise).
     pub net: Option<NetAttach>,
+    /// Start from this checkpoint file (see `checkpoint`) instead of the
+    /// image's disk; a memory checkpoint resumes the guest where it was.
+    pub resume: Option<PathBuf>,
+    /// Where boot templates live (one directory per machine; see
+    /// `template`). `None`: always boot the kernel.
+    pub template_dir: Option<PathBuf>,
 }
 
 /// The guest NIC's host side: the stack and what handles its flows.
@@ -219,6 +231,11 @@ pub enum VmError {
     BootFailed(String),
     #[error("guest protocol version {guest} does not match the host's {host}; rebuild the guest image (gondolin build)")]
     ProtocolMismatch { guest: u32, host: u32 },
+    /// Loading a saved state (boot template, memory checkpoint) failed.
+    #[error("resuming the VM failed: {0}")]
+    ResumeFailed(String),
+    #[error("{0}")]
+    Checkpoint(#[from] checkpoint::CheckpointError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -235,6 +252,8 @@ impl crate::error::Coded for VmError {
             VmError::StartTimeout(..) => ErrorCode::VmStartTimeout,
             VmError::BootFailed(_) => ErrorCode::VmBootFailed,
             VmError::ProtocolMismatch { .. } => ErrorCode::ProtocolMismatch,
+            VmError::ResumeFailed(_) => ErrorCode::VmBootFailed,
+            VmError::Checkpoint(e) => crate::error::Coded::code(e),
             VmError::Io(_) => ErrorCode::IoError,
         }
     }

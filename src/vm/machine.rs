@@ -120,6 +120,7 @@ impl Vm {
         dir: &Path,
     ) -> Result<migrate::Saved, VmError> {
         let mut l = launch::launch(config, Source::BuildTemplate { dir }).await?;
+        run_quietly(&l.control, WARM_UP, Duration::from_secs(30)).await;
         let saved = async {
             let mut qmp = Qmp::connect(&l.dir.join("qmp.sock"), Duration::from_secs(30)).await?;
             let mut out = tokio::fs::File::create(dir.join(template::STATE)).await?;
@@ -288,14 +289,7 @@ impl Vm {
             );
         } else {
             // Upstream flushes the guest's page cache first (best effort).
-            let sync = crate::control::ExecRequest {
-                argv: vec!["/bin/sh".into(), "-c".into(), "sync; sync".into()],
-                ..Default::default()
-            };
-            if let Ok(mut h) = self.control.exec(&sync) {
-                let drain = async { while h.next_batch(1 << 16).await.is_some() {} };
-                let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
-            }
+            run_quietly(&self.control, "sync; sync", Duration::from_secs(10)).await;
         }
         self.stop_qemu(Disconnect {
             code: ErrorCode::VmClosed,
@@ -339,6 +333,26 @@ impl Vm {
         .await;
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
         result
+    }
+}
+
+/// What a template runs before it is saved: the shell and the programs
+/// an agent's first commands use, so their files are in the guest's page
+/// cache in every VM resumed from it (read from the shared template RAM
+/// instead of through the emulated disk).
+const WARM_UP: &str = "/bin/true; /bin/echo >/dev/null; /usr/bin/env >/dev/null; \
+    /bin/bash -c true; /bin/ls / >/dev/null; /bin/cat /dev/null";
+
+/// Run a shell script of ours in the guest, output dropped, best effort
+/// within `limit`.
+async fn run_quietly(control: &ControlClient, script: &str, limit: Duration) {
+    let req = crate::control::ExecRequest {
+        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    };
+    if let Ok(mut h) = control.exec(&req) {
+        let drain = async { while h.next_batch(1 << 16).await.is_some() {} };
+        let _ = tokio::time::timeout(limit, drain).await;
     }
 }
 

@@ -31,7 +31,7 @@ pub const STATE: &str = "state";
 pub const DISK: &str = "disk.qcow2";
 const META: &str = "meta.json";
 /// Bumped when the layout or what a template holds changes.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 /// How long a start waits for another process building the same template.
 const LOCK_WAIT: Duration = Duration::from_secs(180);
 

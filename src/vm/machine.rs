@@ -173,8 +173,6 @@ impl Vm {
             let fs_sock = dir.join("fs.sock");
             let fs_listener = UnixListener::bind(&fs_sock)?;
             serial_ports.push((FS_PORT.to_string(), fs_sock));
-            cmdline.push(' ');
-            cmdline.push_str(&vfs.cmdline());
             tasks.spawn(serve_fs(fs_listener, vfs.server.clone()));
         }
         let mut net_socket = None;
@@ -182,7 +180,6 @@ impl Vm {
             let sock = dir.join("net.sock");
             let net_listener = UnixListener::bind(&sock)?;
             net_socket = Some(sock);
-            cmdline.push_str(" gondolin.net=1");
             tasks.spawn(serve_net(net_listener, net.clone()));
         }
         if let Some(extra) = &config.append {
@@ -296,6 +293,9 @@ impl Vm {
             control.clone(),
             tail.clone(),
         ));
+        // Per-VM configuration (VFS, net, clock, seed) over the control
+        // port; on failure the supervisor stops QEMU as `stop_tx` drops.
+        super::configure::configure_guest(&control, config).await?;
         guard.0 = None;
         Ok(Vm {
             control,

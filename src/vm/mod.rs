@@ -8,6 +8,7 @@
 
 mod accel;
 mod bootdiag;
+mod configure;
 mod console;
 mod disk;
 mod machine;
@@ -107,31 +108,9 @@ pub struct VfsAttach {
     pub server: std::sync::Arc<crate::vfs::server::FsServer>,
     /// Where sandboxfs mounts the provider root (upstream default `/data`).
     pub fuse_mount: String,
-    /// Guest paths bind-mounted from `fuse_mount` + path before any exec.
+    /// Guest paths bind-mounted from `fuse_mount` + path before any exec
+    /// (sent in the guest's `Configure`, see `configure.rs`).
     pub binds: Vec<String>,
-}
-
-impl VfsAttach {
-    /// The kernel command-line words init reads (paths percent-encoded).
-    pub fn cmdline(&self) -> String {
-        let enc = |p: &str| {
-            let mut o = String::new();
-            for b in p.bytes() {
-                if b.is_ascii_graphic() && b != b'%' && b != b',' {
-                    o.push(b as char);
-                } else {
-                    o.push_str(&format!("%{b:02X}"));
-                }
-            }
-            o
-        };
-        let mut s = format!("gondolin.fs={}", enc(&self.fuse_mount));
-        if !self.binds.is_empty() {
-            let list: Vec<String> = self.binds.iter().map(|b| enc(b)).collect();
-            s.push_str(&format!(" gondolin.binds={}", list.join(",")));
-        }
-        s
-    }
 }
 
 impl VmConfig {

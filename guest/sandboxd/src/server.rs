@@ -1,5 +1,6 @@
 //! The event loop: one thread, one `poll` over the port, a SIGCHLD signalfd
-//! and every exec's pipes.
+//! and every exec's pipes (plus, while a `Configure` runs, the wake pipe of
+//! its worker thread: see `configure`).
 //!
 //! Why one thread: under TCG with 2 vCPUs a thread hand-off costs more than
 //! the work it hands off, and a single owner of all state makes the
@@ -21,6 +22,7 @@ use std::time::Instant;
 use gondolin_wire::guestfs::FsReply;
 use gondolin_wire::{FrameDecoder, GuestMsg, HostMsg, Stream, WireError, PROTOCOL_VERSION};
 
+use crate::configure::Worker;
 use crate::exec::{initial_credit, Exec};
 use crate::outbuf::OutBuf;
 use crate::port::{Port, Target};
@@ -52,6 +54,7 @@ enum Slot {
     Signal,
     Out(u32, Stream),
     In(u32),
+    Configured,
 }
 
 pub struct Server {
@@ -67,6 +70,7 @@ pub struct Server {
     pfds: Vec<libc::pollfd>,
     slots: Vec<Slot>,
     rbuf: Vec<u8>,
+    configure: Worker,
 }
 
 impl Server {
@@ -83,6 +87,7 @@ impl Server {
             pfds: Vec::new(),
             slots: Vec::new(),
             rbuf: vec![0; 64 * 1024],
+            configure: Worker::new(),
         })
     }
 
@@ -103,15 +108,6 @@ impl Server {
     }
 
     fn session(&mut self) -> Stop {
-        // init could not set up the host-served filesystem: say why first,
-        // so the host fails VM start with the reason.
-        if let Ok(message) = std::env::var("GONDOLIN_VFS_ERROR") {
-            self.out.push(&GuestMsg::Error {
-                id: 0,
-                code: "vfs_error".into(),
-                message,
-            });
-        }
         self.out.push(&GuestMsg::Ready {
             version: PROTOCOL_VERSION,
         });
@@ -156,6 +152,12 @@ impl Server {
                         e.stdin_write(&mut self.out);
                     }
                 }
+                Slot::Configured => {
+                    if let Some(o) = self.configure.finish() {
+                        self.spawner.env.set_configured(&o.env);
+                        self.out.push(&o.reply());
+                    }
+                }
             }
         }
         self.finish(now);
@@ -183,6 +185,9 @@ impl Server {
         };
         add(self.port.fd().as_raw_fd(), port_events, Slot::Port);
         add(self.sigfd.as_raw_fd(), libc::POLLIN, Slot::Signal);
+        if let Some(fd) = self.configure.wake_fd() {
+            add(fd.as_raw_fd(), libc::POLLIN, Slot::Configured);
+        }
         let read_children = pending < CHILD_READ_HIGH;
         for (&id, e) in &self.execs {
             for (s, stream) in [(&e.stdout, Stream::Stdout), (&e.stderr, Stream::Stderr)] {
@@ -276,6 +281,11 @@ impl Server {
                         id: *id,
                         reply: FsReply::Errno(req.invalid_errno()),
                     }),
+                    // The host waits for this answer, not for an Error.
+                    HostMsg::Configure(_) => self.out.push(&GuestMsg::Configured {
+                        version: PROTOCOL_VERSION,
+                        error: Some(format!("refused the configuration: {e}")),
+                    }),
                     _ => self.error(request_id(&msg), "invalid_request", &e.to_string()),
                 }
                 continue;
@@ -326,6 +336,27 @@ impl Server {
                 let reply = crate::guestfs::handle(&req);
                 self.out.push(&GuestMsg::FsReply { id, reply });
             }
+            HostMsg::Configure(cfg) => self.start_configure(cfg),
+        }
+    }
+
+    /// Every Configure gets its `Configured`: now if it cannot run, else
+    /// when its worker is done (see [`Slot::Configured`]).
+    fn start_configure(&mut self, cfg: gondolin_wire::Configure) {
+        let refuse = |why: &str| GuestMsg::Configured {
+            version: PROTOCOL_VERSION,
+            error: Some(why.into()),
+        };
+        if !self.port.reconnects {
+            // `--connect` mode runs on a developer's host: never set its
+            // clock or mount anything there.
+            return self.out.push(&refuse("configuration applies only in the VM"));
+        }
+        if self.configure.busy() {
+            return self.out.push(&refuse("a configuration is already running"));
+        }
+        if let Err(o) = self.configure.start(cfg) {
+            self.out.push(&o.reply());
         }
     }
 
@@ -475,6 +506,6 @@ fn request_id(msg: &HostMsg) -> u32 {
         | HostMsg::Resize { id, .. }
         | HostMsg::Kill { id, .. }
         | HostMsg::Fs { id, .. } => *id,
-        HostMsg::Ping { .. } => 0,
+        HostMsg::Ping { .. } | HostMsg::Configure(_) => 0,
     }
 }

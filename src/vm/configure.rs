@@ -51,3 +51,7 @@ fn build(config: &VmConfig) -> Result<Configure, VmError> {
         seed,
     })
 }
+
+#[cfg(test)]
+#[path = "configure_tests.rs"]
+mod tests;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::*;
 use crate::control::{ExecEvent, ExecHandle, ExecRequest};
 use crate::vfs::memory::MemoryProvider;
-use crate::vfs::Provider;
 use crate::vfs::server::FsServer;
+use crate::vfs::Provider;
 use crate::vm::{RootfsMode, VfsAttach, Vm, VmConfig};
 
 fn image() -> Option<crate::image::ImageInfo> {
@@ -89,7 +89,11 @@ async fn configure_again_replaces_the_vfs_and_resets_the_clock() {
         net: None,
     };
     let vm = Vm::start(&config).await.expect("VM start");
-    let (code, out) = run(&vm, "echo old > /w/f && date -s @1000000000 >/dev/null && date +%s").await;
+    let (code, out) = run(
+        &vm,
+        "echo old > /w/f && date -s @1000000000 >/dev/null && date +%s",
+    )
+    .await;
     assert_eq!((code, out.as_str()), (0, "1000000000\n"));
     // A process holding a file of the old mount, and one inside it.
     let holder = vm
@@ -98,32 +102,63 @@ async fn configure_again_replaces_the_vfs_and_resets_the_clock() {
         .unwrap();
     let t = Instant::now();
     while run(&vm, "test -s /tmp/holder").await.0 != 0 {
-        assert!(t.elapsed() < Duration::from_secs(20), "holder never started");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "holder never started"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // The same fs server (one QEMU), another plan: as after a resume.
     config.vfs.as_mut().unwrap().binds = vec!["/w2".into(), "/x y,z".into()];
     let t = Instant::now();
-    configure_guest(vm.control(), &config).await.expect("second configure");
+    configure_guest(vm.control(), &config)
+        .await
+        .expect("second configure");
     let took = t.elapsed();
 
-    let host_s = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let host_s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let (_, guest) = run(&vm, "date +%s").await;
     let guest_s: i64 = guest.trim().parse().unwrap();
-    assert!((guest_s - host_s).abs() <= 1, "guest {guest_s} vs host {host_s}");
+    assert!(
+        (guest_s - host_s).abs() <= 1,
+        "guest {guest_s} vs host {host_s}"
+    );
     let (code, mounts) = run(&vm, "grep ' fuse.sandboxfs ' /proc/mounts | cut -d' ' -f2").await;
     assert_eq!(code, 0);
-    assert_eq!(mounts, "/data\n/w2\n/x\\040y,z\n", "old binds gone, new ones there");
-    let (code, out) = run(&vm, "cat /data/w/f && echo new > '/x y,z/g' && cat /data/x' 'y,z/g").await;
-    assert_eq!((code, out.as_str()), (0, "old\nnew\n"), "the new sandboxfs serves");
+    assert_eq!(
+        mounts, "/data\n/w2\n/x\\040y,z\n",
+        "old binds gone, new ones there"
+    );
+    let (code, out) = run(
+        &vm,
+        "cat /data/w/f && echo new > '/x y,z/g' && cat /data/x' 'y,z/g",
+    )
+    .await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "old\nnew\n"),
+        "the new sandboxfs serves"
+    );
     // The holder's old file errors at once rather than hang.
-    let (code, out) = run(&vm, "timeout 10 cat /proc/$(cat /tmp/holder)/fd/3; echo status=$?").await;
+    let (code, out) = run(
+        &vm,
+        "timeout 10 cat /proc/$(cat /tmp/holder)/fd/3; echo status=$?",
+    )
+    .await;
     assert_eq!(code, 0);
-    assert!(!out.contains("status=0") && !out.contains("status=124"), "{out}");
+    assert!(
+        !out.contains("status=0") && !out.contains("status=124"),
+        "{out}"
+    );
     eprintln!("old file after reconfigure: {}", out.trim());
     // Execs were served throughout, and one more configure is fine.
-    configure_guest(vm.control(), &config).await.expect("third configure");
+    configure_guest(vm.control(), &config)
+        .await
+        .expect("third configure");
     assert_eq!(run(&vm, "cat '/x y,z/g'").await, (0, "new\n".into()));
     holder.kill(9).unwrap();
     let _ = output(holder).await;

@@ -155,7 +155,7 @@ impl Server {
                 Slot::Configured => {
                     if let Some(o) = self.configure.finish() {
                         self.spawner.env.set_configured(&o.env);
-                        self.out.push(&o.reply());
+                        self.configured(o.error.as_deref());
                     }
                 }
             }
@@ -282,10 +282,9 @@ impl Server {
                         reply: FsReply::Errno(req.invalid_errno()),
                     }),
                     // The host waits for this answer, not for an Error.
-                    HostMsg::Configure(_) => self.out.push(&GuestMsg::Configured {
-                        version: PROTOCOL_VERSION,
-                        error: Some(format!("refused the configuration: {e}")),
-                    }),
+                    HostMsg::Configure(_) => {
+                        self.configured(Some(&format!("refused the configuration: {e}")))
+                    }
                     _ => self.error(request_id(&msg), "invalid_request", &e.to_string()),
                 }
                 continue;
@@ -343,20 +342,16 @@ impl Server {
     /// Every Configure gets its `Configured`: now if it cannot run, else
     /// when its worker is done (see [`Slot::Configured`]).
     fn start_configure(&mut self, cfg: gondolin_wire::Configure) {
-        let refuse = |why: &str| GuestMsg::Configured {
-            version: PROTOCOL_VERSION,
-            error: Some(why.into()),
-        };
         if !self.port.reconnects {
             // `--connect` mode runs on a developer's host: never set its
             // clock or mount anything there.
-            return self.out.push(&refuse("configuration applies only in the VM"));
+            return self.configured(Some("configuration applies only in the VM"));
         }
         if self.configure.busy() {
-            return self.out.push(&refuse("a configuration is already running"));
+            return self.configured(Some("a configuration is already running"));
         }
-        if let Err(o) = self.configure.start(cfg) {
-            self.out.push(&o.reply());
+        if let Err(e) = self.configure.start(cfg) {
+            self.configured(Some(&e));
         }
     }
 
@@ -460,18 +455,18 @@ impl Server {
     }
 
     fn error(&mut self, id: u32, code: &str, message: &str) {
-        let mut message = message.to_owned();
-        if message.len() > MAX_ERROR_TEXT {
-            let mut cut = MAX_ERROR_TEXT;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
         self.out.push(&GuestMsg::Error {
             id,
             code: code.into(),
-            message,
+            message: cut(message),
+        });
+    }
+
+    /// Answer a Configure (the host refuses an over-long error text).
+    fn configured(&mut self, error: Option<&str>) {
+        self.out.push(&GuestMsg::Configured {
+            version: PROTOCOL_VERSION,
+            error: error.map(cut),
         });
     }
 
@@ -487,6 +482,15 @@ impl Server {
         self.out.clear();
         self.dec = FrameDecoder::new();
     }
+}
+
+/// `message` cut to [`MAX_ERROR_TEXT`] bytes on a character boundary.
+fn cut(message: &str) -> String {
+    let mut end = message.len().min(MAX_ERROR_TEXT);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message[..end].to_owned()
 }
 
 /// A peer that closed its end surfaces as EPIPE/ECONNRESET on write.

@@ -100,7 +100,11 @@ impl BaseEnv {
             .entries
             .iter()
             .filter(|(k, _)| !seen.contains(&k[..]) && !configured.contains(&k[..]))
-            .chain(self.configured.iter().filter(|(k, _)| !seen.contains(&k[..])))
+            .chain(
+                self.configured
+                    .iter()
+                    .filter(|(k, _)| !seen.contains(&k[..])),
+            )
             .map(|(_, e)| e.clone())
             .collect();
         out.extend(own.into_iter().filter_map(|e| CString::new(e).ok()));
@@ -359,10 +363,16 @@ mod tests {
             configured: Vec::new(),
         };
         let env = |k: &str, v: &str| (k.to_string(), v.to_string());
-        base.set_configured(&[env("SSL_CERT_FILE", "/ca"), env("NODE_EXTRA_CA_CERTS", "/n")]);
+        base.set_configured(&[
+            env("SSL_CERT_FILE", "/ca"),
+            env("NODE_EXTRA_CA_CERTS", "/n"),
+        ]);
         let got = base.merge(&["NODE_EXTRA_CA_CERTS=/mine".into()]);
         let got: Vec<&str> = got.iter().map(|c| c.to_str().unwrap()).collect();
-        assert_eq!(got, ["A=1", "SSL_CERT_FILE=/ca", "NODE_EXTRA_CA_CERTS=/mine"]);
+        assert_eq!(
+            got,
+            ["A=1", "SSL_CERT_FILE=/ca", "NODE_EXTRA_CA_CERTS=/mine"]
+        );
         // A later configure replaces the set whole.
         base.set_configured(&[]);
         let got = base.merge(&[]);

@@ -291,9 +291,9 @@ impl GuestMsg {
                 Err(WireError::Invalid("error text too long"))
             }
             GuestMsg::FsReply { reply, .. } => reply.validate(),
-            GuestMsg::Configured {
-                error: Some(e), ..
-            } if e.len() > 4096 => Err(WireError::Invalid("configure error text too long")),
+            GuestMsg::Configured { error: Some(e), .. } if e.len() > 4096 => {
+                Err(WireError::Invalid("configure error text too long"))
+            }
             _ => Ok(()),
         }
     }
@@ -358,7 +358,9 @@ mod tests {
         assert!(bind(format!("/{}", "a".repeat(MAX_PATH - 1))).is_ok());
         assert!(with(&|c| c.fs.as_mut().unwrap().fuse_mount = "data".into()).is_err());
         assert!(with(&|c| c.fs.as_mut().unwrap().binds = vec!["/b".into(); MAX_BINDS]).is_ok());
-        assert!(with(&|c| c.fs.as_mut().unwrap().binds = vec!["/b".into(); MAX_BINDS + 1]).is_err());
+        assert!(
+            with(&|c| c.fs.as_mut().unwrap().binds = vec!["/b".into(); MAX_BINDS + 1]).is_err()
+        );
         let long = GuestMsg::Configured {
             version: PROTOCOL_VERSION,
             error: Some("x".repeat(4097)),

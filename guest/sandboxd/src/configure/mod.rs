@@ -17,7 +17,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use gondolin_wire::{Configure, GuestMsg, PROTOCOL_VERSION};
+use gondolin_wire::Configure;
 
 use crate::sys;
 
@@ -32,15 +32,6 @@ pub struct Outcome {
     pub error: Option<String>,
     /// The exec environment from now on (see [`EXEC_ENV`]).
     pub env: Vec<(String, String)>,
-}
-
-impl Outcome {
-    pub fn reply(&self) -> GuestMsg {
-        GuestMsg::Configured {
-            version: PROTOCOL_VERSION,
-            error: self.error.clone(),
-        }
-    }
 }
 
 /// The one configure in flight, if any.
@@ -69,9 +60,9 @@ impl Worker {
         self.wake.as_ref().map(|f| f.as_fd())
     }
 
-    /// Apply the clock and the seed now, the rest on a thread. Errors here
-    /// (no thread, no pipe) are the outcome at once.
-    pub fn start(&mut self, cfg: Configure) -> Result<(), Outcome> {
+    /// Apply the clock and the seed now, the rest on a thread. An error
+    /// here (no thread, no pipe) is the answer at once.
+    pub fn start(&mut self, cfg: Configure) -> Result<(), String> {
         // The host sampled its clock right before sending.
         if let Err(e) = sys::set_realtime(cfg.time_unix_ns) {
             eprintln!("sandboxd: setting the clock: {e}");
@@ -79,10 +70,7 @@ impl Worker {
         if let Err(e) = sys::add_entropy_and_reseed(&cfg.seed) {
             eprintln!("sandboxd: seeding the kernel RNG: {e}");
         }
-        let fail = |what: &str, e: io::Error| Outcome {
-            error: Some(format!("{what}: {e}")),
-            env: load_env(),
-        };
+        let fail = |what: &str, e: io::Error| format!("{what}: {e}");
         let (rd, wr) = sys::pipe().map_err(|e| fail("configure pipe", e))?;
         sys::set_nonblocking(rd.as_fd()).map_err(|e| fail("configure pipe", e))?;
         let (tx, rx) = mpsc::channel();
@@ -179,7 +167,10 @@ mod tests {
         assert_eq!(
             parse_env("SSL_CERT_FILE=/run/gondolin/ca.crt\n=x\nnoequals\nA=b=c\n"),
             vec![
-                ("SSL_CERT_FILE".to_string(), "/run/gondolin/ca.crt".to_string()),
+                (
+                    "SSL_CERT_FILE".to_string(),
+                    "/run/gondolin/ca.crt".to_string()
+                ),
                 ("A".to_string(), "b=c".to_string()),
             ]
         );

@@ -34,9 +34,9 @@ const FSTYPE: &str = "fuse.sandboxfs";
 /// Where the FUSE control filesystem lives (`abort` files per connection).
 const FUSECTL: &str = "/sys/fs/fuse/connections";
 
-/// Set for the running sandboxfs once we stop it on purpose, so its
-/// watcher does not report the exit as a failure.
-static STOPPING: Mutex<Option<Arc<AtomicBool>>> = Mutex::new(None);
+/// The sandboxfs this sandboxd started, and the flag set once we stop it
+/// on purpose, so its watcher does not report the exit as a failure.
+static RUNNING: Mutex<Option<(libc::pid_t, Arc<AtomicBool>)>> = Mutex::new(None);
 
 /// sandboxfs sits beside sandboxd (init copies both to /run/gondolin/bin).
 fn sandboxfs_path() -> PathBuf {
@@ -74,7 +74,7 @@ pub fn setup(plan: &FsPlan) -> Result<(), String> {
     // mount is gone with it (ENOTCONN) and the host sees every file
     // operation there fail.
     let stopping = Arc::new(AtomicBool::new(false));
-    *STOPPING.lock().unwrap() = Some(stopping.clone());
+    *RUNNING.lock().unwrap() = Some((child.id() as libc::pid_t, stopping.clone()));
     std::thread::spawn(move || {
         let status = child.wait();
         if !stopping.load(Ordering::Relaxed) {
@@ -107,15 +107,23 @@ pub fn teardown() -> Result<(), String> {
     let info = fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
     let mounts = our_mounts(&info);
+    // Ours, or (after a sandboxd restart, when mounts are left) init's:
+    // on a cold boot there is nothing to look for.
+    let pids = match RUNNING.lock().unwrap().take() {
+        Some((pid, stopping)) => {
+            // Before the abort, which ends sandboxfs on its own too.
+            stopping.store(true, Ordering::Relaxed);
+            vec![pid]
+        }
+        None if mounts.is_empty() => Vec::new(),
+        None => sandboxfs_pids(),
+    };
     let mut devs: Vec<(u32, u32)> = mounts.iter().map(|m| m.dev).collect();
     devs.dedup();
     for (major, minor) in devs {
         abort_connection(major, minor);
     }
-    if let Some(flag) = STOPPING.lock().unwrap().take() {
-        flag.store(true, Ordering::Relaxed);
-    }
-    for pid in sandboxfs_pids() {
+    for pid in pids {
         // SAFETY: kill has no memory effects.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         match sys::wait_gone(pid, KILL_WAIT_MS) {

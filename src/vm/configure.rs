@@ -36,7 +36,8 @@ fn build(config: &VmConfig) -> Result<Configure, VmError> {
     SystemRandom::new()
         .fill(&mut seed)
         .map_err(|_| VmError::Io(std::io::Error::other("the host has no random source")))?;
-    // A host clock before 1970 is not worth a failure: the guest keeps its own.
+    // A host clock before 1970 is not worth a failure: 0 tells the guest
+    // to keep its own.
     let time_unix_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos().min(u64::MAX as u128) as u64)

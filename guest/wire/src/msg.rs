@@ -73,7 +73,8 @@ pub struct Configure {
     pub fs: Option<FsPlan>,
     /// Bring up eth0 and trust the MITM CA found in `/etc/gondolin`.
     pub net: bool,
-    /// Host CLOCK_REALTIME, in nanoseconds since the Unix epoch.
+    /// Host CLOCK_REALTIME, in nanoseconds since the Unix epoch; 0 leaves
+    /// the guest clock alone.
     pub time_unix_ns: u64,
     /// Host random bytes mixed into the guest's entropy pool
     /// ([`MIN_SEED`]..=[`MAX_SEED`]), so guests resumed from one memory

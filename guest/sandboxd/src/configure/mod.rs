@@ -63,9 +63,12 @@ impl Worker {
     /// Apply the clock and the seed now, the rest on a thread. An error
     /// here (no thread, no pipe) is the answer at once.
     pub fn start(&mut self, cfg: Configure) -> Result<(), String> {
-        // The host sampled its clock right before sending.
-        if let Err(e) = sys::set_realtime(cfg.time_unix_ns) {
-            eprintln!("sandboxd: setting the clock: {e}");
+        // The host sampled its clock right before sending (0: it has none
+        // worth copying).
+        if cfg.time_unix_ns != 0 {
+            if let Err(e) = sys::set_realtime(cfg.time_unix_ns) {
+                eprintln!("sandboxd: setting the clock: {e}");
+            }
         }
         if let Err(e) = sys::add_entropy_and_reseed(&cfg.seed) {
             eprintln!("sandboxd: seeding the kernel RNG: {e}");
@@ -90,7 +93,15 @@ impl Worker {
 
     /// The outcome once the worker has finished; `None` while it runs.
     pub fn finish(&mut self) -> Option<Outcome> {
-        let outcome = self.done.as_ref()?.try_recv().ok()?;
+        let outcome = match self.done.as_ref()?.try_recv() {
+            Ok(o) => o,
+            Err(mpsc::TryRecvError::Empty) => return None,
+            // Its wake pipe stays readable: answer rather than spin.
+            Err(mpsc::TryRecvError::Disconnected) => Outcome {
+                error: Some("the configure thread ended without an answer".into()),
+                env: load_env(),
+            },
+        };
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

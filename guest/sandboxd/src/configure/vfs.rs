@@ -78,7 +78,10 @@ pub fn setup(plan: &FsPlan) -> Result<(), String> {
     std::thread::spawn(move || {
         let status = child.wait();
         if !stopping.load(Ordering::Relaxed) {
-            eprintln!("sandboxd: sandboxfs exited ({status:?})");
+            match status {
+                Ok(s) => eprintln!("sandboxd: sandboxfs exited ({s})"),
+                Err(e) => eprintln!("sandboxd: waiting for sandboxfs: {e}"),
+            }
         }
     });
     wait_ready(rd)?;

@@ -1,5 +1,6 @@
 //! `configure_guest` run again on a live VM, as after a memory-snapshot
-//! resume: a real QEMU guest, so it runs only with `GONDOLIN_TEST_VM=1`
+//! resume (new binds, clock reset, old files error, eth0 and the MITM CA
+//! set up again without stacking): a real QEMU guest, so it runs only with `GONDOLIN_TEST_VM=1`
 //! and a built guest image for the current guest binaries (`make guest`
 //! then any VM start builds it); otherwise it says why and passes.
 
@@ -9,10 +10,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::*;
 use crate::control::{ExecEvent, ExecHandle, ExecRequest};
+use crate::net::{dns, Flow, FlowHandler, NetConfig, NetStats};
 use crate::vfs::memory::MemoryProvider;
 use crate::vfs::server::FsServer;
 use crate::vfs::Provider;
-use crate::vm::{RootfsMode, VfsAttach, Vm, VmConfig};
+use crate::vm::{NetAttach, RootfsMode, VfsAttach, Vm, VmConfig};
+
+/// The guest's flows go nowhere: only eth0's setup is under test.
+struct NoFlows;
+impl FlowHandler for NoFlows {
+    fn handle(&self, _flow: Flow) {}
+}
 
 fn image() -> Option<crate::image::ImageInfo> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -63,7 +71,7 @@ async fn configure_again_replaces_the_vfs_and_resets_the_clock() {
     }
     let img = image().expect("GONDOLIN_TEST_VM=1 but no guest image for these binaries");
     let mem = Arc::new(MemoryProvider::new());
-    for d in ["/w", "/w2", "/x y,z"] {
+    for d in ["/w", "/w2", "/x y,z", "/etc", "/etc/gondolin"] {
         mem.mkdir(d, 0o755).await.unwrap();
     }
     let mut config = VmConfig {
@@ -84,9 +92,14 @@ async fn configure_again_replaces_the_vfs_and_resets_the_clock() {
         vfs: Some(VfsAttach {
             server: FsServer::new(mem),
             fuse_mount: "/data".into(),
-            binds: vec!["/w".into()],
+            binds: vec!["/w".into(), "/etc/gondolin".into()],
         }),
-        net: None,
+        net: Some(NetAttach {
+            config: NetConfig::default(),
+            dns: Arc::new(dns::DnsServer::new(dns::DnsConfig::default())),
+            handler: Arc::new(NoFlows),
+            stats: Arc::new(NetStats::default()),
+        }),
     };
     let vm = Vm::start(&config).await.expect("VM start");
     let (code, out) = run(
@@ -109,8 +122,13 @@ async fn configure_again_replaces_the_vfs_and_resets_the_clock() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // No CA at the first configure; one now, for the next.
+    let (code, out) = run(&vm, "echo \"$SSL_CERT_FILE\"; mkdir -p /etc/gondolin/mitm && printf -- '-----BEGIN CERTIFICATE-----\\nFAKECA\\n-----END CERTIFICATE-----\\n' > /etc/gondolin/mitm/ca.crt").await;
+    assert_eq!((code, out.as_str()), (0, "\n"));
+
     // The same fs server (one QEMU), another plan: as after a resume.
-    config.vfs.as_mut().unwrap().binds = vec!["/w2".into(), "/x y,z".into()];
+    config.vfs.as_mut().unwrap().binds =
+        vec!["/w2".into(), "/x y,z".into(), "/etc/gondolin".into()];
     let t = Instant::now();
     configure_guest(vm.control(), &config)
         .await
@@ -130,7 +148,7 @@ async fn configure_again_replaces_the_vfs_and_resets_the_clock() {
     let (code, mounts) = run(&vm, "grep ' fuse.sandboxfs ' /proc/mounts | cut -d' ' -f2").await;
     assert_eq!(code, 0);
     assert_eq!(
-        mounts, "/data\n/w2\n/x\\040y,z\n",
+        mounts, "/data\n/w2\n/x\\040y,z\n/etc/gondolin\n",
         "old binds gone, new ones there"
     );
     let (code, out) = run(

@@ -342,7 +342,7 @@ pub(super) async fn launch(config: &VmConfig, source: Source<'_>) -> Result<Laun
         cpus: shape.cpus,
         kernel: config.kernel.clone(),
         initrd: config.initrd.clone(),
-        cmdline: interim_cmdline(&shape.cmdline, config),
+        cmdline: shape.cmdline.clone(),
         disk,
         disk_format,
         rootfs_mode,
@@ -449,20 +449,6 @@ pub(super) async fn launch(config: &VmConfig, source: Source<'_>) -> Result<Laun
         overlay,
         shape,
     })
-}
-
-/// Until the guest is configured over the control port, a cold boot still
-/// carries its VFS and network words on the command line.
-fn interim_cmdline(base: &str, config: &VmConfig) -> String {
-    let mut c = base.to_string();
-    if let Some(vfs) = &config.vfs {
-        c.push(' ');
-        c.push_str(&vfs.cmdline());
-    }
-    if config.net.is_some() {
-        c.push_str(" gondolin.net=1");
-    }
-    c
 }
 
 /// A saved state to load into a QEMU started with `-incoming defer`.

@@ -106,10 +106,15 @@ impl Vm {
         Self::up(config, Source::Boot).await
     }
 
-    /// Launch, configure the guest for this VM, supervise.
+    /// Launch, supervise, configure the guest for this VM (VFS, network,
+    /// clock, RNG seed: the same step after a boot and after a resume).
     async fn up(config: &VmConfig, source: Source<'_>) -> Result<Vm, VmError> {
         let l = launch::launch(config, source).await?;
-        Ok(Self::supervised(l, config))
+        let vm = Self::supervised(l, config);
+        // On failure the VM drops: its supervisor stops QEMU as the stop
+        // channel closes, and the temp dir goes.
+        super::configure::configure_guest(&vm.control, config).await?;
+        Ok(vm)
     }
 
     /// Boot a guest for a template into `dir` and save it there (RAM

@@ -2,13 +2,16 @@
 //!
 //! [`Vm::start`] resolves the accelerator, prepares the root disk, binds the
 //! host end of every virtio-serial port, spawns QEMU and waits until the
-//! guest's `sandboxd` says `Ready`. [`Vm::close`] stops QEMU and removes every
-//! socket and temp file; a QEMU that dies on its own fails every pending
-//! exec with the reason instead of leaving it hanging.
+//! guest is up (booted to `Ready`, or resumed from a boot template or a
+//! checkpoint: `launch.rs`), then configures it for this VM
+//! (`configure.rs`). [`Vm::close`] stops QEMU and removes every socket and
+//! temp file; a QEMU that dies on its own fails every pending exec with the
+//! reason instead of leaving it hanging.
 
 mod accel;
 mod bootdiag;
 pub mod checkpoint;
+mod configure;
 mod console;
 mod disk;
 mod launch;
@@ -119,31 +122,9 @@ pub struct VfsAttach {
     pub server: std::sync::Arc<crate::vfs::server::FsServer>,
     /// Where sandboxfs mounts the provider root (upstream default `/data`).
     pub fuse_mount: String,
-    /// Guest paths bind-mounted from `fuse_mount` + path before any exec.
+    /// Guest paths bind-mounted from `fuse_mount` + path before any exec
+    /// (sent in the guest's `Configure`, see `configure.rs`).
     pub binds: Vec<String>,
-}
-
-impl VfsAttach {
-    /// The kernel command-line words init reads (paths percent-encoded).
-    pub fn cmdline(&self) -> String {
-        let enc = |p: &str| {
-            let mut o = String::new();
-            for b in p.bytes() {
-                if b.is_ascii_graphic() && b != b'%' && b != b',' {
-                    o.push(b as char);
-                } else {
-                    o.push_str(&format!("%{b:02X}"));
-                }
-            }
-            o
-        };
-        let mut s = format!("gondolin.fs={}", enc(&self.fuse_mount));
-        if !self.binds.is_empty() {
-            let list: Vec<String> = self.binds.iter().map(|b| enc(b)).collect();
-            s.push_str(&format!(" gondolin.binds={}", list.join(",")));
-        }
-        s
-    }
 }
 
 impl VmConfig {

@@ -100,6 +100,8 @@ async fn configure_again_replaces_the_vfs_and_resets_the_clock() {
             handler: Arc::new(NoFlows),
             stats: Arc::new(NetStats::default()),
         }),
+        resume: None,
+        template_dir: None,
     };
     let vm = Vm::start(&config).await.expect("VM start");
     let (code, out) = run(

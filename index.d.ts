@@ -71,6 +71,10 @@ export type GondolinErrorCode =
   | "invalid_image"
   /** An image build step failed. */
   | "build_failed"
+  /** Writing a checkpoint failed (QEMU could not save the guest, the disk could not be rebased or the file could not be written). */
+  | "checkpoint_failed"
+  /** A checkpoint or boot-template file is not one we can resume from (no trailer, unknown version, truncated or damaged). */
+  | "invalid_checkpoint"
   /** The native addon for this platform could not be loaded (raised by the JS loader; listed here so the list is whole). */
   | "native_missing"
   /** Any other host I/O failure (an exec's output stream failing included); `cause` holds the underlying error. */

@@ -98,6 +98,12 @@ error_codes! {
     InvalidImage = "invalid_image",
     /// An image build step failed.
     BuildFailed = "build_failed",
+    /// Writing a checkpoint failed (QEMU could not save the guest, the disk
+    /// could not be rebased or the file could not be written).
+    CheckpointFailed = "checkpoint_failed",
+    /// A checkpoint or boot-template file is not one we can resume from
+    /// (no trailer, unknown version, truncated or damaged).
+    InvalidCheckpoint = "invalid_checkpoint",
     /// The native addon for this platform could not be loaded (raised by the
     /// JS loader; listed here so the list is whole).
     NativeMissing = "native_missing",

@@ -43,6 +43,7 @@ struct State {
     disconnect: Option<Disconnect>,
     ready: Option<oneshot::Sender<Result<u32, Disconnect>>>,
     fs: guest_fs::Pending,
+    configure: configure::Pending,
 }
 
 /// State shared by the client, its tasks and every exec handle.
@@ -102,6 +103,7 @@ impl Shared {
             slot.end(Some(disconnected(&d)));
         }
         st.fs.fail(&d);
+        st.configure.fail(&d);
         if let Some(tx) = st.ready.take() {
             let _ = tx.send(Err(d));
         }
@@ -152,20 +154,6 @@ impl Shared {
                     sem.add_permits((bytes as usize).min(room));
                 }
             }
-            GuestMsg::Error {
-                id: 0,
-                code,
-                message,
-            } if code == "vfs_error" => {
-                // Sent before Ready when the guest could not mount the
-                // host-served filesystem: the VM is not usable as asked.
-                if let Some(tx) = st.ready.take() {
-                    let _ = tx.send(Err(Disconnect {
-                        code: ErrorCode::VfsError,
-                        message: format!("the guest could not mount the VFS: {message}"),
-                    }));
-                }
-            }
             GuestMsg::Error { id, code, message } => {
                 // Backpressure notices are advisory; everything else tied to
                 // an exec ends it.
@@ -182,6 +170,7 @@ impl Shared {
             }
             GuestMsg::Pong { .. } => {}
             GuestMsg::FsReply { id, reply } => st.fs.complete(id, reply),
+            GuestMsg::Configured { version, error } => st.configure.complete(version, error),
         }
         Ok(())
     }
@@ -388,6 +377,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
+pub mod configure;
 pub mod guest_fs;
 
 #[cfg(test)]

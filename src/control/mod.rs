@@ -11,6 +11,7 @@
 mod client;
 mod exec;
 
+pub use client::configure::{ConfigureError, CONFIGURE_TIMEOUT};
 pub use client::guest_fs::{DirEntry, EntryKind, FsStat, GuestFsError, Time};
 #[cfg(test)]
 pub(crate) use client::tests::{pair as fake_guest_pair, FakeGuest};
@@ -18,7 +19,7 @@ pub use client::{Connection, ControlClient};
 pub use exec::{ExecControl, ExecEvent, ExecHandle, ExecRequest};
 /// Linux errno number → name (`2` → `"ENOENT"`): the guest's numbering.
 pub use gondolin_wire::guestfs::errno_name;
-pub use gondolin_wire::Stream;
+pub use gondolin_wire::{Configure, FsPlan, Stream};
 
 use crate::error::ErrorCode;
 
@@ -26,7 +27,7 @@ use crate::error::ErrorCode;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Disconnect {
-    /// `VmClosed`, `VmExited`, `ProtocolError`, `ConnectionClosed` or `VfsError`.
+    /// `VmClosed`, `VmExited`, `ProtocolError` or `ConnectionClosed`.
     pub code: ErrorCode,
     pub message: String,
 }

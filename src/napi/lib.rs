@@ -6,6 +6,7 @@
 // sees the exported items as unused.
 #![cfg_attr(test, allow(dead_code))]
 
+mod checkpoint;
 mod error;
 mod exec;
 mod guest_fs;

@@ -42,6 +42,32 @@ pub struct NativeVmOptions {
     pub binds: Option<Vec<String>>,
     /// The guest network; absent = no NIC.
     pub net: Option<crate::net::NativeNetOptions>,
+    /// Start from a checkpoint file instead of the image's disk.
+    pub resume: Option<NativeResume>,
+    /// Where boot templates live; absent/null = always boot the kernel.
+    pub boot_template: Option<NativeBootTemplate>,
+}
+
+#[napi(object)]
+pub struct NativeResume {
+    /// Absolute path of a checkpoint file (`VmCheckpoint.path`).
+    pub checkpoint: String,
+}
+
+#[napi(object)]
+pub struct NativeBootTemplate {
+    /// Directory holding one subdirectory per template.
+    pub dir: String,
+}
+
+#[napi(object)]
+pub struct NativeCheckpointOptions {
+    /// Also save RAM and device state (our extension to upstream).
+    pub memory: bool,
+    /// The checkpoint's name (upstream: the file name without extension).
+    pub name: String,
+    /// The image's `buildId`, to find its assets again on resume.
+    pub guest_asset_build_id: String,
 }
 
 #[napi(object)]
@@ -68,6 +94,9 @@ pub struct NativeVmInfo {
     /// Set when the boot passed the slow-boot mark (30 s): what the guest
     /// and QEMU looked like then.
     pub slow_boot_report: Option<String>,
+    /// `"boot"` (the kernel booted), `"template"` (resumed from a boot
+    /// template) or `"checkpoint"` (started from a checkpoint file).
+    pub started_from: String,
 }
 
 #[napi(object)]
@@ -128,6 +157,8 @@ fn config(o: NativeVmOptions) -> Result<VmConfig, JsFailure> {
         debug: o.debug.unwrap_or(false),
         vfs: None,
         net: None,
+        resume: o.resume.map(|r| PathBuf::from(r.checkpoint)),
+        template_dir: o.boot_template.map(|t| PathBuf::from(t.dir)),
     })
 }
 
@@ -287,7 +318,40 @@ impl NativeVm {
             qemu_pid: self.vm.qemu_pid(),
             temp_dir: self.vm.temp_dir().display().to_string(),
             slow_boot_report: self.vm.boot_report().map(str::to_string),
+            started_from: self.vm.started_from().as_str().to_string(),
         }
+    }
+
+    /// Write a checkpoint to `path` and close the VM (it is consumed, as
+    /// upstream). Resolves with the trailer JSON written. Rejects with
+    /// `invalid_option` (relative path, rootfs mode "memory"/"readonly")
+    /// or `checkpoint_failed`.
+    #[napi(ts_return_type = "Promise<string>")]
+    pub fn checkpoint<'e>(
+        &self,
+        env: &'e Env,
+        path: String,
+        options: NativeCheckpointOptions,
+    ) -> napi::Result<PromiseRaw<'e, String>> {
+        let vm = self.vm.clone();
+        let fs = self.fs.clone();
+        spawn_coded(env, async move {
+            let req = gondolin::vm::CheckpointRequest {
+                path: PathBuf::from(path),
+                memory: options.memory,
+                name: options.name,
+                guest_asset_build_id: options.guest_asset_build_id,
+            };
+            let written = vm.checkpoint(&req).await;
+            if written.is_ok() {
+                if let Some(fs) = &fs {
+                    fs.close().await;
+                }
+            }
+            let data = written.map_err(|e| JsFailure::from_core(&e))?;
+            serde_json::to_string_pretty(&data)
+                .map_err(|e| JsFailure::new(ErrorCode::CheckpointFailed, e.to_string()))
+        })
     }
 
     /// Why the VM is gone, if it is.

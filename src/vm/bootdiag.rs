@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
+use serde_json::Value;
 
 use super::console::Tail;
+use super::qmp::Qmp;
 
 /// When a boot counts as stuck enough to be worth a report.
 const SLOW_BOOT: Duration = Duration::from_secs(30);
@@ -28,7 +28,6 @@ fn slow_boot() -> Duration {
 }
 /// Bound on the whole QMP exchange and on each reply line.
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_QMP_LINE: usize = 64 * 1024;
 /// Bound on the report (it ends up in an error message).
 const MAX_REPORT: usize = 8 * 1024;
 
@@ -111,81 +110,43 @@ pub async fn watchdog(
 
 /// QEMU's run state and the vCPUs' registers, as one line.
 async fn query_qmp(path: &std::path::Path, ports: &[String]) -> std::io::Result<String> {
-    let stream = UnixStream::connect(path).await?;
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
-    read_reply(&mut r).await?; // greeting
+    let mut q = Qmp::connect(path, QMP_TIMEOUT).await?;
     let mut out = Vec::new();
-    for (label, cmd) in [
-        ("", serde_json::json!({"execute": "qmp_capabilities"})),
-        ("status", serde_json::json!({"execute": "query-status"})),
-        // `frontend-open` of a virtio port's chardev says whether the guest
-        // has the port open: sandboxd started, or the guest is stuck before.
-        ("chardevs", serde_json::json!({"execute": "query-chardev"})),
-        (
-            "cpus",
-            serde_json::json!({"execute": "human-monitor-command", "arguments": {"command-line": "info cpus"}}),
-        ),
-        (
-            "registers",
-            serde_json::json!({"execute": "human-monitor-command", "arguments": {"command-line": "info registers -a"}}),
-        ),
-        // A second look a moment later: stuck on one spot, or moving?
-        (
-            "rip 1s later",
-            serde_json::json!({"execute": "human-monitor-command", "arguments": {"command-line": "info registers -a"}}),
-        ),
-    ] {
-        if label == "rip 1s later" {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        w.write_all(format!("{cmd}\n").as_bytes()).await?;
-        let reply = read_reply(&mut r).await?;
-        match label {
-            "" => {}
-            "registers" => out.push(format!("{label}: {}", without_fpu(&compact(&reply)))),
-            "chardevs" => out.push(format!("ports: {}", chardevs(&reply, ports))),
-            "rip 1s later" => out.push(format!("{label}: {}", rips(&compact(&reply)))),
-            _ => out.push(format!("{label}: {}", compact(&reply))),
-        }
-    }
+    out.push(format!(
+        "status: {}",
+        compact(&q.execute("query-status", Value::Null).await?)
+    ));
+    // `frontend-open` of a virtio port's chardev says whether the guest
+    // has the port open: sandboxd started, or the guest is stuck before.
+    let devs = q.execute("query-chardev", Value::Null).await?;
+    out.push(format!("ports: {}", chardevs(&devs, ports)));
+    out.push(format!("cpus: {}", squeeze(&q.hmp("info cpus").await?)));
+    let regs = q.hmp("info registers -a").await?;
+    out.push(format!("registers: {}", without_fpu(&squeeze(&regs))));
+    // A second look a moment later: stuck on one spot, or moving?
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let regs = q.hmp("info registers -a").await?;
+    out.push(format!("rip 1s later: {}", rips(&squeeze(&regs))));
     Ok(out.join("; "))
 }
 
-/// The next line that answers a command (events are skipped).
-async fn read_reply<R: tokio::io::AsyncBufRead + Unpin>(
-    r: &mut R,
-) -> std::io::Result<serde_json::Value> {
-    loop {
-        let mut line = Vec::new();
-        let n = (&mut *r)
-            .take(MAX_QMP_LINE as u64)
-            .read_until(b'\n', &mut line)
-            .await?;
-        if n == 0 {
-            return Err(std::io::Error::other("QMP closed"));
-        }
-        let v: serde_json::Value = serde_json::from_slice(&line)
-            .map_err(|e| std::io::Error::other(format!("bad QMP reply: {e}")))?;
-        if v.get("event").is_none() {
-            return Ok(v);
-        }
-    }
+/// HMP output with whitespace squeezed.
+fn squeeze(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// A reply as short text: the HMP output with whitespace squeezed, or the JSON.
-fn compact(v: &serde_json::Value) -> String {
-    match v.get("return") {
-        Some(serde_json::Value::String(s)) => s.split_whitespace().collect::<Vec<_>>().join(" "),
-        Some(other) => other.to_string(),
-        None => v.to_string(),
+/// A QMP return value as short text.
+fn compact(v: &Value) -> String {
+    match v {
+        Value::String(s) => squeeze(s),
+        other => other.to_string(),
     }
 }
 
 /// `gondolin.control: guest open|closed` per virtio port chardev (`port{i}`
 /// is `ports[i]`; the console and QMP's own are left out).
-fn chardevs(v: &serde_json::Value, ports: &[String]) -> String {
-    let Some(list) = v.get("return").and_then(|r| r.as_array()) else {
+fn chardevs(v: &Value, ports: &[String]) -> String {
+    let Some(list) = v.as_array() else {
         return compact(v);
     };
     list.iter()
@@ -239,19 +200,19 @@ mod tests {
 
     #[test]
     fn hmp_output_is_squeezed() {
-        let v = serde_json::json!({"return": "RAX=0  RBX=1\nRIP=ffff\n"});
+        let v = serde_json::json!("RAX=0  RBX=1\nRIP=ffff\n");
         assert_eq!(compact(&v), "RAX=0 RBX=1 RIP=ffff");
-        let v = serde_json::json!({"return": {"status": "running"}});
+        let v = serde_json::json!({"status": "running"});
         assert_eq!(compact(&v), r#"{"status":"running"}"#);
     }
 
     #[test]
     fn chardevs_say_whether_the_guest_opened_its_ports() {
-        let v = serde_json::json!({"return": [
+        let v = serde_json::json!([
             {"label": "console0", "filename": "stdio", "frontend-open": true},
             {"label": "port0", "filename": "unix:/x", "frontend-open": false},
             {"label": "port1", "filename": "unix:/y", "frontend-open": true},
-        ]});
+        ]);
         let names = ["gondolin.control".to_string(), "gondolin.fs".to_string()];
         assert_eq!(
             chardevs(&v, &names),

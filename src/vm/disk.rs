@@ -1,17 +1,22 @@
-//! Root disk preparation for the copy-on-write mode.
+//! Root disk files: copy-on-write overlays and their backing chain.
 
 use std::path::Path;
 
 use tokio::process::Command;
 
+use super::qemu::DiskFormat;
 use super::VmError;
 
-/// Create a qcow2 overlay at `overlay` backed by the raw image `base`.
-pub async fn create_overlay(base: &Path, overlay: &Path) -> Result<(), VmError> {
+fn format_name(f: DiskFormat) -> &'static str {
+    match f {
+        DiskFormat::Raw => "raw",
+        DiskFormat::Qcow2 => "qcow2",
+    }
+}
+
+async fn qemu_img(args: &[&std::ffi::OsStr]) -> Result<Vec<u8>, VmError> {
     let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(base)
-        .arg(overlay)
+        .args(args)
         .output()
         .await
         .map_err(|e| match e.kind() {
@@ -23,5 +28,68 @@ pub async fn create_overlay(base: &Path, overlay: &Path) -> Result<(), VmError> 
             String::from_utf8_lossy(&out.stderr).trim().to_string(),
         ));
     }
-    Ok(())
+    Ok(out.stdout)
+}
+
+/// Create a qcow2 overlay at `overlay` backed by `base` (an image's raw
+/// rootfs, a template's disk or a checkpoint file).
+pub async fn create_overlay(
+    base: &Path,
+    base_format: DiskFormat,
+    overlay: &Path,
+) -> Result<(), VmError> {
+    qemu_img(&[
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-F".as_ref(),
+        format_name(base_format).as_ref(),
+        "-b".as_ref(),
+        base.as_os_str(),
+        overlay.as_os_str(),
+    ])
+    .await
+    .map(drop)
+}
+
+/// The backing file `overlay` names, if any.
+async fn backing_of(overlay: &Path) -> Result<Option<String>, VmError> {
+    let out = qemu_img(&[
+        "info".as_ref(),
+        "--output=json".as_ref(),
+        "-U".as_ref(),
+        overlay.as_os_str(),
+    ])
+    .await?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out).map_err(|e| VmError::Overlay(e.to_string()))?;
+    Ok(v.get("full-backing-filename")
+        .or_else(|| v.get("backing-filename"))
+        .and_then(|b| b.as_str())
+        .map(str::to_string))
+}
+
+/// Make `overlay` stand on the raw `rootfs` alone: when it is backed by
+/// anything else (a boot template's disk), copy what differs into it
+/// (`qemu-img rebase`, safe mode), so a checkpoint holds every change since
+/// the image.
+pub async fn rebase(overlay: &Path, rootfs: &Path) -> Result<(), VmError> {
+    let current = backing_of(overlay).await?;
+    if current.as_deref().map(Path::new) == Some(rootfs) {
+        return Ok(());
+    }
+    qemu_img(&[
+        "rebase".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-F".as_ref(),
+        "raw".as_ref(),
+        "-b".as_ref(),
+        rootfs.as_os_str(),
+        overlay.as_os_str(),
+    ])
+    .await
+    .map(drop)
 }

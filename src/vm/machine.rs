@@ -1,45 +1,20 @@
 //! A running VM: QEMU process, its temp directory, and the control client.
+//! How it comes up is `launch.rs`; boot templates are `template.rs`.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
 
-use tokio::net::UnixListener;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::{oneshot, watch};
 
-use super::bootdiag::{self, Progress, Step};
+use super::checkpoint::{self, CheckpointData, CheckpointError, MachineShape, MemoryState};
 use super::console::Tail;
-use super::{disk, qemu, Accel, RootfsMode, VmConfig, VmError};
+use super::launch::{self, describe_exit, Launched, Source, StartedFrom, Tasks};
+use super::qmp::Qmp;
+use super::{disk, migrate, template, Accel, RootfsMode, VmConfig, VmError};
 use crate::control::{ControlClient, Disconnect};
 use crate::error::ErrorCode;
-
-/// The control port's name as the guest sees it.
-pub const CONTROL_PORT: &str = "gondolin.control";
-/// The filesystem RPC port's name.
-pub const FS_PORT: &str = "gondolin.fs";
-
-/// Serve the guest's fs port. QEMU connects once at start; the socket lives
-/// as long as QEMU, so one connection is the whole session.
-async fn serve_fs(listener: UnixListener, server: std::sync::Arc<crate::vfs::server::FsServer>) {
-    let Ok((stream, _)) = listener.accept().await else {
-        return;
-    };
-    drop(listener);
-    if let Err(e) = crate::vfs::serve::serve(server, stream).await {
-        tracing::warn!(target: "gondolin::vfs", "fs port closed: {e}");
-    }
-}
-
-/// Serve the guest NIC: QEMU connects once at start.
-async fn serve_net(listener: UnixListener, net: super::NetAttach) {
-    let Ok((stream, _)) = listener.accept().await else {
-        return;
-    };
-    drop(listener);
-    crate::net::run(stream, net.config, net.dns, net.handler, net.stats).await;
-}
 
 /// How long close() lets QEMU exit after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(2);
@@ -49,6 +24,7 @@ pub struct Vm {
     dir: PathBuf,
     accel: Accel,
     boot_time: Duration,
+    started_from: StartedFrom,
     /// Ask the supervisor to stop QEMU; it answers when QEMU is gone.
     stop: Mutex<Option<oneshot::Sender<()>>>,
     /// `Some(reason)` once QEMU has exited.
@@ -59,33 +35,12 @@ pub struct Vm {
     tasks: Tasks,
     /// The slow-boot report, if the boot took longer than the watchdog's mark.
     boot_report: Option<String>,
-}
-
-/// Tasks a VM spawned. Each normally ends when QEMU closes its end, but a
-/// QEMU that never connected (or a failed start) would leave a listener
-/// waiting forever: aborting them on close/drop releases every socket.
-#[derive(Default)]
-struct Tasks(Mutex<Vec<tokio::task::AbortHandle>>);
-
-impl Tasks {
-    fn spawn<F>(&self, f: F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        self.0.lock().unwrap().push(tokio::spawn(f).abort_handle());
-    }
-
-    fn abort_all(&self) {
-        for t in self.0.lock().unwrap().drain(..) {
-            t.abort();
-        }
-    }
-}
-
-impl Drop for Tasks {
-    fn drop(&mut self) {
-        self.abort_all();
-    }
+    /// Our root-disk overlay (rootfs mode "cow" and resumed VMs).
+    overlay: Option<PathBuf>,
+    rootfs_mode: RootfsMode,
+    /// The image's rootfs, the base a checkpoint's disk is rebased onto.
+    rootfs: PathBuf,
+    shape: MachineShape,
 }
 
 impl std::fmt::Debug for Vm {
@@ -97,51 +52,20 @@ impl std::fmt::Debug for Vm {
     }
 }
 
-/// Removes the temp dir if start fails half way.
-struct DirGuard(Option<PathBuf>);
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        if let Some(d) = self.0.take() {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
-
-fn make_temp_dir() -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    let base = std::env::temp_dir();
-    for _ in 0..16 {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let dir = base.join(format!("gondolin-{}", &id[..8]));
-        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::other(
-        "could not create a unique temp directory",
-    ))
-}
-
-fn describe_exit(status: std::io::Result<std::process::ExitStatus>, tail: &Tail) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    let what = match status {
-        Ok(s) => match (s.code(), s.signal()) {
-            (Some(c), _) => format!("QEMU exited with code {c}"),
-            (None, Some(sig)) => format!("QEMU was killed by signal {sig}"),
-            _ => "QEMU exited".to_string(),
-        },
-        Err(e) => format!("waiting for QEMU failed: {e}"),
-    };
-    match tail.last_where(|l| l.starts_with("qemu") || l.contains("gondolin-init:")) {
-        Some(hint) => format!("{what} ({hint})"),
-        None => what,
-    }
+/// What `Vm::checkpoint` writes besides the disk and state.
+#[derive(Debug, Clone)]
+pub struct CheckpointRequest {
+    pub path: PathBuf,
+    /// Save RAM and device state too (our extension).
+    pub memory: bool,
+    pub name: String,
+    pub guest_asset_build_id: String,
 }
 
 impl Vm {
-    /// Boot a VM and wait until the guest is ready to exec.
+    /// Bring a VM up and wait until the guest is ready to exec: from
+    /// `config.resume` (a checkpoint), else from a boot template when
+    /// `config.template_dir` is set (built on first use), else by booting.
     pub async fn start(config: &VmConfig) -> Result<Vm, VmError> {
         config.validate()?;
         for p in [&config.kernel, &config.initrd, &config.rootfs] {
@@ -149,143 +73,91 @@ impl Vm {
                 return Err(VmError::MissingAsset(p.clone()));
             }
         }
-        let started = Instant::now();
-        let accel = super::detect_accel(config.accel.as_deref());
-        let dir = make_temp_dir()?;
-        let mut guard = DirGuard(Some(dir.clone()));
-        // Declared after the guard: on a failed start the tasks go first,
-        // then the directory.
-        let tasks = Tasks::default();
-
-        let disk = match config.rootfs_mode {
-            RootfsMode::Cow => {
-                let overlay = dir.join("rootfs.qcow2");
-                disk::create_overlay(&config.rootfs, &overlay).await?;
-                overlay
-            }
-            _ => config.rootfs.clone(),
-        };
-        let control_sock = dir.join("control.sock");
-        let listener = UnixListener::bind(&control_sock)?;
-        let mut serial_ports = vec![(CONTROL_PORT.to_string(), control_sock)];
-        let mut cmdline = config.cmdline.clone();
-        if let Some(vfs) = &config.vfs {
-            let fs_sock = dir.join("fs.sock");
-            let fs_listener = UnixListener::bind(&fs_sock)?;
-            serial_ports.push((FS_PORT.to_string(), fs_sock));
-            cmdline.push(' ');
-            cmdline.push_str(&vfs.cmdline());
-            tasks.spawn(serve_fs(fs_listener, vfs.server.clone()));
-        }
-        let mut net_socket = None;
-        if let Some(net) = &config.net {
-            let sock = dir.join("net.sock");
-            let net_listener = UnixListener::bind(&sock)?;
-            net_socket = Some(sock);
-            cmdline.push_str(" gondolin.net=1");
-            tasks.spawn(serve_net(net_listener, net.clone()));
-        }
-        if let Some(extra) = &config.append {
-            cmdline.push(' ');
-            cmdline.push_str(extra);
-        }
-        let port_names: Vec<String> = serial_ports.iter().map(|(n, _)| n.clone()).collect();
-        let plan = qemu::QemuPlan {
-            accel: accel.clone(),
-            machine: config.machine.clone(),
-            cpu: config.cpu.clone(),
-            memory: config.memory.clone(),
-            cpus: config.cpus,
-            kernel: config.kernel.clone(),
-            initrd: config.initrd.clone(),
-            cmdline,
-            disk,
-            rootfs_mode: config.rootfs_mode,
-            serial_ports,
-            qmp_socket: dir.join("qmp.sock"),
-            net_socket,
-        };
-        let qemu_path = config
-            .qemu_path
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("qemu-system-{}", std::env::consts::ARCH)));
-        let mut child = spawn_qemu(&qemu_path, &qemu::qemu_argv(&plan))?;
-        let pid = child.id();
-        let tail = Tail::default();
-        let echo = config.debug.then_some("guest");
-        tasks.spawn(tail.clone().pump(child.stdout.take().unwrap(), echo));
-        tasks.spawn(
-            tail.clone()
-                .pump(child.stderr.take().unwrap(), config.debug.then_some("qemu")),
-        );
-        // A boot past SLOW_BOOT gets a report (console, QMP) that a later
-        // timeout carries; the handle stops it when start returns.
-        let progress = Arc::new(Progress::default());
-        let _watchdog = AbortOnDrop(tokio::spawn(bootdiag::watchdog(
-            progress.clone(),
-            tail.clone(),
-            dir.join("qmp.sock"),
-            port_names,
-            pid,
-        )));
-
-        let deadline = config
-            .start_timeout
-            .map(|t| tokio::time::Instant::now() + t);
-        let timeout_ms = config.start_timeout.map(|t| t.as_millis()).unwrap_or(0);
-        let timed_out = || {
-            VmError::StartTimeout(
-                timeout_ms,
-                progress
-                    .report()
-                    .map(|r| format!("; {r}"))
-                    .unwrap_or_default(),
+        if let Some(path) = &config.resume {
+            let loaded = checkpoint::load(path).map_err(VmError::Checkpoint)?;
+            return Self::up(
+                config,
+                Source::Checkpoint {
+                    path,
+                    loaded: &loaded,
+                },
             )
-        };
-        let sleep_until = || async move {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-
-        // QEMU connects to our socket as soon as it starts; the guest speaks
-        // once sandboxd runs.
-        let stream = tokio::select! {
-            r = listener.accept() => r?.0,
-            st = child.wait() => return Err(VmError::BootFailed(describe_exit(st, &tail))),
-            _ = sleep_until() => return Err(timed_out()),
-        };
-        drop(listener);
-        progress.set_step(Step::GuestReady);
-        let (control, conn) = ControlClient::new(stream);
-        let mut closed = conn.closed;
-        let version = tokio::select! {
-            r = conn.ready => match r {
-                Ok(Ok(v)) => v,
-                Ok(Err(d)) => return Err(VmError::BootFailed(d.message)),
-                Err(_) => return Err(VmError::BootFailed("the control connection closed".into())),
-            },
-            st = child.wait() => {
-                // Let the console pump catch the last lines.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                return Err(VmError::BootFailed(describe_exit(st, &tail)));
-            }
-            r = &mut closed => {
-                // Usually QEMU itself is exiting: prefer its reason.
-                if let Ok(st) = tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    return Err(VmError::BootFailed(describe_exit(st, &tail)));
-                }
-                let msg = r.map(|d| d.message).unwrap_or_default();
-                return Err(VmError::BootFailed(msg));
-            }
-            _ = sleep_until() => return Err(timed_out()),
-        };
-        if let Err((guest, host)) = ControlClient::check_version(version) {
-            return Err(VmError::ProtocolMismatch { guest, host });
+            .await;
         }
+        if let Some(dir) = &config.template_dir {
+            match template::ensure(config, dir).await {
+                Ok(t) => match Self::up(config, Source::Template(&t)).await {
+                    Ok(vm) => return Ok(vm),
+                    Err(e @ (VmError::QemuNotFound { .. } | VmError::InvalidOption(_))) => {
+                        return Err(e)
+                    }
+                    Err(e) => {
+                        // A damaged template must not cost more than one
+                        // cold boot: drop it (the next start rebuilds it).
+                        tracing::warn!(target: "gondolin::vm", "resuming from the boot template failed ({e}); removing it and booting");
+                        t.discard();
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(target: "gondolin::vm", "no boot template ({e}); booting");
+                }
+            }
+        }
+        Self::up(config, Source::Boot).await
+    }
 
+    /// Launch, supervise, configure the guest for this VM (VFS, network,
+    /// clock, RNG seed: the same step after a boot and after a resume).
+    async fn up(config: &VmConfig, source: Source<'_>) -> Result<Vm, VmError> {
+        let l = launch::launch(config, source).await?;
+        let vm = Self::supervised(l, config);
+        // On failure the VM drops: its supervisor stops QEMU as the stop
+        // channel closes, and the temp dir goes.
+        super::configure::configure_guest(&vm.control, config).await?;
+        Ok(vm)
+    }
+
+    /// Boot a guest for a template into `dir` and save it there (RAM
+    /// stays in `dir/ram`; the device state goes to `dir/state`). QEMU is
+    /// gone when this returns.
+    pub(super) async fn build_template(
+        config: &VmConfig,
+        dir: &Path,
+    ) -> Result<migrate::Saved, VmError> {
+        let mut l = launch::launch(config, Source::BuildTemplate { dir }).await?;
+        run_quietly(&l.control, WARM_UP, Duration::from_secs(30)).await;
+        let saved = async {
+            let mut qmp = Qmp::connect(&l.dir.join("qmp.sock"), Duration::from_secs(30)).await?;
+            let mut out = tokio::fs::File::create(dir.join(template::STATE)).await?;
+            let saved = migrate::save(&mut qmp, &l.dir, &mut out, true).await?;
+            out.sync_all().await?;
+            let _ = qmp.execute("quit", serde_json::Value::Null).await;
+            Ok::<_, std::io::Error>(saved)
+        }
+        .await;
+        let _ = tokio::time::timeout(TERM_GRACE, l.child.wait()).await;
+        let _ = l.child.start_kill();
+        let _ = l.child.wait().await;
+        saved.map_err(|e| VmError::ResumeFailed(format!("saving the boot template: {e}")))
+    }
+
+    fn supervised(l: Launched, config: &VmConfig) -> Vm {
+        let Launched {
+            child,
+            tasks,
+            mut guard,
+            dir,
+            tail,
+            pid,
+            accel,
+            control,
+            closed,
+            boot_report,
+            started,
+            started_from,
+            overlay,
+            shape,
+        } = l;
         let (stop_tx, stop_rx) = oneshot::channel();
         let (exit_tx, exit_rx) = watch::channel(None);
         tokio::spawn(supervise(
@@ -297,18 +169,27 @@ impl Vm {
             tail.clone(),
         ));
         guard.0 = None;
-        Ok(Vm {
+        Vm {
             control,
             dir,
             accel,
             boot_time: started.elapsed(),
+            started_from,
             stop: Mutex::new(Some(stop_tx)),
             exited: exit_rx,
             pid,
             tail,
             tasks,
-            boot_report: progress.report(),
-        })
+            boot_report,
+            overlay,
+            rootfs_mode: if started_from == StartedFrom::Checkpoint {
+                RootfsMode::Cow
+            } else {
+                config.rootfs_mode
+            },
+            rootfs: config.rootfs.clone(),
+            shape,
+        }
     }
 
     pub fn control(&self) -> &ControlClient {
@@ -321,6 +202,11 @@ impl Vm {
 
     pub fn boot_time(&self) -> Duration {
         self.boot_time
+    }
+
+    /// Booted, or resumed from a template or a checkpoint.
+    pub fn started_from(&self) -> StartedFrom {
+        self.started_from
     }
 
     /// Where a slow boot stood at the watchdog's mark (see `bootdiag`).
@@ -349,18 +235,174 @@ impl Vm {
     /// Stop QEMU, fail pending execs, remove the temp dir. Idempotent and
     /// safe to call concurrently: later callers wait for the same shutdown.
     pub async fn close(&self) {
-        self.control.fail(Disconnect {
+        self.stop_qemu(Disconnect {
             code: ErrorCode::VmClosed,
             message: "the VM was closed".into(),
-        });
+        })
+        .await;
+        let _ = tokio::fs::remove_dir_all(&self.dir).await;
+    }
+
+    async fn stop_qemu(&self, why: Disconnect) {
+        self.control.fail(why);
         if let Some(tx) = self.stop.lock().unwrap().take() {
             let _ = tx.send(());
         }
         let mut rx = self.exited.clone();
         let _ = rx.wait_for(|r| r.is_some()).await;
         self.tasks.abort_all();
-        let _ = tokio::fs::remove_dir_all(&self.dir).await;
     }
+
+    /// Write a checkpoint of this VM to `req.path` and close it (upstream
+    /// `vm.checkpoint`: the VM is consumed). The disk part is our overlay,
+    /// rebased onto the image's rootfs so the file stands alone; with
+    /// `memory` the guest's RAM and device state follow it. Returns the
+    /// trailer written. The file is created 0600 and appears complete or
+    /// not at all.
+    pub async fn checkpoint(&self, req: &CheckpointRequest) -> Result<CheckpointData, VmError> {
+        let refuse = |m: &str| Err(VmError::InvalidOption(m.to_string()));
+        match (self.rootfs_mode, &self.overlay) {
+            (RootfsMode::Memory, _) => {
+                return refuse("cannot checkpoint: root disk is running in ephemeral snapshot mode")
+            }
+            (_, None) => return refuse("cannot checkpoint: root disk must be qcow2 (got raw)"),
+            _ => {}
+        }
+        let overlay = self.overlay.clone().unwrap();
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            VmError::Checkpoint(CheckpointError::Failed(format!("{what}: {e}")))
+        };
+        if !req.path.is_absolute() {
+            return refuse(&format!(
+                "checkpointPath must be an absolute path (got: {})",
+                req.path.display()
+            ));
+        }
+        let state_file = self.dir.join("state.bin");
+        let mut saved = None;
+        if req.memory {
+            let mut qmp = Qmp::connect(&self.dir.join("qmp.sock"), Duration::from_secs(10))
+                .await
+                .map_err(|e| failed("connecting to QEMU", &e))?;
+            let mut out = tokio::fs::File::create(&state_file)
+                .await
+                .map_err(|e| failed("creating the state file", &e))?;
+            saved = Some(
+                migrate::save(&mut qmp, &self.dir, &mut out, false)
+                    .await
+                    .map_err(|e| failed("saving the guest's memory", &e))?,
+            );
+        } else {
+            // Upstream flushes the guest's page cache first (best effort).
+            run_quietly(&self.control, "sync; sync", Duration::from_secs(10)).await;
+        }
+        self.stop_qemu(Disconnect {
+            code: ErrorCode::VmClosed,
+            message: "the VM was checkpointed".into(),
+        })
+        .await;
+        let result = async {
+            disk::rebase(&overlay, &self.rootfs)
+                .await
+                .map_err(|e| failed("rebasing the disk onto the image", &e))?;
+            let disk_len = std::fs::metadata(&overlay)
+                .map_err(|e| failed("reading the disk", &e))?
+                .len();
+            let file_name = req
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let data = CheckpointData {
+                version: checkpoint::VERSION,
+                name: req.name.clone(),
+                created_at: checkpoint::iso_now(),
+                disk_file: file_name,
+                guest_asset_build_id: req.guest_asset_build_id.clone(),
+                snapshot_kind: Some(if req.memory { "memory" } else { "disk" }.into()),
+                created_with_vmm: Some("qemu".into()),
+                compatible_vmm: Some(vec!["qemu".into()]),
+                memory: saved.as_ref().map(|s| MemoryState {
+                    state_offset: disk_len,
+                    state_length: s.bytes,
+                    state_sha256: s.sha256.clone(),
+                    machine: self.shape.clone(),
+                }),
+                extra: Default::default(),
+            };
+            let state = saved.is_some().then_some(state_file.as_path());
+            assemble(&overlay, state, &data, &req.path)
+                .map_err(|e| failed(&format!("writing {}", req.path.display()), &e))?;
+            Ok(data)
+        }
+        .await;
+        let _ = tokio::fs::remove_dir_all(&self.dir).await;
+        result
+    }
+}
+
+/// What a template runs before it is saved: the shell and the programs
+/// an agent's first commands use, so their files are in the guest's page
+/// cache in every VM resumed from it (read from the shared template RAM
+/// instead of through the emulated disk).
+const WARM_UP: &str = "/bin/true; /bin/echo >/dev/null; /usr/bin/env >/dev/null; \
+    /bin/bash -c true; /bin/ls / >/dev/null; /bin/cat /dev/null";
+
+/// Run a shell script of ours in the guest, output dropped, best effort
+/// within `limit`.
+async fn run_quietly(control: &ControlClient, script: &str, limit: Duration) {
+    let req = crate::control::ExecRequest {
+        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    };
+    if let Ok(mut h) = control.exec(&req) {
+        let drain = async { while h.next_batch(1 << 16).await.is_some() {} };
+        let _ = tokio::time::timeout(limit, drain).await;
+    }
+}
+
+/// Put disk, state and trailer into one file next to `dest`, then rename
+/// it into place.
+fn assemble(
+    overlay: &Path,
+    state: Option<&Path>,
+    data: &CheckpointData,
+    dest: &Path,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let parent = dest.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(parent)?;
+    let tmp = parent.join(format!(
+        ".{}.{}.tmp",
+        dest.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ));
+    let write = || -> std::io::Result<()> {
+        // The overlay is ours and about to be deleted: move it when we can.
+        if std::fs::rename(overlay, &tmp).is_err() {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            std::io::copy(&mut std::fs::File::open(overlay)?, &mut f)?;
+        }
+        let mut f = std::fs::OpenOptions::new().append(true).open(&tmp)?;
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        if let Some(state) = state {
+            std::io::copy(&mut std::fs::File::open(state)?, &mut f)?;
+        }
+        checkpoint::append(&mut f, data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dest)
+    };
+    let r = write();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
 }
 
 impl Drop for Vm {
@@ -369,40 +411,6 @@ impl Drop for Vm {
         // stop channel closes; remove what we can synchronously.
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Aborts a task when dropped (on every return path of `start`).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-fn spawn_qemu(path: &Path, argv: &[String]) -> Result<Child, VmError> {
-    let mut cmd = Command::new(path);
-    cmd.args(argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    #[cfg(target_os = "linux")]
-    // SAFETY: pre_exec runs between fork and exec; prctl is async-signal-safe
-    // and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            // QEMU must not outlive the host process, however it dies.
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
-    }
-    tracing::debug!(target: "gondolin::vm", "spawning {} {}", path.display(), argv.join(" "));
-    cmd.spawn().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => VmError::QemuNotFound {
-            path: path.display().to_string(),
-        },
-        _ => VmError::Spawn(e),
-    })
 }
 
 /// Own QEMU until it exits (by itself or because close() asked).

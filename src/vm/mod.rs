@@ -2,16 +2,24 @@
 //!
 //! [`Vm::start`] resolves the accelerator, prepares the root disk, binds the
 //! host end of every virtio-serial port, spawns QEMU and waits until the
-//! guest's `sandboxd` says `Ready`. [`Vm::close`] stops QEMU and removes every
-//! socket and temp file; a QEMU that dies on its own fails every pending
-//! exec with the reason instead of leaving it hanging.
+//! guest is up (booted to `Ready`, or resumed from a boot template or a
+//! checkpoint: `launch.rs`), then configures it for this VM
+//! (`configure.rs`). [`Vm::close`] stops QEMU and removes every socket and
+//! temp file; a QEMU that dies on its own fails every pending exec with the
+//! reason instead of leaving it hanging.
 
 mod accel;
 mod bootdiag;
+pub mod checkpoint;
+mod configure;
 mod console;
 mod disk;
+mod launch;
 mod machine;
+mod migrate;
 mod qemu;
+mod qmp;
+mod template;
 
 use std::path::PathBuf;
 
@@ -19,8 +27,9 @@ use crate::error::ErrorCode;
 use std::time::Duration;
 
 pub use accel::{detect as detect_accel, Accel, TCG_CMDLINE};
-pub use machine::Vm;
-pub use qemu::{qemu_argv, QemuPlan};
+pub use launch::StartedFrom;
+pub use machine::{CheckpointRequest, Vm};
+pub use qemu::{qemu_argv, DiskFormat, QemuPlan, Ram};
 
 /// How the guest may write its root disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +91,12 @@ pub struct VmConfig {
     pub vfs: Option<VfsAttach>,
     /// The guest's network, if any (no NIC at all otherwise).
     pub net: Option<NetAttach>,
+    /// Start from this checkpoint file (see `checkpoint`) instead of the
+    /// image's disk; a memory checkpoint resumes the guest where it was.
+    pub resume: Option<PathBuf>,
+    /// Where boot templates live (one directory per machine; see
+    /// `template`). `None`: always boot the kernel.
+    pub template_dir: Option<PathBuf>,
 }
 
 /// The guest NIC's host side: the stack and what handles its flows.
@@ -107,31 +122,9 @@ pub struct VfsAttach {
     pub server: std::sync::Arc<crate::vfs::server::FsServer>,
     /// Where sandboxfs mounts the provider root (upstream default `/data`).
     pub fuse_mount: String,
-    /// Guest paths bind-mounted from `fuse_mount` + path before any exec.
+    /// Guest paths bind-mounted from `fuse_mount` + path before any exec
+    /// (sent in the guest's `Configure`, see `configure.rs`).
     pub binds: Vec<String>,
-}
-
-impl VfsAttach {
-    /// The kernel command-line words init reads (paths percent-encoded).
-    pub fn cmdline(&self) -> String {
-        let enc = |p: &str| {
-            let mut o = String::new();
-            for b in p.bytes() {
-                if b.is_ascii_graphic() && b != b'%' && b != b',' {
-                    o.push(b as char);
-                } else {
-                    o.push_str(&format!("%{b:02X}"));
-                }
-            }
-            o
-        };
-        let mut s = format!("gondolin.fs={}", enc(&self.fuse_mount));
-        if !self.binds.is_empty() {
-            let list: Vec<String> = self.binds.iter().map(|b| enc(b)).collect();
-            s.push_str(&format!(" gondolin.binds={}", list.join(",")));
-        }
-        s
-    }
 }
 
 impl VmConfig {
@@ -219,6 +212,11 @@ pub enum VmError {
     BootFailed(String),
     #[error("guest protocol version {guest} does not match the host's {host}; rebuild the guest image (gondolin build)")]
     ProtocolMismatch { guest: u32, host: u32 },
+    /// Loading a saved state (boot template, memory checkpoint) failed.
+    #[error("resuming the VM failed: {0}")]
+    ResumeFailed(String),
+    #[error("{0}")]
+    Checkpoint(#[from] checkpoint::CheckpointError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -235,6 +233,8 @@ impl crate::error::Coded for VmError {
             VmError::StartTimeout(..) => ErrorCode::VmStartTimeout,
             VmError::BootFailed(_) => ErrorCode::VmBootFailed,
             VmError::ProtocolMismatch { .. } => ErrorCode::ProtocolMismatch,
+            VmError::ResumeFailed(_) => ErrorCode::VmBootFailed,
+            VmError::Checkpoint(e) => crate::error::Coded::code(e),
             VmError::Io(_) => ErrorCode::IoError,
         }
     }

@@ -17,7 +17,14 @@ pub struct QemuPlan {
     pub initrd: PathBuf,
     pub cmdline: String,
     pub disk: PathBuf,
+    /// `qcow2` for an overlay, `raw` for the image's own rootfs.
+    pub disk_format: DiskFormat,
     pub rootfs_mode: RootfsMode,
+    /// Where guest RAM lives (see [`Ram`]).
+    pub ram: Ram,
+    /// Start paused, waiting for a migration stream (`-incoming defer`):
+    /// the VM resumes from a snapshot instead of booting.
+    pub incoming: bool,
     /// Unix sockets the host listens on, one per virtio-serial port name.
     pub serial_ports: Vec<(String, PathBuf)>,
     /// QEMU listens here for QMP.
@@ -25,6 +32,30 @@ pub struct QemuPlan {
     /// The host's end of the guest NIC (`None` = no network device).
     pub net_socket: Option<PathBuf>,
 }
+
+/// The disk image format QEMU is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+/// Guest RAM's backing. Always a named memory backend, so its RAM block has
+/// the same name ([`RAM_ID`]) however the VM started: a migration stream
+/// names the blocks it carries, and the resuming QEMU must know them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ram {
+    /// Anonymous memory (`memory-backend-ram`).
+    Anonymous,
+    /// A file mapping (`memory-backend-file`). `share: true` writes go to
+    /// the file (a boot template being built); `share: false` is a private
+    /// copy-on-write mapping, so VMs resumed from one template share its
+    /// untouched pages in the page cache and never write the file.
+    File { path: PathBuf, share: bool },
+}
+
+/// The id of the guest RAM backend object (and so of its RAM block).
+pub const RAM_ID: &str = "gondolin.ram";
 
 fn p(path: &std::path::Path) -> String {
     // QEMU option values use ',' as a separator; a literal comma is doubled.
@@ -47,10 +78,17 @@ pub fn qemu_argv(plan: &QemuPlan) -> Vec<String> {
         // FUSE) gets several times faster: tmpfs reads go 230 → 870 MB/s.
         _ => "max,-erms".into(),
     });
-    let (format, extra) = match plan.rootfs_mode {
-        RootfsMode::Cow => ("qcow2", ""),
-        RootfsMode::Memory => ("raw", ",snapshot=on"),
-        RootfsMode::Readonly => ("raw", ",readonly=on"),
+    let format = match plan.disk_format {
+        DiskFormat::Raw => "raw",
+        DiskFormat::Qcow2 => "qcow2",
+    };
+    // `memory` on the image itself: QEMU keeps the writes in a temp file it
+    // deletes. On an overlay of ours (a resumed VM) the overlay is already
+    // private and deleted on close.
+    let extra = match (plan.rootfs_mode, plan.disk_format) {
+        (RootfsMode::Readonly, _) => ",readonly=on",
+        (RootfsMode::Memory, DiskFormat::Raw) => ",snapshot=on",
+        _ => "",
     };
     let ro = if plan.rootfs_mode == RootfsMode::Readonly {
         "ro"
@@ -64,15 +102,25 @@ pub fn qemu_argv(plan: &QemuPlan) -> Vec<String> {
     let mut a: Vec<String> = Vec::with_capacity(64);
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&["-nodefaults", "-no-reboot", "-nographic", "-no-user-config"]);
+    let mib = super::parse_memory_mib(&plan.memory).unwrap_or(1024);
+    let backend = match &plan.ram {
+        Ram::Anonymous => format!("memory-backend-ram,id={RAM_ID},size={mib}M"),
+        Ram::File { path, share } => format!(
+            "memory-backend-file,id={RAM_ID},size={mib}M,mem-path={},share={}",
+            p(path),
+            if *share { "on" } else { "off" }
+        ),
+    };
+    push(&["-object", &backend]);
     push(&[
         "-machine",
-        &machine,
+        &format!("{machine},memory-backend={RAM_ID}"),
         "-accel",
         &plan.accel.qemu_arg(),
         "-cpu",
         &cpu,
     ]);
-    push(&["-m", &plan.memory, "-smp", &plan.cpus.to_string()]);
+    push(&["-m", &format!("{mib}M"), "-smp", &plan.cpus.to_string()]);
     push(&[
         "-kernel",
         &p(&plan.kernel),
@@ -132,6 +180,9 @@ pub fn qemu_argv(plan: &QemuPlan) -> Vec<String> {
         "-qmp",
         &format!("unix:{},server=on,wait=off", p(&plan.qmp_socket)),
     ]);
+    if plan.incoming {
+        push(&["-incoming", "defer"]);
+    }
     a
 }
 
@@ -150,7 +201,10 @@ mod tests {
             initrd: "/img/initrd.img".into(),
             cmdline: "console=ttyS0 quiet".into(),
             disk: "/tmp/x/overlay.qcow2".into(),
+            disk_format: DiskFormat::Qcow2,
             rootfs_mode: RootfsMode::Cow,
+            ram: Ram::Anonymous,
+            incoming: false,
             serial_ports: vec![("gondolin.control".into(), "/tmp/x/control.sock".into())],
             qmp_socket: "/tmp/x/qmp.sock".into(),
             net_socket: None,
@@ -167,10 +221,15 @@ mod tests {
     #[test]
     fn tcg_uses_q35_max_and_multithreaded_tcg() {
         let a = qemu_argv(&plan());
-        assert_eq!(after(&a, "-machine"), ["q35"]);
+        assert_eq!(after(&a, "-machine"), ["q35,memory-backend=gondolin.ram"]);
+        assert_eq!(
+            after(&a, "-object")[0],
+            "memory-backend-ram,id=gondolin.ram,size=1024M"
+        );
+        assert!(!a.contains(&"-incoming".to_string()));
         assert_eq!(after(&a, "-accel"), ["tcg,thread=single,tb-size=128"]);
         assert_eq!(after(&a, "-cpu"), ["max,-erms"]);
-        assert_eq!(after(&a, "-m"), ["1G"]);
+        assert_eq!(after(&a, "-m"), ["1024M"]);
         assert_eq!(after(&a, "-smp"), ["2"]);
         assert!(a.contains(&"-nodefaults".to_string()));
         assert_eq!(
@@ -185,10 +244,16 @@ mod tests {
         let drive = |pl: &QemuPlan| after(&qemu_argv(pl), "-drive")[0].to_string();
         assert!(drive(&pl).contains("format=qcow2"));
         pl.rootfs_mode = RootfsMode::Memory;
+        assert!(
+            !drive(&pl).contains("snapshot=on"),
+            "an overlay is private already"
+        );
+        pl.disk_format = DiskFormat::Raw;
         assert!(drive(&pl).ends_with("snapshot=on"));
         assert!(drive(&pl).contains("format=raw"));
         pl.rootfs_mode = RootfsMode::Readonly;
         assert!(drive(&pl).ends_with("readonly=on"));
+        assert!(drive(&pl).contains("format=raw"));
         assert!(after(&qemu_argv(&pl), "-append")[0].ends_with("gondolin.rootfs=ro"));
     }
 
@@ -220,6 +285,22 @@ mod tests {
             "ASLR stays on under KVM"
         );
         assert!(after(&a, "-device").contains(&"virtio-serial-device,id=vser0"));
+    }
+
+    #[test]
+    fn resumed_vm_maps_the_template_privately_and_waits_for_the_stream() {
+        let mut pl = plan();
+        pl.ram = Ram::File {
+            path: "/c/t,1/ram".into(),
+            share: false,
+        };
+        pl.incoming = true;
+        let a = qemu_argv(&pl);
+        assert_eq!(
+            after(&a, "-object")[0],
+            "memory-backend-file,id=gondolin.ram,size=1024M,mem-path=/c/t,,1/ram,share=off"
+        );
+        assert_eq!(after(&a, "-incoming"), ["defer"]);
     }
 
     #[test]

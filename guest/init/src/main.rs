@@ -2,22 +2,23 @@
 //!
 //! Runs from the initramfs: mounts the kernel filesystems, loads the virtio
 //! modules the cloud kernel builds as modules, mounts the root disk, copies
-//! `sandboxd` onto a tmpfs in it (so the rootfs image does not depend on our
-//! binaries), switches root, prepares the writable tmpfs directories and the
-//! environment, then supervises `sandboxd` and reaps orphans forever.
+//! `sandboxd` and `sandboxfs` onto a tmpfs in it (so the rootfs image does
+//! not depend on our binaries), switches root, prepares the writable tmpfs
+//! directories and the environment, then supervises `sandboxd` and reaps
+//! orphans forever. Only what is the same for every VM happens here, so a
+//! booted guest can be saved as a template: the per-VM configuration (VFS
+//! mounts, eth0, MITM CA, clock, RNG seed) reaches sandboxd from the host
+//! as a `Configure` message (sandboxd's `configure` module).
 //!
 //! Kernel command-line words it reads: `gondolin.rootfs=ro|rw`,
 //! `gondolin.init=poweroff` (print one line and power off: the bare-boot
 //! benchmark baseline), `gondolin.debug` (timestamps on the console),
-//! `gondolin.fs=` / `gondolin.binds=` (the host-served filesystem, see
-//! [`vfs`]), `gondolin.tmpfs=` (the scratch tmpfs mounts, see
-//! [`mounts::scratch_plan`]), `gondolin.net=1` (configure eth0 and trust the MITM CA,
-//! see [`net`]).
+//! `gondolin.tmpfs=` (the scratch tmpfs mounts, see
+//! [`mounts::scratch_plan`]).
 
 mod mounts;
 mod net;
 mod supervise;
-mod vfs;
 
 use std::time::Duration;
 
@@ -80,35 +81,8 @@ fn main() {
     if let Err(e) = net::loopback_up() {
         say!("bringing up lo failed: {e}");
     }
-    // A VFS failure does not stop the boot: sandboxd reports it to the host,
-    // which fails VM start with the reason.
-    let mut vfs_error = None;
-    let mut sandboxfs = None;
-    match vfs::plan(&words) {
-        Ok(None) => {}
-        Ok(Some(plan)) => match vfs::setup(&plan, debug) {
-            Ok(pid) => sandboxfs = Some(pid),
-            Err(e) => {
-                say!("vfs: {e}");
-                vfs_error = Some(e);
-            }
-        },
-        Err(e) => vfs_error = Some(e),
-    }
-    let mut env = Vec::new();
-    if words.contains(&"gondolin.net=1") {
-        if let Err(e) = net::eth0_up() {
-            say!("network: {e}");
-        }
-        // The CA comes from the host-served /etc/gondolin.
-        env = net::trust_mitm_ca();
-        if !env.is_empty() {
-            // uv (0.9+) reads the system store, which now holds the MITM CA.
-            env.push(("UV_SYSTEM_CERTS".into(), "true".into()));
-        }
-    }
     if debug {
         say!("starting sandboxd at {}s", uptime());
     }
-    supervise::run(debug, vfs_error, sandboxfs, env);
+    supervise::run(debug);
 }

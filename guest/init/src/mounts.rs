@@ -278,12 +278,6 @@ pub fn late(scratch: &[Scratch]) -> io::Result<()> {
     Ok(())
 }
 
-/// Bind-mount one file over another (works on a read-only root too).
-pub fn bind_file(src: &str, dst: &str) -> io::Result<()> {
-    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(|e| io::Error::other(format!("bind-mounting {src} on {dst}: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

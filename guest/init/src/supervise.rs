@@ -24,15 +24,9 @@ const ENV: &[(&str, &str)] = &[
     ("XDG_DATA_HOME", "/tmp/.local/share"),
 ];
 
-fn spawn(vfs_error: Option<&str>, extra: &[(String, String)]) -> Option<u32> {
+fn spawn() -> Option<u32> {
     let mut cmd = Command::new(SANDBOXD);
-    cmd.env_clear()
-        .envs(ENV.iter().copied())
-        .envs(extra.iter().map(|(k, v)| (k, v)))
-        .current_dir("/");
-    if let Some(e) = vfs_error {
-        cmd.env("GONDOLIN_VFS_ERROR", e);
-    }
+    cmd.env_clear().envs(ENV.iter().copied()).current_dir("/");
     // sandboxd must not inherit init's signal dispositions or mask.
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
@@ -50,16 +44,10 @@ fn spawn(vfs_error: Option<&str>, extra: &[(String, String)]) -> Option<u32> {
     }
 }
 
-/// Supervise sandboxd (restarting it), reap everything else. `vfs_error` is
-/// handed to sandboxd, which reports it to the host.
-pub fn run(
-    debug: bool,
-    vfs_error: Option<String>,
-    sandboxfs: Option<u32>,
-    env: Vec<(String, String)>,
-) -> ! {
-    let vfs_error = vfs_error.as_deref();
-    let mut sandboxd = spawn(vfs_error, &env);
+/// Supervise sandboxd (restarting it), reap everything else (sandboxfs
+/// too, once its parent sandboxd is gone; sandboxd reports its exits).
+pub fn run(debug: bool) -> ! {
+    let mut sandboxd = spawn();
     let mut last_start = Instant::now();
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::empty())) {
@@ -73,21 +61,14 @@ pub fn run(
                     std::thread::sleep(Duration::from_millis(300) - since);
                 }
                 last_start = Instant::now();
-                sandboxd = spawn(vfs_error, &env);
-            }
-            Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _))
-                if Some(pid.as_raw() as u32) == sandboxfs =>
-            {
-                // Its mount is gone with it (ENOTCONN); the host sees every
-                // file operation there fail.
-                say!("sandboxfs exited");
+                sandboxd = spawn();
             }
             Ok(_) => {}
             Err(nix::errno::Errno::ECHILD) => {
                 // Nothing to reap (sandboxd failed to start): retry later.
                 std::thread::sleep(Duration::from_millis(500));
                 if sandboxd.is_none() {
-                    sandboxd = spawn(vfs_error, &env);
+                    sandboxd = spawn();
                 }
             }
             Err(e) => {

@@ -6,10 +6,12 @@
 //! `--connect PATH` (how the tests drive it on the host).
 //!
 //! Module map: `port` (the byte stream to the host), `server` (the poll
-//! loop and request dispatch), `exec` (per-exec credit, stdin, drain),
+//! loop and request dispatch), `configure` (the per-VM configuration: VFS,
+//! eth0, MITM CA, clock, RNG seed), `exec` (per-exec credit, stdin, drain),
 //! `spawn` + `vfork` + `pty` (starting children), `outbuf` (outgoing frames), `sys`
 //! (libc wrappers).
 
+mod configure;
 mod exec;
 mod guestfs;
 mod outbuf;

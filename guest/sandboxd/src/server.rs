@@ -1,5 +1,6 @@
 //! The event loop: one thread, one `poll` over the port, a SIGCHLD signalfd
-//! and every exec's pipes.
+//! and every exec's pipes (plus, while a `Configure` runs, the wake pipe of
+//! its worker thread: see `configure`).
 //!
 //! Why one thread: under TCG with 2 vCPUs a thread hand-off costs more than
 //! the work it hands off, and a single owner of all state makes the
@@ -21,6 +22,7 @@ use std::time::Instant;
 use gondolin_wire::guestfs::FsReply;
 use gondolin_wire::{FrameDecoder, GuestMsg, HostMsg, Stream, WireError, PROTOCOL_VERSION};
 
+use crate::configure::Worker;
 use crate::exec::{initial_credit, Exec};
 use crate::outbuf::OutBuf;
 use crate::port::{Port, Target};
@@ -52,6 +54,7 @@ enum Slot {
     Signal,
     Out(u32, Stream),
     In(u32),
+    Configured,
 }
 
 pub struct Server {
@@ -67,6 +70,7 @@ pub struct Server {
     pfds: Vec<libc::pollfd>,
     slots: Vec<Slot>,
     rbuf: Vec<u8>,
+    configure: Worker,
 }
 
 impl Server {
@@ -83,6 +87,7 @@ impl Server {
             pfds: Vec::new(),
             slots: Vec::new(),
             rbuf: vec![0; 64 * 1024],
+            configure: Worker::new(),
         })
     }
 
@@ -103,15 +108,6 @@ impl Server {
     }
 
     fn session(&mut self) -> Stop {
-        // init could not set up the host-served filesystem: say why first,
-        // so the host fails VM start with the reason.
-        if let Ok(message) = std::env::var("GONDOLIN_VFS_ERROR") {
-            self.out.push(&GuestMsg::Error {
-                id: 0,
-                code: "vfs_error".into(),
-                message,
-            });
-        }
         self.out.push(&GuestMsg::Ready {
             version: PROTOCOL_VERSION,
         });
@@ -156,6 +152,12 @@ impl Server {
                         e.stdin_write(&mut self.out);
                     }
                 }
+                Slot::Configured => {
+                    if let Some(o) = self.configure.finish() {
+                        self.spawner.env.set_configured(&o.env);
+                        self.configured(o.error.as_deref());
+                    }
+                }
             }
         }
         self.finish(now);
@@ -183,6 +185,9 @@ impl Server {
         };
         add(self.port.fd().as_raw_fd(), port_events, Slot::Port);
         add(self.sigfd.as_raw_fd(), libc::POLLIN, Slot::Signal);
+        if let Some(fd) = self.configure.wake_fd() {
+            add(fd.as_raw_fd(), libc::POLLIN, Slot::Configured);
+        }
         let read_children = pending < CHILD_READ_HIGH;
         for (&id, e) in &self.execs {
             for (s, stream) in [(&e.stdout, Stream::Stdout), (&e.stderr, Stream::Stderr)] {
@@ -276,6 +281,10 @@ impl Server {
                         id: *id,
                         reply: FsReply::Errno(req.invalid_errno()),
                     }),
+                    // The host waits for this answer, not for an Error.
+                    HostMsg::Configure(_) => {
+                        self.configured(Some(&format!("refused the configuration: {e}")))
+                    }
                     _ => self.error(request_id(&msg), "invalid_request", &e.to_string()),
                 }
                 continue;
@@ -326,6 +335,23 @@ impl Server {
                 let reply = crate::guestfs::handle(&req);
                 self.out.push(&GuestMsg::FsReply { id, reply });
             }
+            HostMsg::Configure(cfg) => self.start_configure(cfg),
+        }
+    }
+
+    /// Every Configure gets its `Configured`: now if it cannot run, else
+    /// when its worker is done (see [`Slot::Configured`]).
+    fn start_configure(&mut self, cfg: gondolin_wire::Configure) {
+        if !self.port.reconnects {
+            // `--connect` mode runs on a developer's host: never set its
+            // clock or mount anything there.
+            return self.configured(Some("configuration applies only in the VM"));
+        }
+        if self.configure.busy() {
+            return self.configured(Some("a configuration is already running"));
+        }
+        if let Err(e) = self.configure.start(cfg) {
+            self.configured(Some(&e));
         }
     }
 
@@ -429,18 +455,18 @@ impl Server {
     }
 
     fn error(&mut self, id: u32, code: &str, message: &str) {
-        let mut message = message.to_owned();
-        if message.len() > MAX_ERROR_TEXT {
-            let mut cut = MAX_ERROR_TEXT;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
         self.out.push(&GuestMsg::Error {
             id,
             code: code.into(),
-            message,
+            message: cut(message),
+        });
+    }
+
+    /// Answer a Configure (the host refuses an over-long error text).
+    fn configured(&mut self, error: Option<&str>) {
+        self.out.push(&GuestMsg::Configured {
+            version: PROTOCOL_VERSION,
+            error: error.map(cut),
         });
     }
 
@@ -456,6 +482,15 @@ impl Server {
         self.out.clear();
         self.dec = FrameDecoder::new();
     }
+}
+
+/// `message` cut to [`MAX_ERROR_TEXT`] bytes on a character boundary.
+fn cut(message: &str) -> String {
+    let mut end = message.len().min(MAX_ERROR_TEXT);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message[..end].to_owned()
 }
 
 /// A peer that closed its end surfaces as EPIPE/ECONNRESET on write.
@@ -475,6 +510,6 @@ fn request_id(msg: &HostMsg) -> u32 {
         | HostMsg::Resize { id, .. }
         | HostMsg::Kill { id, .. }
         | HostMsg::Fs { id, .. } => *id,
-        HostMsg::Ping { .. } => 0,
+        HostMsg::Ping { .. } | HostMsg::Configure(_) => 0,
     }
 }

@@ -46,27 +46,46 @@ pub struct Child {
     pub stderr: Option<OwnedFd>,
 }
 
-/// sandboxd's own environment, captured once at start; execs override it.
+/// sandboxd's own environment, captured once at start, plus what the
+/// host's `Configure` added (the MITM CA variables); execs override both.
 pub struct BaseEnv {
     entries: Vec<(Vec<u8>, CString)>,
+    configured: Vec<(Vec<u8>, CString)>,
+}
+
+fn entry(k: &[u8], v: &[u8]) -> Option<(Vec<u8>, CString)> {
+    let mut e = k.to_vec();
+    e.push(b'=');
+    e.extend_from_slice(v);
+    Some((k.to_vec(), CString::new(e).ok()?))
 }
 
 impl BaseEnv {
+    /// Our environment and the configured entries saved by an earlier
+    /// sandboxd (see `configure::load_env`).
     pub fn capture() -> Self {
         let entries = std::env::vars_os()
-            .filter_map(|(k, v)| {
-                let k = k.as_bytes().to_vec();
-                let mut e = k.clone();
-                e.push(b'=');
-                e.extend_from_slice(v.as_bytes());
-                Some((k, CString::new(e).ok()?))
-            })
+            .filter_map(|(k, v)| entry(k.as_bytes(), v.as_bytes()))
             .collect();
-        BaseEnv { entries }
+        let mut env = BaseEnv {
+            entries,
+            configured: Vec::new(),
+        };
+        env.set_configured(&crate::configure::load_env());
+        env
+    }
+
+    /// Replace the configured entries (each configure sets them whole).
+    pub fn set_configured(&mut self, env: &[(String, String)]) {
+        self.configured = env
+            .iter()
+            .filter_map(|(k, v)| entry(k.as_bytes(), v.as_bytes()))
+            .collect();
     }
 
     /// The child's environment: our entries not overridden, then the
-    /// overrides (for a key given twice, the last one wins).
+    /// configured ones not overridden, then the overrides (for a key given
+    /// twice, the last one wins).
     fn merge(&self, overrides: &[String]) -> Vec<CString> {
         let mut seen = HashSet::new();
         let mut own: Vec<&str> = overrides
@@ -76,10 +95,16 @@ impl BaseEnv {
             .map(String::as_str)
             .collect();
         own.reverse();
+        let configured: HashSet<&[u8]> = self.configured.iter().map(|(k, _)| &k[..]).collect();
         let mut out: Vec<CString> = self
             .entries
             .iter()
-            .filter(|(k, _)| !seen.contains(&k[..]))
+            .filter(|(k, _)| !seen.contains(&k[..]) && !configured.contains(&k[..]))
+            .chain(
+                self.configured
+                    .iter()
+                    .filter(|(k, _)| !seen.contains(&k[..])),
+            )
             .map(|(_, e)| e.clone())
             .collect();
         out.extend(own.into_iter().filter_map(|e| CString::new(e).ok()));
@@ -93,7 +118,7 @@ fn key_of(entry: &str) -> &[u8] {
 
 pub struct Spawner {
     launcher: Launcher,
-    env: BaseEnv,
+    pub env: BaseEnv,
 }
 
 impl Spawner {
@@ -321,10 +346,38 @@ mod tests {
                 (b"A".to_vec(), c"A=1".to_owned()),
                 (b"B".to_vec(), c"B=2".to_owned()),
             ],
+            configured: Vec::new(),
         };
         let got = base.merge(&["B=3".into(), "C=4".into(), "C=5".into()]);
         let got: Vec<&str> = got.iter().map(|c| c.to_str().unwrap()).collect();
         assert_eq!(got, ["A=1", "B=3", "C=5"]);
+    }
+
+    #[test]
+    fn configured_entries_sit_between_ours_and_the_exec_s() {
+        let mut base = BaseEnv {
+            entries: vec![
+                (b"A".to_vec(), c"A=1".to_owned()),
+                (b"SSL_CERT_FILE".to_vec(), c"SSL_CERT_FILE=/old".to_owned()),
+            ],
+            configured: Vec::new(),
+        };
+        let env = |k: &str, v: &str| (k.to_string(), v.to_string());
+        base.set_configured(&[
+            env("SSL_CERT_FILE", "/ca"),
+            env("NODE_EXTRA_CA_CERTS", "/n"),
+        ]);
+        let got = base.merge(&["NODE_EXTRA_CA_CERTS=/mine".into()]);
+        let got: Vec<&str> = got.iter().map(|c| c.to_str().unwrap()).collect();
+        assert_eq!(
+            got,
+            ["A=1", "SSL_CERT_FILE=/ca", "NODE_EXTRA_CA_CERTS=/mine"]
+        );
+        // A later configure replaces the set whole.
+        base.set_configured(&[]);
+        let got = base.merge(&[]);
+        let got: Vec<&str> = got.iter().map(|c| c.to_str().unwrap()).collect();
+        assert_eq!(got, ["A=1", "SSL_CERT_FILE=/old"]);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Thin safe wrappers over the libc calls sandboxd needs. Every `unsafe`
-//! block of the daemon that is not about `posix_spawn` lives here, so the
-//! rest of the code deals in `OwnedFd`s and `io::Result`s.
+//! block of the daemon that is not about `posix_spawn` or the network
+//! interface ioctls (`configure/net.rs`) lives here, so the rest of the
+//! code deals in `OwnedFd`s and `io::Result`s.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -194,6 +195,127 @@ pub fn kill_group(pgid: libc::pid_t, signal: libc::c_int) {
     if pgid > 0 {
         // SAFETY: kill has no memory effects; a negative pid names the group.
         unsafe { libc::kill(-pgid, signal) };
+    }
+}
+
+fn c_path(p: &str) -> io::Result<CString> {
+    CString::new(p).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// `mount(2)`; `data` is the filesystem's option string.
+pub fn mount(
+    src: &str,
+    target: &str,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> io::Result<()> {
+    let (src, target) = (c_path(src)?, c_path(target)?);
+    let fstype = fstype.map(c_path).transpose()?;
+    let data = data.map(c_path).transpose()?;
+    let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+    // SAFETY: every pointer is NUL-terminated or null, as mount(2) takes them.
+    cvt(unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            ptr(&fstype),
+            flags,
+            ptr(&data).cast(),
+        )
+    })
+    .map(drop)
+}
+
+/// `umount2(path, MNT_DETACH)`: gone from the namespace at once, whatever
+/// still uses it (never waits on a filesystem).
+pub fn umount_detach(path: &str) -> io::Result<()> {
+    let path = c_path(path)?;
+    // SAFETY: `path` is NUL-terminated.
+    cvt(unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) }).map(drop)
+}
+
+/// Set CLOCK_REALTIME to `ns` nanoseconds since the Unix epoch.
+pub fn set_realtime(ns: u64) -> io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: clock_settime reads the timespec we pass.
+    cvt(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) }).map(drop)
+}
+
+/// `RNDADDENTROPY` (`_IOW('R', 0x03, int[2])`) and `RNDRESEEDCRNG`
+/// (`_IO('R', 0x07)`) from linux/random.h; libc does not define them.
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// Mix `seed` into the kernel's input pool, credited as entropy, then make
+/// the CRNG reseed from it now rather than at its next scheduled reseed:
+/// two guests resumed from one memory image diverge at once.
+pub fn add_entropy_and_reseed(seed: &[u8]) -> io::Result<()> {
+    let fd = open(c"/dev/urandom", libc::O_WRONLY)?;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let words = seed.len().div_ceil(4);
+    let mut info = vec![0u32; 2 + words];
+    info[0] = (seed.len() * 8) as u32;
+    info[1] = seed.len() as u32;
+    for (i, chunk) in seed.chunks(4).enumerate() {
+        let mut w = [0u8; 4];
+        w[..chunk.len()].copy_from_slice(chunk);
+        info[2 + i] = u32::from_ne_bytes(w);
+    }
+    // SAFETY: `info` is a rand_pool_info whose buf_size matches the bytes
+    // that follow the header; the kernel only reads it.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) })?;
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), RNDRESEEDCRNG as _) }).map(drop)
+}
+
+/// Wait until process `pid` has exited (zombie or reaped), at most
+/// `timeout_ms`; `Ok(false)` if it is still running. Works for processes
+/// that are not our children (pidfd_open, Linux 5.3+).
+pub fn wait_gone(pid: libc::pid_t, timeout_ms: libc::c_int) -> io::Result<bool> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ESRCH) => Ok(true),
+            _ => Err(e),
+        };
+    }
+    let fd = own(fd as RawFd);
+    let mut p = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms as u64);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if poll(&mut p, left.as_millis() as libc::c_int)? > 0 {
+            return Ok(true);
+        }
+        if left.is_zero() {
+            return Ok(false);
+        }
+    }
+}
+
+/// Make `fd` the child's descriptor `target` (not close-on-exec) and put
+/// the child in its own session.
+pub fn pass_fd(cmd: &mut std::process::Command, fd: RawFd, target: RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, target) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            libc::setsid();
+            Ok(())
+        });
     }
 }
 

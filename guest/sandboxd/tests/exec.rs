@@ -735,3 +735,41 @@ fn random_input_never_stops_the_daemon() {
         assert!(got, "no Pong after noise round {round}");
     }
 }
+
+#[test]
+fn configure_is_answered_and_never_applied_outside_the_vm() {
+    use gondolin_wire::{Configure, PROTOCOL_VERSION};
+    let mut g = Guest::start();
+    // The current time: were the guard ever broken, the host clock stays right.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let cfg = Configure {
+        fs: None,
+        net: false,
+        time_unix_ns: now,
+        seed: vec![7; 32],
+    };
+    g.send(&HostMsg::Configure(cfg.clone()));
+    match g.recv() {
+        GuestMsg::Configured {
+            version,
+            error: Some(e),
+        } => {
+            assert_eq!(version, PROTOCOL_VERSION);
+            assert!(e.contains("only in the VM"), "{e}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // A configure that breaks the bounds still gets its Configured.
+    g.send(&HostMsg::Configure(Configure {
+        seed: vec![1; 3],
+        ..cfg
+    }));
+    match g.recv() {
+        GuestMsg::Configured { error: Some(e), .. } => assert!(e.contains("seed"), "{e}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(g.run(1, exec(&["true"])).exit_code, 0);
+}

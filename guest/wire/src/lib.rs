@@ -17,7 +17,10 @@ pub mod ports;
 
 pub use frame::{decode, encode, encode_into, FrameDecoder};
 pub use fs::MAX_FS_DATA;
-pub use msg::{Exec, GuestMsg, HostMsg, Stream, PROTOCOL_VERSION};
+pub use msg::{
+    Configure, Exec, FsPlan, GuestMsg, HostMsg, Stream, MAX_BINDS, MAX_PATH, MAX_SEED, MIN_SEED,
+    PROTOCOL_VERSION,
+};
 
 /// Largest payload accepted in one frame: the largest data chunk (an fs
 /// read or write of [`MAX_FS_DATA`]) plus room for its headers.

@@ -7,7 +7,15 @@ use serde::{Deserialize, Serialize};
 use crate::guestfs::{FsReply, FsRequest};
 use crate::{WireError, MAX_ARGS, MAX_CHUNK, MAX_ENV, MAX_STRING};
 
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
+
+/// Most bind mounts one [`Configure`] may list.
+pub const MAX_BINDS: usize = 4096;
+/// Longest guest path in a [`FsPlan`] (Linux `PATH_MAX`).
+pub const MAX_PATH: usize = 4096;
+/// Bounds on [`Configure::seed`], in bytes.
+pub const MIN_SEED: usize = 16;
+pub const MAX_SEED: usize = 512;
 
 /// Which output stream a chunk or a credit grant belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +52,37 @@ pub struct Exec {
     pub stdout_from_file: Option<String>,
 }
 
+/// How the guest mounts the host-served filesystem (the `gondolin.fs` port).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsPlan {
+    /// Where sandboxfs mounts the provider root (upstream default `/data`).
+    pub fuse_mount: String,
+    /// Guest paths bind-mounted from `fuse_mount` + path, in order.
+    pub binds: Vec<String>,
+}
+
+/// The per-VM configuration, sent once the guest is up: after `Ready` on a
+/// cold boot, and again after a memory snapshot is resumed in a new QEMU
+/// (possibly with a different plan). Answered with
+/// [`GuestMsg::Configured`]. Our extension: upstream passes the mounts on
+/// the kernel command line, which a snapshot would bake in (and which
+/// overflowed with many mounts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Configure {
+    /// Mount the host-served filesystem; `None` leaves none mounted.
+    pub fs: Option<FsPlan>,
+    /// Bring up eth0 and trust the MITM CA found in `/etc/gondolin`.
+    pub net: bool,
+    /// Host CLOCK_REALTIME, in nanoseconds since the Unix epoch; 0 leaves
+    /// the guest clock alone.
+    pub time_unix_ns: u64,
+    /// Host random bytes mixed into the guest's entropy pool
+    /// ([`MIN_SEED`]..=[`MAX_SEED`]), so guests resumed from one memory
+    /// image diverge.
+    #[serde(with = "serde_bytes")]
+    pub seed: Vec<u8>,
+}
+
 /// Host -> guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HostMsg {
@@ -67,6 +106,9 @@ pub enum HostMsg {
     /// A file-system request; answered with [`GuestMsg::FsReply`] of the
     /// same `id` (fs ids are apart from exec ids).
     Fs { id: u32, req: FsRequest },
+    /// Apply the per-VM configuration; answered with
+    /// [`GuestMsg::Configured`]. One at a time.
+    Configure(Configure),
 }
 
 /// Guest -> host.
@@ -108,6 +150,13 @@ pub enum GuestMsg {
     FsReply {
         id: u32,
         reply: FsReply,
+    },
+    /// The answer to [`HostMsg::Configure`]. `version` is
+    /// [`PROTOCOL_VERSION`] (a resumed guest never sends `Ready` again);
+    /// `error` says what could not be set up (the VFS), `None` if all was.
+    Configured {
+        version: u32,
+        error: Option<String>,
     },
 }
 
@@ -176,11 +225,53 @@ impl Exec {
     }
 }
 
+/// An absolute guest path with no NUL and no `..` component.
+fn check_guest_path(p: &str, what: &'static str) -> Result<(), WireError> {
+    if p.len() > MAX_PATH {
+        return Err(WireError::Invalid(what));
+    }
+    if !p.starts_with('/') || p.contains('\0') || p.split('/').any(|c| c == "..") {
+        return Err(WireError::Invalid(
+            "mount paths must be absolute, without NUL or ..",
+        ));
+    }
+    Ok(())
+}
+
+impl FsPlan {
+    pub fn validate(&self) -> Result<(), WireError> {
+        check_guest_path(&self.fuse_mount, "fuse mount path too long")?;
+        if self.binds.len() > MAX_BINDS {
+            return Err(WireError::Invalid("too many bind mounts"));
+        }
+        for b in &self.binds {
+            check_guest_path(b, "bind path too long")?;
+            if b.trim_end_matches('/').is_empty() {
+                return Err(WireError::Invalid("cannot bind-mount over /"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Configure {
+    pub fn validate(&self) -> Result<(), WireError> {
+        if !(MIN_SEED..=MAX_SEED).contains(&self.seed.len()) {
+            return Err(WireError::Invalid("seed must be 16 to 512 bytes"));
+        }
+        match &self.fs {
+            Some(fs) => fs.validate(),
+            None => Ok(()),
+        }
+    }
+}
+
 impl HostMsg {
     /// Check the bounds a decoded message must respect before it is used.
     pub fn validate(&self) -> Result<(), WireError> {
         match self {
             HostMsg::Exec { exec, .. } => exec.validate(),
+            HostMsg::Configure(c) => c.validate(),
             HostMsg::Fs { req, .. } => req.validate(),
             HostMsg::Stdin { data, .. } if data.len() > MAX_CHUNK => {
                 Err(WireError::Invalid("stdin chunk too large"))
@@ -201,6 +292,9 @@ impl GuestMsg {
                 Err(WireError::Invalid("error text too long"))
             }
             GuestMsg::FsReply { reply, .. } => reply.validate(),
+            GuestMsg::Configured { error: Some(e), .. } if e.len() > 4096 => {
+                Err(WireError::Invalid("configure error text too long"))
+            }
             _ => Ok(()),
         }
     }
@@ -223,6 +317,56 @@ mod tests {
             stdin_to_file: None,
             stdout_from_file: None,
         }
+    }
+
+    fn configure() -> Configure {
+        Configure {
+            fs: Some(FsPlan {
+                fuse_mount: "/data".into(),
+                binds: vec!["/workspace".into(), "/a b,c".into(), "/etc/gondolin".into()],
+            }),
+            net: true,
+            time_unix_ns: 1_700_000_000_123_456_789,
+            seed: vec![7; 32],
+        }
+    }
+
+    #[test]
+    fn configure_bounds() {
+        assert!(configure().validate().is_ok());
+        let no_fs = Configure {
+            fs: None,
+            ..configure()
+        };
+        assert!(HostMsg::Configure(no_fs).validate().is_ok());
+        let with = |f: &dyn Fn(&mut Configure)| {
+            let mut c = configure();
+            f(&mut c);
+            HostMsg::Configure(c).validate()
+        };
+        assert!(with(&|c| c.seed = vec![0; MIN_SEED - 1]).is_err());
+        assert!(with(&|c| c.seed = vec![0; MAX_SEED + 1]).is_err());
+        assert!(with(&|c| c.seed = vec![0; MAX_SEED]).is_ok());
+        let bind = |p: String| {
+            with(&move |c: &mut Configure| c.fs.as_mut().unwrap().binds.push(p.clone()))
+        };
+        assert!(bind("relative".into()).is_err());
+        assert!(bind("/x/../etc".into()).is_err());
+        assert!(bind("/a\0b".into()).is_err());
+        assert!(bind("/".into()).is_err());
+        assert!(bind("//".into()).is_err());
+        assert!(bind(format!("/{}", "a".repeat(MAX_PATH))).is_err());
+        assert!(bind(format!("/{}", "a".repeat(MAX_PATH - 1))).is_ok());
+        assert!(with(&|c| c.fs.as_mut().unwrap().fuse_mount = "data".into()).is_err());
+        assert!(with(&|c| c.fs.as_mut().unwrap().binds = vec!["/b".into(); MAX_BINDS]).is_ok());
+        assert!(
+            with(&|c| c.fs.as_mut().unwrap().binds = vec!["/b".into(); MAX_BINDS + 1]).is_err()
+        );
+        let long = GuestMsg::Configured {
+            version: PROTOCOL_VERSION,
+            error: Some("x".repeat(4097)),
+        };
+        assert!(long.validate().is_err());
     }
 
     #[test]
@@ -249,6 +393,7 @@ mod tests {
             },
             HostMsg::Kill { id: 5, signal: 9 },
             HostMsg::Ping { seq: 7 },
+            HostMsg::Configure(configure()),
         ];
         let guest = vec![
             GuestMsg::Ready {
@@ -271,6 +416,10 @@ mod tests {
                 message: "m".into(),
             },
             GuestMsg::Pong { seq: 7 },
+            GuestMsg::Configured {
+                version: PROTOCOL_VERSION,
+                error: Some("sandboxfs did not mount".into()),
+            },
         ];
         let mut dec = FrameDecoder::new();
         for m in &host {

@@ -298,3 +298,85 @@ async fn stdin_waiting_for_credit_ends_when_the_exec_exits() {
         Err(ControlError::Exited)
     );
 }
+
+fn configure_msg() -> gondolin_wire::Configure {
+    gondolin_wire::Configure {
+        fs: Some(gondolin_wire::FsPlan {
+            fuse_mount: "/data".into(),
+            binds: vec!["/workspace".into(), "/a b,c".into()],
+        }),
+        net: true,
+        time_unix_ns: 1_700_000_000_000_000_000,
+        seed: vec![1; 32],
+    }
+}
+
+#[tokio::test]
+async fn configure_round_trip_returns_the_guest_version() {
+    let (c, _conn, mut g) = pair();
+    let task = {
+        let c = c.clone();
+        tokio::spawn(async move { c.configure(configure_msg()).await })
+    };
+    let HostMsg::Configure(got) = g.recv().await else {
+        panic!("expected Configure")
+    };
+    assert_eq!(got, configure_msg());
+    // One at a time: a second configure while the first waits is refused.
+    let second = c.configure(configure_msg()).await.unwrap_err();
+    assert_eq!(second, super::configure::ConfigureError::Busy);
+    g.send(&GuestMsg::Configured {
+        version: 99,
+        error: None,
+    })
+    .await;
+    assert_eq!(task.await.unwrap().unwrap(), 99);
+    // Answered, so the next one may go.
+    let task = {
+        let c = c.clone();
+        tokio::spawn(async move { c.configure(configure_msg()).await })
+    };
+    assert!(matches!(g.recv().await, HostMsg::Configure(_)));
+    g.send(&GuestMsg::Configured {
+        version: PROTOCOL_VERSION,
+        error: Some("sandboxfs did not mount within 30s".into()),
+    })
+    .await;
+    let e = task.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), ErrorCode::VfsError);
+    assert!(e.to_string().contains("sandboxfs did not mount"), "{e}");
+}
+
+#[tokio::test]
+async fn configure_is_bounded_and_fails_with_the_connection() {
+    use super::configure::ConfigureError;
+    let (c, conn, mut g) = pair();
+    // A guest that never answers: a coded error after the bound.
+    let e = c
+        .configure_within(configure_msg(), std::time::Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ConfigureError::Timeout(50)), "{e:?}");
+    assert_eq!(e.code(), ErrorCode::ProtocolError);
+    assert!(matches!(g.recv().await, HostMsg::Configure(_)));
+    // Bad plans are refused before anything is sent.
+    let mut bad = configure_msg();
+    bad.seed = vec![0; 8];
+    let e = c.configure(bad).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidRequest);
+    let mut bad = configure_msg();
+    bad.fs.as_mut().unwrap().binds = vec![format!("/{}", "x".repeat(4000)); 400];
+    let e = c.configure(bad).await.unwrap_err();
+    assert!(e.to_string().contains("frame limit"), "{e}");
+    // A pending configure ends with the connection (nobody holds
+    // `closed`, so the client fails on its own).
+    drop(conn);
+    let task = {
+        let c = c.clone();
+        tokio::spawn(async move { c.configure(configure_msg()).await })
+    };
+    assert!(matches!(g.recv().await, HostMsg::Configure(_)));
+    drop(g);
+    let e = task.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ConnectionClosed);
+}

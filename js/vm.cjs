@@ -214,7 +214,8 @@ class VM {
         net: this._net.net || undefined,
         // A resumed VM starts from its checkpoint, never from a template.
         resume: this._resume ? { checkpoint: this._resume.checkpoint } : undefined,
-        bootTemplate: this._resume ? null : bootTemplate(this._resolved),
+        // (undefined, not null: napi reads an absent object field as None.)
+        bootTemplate: (!this._resume && bootTemplate(this._resolved)) || undefined,
       }, this._vfs ? this._vfs.root : null, this._net.secrets, this._net.dispatch, this._net.hookNames);
     } catch (err) {
       this._closed = true;

@@ -81,7 +81,8 @@ test("QEMU killed with SIGKILL mid-exec: the exec rejects clearly, close() clean
 });
 
 test("start timeout rejects with vm_start_timeout and leaves nothing behind", { skip }, async () => {
-  const vm = await VM.create({ startTimeoutMs: 300 });
+  // A cold boot: resumed from a boot template the guest is ready within 300 ms.
+  const vm = await VM.create({ startTimeoutMs: 300, sandbox: { bootSnapshot: false } });
   await assert.rejects(vm.start(), (e) => {
     assert.equal(e.code, "vm_start_timeout");
     assert.equal(e.message, "vm startup timed out after 300ms while waiting for guest readiness");

@@ -651,6 +651,7 @@ async function cmdBuild(args) {
  * reported, not fatal (VMs then boot cold and retry the template).
  */
 async function prepareBootTemplate(image) {
+  if (process.env.GONDOLIN_BOOT_SNAPSHOT === "0") return "skipped (GONDOLIN_BOOT_SNAPSHOT=0)";
   const { VM } = require("./vm.cjs");
   const started = Date.now();
   const vm = new VM({ sandbox: { imagePath: image.dir } });

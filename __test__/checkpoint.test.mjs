@@ -187,7 +187,7 @@ test("load refuses a directory, a legacy checkpoint.json, a file without trailer
 
 let diskCp;
 
-test("boot template: the second VM with the same settings starts from it; bootSnapshot false boots", { skip }, async () => {
+test("boot template: the second VM with the same settings starts from it; GONDOLIN_BOOT_SNAPSHOT=0 boots", { skip }, async () => {
   const first = track(await VM.create());
   await first.start();
   assert.ok(["boot", "template"].includes(first.info.startedFrom), first.info.startedFrom);
@@ -195,8 +195,15 @@ test("boot template: the second VM with the same settings starts from it; bootSn
   const second = track(await VM.create());
   await second.start();
   assert.equal(second.info.startedFrom, "template");
-  const cold = track(await VM.create({ sandbox: { bootSnapshot: false } }));
-  await cold.start();
+  // GONDOLIN_BOOT_SNAPSHOT=0 turns templates off (sandbox.bootSnapshot:
+  // false is the memory checkpoint's source below).
+  const cold = track(await VM.create());
+  process.env.GONDOLIN_BOOT_SNAPSHOT = "0";
+  try {
+    await cold.start();
+  } finally {
+    delete process.env.GONDOLIN_BOOT_SNAPSHOT;
+  }
   assert.equal(cold.info.startedFrom, "boot");
   // Each started as itself: separate QEMUs, working execs.
   assert.notEqual(second.getHostPid(), cold.getHostPid());
@@ -271,6 +278,8 @@ test("memory checkpoint: a server started before runs after resume; forks differ
   try {
     const allow = createHttpHooks({ allowedHosts: [hostIp], allowedInternalHosts: [hostIp] });
     const src = track(await VM.create({ sandbox: { bootSnapshot: false }, httpHooks: allow.httpHooks }));
+    await src.start();
+    assert.equal(src.info.startedFrom, "boot", "bootSnapshot: false boots");
     await sh(src, "mkdir -p /srv/www && echo served-file > /srv/www/hello.txt && echo in-ram > /tmp/ram.txt");
     await sh(src, "cd /srv/www && (setsid python3 -m http.server 8000 >/dev/null 2>&1 &)");
     await sh(src, "for i in $(seq 100); do curl -fsS -m 2 http://127.0.0.1:8000/hello.txt && exit 0; sleep 0.2; done; exit 1");

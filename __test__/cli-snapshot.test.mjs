@@ -2,45 +2,16 @@
 // then `gondolin bash --resume` of it (upstream cli.md §3, §6).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { cli, vmSkip, sleep } from "./helpers.mjs";
+import { cli } from "./helpers.mjs";
+import { privateTmux, q, tmuxSkip } from "./tmux.mjs";
 
-const hasTmux = spawnSync("sh", ["-c", "command -v tmux"]).status === 0;
-let skip = vmSkip();
-if (!skip && !hasTmux) {
-  if (process.env.GONDOLIN_TEST_VM === "1") throw new Error("GONDOLIN_TEST_VM=1 but tmux is not installed");
-  skip = "tmux is not installed";
-}
-
-// A private tmux server (-L), so a user's tmux and its environment stay out of it.
-const server = `gondolin-snap-test-${process.pid}`;
+const skip = tmuxSkip();
 const session = "t";
-const tmux = (...args) => execFileSync("tmux", ["-L", server, ...args], { encoding: "utf8" });
-const pane = (target) => tmux("capture-pane", "-p", "-t", target);
-const q = (s) => `'${s.replace(/'/g, `'\\''`)}'`;
-
-async function killServer() {
-  spawnSync("tmux", ["-L", server, "kill-server"]);
-  for (let i = 0; i < 50; i++) {
-    const r = spawnSync("tmux", ["-L", server, "list-sessions"], { encoding: "utf8" });
-    if (r.status !== 0 && /no server running|error connecting/.test(r.stderr)) return;
-    await sleep(100);
-  }
-}
-
-async function waitFor(re, ms, what, target) {
-  const deadline = Date.now() + ms;
-  let text = "";
-  while (Date.now() < deadline) {
-    text = pane(target);
-    if (re.test(text)) return text;
-    await sleep(200);
-  }
-  throw new Error(`timed out waiting for ${what}; pane:\n${text}`);
-}
+const { tmux, killServer, waitFor } = privateTmux(`gondolin-snap-test-${process.pid}`);
 
 test("gondolin snapshot stops a running bash session; bash --resume continues from its disk", { skip }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "gondolin-snap-"));

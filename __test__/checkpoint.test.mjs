@@ -4,6 +4,7 @@
 // the cold-booted VM is the memory checkpoint's source.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import http from "node:http";
 import os from "node:os";
@@ -250,8 +251,12 @@ test("two resumes at once see the checkpoint's files; each one's changes stay it
 
   // Re-checkpoint a resumed VM: its data, on a canonical backing.
   const again = await a.checkpoint(path.join(dir, "again.qcow2"));
+  // As if the image had moved since (another machine, another cache): the
+  // resume points the file back at this machine's copy (upstream: rebase -u).
+  execFileSync("qemu-img", ["rebase", "-u", "-f", "qcow2", "-F", "raw", "-b", "/moved/away/rootfs.ext4", again.path]);
   const c = track(await VmCheckpoint.load(again.path).resume());
   assert.equal(await sh(c, "cat /opt/own.txt /opt/ckpt.txt"), "from-a\nchanged-by-a\n");
+  assert.doesNotMatch(execFileSync("qemu-img", ["info", "-U", again.path], { encoding: "utf8" }), /moved\/away/);
   assert.equal(again.guestAssetBuildId, diskCp.guestAssetBuildId);
 
   // Closing a resumed VM removes its overlay (the temp dir holding it).

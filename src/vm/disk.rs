@@ -93,3 +93,45 @@ pub async fn rebase(overlay: &Path, rootfs: &Path) -> Result<(), VmError> {
     .await
     .map(drop)
 }
+
+/// Point a checkpoint's qcow2 at this machine's copy of its image (upstream
+/// resume: the same `buildId` is the same content, so only the name in the
+/// header changes: `qemu-img rebase -u`). A checkpoint backed by itself is
+/// refused.
+pub async fn point_at_image(checkpoint: &Path, rootfs: &Path) -> Result<(), VmError> {
+    let current = backing_of(checkpoint).await?;
+    let Some(current) = current else {
+        return Ok(());
+    };
+    let current = Path::new(&current);
+    if current == rootfs {
+        return Ok(());
+    }
+    let same_file = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b))
+    {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same_file(current, checkpoint) || current == checkpoint {
+        return Err(VmError::Overlay(format!(
+            "checkpoint is corrupt: qcow2 backing file points to itself ({})",
+            checkpoint.display()
+        )));
+    }
+    if same_file(current, rootfs) {
+        return Ok(());
+    }
+    qemu_img(&[
+        "rebase".as_ref(),
+        "-u".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-F".as_ref(),
+        "raw".as_ref(),
+        "-b".as_ref(),
+        rootfs.as_os_str(),
+        checkpoint.as_os_str(),
+    ])
+    .await
+    .map(drop)
+}

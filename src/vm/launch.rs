@@ -292,6 +292,7 @@ pub(super) async fn launch(config: &VmConfig, source: Source<'_>) -> Result<Laun
                     ignore_shared: false,
                 });
             }
+            disk::point_at_image(path, &config.rootfs).await?;
             let o = dir.join("rootfs.qcow2");
             disk::create_overlay(path, DiskFormat::Qcow2, &o).await?;
             (o.clone(), DiskFormat::Qcow2, Some(o))

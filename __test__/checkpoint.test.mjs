@@ -289,6 +289,24 @@ test("memory checkpoint: a server started before runs after resume; forks differ
     await sh(src, "cd /srv/www && (setsid python3 -m http.server 8000 >/dev/null 2>&1 &)");
     await sh(src, "for i in $(seq 100); do curl -fsS -m 2 http://127.0.0.1:8000/hello.txt && exit 0; sleep 0.2; done; exit 1");
     assert.equal(await sh(src, `curl -sS -m 20 ${url}`), "host-ok\n");
+    // A guest process holding a kept-alive connection through the host's
+    // stack: after a resume that stack is a new one, so the flow must end
+    // with an error at once (a reset), never hang.
+    const flow = [
+      "import http.client, os, time",
+      `c = http.client.HTTPConnection(${JSON.stringify(hostIp)}, ${server.address().port}, timeout=60)`,
+      "c.request('GET', '/'); c.getresponse().read()",
+      "open('/tmp/flow-ready', 'w').close()",
+      "while not os.path.exists('/tmp/flow-go'): time.sleep(0.05)",
+      "t = time.time()",
+      "try:",
+      "    c.request('GET', '/'); out = 'ok ' + c.getresponse().read().decode().strip()",
+      "except Exception as e:",
+      "    out = type(e).__name__",
+      "open('/tmp/flow.txt', 'w').write('%s %.1f' % (out, time.time() - t))",
+    ].join("\n");
+    await src.fs.writeFile("/tmp/flow.py", flow);
+    await sh(src, "(setsid python3 /tmp/flow.py >/tmp/flow.err 2>&1 &); for i in $(seq 100); do test -e /tmp/flow-ready && exit 0; sleep 0.2; done; cat /tmp/flow.err; exit 1");
 
     const cp = await src.checkpoint(path.join(dir, "mem.qcow2"), { memory: true });
     const data = cp.toJSON();
@@ -327,6 +345,10 @@ test("memory checkpoint: a server started before runs after resume; forks differ
     const refused = await f1.exec(["curl", "-sS", "-m", "20", "-o", "/dev/null", "-w", "%{http_code}", url]);
     assert.equal(refused.stdout, "403", "f1's policy refuses");
     assert.equal(await sh(f2, `curl -sS -m 20 ${url}`), "host-ok\n", "f2 keeps the source's policy");
+    const ended = await sh(f2, "touch /tmp/flow-go; for i in $(seq 100); do test -s /tmp/flow.txt && break; sleep 0.2; done; cat /tmp/flow.txt");
+    const [outcome, secs] = ended.split(" ");
+    assert.match(outcome, /^(ConnectionResetError|BrokenPipeError|RemoteDisconnected|ConnectionAbortedError)$/, ended);
+    assert.ok(Number(secs) < 5, `the old flow ended in ${secs} s`);
     await Promise.all([f1.close(), f2.close()]);
     cp.delete();
   } finally {

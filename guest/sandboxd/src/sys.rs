@@ -303,22 +303,6 @@ pub fn wait_gone(pid: libc::pid_t, timeout_ms: libc::c_int) -> io::Result<bool> 
     }
 }
 
-/// Make `fd` the child's descriptor `target` (not close-on-exec) and put
-/// the child in its own session.
-pub fn pass_fd(cmd: &mut std::process::Command, fd: RawFd, target: RawFd) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(fd, target) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            libc::setsid();
-            Ok(())
-        });
-    }
-}
-
 /// The text of an errno without std's " (os error N)" suffix.
 pub fn errno_text(e: &io::Error) -> String {
     let s = e.to_string();

@@ -142,7 +142,7 @@ impl Launcher {
             _ => Step::Exec,
         };
         let errno = shared.errno.load(Ordering::Acquire);
-        reap_blocking(pid);
+        let _ = wait_blocking(pid);
         Err((step, io::Error::from_raw_os_error(errno)))
     }
 }
@@ -240,11 +240,17 @@ fn ignored_signals() -> Vec<c_int> {
     out
 }
 
-/// Reap a child that failed before execve (it has exited or is exiting).
-fn reap_blocking(pid: libc::pid_t) {
+/// Wait for one of our children to end and reap it; its wait status.
+pub fn wait_blocking(pid: libc::pid_t) -> io::Result<c_int> {
     let mut status = 0;
-    // SAFETY: waitpid on our own child, writing only `status`.
-    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
-        && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
-    {}
+    loop {
+        // SAFETY: waitpid on our own child, writing only `status`.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } >= 0 {
+            return Ok(status);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }

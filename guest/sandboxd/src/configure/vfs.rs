@@ -7,11 +7,11 @@
 //! tables (`/proc/self/mountinfo`, `/proc/<pid>/exe`), not from our memory:
 //! a sandboxd restarted by init knows nothing of the earlier plan.
 
+use std::ffi::CString;
 use std::fs;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +19,7 @@ use std::time::Duration;
 use gondolin_wire::FsPlan;
 
 use crate::sys;
+use crate::vfork::{wait_blocking, ChildFd, Launcher, Plan};
 
 /// How long sandboxfs may take to mount. It is a FUSE handshake over a
 /// local port, but two TCG guests booting on a loaded 2-core host took more
@@ -27,8 +28,6 @@ use crate::sys;
 const MOUNT_WAIT: Duration = Duration::from_secs(30);
 /// How long a killed sandboxfs may take to be gone.
 const KILL_WAIT_MS: i32 = 5_000;
-/// The fd number sandboxfs gets for its readiness byte.
-const READY_FD: i32 = 3;
 /// The filesystem type sandboxfs mounts (see sandboxfs' `mount.rs`).
 const FSTYPE: &str = "fuse.sandboxfs";
 /// Where the FUSE control filesystem lives (`abort` files per connection).
@@ -51,35 +50,62 @@ pub fn setup(plan: &FsPlan) -> Result<(), String> {
     fs::create_dir_all(&plan.fuse_mount)
         .map_err(|e| format!("creating the mount point {}: {e}", plan.fuse_mount))?;
     let (rd, wr) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
-    let mut cmd = Command::new(sandboxfs_path());
-    cmd.args([
-        "--mount",
-        &plan.fuse_mount,
-        "--port",
-        "gondolin.fs",
-        "--ready-fd",
-    ])
-    .arg(READY_FD.to_string())
-    .stdin(Stdio::null())
-    .env_clear();
-    if debug() {
-        cmd.env("SANDBOXFS_DEBUG", "1");
-    }
-    sys::pass_fd(&mut cmd, wr.as_raw_fd(), READY_FD);
-    let mut child = cmd
-        .spawn()
+    // Started like an exec (vfork, see `vfork.rs`), not with
+    // std::process::Command: its pre_exec hook forces a fork of this
+    // multithreaded process, ~45 ms of emulated page-table copying under
+    // TCG on every configure. The readiness pipe is the child's fd 0
+    // (sandboxfs reads no stdin); its output goes where ours does.
+    let cstr = |s: &str| CString::new(s).map_err(|_| format!("a NUL byte in {s:?}"));
+    let program = cstr(&sandboxfs_path().to_string_lossy())?;
+    let words = [
+        program.clone(),
+        cstr("--mount")?,
+        cstr(&plan.fuse_mount)?,
+        cstr("--port")?,
+        cstr("gondolin.fs")?,
+        cstr("--ready-fd")?,
+        cstr("0")?,
+    ];
+    let env: Vec<CString> = if debug() {
+        vec![cstr("SANDBOXFS_DEBUG=1")?]
+    } else {
+        Vec::new()
+    };
+    let argv: Vec<*const libc::c_char> = words
+        .iter()
+        .map(|w| w.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let envp: Vec<*const libc::c_char> = env
+        .iter()
+        .map(|w| w.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let launch = Plan {
+        program: &program,
+        argv: &argv,
+        envp: &envp,
+        stdio: [
+            ChildFd::Dup(wr.as_raw_fd()),
+            ChildFd::Dup(libc::STDOUT_FILENO),
+            ChildFd::Dup(libc::STDERR_FILENO),
+        ],
+        cwd: None,
+    };
+    let pid = Launcher::new()
+        .and_then(|mut l| l.launch(&launch).map_err(|(_, e)| e))
         .map_err(|e| format!("starting sandboxfs: {e}"))?;
     drop(wr);
     // Reap it (we are its parent) and say so if it dies on its own: its
     // mount is gone with it (ENOTCONN) and the host sees every file
     // operation there fail.
     let stopping = Arc::new(AtomicBool::new(false));
-    *RUNNING.lock().unwrap() = Some((child.id() as libc::pid_t, stopping.clone()));
+    *RUNNING.lock().unwrap() = Some((pid, stopping.clone()));
     std::thread::spawn(move || {
-        let status = child.wait();
+        let status = wait_blocking(pid);
         if !stopping.load(Ordering::Relaxed) {
             match status {
-                Ok(s) => eprintln!("sandboxd: sandboxfs exited ({s})"),
+                Ok(s) => eprintln!("sandboxd: sandboxfs exited (wait status {s})"),
                 Err(e) => eprintln!("sandboxd: waiting for sandboxfs: {e}"),
             }
         }

@@ -2,7 +2,9 @@
 // Boot and exec benchmark. Prints one JSON object.
 //   bareBoot:   QEMU + our kernel + init that prints and powers off (same
 //               kernel, devices and accelerator as a real VM), median of N
-//   createToFirstExec: VM.create() → first exec(["/bin/true"]) result, median of N cold VMs
+//   createToFirstExec: VM.create() → first exec(["/bin/true"]) result, median of N cold
+//               VMs (bootSnapshot: false: this compares a boot with a bare boot;
+//               bench/snapshot.mjs measures VMs resumed from the boot template)
 //   execRoundTrip: warm exec(["/bin/true"]) p50/p95 over M runs
 //   inGuestSpawnTrueMs: the same /bin/true spawned by a shell loop inside the
 //               guest (no host in the loop): the floor under the round trip
@@ -75,7 +77,7 @@ async function main() {
   for (let i = 0; i < RUNS; i++) {
     bare.push(await bareBoot(image, info));
     const t0 = performance.now();
-    const vm = await VM.create();
+    const vm = await VM.create({ sandbox: { bootSnapshot: false } });
     const r = await vm.exec(["/bin/true"]);
     create.push(performance.now() - t0);
     if (r.exitCode !== 0) throw new Error("/bin/true failed");

@@ -175,7 +175,28 @@ async fn inputs(config: &VmConfig) -> serde_json::Value {
         "rootfsWritable": config.rootfs_mode != RootfsMode::Readonly,
         "machine": shape,
         "qemu": qemu_version(&qemu).await,
+        "hostCpu": host_cpu(),
     })
+}
+
+/// The host CPU's model and feature flags. Under KVM/HVF the guest runs
+/// with `-cpu host`, so saved vCPU state only fits the same CPU; a cache
+/// copied to another machine must not resume there.
+fn host_cpu() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let first = |key: &str| {
+        info.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let flags = Sha256::digest(first("flags").as_bytes());
+    format!(
+        "{} {}",
+        first("model name"),
+        super::migrate::hex(&flags[..8])
+    )
 }
 
 fn key_of(inputs: &serde_json::Value) -> String {

@@ -881,15 +881,21 @@ export interface CheckpointOptions {
 }
 
 /** The machine a memory checkpoint must resume on (our extension to the trailer). */
+/** The machine a memory checkpoint's saved state loads into (a QEMU migration stream only loads into the same RAM size and device set). */
 export interface VmCheckpointMachine {
-  /** QEMU size, e.g. "1G" */
-  memory: string;
+  /** Guest RAM in MiB. */
+  memoryMib: number;
   cpus: number;
-  machine: string;
-  cpu: string;
+  /** QEMU machine type when not the default (q35). */
+  machine?: string;
+  /** QEMU CPU model when not the default for the accelerator. */
+  cpu?: string;
+  /** The QEMU `-accel` value it ran under. */
   accel: string;
+  /** The kernel command line it booted with. */
   cmdline: string;
-  rootfsMode: RootfsMode;
+  /** Whether it has a network device. */
+  net: boolean;
 }
 
 /** A checkpoint file's JSON trailer (upstream's schema; `memory` is ours). */

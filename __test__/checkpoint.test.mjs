@@ -355,3 +355,18 @@ test("memory checkpoint: a server started before runs after resume; forks differ
     server.close();
   }
 });
+
+test("memory checkpoint of a VM with a running exec: the exec ends with vm_closed, the resumed VM numbers its execs afresh", { skip }, async () => {
+  const vm = track(await VM.create());
+  // The VM's first exec (id 1 on both sides), still running at the checkpoint.
+  const running = vm.exec(["/bin/sh", "-c", "echo started; exec sleep 600"]);
+  for (let i = 0; i < 100 && !(await sh(vm, "pgrep -x sleep || true")).trim(); i++) await new Promise((r) => setTimeout(r, 100));
+  const cp = await vm.checkpoint(path.join(dir, "running.qcow2"), { memory: true });
+  await assert.rejects(running, { code: "vm_closed" });
+  const resumed = track(await cp.resume());
+  // Its execs start at id 1 again: the guest must not hold an old exec 1.
+  assert.equal(await sh(resumed, "echo fresh"), "fresh\n");
+  assert.equal(await sh(resumed, "pgrep -x sleep || echo none"), "none\n", "the old exec's process was ended");
+  await resumed.close();
+  cp.delete();
+});

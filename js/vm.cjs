@@ -373,8 +373,7 @@ class VM {
       );
     }
     await this.start();
-    // Best effort, as upstream: the guest's dirty pages reach the disk first.
-    await Promise.resolve(this.exec(["/bin/sh", "-c", "sync; sync"])).catch(() => {});
+    // (The native checkpoint syncs the guest's disk first, within a bound.)
     if (this._checkpointed) throw withCode(CHECKPOINTED, "vm_closed");
     if (this._closed) throw withCode("VM is closed", "vm_closed");
     // From here the VM is consumed: new execs and start() are refused.

@@ -41,6 +41,9 @@ struct State {
     execs: HashMap<u32, Slot>,
     next_id: u32,
     disconnect: Option<Disconnect>,
+    /// Set by [`ControlClient::refuse_new`]: new execs and guest fs calls
+    /// fail with it while the connection itself goes on.
+    closing: Option<Disconnect>,
     ready: Option<oneshot::Sender<Result<u32, Disconnect>>>,
     fs: guest_fs::Pending,
     configure: configure::Pending,
@@ -247,8 +250,8 @@ impl ControlClient {
         let stdin = exec.stdin.then(|| Arc::new(Semaphore::new(0)));
         let id = {
             let mut st = self.shared.state.lock().unwrap();
-            if let Some(d) = &st.disconnect {
-                return Err(d.clone().into());
+            if let Some(d) = st.refusal() {
+                return Err(d.into());
             }
             let id = alloc_id(&mut st)?;
             st.execs.insert(
@@ -278,6 +281,17 @@ impl ControlClient {
         self.shared.fail(d);
     }
 
+    /// Refuse new execs and guest fs calls with `d` and end the running
+    /// execs with it, keeping the connection (a memory checkpoint is about
+    /// to quiesce the guest over it).
+    pub fn refuse_new(&self, d: Disconnect) {
+        let mut st = self.shared.state.lock().unwrap();
+        st.closing = Some(d.clone());
+        for (_, slot) in st.execs.drain() {
+            slot.end(Some(disconnected(&d)));
+        }
+    }
+
     pub fn disconnect(&self) -> Option<Disconnect> {
         self.shared.disconnect()
     }
@@ -285,6 +299,13 @@ impl ControlClient {
     /// Number of execs currently tracked (for tests and diagnostics).
     pub fn in_flight(&self) -> usize {
         self.shared.state.lock().unwrap().execs.len()
+    }
+}
+
+impl State {
+    /// Why a new exec or fs call is refused, if it is.
+    fn refusal(&self) -> Option<Disconnect> {
+        self.disconnect.clone().or_else(|| self.closing.clone())
     }
 }
 

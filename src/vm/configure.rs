@@ -8,8 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ring::rand::{SecureRandom, SystemRandom};
 
+use super::checkpoint::CheckpointError;
 use super::{VmConfig, VmError};
-use crate::control::{Configure, ConfigureError, ControlClient, FsPlan};
+use crate::control::{Configure, ConfigureError, ControlClient, Disconnect, FsPlan};
 
 /// Bytes of host randomness mixed into the guest's pool on each configure
 /// (a full ChaCha20 key's worth twice over).
@@ -31,11 +32,33 @@ pub(crate) async fn configure_guest(
         .map_err(|(guest, host)| VmError::ProtocolMismatch { guest, host })
 }
 
-fn build(config: &VmConfig) -> Result<Configure, VmError> {
+/// End the guest's execs and unmount its VFS before a memory checkpoint is
+/// saved (see [`Configure::quiesce`]). New execs are refused from here on,
+/// with `why`.
+pub(crate) async fn quiesce_guest(control: &ControlClient, why: Disconnect) -> Result<(), VmError> {
+    control.refuse_new(why);
+    let msg = Configure {
+        fs: None,
+        net: false,
+        time_unix_ns: 0,
+        seed: seed()?,
+        quiesce: true,
+    };
+    control.configure(msg).await.map(drop).map_err(|e| {
+        VmError::Checkpoint(CheckpointError::Failed(format!("quiescing the guest: {e}")))
+    })
+}
+
+fn seed() -> Result<Vec<u8>, VmError> {
     let mut seed = vec![0u8; SEED_BYTES];
     SystemRandom::new()
         .fill(&mut seed)
         .map_err(|_| VmError::Io(std::io::Error::other("the host has no random source")))?;
+    Ok(seed)
+}
+
+fn build(config: &VmConfig) -> Result<Configure, VmError> {
+    let seed = seed()?;
     // A host clock before 1970 is not worth a failure: 0 tells the guest
     // to keep its own.
     let time_unix_ns = SystemTime::now()
@@ -50,6 +73,7 @@ fn build(config: &VmConfig) -> Result<Configure, VmError> {
         net: config.net.is_some(),
         time_unix_ns,
         seed,
+        quiesce: false,
     })
 }
 

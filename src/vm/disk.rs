@@ -4,6 +4,7 @@ use std::path::Path;
 
 use tokio::process::Command;
 
+use super::checkpoint::CheckpointError;
 use super::qemu::DiskFormat;
 use super::VmError;
 
@@ -113,15 +114,15 @@ pub async fn point_at_image(checkpoint: &Path, rootfs: &Path) -> Result<(), VmEr
         _ => false,
     };
     if same_file(current, checkpoint) || current == checkpoint {
-        return Err(VmError::Overlay(format!(
+        return Err(VmError::Checkpoint(CheckpointError::Invalid(format!(
             "checkpoint is corrupt: qcow2 backing file points to itself ({})",
             checkpoint.display()
-        )));
+        ))));
     }
     if same_file(current, rootfs) {
         return Ok(());
     }
-    qemu_img(&[
+    let rebased = qemu_img(&[
         "rebase".as_ref(),
         "-u".as_ref(),
         "-f".as_ref(),
@@ -132,6 +133,11 @@ pub async fn point_at_image(checkpoint: &Path, rootfs: &Path) -> Result<(), VmEr
         rootfs.as_os_str(),
         checkpoint.as_os_str(),
     ])
-    .await
-    .map(drop)
+    .await;
+    // Two first resumes at once race for the file's write lock: the loser
+    // finds it done.
+    match rebased {
+        Err(_) if backing_of(checkpoint).await?.as_deref().map(Path::new) == Some(rootfs) => Ok(()),
+        r => r.map(drop),
+    }
 }

@@ -41,6 +41,9 @@ pub struct Vm {
     /// The image's rootfs, the base a checkpoint's disk is rebased onto.
     rootfs: PathBuf,
     shape: MachineShape,
+    /// A shared lock on the boot template this VM resumed from, released
+    /// when QEMU is gone (not when JS collects the handle).
+    template_pin: Mutex<Option<std::fs::File>>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -86,18 +89,25 @@ impl Vm {
         }
         if let Some(dir) = &config.template_dir {
             match template::ensure(config, dir).await {
-                Ok(t) => match Self::up(config, Source::Template(&t)).await {
-                    Ok(vm) => return Ok(vm),
-                    Err(e @ (VmError::QemuNotFound { .. } | VmError::InvalidOption(_))) => {
-                        return Err(e)
+                Ok(t) => {
+                    let pin = t.pin();
+                    match launch::launch(config, Source::Template(&t)).await {
+                        Ok(l) => return Self::configured(l, config, pin).await,
+                        Err(e @ (VmError::QemuNotFound { .. } | VmError::InvalidOption(_))) => {
+                            return Err(e)
+                        }
+                        Err(e) => {
+                            // The resume itself failed (QEMU refused the
+                            // state, a bad checksum): a damaged template
+                            // must not cost more than one cold boot. Drop it
+                            // unless others run from it; the next start
+                            // rebuilds it.
+                            tracing::warn!(target: "gondolin::vm", "resuming from the boot template failed ({e}); removing it and booting");
+                            drop(pin);
+                            t.discard();
+                        }
                     }
-                    Err(e) => {
-                        // A damaged template must not cost more than one
-                        // cold boot: drop it (the next start rebuilds it).
-                        tracing::warn!(target: "gondolin::vm", "resuming from the boot template failed ({e}); removing it and booting");
-                        t.discard();
-                    }
-                },
+                }
                 Err(e) => {
                     tracing::warn!(target: "gondolin::vm", "no boot template ({e}); booting");
                 }
@@ -106,11 +116,22 @@ impl Vm {
         Self::up(config, Source::Boot).await
     }
 
-    /// Launch, supervise, configure the guest for this VM (VFS, network,
-    /// clock, RNG seed: the same step after a boot and after a resume).
+    /// Launch, then configure (see [`Vm::configured`]).
     async fn up(config: &VmConfig, source: Source<'_>) -> Result<Vm, VmError> {
         let l = launch::launch(config, source).await?;
+        Self::configured(l, config, None).await
+    }
+
+    /// Supervise a launched guest and configure it for this VM (VFS,
+    /// network, clock, RNG seed: the same step after a boot and after a
+    /// resume). `pin` keeps the VM's boot template from being removed.
+    async fn configured(
+        l: Launched,
+        config: &VmConfig,
+        pin: Option<std::fs::File>,
+    ) -> Result<Vm, VmError> {
         let vm = Self::supervised(l, config);
+        *vm.template_pin.lock().unwrap() = pin;
         // On failure the VM drops: its supervisor stops QEMU as the stop
         // channel closes, and the temp dir goes.
         super::configure::configure_guest(&vm.control, config).await?;
@@ -189,6 +210,7 @@ impl Vm {
             },
             rootfs: config.rootfs.clone(),
             shape,
+            template_pin: Mutex::new(None),
         }
     }
 
@@ -240,6 +262,7 @@ impl Vm {
             message: "the VM was closed".into(),
         })
         .await;
+        self.template_pin.lock().unwrap().take();
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
     }
 
@@ -278,24 +301,26 @@ impl Vm {
                 req.path.display()
             ));
         }
-        let state_file = self.dir.join("state.bin");
-        let mut saved = None;
-        if req.memory {
-            let mut qmp = Qmp::connect(&self.dir.join("qmp.sock"), Duration::from_secs(10))
-                .await
-                .map_err(|e| failed("connecting to QEMU", &e))?;
-            let mut out = tokio::fs::File::create(&state_file)
-                .await
-                .map_err(|e| failed("creating the state file", &e))?;
-            saved = Some(
-                migrate::save(&mut qmp, &self.dir, &mut out, false)
-                    .await
-                    .map_err(|e| failed("saving the guest's memory", &e))?,
-            );
+        // The saved state goes beside the destination (same filesystem: the
+        // final copy into the checkpoint is an in-kernel one, and the
+        // guest's RAM never lands in $TMPDIR, often a tmpfs).
+        let state_file = staging(&req.path, "state");
+        let _state_gone = RemoveOnDrop(state_file.clone());
+        let saved = if req.memory {
+            match self.save_memory(&state_file).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    // The VM is consumed either way (upstream), and with
+                    // its execs ended it could not go on.
+                    self.close().await;
+                    return Err(e);
+                }
+            }
         } else {
             // Upstream flushes the guest's page cache first (best effort).
             run_quietly(&self.control, "sync; sync", Duration::from_secs(10)).await;
-        }
+            None
+        };
         self.stop_qemu(Disconnect {
             code: ErrorCode::VmClosed,
             message: "the VM was checkpointed".into(),
@@ -336,6 +361,8 @@ impl Vm {
             Ok(data)
         }
         .await;
+        // The template stays pinned until the rebase above has read it.
+        self.template_pin.lock().unwrap().take();
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
         result
     }
@@ -361,6 +388,35 @@ async fn run_quietly(control: &ControlClient, script: &str, limit: Duration) {
     }
 }
 
+impl Vm {
+    /// Quiesce the guest and write its RAM and device state to `out`.
+    async fn save_memory(&self, out: &Path) -> Result<migrate::Saved, VmError> {
+        let failed = |what: &str, e: std::io::Error| {
+            VmError::Checkpoint(CheckpointError::Failed(format!("{what}: {e}")))
+        };
+        // No exec, half-sent frame or FUSE request of ours may cross into
+        // a resumed VM: the guest ends its execs and unmounts its VFS first
+        // (a resumed VM is configured anew).
+        super::configure::quiesce_guest(
+            &self.control,
+            Disconnect {
+                code: ErrorCode::VmClosed,
+                message: "the VM was checkpointed".into(),
+            },
+        )
+        .await?;
+        let mut qmp = Qmp::connect(&self.dir.join("qmp.sock"), Duration::from_secs(10))
+            .await
+            .map_err(|e| failed("connecting to QEMU", e))?;
+        let mut file = create_private(out)
+            .map(tokio::fs::File::from_std)
+            .map_err(|e| failed("creating the state file", e))?;
+        migrate::save(&mut qmp, &self.dir, &mut file, false)
+            .await
+            .map_err(|e| failed("saving the guest's memory", e))
+    }
+}
+
 /// Put disk, state and trailer into one file next to `dest`, then rename
 /// it into place.
 fn assemble(
@@ -369,28 +425,16 @@ fn assemble(
     data: &CheckpointData,
     dest: &Path,
 ) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let parent = dest.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(parent)?;
-    let tmp = parent.join(format!(
-        ".{}.{}.tmp",
-        dest.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    ));
+    let tmp = staging(dest, "tmp");
     let write = || -> std::io::Result<()> {
-        // The overlay is ours and about to be deleted: move it when we can.
+        // The overlay is ours and about to be deleted: move it when we can
+        // (private first: the destination directory may be readable).
+        std::fs::set_permissions(overlay, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         if std::fs::rename(overlay, &tmp).is_err() {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let mut f = create_private(&tmp)?;
             std::io::copy(&mut std::fs::File::open(overlay)?, &mut f)?;
         }
         let mut f = std::fs::OpenOptions::new().append(true).open(&tmp)?;
-        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         if let Some(state) = state {
             std::io::copy(&mut std::fs::File::open(state)?, &mut f)?;
         }
@@ -403,6 +447,39 @@ fn assemble(
         let _ = std::fs::remove_file(&tmp);
     }
     r
+}
+
+/// A name beside `dest` for a file on its way there.
+fn staging(dest: &Path, what: &str) -> PathBuf {
+    let parent = dest.parent().unwrap_or(Path::new("/"));
+    parent.join(format!(
+        ".{}.{}.{what}",
+        dest.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ))
+}
+
+/// A new file only its owner can read.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Removes a file when dropped (a staging file, on every path).
+struct RemoveOnDrop(PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 impl Drop for Vm {

@@ -15,7 +15,10 @@
 //! is the overlay the template's boot wrote, backing every resumed VM's
 //! own overlay; absent for read-only roots). A template is built in a
 //! temp directory under `<root>` and renamed into place, under an
-//! exclusive lock per key, so concurrent first starts build it once.
+//! exclusive lock per key, so concurrent first starts build it once. Every
+//! VM resumed from a template holds a shared `flock` on its `meta.json`
+//! while it runs; a template is removed (damaged, pruned) only when nobody
+//! holds it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -55,10 +58,38 @@ pub struct Template {
 }
 
 impl Template {
-    /// Remove a template that failed to resume (the next start rebuilds it).
-    pub fn discard(&self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+    /// A shared lock on this template, held by every VM resumed from it for
+    /// its lifetime (its overlay is backed by the template's disk, and a
+    /// checkpoint rebases from it): a template in use is never removed.
+    pub fn pin(&self) -> Option<std::fs::File> {
+        let f = std::fs::File::open(self.dir.join(META)).ok()?;
+        try_flock(&f, libc::LOCK_SH).then_some(f)
     }
+
+    /// Remove a template that failed to resume (the next start rebuilds
+    /// it), unless a running VM still uses it.
+    pub fn discard(&self) {
+        remove_unless_pinned(&self.dir);
+    }
+}
+
+/// `flock(op | LOCK_NB)`: whether it was taken.
+fn try_flock(f: &std::fs::File, op: libc::c_int) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on an fd we own; no memory is passed.
+    unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) == 0 }
+}
+
+/// Remove the template directory `dir` if no VM pins it; whether it is gone.
+fn remove_unless_pinned(dir: &Path) -> bool {
+    let Ok(meta) = std::fs::File::open(dir.join(META)) else {
+        // No meta: nobody can have pinned it (a half-written template).
+        return std::fs::remove_dir_all(dir).is_ok() || !dir.exists();
+    };
+    if !try_flock(&meta, libc::LOCK_EX) {
+        return false;
+    }
+    std::fs::remove_dir_all(dir).is_ok()
 }
 
 /// The template for `config`'s machine under `root`: the existing one if it
@@ -75,12 +106,26 @@ pub async fn ensure(config: &VmConfig, root: &Path) -> Result<Template, VmError>
     if let Some(t) = whole(&dir, &key, config) {
         return Ok(t); // another start built it while we waited
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    let tmp = root.join(format!(".build-{}", uuid::Uuid::new_v4().simple()));
+    if dir.exists() && !remove_unless_pinned(&dir) {
+        return Err(VmError::ResumeFailed(format!(
+            "the boot template {} is damaged and still in use; not rebuilding it now",
+            dir.display()
+        )));
+    }
+    // Builds of this key that a dead process left behind (we hold its lock).
+    let stale = format!(".build-{key}-");
+    for e in std::fs::read_dir(root)?.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&stale) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let tmp = root.join(format!("{stale}{}", uuid::Uuid::new_v4().simple()));
     mkdir_private(&tmp)?;
     let built = build(config, &tmp, &key, inputs).await;
     let t = built.and_then(|meta| {
         std::fs::rename(&tmp, &dir)?;
+        // The rename itself must survive a crash, not only the files.
+        std::fs::File::open(root)?.sync_all()?;
         Ok(Template { dir, meta })
     });
     if t.is_err() {
@@ -118,6 +163,9 @@ async fn build(
         let p = tmp.join(f);
         if p.exists() {
             std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            // On disk before the meta that vouches for it: after a crash a
+            // template is whole or has no meta.
+            std::fs::File::open(&p)?.sync_all()?;
         }
     }
     let json = serde_json::to_vec_pretty(&meta).map_err(std::io::Error::other)?;
@@ -244,8 +292,8 @@ fn prune(root: &Path, keep: &str) {
                 .is_some_and(|p| !Path::new(p).exists())
         });
         if gone {
-            let _ = std::fs::remove_dir_all(&dir);
-            let _ = std::fs::remove_file(root.join(format!("{}.lock", meta.key)));
+            // Its lock file stays: another process may hold or wait on it.
+            remove_unless_pinned(&dir);
         }
     }
 }

@@ -350,6 +350,11 @@ impl Server {
         if self.configure.busy() {
             return self.configured(Some("a configuration is already running"));
         }
+        if cfg.quiesce {
+            // A memory checkpoint follows: no exec of this host may live on
+            // into a resumed VM, whose host numbers its execs afresh.
+            self.end_execs();
+        }
         if let Err(e) = self.configure.start(cfg) {
             self.configured(Some(&e));
         }
@@ -472,6 +477,14 @@ impl Server {
 
     /// The host is gone: its execs die with it (whole process groups).
     fn abandon_all(&mut self) {
+        self.end_execs();
+        self.out.clear();
+        self.dec = FrameDecoder::new();
+    }
+
+    /// Kill every exec and forget it: nothing more is sent for any of them
+    /// (frames already queued still go, so the stream stays whole).
+    fn end_execs(&mut self) {
         for (_, mut e) in self.execs.drain() {
             let had_status = e.status.is_some();
             e.kill(libc::SIGKILL);
@@ -479,8 +492,6 @@ impl Server {
                 self.orphans.push(e.pid);
             }
         }
-        self.out.clear();
-        self.dec = FrameDecoder::new();
     }
 }
 

@@ -750,6 +750,7 @@ fn configure_is_answered_and_never_applied_outside_the_vm() {
         net: false,
         time_unix_ns: now,
         seed: vec![7; 32],
+        quiesce: false,
     };
     g.send(&HostMsg::Configure(cfg.clone()));
     match g.recv() {
@@ -765,6 +766,7 @@ fn configure_is_answered_and_never_applied_outside_the_vm() {
     // A configure that breaks the bounds still gets its Configured.
     g.send(&HostMsg::Configure(Configure {
         seed: vec![1; 3],
+        quiesce: false,
         ..cfg
     }));
     match g.recv() {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::guestfs::{FsReply, FsRequest};
 use crate::{WireError, MAX_ARGS, MAX_CHUNK, MAX_ENV, MAX_STRING};
 
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Most bind mounts one [`Configure`] may list.
 pub const MAX_BINDS: usize = 4096;
@@ -81,6 +81,13 @@ pub struct Configure {
     /// image diverge.
     #[serde(with = "serde_bytes")]
     pub seed: Vec<u8>,
+    /// End every exec (their processes are killed, nothing more is sent for
+    /// them) and unmount the VFS; the network is left as it is. Sent right
+    /// before a memory checkpoint is saved, so no exec, half-sent frame or
+    /// FUSE request of this host crosses into a resumed VM (whose host
+    /// numbers its execs afresh).
+    #[serde(default)]
+    pub quiesce: bool,
 }
 
 /// Host -> guest.
@@ -328,6 +335,7 @@ mod tests {
             net: true,
             time_unix_ns: 1_700_000_000_123_456_789,
             seed: vec![7; 32],
+            quiesce: false,
         }
     }
 

@@ -101,8 +101,8 @@ impl ControlClient {
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut st = self.shared.state.lock().unwrap();
-            if let Some(d) = &st.disconnect {
-                return Err(ControlError::from(d.clone()).into());
+            if let Some(d) = st.refusal() {
+                return Err(ControlError::from(d).into());
             }
             st.fs.alloc(tx)?
         };

@@ -308,6 +308,7 @@ fn configure_msg() -> gondolin_wire::Configure {
         net: true,
         time_unix_ns: 1_700_000_000_000_000_000,
         seed: vec![1; 32],
+        quiesce: false,
     }
 }
 

@@ -121,6 +121,14 @@ fn apply(cfg: &Configure) -> Outcome {
     if let Some(e) = &error {
         eprintln!("sandboxd: vfs: {e}");
     }
+    if cfg.quiesce {
+        // Only the VFS goes; the network and the exec environment stay for
+        // the configure that follows the resume.
+        return Outcome {
+            error,
+            env: load_env(),
+        };
+    }
     let env = match cfg.net {
         true => {
             if let Err(e) = net::eth0_up() {

@@ -35,6 +35,10 @@ pub const DISK: &str = "disk.qcow2";
 const META: &str = "meta.json";
 /// Bumped when the layout or what a template holds changes.
 const FORMAT: u32 = 2;
+/// Templates kept at most; past this the least recently used ones that no
+/// VM runs from are removed (each holds the pages its guest touched, about
+/// 150 MB for a 1 GiB guest, and a new key is one `sandbox.append` away).
+const MAX_TEMPLATES: usize = 8;
 /// How long a start waits for another process building the same template.
 const LOCK_WAIT: Duration = Duration::from_secs(180);
 
@@ -64,6 +68,16 @@ impl Template {
     pub fn pin(&self) -> Option<std::fs::File> {
         let f = std::fs::File::open(self.dir.join(META)).ok()?;
         try_flock(&f, libc::LOCK_SH).then_some(f)
+    }
+
+    /// Mark the template used now (for [`prune`]'s least-recently-used order).
+    fn touch(&self) {
+        if let Ok(f) = std::fs::File::options()
+            .append(true)
+            .open(self.dir.join(META))
+        {
+            let _ = f.set_modified(SystemTime::now());
+        }
     }
 
     /// Remove a template that failed to resume (the next start rebuilds
@@ -99,6 +113,7 @@ pub async fn ensure(config: &VmConfig, root: &Path) -> Result<Template, VmError>
     let key = key_of(&inputs);
     let dir = root.join(&key);
     if let Some(t) = whole(&dir, &key, config) {
+        t.touch();
         return Ok(t);
     }
     mkdir_private(root)?;
@@ -270,16 +285,22 @@ async fn qemu_version(qemu: &Path) -> String {
 }
 
 /// Remove templates whose image files are gone (a rebuilt image, a new
-/// set of guest binaries): they can never be used again.
+/// set of guest binaries: they can never be used again), then the least
+/// recently used beyond [`MAX_TEMPLATES`]. Templates a VM runs from stay.
 fn prune(root: &Path, keep: &str) {
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
+    let mut live = Vec::new();
     for e in entries.flatten() {
         let dir = e.path();
         if dir.file_name().is_some_and(|n| n == keep) || !dir.is_dir() {
             continue;
         }
+        let Ok(file) = std::fs::File::open(dir.join(META)) else {
+            continue;
+        };
+        let used = file.metadata().and_then(|m| m.modified()).ok();
         let Some(meta) = std::fs::read(dir.join(META))
             .ok()
             .and_then(|b| serde_json::from_slice::<Meta>(&b).ok())
@@ -291,10 +312,17 @@ fn prune(root: &Path, keep: &str) {
                 .as_str()
                 .is_some_and(|p| !Path::new(p).exists())
         });
+        // Lock files stay: another process may hold or wait on one.
         if gone {
-            // Its lock file stays: another process may hold or wait on it.
             remove_unless_pinned(&dir);
+        } else {
+            live.push((used, dir));
         }
+    }
+    // Newest first; `keep` (just built) counts as one.
+    live.sort_by_key(|(used, _)| std::cmp::Reverse(*used));
+    for (_, dir) in live.into_iter().skip(MAX_TEMPLATES.saturating_sub(1)) {
+        remove_unless_pinned(&dir);
     }
 }
 
@@ -354,5 +382,66 @@ async fn lock(path: &Path) -> Result<std::fs::File, VmError> {
             )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake template `name` under `root`, last used `age_s` seconds ago,
+    /// whose image is `/` (exists) or `/gone` (does not).
+    fn fake(root: &Path, name: &str, age_s: u64, image: &str) -> PathBuf {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let meta = Meta {
+            format: FORMAT,
+            key: name.into(),
+            state_bytes: 0,
+            state_sha256: String::new(),
+            ram_bytes: 0,
+            build_ms: 0,
+            inputs: serde_json::json!({ "kernel": { "path": image } }),
+        };
+        std::fs::write(dir.join(META), serde_json::to_vec(&meta).unwrap()).unwrap();
+        let f = std::fs::File::options()
+            .append(true)
+            .open(dir.join(META))
+            .unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(age_s))
+            .unwrap();
+        dir
+    }
+
+    #[test]
+    fn prune_drops_orphans_and_the_least_recently_used_but_never_a_pinned_one() {
+        let root =
+            std::env::temp_dir().join(format!("tpl-prune-{}", uuid::Uuid::new_v4().simple()));
+        let keep = fake(&root, "new", 0, "/");
+        let orphan = fake(&root, "orphan", 5, "/gone");
+        let old: Vec<PathBuf> = (0..MAX_TEMPLATES + 2)
+            .map(|i| fake(&root, &format!("t{i}"), 10 + i as u64, "/"))
+            .collect();
+        // The oldest is in use by a running VM.
+        let oldest = old.last().unwrap().clone();
+        let pin = Template {
+            dir: oldest.clone(),
+            meta: serde_json::from_slice(&std::fs::read(oldest.join(META)).unwrap()).unwrap(),
+        }
+        .pin()
+        .expect("pinned");
+        prune(&root, "new");
+        assert!(keep.exists());
+        assert!(!orphan.exists(), "its image is gone");
+        let kept: Vec<bool> = old.iter().map(|d| d.exists()).collect();
+        let n = MAX_TEMPLATES - 1;
+        assert!(
+            kept[..n].iter().all(|k| *k),
+            "the newest {n} stay: {kept:?}"
+        );
+        assert!(!kept[n], "the next oldest goes: {kept:?}");
+        assert!(oldest.exists(), "a pinned template stays");
+        drop(pin);
+        std::fs::remove_dir_all(root).unwrap();
     }
 }

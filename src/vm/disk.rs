@@ -80,16 +80,23 @@ pub async fn rebase(overlay: &Path, rootfs: &Path) -> Result<(), VmError> {
     if current.as_deref().map(Path::new) == Some(rootfs) {
         return Ok(());
     }
+    rebase_onto(overlay, rootfs, "-q").await
+}
+
+/// `qemu-img rebase` of the qcow2 `image` onto the raw `rootfs`. `mode` is
+/// `-q` (the default safe mode, quietly: what differs from the old backing
+/// chain is copied in) or `-u` (unsafe: only the backing name changes).
+async fn rebase_onto(image: &Path, rootfs: &Path, mode: &str) -> Result<(), VmError> {
     qemu_img(&[
         "rebase".as_ref(),
-        "-q".as_ref(),
+        mode.as_ref(),
         "-f".as_ref(),
         "qcow2".as_ref(),
         "-F".as_ref(),
         "raw".as_ref(),
         "-b".as_ref(),
         rootfs.as_os_str(),
-        overlay.as_os_str(),
+        image.as_os_str(),
     ])
     .await
     .map(drop)
@@ -122,22 +129,11 @@ pub async fn point_at_image(checkpoint: &Path, rootfs: &Path) -> Result<(), VmEr
     if same_file(current, rootfs) {
         return Ok(());
     }
-    let rebased = qemu_img(&[
-        "rebase".as_ref(),
-        "-u".as_ref(),
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-F".as_ref(),
-        "raw".as_ref(),
-        "-b".as_ref(),
-        rootfs.as_os_str(),
-        checkpoint.as_os_str(),
-    ])
-    .await;
+    let rebased = rebase_onto(checkpoint, rootfs, "-u").await;
     // Two first resumes at once race for the file's write lock: the loser
     // finds it done.
     match rebased {
         Err(_) if backing_of(checkpoint).await?.as_deref().map(Path::new) == Some(rootfs) => Ok(()),
-        r => r.map(drop),
+        r => r,
     }
 }

@@ -232,7 +232,14 @@ test("boot template: the second VM with the same settings starts from it; GONDOL
   await assert.rejects(second.start(), {
     message: "vm was checkpointed and cannot be restarted; resume the checkpoint instead",
   });
-  await assert.rejects(second.exec("true"), { code: "vm_closed" });
+  await assert.rejects(second.exec("true"), {
+    code: "vm_closed",
+    message: "vm was checkpointed and cannot be restarted; resume the checkpoint instead",
+  });
+  assert.throws(() => VmCheckpoint.load(path.join(dir, "missing.qcow2")), {
+    code: "invalid_checkpoint",
+    message: `checkpoint not found: ${path.join(dir, "missing.qcow2")}`,
+  });
   await second.close();
 });
 

@@ -278,9 +278,9 @@ class VM {
       stdoutFromFile: options[kStdoutFromFile],
     };
     const nativeExec = this._closed
-      ? Promise.reject(withCode("VM is closed", "vm_closed"))
+      ? Promise.reject(this._closedError())
       : this._implicitStart().then(() => {
-          if (this._closed) throw withCode("VM is closed", "vm_closed");
+          if (this._closed) throw this._closedError();
           return this._native.exec(req);
         });
     const proc = new ExecProcess(nativeExec, options);
@@ -314,6 +314,11 @@ class VM {
     });
     if (attach) proc.attach(process.stdin, process.stdout, process.stderr);
     return proc;
+  }
+
+  /** Why a call on a closed VM fails (a checkpointed one says so). */
+  _closedError() {
+    return withCode(this._checkpointed ? CHECKPOINTED : "VM is closed", "vm_closed");
   }
 
   /** The rootfs mode this VM runs (or will run) with. */

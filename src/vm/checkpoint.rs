@@ -107,8 +107,10 @@ pub struct Loaded {
 pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
     let shown = path.display();
     let invalid = |m: String| CheckpointError::Invalid(m);
-    let meta = std::fs::metadata(path)
-        .map_err(|e| CheckpointError::Io(format!("checkpoint not found: {shown}"), e))?;
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => invalid(format!("checkpoint not found: {shown}")),
+        _ => CheckpointError::Io(format!("reading {shown}"), e),
+    })?;
     if meta.is_dir() {
         return Err(invalid(format!(
             "checkpoint path must be a .qcow2 file, got directory: {shown}"
@@ -293,6 +295,10 @@ mod tests {
         assert_eq!(
             msg(&bare),
             format!("invalid checkpoint trailer length: {}", 1u64 << 40)
+        );
+        assert_eq!(
+            msg(&d.join("nope.qcow2")),
+            format!("checkpoint not found: {}", d.join("nope.qcow2").display())
         );
         let mut v2 = data();
         v2.version = 2;

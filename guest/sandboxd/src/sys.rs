@@ -281,7 +281,10 @@ pub fn wait_gone(pid: libc::pid_t, timeout_ms: libc::c_int) -> io::Result<bool> 
     if fd < 0 {
         let e = io::Error::last_os_error();
         return match e.raw_os_error() {
+            // EINVAL (for a pid > 0): the pid is still known but its process
+            // is gone, exited and reaped (by its watcher) a moment ago.
             Some(libc::ESRCH) => Ok(true),
+            Some(libc::EINVAL) if pid > 0 => Ok(true),
             _ => Err(e),
         };
     }

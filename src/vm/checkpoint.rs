@@ -124,19 +124,10 @@ pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
     let mut f = std::fs::File::open(path)
         .map_err(|e| CheckpointError::Io(format!("opening {shown}"), e))?;
     let size = meta.len();
-    let no_trailer = || invalid(format!("checkpoint file has no trailer: {shown}"));
-    if size < FOOTER {
-        return Err(no_trailer());
-    }
-    let mut footer = [0u8; FOOTER as usize];
-    f.seek(SeekFrom::Start(size - FOOTER))
-        .and_then(|_| f.read_exact(&mut footer))
-        .map_err(|e| CheckpointError::Io(format!("reading {shown}"), e))?;
-    if &footer[..8] != MAGIC {
-        return Err(no_trailer());
-    }
-    let len = u64::from_be_bytes(footer[8..].try_into().unwrap());
-    if len == 0 || len > MAX_JSON || len > size - FOOTER {
+    let len = footer_len(&mut f, size)
+        .map_err(|e| CheckpointError::Io(format!("reading {shown}"), e))?
+        .ok_or_else(|| invalid(format!("checkpoint file has no trailer: {shown}")))?;
+    if !fits(len, size) {
         return Err(invalid(format!("invalid checkpoint trailer length: {len}")));
     }
     let json_offset = size - FOOTER - len;
@@ -200,17 +191,26 @@ pub fn write_trailer(path: &Path, data: &CheckpointData) -> Result<(), Checkpoin
 /// Where a well-framed trailer's JSON starts, whatever the JSON says.
 fn existing_trailer(f: &mut std::fs::File) -> std::io::Result<Option<u64>> {
     let size = f.metadata()?.len();
+    Ok(footer_len(f, size)?
+        .filter(|&len| fits(len, size))
+        .map(|len| size - FOOTER - len))
+}
+
+/// The JSON length the footer of a `size`-byte file states, if it ends in
+/// our magic.
+fn footer_len(f: &mut std::fs::File, size: u64) -> std::io::Result<Option<u64>> {
     if size < FOOTER {
         return Ok(None);
     }
     let mut footer = [0u8; FOOTER as usize];
     f.seek(SeekFrom::Start(size - FOOTER))?;
     f.read_exact(&mut footer)?;
-    let len = u64::from_be_bytes(footer[8..].try_into().unwrap());
-    Ok(
-        (&footer[..8] == MAGIC && len > 0 && len <= MAX_JSON && len <= size - FOOTER)
-            .then(|| size - FOOTER - len),
-    )
+    Ok((&footer[..8] == MAGIC).then(|| u64::from_be_bytes(footer[8..].try_into().unwrap())))
+}
+
+/// Whether a trailer of `len` JSON bytes fits a `size`-byte file.
+fn fits(len: u64, size: u64) -> bool {
+    len > 0 && len <= MAX_JSON && len <= size - FOOTER
 }
 
 /// `2026-12-01T05:44:53.123Z`, as JS `Date.prototype.toISOString`.

@@ -246,6 +246,11 @@ async fn inputs(config: &VmConfig) -> serde_json::Value {
 /// with `-cpu host`, so saved vCPU state only fits the same CPU; a cache
 /// copied to another machine must not resume there.
 fn host_cpu() -> String {
+    static CPU: OnceLock<String> = OnceLock::new();
+    CPU.get_or_init(read_host_cpu).clone()
+}
+
+fn read_host_cpu() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let first = |key: &str| {
         info.lines()

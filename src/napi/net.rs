@@ -298,6 +298,7 @@ pub(crate) fn attach(
             dns: dns_server,
             handler: Arc::new(EgressHandler(egress)),
             stats: Arc::new(NetStats::default()),
+            dial: Default::default(),
         },
         events,
     ))

@@ -371,6 +371,12 @@ impl NativeVm {
     pub(crate) fn control(&self) -> gondolin::control::ControlClient {
         self.vm.control().clone()
     }
+
+    /// Opens TCP connections to the guest's loopback (ingress, `enableSsh`);
+    /// `None` when the VM has no network.
+    pub(crate) fn guest_connector(&self) -> Option<Arc<dyn gondolin::net::dial::GuestConnector>> {
+        self.vm.guest_connector()
+    }
 }
 
 fn clamp16(v: u32) -> u16 {

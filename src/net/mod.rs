@@ -12,6 +12,7 @@
 
 mod device;
 pub mod dhcp;
+pub mod dial;
 pub mod dns;
 pub mod flow;
 pub mod link;

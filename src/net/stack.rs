@@ -23,9 +23,10 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, Notify};
 
 use super::device::QueueDevice;
+use super::dial::{DialRequest, MAX_DIALS};
 use super::dns::{DnsAction, DnsServer};
-use super::flow::{self, Flow, FlowHandler, FlowPeer, CHUNK};
-use super::{dhcp, link, NetConfig, GATEWAY_IP, GATEWAY_MAC, MAX_FRAME, PREFIX_LEN};
+use super::flow::{self, Flow, FlowHandler, FlowPeer, FlowStream, CHUNK};
+use super::{dhcp, link, NetConfig, GATEWAY_IP, GATEWAY_MAC, GUEST_IP, MAX_FRAME, PREFIX_LEN};
 use crate::framed::write_coalesced;
 
 /// Per-flow socket buffers. 256 KiB lets the window scale past 64 KiB.
@@ -41,6 +42,8 @@ const FLOW_TIMEOUT: Duration = Duration::from_secs(120);
 const TX_BACKLOG: usize = 512;
 /// Frames in flight to the writer task.
 const OUT_FRAMES: usize = 1024;
+/// Local ports of host-opened connections (`dial`), the IANA dynamic range.
+const DIAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
 /// How long forwarded DNS waits for an answer.
 const DNS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -52,6 +55,8 @@ pub struct NetStats {
     pub flows_opened: AtomicU64,
     /// SYNs refused because the VM had `max_flows` open.
     pub flows_refused: AtomicU64,
+    /// Host-opened connections into the guest (ingress, `enableSsh`).
+    pub dials: AtomicU64,
     pub dns_queries: AtomicU64,
     /// UDP to ports other than 53 and 67, and non-IPv4 frames.
     pub dropped: AtomicU64,
@@ -60,6 +65,11 @@ pub struct NetStats {
 enum FlowState {
     /// Listening for (or mid-way through) the handshake.
     Pending,
+    /// A host-opened connection waiting for the guest's SYN-ACK; the
+    /// stream goes to `reply` once established (an RST answers refused).
+    Dialing {
+        reply: tokio::sync::oneshot::Sender<std::io::Result<FlowStream>>,
+    },
     Open {
         /// `None` once the guest's FIN reached the handler.
         to_handler: Option<mpsc::Sender<Bytes>>,
@@ -73,9 +83,12 @@ enum FlowState {
 }
 
 struct FlowEntry {
+    /// The initiator's end: the guest's for its flows, ours for dials.
     src: SocketAddrV4,
     dst: SocketAddrV4,
     state: FlowState,
+    /// Opened by the host (`dial`), not by the guest.
+    dialed: bool,
 }
 
 /// Something [`Stack`] wants done outside itself.
@@ -104,6 +117,8 @@ pub struct Stack {
     stats: Arc<NetStats>,
     guest_mac: EthernetAddress,
     effects: Vec<Effect>,
+    /// The next local port a dial tries.
+    next_dial_port: u16,
 }
 
 impl Stack {
@@ -123,6 +138,15 @@ impl Stack {
         });
         // Any-IP: accept packets for every destination routed via ourselves.
         let _ = iface.routes_mut().add_default_ipv4_route(GATEWAY_IP);
+        // Dials go to the guest's loopback, through the guest (see `dial`).
+        iface.routes_mut().update(|r| {
+            let _ = r.push(smoltcp::iface::Route {
+                cidr: IpCidr::new(Ipv4Addr::new(127, 0, 0, 0).into(), 8),
+                via_router: GUEST_IP.into(),
+                preferred_until: None,
+                expires_at: None,
+            });
+        });
         iface.set_any_ip(true);
         Stack {
             iface,
@@ -137,6 +161,7 @@ impl Stack {
             stats,
             guest_mac: EthernetAddress(super::GUEST_MAC),
             effects: Vec::new(),
+            next_dial_port: *DIAL_PORTS.start(),
         }
     }
 
@@ -259,7 +284,8 @@ impl Stack {
             .values()
             .filter(|f| matches!(f.state, FlowState::Pending))
             .count();
-        if self.flows.len() >= self.cfg.max_flows || pending >= MAX_PENDING {
+        let guest_flows = self.flows.values().filter(|f| !f.dialed).count();
+        if guest_flows >= self.cfg.max_flows || pending >= MAX_PENDING {
             // No socket: smoltcp answers the SYN with an RST.
             self.stats.flows_refused.fetch_add(1, Ordering::Relaxed);
             return;
@@ -285,8 +311,72 @@ impl Stack {
                 src,
                 dst,
                 state: FlowState::Pending,
+                dialed: false,
             },
         );
+    }
+
+    /// Open a connection from the gateway to `127.0.0.1:req.port` in the
+    /// guest (see `net::dial`). The answer goes to `req.reply` once the
+    /// guest accepts or refuses; at most [`MAX_DIALS`] at once.
+    pub fn dial(&mut self, req: DialRequest) {
+        let DialRequest { port, reply } = req;
+        let refuse = |reply: tokio::sync::oneshot::Sender<_>, kind, msg: &str| {
+            let _ = reply.send(Err(std::io::Error::new(kind, msg.to_string())));
+        };
+        if self.flows.values().filter(|f| f.dialed).count() >= MAX_DIALS {
+            return refuse(
+                reply,
+                std::io::ErrorKind::WouldBlock,
+                "too many host connections into the guest",
+            );
+        }
+        let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        let Some(src) = self.free_dial_port(dst) else {
+            return refuse(
+                reply,
+                std::io::ErrorKind::AddrNotAvailable,
+                "no free local port",
+            );
+        };
+        let mut sock = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
+            tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
+        );
+        sock.set_timeout(Some(FLOW_TIMEOUT));
+        sock.set_nagle_enabled(false);
+        let cx = self.iface.context();
+        if let Err(e) = sock.connect(cx, (*dst.ip(), dst.port()), (*src.ip(), src.port())) {
+            return refuse(reply, std::io::ErrorKind::InvalidInput, &e.to_string());
+        }
+        self.stats.dials.fetch_add(1, Ordering::Relaxed);
+        let h = self.sockets.add(sock);
+        self.tuples.insert((src, dst), h);
+        self.flows.insert(
+            h,
+            FlowEntry {
+                src,
+                dst,
+                state: FlowState::Dialing { reply },
+                dialed: true,
+            },
+        );
+    }
+
+    fn free_dial_port(&mut self, dst: SocketAddrV4) -> Option<SocketAddrV4> {
+        for _ in DIAL_PORTS {
+            let p = self.next_dial_port;
+            self.next_dial_port = if p == *DIAL_PORTS.end() {
+                *DIAL_PORTS.start()
+            } else {
+                p + 1
+            };
+            let src = SocketAddrV4::new(GATEWAY_IP, p);
+            if !self.tuples.contains_key(&(src, dst)) {
+                return Some(src);
+            }
+        }
+        None
     }
 
     fn dhcp(&mut self, payload: &[u8]) {
@@ -354,8 +444,47 @@ impl Stack {
             let sock = self.sockets.get_mut::<tcp::Socket>(*h);
             let state = sock.state();
             if matches!(state, tcp::State::Closed | tcp::State::TimeWait) {
+                if let FlowState::Dialing { .. } = entry.state {
+                    let FlowState::Dialing { reply } =
+                        std::mem::replace(&mut entry.state, FlowState::Pending)
+                    else {
+                        unreachable!()
+                    };
+                    let _ = reply.send(Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        format!(
+                            "nothing listens on the guest's 127.0.0.1:{}",
+                            entry.dst.port()
+                        ),
+                    )));
+                }
                 gone.push(*h);
                 continue;
+            }
+            if let FlowState::Dialing { reply } = &entry.state {
+                if reply.is_closed() {
+                    sock.abort(); // the caller gave up
+                    continue;
+                }
+                if matches!(state, tcp::State::SynSent) {
+                    continue;
+                }
+                let (stream, peer) = flow::pair(self.wake.clone());
+                let FlowState::Dialing { reply } = std::mem::replace(
+                    &mut entry.state,
+                    FlowState::Open {
+                        to_handler: Some(peer.to_handler),
+                        from_handler: peer.from_handler,
+                        shared: peer.shared,
+                        pending: Bytes::new(),
+                        handler_done: false,
+                    },
+                ) else {
+                    unreachable!()
+                };
+                if let Err(Ok(stream)) = reply.send(Ok(stream)) {
+                    stream.reset();
+                }
             }
             if let FlowState::Pending = entry.state {
                 if matches!(state, tcp::State::Listen | tcp::State::SynReceived) {
@@ -525,6 +654,7 @@ pub async fn run(
     dns: Arc<DnsServer>,
     handler: Arc<dyn FlowHandler>,
     stats: Arc<NetStats>,
+    dials: &mut mpsc::Receiver<DialRequest>,
 ) {
     let (rd, wr) = stream.into_split();
     let (in_tx, mut in_rx) = mpsc::channel::<Vec<u8>>(256);
@@ -580,6 +710,7 @@ pub async fn run(
                 None => break,
             },
             Some(f) = inject_rx.recv() => stack.dev.tx.push_back(f),
+            Some(req) = dials.recv() => stack.dial(req),
             permit = out_tx.reserve(), if backlog => {
                 if let (Ok(p), Some(f)) = (permit, stack.dev.tx.pop_front()) {
                     stack.stats.frames_out.fetch_add(1, Ordering::Relaxed);

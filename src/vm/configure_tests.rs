@@ -99,6 +99,7 @@ async fn configure_again_replaces_the_vfs_and_resets_the_clock() {
             dns: Arc::new(dns::DnsServer::new(dns::DnsConfig::default())),
             handler: Arc::new(NoFlows),
             stats: Arc::new(NetStats::default()),
+            dial: Default::default(),
         }),
         resume: None,
         template_dir: None,

@@ -154,7 +154,17 @@ async fn serve_net(listener: UnixListener, net: super::NetAttach) {
         return;
     };
     drop(listener);
-    crate::net::run(stream, net.config, net.dns, net.handler, net.stats).await;
+    let dials = net.dial.receiver();
+    let mut dials = dials.lock().await;
+    crate::net::run(
+        stream,
+        net.config,
+        net.dns,
+        net.handler,
+        net.stats,
+        &mut dials,
+    )
+    .await;
 }
 
 fn make_temp_dir() -> std::io::Result<PathBuf> {

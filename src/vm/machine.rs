@@ -44,6 +44,8 @@ pub struct Vm {
     /// A shared lock on the boot template this VM resumed from, released
     /// when QEMU is gone (not when JS collects the handle).
     template_pin: Mutex<Option<std::fs::File>>,
+    /// Host-opened connections into the guest; `None` without a NIC.
+    connector: Option<std::sync::Arc<super::guest_dial::VmConnector>>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -190,6 +192,10 @@ impl Vm {
             tail.clone(),
         ));
         guard.0 = None;
+        let connector = config
+            .net
+            .as_ref()
+            .map(|n| super::guest_dial::VmConnector::new(n.dial.clone(), control.clone()));
         Vm {
             control,
             dir,
@@ -211,7 +217,17 @@ impl Vm {
             rootfs: config.rootfs.clone(),
             shape,
             template_pin: Mutex::new(None),
+            connector,
         }
+    }
+
+    /// Opens TCP connections to the guest's loopback (the transport of
+    /// ingress and `enableSsh`, see `net::dial`); `None` when the VM has
+    /// no network.
+    pub fn guest_connector(&self) -> Option<std::sync::Arc<dyn crate::net::dial::GuestConnector>> {
+        self.connector
+            .clone()
+            .map(|c| c as std::sync::Arc<dyn crate::net::dial::GuestConnector>)
     }
 
     pub fn control(&self) -> &ControlClient {

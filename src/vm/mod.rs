@@ -14,6 +14,7 @@ pub mod checkpoint;
 mod configure;
 mod console;
 mod disk;
+mod guest_dial;
 mod launch;
 mod machine;
 mod migrate;
@@ -106,6 +107,8 @@ pub struct NetAttach {
     pub dns: std::sync::Arc<crate::net::dns::DnsServer>,
     pub handler: std::sync::Arc<dyn crate::net::FlowHandler>,
     pub stats: std::sync::Arc<crate::net::NetStats>,
+    /// Host-opened connections into the guest (ingress, `enableSsh`).
+    pub dial: crate::net::dial::Dialer,
 }
 
 impl std::fmt::Debug for NetAttach {

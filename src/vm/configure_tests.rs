@@ -183,6 +183,46 @@ async fn configure_again_replaces_the_vfs_and_resets_the_clock() {
     assert_eq!(run(&vm, "cat '/x y,z/g'").await, (0, "new\n".into()));
     holder.kill(9).unwrap();
     let _ = output(holder).await;
+    dial_reaches_a_loopback_only_server(&vm).await;
     vm.close().await;
     eprintln!("second configure took {} ms", took.as_millis());
+}
+
+/// `net::dial`: the host reaches a server bound to the guest's 127.0.0.1
+/// only, and a closed port answers refused (not a timeout).
+async fn dial_reaches_a_loopback_only_server(vm: &Vm) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dial = vm.guest_connector().expect("the VM has a network");
+    let (code, _) = run(
+        vm,
+        "cd /tmp && python3 -m http.server --bind 127.0.0.1 8080 >/dev/null 2>&1 &",
+    )
+    .await;
+    assert_eq!(code, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut s = loop {
+        match dial.connect(8080, Duration::from_secs(2)).await {
+            Ok(s) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                assert!(Instant::now() < deadline, "the guest server never listened");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("dial failed: {e}"),
+        }
+    };
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).await.unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
+    let refused = dial
+        .connect(8081, Duration::from_secs(5))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{refused}"
+    );
 }

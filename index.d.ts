@@ -845,6 +845,23 @@ export declare class VM {
   close(): Promise<void>;
   exec(command: string | string[], options?: ExecOptions): ExecProcess;
   shell(options?: ShellOptions): ExecProcess;
+  /**
+   * SSH into the guest (upstream API): starts the guest's own sshd on its
+   * loopback (127.0.0.1:22, key login only, no forwarding) and a host TCP
+   * port piped to it through the VM's network stack. Each call that starts
+   * it makes a fresh ed25519 key with the host's `ssh-keygen` in a temp
+   * directory; only the public half enters the guest. Idempotent while the
+   * access is open; closed with the VM. Boots the VM if needed.
+   *
+   * Errors: "failed to run ssh-keygen (needed for vm.enableSsh): …"
+   * (`missing_tool`); "ssh user 'X' does not exist in guest image
+   * (vm.enableSsh({ user }))" (`invalid_option`); "sshd not available in
+   * guest image. …" and "failed to configure ssh in guest (exit N): …"
+   * (`exec_failed`); "ssh port-forward is not available: …" (`io_error`,
+   * no banner within 10 s); a taken listen address (`io_error`); a VM
+   * without a network (`invalid_option`).
+   */
+  enableSsh(options?: EnableSshOptions): Promise<SshAccess>;
   /** null until booted. */
   get info(): VmInfo | null;
   /** QEMU's process id; null before boot and after close. */
@@ -872,6 +889,29 @@ export declare class VM {
    * "readonly").
    */
   checkpoint(checkpointPath: string, options?: CheckpointOptions): Promise<VmCheckpoint>;
+}
+
+/** Options of `vm.enableSsh()` (upstream). */
+export interface EnableSshOptions {
+  /** Guest user to log in as; must exist in the image. Default "root". */
+  user?: string;
+  /** Host address to listen on (an IP address; "localhost" means 127.0.0.1). Default "127.0.0.1". */
+  listenHost?: string;
+  /** Host port; 0 = ephemeral. Default 0. */
+  listenPort?: number;
+}
+
+/** What `vm.enableSsh()` gives (upstream). */
+export interface SshAccess {
+  host: string;
+  port: number;
+  user: string;
+  /** The private key (a temp file, mode 0600), removed by `close()`. */
+  identityFile: string;
+  /** A ready-to-run `ssh -p PORT -i KEY … user@host`. */
+  command: string;
+  /** Stop the host port and delete the key; the guest's sshd keeps running. */
+  close(): Promise<void>;
 }
 
 /** Options of `vm.checkpoint()`. */

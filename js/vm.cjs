@@ -13,6 +13,7 @@ const { buildVfs } = require("./vfs.cjs");
 const { resolveOptions, optionError, defaultDebugLog } = require("./options.cjs");
 const { netOptions, pumpEgress } = require("./net.cjs");
 const { registerVmSession } = require("./sessions.cjs"); // sessions
+const { enableSsh } = require("./ssh-access.cjs");
 
 const DEFAULT_START_TIMEOUT_MS = 120000;
 
@@ -316,6 +317,30 @@ class VM {
     return proc;
   }
 
+  /**
+   * Start the guest's sshd on its loopback and a host port forwarded to it
+   * (upstream API). Idempotent: later calls return the same access while it
+   * is open. Closed with the VM.
+   */
+  enableSsh(options = {}) {
+    if (this._closed) return Promise.reject(this._closedError());
+    if (!this._ssh) {
+      this._ssh = enableSsh(this, options).then((access) => {
+        const close = access.close;
+        access.close = () => {
+          if (this._ssh === pending) this._ssh = null;
+          return close();
+        };
+        return access;
+      });
+      const pending = this._ssh;
+      pending.catch(() => {
+        if (this._ssh === pending) this._ssh = null;
+      });
+    }
+    return this._ssh;
+  }
+
   /** Why a call on a closed VM fails (a checkpointed one says so). */
   _closedError() {
     return withCode(this._checkpointed ? CHECKPOINTED : "VM is closed", "vm_closed");
@@ -421,6 +446,7 @@ class VM {
       this._closing = (async () => {
         if (this._starting) await this._starting.catch(() => {});
         if (this._session) await this._session.close(); // sessions
+        if (this._ssh) await this._ssh.then((a) => a.close(), () => {});
         if (this._native) await this._native.close();
         if (this._vfs) this._vfs.detach();
         if (this._native) this._debug("vm", "closed");

@@ -9,6 +9,7 @@
 mod checkpoint;
 mod error;
 mod exec;
+mod forward;
 mod guest_fs;
 mod http_js;
 mod http_policy;

@@ -5,8 +5,10 @@
 //! stack that carries the guest's egress, from the gateway address to
 //! `127.0.0.1:<port>` on the guest's eth0. The guest kernel accepts a
 //! loopback destination arriving on eth0 only with
-//! `net.ipv4.conf.eth0.route_localnet=1`, which the host sets the first
-//! time it dials (see `Vm::guest_connector`), so a server that listens on
+//! `net.ipv4.conf.eth0.route_localnet=1`, which the host sets (with
+//! `arp_announce=2`, so the guest's ARP for the gateway carries eth0's
+//! address, not 127.0.0.1) the first time it dials (see
+//! `vm/guest_dial.rs`), so a server that listens on
 //! the guest's loopback only (sshd as configured by `enableSsh`, most dev
 //! servers) is reachable, and nothing in the guest listens for the host.
 //! This path needs no extra guest daemon and moves bytes at the speed of

@@ -15,6 +15,7 @@ pub mod dhcp;
 pub mod dial;
 pub mod dns;
 pub mod flow;
+pub mod forward;
 pub mod link;
 pub mod stack;
 

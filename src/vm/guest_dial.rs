@@ -11,9 +11,13 @@ use crate::control::ControlClient;
 use crate::control::{ExecEvent, ExecRequest};
 use crate::net::dial::{BoxStream, Dialer, GuestConnector};
 
-/// The guest sysctl that accepts `127.0.0.0/8` destinations on eth0 (and
-/// answers from them); off until the host first dials.
-const ROUTE_LOCALNET: &str = "/proc/sys/net/ipv4/conf/eth0/route_localnet";
+/// The guest sysctls set before the first dial: `route_localnet` accepts
+/// `127.0.0.0/8` destinations on eth0 (and answers from them);
+/// `arp_announce=2` makes the ARP request for the gateway, which a
+/// resumed guest must send before its first answer, carry eth0's address
+/// rather than 127.0.0.1 (a source smoltcp rightly ignores).
+const SYSCTLS: &str = "echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet && \
+     echo 2 > /proc/sys/net/ipv4/conf/eth0/arp_announce";
 
 pub(super) struct VmConnector {
     pub dialer: Dialer,
@@ -33,11 +37,7 @@ impl VmConnector {
 
     async fn enable_localnet(&self) -> io::Result<()> {
         let req = ExecRequest {
-            argv: vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                format!("echo 1 > {ROUTE_LOCALNET}"),
-            ],
+            argv: vec!["/bin/sh".into(), "-c".into(), SYSCTLS.into()],
             ..Default::default()
         };
         let mut h = self
@@ -51,7 +51,7 @@ impl VmConnector {
                         ExecEvent::Exit { exit_code: 0, .. } => return Ok(()),
                         ExecEvent::Exit { exit_code, .. } => {
                             return Err(io::Error::other(format!(
-                                "setting {ROUTE_LOCALNET} in the guest failed (exit {exit_code})"
+                                "setting eth0's route_localnet in the guest failed (exit {exit_code})"
                             )))
                         }
                         ExecEvent::Failed { message, .. } => {

@@ -114,3 +114,28 @@ test("close() stops the port and removes the key", { skip }, async () => {
   const ok = await run("ssh", ["-p", String(again.port), "-i", again.identityFile, "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@127.0.0.1", "true"]);
   assert.equal(ok.code, 0, ok.stderr);
 });
+
+test("gondolin bash --ssh prints a command that logs in; the key goes with the VM", { skip }, async () => {
+  const { spawn } = await import("node:child_process");
+  const { cli } = await import("./helpers.mjs");
+  const child = spawn(process.execPath, [cli, "bash", "--ssh", "--", "sh", "-c", "sleep 60"], {
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  let stderr = "";
+  const command = await new Promise((resolve, reject) => {
+    child.stderr.on("data", (d) => {
+      stderr += d;
+      const m = /^SSH enabled: (ssh -p \d+ .*)$/m.exec(stderr);
+      if (m) resolve(m[1]);
+    });
+    child.on("exit", () => reject(new Error(`gondolin bash exited: ${stderr}`)));
+  });
+  const key = /-i (\S+)/.exec(command)[1];
+  const r = await run("sh", ["-c", `${command} -o LogLevel=ERROR 'echo hi from $(hostname)'`]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^hi from /);
+  const exited = new Promise((resolve) => child.on("exit", resolve));
+  child.kill("SIGTERM");
+  await exited;
+  assert.equal(fs.existsSync(key), false, "closing the VM removes the key");
+});

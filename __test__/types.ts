@@ -229,3 +229,18 @@ async function checkpoints(): Promise<void> {
   await vm.checkpoint("/tmp/b.qcow2", { memory: "yes" });
 }
 void checkpoints;
+
+// --- SSH into the guest -----------------------------------------------------
+import type { SshAccess, EnableSshOptions } from "@gondolin/native";
+
+async function sshIn(): Promise<void> {
+  const vm = await VM.create();
+  const options: EnableSshOptions = { user: "root", listenHost: "127.0.0.1", listenPort: 0 };
+  const access: SshAccess = await vm.enableSsh(options);
+  void (access.command satisfies string);
+  void (access.port satisfies number);
+  await access.close();
+  // @ts-expect-error listenPort is a number
+  await vm.enableSsh({ listenPort: "22" });
+}
+void sshIn;

@@ -73,6 +73,13 @@ status. The VM is closed when it exits. Ctrl-] detaches (exit 130).
 
 ${VM_OPTIONS}
 
+SSH into the VM:
+  --ssh                start the guest's sshd (loopback only) and a host port
+                       forwarded to it; prints the ssh command on stderr
+  --ssh-user USER      guest user to log in as (default root)
+  --ssh-port PORT      host port, 0-65535 (default 0: any free port)
+  --ssh-listen HOST    host address to listen on (default 127.0.0.1)
+
 Checkpoints:
   --resume ID_OR_PATH  start from a checkpoint instead of a fresh VM: a file
                        path, or the name (or a unique prefix) of a snapshot in
@@ -351,11 +358,46 @@ function parseVmOnly(args, usage) {
       o.resume = args[++i];
       continue;
     }
+    if (usage === BASH_USAGE && a.startsWith("--ssh") && SSH_FLAGS.has(a)) {
+      i += parseSshFlag(args, i, o, usage);
+      continue;
+    }
     const used = parseVmFlag(args, i, o, usage);
     if (used < 0) throw new UsageError(`Unknown argument: ${a}`, usage);
     i += used;
   }
   return o;
+}
+
+// --- bash --ssh (upstream cli.md §3): vm.enableSsh() and print the command ---
+const SSH_FLAGS = new Set(["--ssh", "--ssh-user", "--ssh-port", "--ssh-listen"]);
+
+/** One --ssh* flag at args[i]; returns how many extra arguments it took. */
+function parseSshFlag(args, i, o, usage) {
+  const a = args[i];
+  o.ssh = o.ssh || {};
+  if (a === "--ssh") {
+    o.ssh.enabled = true;
+    return 0;
+  }
+  const v = args[i + 1];
+  if (v === undefined || v === "--") throw new UsageError(`${a} requires an argument`, usage);
+  if (a === "--ssh-user") o.ssh.user = v;
+  else if (a === "--ssh-listen") o.ssh.listenHost = v;
+  else {
+    const port = Number(v);
+    if (!/^\d+$/.test(v) || port > 65535) throw new UsageError("--ssh-port must be an integer between 0 and 65535", usage);
+    o.ssh.listenPort = port;
+  }
+  return 1;
+}
+
+/** `--ssh`: enable SSH and tell the user how to connect (stderr, as upstream). */
+async function startSsh(vm, o) {
+  if (!o.ssh || !o.ssh.enabled) return;
+  const { enabled, ...options } = o.ssh;
+  const access = await vm.enableSsh(options);
+  process.stderr.write(`SSH enabled: ${access.command}\n`);
 }
 
 // bash if the image has it, else sh (one exec, no probe round trip).
@@ -400,6 +442,12 @@ async function cmdBash(args) {
   } else {
     const { VM } = require("./vm.cjs");
     vm = await VM.create(vmOptions(o));
+  }
+  try {
+    await startSsh(vm, o);
+  } catch (err) {
+    await vm.close();
+    throw err;
   }
   // Terminal gone or asked to stop: close the VM (and its session entry) first.
   const signals = { SIGHUP: 1, SIGTERM: 15 };

@@ -436,3 +436,75 @@ fn hostile_frames_never_panic() {
     }
     assert!(net.host.open_flows() <= 16);
 }
+
+fn dial(net: &mut Net, port: u16) -> tokio::sync::oneshot::Receiver<std::io::Result<FlowStream>> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    net.host.dial(DialRequest { port, reply });
+    answer
+}
+
+#[tokio::test]
+async fn dials_reach_the_guest_loopback_and_a_closed_port_is_refused() {
+    let mut net = Net::new(8);
+    // The guest plays a kernel with route_localnet: 127.0.0.1 on its NIC.
+    net.guest.update_ip_addrs(|a| {
+        let _ = a.push(IpCidr::new(Ipv4Addr::LOCALHOST.into(), 8));
+    });
+    let mut server = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; 65536]),
+        tcp::SocketBuffer::new(vec![0; 65536]),
+    );
+    server.listen(8080).unwrap();
+    let sh = net.gsockets.add(server);
+    let mut open = dial(&mut net, 8080);
+    let mut closed = dial(&mut net, 8081);
+    let (mut open_result, mut closed_result) = (None, None);
+    for _ in 0..50 {
+        net.pump();
+        if open_result.is_none() {
+            open_result = open.try_recv().ok();
+        }
+        if closed_result.is_none() {
+            closed_result = closed.try_recv().ok();
+        }
+    }
+    let refused = closed_result.expect("answered").err().expect("refused");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    let mut stream = open_result.expect("answered").expect("connected");
+    assert_eq!(net.sock(sh).state(), tcp::State::Established);
+    assert_eq!(
+        net.sock(sh).remote_endpoint().unwrap().addr,
+        GATEWAY_IP.into()
+    );
+    stream.write_all(b"ping").await.unwrap();
+    for _ in 0..5 {
+        net.pump();
+    }
+    let mut got = [0u8; 4];
+    net.sock(sh).recv_slice(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+    net.sock(sh).send_slice(b"pong").unwrap();
+    for _ in 0..5 {
+        net.pump();
+    }
+    let n = stream.read(&mut got).await.unwrap();
+    assert_eq!(&got[..n], b"pong");
+    assert_eq!(net.host.stats.dials.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn dials_are_capped_and_abandoned_ones_are_aborted() {
+    let mut net = Net::new(8);
+    // Nobody answers: every dial stays in SYN-SENT.
+    let mut pending: Vec<_> = (0..MAX_DIALS).map(|_| dial(&mut net, 9)).collect();
+    let mut over = dial(&mut net, 9);
+    let e = over.try_recv().expect("answered at once").err().unwrap();
+    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+    // Guest flows have their own budget.
+    assert_eq!(net.host.open_flows(), MAX_DIALS);
+    // The callers give up: their sockets go.
+    pending.clear();
+    net.pump();
+    net.pump();
+    assert_eq!(net.host.open_flows(), 0);
+}

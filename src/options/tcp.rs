@@ -16,12 +16,10 @@ pub fn check(tcp: &OptValue, dns: &OptValue) -> Result<Option<TcpMap>, OptionErr
             check_keys(tcp.keys(), "tcp", "tcp")?;
             tcp.get("hosts")
         }
-        _ => {
-            return Err(OptionError(
-                "tcp must be an object like { hosts: { \"db.internal:5432\": \"127.0.0.1:5432\" } }"
-                    .into(),
-            ))
-        }
+        _ => return Err(OptionError(
+            "tcp must be an object like { hosts: { \"db.internal:5432\": \"127.0.0.1:5432\" } }"
+                .into(),
+        )),
     };
     let OptValue::Object(entries) = hosts else {
         return Err(OptionError(format!(
@@ -64,8 +62,8 @@ pub fn check(tcp: &OptValue, dns: &OptValue) -> Result<Option<TcpMap>, OptionErr
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{obj, s};
     use super::super::resolve;
+    use super::super::tests::{obj, s};
     use super::*;
 
     fn refused(o: OptValue) -> String {
@@ -118,7 +116,11 @@ mod tests {
             refused(with_dns(obj(&[("syntheticHostMapping", s("single"))]))),
             "tcp host mapping requires dns syntheticHostMapping='per-host'"
         );
-        assert!(resolve(&with_dns(obj(&[("syntheticHostMapping", s("per-host"))])), None).is_ok());
+        assert!(resolve(
+            &with_dns(obj(&[("syntheticHostMapping", s("per-host"))])),
+            None
+        )
+        .is_ok());
         // An empty table needs nothing.
         assert!(resolve(
             &obj(&[("tcp", hosts(&[])), ("dns", obj(&[("mode", s("open"))]))]),

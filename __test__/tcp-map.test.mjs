@@ -184,6 +184,34 @@ for host, port in (("svc.internal", 26), ("dead.internal", 9)):
   assert.ok(refused, "the unmapped flow went through sniffing and was refused");
 });
 
+test("closing the VM closes its open mapped connections on the host", { skip }, async () => {
+  // A server that keeps its side open and silent after the guest's FIN.
+  let closed;
+  const seen = new Promise((resolve) => (closed = resolve));
+  let connected;
+  const accepted = new Promise((resolve) => (connected = resolve));
+  const quiet = net.createServer({ allowHalfOpen: true }, (s) => {
+    s.on("error", () => {});
+    s.on("close", () => closed(Date.now()));
+    connected();
+  });
+  servers.push(quiet);
+  const port = await listen(quiet);
+  const other = await VM.create({ tcp: { hosts: { "quiet.internal": `127.0.0.1:${port}` } } });
+  try {
+    // A guest process that holds the connection open, in the background.
+    const r = await other.exec(["/bin/bash", "-c", "exec 3<>/dev/tcp/quiet.internal/4000; setsid -f sleep 600 <&3 >/dev/null 2>&1; echo ok"]);
+    assert.equal(r.stdout.trim(), "ok", r.stderr);
+    await accepted;
+  } finally {
+    await other.close();
+  }
+  const t0 = Date.now();
+  const at = await Promise.race([seen, sleep(10000).then(() => null)]);
+  assert.ok(at !== null, "the host-side connection was still open 10 s after close()");
+  assert.ok(at - t0 < 5000, `closed ${at - t0} ms after close()`);
+});
+
 test("tcp.hosts is checked at construction with upstream's messages", () => {
   const refused = (options, message) =>
     assert.throws(() => new VM(options), (err) => {

@@ -8,6 +8,9 @@
 //   loopbackMiBps: the same client against a python echo server on the
 //                  guest's own 127.0.0.1 (baseline; the guest runs both ends)
 //   ratio:         mapped / loopback (target >= 0.5)
+//   mappedGuestToHostMiBps / mappedHostToGuestMiBps: one direction at a time
+//                  through the same mapping (a host sink, a host source), to
+//                  show what the transport alone allows
 //   hostRssPeakMiB: this process's RSS, peak sampled during the mapped run
 import net from "node:net";
 import { VM } from "@gondolin/native";
@@ -19,9 +22,36 @@ const echo = net.createServer({ allowHalfOpen: true }, (s) => {
   s.on("error", () => {});
   s.pipe(s);
 });
-const port = await new Promise((r) => echo.listen(0, "127.0.0.1", () => r(echo.address().port)));
+const sink = net.createServer((s) => {
+  s.on("error", () => {});
+  s.on("data", () => {});
+  s.on("end", () => s.end());
+});
+const block = Buffer.alloc(1 << 20, 0x61);
+const source = net.createServer((s) => {
+  s.on("error", () => {});
+  let left = MIB;
+  const pump = () => {
+    while (left > 0) {
+      left--;
+      if (!s.write(block)) return s.once("drain", pump);
+    }
+    s.end();
+  };
+  pump();
+});
+const listen = (srv) => new Promise((r) => srv.listen(0, "127.0.0.1", () => r(srv.address().port)));
+const [port, sinkPort, sourcePort] = [await listen(echo), await listen(sink), await listen(source)];
 
-const vm = await VM.create({ tcp: { hosts: { "echo.internal:9000": `127.0.0.1:${port}` } } });
+const vm = await VM.create({
+  tcp: {
+    hosts: {
+      "echo.internal:9000": `127.0.0.1:${port}`,
+      "sink.internal:9000": `127.0.0.1:${sinkPort}`,
+      "source.internal:9000": `127.0.0.1:${sourcePort}`,
+    },
+  },
+});
 await vm.start();
 const sh = async (cmd) => {
   const r = await vm.exec(["/bin/bash", "-c", cmd]);
@@ -50,6 +80,28 @@ while True:
     n += k
 th.join()
 print(json.dumps({"bytes": n, "seconds": time.perf_counter() - t0}))
+PY
+cat > /tmp/b/oneway.py <<'PY'
+import socket, sys, time
+mib = int(sys.argv[1])
+s = socket.create_connection(("sink.internal", 9000), timeout=300)
+chunk = b"x" * (1 << 20)
+t = time.perf_counter()
+for _ in range(mib):
+    s.sendall(chunk)
+s.shutdown(socket.SHUT_WR)
+s.recv(1)
+up = mib / (time.perf_counter() - t)
+s = socket.create_connection(("source.internal", 9000), timeout=300)
+buf = bytearray(1 << 20)
+n = 0
+t = time.perf_counter()
+while True:
+    k = s.recv_into(buf)
+    if not k:
+        break
+    n += k
+print(up, n / 1048576 / (time.perf_counter() - t))
 PY
 cat > /tmp/b/echo.py <<'PY'
 import socket, threading
@@ -89,8 +141,14 @@ const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsa
 const mappedMiBps = await run("echo.internal");
 clearInterval(sampler);
 const loopbackMiBps = await run("127.0.0.1");
+let oneWay = [null, null];
+try {
+  oneWay = (await sh(`python3 /tmp/b/oneway.py ${MIB}`)).trim().split(" ").map(Number);
+} catch (e) {
+  errors.push(`one-way: ${e.message}`);
+}
 await vm.close();
-echo.close();
+for (const srv of [echo, sink, source]) srv.close();
 
 console.log(
   JSON.stringify(
@@ -100,6 +158,8 @@ console.log(
       loopbackMiBps: round(loopbackMiBps),
       ratio: round(mappedMiBps / loopbackMiBps),
       target: 0.5,
+      mappedGuestToHostMiBps: round(oneWay[0]),
+      mappedHostToGuestMiBps: round(oneWay[1]),
       hostRssPeakMiB: round(peakRss / 1048576, 1),
       errors,
     },

@@ -19,12 +19,13 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::{Egress, EgressEvent};
 use crate::log_limited;
@@ -216,6 +217,10 @@ impl TcpMap {
 pub(crate) struct Mapped {
     map: OnceLock<TcpMap>,
     slots: Arc<Semaphore>,
+    /// Dropped with the [`Egress`], i.e. once the VM's network is gone
+    /// (flows hold none of it): every open mapped flow then ends, so a
+    /// closed VM leaves no upstream socket behind.
+    alive: watch::Sender<()>,
 }
 
 impl Default for Mapped {
@@ -223,6 +228,7 @@ impl Default for Mapped {
         Mapped {
             map: OnceLock::new(),
             slots: Arc::new(Semaphore::new(MAX_MAPPED_FLOWS)),
+            alive: watch::channel(()).0,
         }
     }
 }
@@ -253,18 +259,28 @@ impl Egress {
     pub fn set_tcp_map(&self, map: TcpMap) {
         let _ = self.tcp.map.set(map);
     }
+}
 
-    fn tcp_event(&self, route: &Route, allowed: bool, reason: Option<String>, bytes: u64) {
-        self.event(EgressEvent {
-            protocol: "tcp",
-            host: route.label.clone(),
-            method: String::new(),
-            url: String::new(),
-            allowed,
-            reason,
-            status: None,
-            bytes,
-        });
+/// A mapped flow's egress record, sent without holding the [`Egress`].
+struct Recorder {
+    events: Option<mpsc::Sender<EgressEvent>>,
+    label: String,
+}
+
+impl Recorder {
+    fn record(&self, allowed: bool, reason: Option<String>, bytes: u64) {
+        if let Some(tx) = &self.events {
+            let _ = tx.try_send(EgressEvent {
+                protocol: "tcp",
+                host: self.label.clone(),
+                method: String::new(),
+                url: String::new(),
+                allowed,
+                reason,
+                status: None,
+                bytes,
+            });
+        }
     }
 }
 
@@ -272,9 +288,16 @@ impl Egress {
 /// half-close. One egress record when it ends.
 pub(crate) async fn serve(eg: Arc<Egress>, flow: Flow, route: Route) {
     let Flow { dst, stream, .. } = flow;
-    let Ok(_slot) = eg.tcp.slots.clone().try_acquire_owned() else {
+    let rec = Recorder {
+        events: eg.events.clone(),
+        label: route.label,
+    };
+    let mut gone = eg.tcp.alive.subscribe();
+    let slot = eg.tcp.slots.clone().try_acquire_owned();
+    drop(eg);
+    let Ok(_slot) = slot else {
         log_limited!(warn, target: "gondolin::net", %dst, "mapped TCP: {MAX_MAPPED_FLOWS} flows already open");
-        eg.tcp_event(&route, false, Some("too-many-mapped-flows".into()), 0);
+        rec.record(false, Some("too-many-mapped-flows".into()), 0);
         stream.reset();
         return;
     };
@@ -288,8 +311,7 @@ pub(crate) async fn serve(eg: Arc<Egress>, flow: Flow, route: Route) {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             log_limited!(debug, target: "gondolin::net", %dst, %target, "mapped TCP connect failed: {e}");
-            eg.tcp_event(
-                &route,
+            rec.record(
                 false,
                 Some(format!("upstream connect failed: {target}: {e}")),
                 0,
@@ -298,8 +320,7 @@ pub(crate) async fn serve(eg: Arc<Egress>, flow: Flow, route: Route) {
             return;
         }
         Err(_) => {
-            eg.tcp_event(
-                &route,
+            rec.record(
                 false,
                 Some(format!(
                     "upstream connect failed: {target}: timed out after {} s",
@@ -314,18 +335,22 @@ pub(crate) async fn serve(eg: Arc<Egress>, flow: Flow, route: Route) {
     let _ = upstream.set_nodelay(true);
     let (mut guest_rd, mut guest_wr) = tokio::io::split(stream);
     let (mut up_rd, mut up_wr) = upstream.into_split();
-    let guest_done = std::sync::atomic::AtomicBool::new(false);
+    let guest_done = AtomicBool::new(false);
     let mut to_guest = 0u64;
     let result = {
         let up = async {
             pump(&mut guest_rd, &mut up_wr, None, |_| {}).await?;
-            guest_done.store(true, std::sync::atomic::Ordering::Relaxed);
+            guest_done.store(true, Ordering::Relaxed);
             Ok::<_, std::io::Error>(())
         };
         let down = pump(&mut up_rd, &mut guest_wr, Some(&guest_done), |n| {
             to_guest += n as u64
         });
-        tokio::try_join!(up, down).map(|_| ())
+        tokio::select! {
+            r = async { tokio::try_join!(up, down) } => r.map(|_| ()),
+            // Only a dropped sender ends this wait.
+            _ = gone.changed() => Err(std::io::Error::other("the VM's network is gone")),
+        }
     };
     let reason = match result {
         Ok(()) => None,
@@ -335,7 +360,7 @@ pub(crate) async fn serve(eg: Arc<Egress>, flow: Flow, route: Route) {
             Some(format!("flow aborted: {e}"))
         }
     };
-    eg.tcp_event(&route, true, reason, to_guest);
+    rec.record(true, reason, to_guest);
 }
 
 /// Copy `from` to `to` until EOF, then half-close `to`. With `idle_after`,
@@ -344,7 +369,7 @@ pub(crate) async fn serve(eg: Arc<Egress>, flow: Flow, route: Route) {
 async fn pump<R, W>(
     from: &mut R,
     to: &mut W,
-    idle_after: Option<&std::sync::atomic::AtomicBool>,
+    idle_after: Option<&AtomicBool>,
     mut count: impl FnMut(usize),
 ) -> std::io::Result<()>
 where
@@ -359,7 +384,7 @@ where
                 // `read` is cancel safe: a timed-out read loses nothing.
                 match tokio::time::timeout(HALF_CLOSED_IDLE, from.read(&mut buf)).await {
                     Ok(r) => break r?,
-                    Err(_) if flag.load(std::sync::atomic::Ordering::Relaxed) => {
+                    Err(_) if flag.load(Ordering::Relaxed) => {
                         return Err(std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
                             "upstream idle after the guest finished",
@@ -495,8 +520,7 @@ mod tests {
         use crate::tls::MitmCa;
         use bytes::Bytes;
         use std::net::Ipv4Addr;
-        use std::sync::atomic::Ordering;
-        use tokio::sync::{mpsc, Notify};
+        use tokio::sync::Notify;
 
         fn egress() -> (Arc<Egress>, mpsc::Receiver<EgressEvent>) {
             let dir =
@@ -551,7 +575,7 @@ mod tests {
             let (eg, mut events) = egress();
             let port = shouting_server().await;
             let (f, mut peer) = guest_flow();
-            let task = tokio::spawn(serve(eg, f, route(port)));
+            let task = tokio::spawn(serve(eg.clone(), f, route(port)));
             let first = peer.from_handler.recv().await.unwrap();
             assert_eq!(&first[..], b"banner\n", "the server speaks first");
             peer.to_handler
@@ -614,6 +638,47 @@ mod tests {
                 (false, Some("too-many-mapped-flows"))
             );
             drop(held);
+        }
+
+        #[tokio::test]
+        async fn the_vm_network_going_away_ends_open_flows() {
+            let (eg, mut events) = egress();
+            // Keeps its end open and silent: only our close ends it.
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = l.local_addr().unwrap().port();
+            let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut sink = Vec::new();
+                let _ = s.read_to_end(&mut sink).await;
+                let _ = seen_tx.send(sink);
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                drop(s);
+            });
+            let (f, peer) = guest_flow();
+            let task = tokio::spawn(serve(eg.clone(), f, route(port)));
+            peer.to_handler
+                .send(Bytes::from_static(b"ping"))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(!task.is_finished(), "an idle open flow stays open");
+            drop(eg); // the stack's handler (and so the Egress) is gone
+            tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .expect("the flow ended")
+                .unwrap();
+            let seen = tokio::time::timeout(Duration::from_secs(5), seen_rx)
+                .await
+                .expect("the upstream saw its connection end")
+                .unwrap();
+            assert_eq!(seen, b"ping");
+            let e = events.recv().await.unwrap();
+            assert_eq!(
+                e.reason.as_deref(),
+                Some("flow aborted: the VM's network is gone")
+            );
+            drop(peer);
         }
 
         #[tokio::test]

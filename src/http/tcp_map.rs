@@ -15,7 +15,9 @@
 //! kernel's socket buffers: a slow upstream closes the guest's window),
 //! [`CONNECT_TIMEOUT`] for the upstream connect (name resolution
 //! included), and [`HALF_CLOSED_IDLE`] for a flow whose guest side has
-//! ended while the upstream says nothing.
+//! ended while the upstream says nothing. A flow holds no reference to
+//! the [`Egress`]: when the VM's network goes away (the Egress is
+//! dropped), its open mapped flows end and their upstream sockets close.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddrV4};
@@ -36,9 +38,11 @@ use crate::net::Flow;
 pub const MAX_MAPPED_FLOWS: usize = 128;
 /// Bound on the upstream connect, name resolution included.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A flow the guest has finished sending on (or whose VM is gone) ends
-/// when the upstream has sent nothing for this long.
-pub const HALF_CLOSED_IDLE: Duration = Duration::from_secs(60);
+/// A flow the guest has finished sending on ends when the upstream has
+/// then sent nothing for this long: a backstop (a closed VM's flows end
+/// at once, see `Mapped::alive`) that also bounds a half-closed flow to an
+/// upstream that never closes.
+pub const HALF_CLOSED_IDLE: Duration = Duration::from_secs(300);
 /// Bytes moved per read, each way.
 const BUF: usize = 64 * 1024;
 

@@ -140,6 +140,8 @@ export interface SandboxOptions {
   netEnabled?: boolean;
   httpHooks?: HttpHooks;
   dns?: DnsOptions;
+  /** Same as VMOptions.tcp (this one wins). */
+  tcp?: TcpOptions;
   allowWebSockets?: boolean;
   maxHttpBodyBytes?: number;
   /**
@@ -506,6 +508,8 @@ export interface VMOptions {
    */
   httpHooks?: HttpHooks;
   dns?: DnsOptions;
+  /** Host-mapped raw TCP egress (see TcpOptions). */
+  tcp?: TcpOptions;
   /**
    * Upstream client for HTTP(S) egress instead of the built-in one (it gets
    * the policy-checked request with secrets filled in; redirects stay
@@ -519,7 +523,7 @@ export interface VMOptions {
   maxHttpBodyBytes?: number;
   /** default: 64 MiB — responses buffered for onResponse beyond this get 502 */
   maxHttpResponseBodyBytes?: number;
-  /** Audit trail: one event per HTTP(S) request or refused flow. */
+  /** Audit trail: one event per HTTP(S) request, mapped TCP flow or refused flow. */
   onEgress?: (event: EgressEvent) => void;
 }
 
@@ -536,9 +540,45 @@ export interface DnsOptions {
   syntheticIPv6?: string;
   /** default: 60 */
   syntheticTtlSeconds?: number;
-  /** default: "single" */
+  /** default: "single", or "per-host" when `tcp.hosts` maps anything */
   syntheticHostMapping?: SyntheticDnsHostMappingMode;
 }
+
+// --- mapped TCP (tcp.hosts) ---
+/**
+ * Host-mapped raw TCP egress (upstream's TcpOptions). The guest connects to
+ * a name; the host connects to the mapped upstream and copies bytes both
+ * ways (half-close honoured), before any protocol sniffing, so protocols
+ * whose server speaks first (MySQL, SSH, SMTP) work. Mapped flows bypass
+ * HTTP hooks, the allowlist and secrets; unmapped names and ports are
+ * refused as before.
+ *
+ * Keys: `"HOST"`, `"HOST:PORT"` or `"[IPv6]:PORT"`, lowercased, trailing dots
+ * stripped; `HOST:PORT` wins over `HOST` (which maps every port). Values:
+ * `"UPSTREAM_HOST:PORT"`, the port explicit, the host a name (resolved on
+ * the host) or an IP literal. Needs `dns.mode` "synthetic" (the default)
+ * with `syntheticHostMapping` "per-host" (turned on when unset).
+ *
+ * Errors (`invalid_option`, at construction, upstream's messages):
+ * `tcp.hosts key must not be empty`, `tcp.hosts key has invalid bracket
+ * syntax: X`, `tcp.hosts key has invalid port: X`, `tcp.hosts key port must
+ * be in range 1..65535: X`, `tcp.hosts value requires an explicit :PORT: X`,
+ * `tcp.hosts key does not support wildcard '*': X`, `duplicate tcp.hosts
+ * mapping for K`, `tcp host mapping requires dns mode 'synthetic'`,
+ * `tcp host mapping requires dns syntheticHostMapping='per-host'`.
+ *
+ * Limits (ours): 128 mapped flows per VM (more are reset and recorded
+ * `reason: "too-many-mapped-flows"`), a 10 s upstream connect (then the guest
+ * flow is reset), 64 KiB buffered each way. Each flow is one EgressEvent:
+ * `protocol: "tcp"`, `host: "name:port"` as the guest dialled it, `bytes` =
+ * bytes sent to the guest; a failed upstream connect is `decision: "deny"`
+ * with `reason: "upstream connect failed: ..."`.
+ */
+export interface TcpOptions {
+  /** "HOST" | "HOST:PORT" | "[IPv6]:PORT" -> "UPSTREAM_HOST:UPSTREAM_PORT" */
+  hosts: Record<string, string>;
+}
+// --- end mapped TCP ---
 
 export interface HttpIpAllowInfo {
   hostname: string;
@@ -703,7 +743,7 @@ export interface EgressEvent {
   decision: "allow" | "deny";
   reason?: string;
   status?: number;
-  /** Response body bytes delivered to the guest. */
+  /** Response body bytes delivered to the guest (mapped TCP: every byte sent to the guest). */
   bytes: number;
 }
 

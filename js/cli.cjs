@@ -50,6 +50,10 @@ named exactly by --allow-host):
                              only in requests to HOST (repeatable)
   --dns MODE                 synthetic (default) | trusted | open
   --dns-trusted-server IP    resolver for --dns trusted (repeatable)
+  --tcp-map GUEST_HOST[:PORT]=UPSTREAM_HOST:PORT
+                             raw TCP from the guest's GUEST_HOST (any port, or
+                             PORT) to UPSTREAM_HOST:PORT on the host side; turns
+                             on per-host synthetic DNS (repeatable)
   --disable-websockets       refuse WebSocket upgrades
   --no-network               no network device at all`;
 
@@ -267,6 +271,19 @@ function parseVmFlag(args, i, o, usage) {
     case "--dns-trusted-server":
       (o.dnsServers ||= []).push(takeValue(args, i, flag, usage));
       return 1;
+    // --- mapped TCP ---
+    case "--tcp-map": {
+      const v = takeValue(args, i, flag, usage);
+      const eq = v.indexOf("=");
+      if (eq <= 0 || eq === v.length - 1) {
+        throw new UsageError(`Invalid --tcp-map format: ${v} (expected GUEST_HOST[:PORT]=UPSTREAM_HOST:PORT)`, usage);
+      }
+      o.tcpMap ||= { hosts: {}, usage };
+      // Last wins for the same key (the VM checks the rest: ports, wildcards, duplicates).
+      o.tcpMap.hosts[v.slice(0, eq).trim()] = v.slice(eq + 1).trim();
+      return 1;
+    }
+    // --- end mapped TCP ---
     case "--disable-websockets":
       o.noWebSockets = true;
       return 0;
@@ -308,6 +325,13 @@ function vmOptions(o) {
   options.httpHooks = hooks.httpHooks;
   options.env = hooks.env;
   if (o.dns || o.dnsServers) options.dns = { mode: o.dns, trustedServers: o.dnsServers };
+  // --- mapped TCP: forces synthetic, per-host DNS ---
+  if (o.tcpMap) {
+    if (o.dns && o.dns !== "synthetic") throw new UsageError("--tcp-map requires --dns synthetic", o.tcpMap.usage);
+    options.tcp = { hosts: o.tcpMap.hosts };
+    options.dns = { ...options.dns, mode: "synthetic", syntheticHostMapping: "per-host" };
+  }
+  // --- end mapped TCP ---
   if (o.noWebSockets) options.allowWebSockets = false;
   return options;
 }

@@ -213,6 +213,12 @@ function fillSecrets(policy, request) {
 
 const DNS_MODES = ["synthetic", "trusted", "open"];
 
+/** `tcp.hosts` as [key, value] pairs for the addon (its shape and rules were checked in Rust at construction). */
+function tcpHosts(tcp) {
+  if (tcp === undefined || tcp === null) return undefined;
+  return Object.entries(tcp.hosts).map(([k, v]) => [k, v]);
+}
+
 /**
  * Native network options (or null: no NIC) and the secrets handle for a
  * VM's options.
@@ -285,7 +291,8 @@ function netOptions(options) {
       syntheticIpv4: dns.syntheticIPv4,
       syntheticIpv6: dns.syntheticIPv6,
       syntheticTtlSeconds: dns.syntheticTtlSeconds,
-      perHostMapping: dns.syntheticHostMapping === "per-host",
+      // Unset stays unset: mapped TCP turns per-host on by default (Rust).
+      perHostMapping: dns.syntheticHostMapping === undefined ? undefined : dns.syntheticHostMapping === "per-host",
       allowedHosts: policy.allowedHosts,
       allowedInternalHosts: policy.allowedInternalHosts,
       blockInternalRanges: policy.blockInternalRanges,
@@ -293,6 +300,7 @@ function netOptions(options) {
       maxHttpBodyBytes: maxBody,
       maxHttpResponseBodyBytes: maxResponse,
       events: typeof options.onEgress === "function",
+      tcpHosts: tcpHosts(sandbox.tcp ?? options.tcp), // mapped TCP
     },
     secrets,
     hookNames: Object.keys(callbacks),

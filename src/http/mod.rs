@@ -14,6 +14,7 @@ mod refusal;
 mod reply;
 pub mod scrub;
 pub mod secrets;
+pub mod tcp_map;
 mod upstream;
 
 use std::net::{IpAddr, SocketAddrV4};
@@ -123,6 +124,8 @@ pub struct Egress {
     dial_plan: admission::DialPlan,
     events: Option<mpsc::Sender<EgressEvent>>,
     upstream: Arc<tokio::sync::Semaphore>,
+    /// Mapped TCP (`tcp.hosts`): the table and the flow cap.
+    tcp: tcp_map::Mapped,
 }
 
 impl std::fmt::Debug for Egress {
@@ -148,6 +151,7 @@ impl Egress {
             dial_plan: admission::DialPlan::default(),
             events,
             upstream: Arc::new(tokio::sync::Semaphore::new(MAX_UPSTREAM)),
+            tcp: tcp_map::Mapped::default(),
         })
     }
 
@@ -159,6 +163,10 @@ impl Egress {
     }
 
     async fn serve_flow(self: Arc<Self>, flow: Flow) {
+        // Mapped TCP (`tcp.hosts`) is decided before sniffing: raw bytes.
+        if let Some(route) = self.tcp.route(&self.dns, flow.dst) {
+            return tcp_map::serve(self, flow, route).await;
+        }
         let Flow {
             dst, mut stream, ..
         } = flow;

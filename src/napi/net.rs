@@ -12,6 +12,7 @@ use super::error::{IntoJs, JsFailure};
 use gondolin::error::ErrorCode;
 use gondolin::http::policy::{check_glob, patterns};
 use gondolin::http::secrets::{placeholders, PlaceholderMode, Secret, Secrets};
+use gondolin::http::tcp_map::TcpMap;
 use gondolin::http::{Egress, EgressEvent, EgressHandler, Policy};
 use gondolin::net::dns::{host_resolvers, DnsConfig, DnsMode, DnsServer};
 use gondolin::net::{NetConfig, NetStats};
@@ -36,6 +37,12 @@ pub struct NativeNetOptions {
     pub max_flows: Option<u32>,
     /// Deliver egress events through `NativeVm.nextEgress()`.
     pub events: Option<bool>,
+    // --- mapped TCP (tcp.hosts) ---
+    /// `tcp.hosts` as `[key, value]` pairs, in object order (checked at
+    /// construction by `resolveVmOptions`; `perHostMapping` unset then
+    /// means on).
+    pub tcp_hosts: Option<Vec<Vec<String>>>,
+    // --- end mapped TCP ---
 }
 
 #[napi(object)]
@@ -207,9 +214,19 @@ pub(crate) fn attach(
     hooks: Option<Arc<dyn gondolin::http::hooks::HttpHooks>>,
 ) -> Result<(NetAttach, Option<EgressEvents>), JsFailure> {
     let mode = DnsMode::parse(o.dns_mode.as_deref().unwrap_or("synthetic")).map_err(bad)?;
+    // --- mapped TCP: the table, and the per-host DNS it turns on ---
+    let tcp_pairs = o.tcp_hosts.as_deref().unwrap_or(&[]).iter().map(|p| {
+        let at = |i: usize| p.get(i).map_or("", String::as_str);
+        (at(0), at(1))
+    });
+    let tcp_map = TcpMap::parse(tcp_pairs).map_err(bad)?;
+    let per_host = tcp_map
+        .dns_per_host(mode, o.per_host_mapping)
+        .map_err(bad)?;
+    // --- end mapped TCP ---
     let mut dns = DnsConfig {
         mode,
-        per_host: o.per_host_mapping.unwrap_or(false),
+        per_host,
         ..DnsConfig::default()
     };
     if let Some(v4) = &o.synthetic_ipv4 {
@@ -285,6 +302,7 @@ pub(crate) fn attach(
         (None, None)
     };
     let egress = Egress::new(policy, ca, dns_server.clone(), events_tx);
+    egress.set_tcp_map(tcp_map); // mapped TCP
     let config = NetConfig {
         dns,
         max_flows: o

@@ -26,6 +26,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "debugLog",
             "onEgress",
             "tmpfs",
+            "tcp",
         ],
     ),
     (
@@ -53,8 +54,10 @@ const KNOWN: &[(&str, &[&str])] = &[
             "tmpfs",
             "rootDiskSnapshot",
             "bootSnapshot",
+            "tcp",
         ],
     ),
+    ("tcp", &["hosts"]),
     ("vfs", &["mounts", "hooks", "fuseMount"]),
     ("rootfs", &["mode"]),
     (
@@ -89,11 +92,6 @@ const KNOWN: &[(&str, &[&str])] = &[
 /// Upstream options this implementation does not have: say so instead of "unknown".
 const UNSUPPORTED: &[(&str, &str, &str)] = &[
     ("VMOptions", "ssh", "SSH egress is not supported"),
-    (
-        "VMOptions",
-        "tcp",
-        "host-mapped TCP egress is not supported",
-    ),
     ("sandbox", "vmm", "only the QEMU backend exists"),
     ("sandbox", "krunRunnerPath", "only the QEMU backend exists"),
     ("sandbox", "rootDiskPath", "use rootfs.mode"),

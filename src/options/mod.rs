@@ -10,6 +10,7 @@
 
 mod debug;
 mod keys;
+mod tcp;
 mod tmpfs;
 
 pub use debug::FLAGS as DEBUG_FLAGS;
@@ -162,6 +163,10 @@ pub fn descends(path: &[&str]) -> bool {
             | ["sandbox", "tmpfs" | "debug"]
             | ["tmpfs", _]
             | ["sandbox", "tmpfs", _]
+            | ["tcp" | "dns"]
+            | ["sandbox", "tcp" | "dns"]
+            | ["tcp", "hosts"]
+            | ["sandbox", "tcp", "hosts"]
     )
 }
 
@@ -258,6 +263,10 @@ pub fn resolve(o: &OptValue, debug_env: Option<&str>) -> Result<Resolved, Option
         v => Some(tmpfs::parse(v)?),
     };
     let debug = debug::flags(sandbox.get("debug"), debug_env)?;
+    tcp::check(
+        sandbox.get("tcp").or(o.get("tcp")),
+        sandbox.get("dns").or(o.get("dns")),
+    )?;
     let fuse_mount = fuse_mount(vfs)?;
     Ok(Resolved {
         rootfs_mode,

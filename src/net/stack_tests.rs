@@ -468,7 +468,7 @@ async fn dials_reach_the_guest_loopback_and_a_closed_port_is_refused() {
             closed_result = closed.try_recv().ok();
         }
     }
-    let refused = closed_result.expect("answered").err().expect("refused");
+    let refused = closed_result.expect("answered").expect_err("refused");
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
     let mut stream = open_result.expect("answered").expect("connected");
     assert_eq!(net.sock(sh).state(), tcp::State::Established);

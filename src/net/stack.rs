@@ -290,12 +290,7 @@ impl Stack {
             self.stats.flows_refused.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let mut sock = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
-            tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
-        );
-        sock.set_timeout(Some(FLOW_TIMEOUT));
-        sock.set_nagle_enabled(false);
+        let mut sock = flow_socket();
         let ep = IpListenEndpoint {
             addr: Some((*dst.ip()).into()),
             port: dst.port(),
@@ -339,12 +334,7 @@ impl Stack {
                 "no free local port",
             );
         };
-        let mut sock = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
-            tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
-        );
-        sock.set_timeout(Some(FLOW_TIMEOUT));
-        sock.set_nagle_enabled(false);
+        let mut sock = flow_socket();
         let cx = self.iface.context();
         if let Err(e) = sock.connect(cx, (*dst.ip(), dst.port()), (*src.ip(), src.port())) {
             return refuse(reply, std::io::ErrorKind::InvalidInput, &e.to_string());
@@ -765,6 +755,18 @@ async fn forward_dns(query: &[u8], server: SocketAddrV4) -> Option<Vec<u8>> {
     }
     buf.truncate(n);
     Some(buf)
+}
+
+/// A flow's socket, guest-opened or dialed: buffers, idle timeout, no Nagle
+/// (what the peer wrote goes out at once; it already chose the sizes).
+fn flow_socket() -> tcp::Socket<'static> {
+    let mut sock = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
+        tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
+    );
+    sock.set_timeout(Some(FLOW_TIMEOUT));
+    sock.set_nagle_enabled(false);
+    sock
 }
 
 #[cfg(test)]

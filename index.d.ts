@@ -106,7 +106,11 @@ export interface VmRootfsOptions {
 
 /** Low-level backend options (`VMOptions.sandbox`). */
 export interface SandboxOptions {
-  /** Guest image directory (holding manifest.json). Default: built on first use. */
+  /**
+   * Guest image selector: a directory holding manifest.json, a build id, or
+   * a `name[:tag]` ref in the local store (see "Local image store"). Default:
+   * $GONDOLIN_DEFAULT_IMAGE, else debian-base:latest, built on first use.
+   */
   imagePath?: string;
   /** default: "1G" */
   memory?: string;
@@ -1067,6 +1071,8 @@ export interface BuildImageOptions {
   verbose?: boolean;
   /** No progress lines on stderr. */
   quiet?: boolean;
+  /** Also name the image `name[:tag]` in the store (a bad name throws before building). */
+  tag?: string;
 }
 
 /** Build (or reuse) the guest image for the current guest binaries. */
@@ -1090,6 +1096,76 @@ export declare function hasGuestAssets(): boolean;
 export declare function getAssetDirectory(): string;
 /** The assets of one image directory; throws (code "invalid_option") if it is missing or not a valid image. */
 export declare function loadGuestAssets(assetDir: string): GuestAssets;
+
+// --- Local image store (upstream api.md §10) --------------------------------
+//
+// Images live in the store ($GONDOLIN_IMAGE_STORE, else
+// ${XDG_CACHE_HOME:-~/.cache}/gondolin/images) as `<buildId>/` directories
+// (upstream: `objects/<buildId>/`), named by refs `refs/<name>/<tag>/<arch>`
+// (symlinks). A selector is, in this order: an existing directory, a build id
+// (32 lowercase hex digits, ours; or upstream's uuid), or `name[:tag]` (tag
+// default `latest`). `sandbox.imagePath`, `--image` and
+// GONDOLIN_DEFAULT_IMAGE take selectors; the built-in default is
+// `debian-base:latest` (upstream: alpine-base:latest), the image for this
+// package's guest binaries, built on first use. Errors carry
+// `code: "missing_asset"` (not in the store), "invalid_option" (malformed
+// selector or arch) or "invalid_image" (malformed build id, wrong arch).
+
+export type ImageArch = "aarch64" | "x86_64";
+export interface ImageRefTargets {
+  aarch64?: string;
+  x86_64?: string;
+}
+/** A name in the store; `targets` maps an arch to a build id. */
+export interface LocalImageRef {
+  /** `name:tag`. */
+  reference: string;
+  targets: ImageRefTargets;
+  /** ISO 8601, when the newest target was set. */
+  updatedAt: string;
+}
+export interface ImportedImage {
+  buildId: string;
+  arch: ImageArch;
+  /** The image's directory in the store. */
+  assetDir: string;
+  /** false when the store already had this build. */
+  created: boolean;
+}
+export interface ResolvedImage {
+  source: "path" | "build-id" | "ref";
+  selector: string;
+  assetDir: string;
+  buildId?: string;
+  arch?: ImageArch;
+}
+/** What `removeImage` took away. */
+export interface RemovedImage {
+  /** `name:tag (arch)` of each ref removed. */
+  removedRefs: string[];
+  /** The build id whose directory went, or null when only a ref went. */
+  removedBuildId: string | null;
+}
+/** $GONDOLIN_IMAGE_STORE, else ${XDG_CACHE_HOME:-~/.cache}/gondolin/images. */
+export declare function getImageStoreDirectory(): string;
+/** `<store>/<buildId>`; a malformed id throws "invalid image build id: X". */
+export declare function getImageObjectDirectory(buildId: string): string;
+/** Copy an image directory into the store under its build id (atomic: nothing half-copied is left). */
+export declare function importImageFromDirectory(assetDir: string): ImportedImage;
+/** Resolve a selector locally (see above); `arch` defaults to the host's, and a ref with one target falls back to it. */
+export declare function resolveImageSelector(selector: string, arch?: ImageArch): ResolvedImage;
+/** Every ref with a live target, sorted by reference. */
+export declare function listImageRefs(): LocalImageRef[];
+/** Point `reference` at the stored image `buildId` for `arch` (atomic). */
+export declare function setImageRef(reference: string, buildId: string, arch?: ImageArch): LocalImageRef;
+/** Name the image `source` (any selector; a directory outside the store is imported first). */
+export declare function tagImage(source: string, targetReference: string, arch?: ImageArch): LocalImageRef;
+/**
+ * Our extension (upstream has only the CLI): a ref removes that ref (every
+ * arch unless `arch` is given); a build id removes the image and every ref
+ * to it. Throws `missing_asset` if there is nothing to remove.
+ */
+export declare function removeImage(selector: string, arch?: ImageArch): RemovedImage;
 
 // --- Sessions ---------------------------------------------------------------
 

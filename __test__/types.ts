@@ -244,3 +244,30 @@ async function sshIn(): Promise<void> {
   await vm.enableSsh({ listenPort: "22" });
 }
 void sshIn;
+
+// --- Local image store --------------------------------------------------------
+import {
+  resolveImageSelector,
+  listImageRefs,
+  tagImage,
+  removeImage,
+  importImageFromDirectory,
+  getImageObjectDirectory,
+  type LocalImageRef,
+  type ResolvedImage,
+} from "@gondolin/native";
+
+function imageStore(): void {
+  const r: ResolvedImage = resolveImageSelector("debian-base:latest", "x86_64");
+  void (r.source satisfies "path" | "build-id" | "ref");
+  const refs: LocalImageRef[] = listImageRefs();
+  void refs[0]?.targets.x86_64;
+  const tagged = tagImage(r.assetDir, "mine:v1");
+  void (tagged.reference satisfies string);
+  void (removeImage("mine:v1").removedBuildId satisfies string | null);
+  void (importImageFromDirectory("/tmp/img").created satisfies boolean);
+  void (getImageObjectDirectory("0".repeat(32)) satisfies string);
+  // @ts-expect-error arch is a closed set
+  resolveImageSelector("x", "arm64");
+}
+void imageStore;

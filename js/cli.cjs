@@ -17,6 +17,7 @@ Commands:
                                     checkpoint a running VM (it stops) for
                                     'gondolin bash --resume'
   build [options]                   build the guest image from Debian packages
+  image ls|inspect|tag|rm|import    the local image store and its NAME:TAG refs
   help                              show this help
 
 Options:
@@ -29,7 +30,9 @@ Run 'gondolin <command> --help' for a command's options.
 const VM_OPTIONS = `VM options:
   --memory SIZE        guest memory (QEMU size syntax, default 1G)
   --cpus N             virtual CPUs (default 2)
-  --image DIR          guest image directory (default: built on first use)
+  --image SELECTOR     guest image: a directory, a build id or NAME[:TAG]
+                       (default: $GONDOLIN_DEFAULT_IMAGE, else debian-base:latest,
+                       built on first use)
   --rootfs-mode MODE   readonly | memory | cow (default cow)
   --env KEY=VALUE      environment variable for the command (repeatable)
   --cwd PATH           working directory in the guest
@@ -136,7 +139,8 @@ Options:
 const BUILD_USAGE = `Usage: gondolin build [options]
 
 Builds the guest image (Debian kernel + rootfs, our init and sandboxd) into
-the local image store (~/.cache/gondolin/images/<buildId>/). Needs root and
+the local image store (~/.cache/gondolin/images/<buildId>/; the default
+definition's build is named debian-base:latest). Needs root and
 the debootstrap, e2fsprogs and kmod packages. Then prepares the boot template
 for the default VM settings (one VM is booted and saved once), so that later
 VMs start without booting.
@@ -144,6 +148,7 @@ VMs start without booting.
 Options:
   --definition FILE    image definition (default: images/debian-base.json)
   --output DIR         also copy the finished image to DIR
+  --tag NAME[:TAG]     name the image in the store (see 'gondolin image')
   --no-boot-snapshot   do not prepare the boot template
   --verbose            show debootstrap's output
   -q, --quiet          print only the image directory
@@ -299,7 +304,7 @@ function vmOptions(o) {
   const options = { sandbox: {} };
   if (o.memory) options.memory = o.memory;
   if (o.cpus) options.cpus = o.cpus;
-  if (o.image) options.sandbox.imagePath = path.resolve(o.image);
+  if (o.image) options.sandbox.imagePath = o.image;
   if (o.rootfsMode) options.rootfs = { mode: o.rootfsMode };
   if (o.mounts.length) {
     const { RealFSProvider, ReadonlyProvider, MemoryProvider } = require("./vfs.cjs");
@@ -673,6 +678,9 @@ async function cmdBuild(args) {
       case "--output":
         o.output = path.resolve(takeValue(args, i++, a, BUILD_USAGE));
         break;
+      case "--tag":
+        o.tag = takeValue(args, i++, a, BUILD_USAGE);
+        break;
       case "--verbose":
         o.verbose = true;
         break;
@@ -711,6 +719,7 @@ async function cmdBuild(args) {
       `Build successful!\n  Build ID: ${image.buildId}\n  Image directory: ${image.dir}\n` +
         (o.output ? `  Output directory: ${o.output}\n` : "") +
         (template ? `  Boot template: ${template}\n` : "") +
+        (o.tag ? `  Tagged: ${o.tag}\n` : "") +
         `\nUse it: gondolin exec -- uname -a   (or GONDOLIN_GUEST_DIR=${o.output || image.dir})\n`,
     );
   }
@@ -881,6 +890,8 @@ async function main(argv) {
       return cmdAttach(args);
     case "snapshot":
       return cmdSnapshot(args);
+    case "image":
+      return require("./cli-image.cjs").cmdImage(args, UsageError);
     default:
       process.stderr.write(`Unknown command: ${command}\n${USAGE}`);
       return 1;

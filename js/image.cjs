@@ -1,14 +1,19 @@
 "use strict";
-// Guest image resolution: an explicit image dir (option or GONDOLIN_GUEST_DIR),
-// else the image for the current guest binaries from the local store, built
-// on first use.
+// Guest image resolution for a VM, in order: `sandbox.imagePath` (any
+// selector: a directory, a build id or a `name[:tag]` ref), else
+// GONDOLIN_GUEST_DIR, else GONDOLIN_DEFAULT_IMAGE, else the built-in default
+// `debian-base:latest`: the image for the current guest binaries from the
+// local store, built on first use and (re)named `debian-base:latest`.
 
 const path = require("node:path");
 const fs = require("node:fs");
 const { native, pkgRoot, guestBinDir } = require("./native.cjs");
 const { withCode } = require("./errors.cjs");
+const store = require("./image-store.cjs");
 
 const DEFAULT_DEFINITION = path.join(pkgRoot, "images", "debian-base.json");
+/** The built-in default image's name (upstream's GONDOLIN_DEFAULT_IMAGE default is alpine-base:latest). */
+const DEFAULT_IMAGE_REF = "debian-base:latest";
 
 function buildOptions(opts = {}) {
   return {
@@ -27,11 +32,50 @@ function loadImageDir(dir, optionName) {
   return native.loadImage(abs);
 }
 
+/** A selector written as a path (`/x`, `./x`, `../x`, `~/x`) is only ever a directory. */
+function looksLikePath(s) {
+  return path.isAbsolute(s) || /^(\.\.?|~)(\/|$)/.test(s);
+}
+
+/** The image a selector names (see image-store.cjs), for option `optionName`. */
+function loadSelector(selector, optionName) {
+  if (looksLikePath(selector)) return loadImageDir(selector, optionName);
+  try {
+    return native.loadImage(store.resolveImageSelector(selector).assetDir);
+  } catch (err) {
+    if (err && err.code === "missing_asset") {
+      err.message = `${optionName}: ${err.message}`;
+    }
+    throw err;
+  }
+}
+
 /** Image for a VM, without building. Returns null if it must be built. */
 function findImage(imagePath) {
-  if (imagePath) return loadImageDir(imagePath, "sandbox.imagePath");
+  if (imagePath) return loadSelector(imagePath, "sandbox.imagePath");
   if (process.env.GONDOLIN_GUEST_DIR) return loadImageDir(process.env.GONDOLIN_GUEST_DIR, "GONDOLIN_GUEST_DIR");
-  return native.findImage(buildOptions()) || null;
+  const wanted = process.env.GONDOLIN_DEFAULT_IMAGE;
+  if (wanted && wanted !== DEFAULT_IMAGE_REF) return loadSelector(wanted, "GONDOLIN_DEFAULT_IMAGE");
+  const image = native.findImage(buildOptions()) || null;
+  if (image) nameDefault(image);
+  return image;
+}
+
+/**
+ * Point `debian-base:latest` at the image for the current guest binaries
+ * (a different version of this package names its own). Best effort: a
+ * read-only store still boots.
+ */
+function nameDefault(image) {
+  try {
+    const dir = path.join(store.imageStoreDir(), "refs", "debian-base", "latest", image.arch);
+    const current = fs.existsSync(dir) ? path.basename(fs.readlinkSync(dir)) : null;
+    if (current !== image.buildId && path.dirname(image.dir) === store.imageStoreDir()) {
+      store.setImageRef(DEFAULT_IMAGE_REF, image.buildId, image.arch);
+    }
+  } catch {
+    // naming is a convenience; the image is usable without it
+  }
 }
 
 let building = null;
@@ -47,8 +91,17 @@ async function ensureImage(imagePath) {
   return building;
 }
 
+/**
+ * Build an image into the store. `opts.tag` names it; a build of the
+ * default definition is also named `debian-base:latest`.
+ */
 async function buildImage(opts) {
-  return native.buildImage(buildOptions(opts), opts.quiet ? null : (line) => process.stderr.write(`${line}\n`));
+  const options = buildOptions(opts);
+  if (opts.tag) store.parseRef(opts.tag); // a bad name fails before minutes of building
+  const image = await native.buildImage(options, opts.quiet ? null : (line) => process.stderr.write(`${line}\n`));
+  if (path.resolve(options.definition) === DEFAULT_DEFINITION) nameDefault(image);
+  if (opts.tag) store.setImageRef(opts.tag, image.buildId, image.arch);
+  return image;
 }
 
 // Upstream's guest-asset helpers (api.md "Guest assets"), over the same
@@ -72,29 +125,12 @@ function hasGuestAssets() {
   }
 }
 
-/** `${XDG_CACHE_HOME:-~/.cache}/gondolin`: images, templates, checkpoints (as src/image/store.rs). */
-function cacheRoot() {
-  const cache = process.env.XDG_CACHE_HOME || path.join(require("node:os").homedir(), ".cache");
-  return path.join(cache, "gondolin");
-}
-
-/** The image store: `$GONDOLIN_IMAGE_STORE`, else `<cache root>/images` (one `<buildId>/` per image). */
-function imageStoreDir() {
-  if (process.env.GONDOLIN_IMAGE_STORE) return path.resolve(process.env.GONDOLIN_IMAGE_STORE);
-  return path.join(cacheRoot(), "images");
-}
-
 /** The image directory VMs would use, else the image store (where a build lands). */
 function getAssetDirectory() {
   const found = hasGuestAssets() ? findImage() : null;
   if (found) return found.dir;
-  return imageStoreDir();
+  return store.imageStoreDir();
 }
-
-// Build ids name a store directory: lowercase hex (ours) or a uuid
-// (upstream's); anything else (uppercase, '/', '..') is refused before it
-// reaches a path, as upstream's getImageObjectDirectory does.
-const BUILD_ID = /^[0-9a-f][0-9a-f-]{7,63}$/;
 
 /**
  * The image whose buildId is `buildId` (a checkpoint's guestAssetBuildId):
@@ -104,9 +140,7 @@ const BUILD_ID = /^[0-9a-f][0-9a-f-]{7,63}$/;
  * which we do not have.
  */
 function imageForBuildId(buildId, imagePath) {
-  if (typeof buildId !== "string" || !BUILD_ID.test(buildId)) {
-    throw withCode(`invalid image build id: ${buildId}`, "invalid_image");
-  }
+  const storeDir = store.getImageObjectDirectory(buildId); // refuses a malformed id
   if (imagePath) {
     const image = loadImageDir(imagePath, "sandbox.imagePath");
     if (image.buildId !== buildId) {
@@ -119,7 +153,7 @@ function imageForBuildId(buildId, imagePath) {
   }
   const candidates = [];
   if (process.env.GONDOLIN_GUEST_DIR) candidates.push(path.resolve(process.env.GONDOLIN_GUEST_DIR));
-  candidates.push(path.join(imageStoreDir(), buildId));
+  candidates.push(storeDir);
   for (const dir of candidates) {
     if (!fs.existsSync(path.join(dir, "manifest.json"))) continue;
     let image;
@@ -153,7 +187,7 @@ module.exports = {
   hasGuestAssets,
   getAssetDirectory,
   loadGuestAssets,
-  cacheRoot,
-  imageStoreDir,
+  cacheRoot: store.cacheRoot,
+  imageStoreDir: store.imageStoreDir,
   imageForBuildId,
 };

@@ -16,6 +16,16 @@ const {
   loadGuestAssets,
 } = require("./image.cjs");
 const {
+  getImageStoreDirectory,
+  getImageObjectDirectory,
+  importImageFromDirectory,
+  resolveImageSelector,
+  listImageRefs,
+  setImageRef,
+  tagImage,
+  removeImage,
+} = require("./image-store.cjs");
+const {
   MAX_RPC_DATA,
   ERRNO,
   VirtualProvider,
@@ -65,6 +75,14 @@ module.exports = {
   hasGuestAssets,
   getAssetDirectory,
   loadGuestAssets,
+  getImageStoreDirectory,
+  getImageObjectDirectory,
+  importImageFromDirectory,
+  resolveImageSelector,
+  listImageRefs,
+  setImageRef,
+  tagImage,
+  removeImage,
   listSessions,
   findSession,
   gcSessions,

@@ -27,6 +27,10 @@ test("unknown or bad options fail at construction with invalid_option and the ne
   refused({ vfs: { fuseMount: "/data", mounts: { "/data/x": new MemoryProvider() } } }, /collides with vfs\.fuseMount \/data/);
   refused({ sandbox: { rootOverlay: true }, rootfs: { mode: "readonly" } }, /contradicts rootfs\.mode/);
   refused({ dns: { mode: "x" } }, /dns\.mode must be/);
+  refused({ rootfs: { size: "4096" } }, /^rootfs\.size must be a size like "8G" or "10240M" \(got "4096"\)$/);
+  refused({ rootfs: { size: 4 } }, /rootfs\.size must be a size like "8G"/);
+  refused({ rootfs: { size: "32T" } }, /at most 16T/);
+  refused({ rootfs: { mode: "readonly", size: "4G" } }, /rootfs\.size needs a writable root disk/);
   // Refused by VM.create, before any image work or boot.
   await assert.rejects(VM.create({ memory: "32M" }), (err) => err.code === "invalid_option" && /at least 128M/.test(err.message));
   // rootOverlay: true = writable discarded root (cow); false = read-only root.
@@ -89,6 +93,23 @@ test("a mount at /data works: the FUSE root moves out of the way", { skip }, asy
   assert.equal(r.stdout, "from-guest\n1\n");
   assert.equal(await data.readFile("/g.txt", "utf8"), "from-guest\n");
   assert.equal(await vm.fs.readFile("/data/g.txt", { encoding: "utf8" }), "from-guest\n");
+});
+
+test("rootfs.size grows the disk and the guest's filesystem; it never shrinks", { skip }, async () => {
+  const big = await VM.create({ rootfs: { size: "4G" }, sandbox: { netEnabled: false } });
+  try {
+    const r = await big.exec("df -B1 --output=size / | tail -n 1; dd if=/dev/zero of=/var/big bs=1M count=1024 status=none && echo wrote");
+    assert.equal(r.exitCode, 0, r.stderr);
+    const [size, wrote] = r.stdout.trim().split("\n");
+    assert.ok(Number(size) >= 3.5 * 2 ** 30, `df / says ${size} bytes`);
+    assert.equal(wrote, "wrote", "1 GiB more than the image had room for");
+  } finally {
+    await big.close();
+  }
+  await assert.rejects(
+    VM.create({ rootfs: { size: "512M" }, sandbox: { netEnabled: false } }).then((v) => v.exec("true")),
+    (err) => err.code === "invalid_option" && /rootfs\.size \(512M\) is smaller than the root disk \(\d+M\); it can only grow/.test(err.message),
+  );
 });
 
 test("sandbox.rootOverlay: true gives a writable root", { skip }, async () => {

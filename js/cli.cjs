@@ -34,6 +34,7 @@ const VM_OPTIONS = `VM options:
                        (default: $GONDOLIN_DEFAULT_IMAGE, else debian-base:latest,
                        built on first use)
   --rootfs-mode MODE   readonly | memory | cow (default cow)
+  --rootfs-size SIZE   grow the root disk and its filesystem to SIZE (e.g. 8G)
   --env KEY=VALUE      environment variable for the command (repeatable)
   --cwd PATH           working directory in the guest
 
@@ -246,6 +247,9 @@ function parseVmFlag(args, i, o, usage) {
       o.rootfsMode = v;
       return 1;
     }
+    case "--rootfs-size":
+      o.rootfsSize = takeValue(args, i, flag, usage);
+      return 1;
     case "--env":
       o.env.push(parseEnv(takeValue(args, i, flag, usage), usage));
       return 1;
@@ -305,7 +309,7 @@ function vmOptions(o) {
   if (o.memory) options.memory = o.memory;
   if (o.cpus) options.cpus = o.cpus;
   if (o.image) options.sandbox.imagePath = o.image;
-  if (o.rootfsMode) options.rootfs = { mode: o.rootfsMode };
+  if (o.rootfsMode || o.rootfsSize) options.rootfs = { mode: o.rootfsMode, size: o.rootfsSize };
   if (o.mounts.length) {
     const { RealFSProvider, ReadonlyProvider, MemoryProvider } = require("./vfs.cjs");
     const mounts = {};

@@ -201,6 +201,7 @@ class VM {
         rootfs: image.rootfs,
         cmdline,
         rootfsMode: mode,
+        rootfsSize: this._resolved.rootfsSize,
         memory,
         cpus,
         accel: sandbox.accel,

@@ -29,6 +29,8 @@ pub struct NativeTmpfsMount {
 pub struct NativeResolvedOptions {
     /// "readonly" | "memory" | "cow"; absent = the image's default.
     pub rootfs_mode: Option<String>,
+    /// `rootfs.size`, checked; absent = the image's size.
+    pub rootfs_size: Option<String>,
     /// Absent = the guest's default scratch mounts.
     pub tmpfs: Option<Vec<NativeTmpfsMount>>,
     /// The kernel command-line word for `tmpfs`, when it is set.
@@ -137,6 +139,7 @@ pub fn resolve_vm_options(
     let r = options::resolve(&value, debug_env.as_deref()).js(env)?;
     Ok(NativeResolvedOptions {
         rootfs_mode: r.rootfs_mode.map(|m| m.as_str().to_string()),
+        rootfs_size: r.rootfs_size,
         tmpfs_cmdline: r.tmpfs.as_deref().map(options::tmpfs_cmdline),
         tmpfs: r.tmpfs.map(|list| {
             list.into_iter()

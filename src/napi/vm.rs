@@ -26,6 +26,8 @@ pub struct NativeVmOptions {
     pub rootfs: String,
     pub cmdline: String,
     pub rootfs_mode: Option<String>,
+    /// `rootfs.size` as the user wrote it (checked by `resolveVmOptions`).
+    pub rootfs_size: Option<String>,
     pub memory: Option<String>,
     pub cpus: Option<u32>,
     pub accel: Option<String>,
@@ -146,6 +148,12 @@ fn config(o: NativeVmOptions) -> Result<VmConfig, JsFailure> {
         rootfs: PathBuf::from(o.rootfs),
         cmdline: o.cmdline,
         rootfs_mode: mode,
+        rootfs_size: o
+            .rootfs_size
+            .as_deref()
+            .map(gondolin::vm::rootfs_size::parse)
+            .transpose()
+            .map_err(|e| JsFailure::from_core(&e))?,
         memory: o.memory.unwrap_or_else(|| "1G".into()),
         cpus: o.cpus.unwrap_or(2),
         accel: o.accel,

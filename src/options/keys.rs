@@ -59,7 +59,7 @@ const KNOWN: &[(&str, &[&str])] = &[
     ),
     ("tcp", &["hosts"]),
     ("vfs", &["mounts", "hooks", "fuseMount"]),
-    ("rootfs", &["mode"]),
+    ("rootfs", &["mode", "size"]),
     (
         "createHttpHooks",
         &[

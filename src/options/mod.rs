@@ -175,6 +175,8 @@ pub fn descends(path: &[&str]) -> bool {
 pub struct Resolved {
     /// `rootfs.mode`, or what `sandbox.rootOverlay` implies; `None` = the image's default.
     pub rootfs_mode: Option<RootfsMode>,
+    /// `rootfs.size` (checked by `vm::rootfs_size::parse`); `None` = the image's size.
+    pub rootfs_size: Option<String>,
     /// `tmpfs` (or `sandbox.tmpfs`); `None` = the guest's default mounts.
     pub tmpfs: Option<Vec<TmpfsMount>>,
     /// Enabled debug components (see [`DEBUG_FLAGS`]).
@@ -236,6 +238,22 @@ pub fn resolve(o: &OptValue, debug_env: Option<&str>) -> Result<Resolved, Option
     let memory = memory(sandbox.get("memory").or(o.get("memory")))?;
     let cpus = cpus(sandbox.get("cpus").or(o.get("cpus")))?;
     let rootfs_mode = rootfs_mode(rootfs, sandbox.get("rootOverlay"))?;
+    let rootfs_size = match rootfs.get("size") {
+        OptValue::Undefined => None,
+        OptValue::String(s) => {
+            crate::vm::rootfs_size::parse(s).map_err(|e| bad(e.to_string()))?;
+            if rootfs_mode == Some(RootfsMode::Readonly) {
+                return Err(bad(crate::vm::rootfs_size::NEEDS_WRITABLE));
+            }
+            Some(s.clone())
+        }
+        v => {
+            return Err(bad(format!(
+                "rootfs.size must be a size like \"8G\" or \"10240M\" (got {})",
+                v.to_json()
+            )))
+        }
+    };
     if !matches!(o.get("autoStart"), OptValue::Undefined | OptValue::Bool(_)) {
         return Err(bad("autoStart must be a boolean"));
     }
@@ -270,6 +288,7 @@ pub fn resolve(o: &OptValue, debug_env: Option<&str>) -> Result<Resolved, Option
     let fuse_mount = fuse_mount(vfs)?;
     Ok(Resolved {
         rootfs_mode,
+        rootfs_size,
         tmpfs,
         debug,
         memory,

@@ -80,6 +80,7 @@ async fn configure_again_replaces_the_vfs_and_resets_the_clock() {
         rootfs: img.rootfs,
         cmdline: img.cmdline,
         rootfs_mode: RootfsMode::Memory,
+        rootfs_size: None,
         memory: "512M".into(),
         cpus: 1,
         accel: None,

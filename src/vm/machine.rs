@@ -137,6 +137,9 @@ impl Vm {
         // On failure the VM drops: its supervisor stops QEMU as the stop
         // channel closes, and the temp dir goes.
         super::configure::configure_guest(&vm.control, config).await?;
+        if let Some(bytes) = config.rootfs_size {
+            super::rootfs_size::grow(&vm.dir.join("qmp.sock"), &vm.control, bytes).await?;
+        }
         Ok(vm)
     }
 

@@ -20,6 +20,7 @@ mod machine;
 mod migrate;
 mod qemu;
 mod qmp;
+pub mod rootfs_size;
 mod template;
 
 use std::path::PathBuf;
@@ -74,6 +75,10 @@ pub struct VmConfig {
     /// Base kernel command line from the image manifest.
     pub cmdline: String,
     pub rootfs_mode: RootfsMode,
+    /// `rootfs.size` in bytes (see [`rootfs_size`]): the root disk grows to
+    /// it after start, and the guest's filesystem with it. `None` = the
+    /// image's size.
+    pub rootfs_size: Option<u64>,
     /// QEMU size syntax, e.g. "1G" or "512M".
     pub memory: String,
     pub cpus: u32,
@@ -134,6 +139,9 @@ impl VmConfig {
     /// Check user-facing values, naming the option that is wrong.
     pub fn validate(&self) -> Result<(), VmError> {
         parse_memory_mib(&self.memory)?;
+        if self.rootfs_size.is_some() && self.rootfs_mode == RootfsMode::Readonly {
+            return Err(VmError::InvalidOption(rootfs_size::NEEDS_WRITABLE.into()));
+        }
         if self.cpus == 0 || self.cpus > 255 {
             return Err(VmError::InvalidOption(format!(
                 "cpus must be between 1 and 255 (got {})",
@@ -157,21 +165,7 @@ pub fn parse_memory_mib(s: &str) -> Result<u64, VmError> {
             json(s)
         ))
     };
-    let t = s.trim();
-    let (num, mul) = match t.as_bytes().last().map(u8::to_ascii_uppercase) {
-        Some(b'M') => (&t[..t.len() - 1], 1),
-        Some(b'G') => (&t[..t.len() - 1], 1024),
-        Some(b'T') => (&t[..t.len() - 1], 1024 * 1024),
-        _ => (t, 1),
-    };
-    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    let mib = num
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mul))
-        .ok_or_else(bad)?;
+    let mib = size_mib(s, true).ok_or_else(bad)?;
     if mib < MIN_MEMORY_MIB {
         return Err(VmError::InvalidOption(format!(
             "memory must be at least {MIN_MEMORY_MIB}M: the guest kernel and init do not boot in less (got {})",
@@ -185,6 +179,24 @@ pub fn parse_memory_mib(s: &str) -> Result<u64, VmError> {
         )));
     }
     Ok(mib)
+}
+
+/// QEMU's size syntax with a binary suffix (`512M`, `4G`, `1T`, any case)
+/// in MiB; a bare number is MiB when `bare_is_mib` (as `-m` reads it),
+/// else refused. `None` for anything else or an overflow.
+fn size_mib(s: &str, bare_is_mib: bool) -> Option<u64> {
+    let t = s.trim();
+    let (num, mul) = match t.as_bytes().last().map(u8::to_ascii_uppercase) {
+        Some(b'M') => (&t[..t.len() - 1], 1),
+        Some(b'G') => (&t[..t.len() - 1], 1024),
+        Some(b'T') => (&t[..t.len() - 1], 1024 * 1024),
+        _ if bare_is_mib => (t, 1),
+        _ => return None,
+    };
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    num.parse::<u64>().ok()?.checked_mul(mul)
 }
 
 /// `s` quoted as JSON, as the JS API quotes values in messages.

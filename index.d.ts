@@ -1068,10 +1068,22 @@ export interface GuestImage {
   rootfs: string;
   cmdline: string;
   defaultRootfsMode?: RootfsMode;
+  /** `KEY=VALUE` entries every exec in this image starts with (the definition's `env`); the VM's and the exec's `env` override them. */
+  defaultEnv: string[];
 }
 
 export interface BuildImageOptions {
-  /** Image definition JSON; default images/debian-base.json */
+  /**
+   * Image definition JSON (`gondolin build --config`); default
+   * images/debian-base.json. Fields: release, mirror, kernelPackage,
+   * modules, packages (added to mmdebstrap's minbase), rootfsExtraMiB (free
+   * space, default 512), runtimeDefaults.rootfsMode, postBuild.copy
+   * ([{src (relative to the file), dest (absolute)}]), postBuild.commands
+   * (sh -c in the root filesystem, apt works), env (string[] or record:
+   * every exec's starting environment). The file's bytes and the copied
+   * files' bytes decide the build id. Built as root, or rootless with
+   * mmdebstrap's unshare mode (user namespaces, uidmap, fakeroot).
+   */
   definition?: string;
   /** Directory holding the static guest binaries `init` and `sandboxd`. */
   guestBinDir?: string;
@@ -1105,6 +1117,14 @@ export declare function hasGuestAssets(): boolean;
 export declare function getAssetDirectory(): string;
 /** The assets of one image directory; throws (code "invalid_option") if it is missing or not a valid image. */
 export declare function loadGuestAssets(assetDir: string): GuestAssets;
+/**
+ * Upstream's verifyAssets: whether every asset matches the sha256 in the
+ * image's manifest.json. Async here (hashing ~1 GB); rejects (code
+ * "invalid_image") for an image whose manifest has no checksums.
+ */
+export declare function verifyAssets(assetDir: string): Promise<boolean>;
+/** With `{ details: true }`: the names of the assets that differ (empty when intact). */
+export declare function verifyAssets(assetDir: string, options: { details: true }): Promise<string[]>;
 
 // --- Local image store (upstream api.md §10) --------------------------------
 //

@@ -141,17 +141,22 @@ const BUILD_USAGE = `Usage: gondolin build [options]
 
 Builds the guest image (Debian kernel + rootfs, our init and sandboxd) into
 the local image store (~/.cache/gondolin/images/<buildId>/; the default
-definition's build is named debian-base:latest). Needs root and
-the debootstrap, e2fsprogs and kmod packages. Then prepares the boot template
+definition's build is named debian-base:latest). Runs mmdebstrap: as root,
+or without root in a user namespace (needs subordinate ids in /etc/subuid and
+the uidmap and fakeroot packages); also e2fsprogs and kmod. Then prepares the boot template
 for the default VM settings (one VM is booted and saved once), so that later
 VMs start without booting.
 
 Options:
-  --definition FILE    image definition (default: images/debian-base.json)
+  --config FILE        image definition (default: images/debian-base.json):
+                       Debian release, packages, postBuild.copy/commands, env,
+                       rootfsExtraMiB, runtimeDefaults (--definition is the same)
+  --init-config        print a starting definition to edit, and exit
+  --verify DIR         check an image directory against its manifest's sha256
   --output DIR         also copy the finished image to DIR
   --tag NAME[:TAG]     name the image in the store (see 'gondolin image')
   --no-boot-snapshot   do not prepare the boot template
-  --verbose            show debootstrap's output
+  --verbose            show mmdebstrap's output
   -q, --quiet          print only the image directory
   -h, --help           show this help
 `;
@@ -665,8 +670,6 @@ async function cmdAttach(args) {
   });
 }
 
-const UPSTREAM_BUILD_CONFIG_FLAGS = ["--config", "--init-config"];
-
 async function cmdBuild(args) {
   const o = {};
   for (let i = 0; i < args.length; i++) {
@@ -677,8 +680,14 @@ async function cmdBuild(args) {
         process.stdout.write(BUILD_USAGE);
         return 0;
       case "--definition":
+      case "--config":
         o.definition = path.resolve(takeValue(args, i++, a, BUILD_USAGE));
         break;
+      case "--init-config":
+        process.stdout.write(initConfig());
+        return 0;
+      case "--verify":
+        return verifyImage(takeValue(args, i++, a, BUILD_USAGE));
       case "--output":
         o.output = path.resolve(takeValue(args, i++, a, BUILD_USAGE));
         break;
@@ -696,15 +705,6 @@ async function cmdBuild(args) {
         o.quiet = true;
         break;
       default:
-        // Upstream's build config (Alpine packages, post-build steps) has no
-        // equivalent yet; our image is described by a Debian definition file.
-        if (UPSTREAM_BUILD_CONFIG_FLAGS.includes(a)) {
-          throw new UsageError(
-            `${a} (upstream's build config) is not supported yet; describe the image in a definition file ` +
-              `(see images/debian-base.json) and pass it with --definition FILE`,
-            BUILD_USAGE,
-          );
-        }
         throw new UsageError(`Unknown argument: ${a}`, BUILD_USAGE);
     }
   }
@@ -728,6 +728,30 @@ async function cmdBuild(args) {
     );
   }
   return 0;
+}
+
+/** `build --init-config`: the default definition plus the optional steps, to edit. */
+function initConfig() {
+  const { DEFAULT_DEFINITION } = require("./image.cjs");
+  const def = JSON.parse(fs.readFileSync(DEFAULT_DEFINITION, "utf8"));
+  const config = {
+    ...def,
+    postBuild: { copy: [{ src: "./my-file.conf", dest: "/etc/my-file.conf" }], commands: ["apt-get install -y --no-install-recommends jq"] },
+    env: { EXAMPLE: "value" },
+  };
+  return `${JSON.stringify(config, null, 2)}\n`;
+}
+
+/** `build --verify DIR`: exit 0 when every asset matches the manifest's sha256. */
+async function verifyImage(dir) {
+  const { verifyAssets } = require("./image.cjs");
+  const bad = await verifyAssets(dir, { details: true });
+  if (bad.length === 0) {
+    process.stdout.write(`${path.resolve(dir)}: every asset matches manifest.json\n`);
+    return 0;
+  }
+  process.stderr.write(`${path.resolve(dir)}: ${bad.join(", ")} ${bad.length === 1 ? "does" : "do"} not match manifest.json\n`);
+  return 1;
 }
 
 /**

@@ -14,6 +14,7 @@ const {
   hasGuestAssets,
   getAssetDirectory,
   loadGuestAssets,
+  verifyAssets,
 } = require("./image.cjs");
 const {
   getImageStoreDirectory,
@@ -75,6 +76,7 @@ module.exports = {
   hasGuestAssets,
   getAssetDirectory,
   loadGuestAssets,
+  verifyAssets,
   getImageStoreDirectory,
   getImageObjectDirectory,
   importImageFromDirectory,

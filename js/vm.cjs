@@ -262,7 +262,11 @@ class VM {
   exec(command, options = {}) {
     if (options === null || typeof options !== "object") throw optionError("exec options must be an object");
     const argv = normalizeCommand(command, options);
-    const env = mergeEnv([this._options.env, "env"], [options.env, "exec options.env"]);
+    const env = mergeEnv(
+      [this._image ? this._image.defaultEnv : undefined, "the image's env"],
+      [this._options.env, "env"],
+      [options.env, "exec options.env"],
+    );
     if (options.cwd !== undefined && (typeof options.cwd !== "string" || !options.cwd.startsWith("/"))) {
       throw optionError(`exec options.cwd must be an absolute path (got ${JSON.stringify(options.cwd)})`);
     }

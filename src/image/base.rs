@@ -1,5 +1,6 @@
 //! Stage 1: the Debian base (rootfs.ext4, kernel, modules), cached per
-//! definition. Slow; runs debootstrap and apt as root.
+//! definition. Slow: one mmdebstrap run (root mode as root, unshare mode
+//! in a user namespace otherwise), then `mkfs.ext4 -d` on its tar.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -11,7 +12,7 @@ use sha2::{Digest, Sha256};
 use super::{io_err, tools, Definition, ImageError};
 
 /// Bump when the base layout or its recipe changes.
-const BASE_FORMAT: &str = "gondolin-base-v2";
+const BASE_FORMAT: &str = "gondolin-base-v3";
 /// Directories every image has for VFS mounts (`/data` is the default FUSE
 /// mount, `/etc/gondolin` is always served, `/workspace` is the usual
 /// project mount). Other mount paths are created at boot on a writable root.
@@ -35,12 +36,12 @@ impl Base {
     }
 }
 
-pub fn base_hash(def: &Definition) -> String {
+pub fn base_hash(def: &Definition) -> Result<String, ImageError> {
     let mut h = Sha256::new();
     h.update(BASE_FORMAT);
-    h.update(&def.raw);
+    h.update(def.inputs_hash()?);
     let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    hex[..24].to_string()
+    Ok(hex[..24].to_string())
 }
 
 pub fn ensure(
@@ -49,7 +50,7 @@ pub fn ensure(
     verbose: bool,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Base, ImageError> {
-    let dir = root.join("base").join(base_hash(def));
+    let dir = root.join("base").join(base_hash(def)?);
     if let Ok(v) = fs::read_to_string(dir.join("kernel-version")) {
         return Ok(Base {
             dir,
@@ -63,14 +64,15 @@ pub fn ensure(
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
     let result = build_base(def, &tmp, verbose, progress);
-    let tree = tmp.join("root");
-    if tree.exists() {
-        let _ = unmount_all(&tree);
-        let _ = fs::remove_dir_all(&tree);
-    }
     let kernel_version = match result {
         Ok(v) => v,
         Err(e) => {
+            // A tree unpacked without root may hold read-only directories.
+            let _ = Command::new("chmod")
+                .arg("-R")
+                .arg("u+w")
+                .arg(&tmp)
+                .status();
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
         }
@@ -82,16 +84,28 @@ pub fn ensure(
     })
 }
 
-fn chroot(tree: &Path) -> Command {
-    let mut c = Command::new("chroot");
-    c.arg(tree)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .env("LC_ALL", "C");
-    c
-}
+/// Shell for a `--customize-hook`: `$1` is the tree. Drops what a sandbox
+/// never reads and sets the few files a booted system expects; the
+/// [`MOUNT_POINTS`] are made after it.
+const TIDY_HOOK: &str = r#"set -e
+for d in usr/share/doc usr/share/man usr/share/info var/log; do rm -rf "$1/$d"; mkdir -p "$1/$d"; done
+echo gondolin > "$1/etc/hostname"
+printf '127.0.0.1\tlocalhost gondolin\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$1/etc/hosts"
+rm -f "$1/etc/resolv.conf"; : > "$1/etc/resolv.conf"
+[ -e "$1/usr/bin/python" ] || [ ! -e "$1/usr/bin/python3" ] || ln -s python3 "$1/usr/bin/python"
+"#;
 
-fn unmount_all(tree: &Path) -> Result<(), nix::Error> {
-    nix::mount::umount2(&tree.join("proc"), nix::mount::MntFlags::MNT_DETACH)
+/// Shell run in the chroot: download the versioned kernel package the
+/// meta package `$1` depends on into /tmp/kernel.
+const KERNEL_HOOK: &str = r#"set -e
+v=$(apt-cache depends --no-recommends --no-suggests "$1" | sed -n 's/^ *Depends: \(linux-image-[^ ]*\)$/\1/p' | head -n 1)
+[ -n "$v" ] || { echo "$1 has no linux-image-* dependency" >&2; exit 1; }
+mkdir -p /tmp/kernel && cd /tmp/kernel && apt-get download -q "$v" >/dev/null
+"#;
+
+/// Shell quoting for one word.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 fn build_base(
@@ -100,86 +114,90 @@ fn build_base(
     verbose: bool,
     progress: &mut dyn FnMut(&str),
 ) -> Result<String, ImageError> {
-    let tree = tmp.join("root");
+    let root = nix::unistd::geteuid().is_root();
+    let tar = tmp.join("root.tar");
+    let kdeb = tmp.join("kernel-deb");
     progress(&format!(
-        "debootstrap {} (minbase) from {} — about a minute",
-        def.release, def.mirror
-    ));
-    let out = tools::run(
-        "debootstrap",
-        Command::new("debootstrap")
-            .args(["--variant=minbase", &def.release])
-            .arg(&tree)
-            .arg(&def.mirror),
-    )?;
-    if verbose {
-        out.lines().for_each(&mut *progress);
-    }
-    // Don't let package scripts start services inside the chroot.
-    let policy = tree.join("usr/sbin/policy-rc.d");
-    fs::write(&policy, "#!/bin/sh\nexit 101\n").map_err(io_err("writing policy-rc.d"))?;
-    set_mode(&policy, 0o755)?;
-    nix::mount::mount(
-        Some("proc"),
-        &tree.join("proc"),
-        Some("proc"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(|e| ImageError::Step {
-        step: "mounting /proc in the chroot".into(),
-        message: e.to_string(),
-    })?;
-
-    progress(&format!(
-        "installing {} — a minute or two",
+        "mmdebstrap {} ({} mode) from {} with {} — a few minutes",
+        def.release,
+        if root { "root" } else { "rootless, unshare" },
+        def.mirror,
         def.packages.join(" ")
     ));
-    let out = tools::run(
-        "apt-get install",
-        chroot(&tree)
-            .args(["apt-get", "install", "-y", "-q", "--no-install-recommends"])
-            .args(&def.packages),
-    )?;
+    let mut mm = Command::new("mmdebstrap");
+    mm.arg(if root {
+        "--mode=root"
+    } else {
+        "--mode=unshare"
+    })
+    .args([
+        "--variant=minbase",
+        "--format=tar",
+        "--aptopt=APT::Install-Recommends \"false\"",
+    ]);
+    if !def.packages.is_empty() {
+        mm.arg(format!("--include={}", def.packages.join(",")));
+    }
+    // The definition's own steps, in order: files in, then commands.
+    for f in &def.post_build.copy {
+        let dest = f.dest.to_string_lossy();
+        let parent = f
+            .dest
+            .parent()
+            .map(|p| p.to_string_lossy())
+            .unwrap_or_default();
+        mm.arg(format!(
+            "--customize-hook=mkdir -p \"$1\"{}",
+            sh_quote(&parent)
+        ))
+        .arg(format!(
+            "--customize-hook=upload {} {}",
+            sh_quote(&f.src.to_string_lossy()),
+            sh_quote(&dest)
+        ));
+    }
+    for c in &def.post_build.commands {
+        mm.arg(format!(
+            "--customize-hook=chroot \"$1\" env DEBIAN_FRONTEND=noninteractive sh -c {}",
+            sh_quote(c)
+        ));
+    }
+    mm.arg(format!(
+        "--customize-hook=chroot \"$1\" sh -c {} kernel {}",
+        sh_quote(KERNEL_HOOK),
+        sh_quote(&def.kernel_package)
+    ))
+    .arg(format!(
+        "--customize-hook=sync-out /tmp/kernel {}",
+        sh_quote(&kdeb.to_string_lossy())
+    ))
+    .arg("--customize-hook=rm -rf \"$1/tmp/kernel\"")
+    .arg(format!(
+        "--customize-hook=sh -c {} tidy \"$1\"",
+        sh_quote(TIDY_HOOK)
+    ))
+    // Mount points for the host-served filesystem, so they exist even when
+    // the root disk is attached read-only.
+    .arg(format!(
+        "--customize-hook=cd \"$1\" && mkdir -p {}",
+        MOUNT_POINTS.join(" ")
+    ))
+    .arg(&def.release)
+    .arg(&tar)
+    .arg(&def.mirror)
+    .env("LC_ALL", "C");
+    let out = tools::run("mmdebstrap", &mut mm)?;
     if verbose {
         out.lines().for_each(&mut *progress);
     }
 
-    progress(&format!("fetching the kernel ({})", def.kernel_package));
-    let deps = tools::run(
-        "apt-cache depends",
-        chroot(&tree).args([
-            "apt-cache",
-            "depends",
-            "--no-recommends",
-            "--no-suggests",
-            &def.kernel_package,
-        ]),
-    )?;
-    let versioned = deps
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|p| p.starts_with("linux-image-"))
-        .ok_or_else(|| ImageError::Step {
-            step: "resolving the kernel package".into(),
-            message: format!("{} has no linux-image-* dependency", def.kernel_package),
-        })?
-        .to_string();
-    tools::run(
-        "apt-get download",
-        chroot(&tree).args([
-            "sh",
-            "-c",
-            &format!("cd /tmp && apt-get download -q {versioned}"),
-        ]),
-    )?;
-    let _ = unmount_all(&tree);
-    let deb = fs::read_dir(tree.join("tmp"))
+    progress(&format!("unpacking the kernel ({})", def.kernel_package));
+    let deb = fs::read_dir(&kdeb)
         .map_err(io_err("listing the downloaded kernel"))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
         .ok_or_else(|| ImageError::Step {
-            step: "apt-get download".into(),
+            step: "downloading the kernel".into(),
             message: "no .deb downloaded".into(),
         })?;
     let kdir = tmp.join("kernel");
@@ -187,8 +205,16 @@ fn build_base(
         "dpkg-deb -x",
         Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&kdir),
     )?;
-    fs::remove_file(&deb).map_err(io_err("removing the kernel .deb"))?;
-    let version = versioned.trim_start_matches("linux-image-").to_string();
+    let version = deb
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("linux-image-"))
+        .and_then(|n| n.split('_').next())
+        .ok_or_else(|| ImageError::Step {
+            step: "reading the kernel version".into(),
+            message: format!("unexpected package file {}", deb.display()),
+        })?
+        .to_string();
     fs::copy(
         kdir.join(format!("boot/vmlinuz-{version}")),
         tmp.join("vmlinuz"),
@@ -205,38 +231,32 @@ fn build_base(
         &tmp.join("modules"),
     )?;
     let _ = fs::remove_dir_all(&kdir);
+    let _ = fs::remove_dir_all(&kdeb);
 
-    progress("trimming the rootfs and writing rootfs.ext4");
-    tidy(&tree)?;
-    let size_mib = tree_size(&tree) / (1024 * 1024) * 115 / 100 + def.rootfs_extra_mib + 64;
-    let image = tmp.join("rootfs.ext4");
-    tools::run(
-        "mkfs.ext4",
-        Command::new("mkfs.ext4")
-            .args([
-                "-q",
-                "-F",
-                "-L",
-                "gondolin-root",
-                "-O",
-                "^has_journal",
-                "-E",
-                "root_owner=0:0",
-                "-d",
-            ])
-            .arg(&tree)
-            .arg(&image)
-            .arg(format!("{size_mib}M")),
-    )?;
+    progress("writing rootfs.ext4");
+    let tar_mib = fs::metadata(&tar)
+        .map_err(io_err("reading the rootfs tar"))?
+        .len()
+        >> 20;
+    let size_mib = tar_mib * 115 / 100 + def.rootfs_extra_mib + 64;
+    // Ownership comes from the tar: as root it is real; without root,
+    // fakeroot records it while tar unpacks and mkfs.ext4 reads it back.
+    let script = format!(
+        "set -e; mkdir tree; tar -xpf root.tar -C tree --numeric-owner; \
+         mkfs.ext4 -q -F -L gondolin-root -O ^has_journal -E root_owner=0:0 -d tree rootfs.ext4 {size_mib}M; \
+         chmod -R u+w tree; rm -rf tree root.tar"
+    );
+    let mut mk = if root {
+        Command::new("sh")
+    } else {
+        let mut c = Command::new("fakeroot");
+        c.arg("sh");
+        c
+    };
+    tools::run("mkfs.ext4", mk.arg("-c").arg(&script).current_dir(tmp))?;
     fs::write(tmp.join("kernel-version"), format!("{version}\n"))
         .map_err(io_err("writing kernel-version"))?;
     Ok(version)
-}
-
-fn set_mode(p: &Path, mode: u32) -> Result<(), ImageError> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(p, fs::Permissions::from_mode(mode))
-        .map_err(io_err(format!("chmod {}", p.display())))
 }
 
 /// Copy `wanted` modules and their dependencies (per modules.dep) into
@@ -350,60 +370,6 @@ pub fn resolve_modules(
         }
     }
     Ok(order)
-}
-
-/// Drop what a sandbox never reads, and set the few files a booted system
-/// expects.
-fn tidy(tree: &Path) -> Result<(), ImageError> {
-    for d in [
-        "usr/share/doc",
-        "usr/share/man",
-        "usr/share/info",
-        "var/lib/apt/lists",
-        "var/cache/apt",
-        "var/log",
-    ] {
-        let p = tree.join(d);
-        let _ = fs::remove_dir_all(&p);
-        let _ = fs::create_dir_all(&p);
-    }
-    let _ = fs::remove_file(tree.join("usr/sbin/policy-rc.d"));
-    let write = |rel: &str, text: &str| {
-        fs::write(tree.join(rel), text).map_err(io_err(format!("writing /{rel}")))
-    };
-    write("etc/hostname", "gondolin\n")?;
-    // Mount points for the host-served filesystem, so they exist even when
-    // the root disk is attached read-only.
-    for d in MOUNT_POINTS {
-        fs::create_dir_all(tree.join(d)).map_err(io_err(format!("creating /{d}")))?;
-    }
-    write(
-        "etc/hosts",
-        "127.0.0.1\tlocalhost gondolin\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-    )?;
-    let _ = fs::remove_file(tree.join("etc/resolv.conf"));
-    write("etc/resolv.conf", "")?;
-    let py = tree.join("usr/bin/python");
-    if !py.exists() {
-        std::os::unix::fs::symlink("python3", &py).map_err(io_err("linking python"))?;
-    }
-    Ok(())
-}
-
-fn tree_size(p: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![p.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-            total += m.len().max(4096);
-        }
-    }
-    total
 }
 
 #[cfg(test)]

@@ -1,8 +1,13 @@
-//! The image definition file (images/debian-base.json).
+//! The image definition file (images/debian-base.json; `gondolin build
+//! --config FILE`): a Debian release and packages, plus upstream's build
+//! config steps in its shape (`postBuild.copy`, `postBuild.commands`,
+//! `env`, `runtimeDefaults.rootfsMode`).
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use super::ImageError;
 
@@ -17,7 +22,7 @@ pub struct Definition {
     /// Kernel modules to put in the initramfs and load at boot (with their
     /// dependencies), by module name.
     pub modules: Vec<String>,
-    /// Packages added to debootstrap's minbase.
+    /// Packages added to mmdebstrap's minbase.
     pub packages: Vec<String>,
     /// Free space left in rootfs.ext4, MiB.
     #[serde(default = "default_extra")]
@@ -25,6 +30,14 @@ pub struct Definition {
     pub rootfs_extra_mib: u64,
     #[serde(default)]
     pub runtime_defaults: RuntimeDefaults,
+    /// Steps after the packages are in, in the root filesystem.
+    #[serde(default)]
+    pub post_build: PostBuild,
+    /// Environment every exec in the image's VMs starts with (a VM's own
+    /// `env` and an exec's `env` override it). Upstream's `env`, as
+    /// `["K=V", ...]` or `{ "K": "V" }`.
+    #[serde(default)]
+    pub env: Env,
     /// The file's bytes, hashed into the build ids.
     #[serde(skip)]
     pub raw: Vec<u8>,
@@ -36,6 +49,47 @@ pub struct Definition {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuntimeDefaults {
     pub rootfs_mode: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PostBuild {
+    /// Host files copied in: `src` relative to the definition file (or
+    /// absolute), `dest` an absolute guest path. Their bytes are inputs of
+    /// the build id.
+    #[serde(default)]
+    pub copy: Vec<FileCopy>,
+    /// Run in order with `sh -c` inside the root filesystem (after `copy`);
+    /// apt works, the network is the build host's.
+    #[serde(default)]
+    pub commands: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCopy {
+    pub src: PathBuf,
+    pub dest: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(untagged)]
+pub enum Env {
+    #[default]
+    None,
+    List(Vec<String>),
+    Map(BTreeMap<String, String>),
+}
+
+impl Env {
+    /// `KEY=VALUE` entries, in order.
+    pub fn entries(&self) -> Vec<String> {
+        match self {
+            Env::None => Vec::new(),
+            Env::List(l) => l.clone(),
+            Env::Map(m) => m.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        }
+    }
 }
 
 fn default_extra() -> u64 {
@@ -92,9 +146,54 @@ impl Definition {
                 )));
             }
         }
+        for e in d.env.entries() {
+            let key = e.split_once('=').map(|(k, _)| k).unwrap_or("");
+            if key.is_empty() || key.contains('\0') || e.contains('\0') {
+                return Err(bad(format!("env: expected KEY=VALUE (got {e:?})")));
+            }
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        for f in &mut d.post_build.copy {
+            let dest_ok = f.dest.is_absolute()
+                && f.dest
+                    .components()
+                    .skip(1)
+                    .all(|c| matches!(c, Component::Normal(_)))
+                && f.dest.components().count() > 1;
+            if !dest_ok {
+                return Err(bad(format!(
+                    "postBuild.copy dest must be an absolute path below / without '..' (got {:?})",
+                    f.dest
+                )));
+            }
+            f.src = base.join(&f.src);
+            if !f.src.is_file() {
+                return Err(bad(format!(
+                    "postBuild.copy src {} is not a file",
+                    f.src.display()
+                )));
+            }
+        }
         d.raw = raw.to_vec();
         d.path = path.to_path_buf();
         Ok(d)
+    }
+
+    /// What decides the root filesystem: the file's bytes and the bytes of
+    /// every file it copies in (so editing a copied file is a new build).
+    pub fn inputs_hash(&self) -> Result<Vec<u8>, ImageError> {
+        let mut h = Sha256::new();
+        h.update((self.raw.len() as u64).to_be_bytes());
+        h.update(&self.raw);
+        for f in &self.post_build.copy {
+            let bytes = std::fs::read(&f.src).map_err(|e| ImageError::Definition {
+                path: self.path.clone(),
+                message: format!("postBuild.copy: reading {}: {e}", f.src.display()),
+            })?;
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(&bytes);
+        }
+        Ok(h.finalize().to_vec())
     }
 }
 

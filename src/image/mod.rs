@@ -2,9 +2,9 @@
 //!
 //! An image directory holds `manifest.json`, `vmlinuz`, `initrd.img` and
 //! `rootfs.ext4`. Building has two cached stages so that changing our guest
-//! binaries never re-runs debootstrap:
+//! binaries never re-runs mmdebstrap:
 //!
-//! 1. **base** (`<cache>/base/<hash of the definition>/`): debootstrap
+//! 1. **base** (`<cache>/base/<hash of the definition>/`): mmdebstrap
 //!    rootfs as `rootfs.ext4`, the Debian cloud kernel, the kernel modules
 //!    the guest needs. Slow (minutes), done once per definition.
 //! 2. **image** (`<cache>/images/<buildId>/`): an initramfs holding our
@@ -25,7 +25,7 @@ mod tools;
 use std::path::{Path, PathBuf};
 
 pub use definition::Definition;
-pub use store::cache_root;
+pub use store::{cache_root, verify};
 
 /// Kernel command line every image boots with. `quiet` matters under TCG:
 /// every console byte is an emulated UART write.
@@ -44,6 +44,8 @@ pub struct ImageInfo {
     pub rootfs: PathBuf,
     pub cmdline: String,
     pub default_rootfs_mode: Option<String>,
+    /// `KEY=VALUE` entries every exec starts with (the definition's `env`).
+    pub default_env: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -56,7 +58,7 @@ pub struct BuildOptions {
     pub cache_root: Option<PathBuf>,
     /// Also copy the finished image here.
     pub output: Option<PathBuf>,
-    /// Stream debootstrap's output through the progress callback.
+    /// Stream mmdebstrap's output through the progress callback.
     pub verbose: bool,
 }
 
@@ -67,8 +69,9 @@ pub enum ImageError {
         tool: &'static str,
         package: &'static str,
     },
-    #[error("building the guest image needs root (debootstrap creates device nodes and chroots); run `sudo gondolin build` once")]
-    NotRoot,
+    /// Not root, and mmdebstrap's unshare mode cannot run either.
+    #[error("building the guest image needs root or unprivileged user namespaces: {0}; fix that, or run `sudo gondolin build` once")]
+    Rootless(String),
     #[error("image definition {path}: {message}")]
     Definition { path: PathBuf, message: String },
     #[error("guest binary {0} not found; build the guest binaries first (`make guest`)")]
@@ -89,7 +92,7 @@ impl crate::error::Coded for ImageError {
         use crate::error::ErrorCode;
         match self {
             ImageError::MissingTool { .. } => ErrorCode::MissingTool,
-            ImageError::NotRoot => ErrorCode::NeedsRoot,
+            ImageError::Rootless(_) => ErrorCode::NeedsRoot,
             ImageError::Definition { .. } => ErrorCode::InvalidDefinition,
             ImageError::MissingGuestBinary(_) => ErrorCode::MissingGuestBinary,
             ImageError::InvalidImage { .. } => ErrorCode::InvalidImage,

@@ -1,6 +1,8 @@
 //! The image store: cache paths, build ids, manifests, assembly.
 
+use std::collections::BTreeMap;
 use std::fs;
+use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -47,6 +49,10 @@ pub struct Manifest {
     pub debian: Option<DebianInfo>,
     #[serde(default)]
     pub runtime_defaults: Option<RuntimeDefaults>,
+    /// sha256 (hex) of each asset file, by its name in `assets`; images
+    /// built before checksums existed have none (`verify` refuses them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -68,6 +74,9 @@ pub struct DebianInfo {
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeDefaults {
     pub rootfs_mode: Option<String>,
+    /// `KEY=VALUE` entries every exec starts with (the definition's `env`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
 }
 
 fn guest_binary(dir: &Path, name: &str) -> Result<Vec<u8>, ImageError> {
@@ -82,7 +91,7 @@ pub fn build_id(def: &Definition, bin_dir: &Path) -> Result<String, ImageError> 
     let mut h = Sha256::new();
     h.update(IMAGE_FORMAT);
     // A new base format (what the rootfs holds) is a new image.
-    h.update(super::base::base_hash(def));
+    h.update(super::base::base_hash(def)?);
     for part in [&def.raw[..], BASE_CMDLINE.as_bytes()] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
@@ -181,7 +190,16 @@ pub fn assemble(
             }),
             runtime_defaults: Some(RuntimeDefaults {
                 rootfs_mode: def.runtime_defaults.rootfs_mode.clone(),
+                env: def.env.entries(),
             }),
+            sha256: Some(BTreeMap::from([
+                ("vmlinuz".to_string(), sha256_file(&tmp.join("vmlinuz"))?),
+                (
+                    "initrd.img".to_string(),
+                    sha256_file(&tmp.join("initrd.img"))?,
+                ),
+                ("rootfs.ext4".to_string(), base_rootfs_sha256(base)?),
+            ])),
         };
         let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes") + "\n";
         fs::write(tmp.join("manifest.json"), json).map_err(io_err("writing manifest.json"))
@@ -247,8 +265,67 @@ pub fn load(dir: &Path) -> Result<ImageInfo, ImageError> {
         build_id: m.build_id,
         arch: m.arch,
         cmdline: m.cmdline,
+        default_env: m
+            .runtime_defaults
+            .as_ref()
+            .map(|r| r.env.clone())
+            .unwrap_or_default(),
         default_rootfs_mode: m.runtime_defaults.and_then(|r| r.rootfs_mode),
     })
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(p: &Path) -> Result<String, ImageError> {
+    let mut f = fs::File::open(p).map_err(io_err(format!("opening {}", p.display())))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(io_err(format!("reading {}", p.display())))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The base's rootfs checksum, computed once per base (it is ~1 GB and
+/// shared by every image assembled on it).
+fn base_rootfs_sha256(base: &Base) -> Result<String, ImageError> {
+    let cached = base.dir.join("rootfs.ext4.sha256");
+    if let Ok(s) = fs::read_to_string(&cached) {
+        return Ok(s.trim().to_string());
+    }
+    let sum = sha256_file(&base.rootfs())?;
+    let _ = fs::write(&cached, format!("{sum}\n"));
+    Ok(sum)
+}
+
+/// Check every asset of the image in `dir` against the manifest's
+/// checksums (upstream `verifyAssets`). `Ok(list)` names the assets that
+/// differ (empty: the image is intact).
+pub fn verify(dir: &Path) -> Result<Vec<String>, ImageError> {
+    load(dir)?;
+    let text =
+        fs::read_to_string(dir.join("manifest.json")).map_err(io_err("reading manifest.json"))?;
+    let m: Manifest = serde_json::from_str(&text).map_err(|e| ImageError::InvalidImage {
+        dir: dir.to_path_buf(),
+        message: format!("manifest.json: {e}"),
+    })?;
+    let sums = m.sha256.ok_or_else(|| ImageError::InvalidImage {
+        dir: dir.to_path_buf(),
+        message: "manifest.json has no sha256 checksums (built by an older version); rebuild it with `gondolin build`".into(),
+    })?;
+    let mut bad = Vec::new();
+    for rel in [&m.assets.kernel, &m.assets.initrd, &m.assets.rootfs] {
+        match sums.get(rel.as_str()) {
+            Some(want) if *want == sha256_file(&dir.join(rel))? => {}
+            _ => bad.push(rel.clone()),
+        }
+    }
+    Ok(bad)
 }
 
 /// Copy a finished image to `out` (for `gondolin build --output`).

@@ -5,12 +5,15 @@ use std::process::{Command, Stdio};
 use super::ImageError;
 
 const TOOLS: &[(&str, &str)] = &[
-    ("debootstrap", "debootstrap"),
+    ("mmdebstrap", "mmdebstrap"),
     ("mkfs.ext4", "e2fsprogs"),
     ("dpkg-deb", "dpkg"),
-    ("chroot", "coreutils"),
     ("depmod", "kmod"),
+    ("tar", "tar"),
 ];
+/// Without root: mmdebstrap's unshare mode maps ids with these, and
+/// fakeroot keeps the tree's ownership between tar and mkfs.ext4.
+const ROOTLESS_TOOLS: &[(&str, &str)] = &[("newuidmap", "uidmap"), ("fakeroot", "fakeroot")];
 
 fn on_path(tool: &str) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -20,15 +23,59 @@ fn on_path(tool: &str) -> bool {
 }
 
 pub fn check() -> Result<(), ImageError> {
-    for (tool, package) in TOOLS {
+    let root = nix::unistd::geteuid().is_root();
+    let rootless: &[_] = if root { &[] } else { ROOTLESS_TOOLS };
+    for (tool, package) in TOOLS.iter().chain(rootless) {
         if !on_path(tool) {
             return Err(ImageError::MissingTool { tool, package });
         }
     }
-    if !nix::unistd::geteuid().is_root() {
-        return Err(ImageError::NotRoot);
+    if !root {
+        if let Some(why) = no_user_namespaces() {
+            return Err(ImageError::Rootless(why));
+        }
     }
     Ok(())
+}
+
+/// Why mmdebstrap's unshare mode cannot work for this user, if it cannot.
+fn no_user_namespaces() -> Option<String> {
+    let knob = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    if knob("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        return Some(
+            "unprivileged user namespaces are off (sysctl kernel.unprivileged_userns_clone=0)"
+                .into(),
+        );
+    }
+    if knob("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        return Some("user namespaces are off (sysctl user.max_user_namespaces=0)".into());
+    }
+    let uid = nix::unistd::getuid();
+    let name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    let listed = |text: String| {
+        text.lines().any(|l| {
+            let who = l.split(':').next().unwrap_or("");
+            who == uid.to_string() || Some(who) == name.as_deref()
+        })
+    };
+    if !std::fs::read_to_string("/etc/subuid")
+        .map(listed)
+        .unwrap_or(false)
+    {
+        return Some(format!(
+            "{} has no subordinate ids in /etc/subuid (add them: sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {})",
+            name.as_deref().unwrap_or("this user"),
+            name.as_deref().unwrap_or("USER")
+        ));
+    }
+    None
 }
 
 /// Run a command; on failure the error carries the tail of its output.

@@ -22,6 +22,8 @@ pub struct NativeImage {
     pub rootfs: String,
     pub cmdline: String,
     pub default_rootfs_mode: Option<String>,
+    /// `KEY=VALUE` entries every exec starts with (the image definition's `env`).
+    pub default_env: Vec<String>,
 }
 
 #[napi(object)]
@@ -44,6 +46,7 @@ impl From<ImageInfo> for NativeImage {
             rootfs: s(i.rootfs),
             cmdline: i.cmdline,
             default_rootfs_mode: i.default_rootfs_mode,
+            default_env: i.default_env,
         }
     }
 }
@@ -64,6 +67,18 @@ pub fn load_image(env: &Env, dir: String) -> napi::Result<NativeImage> {
     image::load_image(std::path::Path::new(&dir))
         .map(Into::into)
         .js(env)
+}
+
+/// Check an image directory's assets against its manifest's sha256
+/// checksums; resolves to the names of the assets that differ.
+#[napi(ts_return_type = "Promise<string[]>")]
+pub fn verify_image(env: &Env, dir: String) -> napi::Result<PromiseRaw<'_, Vec<String>>> {
+    spawn_coded(env, async move {
+        tokio::task::spawn_blocking(move || image::verify(std::path::Path::new(&dir)))
+            .await
+            .map_err(|e| JsFailure::new(ErrorCode::IoError, e.to_string()))?
+            .map_err(|e| JsFailure::from_core(&e))
+    })
 }
 
 /// The image for the current inputs if it is already built.

@@ -42,6 +42,7 @@ const {
   PLACEHOLDER_ALPHABET_UPPER_ALPHANUMERIC,
   PLACEHOLDER_ALPHABET_BASE64URL,
 } = require("./net.cjs");
+const { IngressRequestBlockedError, GondolinListeners, parseListenersFile, serializeListenersFile } = require("./ingress.cjs"); // ingress
 const { listSessions, findSession, gcSessions, connectToSession, registerSession, unregisterSession } = require("./sessions.cjs");
 
 module.exports = {
@@ -86,4 +87,9 @@ module.exports = {
   VirtualDirent,
   createVirtualDirStats,
   formatVirtualEntries,
+  // ingress
+  IngressRequestBlockedError,
+  GondolinListeners,
+  parseListenersFile,
+  serializeListenersFile,
 };

@@ -423,10 +423,10 @@ impl NativeProvider {
 
     /// The routing table of an `/etc/gondolin` provider; null for others.
     #[napi]
-    pub fn listeners(&self) -> Option<super::ingress::NativeListeners> {
+    pub fn listeners(&self) -> Option<crate::ingress::NativeListeners> {
         self.listeners
             .clone()
-            .map(|inner| super::ingress::NativeListeners { inner })
+            .map(|inner| crate::ingress::NativeListeners { inner })
     }
 
     /// MemoryProvider only: refuse every later mutation with EROFS.

@@ -187,13 +187,14 @@ function toRecord(pairs) {
   return out;
 }
 
-/** A header patch → `[{ name, values | null }]`. */
+/** A header patch → `[{ name, values? }]` (no values: delete). */
 function headerEdits(patch, hook) {
   if (patch === undefined || patch === null) return undefined;
   if (typeof patch !== "object") throw new TypeError(`${hook} returned headers that are not an object`);
   return Object.entries(patch).map(([name, v]) => ({
     name: name.toLowerCase(),
-    values: v === null || v === undefined ? null : (Array.isArray(v) ? v : [v]).map(String),
+    // (undefined, not null: napi reads an absent field as None.)
+    values: v === null || v === undefined ? undefined : (Array.isArray(v) ? v : [v]).map(String),
   }));
 }
 

@@ -7,8 +7,9 @@
 //! routes. No timer: FUSE sends the release when the guest's last
 //! descriptor closes, so a shell redirect reloads once, after its writes.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -29,7 +30,12 @@ fn too_large() -> VfsError {
 pub struct EtcProvider {
     mem: Arc<MemoryProvider>,
     listeners: Arc<Listeners>,
+    /// Writable opens of `listeners` so far (see [`Provider::truncate`]).
+    opens: Arc<AtomicU64>,
 }
+
+/// How long a path truncate waits for the open that usually follows it.
+const TRUNCATE_GRACE: Duration = Duration::from_millis(200);
 
 impl EtcProvider {
     /// `ca_pem`: the MITM CA served read-only at `mitm/ca.crt` (VMs with a
@@ -49,7 +55,11 @@ impl EtcProvider {
             h.close().await?;
         }
         let listeners = Listeners::new(mem.clone()).await?;
-        Ok(EtcProvider { mem, listeners })
+        Ok(EtcProvider {
+            mem,
+            listeners,
+            opens: Arc::default(),
+        })
     }
 
     /// The routing table this provider's file feeds.
@@ -107,6 +117,7 @@ impl Provider for EtcProvider {
         if !writes {
             return Ok(inner);
         }
+        self.opens.fetch_add(1, Ordering::AcqRel);
         // An O_TRUNC open counts as a write, but the reload waits for the
         // close: the routes must not drop between truncation and writes.
         Ok(Box::new(ListenersHandle {
@@ -139,7 +150,23 @@ impl Provider for EtcProvider {
             return Err(too_large());
         }
         self.mem.truncate(path, len).await?;
-        self.reload().await;
+        // The guest's `> listeners` arrives as this truncate, then an open,
+        // writes and the release. Reloading now would drop the routes if
+        // what follows is garbage; so reload later, and only if no writer
+        // opened the file since (its close reloads).
+        let seen = self.opens.load(Ordering::Acquire);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let (opens, listeners) = (self.opens.clone(), self.listeners.clone());
+                rt.spawn(async move {
+                    tokio::time::sleep(TRUNCATE_GRACE).await;
+                    if opens.load(Ordering::Acquire) == seen {
+                        let _ = listeners.reload().await;
+                    }
+                });
+            }
+            Err(_) => self.reload().await,
+        }
         Ok(())
     }
     async fn chmod(&self, path: &str, mode: u32) -> VfsResult<()> {
@@ -262,6 +289,25 @@ mod tests {
         h.close().await.unwrap();
         assert_eq!(l.routes()[0].port, 8000, "garbage keeps the old routes");
         assert!(l.reload_error().is_some());
+
+        // `> listeners` with garbage: truncate, open, write, close.
+        etc.truncate(LISTENERS_PATH, 0).await.unwrap();
+        let h = etc
+            .open(LISTENERS_PATH, OpenOptions::from_linux_flags(1, 0))
+            .await
+            .unwrap();
+        h.write(0, b"more garbage\n").await.unwrap();
+        h.close().await.unwrap();
+        tokio::time::sleep(TRUNCATE_GRACE * 2).await;
+        assert_eq!(
+            l.routes()[0].port,
+            8000,
+            "the truncate did not drop the routes"
+        );
+        // A truncate alone empties the table, a moment later.
+        etc.truncate(LISTENERS_PATH, 0).await.unwrap();
+        tokio::time::sleep(TRUNCATE_GRACE * 2).await;
+        assert!(l.routes().is_empty());
 
         etc.unlink(LISTENERS_PATH).await.unwrap();
         assert!(l.routes().is_empty());

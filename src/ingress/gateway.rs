@@ -260,8 +260,9 @@ impl Fail {
             }
             Fail::UpgradeRequired => {
                 let mut r = text(StatusCode::UPGRADE_REQUIRED, "use websocket upgrade\n");
-                r.headers_mut()
-                    .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                let h = r.headers_mut();
+                h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
                 r
             }
             Fail::Text(status, body) => text(status, body),

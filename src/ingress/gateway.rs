@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::hooks::{
     apply_header_patch, AllowInfo, HeaderPatch, HookError, HookRequest, HookResponse, IngressHooks,
+    RequestPatch,
 };
 use super::listeners::{backend_path, choose, Listeners, Route};
 use crate::net::dial::GuestConnector;
@@ -450,36 +451,9 @@ async fn proxy(
     let mut buffer_cap = sh.opts.max_buffered_response_body_bytes;
     if let Some(h) = hooks.as_ref().filter(|h| h.has_on_request()) {
         if let Some(p) = h.on_request(hreq.clone()).await? {
-            if let Some(m) = p.method {
-                Method::from_bytes(m.as_bytes())
-                    .map_err(|_| Fail::BadGateway(format!("onRequest: invalid method {m:?}")))?;
-                hreq.method = m;
-            }
-            if let Some(host) = p.backend_host {
-                if host != "127.0.0.1" && host != "localhost" {
-                    return Err(Fail::BadGateway(format!(
-                        "onRequest: backendHost must be 127.0.0.1 or localhost (got {host:?})"
-                    )));
-                }
-                hreq.backend_host = host;
-            }
-            if let Some(port) = p.backend_port {
-                if port == 0 {
-                    return Err(Fail::BadGateway("onRequest: invalid backendPort".into()));
-                }
-                hreq.backend_port = port;
-            }
-            if let Some(t) = p.backend_target {
-                if !t.starts_with('/') {
-                    return Err(Fail::BadGateway(format!(
-                        "onRequest: backendTarget must start with '/' (got {t:?})"
-                    )));
-                }
-                hreq.backend_target = t;
-            }
-            apply_header_patch(&mut hreq.headers, &p.headers);
             buffer = p.buffer_response_body.unwrap_or(buffer);
             buffer_cap = p.max_buffered_response_body_bytes.unwrap_or(buffer_cap);
+            apply_request_patch(&mut hreq, p)?;
         }
     }
     let on_response = hooks.filter(|h| h.has_on_response());
@@ -506,42 +480,7 @@ async fn proxy(
     // The request to the guest.
     let client_headers = req.headers().clone();
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let mut h = from_pairs(&hreq.headers);
-    strip_hop_by_hop(&mut h, upgrade);
-    let te_present = client_headers.contains_key(header::TRANSFER_ENCODING);
-    h.remove(header::CONTENT_LENGTH);
-    h.remove(header::EXPECT);
-    if !te_present {
-        if let Some(cl) = client_headers.get(header::CONTENT_LENGTH) {
-            h.insert(header::CONTENT_LENGTH, cl.clone());
-        }
-    }
-    let client_host = client_headers
-        .get(header::HOST)
-        .cloned()
-        .unwrap_or(HeaderValue::from_static("localhost"));
-    if !h.contains_key(header::HOST) {
-        h.insert(header::HOST, client_host.clone());
-    }
-    if upgrade {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client_ip}"),
-        _ => client_ip.clone(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
-    }
-    h.insert("x-forwarded-host", client_host);
-    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if route.strip_prefix && route.prefix != "/" {
-        if let Ok(v) = HeaderValue::from_str(&route.prefix) {
-            h.insert("x-forwarded-prefix", v);
-        }
-    }
+    let h = upstream_headers(&hreq.headers, &client_headers, &route, &client_ip, upgrade);
     let body: Body = if upgrade {
         empty()
     } else {
@@ -554,32 +493,7 @@ async fn proxy(
         .map_err(|e| Fail::BadGateway(format!("cannot build the request: {e}")))?;
     *out.headers_mut() = h;
 
-    let stream = sh
-        .connector
-        .connect(hreq.backend_port, sh.opts.connect_timeout)
-        .await
-        .map_err(|e| Fail::BadGateway(format!("guest port {}: {e}", hreq.backend_port)))?;
-    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        .max_buf_size(HEAD_LIMIT + 8 * 1024)
-        .handshake::<_, Body>(TokioIo::new(stream))
-        .await
-        .map_err(|e| Fail::BadGateway(format!("handshake: {e}")))?;
-    let stop = sh.stop.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = conn.with_upgrades() => {}
-            _ = stop.cancelled() => {}
-        }
-    });
-    let sent = sender.send_request(out);
-    let mut resp = if sh.opts.upstream_header_timeout.is_zero() {
-        sent.await
-    } else {
-        tokio::time::timeout(sh.opts.upstream_header_timeout, sent)
-            .await
-            .map_err(|_| Fail::BadGateway("upstream header timeout".into()))?
-    }
-    .map_err(|e| Fail::BadGateway(format!("upstream: {e}")))?;
+    let mut resp = send(sh, hreq.backend_port, out).await?;
 
     let status_message = resp
         .extensions()
@@ -679,6 +593,118 @@ async fn proxy(
     let mut r = Response::from_parts(parts, body);
     set_reason(&mut r, &reason);
     Ok(r)
+}
+
+/// Apply `onRequest`'s patch; a patch that would leave the guest's
+/// loopback or make a malformed request fails the request (502).
+fn apply_request_patch(hreq: &mut HookRequest, p: RequestPatch) -> Result<(), Fail> {
+    if let Some(m) = p.method {
+        Method::from_bytes(m.as_bytes())
+            .map_err(|_| Fail::BadGateway(format!("onRequest: invalid method {m:?}")))?;
+        hreq.method = m;
+    }
+    if let Some(host) = p.backend_host {
+        if host != "127.0.0.1" && host != "localhost" {
+            return Err(Fail::BadGateway(format!(
+                "onRequest: backendHost must be 127.0.0.1 or localhost (got {host:?})"
+            )));
+        }
+        hreq.backend_host = host;
+    }
+    if let Some(port) = p.backend_port {
+        if port == 0 {
+            return Err(Fail::BadGateway("onRequest: invalid backendPort".into()));
+        }
+        hreq.backend_port = port;
+    }
+    if let Some(t) = p.backend_target {
+        if !t.starts_with('/') {
+            return Err(Fail::BadGateway(format!(
+                "onRequest: backendTarget must start with '/' (got {t:?})"
+            )));
+        }
+        hreq.backend_target = t;
+    }
+    apply_header_patch(&mut hreq.headers, &p.headers);
+    Ok(())
+}
+
+/// The head sent to the guest: the (patched) client headers without
+/// hop-by-hop ones, the length re-decided, `connection: close` (or
+/// `upgrade`), and the `x-forwarded-*` set.
+fn upstream_headers(
+    pairs: &[(String, String)],
+    client: &HeaderMap,
+    route: &Route,
+    client_ip: &str,
+    upgrade: bool,
+) -> HeaderMap {
+    let mut h = from_pairs(pairs);
+    strip_hop_by_hop(&mut h, upgrade);
+    h.remove(header::CONTENT_LENGTH);
+    h.remove(header::EXPECT);
+    // A length next to Transfer-Encoding is ignored (the body is re-chunked).
+    if !client.contains_key(header::TRANSFER_ENCODING) {
+        if let Some(cl) = client.get(header::CONTENT_LENGTH) {
+            h.insert(header::CONTENT_LENGTH, cl.clone());
+        }
+    }
+    let client_host = client
+        .get(header::HOST)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("localhost"));
+    if !h.contains_key(header::HOST) {
+        h.insert(header::HOST, client_host.clone());
+    }
+    let connection = if upgrade { "upgrade" } else { "close" };
+    h.insert(header::CONNECTION, HeaderValue::from_static(connection));
+    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client_ip}"),
+        _ => client_ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert("x-forwarded-host", client_host);
+    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if route.strip_prefix && route.prefix != "/" {
+        if let Ok(v) = HeaderValue::from_str(&route.prefix) {
+            h.insert("x-forwarded-prefix", v);
+        }
+    }
+    h
+}
+
+/// One guest connection, the request, and the response head within the
+/// header timeout. The connection's task ends with the body (or the
+/// gateway).
+async fn send(sh: &Shared, port: u16, out: Request<Body>) -> Result<Response<Incoming>, Fail> {
+    let stream = sh
+        .connector
+        .connect(port, sh.opts.connect_timeout)
+        .await
+        .map_err(|e| Fail::BadGateway(format!("guest port {port}: {e}")))?;
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(HEAD_LIMIT + 8 * 1024)
+        .handshake::<_, Body>(TokioIo::new(stream))
+        .await
+        .map_err(|e| Fail::BadGateway(format!("handshake: {e}")))?;
+    let stop = sh.stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = conn.with_upgrades() => {}
+            _ = stop.cancelled() => {}
+        }
+    });
+    let sent = sender.send_request(out);
+    let resp = if sh.opts.upstream_header_timeout.is_zero() {
+        sent.await
+    } else {
+        tokio::time::timeout(sh.opts.upstream_header_timeout, sent)
+            .await
+            .map_err(|_| Fail::BadGateway("upstream header timeout".into()))?
+    };
+    resp.map_err(|e| Fail::BadGateway(format!("upstream: {e}")))
 }
 
 /// The whole body, at most `cap` bytes, each chunk within `idle`.

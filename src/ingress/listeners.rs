@@ -24,14 +24,16 @@ pub struct Route {
     pub strip_prefix: bool,
 }
 
-/// `/api/` → `/api`, `api` → `/api`, `/` stays.
+/// `/api/` → `/api`, `api` → `/api`, `/` and `//` → `/`.
 pub fn normalize_prefix(prefix: &str) -> String {
     let mut p = if prefix.starts_with('/') {
         prefix.to_string()
     } else {
         format!("/{prefix}")
     };
-    if p.len() > 1 && p.ends_with('/') {
+    // All trailing slashes (upstream removes one), so normalizing is
+    // idempotent: `//` is `/`, as it is when the file is read back.
+    while p.len() > 1 && p.ends_with('/') {
         p.pop();
     }
     p

@@ -183,6 +183,9 @@ async fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(CLIENT_HEADER_TIMEOUT)
+                // A client may shut its write side once the request is
+                // sent; the response still goes out.
+                .half_close(true)
                 .max_buf_size(HEAD_LIMIT + 8 * 1024)
                 .max_headers(MAX_HEADERS)
                 .serve_connection(TokioIo::new(client), svc)

@@ -469,6 +469,27 @@ async fn websockets_are_piped_after_101() {
 }
 
 #[tokio::test]
+async fn a_client_that_half_closes_still_gets_the_response() {
+    let port = echo_head().await;
+    let g = gateway(vec![route("/", port)], None, GatewayOptions::default()).await;
+    let mut c = TcpStream::connect(g.local_addr()).await.unwrap();
+    c.write_all(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    c.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let r = String::from_utf8_lossy(&out);
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("GET /x HTTP/1.1"),
+        "{r}"
+    );
+}
+
+#[tokio::test]
 async fn close_stops_listening() {
     let g = gateway(vec![], None, GatewayOptions::default()).await;
     let addr = g.local_addr();

@@ -140,6 +140,10 @@ test("enableIngress without the /etc/gondolin mount is upstream's error", async 
   assert.deepEqual(other.getIngressRoutes(), []);
   assert.throws(() => other.setIngressRoutes([]), /\/etc\/gondolin mount is not available/);
   await other.close();
+  // Ours: the transport is the VM's network.
+  const offline = new VM({ sandbox: { netEnabled: false } });
+  await assert.rejects(offline.enableIngress(), (e) => e.code === "invalid_state" && /network/.test(e.message));
+  await offline.close();
   assert.throws(() => vm?.setIngressRoutes([{ prefix: "/", port: 70000 }]), /invalid ingress route port: 70000/);
 });
 

@@ -361,6 +361,27 @@ mod tests {
     }
 
     #[test]
+    fn whatever_parses_round_trips_through_the_canonical_form() {
+        for text in [
+            "// :1",
+            "/a// :2 strip_prefix=false",
+            "/x\u{a0}:3",
+            "/\u{2003}:4 k=v=w",
+            "\0/\0 \0:5\0",
+            "/é :6\r",
+        ] {
+            if let Ok(routes) = parse_listeners(text) {
+                assert_eq!(
+                    parse_listeners(&serialize_listeners(&routes)).unwrap(),
+                    routes,
+                    "{text:?}"
+                );
+            }
+        }
+        assert_eq!(parse_listeners("// :1").unwrap()[0].prefix, "/");
+    }
+
+    #[test]
     fn longest_prefix_wins_and_strip() {
         let routes = vec![r("/", 1, true), r("/api", 2, true), r("/api/v2", 3, false)];
         let pick = |p: &str| choose(&routes, p).map(|r| r.port);

@@ -396,6 +396,13 @@ async fn proxy(
                 "websocket upgrades disabled\n",
             ));
         }
+        // Checked again after the hooks (they may change the method).
+        if req.method() != Method::GET {
+            return Err(Fail::Text(
+                StatusCode::BAD_REQUEST,
+                "websocket upgrade requires GET\n",
+            ));
+        }
     } else if has_upgrade_intent(req.headers()) {
         return Err(Fail::UpgradeRequired);
     }

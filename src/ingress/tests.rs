@@ -208,6 +208,15 @@ async fn close_delimited_chunked_and_large_bodies_pass() {
     assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
     assert!(r.contains("transfer-encoding: chunked"), "{r}");
     assert!(r.contains("line 0\n") && r.contains("line 99\n"), "{r}");
+    let r = raw(
+        &g,
+        "HEAD /big HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        r.contains("content-length: 8388608") && r.ends_with("\r\n\r\n"),
+        "{r}"
+    );
     let r = raw(&g, &get("/big")).await;
     assert!(r.contains("content-length: 8388608"), "{}", &r[..200]);
     let body = &r[r.find("\r\n\r\n").unwrap() + 4..];

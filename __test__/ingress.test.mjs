@@ -183,6 +183,8 @@ test("guest writes to /etc/gondolin/listeners reload; garbage keeps the old rout
   let w = await vm.exec(["/bin/sh", "-c", "printf '/only :8001\\n' > /etc/gondolin/listeners"]);
   assert.equal(w.exitCode, 0, w.stderr);
   await until("the guest's routes", () => vm.getIngressRoutes().length === 1 && vm.getIngressRoutes()[0].prefix === "/only");
+  // Rewritten in canonical form, as upstream does.
+  await until("the canonical file", async () => (await vm.exec(["cat", "/etc/gondolin/listeners"])).stdout === "/only\t:8001\n");
   let r = await fetch(`${access.url}/only/echo`);
   assert.equal((await r.json()).url, "/echo");
   r = await fetch(`${access.url}/sub/f.txt`);

@@ -217,33 +217,51 @@ impl Listeners {
             routes: Arc::new(routes),
             reload_error: None,
         };
-        self.sinks
-            .lock()
-            .unwrap()
-            .retain(|sink| sink(LISTENERS_PATH));
+        self.notify();
         Ok(())
     }
 
     /// Reread the file: new routes, or (garbage, too large, unreadable) the
     /// old ones kept and the reason recorded. A missing file is no routes.
+    /// A file that parses but is not in canonical form is rewritten in it
+    /// (as upstream does), and the guest's cache of it dropped.
     pub async fn reload(&self) -> Result<(), ListenersError> {
-        let parsed = match self.read_file().await {
-            Ok(Some(bytes)) => parse_listeners(&String::from_utf8_lossy(&bytes)),
-            Ok(None) => Ok(Vec::new()),
-            Err(e) => Err(e),
-        };
-        let mut s = self.state.lock().unwrap();
-        match parsed {
-            Ok(routes) => {
-                s.routes = Arc::new(routes);
-                s.reload_error = None;
-                Ok(())
+        let (parsed, text) = match self.read_file().await {
+            Ok(Some(bytes)) => {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                (parse_listeners(&text), Some(text))
             }
-            Err(e) => {
-                s.reload_error = Some(e.to_string());
-                Err(e)
+            Ok(None) => (Ok(Vec::new()), None),
+            Err(e) => (Err(e), None),
+        };
+        let canonical = match (&parsed, &text) {
+            (Ok(routes), Some(text)) => Some(serialize_listeners(routes)).filter(|c| c != text),
+            _ => None,
+        };
+        {
+            let mut s = self.state.lock().unwrap();
+            match &parsed {
+                Ok(routes) => {
+                    s.routes = Arc::new(routes.clone());
+                    s.reload_error = None;
+                }
+                Err(e) => s.reload_error = Some(e.to_string()),
             }
         }
+        if let Some(c) = canonical {
+            if self.write_file(c.as_bytes()).await.is_ok() {
+                self.notify();
+            }
+        }
+        parsed.map(|_| ())
+    }
+
+    /// Tell the fs servers that mount the file that the host changed it.
+    fn notify(&self) {
+        self.sinks
+            .lock()
+            .unwrap()
+            .retain(|sink| sink(LISTENERS_PATH));
     }
 
     pub(crate) fn subscribe(&self, sink: ChangeSink) {
@@ -416,9 +434,14 @@ mod tests {
         let l = Listeners::new(mem.clone()).await.unwrap();
         assert!(l.routes().is_empty());
         l.set_routes(vec![r("/a", 1, true)]).await.unwrap();
-        l.write_file(b"/b :2\n").await.unwrap();
+        l.write_file(b"/b/  :2 # two\n").await.unwrap();
         l.reload().await.unwrap();
         assert_eq!(*l.routes(), vec![r("/b", 2, true)]);
+        assert_eq!(
+            l.read_file().await.unwrap().unwrap(),
+            b"/b\t:2\n",
+            "canonical"
+        );
         l.write_file(b"garbage\n").await.unwrap();
         assert!(l.reload().await.is_err());
         assert_eq!(*l.routes(), vec![r("/b", 2, true)]);

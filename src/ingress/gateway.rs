@@ -14,6 +14,7 @@
 //! once the guest answers 101.
 
 use std::convert::Infallible;
+use std::future::Future as _;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -786,5 +787,3 @@ impl http_body::Body for IdleTimeout {
         self.inner.size_hint()
     }
 }
-
-use std::future::Future as _;

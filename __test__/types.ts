@@ -230,21 +230,6 @@ async function checkpoints(): Promise<void> {
 }
 void checkpoints;
 
-// --- SSH into the guest -----------------------------------------------------
-import type { SshAccess, EnableSshOptions } from "@gondolin/native";
-
-async function sshIn(): Promise<void> {
-  const vm = await VM.create();
-  const options: EnableSshOptions = { user: "root", listenHost: "127.0.0.1", listenPort: 0 };
-  const access: SshAccess = await vm.enableSsh(options);
-  void (access.command satisfies string);
-  void (access.port satisfies number);
-  await access.close();
-  // @ts-expect-error listenPort is a number
-  await vm.enableSsh({ listenPort: "22" });
-}
-void sshIn;
-
 // --- Ingress ----------------------------------------------------------------
 import {
   IngressRequestBlockedError,
@@ -279,3 +264,19 @@ async function ingress(): Promise<void> {
   await vm.enableIngress({ listenPort: "8080" });
 }
 void ingress;
+
+// --- SSH into the guest -----------------------------------------------------
+import type { SshAccess, EnableSshOptions } from "@gondolin/native";
+
+async function sshIn(): Promise<void> {
+  const vm = await VM.create();
+  const options: EnableSshOptions = { user: "root", listenHost: "127.0.0.1", listenPort: 0 };
+  const access: SshAccess = await vm.enableSsh(options);
+  void (access.command satisfies string);
+  void (access.port satisfies number);
+  await access.close();
+  // @ts-expect-error listenPort is a number
+  await vm.enableSsh({ listenPort: "22" });
+}
+void sshIn;
+

@@ -279,4 +279,3 @@ async function sshIn(): Promise<void> {
   await vm.enableSsh({ listenPort: "22" });
 }
 void sshIn;
-

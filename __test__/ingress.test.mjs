@@ -359,6 +359,17 @@ test("hooks: deny, block with a custom answer, patch request and response", { sk
   r = await fetch(`${access.url}/node/buffer`);
   assert.match(await r.text(), /"URL":"\/BUFFER"/);
   await access.close();
+  // Closed: the port no longer listens.
+  await assert.rejects(
+    new Promise((resolve, reject) => {
+      const s = net.connect(access.port, "127.0.0.1", () => {
+        s.destroy();
+        resolve();
+      });
+      s.on("error", reject);
+    }),
+    (e) => e.code === "ECONNREFUSED",
+  );
 });
 
 test("CLI: bash --listen prints the URL and serves the guest", { skip }, async () => {

@@ -3,6 +3,7 @@
 
 /// <reference types="node" />
 import type { Readable } from "node:stream";
+import type { EventEmitter } from "node:events";
 
 /**
  * The `code` of every error the API throws or rejects with (filesystem
@@ -915,6 +916,44 @@ export declare class VM {
    * without a network (`invalid_option`).
    */
   enableSsh(options?: EnableSshOptions): Promise<SshAccess>;
+  /**
+   * The ingress gateway (upstream API): a host HTTP/1.1 server whose
+   * requests reach servers on the guest's loopback, routed by
+   * `/etc/gondolin/listeners` (longest prefix wins; see `IngressRoute`).
+   * Each request opens a fresh TCP connection into the guest through the
+   * VM's network stack (no guest daemon). Idempotent while the access is
+   * open; closed with the VM. Boots the VM if needed.
+   *
+   * Answers of its own (text/plain, upstream's): 404 "no route\n", 403
+   * "forbidden\n" (`isAllowed` false), 502 "bad gateway\n" (the guest
+   * refused, timed out, or a hook threw; details only under
+   * `GONDOLIN_DEBUG=net`), 426 for upgrade intent without an upgrade, 501
+   * when WebSockets are disabled.
+   *
+   * Errors: "ingress requires the /etc/gondolin mount. Ensure VFS is enabled
+   * and that /etc/gondolin is not overridden by a custom mount."
+   * (`invalid_state`, upstream's message); a VM without a network
+   * (`invalid_state`, ours: upstream's transport is not the network); a
+   * taken listen address (`io_error`); bad options (`invalid_option`).
+   */
+  enableIngress(options?: EnableIngressOptions): Promise<IngressAccess>;
+  /** The current ingress routes; [] without the /etc/gondolin mount (upstream). */
+  getIngressRoutes(): IngressRoute[];
+  /**
+   * Replace the routes and rewrite `/etc/gondolin/listeners` in canonical
+   * form (upstream). Throws "/etc/gondolin mount is not available"
+   * (`invalid_state`) without the mount, and upstream's validation messages
+   * (`invalid_option`): "invalid ingress route prefix", "invalid ingress
+   * route port: P", "invalid ingress route stripPrefix".
+   */
+  setIngressRoutes(routes: IngressRoute[]): void;
+  /**
+   * Why the last reload of `/etc/gondolin/listeners` failed (the previous
+   * routes stayed), as an Error with code `invalid_option`; null when the
+   * last reload worked. Our extension (upstream emits `reloadError` on its
+   * internal GondolinListeners).
+   */
+  getIngressReloadError(): Error | null;
   /** null until booted. */
   get info(): VmInfo | null;
   /** QEMU's process id; null before boot and after close. */
@@ -1223,3 +1262,159 @@ export declare function connectToSession(
   socketPath: string,
   callbacks: { onMessage(message: Record<string, unknown>): void; onClose?(error?: Error): void },
 ): { send(message: Record<string, unknown>): boolean; close(): void };
+
+// ---- Ingress (upstream API; see `VM.enableIngress`) ----
+
+/**
+ * One ingress route: requests whose path is `prefix` or lies under it go to
+ * the guest's `127.0.0.1:port`. `stripPrefix` (default true) removes the
+ * prefix (`/api/users` → `/users`, `/api` → `/`) and adds
+ * `x-forwarded-prefix`. In the listeners file: `<prefix> :<port>
+ * [strip_prefix=false]`, one per line, `#` comments.
+ */
+export interface IngressRoute {
+  /** Starts with "/"; a trailing "/" is removed. */
+  prefix: string;
+  /** Guest loopback port, 1-65535. */
+  port: number;
+  stripPrefix?: boolean;
+}
+
+/** Options of `vm.enableIngress()` (upstream's, with upstream's defaults). */
+export interface EnableIngressOptions {
+  /** Host address to listen on (an IP address; "localhost" = 127.0.0.1). Default "127.0.0.1". */
+  listenHost?: string;
+  /** Host port; 0 = ephemeral. Default 0. */
+  listenPort?: number;
+  /** Pass WebSocket upgrades through (after the hooks). Default true. */
+  allowWebSockets?: boolean;
+  hooks?: IngressGatewayHooks;
+  /** Buffer every response body for `hooks.onResponse` (only with that hook). Default false. */
+  bufferResponseBody?: boolean;
+  /** Cap of a buffered body in bytes; over it the answer is 502. Default 2097152 (2 MiB). */
+  maxBufferedResponseBodyBytes?: number;
+  /** Milliseconds the guest may take to send the response head (0 = no bound). Default 2000. */
+  upstreamHeaderTimeoutMs?: number;
+  /** Milliseconds allowed between two body chunks from the guest (0 = no bound). Default 15000. */
+  upstreamResponseTimeoutMs?: number;
+}
+
+/** What `vm.enableIngress()` gives (upstream). */
+export interface IngressAccess {
+  host: string;
+  port: number;
+  /** `http://host:port` (an IPv6 host bracketed). */
+  url: string;
+  /** Stop listening and end its connections (the VM keeps running). */
+  close(): Promise<void>;
+}
+
+export type IngressHeaderValue = string | string[];
+/** Header names lowercased; a repeated header is an array. */
+export type IngressHeaders = Record<string, IngressHeaderValue>;
+/** null/undefined deletes a header; a value replaces it. */
+export type IngressHeaderPatch = Record<string, IngressHeaderValue | null | undefined>;
+
+export interface IngressAllowInfo {
+  clientIp: string;
+  method: string;
+  /** Path and query as the client sent them. */
+  path: string;
+  headers: Record<string, string | string[]>;
+  route: IngressRoute;
+}
+
+export interface IngressHookRequest {
+  clientIp: string;
+  method: string;
+  path: string;
+  route: IngressRoute;
+  /** "127.0.0.1". */
+  backendHost: string;
+  backendPort: number;
+  /** Path and query after the prefix was stripped. */
+  backendTarget: string;
+  headers: IngressHeaders;
+}
+
+export interface IngressHookRequestPatch {
+  method?: string;
+  /** Must stay "127.0.0.1" or "localhost" (else 502). */
+  backendHost?: string;
+  backendPort?: number;
+  /** Must start with "/" (else 502). */
+  backendTarget?: string;
+  headers?: IngressHeaderPatch;
+  bufferResponseBody?: boolean;
+  maxBufferedResponseBodyBytes?: number;
+}
+
+export interface IngressHookResponse {
+  statusCode: number;
+  statusMessage: string;
+  headers: IngressHeaders;
+  /** Only when the body is buffered (`bufferResponseBody`). */
+  body?: Buffer;
+}
+
+export interface IngressHookResponsePatch {
+  statusCode?: number;
+  statusMessage?: string;
+  headers?: IngressHeaderPatch;
+  /** Replaces the body; sent with an explicit content-length. */
+  body?: Buffer;
+}
+
+/**
+ * Ingress hooks (upstream). A hook that throws `IngressRequestBlockedError`
+ * answers with its status and body; any other throw answers 502.
+ */
+export interface IngressGatewayHooks {
+  /** false → 403 "forbidden\n". */
+  isAllowed?: (info: IngressAllowInfo) => Promise<boolean> | boolean;
+  onRequest?: (
+    request: IngressHookRequest,
+  ) => Promise<IngressHookRequestPatch | void> | IngressHookRequestPatch | void;
+  onResponse?: (
+    response: IngressHookResponse,
+    request: IngressHookRequest,
+  ) => Promise<IngressHookResponsePatch | void> | IngressHookResponsePatch | void;
+}
+
+/** Thrown by an ingress hook to refuse a request with its own answer (upstream). */
+export declare class IngressRequestBlockedError extends Error {
+  /** Default 403. */
+  readonly statusCode: number;
+  /** Default "Forbidden". */
+  readonly statusMessage: string;
+  /** Default "forbidden\n". */
+  readonly body: string;
+  constructor(message?: string, statusCode?: number, statusMessage?: string, body?: string);
+}
+
+/**
+ * Upstream's routing table over a provider rooted at /etc/gondolin (file
+ * `/listeners`, at most 64 KiB). A VM keeps its own native table; this class
+ * is for programs that manage a listeners file themselves.
+ * Events: "changed" (routes), "reloadError" (err).
+ */
+export declare class GondolinListeners extends EventEmitter {
+  constructor(etcProvider: VirtualProvider);
+  getLastReloadError(): unknown;
+  getRoutes(): IngressRoute[];
+  /** Reload 25 ms later (coalesced); a bad file keeps the routes and emits "reloadError". */
+  notifyDirty(): void;
+  /** Validate, normalize, write the canonical file, emit "changed". */
+  setRoutes(routes: IngressRoute[]): void;
+  /** Parse the file now (missing = no routes); rewrite it canonically if it differs. */
+  reloadNow(): void;
+}
+
+/**
+ * Parse a listeners file (upstream format). Throws `invalid listeners file
+ * line N: …` (code `invalid_option`) naming the line, or "listeners file too
+ * large" over 64 KiB.
+ */
+export declare function parseListenersFile(text: string): { routes: IngressRoute[] };
+/** The canonical file: one route per line, tab-separated, trailing newline ("\n" for none). */
+export declare function serializeListenersFile(data: { routes: IngressRoute[] }): string;

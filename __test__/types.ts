@@ -230,6 +230,41 @@ async function checkpoints(): Promise<void> {
 }
 void checkpoints;
 
+// --- Ingress ----------------------------------------------------------------
+import {
+  IngressRequestBlockedError,
+  GondolinListeners,
+  parseListenersFile,
+  serializeListenersFile,
+} from "@gondolin/native";
+import type { IngressAccess, EnableIngressOptions, IngressRoute, IngressGatewayHooks } from "@gondolin/native";
+
+async function ingress(): Promise<void> {
+  const vm = await VM.create();
+  const hooks: IngressGatewayHooks = {
+    isAllowed: (info) => info.clientIp === "127.0.0.1" && info.route.port > 0,
+    onRequest: (req) => {
+      if (req.path === "/x") throw new IngressRequestBlockedError("no", 451, "Unavailable", "nope\n");
+      return { backendTarget: req.backendTarget, headers: { "x-a": "1", "x-b": null } };
+    },
+    onResponse: async (resp) => ({ statusCode: resp.statusCode, body: resp.body, headers: { "x-c": ["1", "2"] } }),
+  };
+  const options: EnableIngressOptions = { listenPort: 0, allowWebSockets: true, hooks, upstreamHeaderTimeoutMs: 10_000 };
+  const access: IngressAccess = await vm.enableIngress(options);
+  void (access.url satisfies string);
+  const routes: IngressRoute[] = vm.getIngressRoutes();
+  vm.setIngressRoutes([...routes, { prefix: "/api", port: 8080, stripPrefix: false }]);
+  void (vm.getIngressReloadError() satisfies Error | null);
+  const text: string = serializeListenersFile(parseListenersFile("/ :8080\n"));
+  const l = new GondolinListeners(new MemoryProvider());
+  l.on("reloadError", (e: unknown) => void e);
+  void text;
+  await access.close();
+  // @ts-expect-error listenPort is a number
+  await vm.enableIngress({ listenPort: "8080" });
+}
+void ingress;
+
 // --- SSH into the guest -----------------------------------------------------
 import type { SshAccess, EnableSshOptions } from "@gondolin/native";
 

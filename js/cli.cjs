@@ -88,6 +88,12 @@ SSH into the VM:
   --ssh-port PORT      host port, 0-65535 (default 0: any free port)
   --ssh-listen HOST    host address to listen on (default 127.0.0.1)
 
+Ingress (host HTTP gateway into the VM):
+  --listen [HOST:]PORT start the ingress gateway (default 127.0.0.1:0) and
+                       print its URL on stderr; routes come from
+                       /etc/gondolin/listeners in the VM ('/ :8000' per line);
+                       --disable-websockets also refuses ingress WebSockets
+
 Checkpoints:
   --resume ID_OR_PATH  start from a checkpoint instead of a fresh VM: a file
                        path, or the name (or a unique prefix) of a snapshot in
@@ -396,6 +402,10 @@ function parseVmOnly(args, usage) {
       o.resume = args[++i];
       continue;
     }
+    if (usage === BASH_USAGE && a === "--listen") {
+      i += parseListenFlag(args, i, o, usage); // ingress
+      continue;
+    }
     if (usage === BASH_USAGE && a.startsWith("--ssh") && SSH_FLAGS.has(a)) {
       i += parseSshFlag(args, i, o, usage);
       continue;
@@ -436,6 +446,51 @@ async function startSsh(vm, o) {
   const { enabled, ...options } = o.ssh;
   const access = await vm.enableSsh(options);
   process.stderr.write(`SSH enabled: ${access.command}\n`);
+}
+
+// --- bash --listen (upstream cli.md §3): vm.enableIngress() and print the URL ---
+
+/** Parse a --listen value: `HOST:PORT`, `:PORT`, `PORT`, `[IPv6]:PORT`. */
+function parseListenValue(raw, usage) {
+  const bad = (why) => new UsageError(`Invalid --listen value: ${raw} (${why})`, usage);
+  const v = raw.trim();
+  if (!v) throw new UsageError("--listen requires a non-empty value", usage);
+  let host = "127.0.0.1";
+  let portText = v;
+  if (v.startsWith("[")) {
+    const end = v.indexOf("]");
+    if (end < 0) throw bad("missing ']'");
+    host = v.slice(1, end);
+    if (!host) throw bad("empty host in brackets");
+    if (v[end + 1] !== ":") throw bad("expected :PORT after ]");
+    portText = v.slice(end + 2);
+  } else if (v.includes(":")) {
+    const at = v.lastIndexOf(":");
+    host = v.slice(0, at) || "127.0.0.1";
+    portText = v.slice(at + 1);
+  }
+  const port = Number(portText);
+  if (!/^\d+$/.test(portText) || port > 65535) throw bad("port must be 0-65535");
+  return { listenHost: host, listenPort: port };
+}
+
+/** `--listen [VALUE]`: the value is optional (next token unless it starts with `--` or is `-h`). */
+function parseListenFlag(args, i, o, usage) {
+  const next = args[i + 1];
+  if (next === undefined || next.startsWith("--") || next === "-h") {
+    o.listen = { listenHost: "127.0.0.1", listenPort: 0 };
+    return 0;
+  }
+  o.listen = parseListenValue(next, usage);
+  return 1;
+}
+
+/** `--listen`: enable ingress and say where (stderr, upstream's wording). */
+async function startIngress(vm, o) {
+  if (!o.listen) return;
+  const access = await vm.enableIngress({ ...o.listen, allowWebSockets: !o.noWebSockets });
+  process.stderr.write(`Ingress enabled: ${access.url}\n`);
+  process.stderr.write("Configure routes by editing /etc/gondolin/listeners inside the VM.\n");
 }
 
 // bash if the image has it, else sh (one exec, no probe round trip).
@@ -483,6 +538,7 @@ async function cmdBash(args) {
   }
   try {
     await startSsh(vm, o);
+    await startIngress(vm, o);
   } catch (err) {
     await vm.close();
     throw err;

@@ -53,6 +53,7 @@ const {
   PLACEHOLDER_ALPHABET_UPPER_ALPHANUMERIC,
   PLACEHOLDER_ALPHABET_BASE64URL,
 } = require("./net.cjs");
+const { IngressRequestBlockedError, GondolinListeners, parseListenersFile, serializeListenersFile } = require("./ingress.cjs"); // ingress
 const { listSessions, findSession, gcSessions, connectToSession, registerSession, unregisterSession } = require("./sessions.cjs");
 
 module.exports = {
@@ -106,4 +107,9 @@ module.exports = {
   VirtualDirent,
   createVirtualDirStats,
   formatVirtualEntries,
+  // ingress
+  IngressRequestBlockedError,
+  GondolinListeners,
+  parseListenersFile,
+  serializeListenersFile,
 };

@@ -727,15 +727,15 @@ function attach(provider, vm, base, links) {
  * the guest paths bind-mounted from it. Returns null for `vfs: null`.
  * `detach()` forgets the VM in every provider when it closes.
  */
-/** The host-served /etc/gondolin: the MITM CA when the VM has a network; read-only. */
-function defaultEtc(withNet) {
-  const p = new MemoryProvider();
-  if (withNet) {
-    p.mkdirSync("/mitm", { recursive: true });
-    p.writeFileSync("/mitm/ca.crt", native.mitmCaPem());
+/**
+ * The host-served /etc/gondolin (src/ingress/etc.rs): the MITM CA read-only
+ * under mitm/ when the VM has a network, and `listeners`, the one file the
+ * guest may write (64 KiB), which feeds the VM's ingress routes.
+ */
+class EtcProvider extends NativeBackedProvider {
+  constructor(withNet) {
+    super(native.etcProvider(withNet ? Buffer.from(native.mitmCaPem()) : undefined));
   }
-  p.setReadOnly();
-  return p;
 }
 
 function buildVfs(options, vm) {
@@ -761,7 +761,13 @@ function buildVfs(options, vm) {
     }
     keys.set(n, p);
   }
-  if (!keys.has("/etc/gondolin")) keys.set("/etc/gondolin", defaultEtc(sandbox.netEnabled !== false));
+  // ingress: our /etc/gondolin unless the user mounts their own there.
+  let listeners = null;
+  if (!keys.has("/etc/gondolin")) {
+    const etc = new EtcProvider(sandbox.netEnabled !== false);
+    listeners = etc[kNative].listeners();
+    keys.set("/etc/gondolin", etc);
+  }
   if (!keys.has("/")) keys.set("/", new MemoryProvider());
   const builder = new native.NativeMounts();
   const links = [];
@@ -778,7 +784,7 @@ function buildVfs(options, vm) {
     root = builder.build(null, null);
   }
   const binds = [...keys.keys()].filter((k) => k !== "/").sort();
-  return { root, fuseMount: normalizeVfsPath(fuseMount), binds, detach: () => links.forEach((f) => f()) };
+  return { root, fuseMount: normalizeVfsPath(fuseMount), binds, listeners, detach: () => links.forEach((f) => f()) };
 }
 
 module.exports = {

@@ -14,6 +14,7 @@ const { resolveOptions, optionError, defaultDebugLog } = require("./options.cjs"
 const { netOptions, pumpEgress } = require("./net.cjs");
 const { registerVmSession } = require("./sessions.cjs"); // sessions
 const { enableSsh } = require("./ssh-access.cjs");
+const { enableIngress, normalizeRoutes } = require("./ingress.cjs"); // ingress
 
 const DEFAULT_START_TIMEOUT_MS = 120000;
 
@@ -346,6 +347,55 @@ class VM {
     return this._ssh;
   }
 
+  // ---- ingress (js/ingress.cjs) ----
+
+  /**
+   * Start the host HTTP gateway routed by /etc/gondolin/listeners (upstream
+   * API). Idempotent: later calls return the same access while it is open.
+   * Closed with the VM. Needs the network (ours: `invalid_state` without).
+   */
+  enableIngress(options = {}) {
+    if (this._closed) return Promise.reject(this._closedError());
+    if (!this._ingress) {
+      const pending = enableIngress(this, options).then((access) => {
+        const close = access.close;
+        access.close = () => {
+          if (this._ingress === pending) this._ingress = null;
+          return close();
+        };
+        return access;
+      });
+      this._ingress = pending;
+      pending.catch(() => {
+        if (this._ingress === pending) this._ingress = null;
+      });
+    }
+    return this._ingress;
+  }
+
+  /** The current ingress routes; [] without the /etc/gondolin mount. */
+  getIngressRoutes() {
+    const l = this._vfs && this._vfs.listeners;
+    return l ? l.routes() : [];
+  }
+
+  /** Replace the routes and rewrite /etc/gondolin/listeners in canonical form. */
+  setIngressRoutes(routes) {
+    const l = this._vfs && this._vfs.listeners;
+    if (!l) throw withCode("/etc/gondolin mount is not available", "invalid_state");
+    l.setRoutes(normalizeRoutes(routes));
+  }
+
+  /**
+   * Ours: why the last reload of /etc/gondolin/listeners failed (the old
+   * routes stayed), or null.
+   */
+  getIngressReloadError() {
+    const l = this._vfs && this._vfs.listeners;
+    const e = l ? l.reloadError() : null;
+    return e ? withCode(e, "invalid_option") : null;
+  }
+
   /** Why a call on a closed VM fails (a checkpointed one says so). */
   _closedError() {
     return withCode(this._checkpointed ? CHECKPOINTED : "VM is closed", "vm_closed");
@@ -433,6 +483,7 @@ class VM {
         // Consumed either way: what is left of the VM goes.
         await n.close().catch(() => {});
         if (this._vfs) this._vfs.detach();
+        if (this._ingress) this._ingress.then((a) => a.close(), () => {}); // ingress
         if (session && forSession) session.close().catch(() => {});
         this._debug("vm", `checkpointed to ${checkpointPath}`);
       }
@@ -452,6 +503,7 @@ class VM {
         if (this._starting) await this._starting.catch(() => {});
         if (this._session) await this._session.close(); // sessions
         if (this._ssh) await this._ssh.then((a) => a.close(), () => {});
+        if (this._ingress) await this._ingress.then((a) => a.close(), () => {}); // ingress
         if (this._native) await this._native.close();
         if (this._vfs) this._vfs.detach();
         if (this._native) this._debug("vm", "closed");

@@ -7,6 +7,7 @@ pub mod error;
 pub mod framed;
 pub mod http;
 pub mod image;
+pub mod ingress;
 pub mod log_limit;
 pub mod net;
 pub mod options;

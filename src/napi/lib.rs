@@ -14,6 +14,7 @@ mod guest_fs;
 mod http_js;
 mod http_policy;
 mod image;
+mod ingress;
 mod js_callback;
 mod net;
 mod options;

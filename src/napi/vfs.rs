@@ -86,6 +86,8 @@ pub struct NativeProvider {
     /// deadlock waiting for the JS thread they block.
     pub(crate) needs_js: bool,
     memory: Option<Arc<MemoryProvider>>,
+    /// The `/etc/gondolin` provider's routing table (ingress).
+    listeners: Option<Arc<gondolin::ingress::Listeners>>,
     handles: Arc<Handles>,
 }
 
@@ -95,6 +97,7 @@ impl NativeProvider {
             inner,
             needs_js,
             memory: None,
+            listeners: None,
             handles: Arc::default(),
         }
     }
@@ -418,6 +421,14 @@ impl NativeProvider {
         self.inner.supports_symlinks()
     }
 
+    /// The routing table of an `/etc/gondolin` provider; null for others.
+    #[napi]
+    pub fn listeners(&self) -> Option<crate::ingress::NativeListeners> {
+        self.listeners
+            .clone()
+            .map(|inner| crate::ingress::NativeListeners { inner })
+    }
+
     /// MemoryProvider only: refuse every later mutation with EROFS.
     #[napi]
     pub fn set_read_only(&self, env: &Env) -> napi::Result<()> {
@@ -433,6 +444,22 @@ impl NativeProvider {
             .js(env),
         }
     }
+}
+
+/// The `/etc/gondolin` provider (`gondolin::ingress::etc`): the MITM CA
+/// read-only under `mitm/` when `ca_pem` is given, and the writable
+/// `listeners` file that feeds the VM's ingress routes.
+#[napi]
+pub fn etc_provider(env: &Env, ca_pem: Option<Buffer>) -> napi::Result<NativeProvider> {
+    let etc = napi::bindgen_prelude::block_on(gondolin::ingress::etc::EtcProvider::new(
+        ca_pem.as_deref(),
+    ))
+    .map_err(|e| JsFailure::new(ErrorCode::VfsError, e))
+    .js(env)?;
+    Ok(NativeProvider {
+        listeners: Some(etc.listeners()),
+        ..NativeProvider::wrap(Arc::new(etc), false)
+    })
 }
 
 /// `capacity_bytes`: the most file data the tree holds (default

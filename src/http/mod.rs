@@ -226,7 +226,7 @@ impl Egress {
 
     // --- SSH egress ---
     /// Install the VM's `ssh` config (before the VM starts; once).
-    pub fn set_ssh(&self, config: crate::ssh::SshConfig) {
+    pub fn set_ssh(&self, config: Arc<crate::ssh::SshConfig>) {
         self.ssh.set(config);
     }
 

@@ -285,10 +285,10 @@ pub(crate) struct FlowContext {
 }
 
 impl SshEgress {
-    pub(crate) fn set(&self, config: SshConfig) {
+    pub(crate) fn set(&self, config: Arc<SshConfig>) {
         let total = config.limits.total.max(1);
         let _ = self.upstreams.set(Arc::new(Semaphore::new(total)));
-        let _ = self.config.set(Arc::new(config));
+        let _ = self.config.set(config);
     }
 
     /// The destination ports on which an `SSH-` banner means SSH.

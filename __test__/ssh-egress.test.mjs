@@ -1,0 +1,225 @@
+// SSH egress (`ssh` option) against a real VM: a host sshd started here on
+// 127.0.0.1:<free port> (its own config, host key and authorized_keys in a
+// tmpdir) serves bare git repos; the guest's git/ssh reach it by a name
+// through the host's SSH proxy, which holds the only private key.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { VM, getInfoFromSshExecRequest } from "@gondolin/native";
+import { vmSkip, sleep } from "./helpers.mjs";
+
+const skip = vmSkip() || (fs.existsSync("/usr/sbin/sshd") ? false : "openssh-server is not installed (make deps)");
+let vm;
+let sshd;
+let dir;
+let userKey;
+let sshdLog = "";
+const events = [];
+const policyCalls = [];
+
+const GIT_SSH = "ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR";
+
+async function freePort() {
+  const s = net.createServer();
+  await new Promise((r) => s.listen(0, "127.0.0.1", r));
+  const { port } = s.address();
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+async function waitForBanner(port) {
+  for (let i = 0; i < 100; i++) {
+    if (sshd.exitCode !== null) throw new Error(`sshd exited with ${sshd.exitCode}: ${sshdLog}`);
+    const ok = await new Promise((resolve) => {
+      const c = net.connect(port, "127.0.0.1");
+      c.once("data", (d) => (c.destroy(), resolve(d.toString().startsWith("SSH-"))));
+      c.on("error", () => resolve(false));
+    });
+    if (ok) return;
+    await sleep(100);
+  }
+  throw new Error(`sshd does not answer on 127.0.0.1:${port}: ${sshdLog}`);
+}
+
+const sh = (cmd, cwd) => execFileSync("sh", ["-c", cmd], { cwd, stdio: "pipe" });
+
+/** A bare repo at `<dir>/<name>.git` with one commit holding `files`. */
+function makeRepo(name, files) {
+  const work = path.join(dir, `${name}-work`);
+  fs.mkdirSync(work);
+  for (const [f, data] of Object.entries(files)) fs.writeFileSync(path.join(work, f), data);
+  sh("git init -q -b main . && git add -A && git -c user.name=t -c user.email=t@t commit -qm init", work);
+  sh(`git clone -q --bare ${work} ${path.join(dir, `${name}.git`)}`);
+}
+
+before(async () => {
+  if (skip) return;
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), "gondolinssh"));
+  fs.mkdirSync("/run/sshd", { recursive: true });
+  sh(`ssh-keygen -q -t ed25519 -N "" -f ${dir}/host_key && ssh-keygen -q -t ed25519 -N "" -f ${dir}/user_key`);
+  userKey = fs.readFileSync(`${dir}/user_key`, "utf8");
+  fs.copyFileSync(`${dir}/user_key.pub`, `${dir}/authorized_keys`);
+  fs.chmodSync(`${dir}/authorized_keys`, 0o600);
+  const user = os.userInfo().username;
+  const port = await freePort();
+  fs.writeFileSync(
+    `${dir}/sshd_config`,
+    [
+      `Port ${port}`,
+      "ListenAddress 127.0.0.1",
+      `HostKey ${dir}/host_key`,
+      `AuthorizedKeysFile ${dir}/authorized_keys`,
+      `PidFile ${dir}/sshd.pid`,
+      "StrictModes no",
+      "UsePAM no",
+      "PasswordAuthentication no",
+      "KbdInteractiveAuthentication no",
+      "PubkeyAuthentication yes",
+      `AllowUsers ${user}`,
+      "PermitRootLogin prohibit-password",
+      "",
+    ].join("\n"),
+  );
+  // The git.test known_hosts line; badkey.test is left out on purpose.
+  const hostPub = fs.readFileSync(`${dir}/host_key.pub`, "utf8").trim().split(" ").slice(0, 2).join(" ");
+  fs.writeFileSync(`${dir}/known_hosts`, `# test\ngit.test ${hostPub}\n`);
+  makeRepo("small", { "README.md": "hello from the host\n" });
+  // 20 MiB of random bytes: git cannot compress it.
+  makeRepo("big", { "blob.bin": randomBytes(20 * 1024 * 1024) });
+  sh(`git init -q --bare ${dir}/push.git`);
+  sshd = spawn("/usr/sbin/sshd", ["-D", "-e", "-f", `${dir}/sshd_config`], { stdio: ["ignore", "ignore", "pipe"] });
+  sshd.stderr.on("data", (d) => (sshdLog = (sshdLog + d).slice(-4000)));
+  await waitForBanner(port);
+  vm = await VM.create({
+    ssh: {
+      allowedHosts: ["git.test", "badkey.test"],
+      credentials: { "*.test": { username: user, privateKey: userKey } },
+      knownHostsFile: `${dir}/known_hosts`,
+      // Our extension: the host sshd is on a random port, not git.test:22.
+      upstreams: { "git.test": `127.0.0.1:${port}`, "badkey.test": `127.0.0.1:${port}` },
+      execPolicy: (req) => {
+        policyCalls.push(req);
+        const git = getInfoFromSshExecRequest(req);
+        if (git) return { allow: true };
+        return { allow: false, exitCode: 42, message: `gondolin test policy: ${JSON.stringify(req.command)} is not git` };
+      },
+    },
+    onEgress: (e) => events.push(e),
+  });
+  await vm.start();
+});
+
+after(async () => {
+  if (vm) await vm.close();
+  if (sshd) sshd.kill();
+  if (dir) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+async function guest(script, timeout = 300000) {
+  return vm.exec(["sh", "-c", script], { env: { GIT_SSH_COMMAND: GIT_SSH }, timeout });
+}
+
+test("getInfoFromSshExecRequest parses git commands and refuses the rest", () => {
+  const req = (command) => ({ hostname: "h", port: 22, guestUsername: "git", command, src: { ip: "10.0.2.15", port: 1 } });
+  assert.deepEqual(getInfoFromSshExecRequest(req("git-upload-pack '~/org/repo.git/'")), { service: "git-upload-pack", repo: "org/repo.git" });
+  assert.deepEqual(getInfoFromSshExecRequest(req("git-receive-pack 'org/repo'")), { service: "git-receive-pack", repo: "org/repo" });
+  assert.equal(getInfoFromSshExecRequest(req("git-upload-pack 'org/repo.git'; id")), null);
+  assert.equal(getInfoFromSshExecRequest(req("id")), null);
+  assert.equal(getInfoFromSshExecRequest(req("git-upload-pack '../etc/passwd'")), null);
+});
+
+test("ssh option errors are upstream's, at construction", () => {
+  const refused = (ssh, re, extra = {}) =>
+    assert.throws(() => new VM({ ssh, ...extra }), (err) => err.code === "invalid_option" && re.test(err.message));
+  refused({ allowedHosts: ["a.test"] }, /^ssh egress requires at least one credential or ssh agent \(direct ssh is not supported\)$/);
+  refused({ allowedHosts: ["a.test"], agent: "/nonexistent.sock", knownHostsFile: "/nonexistent/kh" },
+    /^ssh egress requires ssh\.hostVerifier to validate upstream host keys \(failed to load known_hosts: no OpenSSH known_hosts files found \(tried \/nonexistent\/kh\)\)$/);
+  refused({ allowedHosts: ["a.test"], agent: "/x.sock", hostVerifier: () => true }, /^ssh egress requires dns mode 'synthetic'$/, { dns: { mode: "open" } });
+  refused({ allowedHosts: ["a.test"], agent: "/x.sock", hostVerifier: () => true }, /^ssh egress requires dns syntheticHostMapping='per-host'$/, { dns: { syntheticHostMapping: "single" } });
+  refused({ allowedHosts: ["a.test"], agent: "/x.sock", hostVerifier: () => true, maxUpstreamConnectionsTotal: 0 }, /ssh\.maxUpstreamConnectionsTotal must be an integer > 0/);
+  refused({ allowedHosts: ["a.test"], credentials: { "a.test": { privateKey: "not a key" } }, hostVerifier: () => true }, /ssh\.credentials\["a\.test"\]: cannot read the private key/);
+  // No allowed host: SSH egress stays off (upstream), nothing else is checked.
+  assert.ok(new VM({ ssh: { allowedHosts: [] } }));
+});
+
+test("git clone over ssh from the guest works with the key held on the host", { skip }, async () => {
+  const r = await guest(`set -e
+cd /tmp && rm -rf small && git clone -q ssh://git@git.test${dir}/small.git small && cat small/README.md`);
+  assert.equal(r.exitCode, 0, r.stderr);
+  assert.equal(r.stdout, "hello from the host\n");
+  const call = policyCalls.find((c) => c.command.includes("small.git"));
+  assert.ok(call, JSON.stringify(policyCalls));
+  assert.equal(call.hostname, "git.test");
+  assert.equal(call.port, 22);
+  assert.equal(call.guestUsername, "git");
+  assert.match(call.src.ip, /^\d+\.\d+\.\d+\.\d+$/);
+  let e;
+  for (let i = 0; i < 50 && !(e = events.find((x) => x.protocol === "ssh" && x.decision === "allow")); i++) await sleep(100);
+  assert.ok(e, JSON.stringify(events));
+  assert.equal(e.host, "git.test:22");
+  assert.match(e.url, /^git-upload-pack '.*small\.git'$/);
+});
+
+test("a 20 MiB clone and a push both ways through the proxy", { skip }, async () => {
+  const t0 = Date.now();
+  const r = await guest(`set -e
+cd /tmp && rm -rf big && git clone -q ssh://git@git.test${dir}/big.git big && wc -c < big/blob.bin`);
+  assert.equal(r.exitCode, 0, r.stderr);
+  assert.equal(r.stdout.trim(), String(20 * 1024 * 1024));
+  const ms = Date.now() - t0;
+  const p = await guest(`set -e
+cd /tmp/big && head -c 4194304 /dev/urandom > pushed.bin && git add pushed.bin
+git -c user.name=g -c user.email=g@g commit -qm push
+git push -q ssh://git@git.test${dir}/push.git HEAD:refs/heads/main`);
+  assert.equal(p.exitCode, 0, p.stderr);
+  const log = execFileSync("git", ["--git-dir", `${dir}/push.git`, "log", "--format=%s", "main"], { encoding: "utf8" });
+  assert.equal(log, "push\ninit\n");
+  console.log(`# 20 MiB clone through the proxy: ${ms} ms`);
+});
+
+test("a non-git command is refused with the policy's message and exit code", { skip }, async () => {
+  const r = await guest(`${GIT_SSH} git@git.test id; echo "exit=$?"`);
+  assert.match(r.stderr, /gondolin test policy: "id" is not git/);
+  assert.match(r.stdout, /exit=42/);
+  // An interactive shell is refused by the proxy itself.
+  const s = await guest(`${GIT_SSH} -T git@git.test </dev/null; echo "exit=$?"`);
+  assert.match(s.stderr, /gondolin ssh proxy: interactive shells are not supported/);
+  assert.match(s.stdout, /exit=1/);
+});
+
+test("an unknown upstream host key refuses the connection", { skip }, async () => {
+  const r = await guest(`git clone -q ssh://git@badkey.test${dir}/small.git /tmp/bad; echo "exit=$?"`);
+  assert.match(r.stderr, /gondolin ssh proxy error: upstream host key for badkey\.test:22 is not trusted/);
+  assert.doesNotMatch(r.stdout, /exit=0/);
+  let e;
+  for (let i = 0; i < 50 && !(e = events.find((x) => x.host === "badkey.test:22")); i++) await sleep(100);
+  assert.ok(e, JSON.stringify(events));
+  assert.equal(e.decision, "deny");
+});
+
+test("an unlisted host is refused", { skip }, async () => {
+  const r = await guest(`${GIT_SSH} -o ConnectTimeout=30 git@unlisted.test git-upload-pack x/y.git; echo "exit=$?"`);
+  assert.match(r.stdout, /exit=255/);
+  assert.doesNotMatch(r.stderr, /gondolin ssh proxy/);
+  let e;
+  for (let i = 0; i < 50 && !(e = events.find((x) => x.host === "unlisted.test:22")); i++) await sleep(100);
+  assert.ok(e, JSON.stringify(events));
+  assert.deepEqual([e.protocol, e.decision, e.reason], ["ssh", "deny", "policy-deny"]);
+});
+
+test("the guest holds no private key and no agent", { skip }, async () => {
+  // A line from the middle of the key's base64 body.
+  const lines = userKey.trim().split("\n");
+  const needle = lines[Math.floor(lines.length / 2)];
+  const r = await guest(
+    `grep -rlF -- '${needle}' /root /tmp /etc /home /var /run /srv /opt 2>/dev/null; ` +
+      `cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep -c '^SSH_AUTH_SOCK=' ; ls /root/.ssh 2>/dev/null; true`,
+  );
+  assert.equal(r.stdout.trim().split("\n")[0], "0", `key material or an agent in the guest: ${r.stdout}`);
+  assert.doesNotMatch(r.stdout, /id_|\.pem/);
+});

@@ -19,6 +19,7 @@ let sshd;
 let dir;
 let userKey;
 let sshdLog = "";
+let sshdPort;
 const events = [];
 const policyCalls = [];
 
@@ -67,6 +68,7 @@ before(async () => {
   fs.chmodSync(`${dir}/authorized_keys`, 0o600);
   const user = os.userInfo().username;
   const port = await freePort();
+  sshdPort = port;
   fs.writeFileSync(
     `${dir}/sshd_config`,
     [
@@ -105,7 +107,7 @@ before(async () => {
       execPolicy: (req) => {
         policyCalls.push(req);
         const git = getInfoFromSshExecRequest(req);
-        if (git) return { allow: true };
+        if (git || req.command === "cat") return { allow: true };
         return { allow: false, exitCode: 42, message: `gondolin test policy: ${JSON.stringify(req.command)} is not git` };
       },
     },
@@ -182,6 +184,12 @@ git push -q ssh://git@git.test${dir}/push.git HEAD:refs/heads/main`);
   console.log(`# 20 MiB clone through the proxy: ${ms} ms`);
 });
 
+test("full-duplex bulk: 24 MiB through the upstream's cat, both directions at once", { skip }, async () => {
+  const r = await guest(`head -c 25165824 /dev/urandom > /tmp/in.bin && ${GIT_SSH} git@git.test cat < /tmp/in.bin | cmp - /tmp/in.bin && echo same`);
+  assert.equal(r.exitCode, 0, r.stderr);
+  assert.equal(r.stdout.trim(), "same");
+});
+
 test("a non-git command is refused with the policy's message and exit code", { skip }, async () => {
   const r = await guest(`${GIT_SSH} git@git.test id; echo "exit=$?"`);
   assert.match(r.stderr, /gondolin test policy: "id" is not git/);
@@ -222,4 +230,70 @@ test("the guest holds no private key and no agent", { skip }, async () => {
   );
   assert.equal(r.stdout.trim().split("\n")[0], "0", `key material or an agent in the guest: ${r.stdout}`);
   assert.doesNotMatch(r.stdout, /id_|\.pem/);
+});
+
+test("a guest opening many SSH connections hits the per-VM cap (32)", { skip }, async () => {
+  const r = await vm.exec(["python3", "-c", `
+import socket, time
+socks, banners, resets = [], 0, 0
+for i in range(40):
+    try:
+        s = socket.create_connection(("git.test", 22), timeout=60)
+        s.sendall(b"SSH-2.0-flood\\r\\n")
+        socks.append(s)
+    except OSError:
+        resets += 1
+for s in socks:
+    try:
+        b = s.recv(64)
+        if b.startswith(b"SSH-2.0-gondolin-ssh-proxy"):
+            banners += 1
+        else:
+            resets += 1
+    except OSError:
+        resets += 1
+print(banners, resets)
+`]);
+  assert.equal(r.exitCode, 0, r.stderr);
+  assert.equal(r.stdout.trim(), "32 8");
+  assert.ok(events.some((e) => e.protocol === "ssh" && e.reason === "too-many-ssh-flows"), JSON.stringify(events.slice(-5)));
+  // Closed connections give their slots back: a clone works again.
+  let ok = false;
+  for (let i = 0; i < 20 && !ok; i++) {
+    const c = await guest(`rm -rf /tmp/again && git clone -q ssh://git@git.test${dir}/small.git /tmp/again`);
+    ok = c.exitCode === 0;
+    if (!ok) await sleep(500);
+  }
+  assert.ok(ok, "a clone after the flood");
+});
+
+/** This process's open TCP sockets connected to 127.0.0.1:port (Linux: /proc/net/tcp and /proc/self/fd). */
+function ownSocketsTo(port) {
+  const inodes = new Set();
+  for (const line of fs.readFileSync("/proc/net/tcp", "utf8").split("\n").slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length > 9 && f[2] === `0100007F:${port.toString(16).toUpperCase().padStart(4, "0")}`) inodes.add(f[9]);
+  }
+  let n = 0;
+  for (const fd of fs.readdirSync("/proc/self/fd")) {
+    try {
+      const m = /^socket:\[(\d+)\]$/.exec(fs.readlinkSync(`/proc/self/fd/${fd}`));
+      if (m && inodes.has(m[1])) n++;
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return n;
+}
+
+// Last: it closes the VM.
+test("closing the VM ends an open proxied session and its upstream connection", { skip }, async () => {
+  const running = vm.exec(["sh", "-c", `sleep 600 | ${GIT_SSH} git@git.test cat`]);
+  running.catch(() => {});
+  let n = 0;
+  for (let i = 0; i < 100 && (n = ownSocketsTo(sshdPort)) === 0; i++) await sleep(100);
+  assert.ok(n >= 1, "the proxy holds an upstream connection");
+  await vm.close();
+  for (let i = 0; i < 50 && (n = ownSocketsTo(sshdPort)) > 0; i++) await sleep(100);
+  assert.equal(n, 0, "no upstream connection left after close");
 });

@@ -46,26 +46,32 @@ pub(crate) async fn serve(
         ..Default::default()
     };
     let per_flow = Arc::new(Semaphore::new(config.limits.per_flow.max(1)));
+    let shared = Arc::new(Shared {
+        config,
+        route,
+        src,
+        upstreams,
+        per_flow,
+        events,
+        tasks: std::sync::Mutex::new(JoinSet::new()),
+    });
     let handler = GuestSession {
-        shared: Arc::new(Shared {
-            config,
-            route,
-            src,
-            upstreams,
-            per_flow,
-            events,
-        }),
+        shared: shared.clone(),
         user: String::new(),
         channels: HashMap::new(),
-        tasks: JoinSet::new(),
     };
-    let session = match server::run_stream(Arc::new(server_cfg), io, handler).await {
+    let started = tokio::select! {
+        r = server::run_stream(Arc::new(server_cfg), io, handler) => r,
+        _ = gone.changed() => return,
+    };
+    let session = match started {
         Ok(s) => s,
         Err(e) => {
             log_limited!(debug, target: "gondolin::net", %src, "ssh proxy handshake failed: {e}");
             return;
         }
     };
+    let handle = session.handle();
     tokio::select! {
         r = session => {
             if let Err(e) = r {
@@ -73,8 +79,18 @@ pub(crate) async fn serve(
             }
         }
         // The VM's network is gone: the session (and its bridges) end.
-        _ = gone.changed() => {}
+        _ = gone.changed() => {
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                handle.disconnect(russh::Disconnect::ByApplication, "vm closed".into(), "en".into()),
+            )
+            .await;
+        }
     }
+    // Bridges end with their guest connection (their upstream connections
+    // close as they drop); aborting them also frees a session loop that
+    // waits to hand a bridge data.
+    shared.tasks.lock().unwrap().abort_all();
     drop(flow_slot);
 }
 
@@ -85,6 +101,8 @@ struct Shared {
     upstreams: Arc<Semaphore>,
     per_flow: Arc<Semaphore>,
     events: Option<mpsc::Sender<EgressEvent>>,
+    /// The exec bridges of this connection.
+    tasks: std::sync::Mutex<JoinSet<()>>,
 }
 
 impl Shared {
@@ -116,8 +134,6 @@ struct GuestSession {
     user: String,
     /// Opened session channels waiting for their request.
     channels: HashMap<ChannelId, Channel<Msg>>,
-    /// Bridges; aborted when the guest connection ends (this is dropped).
-    tasks: JoinSet<()>,
 }
 
 impl server::Handler for GuestSession {
@@ -148,9 +164,13 @@ impl server::Handler for GuestSession {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // Finished bridges leave the set here.
-        while self.tasks.try_join_next().is_some() {}
-        if self.channels.len() + self.tasks.len() >= super::MAX_CHANNELS {
+        let running = {
+            let mut tasks = self.shared.tasks.lock().unwrap();
+            // Finished bridges leave the set here.
+            while tasks.try_join_next().is_some() {}
+            tasks.len()
+        };
+        if self.channels.len() + running >= super::MAX_CHANNELS {
             reply
                 .reject(russh::ChannelOpenFailure::ResourceShortage)
                 .await;
@@ -237,8 +257,8 @@ impl server::Handler for GuestSession {
         let user = self.user.clone();
         let command = data.to_vec();
         let handle = session.handle();
-        self.tasks
-            .spawn(async move { bridge(shared, user, ch, command, handle).await });
+        let task = bridge(shared.clone(), user, ch, command, handle);
+        shared.tasks.lock().unwrap().spawn(task);
         Ok(())
     }
 
@@ -346,20 +366,23 @@ async fn bridge(
             return finish(&guest, Some(fail(msg)), 255).await;
         }
     };
-    let (bytes, reason) = pipe(guest, up, handle).await;
+    let (bytes, reason, up_handle) = pipe(guest, up, handle).await;
     shared.record(&text, true, reason, bytes);
+    let _ = up_handle
+        .disconnect(russh::Disconnect::ByApplication, "", "en")
+        .await;
 }
 
 /// Copy guest stdin to the upstream and the upstream's stdout, stderr,
 /// exit status and EOF to the guest. Writes wait for the peer's channel
 /// window (russh), reads are bounded by the channel queues: a slow side
 /// slows the other down instead of buffering. Returns the bytes sent to
-/// the guest and why it ended early, if it did.
+/// the guest, why it ended early (if it did) and the upstream connection.
 async fn pipe(
     guest: Channel<Msg>,
     up: upstream::Upstream,
     handle: server::Handle,
-) -> (u64, Option<String>) {
+) -> (u64, Option<String>, russh::client::Handle<upstream::Verifier>) {
     let upstream::Upstream {
         handle: up_handle,
         channel: up_ch,
@@ -454,8 +477,5 @@ async fn pipe(
         r = to_guest => r,
         _ = to_upstream => None,
     };
-    let _ = up_handle
-        .disconnect(russh::Disconnect::ByApplication, "", "en")
-        .await;
-    (sent, reason)
+    (sent, reason, up_handle)
 }

@@ -151,8 +151,11 @@ fn bad(msg: impl std::fmt::Display) -> JsFailure {
     JsFailure::new(ErrorCode::InvalidOption, msg)
 }
 
-fn registry() -> &'static Mutex<(u32, HashMap<u32, Weak<SshConfig>>)> {
-    static R: OnceLock<Mutex<(u32, HashMap<u32, Weak<SshConfig>>)>> = OnceLock::new();
+/// The last id handed out, and the live configs by id.
+type Registry = Mutex<(u32, HashMap<u32, Weak<SshConfig>>)>;
+
+fn registry() -> &'static Registry {
+    static R: OnceLock<Registry> = OnceLock::new();
     R.get_or_init(Default::default)
 }
 
@@ -181,7 +184,9 @@ impl NativeSsh {
     pub fn new(
         env: &Env,
         options: NativeSshOptions,
-        #[napi(ts_arg_type = "((call: SshHookCall) => Promise<SshHookOutcome>) | undefined | null")]
+        #[napi(
+            ts_arg_type = "((call: SshHookCall) => Promise<SshHookOutcome>) | undefined | null"
+        )]
         dispatch: Option<SshDispatch>,
     ) -> napi::Result<Self> {
         let config = build(options, dispatch).js(env)?;
@@ -254,13 +259,11 @@ fn build(o: NativeSshOptions, dispatch: Option<SshDispatch>) -> Result<SshConfig
             d.total,
             "maxUpstreamConnectionsTotal",
         )?,
-        ready_timeout: Duration::from_millis(
-            positive(
-                o.upstream_ready_timeout_ms,
-                d.ready_timeout.as_millis() as usize,
-                "upstreamReadyTimeoutMs",
-            )? as u64,
-        ),
+        ready_timeout: Duration::from_millis(positive(
+            o.upstream_ready_timeout_ms,
+            d.ready_timeout.as_millis() as usize,
+            "upstreamReadyTimeoutMs",
+        )? as u64),
         keepalive_interval: o
             .upstream_keepalive_interval_ms
             .map(|ms| Duration::from_millis(ms.into()))
@@ -348,9 +351,7 @@ fn build(o: NativeSshOptions, dispatch: Option<SshDispatch>) -> Result<SshConfig
         upstreams,
     };
     let mode = DnsMode::parse(o.dns_mode.as_deref().unwrap_or("synthetic")).map_err(bad)?;
-    config
-        .check_dns(mode, o.per_host_mapping)
-        .map_err(bad)?;
+    config.check_dns(mode, o.per_host_mapping).map_err(bad)?;
     Ok(config)
 }
 

@@ -131,8 +131,7 @@ pub fn git_exec_info(command: &str) -> Option<GitExecInfo> {
     }
     repo = repo.strip_prefix("~/").unwrap_or(repo);
     repo = repo.trim_start_matches('/').trim_end_matches('/');
-    if !repo.contains('/') || repo.contains("..") || repo.starts_with('-') || !is_repo_path(repo)
-    {
+    if !repo.contains('/') || repo.contains("..") || repo.starts_with('-') || !is_repo_path(repo) {
         return None;
     }
     Some(GitExecInfo {
@@ -180,7 +179,10 @@ mod tests {
             info("  git-upload-archive   a/b  "),
             some("git-upload-archive", "a/b")
         );
-        assert_eq!(info("git-upload-pack o\\/r"), some("git-upload-pack", "o/r"));
+        assert_eq!(
+            info("git-upload-pack o\\/r"),
+            some("git-upload-pack", "o/r")
+        );
     }
 
     #[test]

@@ -82,7 +82,10 @@ impl KnownHosts {
         };
         let mut known = false;
         for e in &self.entries {
-            if !candidates.iter().any(|c| host_matches(e.host_patterns(), c)) {
+            if !candidates
+                .iter()
+                .any(|c| host_matches(e.host_patterns(), c))
+            {
                 continue;
             }
             let same = e.public_key().key_data() == key.key_data();
@@ -157,8 +160,10 @@ mod tests {
     use super::*;
     use base64::Engine;
 
-    const KEY_A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAII3pTvcGNOwXxWWQdNoK9JcjKCDSjIK1mczha0pFQ8ef";
-    const KEY_B: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ4su0IYrBKXCWKpoZG6Z8fiwBCumcjpgBX629zllV6V";
+    const KEY_A: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAII3pTvcGNOwXxWWQdNoK9JcjKCDSjIK1mczha0pFQ8ef";
+    const KEY_B: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ4su0IYrBKXCWKpoZG6Z8fiwBCumcjpgBX629zllV6V";
 
     fn key(s: &str) -> PublicKey {
         PublicKey::from_openssh(s).unwrap()

@@ -213,7 +213,9 @@ impl SshConfig {
         }
         let hook_verifies = self.hooks.as_ref().is_some_and(|h| h.has_host_verifier());
         if !hook_verifies && self.known_hosts.is_none() {
-            return Err("ssh egress requires ssh.hostVerifier to validate upstream host keys".into());
+            return Err(
+                "ssh egress requires ssh.hostVerifier to validate upstream host keys".into(),
+            );
         }
         Ok(true)
     }
@@ -332,7 +334,7 @@ impl SshEgress {
             .get_or_init(|| match &config.host_key {
                 Some(k) => Ok(k.clone()),
                 None => generate_host_key()
-                .map_err(|e| format!("cannot generate the ssh proxy host key: {e}")),
+                    .map_err(|e| format!("cannot generate the ssh proxy host key: {e}")),
             })
             .clone()?;
         Ok(FlowContext {

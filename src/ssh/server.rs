@@ -382,7 +382,11 @@ async fn pipe(
     guest: Channel<Msg>,
     up: upstream::Upstream,
     handle: server::Handle,
-) -> (u64, Option<String>, russh::client::Handle<upstream::Verifier>) {
+) -> (
+    u64,
+    Option<String>,
+    russh::client::Handle<upstream::Verifier>,
+) {
     let upstream::Upstream {
         handle: up_handle,
         channel: up_ch,
@@ -397,7 +401,8 @@ async fn pipe(
         while let Some(msg) = guest_rd.wait().await {
             match msg {
                 ChannelMsg::Data { data } => {
-                    if w.write_all(&data).await.is_err() {
+                    let written = w.write_all(&data).await;
+                    if written.is_err() {
                         break;
                     }
                 }
@@ -429,7 +434,8 @@ async fn pipe(
                     sent += data.len() as u64;
                 }
                 ChannelMsg::ExtendedData { data, ext: 1 } => {
-                    if err.write_all(&data).await.is_err() {
+                    let written = err.write_all(&data).await;
+                    if written.is_err() {
                         return Some("guest channel closed".to_string());
                     }
                 }

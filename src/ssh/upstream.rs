@@ -131,8 +131,15 @@ pub(crate) async fn open(
                 .success()
         }
         None => {
-            let path = config.agent.as_ref().ok_or("no credential and no ssh agent")?;
-            let user = if guest_user.is_empty() { "git" } else { guest_user };
+            let path = config
+                .agent
+                .as_ref()
+                .ok_or("no credential and no ssh agent")?;
+            let user = if guest_user.is_empty() {
+                "git"
+            } else {
+                guest_user
+            };
             let mut agent = AgentClient::connect_uds(path)
                 .await
                 .map_err(|e| format!("ssh agent {}: {e}", path.display()))?;

@@ -4,14 +4,14 @@
 // through the host's SSH proxy, which holds the only private key.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
+import { spawn, spawnSync, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { VM, getInfoFromSshExecRequest } from "@gondolin/native";
-import { vmSkip, sleep } from "./helpers.mjs";
+import { cli, vmSkip, sleep } from "./helpers.mjs";
 
 const skip = vmSkip() || (fs.existsSync("/usr/sbin/sshd") ? false : "openssh-server is not installed (make deps)");
 let vm;
@@ -147,6 +147,31 @@ test("ssh option errors are upstream's, at construction", () => {
   refused({ allowedHosts: ["a.test"], credentials: { "a.test": { privateKey: "not a key" } }, hostVerifier: () => true }, /ssh\.credentials\["a\.test"\]: cannot read the private key/);
   // No allowed host: SSH egress stays off (upstream), nothing else is checked.
   assert.ok(new VM({ ssh: { allowedHosts: [] } }));
+});
+
+test("CLI: --ssh-* flag errors are upstream's (no VM starts)", () => {
+  const run = (...args) => spawnSync(process.execPath, [cli, "exec", ...args, "--", "true"], { encoding: "utf8", timeout: 60000, env: { ...process.env, SSH_AUTH_SOCK: "" } });
+  const cases = [
+    [["--ssh-agent", "/x.sock"], /--ssh-agent requires at least one --ssh-allow-host \(or --ssh-credential\)/],
+    [["--ssh-allow-host", "h", "--ssh-agent"], /--ssh-agent requires a socket path or \$SSH_AUTH_SOCK/],
+    [["--ssh-allow-host", "h", "--ssh-agent", "/x.sock", "--dns", "open"], /--ssh-allow-host requires --dns synthetic/],
+    [["--ssh-credential", "h"], /Invalid --ssh-credential format: h \(expected HOST=KEY_PATH\)/],
+    [["--ssh-credential", "h="], /Invalid --ssh-credential format: h= \(missing KEY_PATH\)/],
+    [["--ssh-credential", "@h=/k"], /Invalid --ssh-credential format: @h=\/k \(expected USER@HOST=KEY_PATH\)/],
+    [["--ssh-credential", "h=/k,passphrase-ask"], /Invalid --ssh-credential option: passphrase-ask \(interactive prompting is not supported; use passphrase-env=ENV\)/],
+    [["--ssh-credential", "h=/k,passphrase-env="], /Invalid --ssh-credential option: passphrase-env= \(missing env var name\)/],
+    [["--ssh-credential", "h=/k,passphrase=a,passphrase-env=B"], /cannot combine passphrase and passphrase-env/],
+    [["--ssh-credential", "h=/k,bogus"], /Invalid --ssh-credential option: bogus/],
+    [["--ssh-credential", "h=/k,passphrase-env=GONDOLIN_NO_SUCH_VAR"], /--ssh-credential passphrase env var 'GONDOLIN_NO_SUCH_VAR' is not set \(for h\)/],
+    [["--ssh-credential", "h=/nonexistent/key"], /SSH key file does not exist: \/nonexistent\/key/],
+    [["--ssh-known-hosts"], /--ssh-known-hosts requires a path argument/],
+    [["--ssh-allow-host"], /--ssh-allow-host requires a host argument/],
+  ];
+  for (const [args, re] of cases) {
+    const r = run(...args);
+    assert.notEqual(r.status, 0, args.join(" "));
+    assert.match(r.stderr, re, args.join(" "));
+  }
 });
 
 test("git clone over ssh from the guest works with the key held on the host", { skip }, async () => {

@@ -4,106 +4,41 @@
 // through the host's SSH proxy, which holds the only private key.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync, execFileSync } from "node:child_process";
+import { spawnSync, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs";
-import net from "node:net";
-import os from "node:os";
-import path from "node:path";
 import { VM, getInfoFromSshExecRequest } from "@gondolin/native";
 import { cli, vmSkip, sleep } from "./helpers.mjs";
+import { startSshd, hasSshd } from "./sshd.mjs";
 
-const skip = vmSkip() || (fs.existsSync("/usr/sbin/sshd") ? false : "openssh-server is not installed (make deps)");
+const skip = vmSkip() || (hasSshd() ? false : "openssh-server is not installed (make deps)");
 let vm;
-let sshd;
+let server;
 let dir;
 let userKey;
-let sshdLog = "";
 let sshdPort;
 const events = [];
 const policyCalls = [];
 
 const GIT_SSH = "ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR";
 
-async function freePort() {
-  const s = net.createServer();
-  await new Promise((r) => s.listen(0, "127.0.0.1", r));
-  const { port } = s.address();
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
-async function waitForBanner(port) {
-  for (let i = 0; i < 100; i++) {
-    if (sshd.exitCode !== null) throw new Error(`sshd exited with ${sshd.exitCode}: ${sshdLog}`);
-    const ok = await new Promise((resolve) => {
-      const c = net.connect(port, "127.0.0.1");
-      c.once("data", (d) => (c.destroy(), resolve(d.toString().startsWith("SSH-"))));
-      c.on("error", () => resolve(false));
-    });
-    if (ok) return;
-    await sleep(100);
-  }
-  throw new Error(`sshd does not answer on 127.0.0.1:${port}: ${sshdLog}`);
-}
-
-const sh = (cmd, cwd) => execFileSync("sh", ["-c", cmd], { cwd, stdio: "pipe" });
-
-/** A bare repo at `<dir>/<name>.git` with one commit holding `files`. */
-function makeRepo(name, files) {
-  const work = path.join(dir, `${name}-work`);
-  fs.mkdirSync(work);
-  for (const [f, data] of Object.entries(files)) fs.writeFileSync(path.join(work, f), data);
-  sh("git init -q -b main . && git add -A && git -c user.name=t -c user.email=t@t commit -qm init", work);
-  sh(`git clone -q --bare ${work} ${path.join(dir, `${name}.git`)}`);
-}
-
 before(async () => {
   if (skip) return;
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), "gondolinssh"));
-  fs.mkdirSync("/run/sshd", { recursive: true });
-  sh(`ssh-keygen -q -t ed25519 -N "" -f ${dir}/host_key && ssh-keygen -q -t ed25519 -N "" -f ${dir}/user_key`);
-  userKey = fs.readFileSync(`${dir}/user_key`, "utf8");
-  fs.copyFileSync(`${dir}/user_key.pub`, `${dir}/authorized_keys`);
-  fs.chmodSync(`${dir}/authorized_keys`, 0o600);
-  const user = os.userInfo().username;
-  const port = await freePort();
-  sshdPort = port;
-  fs.writeFileSync(
-    `${dir}/sshd_config`,
-    [
-      `Port ${port}`,
-      "ListenAddress 127.0.0.1",
-      `HostKey ${dir}/host_key`,
-      `AuthorizedKeysFile ${dir}/authorized_keys`,
-      `PidFile ${dir}/sshd.pid`,
-      "StrictModes no",
-      "UsePAM no",
-      "PasswordAuthentication no",
-      "KbdInteractiveAuthentication no",
-      "PubkeyAuthentication yes",
-      `AllowUsers ${user}`,
-      "PermitRootLogin prohibit-password",
-      "",
-    ].join("\n"),
-  );
+  server = await startSshd();
+  ({ dir, userKey, port: sshdPort } = server);
   // The git.test known_hosts line; badkey.test is left out on purpose.
-  const hostPub = fs.readFileSync(`${dir}/host_key.pub`, "utf8").trim().split(" ").slice(0, 2).join(" ");
-  fs.writeFileSync(`${dir}/known_hosts`, `# test\ngit.test ${hostPub}\n`);
-  makeRepo("small", { "README.md": "hello from the host\n" });
+  fs.writeFileSync(`${dir}/known_hosts`, `# test\ngit.test ${server.hostPub}\n`);
+  server.makeRepo("small", { "README.md": "hello from the host\n" });
   // 20 MiB of random bytes: git cannot compress it.
-  makeRepo("big", { "blob.bin": randomBytes(20 * 1024 * 1024) });
-  sh(`git init -q --bare ${dir}/push.git`);
-  sshd = spawn("/usr/sbin/sshd", ["-D", "-e", "-f", `${dir}/sshd_config`], { stdio: ["ignore", "ignore", "pipe"] });
-  sshd.stderr.on("data", (d) => (sshdLog = (sshdLog + d).slice(-4000)));
-  await waitForBanner(port);
+  server.makeRepo("big", { "blob.bin": randomBytes(20 * 1024 * 1024) });
+  execFileSync("git", ["init", "-q", "--bare", `${dir}/push.git`]);
   vm = await VM.create({
     ssh: {
       allowedHosts: ["git.test", "badkey.test"],
-      credentials: { "*.test": { username: user, privateKey: userKey } },
+      credentials: { "*.test": { username: server.user, privateKey: userKey } },
       knownHostsFile: `${dir}/known_hosts`,
       // Our extension: the host sshd is on a random port, not git.test:22.
-      upstreams: { "git.test": `127.0.0.1:${port}`, "badkey.test": `127.0.0.1:${port}` },
+      upstreams: { "git.test": `127.0.0.1:${sshdPort}`, "badkey.test": `127.0.0.1:${sshdPort}` },
       execPolicy: (req) => {
         policyCalls.push(req);
         const git = getInfoFromSshExecRequest(req);
@@ -118,8 +53,7 @@ before(async () => {
 
 after(async () => {
   if (vm) await vm.close();
-  if (sshd) sshd.kill();
-  if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  if (server) server.stop();
 });
 
 async function guest(script, timeout = 300000) {

@@ -69,6 +69,7 @@ bench: build ## benchmarks; print JSON
 	node bench/vfs.mjs
 	node bench/net.mjs
 	node bench/snapshot.mjs
+	node bench/ssh-egress.mjs
 
 lint: ## rustfmt + clippy
 	cargo fmt --all --check

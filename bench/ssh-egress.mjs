@@ -11,6 +11,8 @@
 //                      guest without any network): the guest's own floor
 //   guestMiBps:        repo MiB / guestCloneMs
 //   ratioToHost / ratioToGuestLocal: guestCloneMs over the two references
+//   guestCloneMsByCipher: with SSH_BENCH_CIPHERS=a,b the guest clone again
+//                      with the guest's ssh forced to each cipher (-c)
 import { spawn, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs";
@@ -90,6 +92,10 @@ try {
     return Number(o.trim().split("\n").pop());
   };
   const guestCloneMs = await ms(`cd /tmp && git clone -q ssh://git@git.test${dir}/big.git g1`);
+  const cipherMs = {};
+  for (const c of (process.env.SSH_BENCH_CIPHERS || "").split(",").filter(Boolean)) {
+    cipherMs[c] = await ms(`cd /tmp && rm -rf gc && GIT_SSH_COMMAND="$GIT_SSH_COMMAND -c ${c}" git clone -q ssh://git@git.test${dir}/big.git gc`);
+  }
   await guest("cd /tmp && git clone -q --bare g1 local.git");
   const guestLocalCloneMs = await ms("cd /tmp && git clone -q --no-local /tmp/local.git g2");
   const size = Number((await guest("wc -c < /tmp/g1/blob.bin")).trim());
@@ -103,6 +109,7 @@ try {
     guestMiBps: round(MIB / (guestCloneMs / 1000)),
     ratioToHost: round(guestCloneMs / hostCloneMs),
     ratioToGuestLocal: round(guestCloneMs / guestLocalCloneMs),
+    ...(Object.keys(cipherMs).length ? { guestCloneMsByCipher: cipherMs } : {}),
   };
 } finally {
   await vm.close();

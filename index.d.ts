@@ -647,7 +647,9 @@ export type SshExecPolicy = (request: SshExecRequest) => SshExecDecision | Promi
  * bytes sent to the guest; a refused exec or upstream failure is
  * `decision: "deny"` with the reason; an SSH flow to a host not allowed is
  * reset and recorded `reason: "policy-deny"`. Limits: 32 guest SSH
- * connections per VM, 8 channels per connection, 10 min guest idle,
+ * connections per VM (more are reset, `reason: "too-many-ssh-flows"`), 8
+ * channels per connection, 30 s for the guest's identification line,
+ * 10 min guest idle,
  * `execPolicy`/`hostVerifier` calls bounded to 30 s.
  */
 export interface SshOptions {

@@ -42,6 +42,8 @@ pub const MAX_SSH_FLOWS: usize = 32;
 pub const MAX_CHANNELS: usize = 8;
 /// The proxy's identification string (upstream's).
 pub const SERVER_ID: &str = "SSH-2.0-gondolin-ssh-proxy";
+/// The guest's identification line must arrive within this.
+pub const IDENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A guest connection that sends nothing for this long is closed.
 pub const GUEST_IDLE: Duration = Duration::from_secs(600);
 /// Bound on one `execPolicy` / `hostVerifier` call.

@@ -60,13 +60,22 @@ pub(crate) async fn serve(
         user: String::new(),
         channels: HashMap::new(),
     };
+    // The identification exchange is bounded; after it, russh's inactivity timeout.
+    let start = tokio::time::timeout(
+        super::IDENT_TIMEOUT,
+        server::run_stream(Arc::new(server_cfg), io, handler),
+    );
     let started = tokio::select! {
-        r = server::run_stream(Arc::new(server_cfg), io, handler) => r,
+        r = start => r,
         _ = gone.changed() => return,
     };
     let session = match started {
-        Ok(s) => s,
-        Err(e) => {
+        Ok(Ok(s)) => s,
+        Err(_) => {
+            log_limited!(debug, target: "gondolin::net", %src, "ssh proxy: no identification line in time");
+            return;
+        }
+        Ok(Err(e)) => {
             log_limited!(debug, target: "gondolin::net", %src, "ssh proxy handshake failed: {e}");
             return;
         }

@@ -89,7 +89,7 @@ soak: build ## long soaks with real VMs, not in CI's budget (~40 min on 2 cores)
 	node __test__/soak/textpoke-soak.mjs    # kernel text patching on a busy 2-vCPU guest never stalls (~6 min)
 
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS := wire_frames vfs_requests dns_query dhcp http_classify tls_client_hello
+FUZZ_TARGETS := wire_frames vfs_requests dns_query dhcp http_classify tls_client_hello ssh_exec
 # Safe-Rust decoders: libFuzzer's checks plus debug assertions, without the
 # ~2x cost of ASan (FUZZ_FLAGS="--sanitizer address" to add it).
 FUZZ_FLAGS   ?= --sanitizer none

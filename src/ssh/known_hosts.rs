@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use russh::keys::ssh_key::known_hosts::{Entry, HostPatterns, KnownHosts as Lines, Marker};
-use russh::keys::PublicKey;
+pub use russh::keys::PublicKey;
 
 /// The entries of every file that could be read.
 #[derive(Debug, Clone, Default)]

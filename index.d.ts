@@ -527,7 +527,7 @@ export interface VMOptions {
   maxHttpBodyBytes?: number;
   /** default: 64 MiB — responses buffered for onResponse beyond this get 502 */
   maxHttpResponseBodyBytes?: number;
-  /** Audit trail: one event per HTTP(S) request, mapped TCP flow or refused flow. */
+  /** Audit trail: one event per HTTP(S) request, mapped TCP flow, SSH exec or refused flow. */
   onEgress?: (event: EgressEvent) => void;
 }
 
@@ -863,7 +863,7 @@ export interface EgressEvent {
   decision: "allow" | "deny";
   reason?: string;
   status?: number;
-  /** Response body bytes delivered to the guest (mapped TCP: every byte sent to the guest). */
+  /** Response body bytes delivered to the guest (mapped TCP: every byte sent to the guest; SSH: the exec's stdout bytes). */
   bytes: number;
 }
 

@@ -9,6 +9,10 @@
 //   guestLocalCloneMs: the same repo cloned inside the guest from a local
 //                      bare copy with --no-local (git's pack work in the
 //                      guest without any network): the guest's own floor
+//   guestDirectCloneMs: the guest clone again, its ssh talking straight to
+//                      the sshd through mapped TCP (tcp.hosts) with the key
+//                      copied into the guest (a reference only: what the
+//                      proxy costs over the guest's own ssh + git work)
 //   guestMiBps:        repo MiB / guestCloneMs
 //   ratioToHost / ratioToGuestLocal: guestCloneMs over the two references
 //   guestCloneMsByCipher: with SSH_BENCH_CIPHERS=a,b the guest clone again
@@ -76,6 +80,7 @@ const vm = await VM.create({
     knownHostsFile: `${dir}/known_hosts`,
     upstreams: { "git.test": `127.0.0.1:${port}` },
   },
+  tcp: { hosts: { "direct.test:22": `127.0.0.1:${port}` } },
 });
 let out;
 try {
@@ -97,6 +102,10 @@ try {
     cipherMs[c] = await ms(`cd /tmp && rm -rf gc && GIT_SSH_COMMAND="$GIT_SSH_COMMAND -c ${c}" git clone -q ssh://git@git.test${dir}/big.git gc`);
   }
   await guest("cd /tmp && git clone -q --bare g1 local.git");
+  await vm.fs.writeFile("/tmp/direct_key", fs.readFileSync(`${dir}/user_key`));
+  const guestDirectCloneMs = await ms(
+    `chmod 600 /tmp/direct_key && cd /tmp && GIT_SSH_COMMAND="$GIT_SSH_COMMAND -i /tmp/direct_key -o IdentitiesOnly=yes" git clone -q ssh://${user}@direct.test${dir}/big.git g3`,
+  );
   const guestLocalCloneMs = await ms("cd /tmp && git clone -q --no-local /tmp/local.git g2");
   const size = Number((await guest("wc -c < /tmp/g1/blob.bin")).trim());
   out = {
@@ -106,9 +115,11 @@ try {
     guestCloneMs: round(guestCloneMs, 0),
     hostCloneMs: round(hostCloneMs, 0),
     guestLocalCloneMs: round(guestLocalCloneMs, 0),
+    guestDirectCloneMs: round(guestDirectCloneMs, 0),
     guestMiBps: round(MIB / (guestCloneMs / 1000)),
     ratioToHost: round(guestCloneMs / hostCloneMs),
     ratioToGuestLocal: round(guestCloneMs / guestLocalCloneMs),
+    ratioToGuestDirect: round(guestCloneMs / guestDirectCloneMs),
     ...(Object.keys(cipherMs).length ? { guestCloneMsByCipher: cipherMs } : {}),
   };
 } finally {

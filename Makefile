@@ -6,7 +6,7 @@ NPM_DIR     := npm/$(TRIPLE)
 ADDON       := $(NPM_DIR)/gondolin.$(TRIPLE).node
 PACK_DIR    := target/pack
 GUEST_OUT   := target/$(RUST_TARGET)/guest
-APT_PKGS    := qemu-system-x86 mmdebstrap uidmap fakeroot e2fsprogs kmod xz-utils zstd tmux openssl git binutils openssh-client rsync redis-server
+APT_PKGS    := qemu-system-x86 mmdebstrap uidmap fakeroot e2fsprogs kmod xz-utils zstd tmux openssl git binutils openssh-client openssh-server rsync redis-server
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
@@ -70,6 +70,7 @@ bench: build ## benchmarks; print JSON
 	node bench/net.mjs
 	node bench/snapshot.mjs
 	node bench/ingress.mjs
+	node bench/ssh-egress.mjs
 
 lint: ## rustfmt + clippy
 	cargo fmt --all --check
@@ -89,7 +90,7 @@ soak: build ## long soaks with real VMs, not in CI's budget (~40 min on 2 cores)
 	node __test__/soak/textpoke-soak.mjs    # kernel text patching on a busy 2-vCPU guest never stalls (~6 min)
 
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS := wire_frames vfs_requests dns_query dhcp http_classify tls_client_hello listeners
+FUZZ_TARGETS := wire_frames vfs_requests dns_query dhcp http_classify tls_client_hello listeners ssh_exec
 # Safe-Rust decoders: libFuzzer's checks plus debug assertions, without the
 # ~2x cost of ASan (FUZZ_FLAGS="--sanitizer address" to add it).
 FUZZ_FLAGS   ?= --sanitizer none

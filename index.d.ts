@@ -156,6 +156,8 @@ export interface SandboxOptions {
   dns?: DnsOptions;
   /** Same as VMOptions.tcp (this one wins). */
   tcp?: TcpOptions;
+  /** Same as VMOptions.ssh (this one wins). */
+  ssh?: SshOptions;
   allowWebSockets?: boolean;
   maxHttpBodyBytes?: number;
   /**
@@ -524,6 +526,8 @@ export interface VMOptions {
   dns?: DnsOptions;
   /** Host-mapped raw TCP egress (see TcpOptions). */
   tcp?: TcpOptions;
+  /** SSH egress proxy for the guest's ssh/git (see SshOptions). */
+  ssh?: SshOptions;
   /**
    * Upstream client for HTTP(S) egress instead of the built-in one (it gets
    * the policy-checked request with secrets filled in; redirects stay
@@ -537,7 +541,7 @@ export interface VMOptions {
   maxHttpBodyBytes?: number;
   /** default: 64 MiB — responses buffered for onResponse beyond this get 502 */
   maxHttpResponseBodyBytes?: number;
-  /** Audit trail: one event per HTTP(S) request, mapped TCP flow or refused flow. */
+  /** Audit trail: one event per HTTP(S) request, mapped TCP flow, SSH exec or refused flow. */
   onEgress?: (event: EgressEvent) => void;
 }
 
@@ -554,7 +558,7 @@ export interface DnsOptions {
   syntheticIPv6?: string;
   /** default: 60 */
   syntheticTtlSeconds?: number;
-  /** default: "single", or "per-host" when `tcp.hosts` maps anything */
+  /** default: "single", or "per-host" when `tcp.hosts` maps anything or `ssh.allowedHosts` allows any host */
   syntheticHostMapping?: SyntheticDnsHostMappingMode;
 }
 
@@ -593,6 +597,122 @@ export interface TcpOptions {
   hosts: Record<string, string>;
 }
 // --- end mapped TCP ---
+
+// --- SSH egress (ssh) ---
+/** A host-side private key for SSH egress (upstream's SshCredential). */
+export interface SshCredential {
+  /** Upstream login name. Default: "git". */
+  username?: string;
+  /** OpenSSH or PEM private key (ed25519, ECDSA, RSA). Read at construction. */
+  privateKey: string | Buffer;
+  passphrase?: string | Buffer;
+}
+
+/** What `execPolicy` is asked about: one guest `exec` request. */
+export interface SshExecRequest {
+  /** The guest's name for the upstream (lowercase). */
+  hostname: string;
+  /** The port the guest dialled. */
+  port: number;
+  /** The user name the guest's ssh client logged in with (not checked). */
+  guestUsername: string;
+  /** The command exactly as the guest's client sent it. */
+  command: string;
+  /** The guest's end of the connection. */
+  src: { ip: string; port: number };
+}
+
+/** Deny: `message` plus a newline goes to the guest's stderr; exit status `exitCode` (default 1). */
+export type SshExecDecision = { allow: true } | { allow: false; exitCode?: number; message?: string };
+export type SshExecPolicy = (request: SshExecRequest) => SshExecDecision | Promise<SshExecDecision>;
+
+/**
+ * SSH egress proxy (upstream's SshOptions). The guest's `ssh`/`git` connect
+ * to an allowed `host:port` by name; the host terminates that SSH session
+ * itself (ident `SSH-2.0-gondolin-ssh-proxy`, a host key made per VM,
+ * every guest authentication accepted: the guest holds no secret), runs
+ * each `exec` request past `execPolicy`, then opens its own connection to
+ * the real upstream, checks the upstream's host key (known_hosts or
+ * `hostVerifier`; unknown keys are refused), authenticates with
+ * `credentials` or the ssh-agent, and pipes stdin, stdout, stderr, exit
+ * status and EOF. The private key and the agent never reach the guest.
+ * Shells get `gondolin ssh proxy: interactive shells are not supported`
+ * (exit 1); subsystems (sftp) are refused; upstream failures give
+ * `gondolin ssh proxy error: <why>` on stderr and exit 255.
+ *
+ * Needs `dns.mode` "synthetic" (the default) with `syntheticHostMapping`
+ * "per-host" (turned on when unset). Errors (`invalid_option`, at
+ * construction, upstream's messages): `ssh egress requires dns mode
+ * 'synthetic'`, `ssh egress requires dns syntheticHostMapping='per-host'`,
+ * `ssh egress requires at least one credential or ssh agent (direct ssh is
+ * not supported)`, `ssh egress requires ssh.hostVerifier to validate
+ * upstream host keys (failed to load known_hosts: no OpenSSH known_hosts
+ * files found (tried ...))`; ours: `ssh.credentials["K"]: cannot read the
+ * private key: ...`, `ssh.<limit> must be an integer > 0`.
+ *
+ * Default exec policy (ours; upstream runs every command when no
+ * `execPolicy` is given): only `git-upload-pack`, `git-receive-pack` and
+ * `git-upload-archive` on a plain `org/repo` path (see
+ * getInfoFromSshExecRequest), others exit 1 with a message. Pass
+ * `execPolicy: () => ({ allow: true })` for upstream's behaviour.
+ *
+ * Each exec is one EgressEvent: `protocol: "ssh"`, `host: "name:port"`,
+ * `method: "exec"`, `url` = the command (first 256 bytes), `bytes` = stdout
+ * bytes sent to the guest; a refused exec or upstream failure is
+ * `decision: "deny"` with the reason; an SSH flow to a host not allowed is
+ * reset and recorded `reason: "policy-deny"`. Limits: 32 guest SSH
+ * connections per VM (more are reset, `reason: "too-many-ssh-flows"`), 8
+ * channels per connection, 30 s for the guest's identification line,
+ * 10 min guest idle,
+ * `execPolicy`/`hostVerifier` calls bounded to 30 s.
+ */
+export interface SshOptions {
+  /** "pattern", "pattern:PORT" or "[pattern]:PORT" ('*' wildcards); default port 22. Empty = SSH egress off. */
+  allowedHosts: string[];
+  /** Key: host pattern[:PORT] as in allowedHosts. */
+  credentials?: Record<string, SshCredential>;
+  /** ssh-agent socket path (e.g. process.env.SSH_AUTH_SOCK); used when no credential matches. Login name: the guest's, else "git". */
+  agent?: string;
+  /** default: ~/.ssh/known_hosts, /etc/ssh/ssh_known_hosts (hashed entries, [host]:port, wildcards, @revoked understood) */
+  knownHostsFile?: string | string[];
+  /** Allow or deny each exec (see the default above). */
+  execPolicy?: SshExecPolicy;
+  /** default: 4 (integer > 0) */
+  maxUpstreamConnectionsPerTcpSession?: number;
+  /** default: 64 (integer > 0), per VM */
+  maxUpstreamConnectionsTotal?: number;
+  /** default: 15000 ms (integer > 0): connect + host key + auth + exec */
+  upstreamReadyTimeoutMs?: number;
+  /** default: 10000 ms (integer >= 0; 0 = off) */
+  upstreamKeepaliveIntervalMs?: number;
+  /** default: 3 */
+  upstreamKeepaliveCountMax?: number;
+  /** Guest-facing host key (OpenSSH/PEM private key). Default: an ed25519 key made per VM on first use (upstream: RSA-3072). */
+  hostKey?: string | Buffer;
+  /** Replaces known_hosts: `key` is the upstream's public key in SSH wire form. */
+  hostVerifier?: (hostname: string, key: Buffer, port: number) => boolean | Promise<boolean>;
+  /**
+   * Our extension: where the host dials for a guest name, `"HOST"` or
+   * `"HOST:PORT"` → `"UPSTREAM_HOST:PORT"` (e.g. a test sshd on
+   * 127.0.0.1). Host keys are still checked against the guest's name and port.
+   */
+  upstreams?: Record<string, string>;
+}
+
+export interface GitSshExecInfo {
+  /** e.g. "git-upload-pack" */
+  service: string;
+  /** e.g. "org/repo.git" (leading "~/", "/" and trailing "/" removed) */
+  repo: string;
+}
+/**
+ * Upstream's git-over-SSH parser: `{ service, repo }` when the command is
+ * exactly `git-<service> <repo>` (optionally a path to the service; shell
+ * quotes and escapes understood) with a conservative `org/repo` path (no
+ * `..`, no leading `-`, no shell metacharacters); otherwise null.
+ */
+export declare function getInfoFromSshExecRequest(req: SshExecRequest): GitSshExecInfo | null;
+// --- end SSH egress ---
 
 export interface HttpIpAllowInfo {
   hostname: string;
@@ -749,7 +869,7 @@ export interface CreateHttpHooksResult {
 export declare function createHttpHooks(options?: CreateHttpHooksOptions): CreateHttpHooksResult;
 
 export interface EgressEvent {
-  protocol: "http" | "https" | "tcp";
+  protocol: "http" | "https" | "tcp" | "ssh";
   host: string;
   method?: string;
   /** As the guest sent it: placeholders, never secret values. */
@@ -757,7 +877,7 @@ export interface EgressEvent {
   decision: "allow" | "deny";
   reason?: string;
   status?: number;
-  /** Response body bytes delivered to the guest (mapped TCP: every byte sent to the guest). */
+  /** Response body bytes delivered to the guest (mapped TCP: every byte sent to the guest; SSH: the exec's stdout bytes). */
   bytes: number;
 }
 

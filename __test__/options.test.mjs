@@ -20,7 +20,8 @@ test("unknown or bad options fail at construction with invalid_option and the ne
   refused({ sandbox: { debg: true } }, /unknown option sandbox\.debg; did you mean sandbox\.debug\?/);
   refused({ vfs: { fuseMnt: "/x" } }, /unknown option vfs\.fuseMnt; did you mean vfs\.fuseMount\?/);
   refused({ zzzzzzzz: 1 }, /unknown option zzzzzzzz; valid keys: sandbox, rootfs/);
-  refused({ ssh: {} }, /ssh is not supported/);
+  refused({ ssh: { allowHosts: [] } }, /unknown option ssh\.allowHosts; did you mean ssh\.allowedHosts\?/);
+  refused({ ssh: { allowedHosts: ["git.test"] } }, /ssh egress requires at least one credential or ssh agent/);
   refused({ sandbox: { debug: ["nett"] } }, /did you mean "net"\?/);
   refused({ tmpfs: { "/proc": {} } }, /reserved path: \/proc/);
   refused({ tmpfs: { "/tmp": { size: "0" } } }, /tmpfs size for \/tmp/);

@@ -306,3 +306,33 @@ function imageStore(): void {
   resolveImageSelector("x", "arm64");
 }
 void imageStore;
+
+// --- SSH egress (ssh) ---
+import { getInfoFromSshExecRequest, type SshOptions, type SshExecRequest, type GitSshExecInfo } from "@gondolin/native";
+
+async function sshEgress(): Promise<void> {
+  const ssh: SshOptions = {
+    allowedHosts: ["github.com", "[git.corp]:2222"],
+    credentials: { "git.corp:2222": { username: "git", privateKey: Buffer.from("..."), passphrase: "pw" } },
+    agent: process.env.SSH_AUTH_SOCK,
+    knownHostsFile: ["/home/me/.ssh/known_hosts"],
+    execPolicy: async (req: SshExecRequest) => {
+      const git: GitSshExecInfo | null = getInfoFromSshExecRequest(req);
+      if (!git) return { allow: false, exitCode: 2, message: `not git: ${req.command} from ${req.src.ip}:${req.src.port}` };
+      return git.service === "git-receive-pack" ? { allow: false } : { allow: true };
+    },
+    maxUpstreamConnectionsPerTcpSession: 4,
+    upstreamReadyTimeoutMs: 15_000,
+    upstreams: { "git.corp:2222": "127.0.0.1:2222" },
+  };
+  const vm = await VM.create({ ssh, dns: { syntheticHostMapping: "per-host" }, onEgress: (e) => void (e.protocol === "ssh") });
+  await vm.close();
+  await VM.create({ sandbox: { ssh: { allowedHosts: ["h"], hostVerifier: (host: string, key: Buffer, port: number) => key.length > 0 && host !== "" && port > 0 } } });
+  // @ts-expect-error allowedHosts is required
+  await VM.create({ ssh: { agent: "/tmp/agent.sock" } });
+  // @ts-expect-error a denial's exitCode is a number
+  const bad: SshOptions = { allowedHosts: [], execPolicy: () => ({ allow: false, exitCode: "1" }) };
+  void bad;
+}
+void sshEgress;
+// --- end SSH egress ---

@@ -58,6 +58,18 @@ named exactly by --allow-host):
                              raw TCP from the guest's GUEST_HOST (any port, or
                              PORT) to UPSTREAM_HOST:PORT on the host side; turns
                              on per-host synthetic DNS (repeatable)
+  --ssh-allow-host HOST_PATTERN[:PORT]
+                             let the guest's ssh/git reach HOST (default port
+                             22) through the host's SSH proxy; turns on
+                             per-host synthetic DNS (repeatable)
+  --ssh-credential [USER@]HOST[:PORT]=KEY_PATH[,passphrase-env=ENV]
+                             host-side private key for HOST (the guest never
+                             sees it); allows HOST too (repeatable)
+  --ssh-agent [SOCK]         authenticate upstream with the ssh-agent at SOCK
+                             (default $SSH_AUTH_SOCK)
+  --ssh-known-hosts PATH     known_hosts file for upstream host keys (default
+                             ~/.ssh/known_hosts, /etc/ssh/ssh_known_hosts;
+                             repeatable)
   --disable-websockets       refuse WebSocket upgrades
   --no-network               no network device at all`;
 
@@ -230,6 +242,58 @@ function parseHostMount(v, o, usage) {
   return { host, guest: guestMountPath(flag, guestArg, o, usage), readonly };
 }
 
+// --- SSH egress ---
+function sshFlags(o, usage) {
+  return (o.ssh ||= { allowedHosts: [], credentials: {}, knownHosts: [], agent: undefined, usage });
+}
+
+/** `--ssh-credential [USER@]HOST[:PORT]=KEY_PATH[,passphrase-env=ENV][,passphrase=...]` (upstream's messages). */
+function parseSshCredential(v, ssh, usage) {
+  const eq = v.indexOf("=");
+  if (eq < 0) throw new UsageError(`Invalid --ssh-credential format: ${v} (expected HOST=KEY_PATH)`, usage);
+  const left = v.slice(0, eq).trim();
+  const [keyPathRaw, ...opts] = v.slice(eq + 1).split(",");
+  const keyPath = keyPathRaw.trim();
+  if (!keyPath) throw new UsageError(`Invalid --ssh-credential format: ${v} (missing KEY_PATH)`, usage);
+  let username;
+  let host = left;
+  const at = left.lastIndexOf("@");
+  if (at >= 0) {
+    username = left.slice(0, at);
+    host = left.slice(at + 1);
+    if (!username || !host) throw new UsageError(`Invalid --ssh-credential format: ${v} (expected USER@HOST=KEY_PATH)`, usage);
+  }
+  if (!host) throw new UsageError(`Invalid --ssh-credential format: ${v} (expected HOST=KEY_PATH)`, usage);
+  let passphrase;
+  let passphraseEnv;
+  for (const raw of opts) {
+    const opt = raw.trim();
+    if (!opt) continue;
+    if (opt === "passphrase-ask") {
+      throw new UsageError("Invalid --ssh-credential option: passphrase-ask (interactive prompting is not supported; use passphrase-env=ENV)", usage);
+    } else if (opt.startsWith("passphrase-env=")) {
+      passphraseEnv = opt.slice("passphrase-env=".length);
+      if (!passphraseEnv) throw new UsageError("Invalid --ssh-credential option: passphrase-env= (missing env var name)", usage);
+    } else if (opt.startsWith("passphrase=")) {
+      passphrase = opt.slice("passphrase=".length);
+    } else {
+      throw new UsageError(`Invalid --ssh-credential option: ${opt}`, usage);
+    }
+  }
+  if (passphrase !== undefined && passphraseEnv !== undefined) {
+    throw new UsageError(`Invalid --ssh-credential format: ${v} (cannot combine passphrase and passphrase-env)`, usage);
+  }
+  if (passphraseEnv !== undefined) {
+    passphrase = process.env[passphraseEnv];
+    if (passphrase === undefined) throw new UsageError(`--ssh-credential passphrase env var '${passphraseEnv}' is not set (for ${left})`, usage);
+  }
+  const file = path.resolve(expandHome(keyPath));
+  if (!fs.existsSync(file)) throw new UsageError(`SSH key file does not exist: ${file}`, usage);
+  ssh.credentials[host] = { privateKey: fs.readFileSync(file, "utf8"), username, passphrase };
+  if (!ssh.allowedHosts.includes(host)) ssh.allowedHosts.push(host);
+}
+// --- end SSH egress ---
+
 function parseVmFlag(args, i, o, usage) {
   const flag = args[i];
   switch (flag) {
@@ -304,6 +368,33 @@ function parseVmFlag(args, i, o, usage) {
       return 1;
     }
     // --- end mapped TCP ---
+    // --- SSH egress ---
+    case "--ssh-allow-host": {
+      const v = args[i + 1];
+      if (v === undefined || v === "--") throw new UsageError("--ssh-allow-host requires a host argument", usage);
+      sshFlags(o, usage).allowedHosts.push(v);
+      return 1;
+    }
+    case "--ssh-known-hosts": {
+      const v = args[i + 1];
+      if (v === undefined || v === "--") throw new UsageError("--ssh-known-hosts requires a path argument", usage);
+      sshFlags(o, usage).knownHosts.push(v);
+      return 1;
+    }
+    case "--ssh-agent": {
+      const next = args[i + 1];
+      const takes = next !== undefined && !next.startsWith("--") && next !== "-h";
+      const sock = takes ? next : process.env.SSH_AUTH_SOCK;
+      if (!sock) throw new UsageError("--ssh-agent requires a socket path or $SSH_AUTH_SOCK", usage);
+      sshFlags(o, usage).agent = sock;
+      return takes ? 1 : 0;
+    }
+    case "--ssh-credential": {
+      const v = takeValue(args, i, flag, usage);
+      parseSshCredential(v, sshFlags(o, usage), usage);
+      return 1;
+    }
+    // --- end SSH egress ---
     case "--disable-websockets":
       o.noWebSockets = true;
       return 0;
@@ -352,6 +443,22 @@ function vmOptions(o) {
     options.dns = { ...options.dns, mode: "synthetic", syntheticHostMapping: "per-host" };
   }
   // --- end mapped TCP ---
+  // --- SSH egress: forces synthetic, per-host DNS ---
+  if (o.ssh) {
+    if (o.ssh.allowedHosts.length === 0) {
+      if (o.ssh.agent) throw new UsageError("--ssh-agent requires at least one --ssh-allow-host (or --ssh-credential)", o.ssh.usage);
+    } else {
+      if (o.dns && o.dns !== "synthetic") throw new UsageError("--ssh-allow-host requires --dns synthetic", o.ssh.usage);
+      options.dns = { ...options.dns, mode: "synthetic", syntheticHostMapping: "per-host" };
+      options.ssh = {
+        allowedHosts: o.ssh.allowedHosts,
+        credentials: Object.keys(o.ssh.credentials).length ? o.ssh.credentials : undefined,
+        agent: o.ssh.agent,
+        knownHostsFile: o.ssh.knownHosts.length ? o.ssh.knownHosts : undefined,
+      };
+    }
+  }
+  // --- end SSH egress ---
   if (o.noWebSockets) options.allowWebSockets = false;
   return options;
 }

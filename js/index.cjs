@@ -54,6 +54,7 @@ const {
   PLACEHOLDER_ALPHABET_BASE64URL,
 } = require("./net.cjs");
 const { IngressRequestBlockedError, GondolinListeners, parseListenersFile, serializeListenersFile } = require("./ingress.cjs"); // ingress
+const { getInfoFromSshExecRequest } = require("./ssh.cjs"); // SSH egress
 const { listSessions, findSession, gcSessions, connectToSession, registerSession, unregisterSession } = require("./sessions.cjs");
 
 module.exports = {
@@ -68,6 +69,7 @@ module.exports = {
   PLACEHOLDER_ALPHABET_ALPHANUMERIC,
   PLACEHOLDER_ALPHABET_UPPER_ALPHANUMERIC,
   PLACEHOLDER_ALPHABET_BASE64URL,
+  getInfoFromSshExecRequest, // SSH egress
   ExecProcess,
   ExecResult,
   buildImage,

@@ -5,6 +5,7 @@
 
 const { native } = require("./native.cjs");
 const { checkKeys, optionError } = require("./options.cjs");
+const { sshOptions } = require("./ssh.cjs"); // SSH egress
 
 const kNative = Symbol.for("gondolin.httpHooks.native");
 
@@ -284,7 +285,9 @@ function netOptions(options) {
   if (maxBody !== undefined && (typeof maxBody !== "number" || !(maxBody >= 0))) {
     throw optionError(`maxHttpBodyBytes must be a non-negative number (got ${maxBody})`);
   }
+  const ssh = sshOptions(sandbox.ssh ?? options.ssh, dns); // SSH egress
   return {
+    ssh,
     net: {
       dnsMode: dns.mode,
       trustedServers: dns.trustedServers,
@@ -301,6 +304,7 @@ function netOptions(options) {
       maxHttpResponseBodyBytes: maxResponse,
       events: typeof options.onEgress === "function",
       tcpHosts: tcpHosts(sandbox.tcp ?? options.tcp), // mapped TCP
+      sshId: ssh ? ssh.id : undefined, // SSH egress
     },
     secrets,
     hookNames: Object.keys(callbacks),

@@ -12,6 +12,7 @@ pub mod log_limit;
 pub mod net;
 pub mod options;
 pub mod session;
+pub mod ssh;
 pub mod tls;
 pub mod vfs;
 pub mod vm;

@@ -14,13 +14,27 @@ pub enum Kind {
     Undecided,
     Http,
     Tls,
+    /// An `SSH-` banner on a port SSH egress listens on.
+    Ssh,
     /// Reset the flow; the reason is reported.
     Deny(&'static str),
 }
 
 pub fn classify(b: &[u8]) -> Kind {
+    classify_on(b, false)
+}
+
+/// [`classify`], where `ssh_port` says the destination port is one SSH
+/// egress is configured for: only there does `SSH-` mean SSH.
+pub fn classify_on(b: &[u8], ssh_port: bool) -> Kind {
     if b.is_empty() {
         return Kind::Undecided;
+    }
+    if ssh_port {
+        let n = b.len().min(4);
+        if b[..n] == b"SSH-"[..n] {
+            return if n == 4 { Kind::Ssh } else { Kind::Undecided };
+        }
     }
     if b[0] == 0x16 {
         if b.len() < 3 {
@@ -89,6 +103,9 @@ mod tests {
             classify(b"GET / SPDY/3\r\n"),
             Kind::Deny("unknown-protocol")
         );
+        assert_eq!(classify_on(b"SSH-2.0-OpenSSH\r\n", true), Kind::Ssh);
+        assert_eq!(classify_on(b"SS", true), Kind::Undecided);
+        assert_eq!(classify_on(b"GET / HTTP/1.1\r\n", true), Kind::Http);
         assert_eq!(classify(&[0x16, 0x03, 0x01, 0x02, 0x00]), Kind::Tls);
         assert_eq!(classify(&[0x16, 0x03]), Kind::Undecided);
         assert_eq!(

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use crate::log_limited;
 use crate::net::{dns::DnsServer, Flow, FlowHandler};
 use crate::tls::MitmCa;
-use classify::{classify, Kind, SNIFF_LIMIT};
+use classify::{classify_on, Kind, SNIFF_LIMIT};
 use policy::{any_match, is_internal, is_own_address, HostPattern};
 use secrets::Secrets;
 
@@ -126,6 +126,8 @@ pub struct Egress {
     upstream: Arc<tokio::sync::Semaphore>,
     /// Mapped TCP (`tcp.hosts`): the table and the flow cap.
     tcp: tcp_map::Mapped,
+    /// SSH egress (`ssh`): its config, host key and caps.
+    ssh: crate::ssh::SshEgress,
 }
 
 impl std::fmt::Debug for Egress {
@@ -152,6 +154,7 @@ impl Egress {
             events,
             upstream: Arc::new(tokio::sync::Semaphore::new(MAX_UPSTREAM)),
             tcp: tcp_map::Mapped::default(),
+            ssh: crate::ssh::SshEgress::default(),
         })
     }
 
@@ -168,12 +171,15 @@ impl Egress {
             return tcp_map::serve(self, flow, route).await;
         }
         let Flow {
-            dst, mut stream, ..
+            dst,
+            src,
+            mut stream,
         } = flow;
+        let ssh_port = self.ssh.is_ssh_port(dst.port()); // SSH egress
         let mut buf = BytesMut::with_capacity(1024);
         let kind = tokio::time::timeout(SNIFF_TIMEOUT, async {
             loop {
-                match classify(&buf) {
+                match classify_on(&buf, ssh_port) {
                     Kind::Undecided => {}
                     k => return k,
                 }
@@ -197,6 +203,7 @@ impl Egress {
         match kind {
             Kind::Http => bridge::serve(self, io, None, dst).await,
             Kind::Tls => self.serve_tls(io, dst).await,
+            Kind::Ssh => self.serve_ssh(io, src, dst).await, // SSH egress
             Kind::Deny(reason) => {
                 if reason != "closed" {
                     log_limited!(debug, target: "gondolin::net", %dst, reason, "refused flow");
@@ -216,6 +223,48 @@ impl Egress {
             Kind::Undecided => unreachable!("classification loop returns a decision"),
         }
     }
+
+    // --- SSH egress ---
+    /// Install the VM's `ssh` config (before the VM starts; once).
+    pub fn set_ssh(&self, config: Arc<crate::ssh::SshConfig>) {
+        self.ssh.set(config);
+    }
+
+    async fn serve_ssh(self: Arc<Self>, io: Rewind, src: SocketAddrV4, dst: SocketAddrV4) {
+        let label = match self.dns.name_for(*dst.ip()) {
+            Some(n) => format!("{n}:{}", dst.port()),
+            None => dst.to_string(),
+        };
+        let refuse = |reason: String| {
+            log_limited!(debug, target: "gondolin::net", %dst, reason, "refused ssh flow");
+            self.event(EgressEvent {
+                protocol: "ssh",
+                host: label.clone(),
+                method: String::new(),
+                url: String::new(),
+                allowed: false,
+                reason: Some(reason),
+                status: None,
+                bytes: 0,
+            });
+        };
+        let Some(route) = self.ssh.route(&self.dns, dst) else {
+            refuse("policy-deny".into());
+            return io.inner.reset();
+        };
+        let ctx = match self.ssh.context() {
+            Ok(c) => c,
+            Err(e) => {
+                refuse(e);
+                return io.inner.reset();
+            }
+        };
+        let events = self.events.clone();
+        // The flow holds no reference to the Egress (see tcp_map).
+        drop(self);
+        crate::ssh::serve(io, route, src, ctx, events).await;
+    }
+    // --- end SSH egress ---
 
     async fn serve_tls(self: Arc<Self>, io: Rewind, dst: SocketAddrV4) {
         let acceptor =

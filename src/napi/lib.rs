@@ -19,6 +19,7 @@ mod js_callback;
 mod net;
 mod options;
 mod session;
+mod ssh;
 mod vfs;
 mod vfs_call;
 mod vfs_js;

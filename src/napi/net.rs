@@ -43,6 +43,8 @@ pub struct NativeNetOptions {
     /// means on).
     pub tcp_hosts: Option<Vec<Vec<String>>>,
     // --- end mapped TCP ---
+    /// SSH egress: the `NativeSsh.id` of the checked `ssh` option.
+    pub ssh_id: Option<u32>,
 }
 
 #[napi(object)]
@@ -220,10 +222,15 @@ pub(crate) fn attach(
         (at(0), at(1))
     });
     let tcp_map = TcpMap::parse(tcp_pairs).map_err(bad)?;
-    let per_host = tcp_map
+    let mut per_host = tcp_map
         .dns_per_host(mode, o.per_host_mapping)
         .map_err(bad)?;
     // --- end mapped TCP ---
+    // SSH egress: its config, and the per-host DNS it turns on.
+    let ssh = o.ssh_id.map(crate::ssh::lookup).transpose()?;
+    if let Some(ssh) = &ssh {
+        per_host |= ssh.check_dns(mode, o.per_host_mapping).map_err(bad)?;
+    }
     let mut dns = DnsConfig {
         mode,
         per_host,
@@ -303,6 +310,9 @@ pub(crate) fn attach(
     };
     let egress = Egress::new(policy, ca, dns_server.clone(), events_tx);
     egress.set_tcp_map(tcp_map); // mapped TCP
+    if let Some(ssh) = ssh {
+        egress.set_ssh(ssh); // SSH egress
+    }
     let config = NetConfig {
         dns,
         max_flows: o

@@ -27,6 +27,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "onEgress",
             "tmpfs",
             "tcp",
+            "ssh",
         ],
     ),
     (
@@ -55,9 +56,28 @@ const KNOWN: &[(&str, &[&str])] = &[
             "rootDiskSnapshot",
             "bootSnapshot",
             "tcp",
+            "ssh",
         ],
     ),
     ("tcp", &["hosts"]),
+    (
+        "ssh",
+        &[
+            "allowedHosts",
+            "credentials",
+            "agent",
+            "knownHostsFile",
+            "execPolicy",
+            "hostVerifier",
+            "maxUpstreamConnectionsPerTcpSession",
+            "maxUpstreamConnectionsTotal",
+            "upstreamReadyTimeoutMs",
+            "upstreamKeepaliveIntervalMs",
+            "upstreamKeepaliveCountMax",
+            "hostKey",
+            "upstreams",
+        ],
+    ),
     ("vfs", &["mounts", "hooks", "fuseMount"]),
     ("rootfs", &["mode", "size"]),
     (
@@ -91,7 +111,6 @@ const KNOWN: &[(&str, &[&str])] = &[
 
 /// Upstream options this implementation does not have: say so instead of "unknown".
 const UNSUPPORTED: &[(&str, &str, &str)] = &[
-    ("VMOptions", "ssh", "SSH egress is not supported"),
     ("sandbox", "vmm", "only the QEMU backend exists"),
     ("sandbox", "krunRunnerPath", "only the QEMU backend exists"),
     ("sandbox", "rootDiskPath", "use rootfs.mode"),
@@ -232,7 +251,12 @@ mod tests {
             err(&["hots"], "secret", "secrets.A"),
             "unknown option secrets.A.hots; did you mean secrets.A.hosts?"
         );
-        assert!(err(&["ssh"], "VMOptions", "VMOptions").contains("ssh is not supported"));
+        assert!(err(&["sandbox"], "sandbox", "sandbox").contains("unknown option sandbox.sandbox"));
+        assert!(check_keys(["ssh"], "VMOptions", "VMOptions").is_ok());
+        assert_eq!(
+            err(&["allowHosts"], "ssh", "ssh"),
+            "unknown option ssh.allowHosts; did you mean ssh.allowedHosts?"
+        );
         // Object.prototype names are plain unknown keys, not table lookups.
         assert!(
             err(&["toString"], "VMOptions", "VMOptions").starts_with("unknown option toString;")

@@ -44,8 +44,8 @@ Host files (repeatable; each GUEST path is a directory the guest sees):
                        unless ':ro' makes it read-only
   --mount-memfs GUEST  an empty in-memory directory at GUEST (gone on exit)
 
-Network options (HTTP and HTTPS only; internal addresses are blocked unless
-named exactly by --allow-host):
+Network options (HTTP and HTTPS, plus --tcp-map and --ssh-allow-host targets;
+internal addresses are blocked unless named exactly by --allow-host):
   --allow-host PATTERN       allow egress to PATTERN ('*' wildcards; repeatable)
   --deny-all-egress          deny every host not named by --allow-host
   --host-secret NAME@HOST[,HOST...][=VALUE]

@@ -114,9 +114,10 @@ function sha256File(file) {
   });
 }
 
-/** Nothing but (maybe) the lock file: no image, no temp dir, no partial blob. */
+/** Nothing but (maybe) the lock file and an empty refs/: no image, no temp dir, no partial blob. */
 function assertStoreClean(dir) {
-  const left = fs.readdirSync(dir).filter((n) => n !== ".pull.lock");
+  const emptyRefs = (n) => n === "refs" && fs.readdirSync(path.join(dir, n)).length === 0;
+  const left = fs.readdirSync(dir).filter((n) => n !== ".pull.lock" && !emptyRefs(n));
   assert.deepEqual(left, [], `store ${dir} holds ${left.join(", ")}`);
 }
 

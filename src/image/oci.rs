@@ -249,6 +249,8 @@ struct Meter<'a> {
     phase: &'static str,
     total: u64,
     done: u64,
+    /// Bytes done before this run (a resumed download): not in the rate.
+    base: u64,
     start: Instant,
     last: Option<Instant>,
     report: &'a mut ProgressFn,
@@ -256,10 +258,15 @@ struct Meter<'a> {
 
 impl<'a> Meter<'a> {
     fn new(phase: &'static str, total: u64, report: &'a mut ProgressFn) -> Self {
+        Self::resumed(phase, total, 0, report)
+    }
+
+    fn resumed(phase: &'static str, total: u64, base: u64, report: &'a mut ProgressFn) -> Self {
         let mut m = Meter {
             phase,
             total,
-            done: 0,
+            done: base,
+            base,
             start: Instant::now(),
             last: None,
             report,
@@ -278,7 +285,7 @@ impl<'a> Meter<'a> {
     fn emit(&mut self) {
         let secs = self.start.elapsed().as_secs_f64();
         let rate = if secs > 0.0 {
-            self.done as f64 / secs
+            self.done.saturating_sub(self.base) as f64 / secs
         } else {
             0.0
         };
@@ -731,6 +738,7 @@ async fn fetch_blob(
             BlobResponse::Full(s) => {
                 // The registry ignored the range: start over.
                 meter.done = meter.done.saturating_sub(have);
+                meter.base = meter.base.saturating_sub(have);
                 have = 0;
                 hash = Sha256::new();
                 s
@@ -963,15 +971,25 @@ pub async fn pull(
     let total: u64 = manifest.layers.iter().map(|l| l.size as u64).sum();
     let mut blobs = Vec::new();
     {
-        let mut meter = Meter::new("download", total, &mut progress);
+        let mut have = 0;
         for l in &manifest.layers {
-            let have = fs::metadata(partial.join(digest_hex(reference, &l.digest)?))
+            have += fs::metadata(partial.join(digest_hex(reference, &l.digest)?))
                 .map(|m| m.len().min(l.size as u64))
                 .unwrap_or(0);
-            meter.done += have;
+        }
+        let mut meter = Meter::resumed("download", total, have, &mut progress);
+        for l in &manifest.layers {
             match fetch_blob(&client, &r, reference, l, &partial, &mut meter).await {
                 Ok(b) => blobs.push(b),
                 Err(e) => {
+                    if matches!(e, ImageError::InvalidImage { .. }) {
+                        // The registry's copy is bad: keep nothing of this image.
+                        for l in &manifest.layers {
+                            if let Ok(h) = digest_hex(reference, &l.digest) {
+                                let _ = fs::remove_file(partial.join(h));
+                            }
+                        }
+                    }
                     let _ = fs::remove_dir(&partial); // only if nothing is kept to resume
                     return Err(e);
                 }

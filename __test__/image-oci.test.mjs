@@ -246,12 +246,11 @@ test("a tampered or truncated blob is refused naming its digest; nothing is left
     try {
       await assert.rejects(g.pullImage(pushedRef), (err) => {
         assert.ok(err.message.includes(layer.digest), err.message);
-        assert.match(err.message, how === "tamper" ? /failed verification|digest/ : /truncated|stopped at/);
-        assert.equal(err.code, how === "tamper" ? "invalid_image" : err.code);
+        assert.match(err.message, how === "tamper" ? /failed verification/ : /truncated/);
+        assert.equal(err.code, "invalid_image");
         return true;
       });
-      if (how === "tamper" || !fs.existsSync(path.join(store, ".partial"))) assertStoreClean(store);
-      fs.rmSync(path.join(store, ".partial"), { recursive: true, force: true });
+      assertStoreClean(store);
       assert.throws(() => g.resolveImageSelector(image.buildId), /not found/);
     } finally {
       fs.writeFileSync(file, original);

@@ -58,6 +58,13 @@ pub const ANN_ARCH: &str = "dev.gondolin.image.arch";
 /// Layer annotations: file name in the image directory, uncompressed size.
 pub const ANN_TITLE: &str = "org.opencontainers.image.title";
 pub const ANN_FILE_SIZE: &str = "dev.gondolin.file.size";
+/// Layer annotations: the zstd frames (compressed sizes, comma-separated),
+/// each the compression of [`ANN_FRAME_BYTES`] of the file (the last: the
+/// rest). Optional: without them the layer is one stream.
+pub const ANN_FRAMES: &str = "dev.gondolin.zstd.frames";
+pub const ANN_FRAME_BYTES: &str = "dev.gondolin.zstd.frame-bytes";
+/// Input bytes per zstd frame on push.
+const FRAME_BYTES: u64 = 64 << 20;
 
 /// Bounds on what a registry may hand us.
 const MAX_MANIFEST_BYTES: usize = 1 << 20;
@@ -130,10 +137,12 @@ fn invalid(reference: &str, message: impl Into<String>) -> ImageError {
 
 /// Parse an OCI reference (`host[:port]/repo[:tag][@sha256:…]`).
 pub fn parse_reference(reference: &str) -> Result<Reference, ImageError> {
-    reference.parse::<Reference>().map_err(|e| ImageError::Definition {
-        path: PathBuf::from(reference),
-        message: format!("not an OCI reference (expected HOST[:PORT]/REPOSITORY[:TAG]): {e}"),
-    })
+    reference
+        .parse::<Reference>()
+        .map_err(|e| ImageError::Definition {
+            path: PathBuf::from(reference),
+            message: format!("not an OCI reference (expected HOST[:PORT]/REPOSITORY[:TAG]): {e}"),
+        })
 }
 
 fn is_loopback(registry: &str) -> bool {
@@ -216,12 +225,18 @@ pub fn auth_from_docker_config(path: &Path, registry: &str) -> Result<RegistryAu
     let Some((key, entry)) = entry else {
         return Ok(RegistryAuth::Anonymous);
     };
-    let field = |name: &str| entry.get(name).and_then(|v| v.as_str()).filter(|s| !s.is_empty());
+    let field = |name: &str| {
+        entry
+            .get(name)
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+    };
     if let Some(b64) = field("auth") {
         let raw = base64::engine::general_purpose::STANDARD
             .decode(b64.trim())
             .map_err(|e| bad(format!("auths.{key}.auth is not base64: {e}")))?;
-        let s = String::from_utf8(raw).map_err(|_| bad(format!("auths.{key}.auth is not UTF-8")))?;
+        let s =
+            String::from_utf8(raw).map_err(|_| bad(format!("auths.{key}.auth is not UTF-8")))?;
         let (user, pass) = s
             .split_once(':')
             .ok_or_else(|| bad(format!("auths.{key}.auth is not user:password")))?;
@@ -319,8 +334,17 @@ fn sha256_digest(bytes: &[u8]) -> String {
 fn digest_hex(reference: &str, digest: &str) -> Result<String, ImageError> {
     let h = digest
         .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-        .ok_or_else(|| invalid(reference, format!("unsupported blob digest {digest:?} (expected sha256)")))?;
+        .filter(|h| {
+            h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        })
+        .ok_or_else(|| {
+            invalid(
+                reference,
+                format!("unsupported blob digest {digest:?} (expected sha256)"),
+            )
+        })?;
     Ok(h.to_string())
 }
 
@@ -426,35 +450,65 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Compress `src` into `dst` (zstd, multithreaded); → (digest, size, uncompressed size).
-fn compress_file(src: &Path, dst: &Path, meter: &mut Meter) -> Result<(String, u64, u64), ImageError> {
+/// Compress `src` into `dst`: one zstd frame (multithreaded, checksummed)
+/// per [`FRAME_BYTES`] of input, so a pull can decompress frames in
+/// parallel. → (digest, size, uncompressed size, compressed frame sizes).
+fn compress_file(
+    src: &Path,
+    dst: &Path,
+    frame_bytes: u64,
+    meter: &mut Meter,
+) -> Result<(String, u64, u64, Vec<u64>), ImageError> {
     let mut input = fs::File::open(src).map_err(io_err(format!("opening {}", src.display())))?;
     let out = fs::File::create(dst).map_err(io_err(format!("creating {}", dst.display())))?;
-    let w = HashingWriter {
+    let mut w = HashingWriter {
         inner: std::io::BufWriter::with_capacity(1 << 20, out),
         hash: Sha256::new(),
         len: 0,
     };
     let ctx = |what: &str| io_err(format!("compressing {} ({what})", src.display()));
-    let mut enc = zstd::stream::write::Encoder::new(w, ZSTD_LEVEL).map_err(ctx("init"))?;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    enc.multithread(workers).map_err(ctx("threads"))?;
-    enc.include_checksum(true).map_err(ctx("checksum"))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
-    loop {
-        let n = input.read(&mut buf).map_err(ctx("read"))?;
-        if n == 0 {
-            break;
+    let mut frames = Vec::new();
+    let mut eof = false;
+    while !eof {
+        let before = w.len;
+        let mut enc = zstd::stream::write::Encoder::new(&mut w, ZSTD_LEVEL).map_err(ctx("init"))?;
+        enc.multithread(workers).map_err(ctx("threads"))?;
+        enc.include_checksum(true).map_err(ctx("checksum"))?;
+        let mut in_frame = 0u64;
+        while in_frame < frame_bytes {
+            let want = (frame_bytes - in_frame).min(buf.len() as u64) as usize;
+            let n = input.read(&mut buf[..want]).map_err(ctx("read"))?;
+            if n == 0 {
+                eof = true;
+                break;
+            }
+            enc.write_all(&buf[..n]).map_err(ctx("write"))?;
+            in_frame += n as u64;
+            meter.add(n as u64);
         }
-        enc.write_all(&buf[..n]).map_err(ctx("write"))?;
-        total += n as u64;
-        meter.add(n as u64);
+        enc.finish().map_err(ctx("finish"))?;
+        if in_frame > 0 {
+            total += in_frame;
+            frames.push(w.len - before);
+        } else if !frames.is_empty() {
+            // An empty trailing frame: drop it from the table but it is in
+            // the file; keep the table honest by counting it into the last.
+            *frames.last_mut().expect("non-empty") += w.len - before;
+        } else {
+            frames.push(w.len - before);
+        }
     }
-    let mut w = enc.finish().map_err(ctx("finish"))?;
     w.flush().map_err(ctx("flush"))?;
     w.inner.get_ref().sync_all().ok();
-    Ok((format!("sha256:{}", hex(&w.hash.finalize())), w.len, total))
+    Ok((
+        format!("sha256:{}", hex(&w.hash.finalize())),
+        w.len,
+        total,
+        frames,
+    ))
 }
 
 /// A file as a stream of chunks for an upload, counting into `counter`.
@@ -531,11 +585,15 @@ pub async fn push(
         for a in &assets {
             let dst = tmp.join(format!("{}.zst", a.role));
             let (src, dst2) = (a.file.clone(), dst.clone());
-            let (digest, size, raw) =
-                tokio::task::block_in_place(|| compress_file(&src, &dst2, &mut meter))?;
+            let (digest, size, raw, frames) = tokio::task::block_in_place(|| {
+                compress_file(&src, &dst2, FRAME_BYTES, &mut meter)
+            })?;
             let mut ann = BTreeMap::new();
             ann.insert(ANN_TITLE.to_string(), a.title.clone());
             ann.insert(ANN_FILE_SIZE.to_string(), raw.to_string());
+            ann.insert(ANN_FRAME_BYTES.to_string(), FRAME_BYTES.to_string());
+            let table: Vec<String> = frames.iter().map(u64::to_string).collect();
+            ann.insert(ANN_FRAMES.to_string(), table.join(","));
             layers.push(OciDescriptor {
                 media_type: a.media_type.to_string(),
                 digest: digest.clone(),
@@ -586,7 +644,11 @@ pub async fn push(
         uploaded += size;
     }
     let config_digest = sha256_digest(&config);
-    if !client.blob_exists(&r, &config_digest).await.unwrap_or(false) {
+    if !client
+        .blob_exists(&r, &config_digest)
+        .await
+        .unwrap_or(false)
+    {
         client
             .push_blob(&r, config.clone(), &config_digest)
             .await
@@ -646,34 +708,50 @@ fn check_manifest(reference: &str, m: &OciImageManifest) -> Result<(), ImageErro
         ));
     }
     if m.config.size <= 0 || m.config.size > MAX_CONFIG_BYTES {
-        return Err(invalid(reference, format!("config blob size {} out of range", m.config.size)));
+        return Err(invalid(
+            reference,
+            format!("config blob size {} out of range", m.config.size),
+        ));
     }
     digest_hex(reference, &m.config.digest)?;
     let known = [KERNEL_MEDIA_TYPE, INITRD_MEDIA_TYPE, ROOTFS_MEDIA_TYPE];
     if m.layers.len() != known.len() {
-        return Err(invalid(reference, format!("expected 3 layers, found {}", m.layers.len())));
+        return Err(invalid(
+            reference,
+            format!("expected 3 layers, found {}", m.layers.len()),
+        ));
     }
     for (l, want) in m.layers.iter().zip(known) {
         if l.media_type != want {
             return Err(invalid(
                 reference,
-                format!("layer {} has media type {:?}, expected {want}", l.digest, l.media_type),
+                format!(
+                    "layer {} has media type {:?}, expected {want}",
+                    l.digest, l.media_type
+                ),
             ));
         }
         if l.size <= 0 || l.size > MAX_BLOB_BYTES {
-            return Err(invalid(reference, format!("layer {} size {} out of range", l.digest, l.size)));
+            return Err(invalid(
+                reference,
+                format!("layer {} size {} out of range", l.digest, l.size),
+            ));
         }
         digest_hex(reference, &l.digest)?;
         let title = l.annotations.as_ref().and_then(|a| a.get(ANN_TITLE));
         let ok = title.is_some_and(|t| {
             let p = Path::new(t);
-            p.components().count() == 1 && matches!(p.components().next(), Some(Component::Normal(_)))
+            p.components().count() == 1
+                && matches!(p.components().next(), Some(Component::Normal(_)))
                 && t != "manifest.json"
         });
         if !ok {
-            return Err(invalid(reference, format!("layer {} has no plain file name ({ANN_TITLE})", l.digest)));
+            return Err(invalid(
+                reference,
+                format!("layer {} has no plain file name ({ANN_TITLE})", l.digest),
+            ));
         }
-        file_size(reference, l)?;
+        frame_jobs(reference, l, file_size(reference, l)?)?;
     }
     Ok(())
 }
@@ -684,7 +762,12 @@ fn file_size(reference: &str, l: &OciDescriptor) -> Result<u64, ImageError> {
         .and_then(|a| a.get(ANN_FILE_SIZE))
         .and_then(|s| s.parse::<u64>().ok())
         .filter(|&n| n <= MAX_FILE_BYTES)
-        .ok_or_else(|| invalid(reference, format!("layer {} has no valid {ANN_FILE_SIZE}", l.digest)))
+        .ok_or_else(|| {
+            invalid(
+                reference,
+                format!("layer {} has no valid {ANN_FILE_SIZE}", l.digest),
+            )
+        })
 }
 
 /// Hash what a partial file already holds.
@@ -723,7 +806,11 @@ async fn fetch_blob(
     if have > size {
         have = 0;
     }
-    let mut hash = if have > 0 { rehash(&path, have)? } else { Sha256::new() };
+    let mut hash = if have > 0 {
+        rehash(&path, have)?
+    } else {
+        Sha256::new()
+    };
     let refuse = |path: &Path, msg: String| {
         let _ = fs::remove_file(path);
         invalid(reference, msg)
@@ -750,8 +837,10 @@ async fn fetch_blob(
             .truncate(false)
             .open(&path)
             .map_err(io_err(format!("opening {}", path.display())))?;
-        file.set_len(have).map_err(io_err(format!("truncating {}", path.display())))?;
-        file.seek(SeekFrom::Start(have)).map_err(io_err("seeking"))?;
+        file.set_len(have)
+            .map_err(io_err(format!("truncating {}", path.display())))?;
+        file.seek(SeekFrom::Start(have))
+            .map_err(io_err("seeking"))?;
         let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
         let mut s = stream.stream;
         let mut cut = None;
@@ -767,15 +856,20 @@ async fn fetch_blob(
                 drop(file);
                 return Err(refuse(
                     &path,
-                    format!("blob {} is larger than its manifest says ({size} bytes); refused", desc.digest),
+                    format!(
+                        "blob {} is larger than its manifest says ({size} bytes); refused",
+                        desc.digest
+                    ),
                 ));
             }
-            file.write_all(&chunk).map_err(io_err(format!("writing {}", path.display())))?;
+            file.write_all(&chunk)
+                .map_err(io_err(format!("writing {}", path.display())))?;
             hash.update(&chunk);
             have += chunk.len() as u64;
             meter.add(chunk.len() as u64);
         }
-        file.flush().map_err(io_err(format!("writing {}", path.display())))?;
+        file.flush()
+            .map_err(io_err(format!("writing {}", path.display())))?;
         drop(file);
         if let Some(e) = cut {
             if have < size {
@@ -813,44 +907,175 @@ async fn fetch_blob(
     Ok(path)
 }
 
-/// Decompress `src` into `dst`, writing zero blocks as holes; refuses more
-/// than `size` bytes and checks the result is exactly `size`.
-fn extract(src: &Path, dst: &Path, size: u64, digest: &str, reference: &str, meter: &mut Meter) -> Result<(), ImageError> {
-    let input = fs::File::open(src).map_err(io_err(format!("opening {}", src.display())))?;
-    let mut dec = zstd::stream::read::Decoder::new(input)
-        .map_err(io_err(format!("decompressing blob {digest}")))?;
-    let mut out = fs::File::create(dst).map_err(io_err(format!("creating {}", dst.display())))?;
+/// The frame table of a layer: (compressed offset, compressed length, file
+/// offset, file length) per frame, checked against the blob and file sizes.
+fn frame_jobs(
+    reference: &str,
+    l: &OciDescriptor,
+    size: u64,
+) -> Result<Vec<(u64, u64, u64, u64)>, ImageError> {
+    let ann = l.annotations.clone().unwrap_or_default();
+    let blob = l.size as u64;
+    let (Some(table), Some(per)) = (ann.get(ANN_FRAMES), ann.get(ANN_FRAME_BYTES)) else {
+        return Ok(vec![(0, blob, 0, size)]);
+    };
+    let bad = || {
+        invalid(
+            reference,
+            format!("layer {} has a malformed {ANN_FRAMES} table", l.digest),
+        )
+    };
+    let per: u64 = per.parse().ok().filter(|&p| p >= 1 << 20).ok_or_else(bad)?;
+    let mut jobs = Vec::new();
+    let (mut coff, mut foff) = (0u64, 0u64);
+    for part in table.split(',') {
+        let clen: u64 = part.parse().map_err(|_| bad())?;
+        let flen = size.saturating_sub(foff).min(per);
+        jobs.push((coff, clen, foff, flen));
+        coff = coff.checked_add(clen).ok_or_else(bad)?;
+        foff += flen;
+        if jobs.len() > 1 << 16 {
+            return Err(bad());
+        }
+    }
+    if coff != blob || foff != size || jobs.iter().skip(1).any(|j| j.3 == 0) {
+        return Err(bad());
+    }
+    Ok(jobs)
+}
+
+fn is_zero(block: &[u8]) -> bool {
+    let (chunks, rest) = block.as_chunks::<16>();
+    chunks
+        .iter()
+        .fold(0u128, |a, c| a | u128::from_ne_bytes(*c))
+        == 0
+        && rest.iter().all(|&b| b == 0)
+}
+
+/// Write `data` at `off`, leaving 4 KiB zero blocks as holes.
+fn write_sparse(out: &fs::File, off: u64, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const B: usize = 4096;
+    let mut i = 0;
+    while i < data.len() {
+        while i < data.len() && is_zero(&data[i..(i + B).min(data.len())]) {
+            i += B;
+        }
+        let start = i.min(data.len());
+        while i < data.len() && !is_zero(&data[i..(i + B).min(data.len())]) {
+            i += B;
+        }
+        let end = i.min(data.len());
+        if end > start {
+            out.write_all_at(&data[start..end], off + start as u64)?;
+        }
+    }
+    Ok(())
+}
+
+/// Fill `buf` from `r` (short only at the end).
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Decompress one frame range of `src` into `out` at its file offset.
+fn extract_frame(
+    src: &Path,
+    out: &fs::File,
+    job: (u64, u64, u64, u64),
+    done: &std::sync::atomic::AtomicU64,
+) -> Result<(), String> {
+    let (coff, clen, foff, flen) = job;
+    let mut input = fs::File::open(src).map_err(|e| format!("opening {}: {e}", src.display()))?;
+    input
+        .seek(SeekFrom::Start(coff))
+        .map_err(|e| e.to_string())?;
+    let mut dec = zstd::stream::read::Decoder::new(input.take(clen)).map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 1 << 20];
     let mut written = 0u64;
     loop {
-        let n = match dec.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) => return Err(invalid(reference, format!("blob {digest} does not decompress: {e}"))),
-        };
-        if written + n as u64 > size {
-            return Err(invalid(
-                reference,
-                format!("blob {digest} decompresses to more than its {size} bytes"),
+        let n = read_full(&mut dec, &mut buf).map_err(|e| format!("does not decompress: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        if written + n as u64 > flen {
+            return Err(format!(
+                "decompresses to more than its {flen} bytes at offset {foff}"
             ));
         }
-        for block in buf[..n].chunks(4096) {
-            if block.iter().all(|&b| b == 0) {
-                out.seek(SeekFrom::Current(block.len() as i64)).map_err(io_err("seeking"))?;
-            } else {
-                out.write_all(block).map_err(io_err(format!("writing {}", dst.display())))?;
-            }
-        }
+        write_sparse(out, foff + written, &buf[..n]).map_err(|e| format!("writing: {e}"))?;
         written += n as u64;
-        meter.add(n as u64);
+        done.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
-    if written != size {
-        return Err(invalid(
-            reference,
-            format!("blob {digest} decompresses to {written} bytes, expected {size}"),
+    if written != flen {
+        return Err(format!(
+            "decompresses to {written} bytes at offset {foff}, expected {flen}"
         ));
     }
-    out.set_len(size).map_err(io_err(format!("writing {}", dst.display())))?;
+    Ok(())
+}
+
+/// Decompress the layer blob `src` into `dst` (exactly `size` bytes, zero
+/// blocks left as holes), its frames on all cores.
+fn extract(
+    src: &Path,
+    dst: &Path,
+    size: u64,
+    jobs: &[(u64, u64, u64, u64)],
+    digest: &str,
+    reference: &str,
+    meter: &mut Meter,
+) -> Result<(), ImageError> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    let out = fs::File::create(dst).map_err(io_err(format!("creating {}", dst.display())))?;
+    out.set_len(size)
+        .map_err(io_err(format!("writing {}", dst.display())))?;
+    let next = AtomicUsize::new(0);
+    let done = AtomicU64::new(0);
+    let failed = AtomicBool::new(false);
+    let error = std::sync::Mutex::new(None::<String>);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(jobs.len())
+        .max(1);
+    let running = AtomicUsize::new(workers);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                while !failed.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&job) = jobs.get(i) else { break };
+                    if let Err(e) = extract_frame(src, &out, job, &done) {
+                        failed.store(true, Ordering::Relaxed);
+                        error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e);
+                    }
+                }
+                running.fetch_sub(1, Ordering::Release);
+            });
+        }
+        let mut seen = 0;
+        while running.load(Ordering::Acquire) > 0 {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = done.load(Ordering::Relaxed);
+            meter.add(now - seen);
+            seen = now;
+        }
+        meter.add(done.load(Ordering::Relaxed) - seen);
+    });
+    if let Some(e) = error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(invalid(reference, format!("blob {digest} {e}")));
+    }
     Ok(())
 }
 
@@ -891,22 +1116,41 @@ pub async fn pull(
     let digest = sha256_digest(&body);
     if let Some(d) = r.digest() {
         if d != digest {
-            return Err(invalid(reference, format!("manifest hashes to {digest}, not {d}")));
+            return Err(invalid(
+                reference,
+                format!("manifest hashes to {digest}, not {d}"),
+            ));
         }
     }
-    let manifest: OciImageManifest = serde_json::from_slice(&body)
-        .map_err(|e| invalid(reference, format!("manifest is not an OCI image manifest: {e}")))?;
+    let manifest: OciImageManifest = serde_json::from_slice(&body).map_err(|e| {
+        invalid(
+            reference,
+            format!("manifest is not an OCI image manifest: {e}"),
+        )
+    })?;
     check_manifest(reference, &manifest)?;
     let ann = manifest.annotations.clone().unwrap_or_default();
     let build_id = ann
         .get(ANN_BUILD_ID)
-        .filter(|id| !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= 64
+                && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
         .cloned()
-        .ok_or_else(|| invalid(reference, format!("manifest has no valid {ANN_BUILD_ID} annotation")))?;
+        .ok_or_else(|| {
+            invalid(
+                reference,
+                format!("manifest has no valid {ANN_BUILD_ID} annotation"),
+            )
+        })?;
     let arch = ann.get(ANN_ARCH).cloned().unwrap_or_default();
     if let Some(want) = expect_arch {
         if arch != want {
-            return Err(invalid(reference, format!("image is for {arch}, not {want}")));
+            return Err(invalid(
+                reference,
+                format!("image is for {arch}, not {want}"),
+            ));
         }
     }
 
@@ -927,25 +1171,46 @@ pub async fn pull(
     let mut s = client
         .pull_blob_stream(&r, &manifest.config)
         .await
-        .map_err(|e| reg_err(reference, format!("fetching blob {}: {e}", manifest.config.digest)))?
+        .map_err(|e| {
+            reg_err(
+                reference,
+                format!("fetching blob {}: {e}", manifest.config.digest),
+            )
+        })?
         .stream;
     while let Some(chunk) = s.next().await {
         let chunk = chunk.map_err(|e| {
-            invalid(reference, format!("blob {} failed verification: {e}", manifest.config.digest))
+            invalid(
+                reference,
+                format!("blob {} failed verification: {e}", manifest.config.digest),
+            )
         })?;
         if config.len() + chunk.len() > manifest.config.size as usize {
-            return Err(invalid(reference, format!("blob {} is larger than its manifest says", manifest.config.digest)));
+            return Err(invalid(
+                reference,
+                format!(
+                    "blob {} is larger than its manifest says",
+                    manifest.config.digest
+                ),
+            ));
         }
         config.extend_from_slice(&chunk);
     }
     if sha256_digest(&config) != manifest.config.digest {
         return Err(invalid(
             reference,
-            format!("blob {} failed verification (corrupt or tampered with in the registry); refused", manifest.config.digest),
+            format!(
+                "blob {} failed verification (corrupt or tampered with in the registry); refused",
+                manifest.config.digest
+            ),
         ));
     }
-    let image_manifest: store::Manifest = serde_json::from_slice(&config)
-        .map_err(|e| invalid(reference, format!("config blob is not an image manifest.json: {e}")))?;
+    let image_manifest: store::Manifest = serde_json::from_slice(&config).map_err(|e| {
+        invalid(
+            reference,
+            format!("config blob is not an image manifest.json: {e}"),
+        )
+    })?;
     if image_manifest.build_id != build_id || image_manifest.arch != arch {
         return Err(invalid(
             reference,
@@ -1015,8 +1280,17 @@ pub async fn pull(
         for (l, blob) in manifest.layers.iter().zip(&blobs) {
             let title = &l.annotations.as_ref().expect("checked")[ANN_TITLE];
             let size = file_size(reference, l)?;
+            let jobs = frame_jobs(reference, l, size)?;
             tokio::task::block_in_place(|| {
-                extract(blob, &tmp.join(title), size, &l.digest, reference, &mut meter)
+                extract(
+                    blob,
+                    &tmp.join(title),
+                    size,
+                    &jobs,
+                    &l.digest,
+                    reference,
+                    &mut meter,
+                )
             })?;
         }
         meter.finish();
@@ -1058,14 +1332,26 @@ mod tests {
         )
         .unwrap();
         match auth_from_docker_config(&p, "r:5000").unwrap() {
-            RegistryAuth::Basic(u, pw) => assert_eq!((u.as_str(), pw.as_str()), ("alice", "s3cret:x")),
+            RegistryAuth::Basic(u, pw) => {
+                assert_eq!((u.as_str(), pw.as_str()), ("alice", "s3cret:x"))
+            }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(auth_from_docker_config(&p, "other:1").unwrap(), RegistryAuth::Basic(u, _) if u == "bob"));
-        assert!(matches!(auth_from_docker_config(&p, "docker.io").unwrap(), RegistryAuth::Basic(u, _) if u == "d"));
-        assert!(matches!(auth_from_docker_config(&p, "none:1").unwrap(), RegistryAuth::Anonymous));
+        assert!(
+            matches!(auth_from_docker_config(&p, "other:1").unwrap(), RegistryAuth::Basic(u, _) if u == "bob")
+        );
+        assert!(
+            matches!(auth_from_docker_config(&p, "docker.io").unwrap(), RegistryAuth::Basic(u, _) if u == "d")
+        );
+        assert!(matches!(
+            auth_from_docker_config(&p, "none:1").unwrap(),
+            RegistryAuth::Anonymous
+        ));
         fs::write(&p, r#"{"auths":{"r:5000":{"auth":"!!"}}}"#).unwrap();
-        assert!(auth_from_docker_config(&p, "r:5000").unwrap_err().to_string().contains("base64"));
+        assert!(auth_from_docker_config(&p, "r:5000")
+            .unwrap_err()
+            .to_string()
+            .contains("base64"));
         fs::write(&p, "nope").unwrap();
         assert!(auth_from_docker_config(&p, "r:5000").is_err());
         fs::remove_dir_all(&t).unwrap();
@@ -1083,7 +1369,11 @@ mod tests {
     #[test]
     fn digests_are_checked_before_becoming_paths() {
         assert!(digest_hex("r", &format!("sha256:{}", "a".repeat(64))).is_ok());
-        for bad in ["sha256:../../etc", "sha512:aa", &format!("sha256:{}", "A".repeat(64))] {
+        for bad in [
+            "sha256:../../etc",
+            "sha512:aa",
+            &format!("sha256:{}", "A".repeat(64)),
+        ] {
             assert!(digest_hex("r", bad).is_err(), "{bad}");
         }
     }
@@ -1097,14 +1387,77 @@ mod tests {
         data.extend_from_slice(b"tail");
         let z = zstd::encode_all(&data[..], 1).unwrap();
         fs::write(t.join("b.zst"), z).unwrap();
+        let zlen = fs::metadata(t.join("b.zst")).unwrap().len();
         let mut f: ProgressFn = Box::new(|_| {});
         let mut m = Meter::new("extract", 0, &mut f);
-        extract(&t.join("b.zst"), &t.join("out"), data.len() as u64, "d", "r", &mut m).unwrap();
+        let n = data.len() as u64;
+        let x = |size: u64, m: &mut Meter| {
+            extract(
+                &t.join("b.zst"),
+                &t.join("out"),
+                size,
+                &[(0, zlen, 0, size)],
+                "d",
+                "r",
+                m,
+            )
+        };
+        x(n, &mut m).unwrap();
         assert_eq!(fs::read(t.join("out")).unwrap(), data);
-        let e = extract(&t.join("b.zst"), &t.join("out"), 100, "d", "r", &mut m).unwrap_err();
+        let e = x(100, &mut m).unwrap_err();
         assert!(e.to_string().contains("more than"), "{e}");
-        let e = extract(&t.join("b.zst"), &t.join("out"), data.len() as u64 + 1, "d", "r", &mut m).unwrap_err();
+        let e = x(n + 1, &mut m).unwrap_err();
         assert!(e.to_string().contains("expected"), "{e}");
+
+        // Framed: compress as push does, extract in parallel.
+        fs::write(t.join("big"), data.repeat(3)).unwrap();
+        let mut m2 = Meter::new("compress", 0, &mut f);
+        let (_, zsize, raw, frames) =
+            compress_file(&t.join("big"), &t.join("big.zst"), 1 << 20, &mut m2).unwrap();
+        assert_eq!(raw, 3 * n);
+        assert_eq!(frames.iter().sum::<u64>(), zsize);
+        assert_eq!(frames.len(), 4);
+        let mut ann = BTreeMap::new();
+        ann.insert(
+            ANN_FRAMES.to_string(),
+            frames
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        ann.insert(ANN_FRAME_BYTES.to_string(), (1u64 << 20).to_string());
+        let desc = OciDescriptor {
+            media_type: ROOTFS_MEDIA_TYPE.into(),
+            digest: "d".into(),
+            size: zsize as i64,
+            urls: None,
+            annotations: Some(ann.clone()),
+            artifact_type: None,
+        };
+        let jobs = frame_jobs("r", &desc, raw).unwrap();
+        let mut m3 = Meter::new("extract", 0, &mut f);
+        extract(
+            &t.join("big.zst"),
+            &t.join("big.out"),
+            raw,
+            &jobs,
+            "d",
+            "r",
+            &mut m3,
+        )
+        .unwrap();
+        assert_eq!(fs::read(t.join("big.out")).unwrap(), data.repeat(3));
+        assert!(
+            frame_jobs("r", &desc, raw + 1).is_err(),
+            "sizes must add up"
+        );
+        ann.insert(ANN_FRAMES.to_string(), "1,x".into());
+        let bad = OciDescriptor {
+            annotations: Some(ann),
+            ..desc
+        };
+        assert!(frame_jobs("r", &bad, raw).is_err());
         fs::remove_dir_all(&t).unwrap();
     }
 }

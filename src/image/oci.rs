@@ -570,7 +570,7 @@ pub async fn push(
     fs::create_dir_all(&work).map_err(io_err(format!("creating {}", work.display())))?;
     let tmp = work.join(format!("push-{}-{}", std::process::id(), info.build_id));
     fs::create_dir_all(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
-    let _cleanup = TempDir(Some(tmp.clone()));
+    let cleanup = TempDir(Some(tmp.clone()));
     let assets = assets_of(&info);
     let mut total_in = 0u64;
     for a in &assets {
@@ -677,6 +677,8 @@ pub async fn push(
         artifact_type: Some(ARTIFACT_TYPE.to_string()),
         annotations: Some(annotations),
     };
+    drop(cleanup);
+    let _ = fs::remove_dir(&work); // only if no pull keeps blobs there
     let body = serde_json::to_vec(&manifest).expect("manifest serializes");
     let digest = sha256_digest(&body);
     client

@@ -450,16 +450,24 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Compress `src` into `dst`: one zstd frame (multithreaded, checksummed)
-/// per [`FRAME_BYTES`] of input, so a pull can decompress frames in
-/// parallel. → (digest, size, uncompressed size, compressed frame sizes).
+/// Compress `src` into `dst`: one zstd frame (checksummed) per
+/// `frame_bytes` of input, so a pull can decompress frames in parallel.
+/// Frames are compressed single-threaded, a batch of them at once on all
+/// cores: zstd's own multithreading does not give the same bytes twice,
+/// and a push of an unchanged image must find its blobs already there.
+/// → (digest, size, uncompressed size, compressed frame sizes).
 fn compress_file(
     src: &Path,
     dst: &Path,
     frame_bytes: u64,
     meter: &mut Meter,
 ) -> Result<(String, u64, u64, Vec<u64>), ImageError> {
-    let mut input = fs::File::open(src).map_err(io_err(format!("opening {}", src.display())))?;
+    use std::os::unix::fs::FileExt;
+    let input = fs::File::open(src).map_err(io_err(format!("opening {}", src.display())))?;
+    let total = input
+        .metadata()
+        .map_err(io_err(format!("reading {}", src.display())))?
+        .len();
     let out = fs::File::create(dst).map_err(io_err(format!("creating {}", dst.display())))?;
     let mut w = HashingWriter {
         inner: std::io::BufWriter::with_capacity(1 << 20, out),
@@ -467,39 +475,41 @@ fn compress_file(
         len: 0,
     };
     let ctx = |what: &str| io_err(format!("compressing {} ({what})", src.display()));
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let count = total.div_ceil(frame_bytes).max(1);
+    let compress_one = |i: u64| -> std::io::Result<Vec<u8>> {
+        let off = i * frame_bytes;
+        let len = frame_bytes.min(total - off) as usize;
+        let mut buf = vec![0u8; len];
+        input.read_exact_at(&mut buf, off)?;
+        let mut c = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
+        c.set_parameter(zstd::stream::raw::CParameter::ChecksumFlag(true))?;
+        c.compress(&buf)
+    };
     let mut frames = Vec::new();
-    let mut eof = false;
-    while !eof {
-        let before = w.len;
-        let mut enc = zstd::stream::write::Encoder::new(&mut w, ZSTD_LEVEL).map_err(ctx("init"))?;
-        enc.multithread(workers).map_err(ctx("threads"))?;
-        enc.include_checksum(true).map_err(ctx("checksum"))?;
-        let mut in_frame = 0u64;
-        while in_frame < frame_bytes {
-            let want = (frame_bytes - in_frame).min(buf.len() as u64) as usize;
-            let n = input.read(&mut buf[..want]).map_err(ctx("read"))?;
-            if n == 0 {
-                eof = true;
-                break;
-            }
-            enc.write_all(&buf[..n]).map_err(ctx("write"))?;
-            in_frame += n as u64;
-            meter.add(n as u64);
+    let mut i = 0;
+    while i < count {
+        let batch: Vec<u64> = (i..(i + workers as u64).min(count)).collect();
+        let results: Vec<std::io::Result<Vec<u8>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|&k| scope.spawn(move || compress_one(k)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("compressor panicked")))
+                })
+                .collect()
+        });
+        for (k, r) in batch.iter().zip(results) {
+            let frame = r.map_err(ctx("compress"))?;
+            w.write_all(&frame).map_err(ctx("write"))?;
+            frames.push(frame.len() as u64);
+            meter.add(frame_bytes.min(total - k * frame_bytes));
         }
-        enc.finish().map_err(ctx("finish"))?;
-        if in_frame > 0 {
-            total += in_frame;
-            frames.push(w.len - before);
-        } else if !frames.is_empty() {
-            // An empty trailing frame: drop it from the table but it is in
-            // the file; keep the table honest by counting it into the last.
-            *frames.last_mut().expect("non-empty") += w.len - before;
-        } else {
-            frames.push(w.len - before);
-        }
+        i += batch.len() as u64;
     }
     w.flush().map_err(ctx("flush"))?;
     w.inner.get_ref().sync_all().ok();

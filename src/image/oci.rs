@@ -1461,9 +1461,22 @@ mod tests {
         .unwrap();
         assert_eq!(fs::read(t.join("big.out")).unwrap(), data.repeat(3));
         assert!(
-            frame_jobs("r", &desc, raw + 1).is_err(),
+            frame_jobs("r", &desc, raw + (1 << 20)).is_err(),
             "sizes must add up"
         );
+        // A last frame shorter than the table implies: caught while extracting.
+        let short = frame_jobs("r", &desc, raw + 1).unwrap();
+        let e = extract(
+            &t.join("big.zst"),
+            &t.join("big.out"),
+            raw + 1,
+            &short,
+            "d",
+            "r",
+            &mut m3,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("expected"), "{e}");
         ann.insert(ANN_FRAMES.to_string(), "1,x".into());
         let bad = OciDescriptor {
             annotations: Some(ann),

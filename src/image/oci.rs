@@ -6,10 +6,16 @@
 //! ([`CONFIG_MEDIA_TYPE`]); each asset (kernel, initramfs, rootfs) is one
 //! zstd-compressed layer named by its `org.opencontainers.image.title`
 //! annotation, with its uncompressed size in [`ANN_FILE_SIZE`]. The manifest
-//! carries the build id and arch as annotations. zstd level 1, multithreaded:
-//! a 1.2 GB sparse rootfs (550 MB used) becomes ~150 MB in ~2.5 s on two
-//! cores and decompresses in ~1 s, so a pull moves an eighth of the bytes a
-//! plain copy reads (see bench/image.mjs).
+//! carries the build id and arch as annotations. zstd level 1, in
+//! independent 64 MiB frames (their compressed sizes in [`ANN_FRAMES`]) so
+//! both push and pull use every core, single-threaded per frame so the same
+//! image always gives the same blob (a re-push uploads nothing). Measured
+//! on two cores (bench/image.mjs): the 1.2 GB sparse rootfs (550 MB used)
+//! becomes ~150 MB; a pull from a loopback registry runs at ~580 MiB/s of
+//! image bytes, 0.33 of a `cat` of the image from the page cache and about
+//! 1.5 times a cold read of it. Uncompressed layers would move 8 times the
+//! bytes through the registry and its disk, and zstd at higher levels
+//! costs push time for little size.
 //!
 //! Pull: the manifest's media types are checked, every blob streams into
 //! `<store>/.partial/<hex digest>` with its size bounded by the descriptor

@@ -1355,6 +1355,102 @@ export declare function tagImage(source: string, targetReference: string, arch?:
  */
 export declare function removeImage(selector: string, arch?: ImageArch): RemovedImage;
 
+// --- Images over OCI registries (our extension; upstream downloads tarballs
+// named in a JSON "builtin registry" instead) ---------------------------------
+//
+// An image in a registry is an OCI artifact (`artifactType`
+// application/vnd.gondolin.image.v1): config = the image's manifest.json
+// (application/vnd.gondolin.image.manifest.v1+json), one zstd layer per asset
+// (application/vnd.gondolin.{kernel,initrd}.v1+zstd,
+// application/vnd.gondolin.rootfs.v1.ext4+zstd) named by its
+// org.opencontainers.image.title annotation, and the build id / arch as
+// manifest annotations (dev.gondolin.image.build-id, dev.gondolin.image.arch).
+// Logins come from the docker config file ($DOCKER_CONFIG/config.json, else
+// ~/.docker/config.json: `auths.<host[:port]>.auth` base64 "user:password",
+// or username/password; credential helpers are not run); anonymous
+// otherwise. 127.0.0.1, localhost and ::1 registries use plain HTTP.
+// With GONDOLIN_IMAGE_REGISTRY=host[:port]/path, a VM needing the default
+// image pulls `<registry>/debian-base:<buildId>` (the build for this
+// package's guest binaries) before falling back to building it.
+// Errors: "missing_asset" (the registry has no such image), "invalid_image"
+// (not a Gondolin image, wrong arch, a blob that fails its sha256 or size
+// check — the message names the digest), "io_error" (network, auth, disk;
+// a transfer cut short keeps its bytes under <store>/.partial and the next
+// pull resumes them with an HTTP Range request).
+
+/** One progress report of a pull or push (about 5 per second). */
+export interface ImageTransferProgress {
+  /** push: "compress" then "upload"; pull: "download" then "extract". */
+  phase: "compress" | "upload" | "download" | "extract";
+  /** Bytes done in this phase (a resumed download starts at the bytes kept). */
+  done: number;
+  /** Bytes in this phase (compressed for upload/download, file bytes otherwise). */
+  total: number;
+  /** Bytes per second since the phase began. */
+  rate: number;
+  /** Seconds left at that rate; null until known. */
+  eta: number | null;
+}
+export interface RegistryOptions {
+  /** Plain HTTP for a registry that is not on a loopback address. Default false. */
+  insecure?: boolean;
+  /** The docker config file to read logins from (default: see above). */
+  dockerConfig?: string;
+  /** pull: the arch wanted (default the host's; another is refused before any blob). push: picks a ref's target. */
+  arch?: ImageArch;
+}
+export interface PullImageOptions extends RegistryOptions {
+  /**
+   * Local `name[:tag]` to point at the pulled image; default the
+   * reference's last repository segment and tag
+   * (`host/gondolin/debian-base:v1` → `debian-base:v1`; none for a digest
+   * reference); false names nothing.
+   */
+  tag?: string | false;
+}
+export interface PulledImage {
+  /** The OCI reference pulled. */
+  reference: string;
+  /** Digest (`sha256:…`) of the OCI manifest. */
+  digest: string;
+  buildId: string;
+  arch: ImageArch;
+  /** `<store>/<buildId>`. */
+  assetDir: string;
+  /** false when the store already had this build (nothing fetched). */
+  created: boolean;
+  /** The local ref set, or null. */
+  tag: string | null;
+  image: GuestImage;
+}
+export interface PushedImage {
+  reference: string;
+  /** Digest (`sha256:…`) of the OCI manifest. */
+  digest: string;
+  buildId: string;
+  arch: ImageArch;
+  /** Compressed bytes sent (blobs the registry already had are skipped). */
+  uploadedBytes: number;
+}
+/**
+ * Our extension. Pull `reference` (`host[:port]/repo[:tag]` or `…@sha256:…`)
+ * into the local store: every blob's size and sha256 are checked while it
+ * streams, the image is assembled in a temp dir and renamed into place
+ * (nothing half-written is left), then named (see `tag`).
+ */
+export declare function pullImage(
+  reference: string,
+  options?: PullImageOptions,
+  onProgress?: (p: ImageTransferProgress) => void,
+): Promise<PulledImage>;
+/** Our extension. Push the image `selector` names (directory, build id or ref) to `reference` (`host[:port]/repo:tag`). */
+export declare function pushImage(
+  selector: string,
+  reference: string,
+  options?: RegistryOptions,
+  onProgress?: (p: ImageTransferProgress) => void,
+): Promise<PushedImage>;
+
 // --- Sessions ---------------------------------------------------------------
 
 /** A VM registered by a running gondolin process (one JSON file + one socket). */

@@ -336,3 +336,20 @@ async function sshEgress(): Promise<void> {
 }
 void sshEgress;
 // --- end SSH egress ---
+
+// Images over OCI registries (our extension).
+import { pullImage, pushImage, type ImageTransferProgress, type PulledImage, type PushedImage } from "@gondolin/native";
+async function ociImages(): Promise<void> {
+  const onProgress = (p: ImageTransferProgress): void => {
+    const eta: number | null = p.eta;
+    void [p.phase, p.done, p.total, p.rate, eta];
+  };
+  const pushed: PushedImage = await pushImage("debian-base:latest", "127.0.0.1:5000/gondolin/debian-base:v1", {}, onProgress);
+  const pulled: PulledImage = await pullImage(pushed.reference, { tag: "mine:v1", insecure: false, dockerConfig: "/x/config.json" }, onProgress);
+  const dir: string = pulled.assetDir;
+  const created: boolean = pulled.created;
+  const tag: string | null = pulled.tag;
+  await pullImage("127.0.0.1:5000/gondolin/debian-base:v1", { tag: false, arch: "x86_64" });
+  void [dir, created, tag, pushed.uploadedBytes, pulled.image.rootfs];
+}
+void ociImages;

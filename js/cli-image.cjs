@@ -19,9 +19,17 @@ Commands:
   rm NAME[:TAG] | BUILD_ID    remove a ref; a build id removes the image
                               and every ref to it
   import DIR                  copy an image directory into the store
+  pull REF [--tag NAME[:TAG]] fetch an image from an OCI registry
+                              (REF: HOST[:PORT]/REPO[:TAG]) into the store and
+                              name it (default: REPO's last segment:TAG)
+  push SELECTOR REF           upload an image to an OCI registry
 
 Options:
   --arch ARCH                 aarch64 | x86_64 (default: this machine's)
+  --insecure                  pull/push over plain HTTP (always so for
+                              127.0.0.1, localhost, ::1); registry logins
+                              come from $DOCKER_CONFIG/config.json or
+                              ~/.docker/config.json
   -h, --help                  show this help
 `;
 
@@ -30,6 +38,7 @@ function cmdImage(args, UsageError) {
   const store = require("./image-store.cjs");
   const positional = [];
   let arch;
+  const oci = { insecure: undefined, tag: undefined }; // pull/push options
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
     if (a === "-h" || a === "--help") {
@@ -39,6 +48,11 @@ function cmdImage(args, UsageError) {
     if (a === "--arch") {
       arch = args[++i];
       if (arch === undefined) throw new UsageError("--arch requires an argument", IMAGE_USAGE);
+    } else if (a === "--insecure") {
+      oci.insecure = true;
+    } else if (a === "--tag") {
+      oci.tag = args[++i];
+      if (oci.tag === undefined) throw new UsageError("--tag requires an argument", IMAGE_USAGE);
     } else if (a.startsWith("-")) {
       throw new UsageError(`Unknown argument: ${a}`, IMAGE_USAGE);
     } else {
@@ -86,11 +100,33 @@ function cmdImage(args, UsageError) {
       process.stdout.write(`${r.created ? "imported" : "already in the store:"} ${r.buildId} (${r.arch}) ${r.assetDir}\n`);
       return 0;
     }
+    case "pull":
+    case "push":
+      return ociCommand(sub, rest, arch, oci, want);
     case undefined:
       throw new UsageError("image needs a command", IMAGE_USAGE);
     default:
       throw new UsageError(`Unknown image command: ${sub}`, IMAGE_USAGE);
   }
+}
+
+/** `image pull REF` / `image push SELECTOR REF` (js/image-oci.cjs does the work). */
+async function ociCommand(sub, rest, arch, oci, want) {
+  const { pullImage, pushImage, progressPrinter } = require("./image-oci.cjs");
+  const progress = progressPrinter(process.stderr);
+  if (sub === "pull") {
+    want(1, "REF");
+    const r = await pullImage(rest[0], { arch, insecure: oci.insecure, tag: oci.tag }, progress);
+    process.stdout.write(
+      `Pulled ${r.reference}\n  assetDir: ${r.assetDir}\n  buildId: ${r.buildId}\n  arch: ${r.arch}\n  digest: ${r.digest}\n` +
+        (r.tag ? `  tag: ${r.tag}\n` : ""),
+    );
+    return 0;
+  }
+  want(2, "SELECTOR REF");
+  const r = await pushImage(rest[0], rest[1], { arch, insecure: oci.insecure }, progress);
+  process.stdout.write(`Pushed ${r.buildId} (${r.arch}) to ${r.reference}\n  digest: ${r.digest}\n`);
+  return 0;
 }
 
 /** Refs, then stored images no ref names (`<none>`), as aligned columns. */

@@ -168,7 +168,8 @@ VMs start without booting.
 Options:
   --config FILE        image definition (default: images/debian-base.json):
                        Debian release, packages, postBuild.copy/commands, env,
-                       rootfsExtraMiB, runtimeDefaults (--definition is the same)
+                       rootfsExtraMiB, runtimeDefaults
+  --definition FILE    the same as --config
   --init-config        print a starting definition to edit, and exit
   --verify DIR         check an image directory against its manifest's sha256
   --output DIR         also copy the finished image to DIR
@@ -530,27 +531,27 @@ const SSH_FLAGS = new Set(["--ssh", "--ssh-user", "--ssh-port", "--ssh-listen"])
 /** One --ssh* flag at args[i]; returns how many extra arguments it took. */
 function parseSshFlag(args, i, o, usage) {
   const a = args[i];
-  o.ssh = o.ssh || {};
+  o.sshAccess = o.sshAccess || {};
   if (a === "--ssh") {
-    o.ssh.enabled = true;
+    o.sshAccess.enabled = true;
     return 0;
   }
   const v = args[i + 1];
   if (v === undefined || v === "--") throw new UsageError(`${a} requires an argument`, usage);
-  if (a === "--ssh-user") o.ssh.user = v;
-  else if (a === "--ssh-listen") o.ssh.listenHost = v;
+  if (a === "--ssh-user") o.sshAccess.user = v;
+  else if (a === "--ssh-listen") o.sshAccess.listenHost = v;
   else {
     const port = Number(v);
     if (!/^\d+$/.test(v) || port > 65535) throw new UsageError("--ssh-port must be an integer between 0 and 65535", usage);
-    o.ssh.listenPort = port;
+    o.sshAccess.listenPort = port;
   }
   return 1;
 }
 
 /** `--ssh`: enable SSH and tell the user how to connect (stderr, as upstream). */
 async function startSsh(vm, o) {
-  if (!o.ssh || !o.ssh.enabled) return;
-  const { enabled, ...options } = o.ssh;
+  if (!o.sshAccess || !o.sshAccess.enabled) return;
+  const { enabled, ...options } = o.sshAccess;
   const access = await vm.enableSsh(options);
   process.stderr.write(`SSH enabled: ${access.command}\n`);
 }

@@ -85,10 +85,38 @@ async function ensureImage(imagePath) {
   const found = findImage(imagePath);
   if (found) return found;
   if (!building) {
-    process.stderr.write("gondolin: no guest image for this version yet; building one (a few minutes, once)\n");
-    building = buildImage({}).finally(() => (building = null));
+    building = (async () => {
+      const pulled = await pullDefault();
+      if (pulled) return pulled;
+      process.stderr.write("gondolin: no guest image for this version yet; building one (a few minutes, once)\n");
+      return buildImage({});
+    })().finally(() => (building = null));
   }
   return building;
+}
+
+/**
+ * With GONDOLIN_IMAGE_REGISTRY (`host[:port]/path`), pull
+ * `<registry>/debian-base:<buildId>` for this package's guest binaries.
+ * Null (after a line on stderr) when the registry cannot give it.
+ */
+async function pullDefault() {
+  const registry = process.env.GONDOLIN_IMAGE_REGISTRY;
+  if (!registry) return null;
+  const oci = require("./image-oci.cjs");
+  let ref;
+  try {
+    ref = oci.defaultImageReference(registry);
+    process.stderr.write(`gondolin: pulling the guest image ${ref}\n`);
+    const wanted = ref.slice(ref.lastIndexOf(":") + 1);
+    const r = await oci.pullImage(ref, { tag: false }, oci.progressPrinter(process.stderr));
+    if (r.buildId !== wanted) throw new Error(`the registry's image is build ${r.buildId}, not ${wanted}`);
+    nameDefault(r.image);
+    return r.image;
+  } catch (err) {
+    process.stderr.write(`gondolin: could not pull ${ref || "the guest image"} (${err.message}); building it instead\n`);
+    return null;
+  }
 }
 
 /**

@@ -26,6 +26,8 @@ const {
   tagImage,
   removeImage,
 } = require("./image-store.cjs");
+// Images over OCI registries (our extension).
+const { pullImage, pushImage } = require("./image-oci.cjs");
 const {
   MAX_RPC_DATA,
   ERRNO,
@@ -58,6 +60,8 @@ const { getInfoFromSshExecRequest } = require("./ssh.cjs"); // SSH egress
 const { listSessions, findSession, gcSessions, connectToSession, registerSession, unregisterSession } = require("./sessions.cjs");
 
 module.exports = {
+  pullImage,
+  pushImage,
   VM,
   VmCheckpoint,
   DEFAULT_GUEST_TMPFS,

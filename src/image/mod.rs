@@ -19,6 +19,7 @@
 mod base;
 mod definition;
 mod initrd;
+pub mod oci;
 mod store;
 mod tools;
 
@@ -80,6 +81,9 @@ pub enum ImageError {
     InvalidImage { dir: PathBuf, message: String },
     #[error("{step} failed: {message}")]
     Step { step: String, message: String },
+    /// Our extension (images over OCI registries): the registry has no such image.
+    #[error("image {0} not found in the registry")]
+    NotInRegistry(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -97,6 +101,7 @@ impl crate::error::Coded for ImageError {
             ImageError::MissingGuestBinary(_) => ErrorCode::MissingGuestBinary,
             ImageError::InvalidImage { .. } => ErrorCode::InvalidImage,
             ImageError::Step { .. } => ErrorCode::BuildFailed,
+            ImageError::NotInRegistry(_) => ErrorCode::MissingAsset,
             ImageError::Io { .. } => ErrorCode::IoError,
         }
     }

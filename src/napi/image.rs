@@ -117,3 +117,135 @@ pub fn build_image<'e>(
         }
     })
 }
+
+// ---- Images over OCI registries (our extension; src/image/oci.rs) ----
+
+use gondolin::image::oci;
+
+/// Options of `pullImage` / `pushImage`.
+#[napi(object)]
+pub struct NativeRegistryOptions {
+    /// Plain HTTP even for a registry that is not on a loopback address.
+    pub insecure: Option<bool>,
+    /// The docker config file with `auths` (default `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`).
+    pub docker_config: Option<String>,
+    /// Pull: refuse an image for another arch (`aarch64` | `x86_64`).
+    pub arch: Option<String>,
+}
+
+/// One progress report of a pull or push.
+#[napi(object)]
+pub struct NativeOciProgress {
+    /// `compress` | `upload` (push), `download` | `extract` (pull).
+    pub phase: String,
+    /// Bytes done in this phase.
+    pub done: f64,
+    /// Bytes in this phase.
+    pub total: f64,
+    /// Bytes per second since the phase began.
+    pub rate: f64,
+    /// Seconds left at that rate; null until known.
+    pub eta: Option<f64>,
+}
+
+#[napi(object)]
+pub struct NativePulled {
+    pub image: NativeImage,
+    /// The OCI manifest's digest (`sha256:…`).
+    pub digest: String,
+    /// True when the store had this build already (nothing fetched).
+    pub existed: bool,
+}
+
+#[napi(object)]
+pub struct NativePushed {
+    pub digest: String,
+    pub reference: String,
+    /// Bytes uploaded (blobs the registry had are skipped).
+    pub uploaded: f64,
+}
+
+type OciProgressCallback = Option<JsCallback<NativeOciProgress, ()>>;
+
+fn registry_opts(o: &Option<NativeRegistryOptions>) -> oci::RegistryOptions {
+    oci::RegistryOptions {
+        insecure: o.as_ref().and_then(|o| o.insecure).unwrap_or(false),
+        docker_config: o
+            .as_ref()
+            .and_then(|o| o.docker_config.clone())
+            .map(PathBuf::from),
+        store: None,
+    }
+}
+
+fn progress_fn(cb: OciProgressCallback) -> oci::ProgressFn {
+    Box::new(move |p: oci::Progress| {
+        if let Some(f) = &cb {
+            f.notify(NativeOciProgress {
+                phase: p.phase.to_string(),
+                done: p.done as f64,
+                total: p.total as f64,
+                rate: p.rate,
+                eta: p.eta,
+            });
+        }
+    })
+}
+
+/// Pull an image from an OCI registry into the store (refs are set by JS).
+#[napi(ts_return_type = "Promise<NativePulled>")]
+pub fn pull_image<'e>(
+    env: &'e Env,
+    reference: String,
+    options: Option<NativeRegistryOptions>,
+    #[napi(ts_arg_type = "((p: NativeOciProgress) => void) | undefined | null")]
+    progress: OciProgressCallback,
+) -> napi::Result<PromiseRaw<'e, NativePulled>> {
+    let o = registry_opts(&options);
+    let arch = options.and_then(|o| o.arch);
+    spawn_coded(env, async move {
+        oci::pull(&reference, &o, arch.as_deref(), progress_fn(progress))
+            .await
+            .map(|p| NativePulled {
+                image: p.image.into(),
+                digest: p.digest,
+                existed: p.existed,
+            })
+            .map_err(|e| JsFailure::from_core(&e))
+    })
+}
+
+/// Push the image directory `dir` to an OCI registry.
+#[napi(ts_return_type = "Promise<NativePushed>")]
+pub fn push_image<'e>(
+    env: &'e Env,
+    dir: String,
+    reference: String,
+    options: Option<NativeRegistryOptions>,
+    #[napi(ts_arg_type = "((p: NativeOciProgress) => void) | undefined | null")]
+    progress: OciProgressCallback,
+) -> napi::Result<PromiseRaw<'e, NativePushed>> {
+    let o = registry_opts(&options);
+    spawn_coded(env, async move {
+        oci::push(
+            std::path::Path::new(&dir),
+            &reference,
+            &o,
+            progress_fn(progress),
+        )
+        .await
+        .map(|p| NativePushed {
+            digest: p.digest,
+            reference: p.reference,
+            uploaded: p.uploaded as f64,
+        })
+        .map_err(|e| JsFailure::from_core(&e))
+    })
+}
+
+/// The build id of the default image for `options` (what `findImage` looks
+/// for), so a registry pull can ask for exactly that build.
+#[napi]
+pub fn expected_build_id(env: &Env, options: NativeBuildOptions) -> napi::Result<String> {
+    image::expected_build_id(&opts(options)).js(env)
+}

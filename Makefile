@@ -69,9 +69,11 @@ bench: build ## benchmarks; print JSON
 	node bench/vfs.mjs
 	node bench/net.mjs
 	node bench/snapshot.mjs
+	node bench/tcp-map.mjs
 	node bench/ingress.mjs
 	node bench/ssh-egress.mjs
 	node bench/image.mjs
+	node bench/image-build.mjs   # two cold image builds, ~10 min
 
 lint: ## rustfmt + clippy
 	cargo fmt --all --check

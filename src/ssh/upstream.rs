@@ -115,15 +115,7 @@ pub(crate) async fn open(
     let ok = match &route.credential {
         Some(cred) => {
             let user = cred.username.clone().unwrap_or_else(|| "git".into());
-            let hash = if cred.key.algorithm().is_rsa() {
-                handle
-                    .best_supported_rsa_hash()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .flatten()
-            } else {
-                None
-            };
+            let hash = rsa_hash(&handle, cred.key.algorithm()).await?;
             handle
                 .authenticate_publickey(user, PrivateKeyWithHashAlg::new(cred.key.clone(), hash))
                 .await
@@ -150,15 +142,7 @@ pub(crate) async fn open(
             let mut ok = false;
             for id in ids {
                 let key = id.public_key().into_owned();
-                let hash = if key.algorithm().is_rsa() {
-                    handle
-                        .best_supported_rsa_hash()
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .flatten()
-                } else {
-                    None
-                };
+                let hash = rsa_hash(&handle, key.algorithm()).await?;
                 match handle
                     .authenticate_publickey_with(user, key, hash, &mut agent)
                     .await
@@ -189,4 +173,20 @@ pub(crate) async fn open(
         .await
         .map_err(|e| format!("exec: {e}"))?;
     Ok(Upstream { handle, channel })
+}
+
+/// For an RSA key, the signature hash the server prefers (SHA-2 when it
+/// says so); `None` for other key types.
+async fn rsa_hash(
+    handle: &Handle<Verifier>,
+    alg: russh::keys::Algorithm,
+) -> Result<Option<russh::keys::HashAlg>, String> {
+    if !alg.is_rsa() {
+        return Ok(None);
+    }
+    Ok(handle
+        .best_supported_rsa_hash()
+        .await
+        .map_err(|e| e.to_string())?
+        .flatten())
 }

@@ -106,9 +106,12 @@ before(async () => {
   run("umoci", ["unpack", "--image", `${layout}:slim`, bundle]);
   run("tar", ["-xpf", rootTar, "-C", path.join(bundle, "rootfs"), "--numeric-owner"]);
   run("umoci", ["repack", "--image", `${layout}:slim`, bundle]);
-  fs.rmSync(path.join(bundle, "rootfs", "etc", "issue"));
-  fs.writeFileSync(path.join(bundle, "rootfs", "etc", "layer2"), "two\n");
-  run("umoci", ["repack", "--image", `${layout}:slim`, bundle]);
+  // A fresh unpack: repack diffs against the tree as it was unpacked.
+  const bundle2 = path.join(tmp, "bundle2");
+  run("umoci", ["unpack", "--image", `${layout}:slim`, bundle2]);
+  fs.rmSync(path.join(bundle2, "rootfs", "etc", "issue"));
+  fs.writeFileSync(path.join(bundle2, "rootfs", "etc", "layer2"), "two\n");
+  run("umoci", ["repack", "--image", `${layout}:slim`, bundle2]);
   run("umoci", ["gc", "--layout", layout]);
   registry = await startRegistry();
   run("skopeo", ["copy", "--quiet", "--dest-tls-verify=false", `oci:${layout}:slim`, `docker://${registry.host}/py:slim`]);

@@ -107,7 +107,12 @@ fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf, ImageError> {
     let hex = digest
         .strip_prefix("sha256:")
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| step("reading the OCI layout", format!("unsupported digest {digest:?}")))?;
+        .ok_or_else(|| {
+            step(
+                "reading the OCI layout",
+                format!("unsupported digest {digest:?}"),
+            )
+        })?;
     Ok(dir.join("blobs/sha256").join(hex.to_ascii_lowercase()))
 }
 
@@ -156,7 +161,11 @@ pub fn resolve_layout(dir: &Path, tag: Option<&str>) -> Result<Resolved, ImageEr
         ));
     }
     let index = read_json(&dir.join("index.json"))?;
-    let name = |d: &Descriptor| d.annotations.get("org.opencontainers.image.ref.name").cloned();
+    let name = |d: &Descriptor| {
+        d.annotations
+            .get("org.opencontainers.image.ref.name")
+            .cloned()
+    };
     let mut pick: Vec<&Descriptor> = match tag {
         Some(t) => index
             .manifests
@@ -194,7 +203,12 @@ pub fn resolve_layout(dir: &Path, tag: Option<&str>) -> Result<Resolved, ImageEr
                 .as_ref()
                 .is_some_and(|p| p.os == "linux" && p.architecture == want)
         })
-        .ok_or_else(|| step("reading the OCI image", format!("no linux/{want} image in the index")))?;
+        .ok_or_else(|| {
+            step(
+                "reading the OCI image",
+                format!("no linux/{want} image in the index"),
+            )
+        })?;
     let m = read_json_blob(dir, &d.digest)?;
     if is_index(&d.media_type) || is_index(&m.media_type) {
         return Err(step("reading the OCI image", "nested image index"));
@@ -205,7 +219,12 @@ pub fn resolve_layout(dir: &Path, tag: Option<&str>) -> Result<Resolved, ImageEr
 fn finish(dir: &Path, digest: String, doc: Index) -> Result<Resolved, ImageError> {
     let layers = doc
         .layers
-        .ok_or_else(|| step("reading the OCI image", format!("manifest {digest} has no layers")))?
+        .ok_or_else(|| {
+            step(
+                "reading the OCI image",
+                format!("manifest {digest} has no layers"),
+            )
+        })?
         .into_iter()
         .map(|l| Ok((blob_path(dir, &l.digest)?, l.media_type, l.digest)))
         .collect::<Result<Vec<_>, ImageError>>()?;
@@ -222,7 +241,8 @@ fn finish(dir: &Path, digest: String, doc: Index) -> Result<Resolved, ImageError
 /// for loopback registries, docker config auth as skopeo reads it).
 pub fn copy_from_registry(reference: &str, dest: &Path) -> Result<(), ImageError> {
     let host = reference.split('/').next().unwrap_or_default();
-    let loopback = host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]");
+    let loopback =
+        host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]");
     let mut c = Command::new("skopeo");
     c.arg("copy").arg("--quiet");
     if loopback {
@@ -246,7 +266,9 @@ pub fn copy_from_registry(reference: &str, dest: &Path) -> Result<(), ImageError
 }
 
 fn layer_reader(path: &Path, media_type: &str) -> Result<Box<dyn Read>, ImageError> {
-    let f = BufReader::new(fs::File::open(path).map_err(io_err(format!("opening {}", path.display())))?);
+    let f = BufReader::new(
+        fs::File::open(path).map_err(io_err(format!("opening {}", path.display())))?,
+    );
     Ok(if media_type.ends_with("gzip") {
         Box::new(flate2::read::GzDecoder::new(f))
     } else if media_type.ends_with("zstd") {
@@ -300,7 +322,9 @@ fn plan(layers: &[(PathBuf, String)]) -> Result<BTreeMap<String, (usize, usize)>
         for (j, e) in entries.enumerate() {
             let e = e.map_err(io_err(format!("reading layer {i}")))?;
             let raw = e.path().map_err(io_err("reading a layer path"))?;
-            let Some(path) = normalize(&raw) else { continue };
+            let Some(path) = normalize(&raw) else {
+                continue;
+            };
             let (parent, base) = match path.rsplit_once('/') {
                 Some((d, b)) => (Some(d), b),
                 None => (None, path.as_str()),
@@ -407,7 +431,10 @@ pub fn make_rootfs(tmp: &Path, extra_mib: u64) -> Result<PathBuf, ImageError> {
         c.arg("sh");
         c
     };
-    tools::run("unpacking the OCI layers", mk.arg("-c").arg(&script).current_dir(tmp))?;
+    tools::run(
+        "unpacking the OCI layers",
+        mk.arg("-c").arg(&script).current_dir(tmp),
+    )?;
     Ok(tmp.join("rootfs.ext4"))
 }
 
@@ -502,7 +529,10 @@ mod tests {
             .unwrap()
             .map(|e| {
                 let e = e.unwrap();
-                (e.path().unwrap().display().to_string(), e.header().gid().unwrap())
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().gid().unwrap(),
+                )
             })
             .collect();
         let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();

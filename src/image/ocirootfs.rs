@@ -462,6 +462,9 @@ mod tests {
         ));
         for (path, data) in entries {
             let mut h = tar::Header::new_gnu();
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
             match data {
                 Some(d) => {
                     h.set_entry_type(tar::EntryType::Regular);
@@ -536,7 +539,11 @@ mod tests {
             })
             .collect();
         let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["etc", "etc/shadow", "opt/new", "dir"], "{got:?}");
+        assert_eq!(
+            names,
+            ["etc", "etc/shadow", "opt", "opt/new", "dir"],
+            "{got:?}"
+        );
         assert_eq!(got[1].1, 42, "group kept");
     }
 

@@ -6,7 +6,7 @@ NPM_DIR     := npm/$(TRIPLE)
 ADDON       := $(NPM_DIR)/gondolin.$(TRIPLE).node
 PACK_DIR    := target/pack
 GUEST_OUT   := target/$(RUST_TARGET)/guest
-APT_PKGS    := qemu-system-x86 mmdebstrap uidmap fakeroot e2fsprogs kmod xz-utils zstd tmux openssl git binutils openssh-client openssh-server rsync redis-server docker-registry apache2-utils
+APT_PKGS    := qemu-system-x86 mmdebstrap uidmap fakeroot e2fsprogs kmod xz-utils zstd tmux openssl git binutils openssh-client openssh-server rsync redis-server docker-registry apache2-utils skopeo umoci
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help

@@ -1253,6 +1253,22 @@ export interface BuildImageOptions {
   quiet?: boolean;
   /** Also name the image `name[:tag]` in the store (a bad name throws before building). */
   tag?: string;
+  /**
+   * Our extension (upstream has `oci: { image }` in its build config): take
+   * the root filesystem from an OCI image instead of mmdebstrap. An OCI
+   * layout directory (`oci-layout:PATH[:TAG]`, or a path holding
+   * `oci-layout` + `index.json`) or a registry reference (copied with
+   * skopeo; plain HTTP for 127.0.0.1/localhost). An index resolves to
+   * linux/<host arch>; every blob's sha256 is checked; gzip, zstd and plain
+   * tar layers; whiteouts and opaque directories are honoured. The
+   * definition still gives kernel, modules, env, runtimeDefaults and
+   * rootfsExtraMiB (release/packages/postBuild are not used). The build id
+   * derives from the manifest digest, the kernel base and the guest
+   * binaries; `manifest.json` records `oci: { reference, digest }`.
+   * Errors: `build_failed` (a bad or missing blob, no /bin/sh in the image,
+   * skopeo failing), `missing_tool` (skopeo for a registry reference).
+   */
+  fromOci?: string;
 }
 
 /** Build (or reuse) the guest image for the current guest binaries. */

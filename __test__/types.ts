@@ -27,6 +27,8 @@ async function usage(): Promise<void> {
   void buf;
   await vm.close();
   const img = await buildImage({ quiet: true });
+  const fromOci: string | undefined = (await buildImage({ quiet: true, fromOci: "oci-layout:/tmp/layout:slim" })).buildId;
+  void fromOci;
   void (img.buildId satisfies string);
 
   // @ts-expect-error rootfs mode is a closed set

@@ -174,6 +174,11 @@ Options:
   --verify DIR         check an image directory against its manifest's sha256
   --output DIR         also copy the finished image to DIR
   --tag NAME[:TAG]     name the image in the store (see 'gondolin image')
+  --from-oci REF       rootfs from an OCI image instead of mmdebstrap (our
+                       extension): oci-layout:PATH[:TAG], a layout directory,
+                       or a registry reference (copied with skopeo; plain http
+                       for 127.0.0.1/localhost). Kernel, modules, env and
+                       runtimeDefaults still come from the definition
   --no-boot-snapshot   do not prepare the boot template
   --verbose            show mmdebstrap's output
   -q, --quiet          print only the image directory
@@ -857,6 +862,9 @@ async function cmdBuild(args) {
         break;
       case "--tag":
         o.tag = takeValue(args, i++, a, BUILD_USAGE);
+        break;
+      case "--from-oci":
+        o.fromOci = takeValue(args, i++, a, BUILD_USAGE);
         break;
       case "--verbose":
         o.verbose = true;

@@ -21,6 +21,8 @@ function buildOptions(opts = {}) {
     guestBinDir: opts.guestBinDir || guestBinDir(),
     output: opts.output,
     verbose: Boolean(opts.verbose),
+    // Our extension: the rootfs from an OCI image (layout dir or registry ref).
+    fromOci: opts.fromOci || undefined,
   };
 }
 
@@ -127,7 +129,7 @@ async function buildImage(opts) {
   const options = buildOptions(opts);
   if (opts.tag) store.parseRef(opts.tag); // a bad name fails before minutes of building
   const image = await native.buildImage(options, opts.quiet ? null : (line) => process.stderr.write(`${line}\n`));
-  if (path.resolve(options.definition) === DEFAULT_DEFINITION) nameDefault(image);
+  if (!options.fromOci && path.resolve(options.definition) === DEFAULT_DEFINITION) nameDefault(image);
   if (opts.tag) store.setImageRef(opts.tag, image.buildId, image.arch);
   return image;
 }

@@ -20,6 +20,7 @@ mod base;
 mod definition;
 mod initrd;
 pub mod oci;
+pub mod ocirootfs;
 mod store;
 mod tools;
 
@@ -61,6 +62,11 @@ pub struct BuildOptions {
     pub output: Option<PathBuf>,
     /// Stream mmdebstrap's output through the progress callback.
     pub verbose: bool,
+    /// Our extension: take the rootfs from this OCI image (a layout
+    /// directory or a registry reference, see [`ocirootfs::parse_source`])
+    /// instead of mmdebstrap; the definition still gives the kernel,
+    /// modules, `env`, `runtimeDefaults` and `rootfsExtraMiB`.
+    pub from_oci: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +143,13 @@ pub fn find_built(opts: &BuildOptions) -> Result<Option<ImageInfo>, ImageError> 
 /// Build (or reuse) the image for the current inputs.
 pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<ImageInfo, ImageError> {
     let def = Definition::load(&opts.definition)?;
+    if let Some(reference) = &opts.from_oci {
+        let info = build_from_oci(opts, &def, reference, progress)?;
+        if let Some(out) = &opts.output {
+            store::copy_to(&info, out)?;
+        }
+        return Ok(info);
+    }
     let id = store::build_id(&def, &opts.guest_bin_dir)?;
     let root = opts.cache_root.clone().unwrap_or_else(cache_root);
     let images = store::images_dir(Some(&root));
@@ -151,11 +164,75 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
         } else {
             let base = base::ensure(&def, &root, opts.verbose, progress)?;
             progress("writing the initramfs with init, sandboxd, sandboxfs and kernel modules");
-            store::assemble(&def, &base, &opts.guest_bin_dir, &id, &images)?
+            store::assemble(&def, &base, &opts.guest_bin_dir, &id, &images, None)?
         }
     };
     if let Some(out) = &opts.output {
         store::copy_to(&info, out)?;
     }
     Ok(info)
+}
+
+/// `--from-oci`: resolve the image (a registry one is copied into a
+/// temporary layout), then reuse the cached image for its manifest digest
+/// or flatten its layers into rootfs.ext4 on the definition's kernel base.
+fn build_from_oci(
+    opts: &BuildOptions,
+    def: &Definition,
+    reference: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<ImageInfo, ImageError> {
+    let root = opts.cache_root.clone().unwrap_or_else(cache_root);
+    let images = store::images_dir(Some(&root));
+    let work = images.join(format!(".oci-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(io_err(format!("creating {}", work.display())))?;
+    struct Cleanup<'a>(&'a Path);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("chmod")
+                .arg("-R")
+                .arg("u+w")
+                .arg(self.0)
+                .status();
+            let _ = std::fs::remove_dir_all(self.0);
+        }
+    }
+    let _cleanup = Cleanup(&work);
+    let source = ocirootfs::parse_source(reference);
+    progress(&format!("resolving the OCI image {reference}"));
+    let resolved = ocirootfs::resolve(&source, &work)?;
+    let id = store::oci_build_id(&resolved.digest, def, &opts.guest_bin_dir)?;
+    let dir = images.join(&id);
+    if dir.join("manifest.json").exists() {
+        progress(&format!("image {id} is already built"));
+        return store::load(&dir);
+    }
+    let _lock = store::lock(&root)?;
+    if dir.join("manifest.json").exists() {
+        return store::load(&dir);
+    }
+    let base = base::ensure(def, &root, opts.verbose, progress)?;
+    progress(&format!(
+        "flattening the layers of {} (whiteouts applied)",
+        resolved.digest
+    ));
+    ocirootfs::flatten(&resolved, &work.join("root.tar"))?;
+    progress("writing rootfs.ext4");
+    let rootfs = ocirootfs::make_rootfs(&work, def.rootfs_extra_mib)?;
+    progress("writing the initramfs with init, sandboxd, sandboxfs and kernel modules");
+    store::assemble(
+        def,
+        &base,
+        &opts.guest_bin_dir,
+        &id,
+        &images,
+        Some(store::OtherRootfs {
+            path: &rootfs,
+            oci: store::OciInfo {
+                reference: reference.to_string(),
+                digest: resolved.digest.clone(),
+            },
+        }),
+    )
 }

@@ -47,6 +47,9 @@ pub struct Manifest {
     pub assets: Assets,
     #[serde(default)]
     pub debian: Option<DebianInfo>,
+    /// Our extension: the OCI image the rootfs came from (`--from-oci`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<OciInfo>,
     #[serde(default)]
     pub runtime_defaults: Option<RuntimeDefaults>,
     /// sha256 (hex) of each asset file, by its name in `assets`; images
@@ -68,6 +71,20 @@ pub struct DebianInfo {
     pub release: String,
     pub kernel_package: String,
     pub packages: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OciInfo {
+    /// As given to `--from-oci`.
+    pub reference: String,
+    /// The image manifest's digest (`sha256:...`).
+    pub digest: String,
+}
+
+/// A rootfs built elsewhere (from an OCI image) instead of the base's.
+pub struct OtherRootfs<'a> {
+    pub path: &'a Path,
+    pub oci: OciInfo,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -93,6 +110,27 @@ pub fn build_id(def: &Definition, bin_dir: &Path) -> Result<String, ImageError> 
     // A new base format (what the rootfs holds) is a new image.
     h.update(super::base::base_hash(def)?);
     for part in [&def.raw[..], BASE_CMDLINE.as_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    for name in GUEST_BINARIES {
+        let bytes = guest_binary(bin_dir, name)?;
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(&bytes);
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(hex[..32].to_string())
+}
+
+/// Build id of an image whose rootfs is the OCI image `digest`: the
+/// digest, the kernel base, the command line and our guest binaries.
+pub fn oci_build_id(digest: &str, def: &Definition, bin_dir: &Path) -> Result<String, ImageError> {
+    let mut h = Sha256::new();
+    h.update(IMAGE_FORMAT);
+    h.update(super::ocirootfs::OCI_ROOTFS_FORMAT);
+    h.update(super::base::base_hash(def)?);
+    // The definition's env and runtimeDefaults go into the manifest.
+    for part in [digest.as_bytes(), &def.raw[..], BASE_CMDLINE.as_bytes()] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
     }
@@ -160,6 +198,7 @@ pub fn assemble(
     bin_dir: &Path,
     id: &str,
     images: &Path,
+    other: Option<OtherRootfs<'_>>,
 ) -> Result<ImageInfo, ImageError> {
     let tmp = images.join(format!(".tmp-{id}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
@@ -168,7 +207,16 @@ pub fn assemble(
         fs::write(tmp.join("initrd.img"), initramfs(bin_dir, &base.modules())?)
             .map_err(io_err("writing initrd.img"))?;
         link_or_copy(&base.kernel(), &tmp.join("vmlinuz"))?;
-        link_or_copy(&base.rootfs(), &tmp.join("rootfs.ext4"))?;
+        let rootfs_sum = match &other {
+            Some(o) => {
+                link_or_copy(o.path, &tmp.join("rootfs.ext4"))?;
+                sha256_file(o.path)?
+            }
+            None => {
+                link_or_copy(&base.rootfs(), &tmp.join("rootfs.ext4"))?;
+                base_rootfs_sha256(base)?
+            }
+        };
         let manifest = Manifest {
             build_id: id.to_string(),
             arch: std::env::consts::ARCH.to_string(),
@@ -183,11 +231,12 @@ pub fn assemble(
                 initrd: "initrd.img".into(),
                 rootfs: "rootfs.ext4".into(),
             },
-            debian: Some(DebianInfo {
+            debian: other.is_none().then(|| DebianInfo {
                 release: def.release.clone(),
                 kernel_package: def.kernel_package.clone(),
                 packages: def.packages.clone(),
             }),
+            oci: other.as_ref().map(|o| o.oci.clone()),
             runtime_defaults: Some(RuntimeDefaults {
                 rootfs_mode: def.runtime_defaults.rootfs_mode.clone(),
                 env: def.env.entries(),
@@ -198,7 +247,7 @@ pub fn assemble(
                     "initrd.img".to_string(),
                     sha256_file(&tmp.join("initrd.img"))?,
                 ),
-                ("rootfs.ext4".to_string(), base_rootfs_sha256(base)?),
+                ("rootfs.ext4".to_string(), rootfs_sum),
             ])),
         };
         let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes") + "\n";

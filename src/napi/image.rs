@@ -32,6 +32,8 @@ pub struct NativeBuildOptions {
     pub guest_bin_dir: String,
     pub output: Option<String>,
     pub verbose: Option<bool>,
+    /// Our extension: rootfs from this OCI image (layout dir or registry ref).
+    pub from_oci: Option<String>,
 }
 
 impl From<ImageInfo> for NativeImage {
@@ -58,6 +60,7 @@ fn opts(o: NativeBuildOptions) -> BuildOptions {
         cache_root: None,
         output: o.output.map(PathBuf::from),
         verbose: o.verbose.unwrap_or(false),
+        from_oci: o.from_oci,
     }
 }
 

@@ -30,6 +30,7 @@ fn image() -> Option<crate::image::ImageInfo> {
         cache_root: None,
         output: None,
         verbose: false,
+        from_oci: None,
     };
     crate::image::find_built(&opts).ok().flatten()
 }

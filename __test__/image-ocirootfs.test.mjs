@@ -145,7 +145,7 @@ test("build --from-oci a registry reference boots python3, whiteout honoured, ow
   const manifest = JSON.parse(fs.readFileSync(path.join(fromRegistry, "manifest.json"), "utf8"));
   assert.equal(manifest.oci.reference, `${registry.host}/py:slim`);
   assert.match(manifest.oci.digest, /^sha256:[0-9a-f]{64}$/);
-  assert.equal(manifest.debian, null, "no Debian release or packages");
+  assert.equal(manifest.debian, undefined, "no Debian release or packages");
   const vm = await g.VM.create({ sandbox: { imagePath: fromRegistry, netEnabled: false } });
   try {
     const res = await vm.exec(

@@ -45,7 +45,8 @@ pub struct Manifest {
     pub kernel_version: String,
     pub cmdline: String,
     pub assets: Assets,
-    #[serde(default)]
+    /// Absent for an image whose rootfs came from an OCI image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debian: Option<DebianInfo>,
     /// Our extension: the OCI image the rootfs came from (`--from-oci`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

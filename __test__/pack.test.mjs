@@ -70,7 +70,8 @@ test("the packed main package lists the platform packages; the platform package 
   const sections = execFileSync("readelf", ["-S", "-W", addon], { encoding: "utf8" });
   assert.doesNotMatch(sections, /\.debug_info/, "no debug info in the addon");
   assert.match(sections, /\.symtab/, "symbols stay, so panics name functions");
-  assert.ok(fs.statSync(addon).size < 20 * 1024 * 1024, `addon is ${fs.statSync(addon).size} bytes`);
+  // 22 MiB with symbols (SSH, OCI and ingress included); debug info would double it.
+  assert.ok(fs.statSync(addon).size < 32 * 1024 * 1024, `addon is ${fs.statSync(addon).size} bytes`);
 });
 
 test("without the platform package, the first require names the missing package and the fix", () => {

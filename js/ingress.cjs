@@ -311,10 +311,7 @@ async function enableIngress(vm, options = {}) {
     port,
     url: `http://${host.includes(":") ? `[${host}]` : host}:${port}`,
     close() {
-      if (!closed) {
-        gateway.close();
-        closed = Promise.resolve();
-      }
+      if (!closed) closed = gateway.close();
       return closed;
     },
   };

@@ -145,14 +145,13 @@ async function enableSsh(vm, options = {}) {
         `-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null ${user}@${host}`,
       close() {
         if (!closing) {
-          forward.close();
-          closing = fs.promises.rm(dir, { recursive: true, force: true });
+          closing = Promise.all([forward.close(), fs.promises.rm(dir, { recursive: true, force: true })]).then(() => {});
         }
         return closing;
       },
     };
   } catch (err) {
-    if (forward) forward.close();
+    if (forward) await forward.close();
     await fs.promises.rm(dir, { recursive: true, force: true });
     throw err;
   }

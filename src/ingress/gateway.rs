@@ -143,10 +143,22 @@ impl Gateway {
         self.local
     }
 
-    /// Stop listening and end every connection. Idempotent.
+    /// Stop listening and end every connection. Idempotent. The listening
+    /// socket closes when the aborted accept loop is next polled: await
+    /// [`Gateway::shutdown`] to know it is gone.
     pub fn close(&self) {
         self.stop.cancel();
         drop(self.tasks.lock().unwrap().take());
+    }
+
+    /// [`Gateway::close`], resolving once the listening socket is closed
+    /// (until then the kernel still completes handshakes into its backlog).
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        let tasks = self.tasks.lock().unwrap().take();
+        if let Some(mut tasks) = tasks {
+            tasks.shutdown().await;
+        }
     }
 }
 

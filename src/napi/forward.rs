@@ -32,10 +32,11 @@ impl NativePortForward {
         self.inner.local_addr().port() as u32
     }
 
-    /// Stop listening and end every piped connection. Idempotent.
+    /// Stop listening and end every piped connection; resolves once the
+    /// port no longer accepts. Idempotent.
     #[napi]
-    pub fn close(&self) {
-        self.inner.close();
+    pub async fn close(&self) {
+        self.inner.shutdown().await;
     }
 }
 

@@ -347,10 +347,11 @@ impl NativeIngress {
         self.inner.local_addr().port() as u32
     }
 
-    /// Stop listening and end every connection. Idempotent.
+    /// Stop listening and end every connection; resolves once the port
+    /// no longer accepts. Idempotent.
     #[napi]
-    pub fn close(&self) {
-        self.inner.close();
+    pub async fn close(&self) {
+        self.inner.shutdown().await;
     }
 }
 

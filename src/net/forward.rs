@@ -65,6 +65,15 @@ impl PortForward {
         // connections' JoinSet in turn.
         drop(self.tasks.lock().unwrap().take());
     }
+
+    /// [`PortForward::close`], resolving once the listening socket is
+    /// closed (until then the kernel still completes handshakes).
+    pub async fn shutdown(&self) {
+        let tasks = self.tasks.lock().unwrap().take();
+        if let Some(mut tasks) = tasks {
+            tasks.shutdown().await;
+        }
+    }
 }
 
 async fn accept_loop(listener: TcpListener, connector: Arc<dyn GuestConnector>, guest_port: u16) {

@@ -15,7 +15,7 @@ SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help: ## list the recipes
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
 
-deps: ## install the system packages (QEMU, debootstrap, ...) and npm dev dependencies
+deps: ## install the system packages (QEMU, mmdebstrap, ...) and npm dev dependencies
 	$(SUDO) apt-get update -qq
 	# A newer qemu-utils from backports can clash with Debian's qemu-system 7.2:
 	# if the install can't be resolved, drop it and take the matching one.

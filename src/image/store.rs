@@ -106,32 +106,35 @@ fn guest_binary(dir: &Path, name: &str) -> Result<Vec<u8>, ImageError> {
 pub const GUEST_BINARIES: [&str; 3] = ["init", "sandboxd", "sandboxfs"];
 
 pub fn build_id(def: &Definition, bin_dir: &Path) -> Result<String, ImageError> {
-    let mut h = Sha256::new();
-    h.update(IMAGE_FORMAT);
-    // A new base format (what the rootfs holds) is a new image.
-    h.update(super::base::base_hash(def)?);
-    for part in [&def.raw[..], BASE_CMDLINE.as_bytes()] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part);
-    }
-    for name in GUEST_BINARIES {
-        let bytes = guest_binary(bin_dir, name)?;
-        h.update((bytes.len() as u64).to_be_bytes());
-        h.update(&bytes);
-    }
-    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok(hex[..32].to_string())
+    image_id(def, bin_dir, None)
 }
 
 /// Build id of an image whose rootfs is the OCI image `digest`: the
 /// digest, the kernel base, the command line and our guest binaries.
 pub fn oci_build_id(digest: &str, def: &Definition, bin_dir: &Path) -> Result<String, ImageError> {
+    image_id(def, bin_dir, Some(digest))
+}
+
+/// The one recipe for build ids: the format, the base (a new base format
+/// is a new image), the OCI rootfs digest if any, the definition (its env
+/// and runtimeDefaults go into the manifest), the command line and our
+/// guest binaries.
+fn image_id(
+    def: &Definition,
+    bin_dir: &Path,
+    oci_digest: Option<&str>,
+) -> Result<String, ImageError> {
     let mut h = Sha256::new();
     h.update(IMAGE_FORMAT);
-    h.update(super::ocirootfs::OCI_ROOTFS_FORMAT);
+    if oci_digest.is_some() {
+        h.update(super::ocirootfs::OCI_ROOTFS_FORMAT);
+    }
     h.update(super::base::base_hash(def)?);
-    // The definition's env and runtimeDefaults go into the manifest.
-    for part in [digest.as_bytes(), &def.raw[..], BASE_CMDLINE.as_bytes()] {
+    let parts = oci_digest
+        .map(str::as_bytes)
+        .into_iter()
+        .chain([&def.raw[..], BASE_CMDLINE.as_bytes()]);
+    for part in parts {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
     }

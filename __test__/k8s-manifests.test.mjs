@@ -3,8 +3,9 @@
 // the ways that matter (a schema error, a misspelt field, a grace period
 // shorter than the drain, too little memory for --max-vms × --memory, a
 // privileged container, a Service that selects nothing, a kustomization
-// naming a missing file, an image whose token path no Secret backs, a
-// Dockerfile hadolint refuses, a file that is not YAML).
+// naming a missing file, an image whose token path no Secret backs, no
+// volume for the cache under a read-only root, a Dockerfile hadolint
+// refuses, a file that is not YAML).
 //
 // The validator needs the PyPI package kubernetes-validate (`make deps`
 // puts it in target/k8s-venv). Without it these tests skip and say so;
@@ -116,6 +117,12 @@ const broken = [
     file: "Dockerfile",
     edit: (s) => s.replace('"--token-file", "/var/run/gondolin/token"', '"--token-file", "/etc/gondolin/token"'),
     want: /--token-file \/etc\/gondolin\/token: mount a Secret volume at \/etc\/gondolin/,
+  },
+  {
+    name: "a read-only root filesystem without a volume for the cache",
+    file: "daemonset.yaml",
+    edit: (s) => s.replace("            - name: cache\n              mountPath: /var/lib/gondolin/cache\n", ""),
+    want: /readOnlyRootFilesystem but \$XDG_CACHE_HOME \(\/var\/lib\/gondolin\/cache\) has no volume mounted/,
   },
   {
     name: "a Dockerfile hadolint refuses",

@@ -184,20 +184,22 @@ def parse_flags(args, where, rep):
 
 
 def dockerfile_facts(directory):
-    """ENTRYPOINT flags and ENV values of the Dockerfile beside the manifests."""
-    facts = {"flags": {}, "env": {}}
+    """ENTRYPOINT flags (after `ws-server`) and ENV values of the Dockerfile
+    beside the manifests; a later instruction wins, as in the final stage."""
+    facts = {"entry_args": [], "env": {}}
     path = os.path.join(directory, "Dockerfile")
     if not os.path.exists(path):
         return facts
     text = open(path, encoding="utf-8").read()
-    m = re.search(r"^ENTRYPOINT\s+(\[.*\])\s*$", text, re.M)
-    if m:
-        words = yaml.safe_load(m.group(1))
-        for i, w in enumerate(words):
-            if w.startswith("--") and i + 1 < len(words) and not words[i + 1].startswith("--"):
-                facts["flags"][w] = words[i + 1]
-    for k, v in re.findall(r"\b([A-Z_]+)=(\S+)", " ".join(re.findall(r"^ENV\s+(.*(?:\\\n.*)*)", text, re.M))):
-        facts["env"][k] = v
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    for instr in "\n".join(lines).replace("\\\n", " ").splitlines():
+        word, _, rest = instr.strip().partition(" ")
+        if word.upper() == "ENTRYPOINT" and rest.strip().startswith("["):
+            words = [str(w) for w in yaml.safe_load(rest)]
+            words = words[words.index("ws-server") + 1:] if "ws-server" in words else []
+            facts["entry_args"] = words
+        elif word.upper() == "ENV":
+            facts["env"].update(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=(\S+)", rest))
     return facts
 
 
@@ -220,7 +222,7 @@ def check_server(ds, where, facts, secrets, rep):
         rep.error(f"{where}: {name_of(ds)}: no container")
         return
     w = f"{where}: {name_of(ds)}: container {c.get('name')}"
-    flags = dict(facts["flags"])
+    flags = parse_flags(facts["entry_args"], "Dockerfile: ENTRYPOINT", rep)
     flags.update(parse_flags(c.get("args") or [], w, rep))
     for f in ("--port", "--max-vms", "--memory", "--drain-grace-ms"):
         if f not in flags:

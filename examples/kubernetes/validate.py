@@ -50,9 +50,21 @@ KUBE_VERSIONS = ["1.28.0", kubernetes_validate.utils.latest_version()]
 # The `gondolin ws-server` flags (issue 18); a flag outside this list in the
 # DaemonSet is a typo. Value-less flags are in BOOLEAN_FLAGS.
 SERVER_FLAGS = {
-    "--host", "--port", "--kernel", "--initrd", "--rootfs", "--image", "--memory",
-    "--cpus", "--token-file", "--tls-cert", "--tls-key", "--max-vms", "--max-memory",
-    "--insecure-no-auth", "--drain-grace-ms",
+    "--host",
+    "--port",
+    "--kernel",
+    "--initrd",
+    "--rootfs",
+    "--image",
+    "--memory",
+    "--cpus",
+    "--token-file",
+    "--tls-cert",
+    "--tls-key",
+    "--max-vms",
+    "--max-memory",
+    "--insecure-no-auth",
+    "--drain-grace-ms",
 }
 BOOLEAN_FLAGS = {"--insecure-no-auth"}
 DEFAULT_GUEST_MEMORY_MIB = 1024  # the server's --memory default, as VM.create's
@@ -166,8 +178,10 @@ def parse_flags(args, where, rep):
     while i < len(args):
         a = str(args[i])
         if a not in SERVER_FLAGS:
-            rep.error(f"{where}: args: unknown ws-server flag {a!r} (known: {', '.join(sorted(SERVER_FLAGS))}; "
-                      "write a flag and its value as two items)")
+            rep.error(
+                f"{where}: args: unknown ws-server flag {a!r} (known: {', '.join(sorted(SERVER_FLAGS))}; "
+                "write a flag and its value as two items)"
+            )
             # skip its value too, so one typo is one error
             i += 2 if i + 1 < len(args) and not str(args[i + 1]).startswith("--") else 1
             continue
@@ -196,7 +210,7 @@ def dockerfile_facts(directory):
         word, _, rest = instr.strip().partition(" ")
         if word.upper() == "ENTRYPOINT" and rest.strip().startswith("["):
             words = [str(w) for w in yaml.safe_load(rest)]
-            words = words[words.index("ws-server") + 1:] if "ws-server" in words else []
+            words = words[words.index("ws-server") + 1 :] if "ws-server" in words else []
             facts["entry_args"] = words
         elif word.upper() == "ENV":
             facts["env"].update(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=(\S+)", rest))
@@ -246,12 +260,16 @@ def check_server(ds, where, facts, secrets, rep):
             rep.error(f"{w}: {kind}.httpGet.path is {g.get('path')!r}, expected {path!r}")
         target = g.get("port")
         if isinstance(target, str) and target not in ports:
-            rep.error(f"{w}: {kind}.httpGet.port names {target!r}, not a port of the container ({', '.join(map(str, ports))})")
+            rep.error(
+                f"{w}: {kind}.httpGet.port names {target!r}, not a port of the container ({', '.join(map(str, ports))})"
+            )
         elif isinstance(target, int) and target != port:
             rep.error(f"{w}: {kind}.httpGet.port {target} is not --port {port}")
         scheme = g.get("scheme", "HTTP")
         if ("--tls-cert" in flags) != (scheme == "HTTPS"):
-            rep.error(f"{w}: {kind}.httpGet.scheme is {scheme} but --tls-cert is {'set' if '--tls-cert' in flags else 'not set'}")
+            rep.error(
+                f"{w}: {kind}.httpGet.scheme is {scheme} but --tls-cert is {'set' if '--tls-cert' in flags else 'not set'}"
+            )
 
     probe("livenessProbe", "/healthz")
     probe("readinessProbe", "/readyz")
@@ -261,8 +279,10 @@ def check_server(ds, where, facts, secrets, rep):
     drain = int(flags.get("--drain-grace-ms", "0") or 0) / 1000
     pre = prestop_seconds(c)
     if not grace > drain + pre:
-        rep.error(f"{where}: {name_of(ds)}: terminationGracePeriodSeconds {grace} must exceed preStop {pre:g} s + "
-                  f"--drain-grace-ms {drain:g} s, or the kubelet kills VMs the drain would let finish")
+        rep.error(
+            f"{where}: {name_of(ds)}: terminationGracePeriodSeconds {grace} must exceed preStop {pre:g} s + "
+            f"--drain-grace-ms {drain:g} s, or the kubelet kills VMs the drain would let finish"
+        )
 
     # Resources against --max-vms × --memory.
     res = c.get("resources") or {}
@@ -277,18 +297,27 @@ def check_server(ds, where, facts, secrets, rep):
         need = guest + vms * QEMU_OVERHEAD_MIB + SERVER_OVERHEAD_MIB
         have = bytes_of(lim.get("memory"))
         if have is None:
-            rep.error(f"{w}: resources.limits.memory is required (≥ {need:.0f}Mi for --max-vms {vms} × --memory {flags.get('--memory')})")
+            rep.error(
+                f"{w}: resources.limits.memory is required "
+                f"(≥ {need:.0f}Mi for --max-vms {vms} × --memory {flags.get('--memory')})"
+            )
         elif have / 2**20 < need:
-            rep.error(f"{w}: resources.limits.memory {lim['memory']} < {need:.0f}Mi = guest RAM {guest:.0f}Mi "
-                      f"(--max-vms {vms} × --memory {flags.get('--memory')}"
-                      + (f", --max-memory {flags['--max-memory']}" if cap is not None else "")
-                      + f") + {vms} × {QEMU_OVERHEAD_MIB}Mi QEMU + {SERVER_OVERHEAD_MIB}Mi server")
+            rep.error(
+                f"{w}: resources.limits.memory {lim['memory']} < {need:.0f}Mi = guest RAM {guest:.0f}Mi "
+                f"(--max-vms {vms} × --memory {flags.get('--memory')}"
+                + (f", --max-memory {flags['--max-memory']}" if cap is not None else "")
+                + f") + {vms} × {QEMU_OVERHEAD_MIB}Mi QEMU + {SERVER_OVERHEAD_MIB}Mi server"
+            )
         if req.get("memory") != lim.get("memory"):
-            rep.error(f"{w}: resources.requests.memory {req.get('memory')} != limits.memory {lim.get('memory')}: "
-                      "guest RAM is not reclaimable, request what the limit allows")
+            rep.error(
+                f"{w}: resources.requests.memory {req.get('memory')} != limits.memory {lim.get('memory')}: "
+                "guest RAM is not reclaimable, request what the limit allows"
+            )
     cpus = float(flags.get("--cpus", "1") or 1)
     if "cpu" in lim and (cores_of(lim["cpu"]) or 0) < vms * cpus:
-        rep.error(f"{w}: resources.limits.cpu {lim['cpu']} < --max-vms {vms} × --cpus {cpus:g}: vCPUs would be throttled")
+        rep.error(
+            f"{w}: resources.limits.cpu {lim['cpu']} < --max-vms {vms} × --cpus {cpus:g}: vCPUs would be throttled"
+        )
 
     # /dev/kvm: a device plugin resource, or a hostPath CharDevice volume.
     kvm_resources = [k for k in lim if k.endswith("/kvm")]
@@ -296,8 +325,10 @@ def check_server(ds, where, facts, secrets, rep):
     mounts = {m.get("mountPath"): m for m in c.get("volumeMounts") or []}
     host_kvm = [n for n, v in vols.items() if (v.get("hostPath") or {}).get("path") == "/dev/kvm"]
     if not kvm_resources and not host_kvm:
-        rep.error(f"{w}: no /dev/kvm: request a device plugin resource (e.g. devices.kubevirt.io/kvm: \"1\") "
-                  "or mount a hostPath /dev/kvm (type CharDevice)")
+        rep.error(
+            f'{w}: no /dev/kvm: request a device plugin resource (e.g. devices.kubevirt.io/kvm: "1") '
+            "or mount a hostPath /dev/kvm (type CharDevice)"
+        )
     for n in host_kvm:
         if vols[n]["hostPath"].get("type") != "CharDevice":
             rep.error(f"{w}: volume {n}: hostPath /dev/kvm needs type: CharDevice")
@@ -329,8 +360,10 @@ def check_server(ds, where, facts, secrets, rep):
         for var, default in (("TMPDIR", "/tmp"), ("XDG_CACHE_HOME", None)):
             path = env.get(var, default)
             if path and not any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts):
-                rep.error(f"{w}: readOnlyRootFilesystem but ${var} ({path}) has no volume mounted: QEMU overlays, "
-                          "sessions and boot templates are written there")
+                rep.error(
+                    f"{w}: readOnlyRootFilesystem but ${var} ({path}) has no volume mounted: QEMU overlays, "
+                    "sessions and boot templates are written there"
+                )
 
     # The token Secret where --token-file points.
     token = flags.get("--token-file")
@@ -360,7 +393,9 @@ def check_selectors(docs, pod_labels, container_ports, rep):
         kind, spec = d["kind"], d.get("spec") or {}
         if kind == "Service":
             if not labels_match(spec.get("selector"), pod_labels):
-                rep.error(f"{where}: {name_of(d)}: spec.selector {spec.get('selector')} does not select the server's pods {pod_labels}")
+                rep.error(
+                    f"{where}: {name_of(d)}: spec.selector {spec.get('selector')} does not select the server's pods {pod_labels}"
+                )
             for p in spec.get("ports") or []:
                 t = p.get("targetPort", p.get("port"))
                 if isinstance(t, str) and t not in container_ports:
@@ -368,9 +403,14 @@ def check_selectors(docs, pod_labels, container_ports, rep):
                 elif isinstance(t, int) and t not in container_ports.values():
                     rep.error(f"{where}: {name_of(d)}: targetPort {t} is not a container port")
             if spec.get("type") == "LoadBalancer" and spec.get("externalTrafficPolicy") != "Local":
-                rep.error(f"{where}: {name_of(d)}: externalTrafficPolicy: Local keeps the client's address (ClientIP affinity) "
-                          "and skips nodes without a server")
-            svc_ports[d["metadata"]["name"]] = ({p.get("name") for p in spec.get("ports") or []}, d["metadata"].get("labels") or {})
+                rep.error(
+                    f"{where}: {name_of(d)}: externalTrafficPolicy: Local keeps the client's address (ClientIP affinity) "
+                    "and skips nodes without a server"
+                )
+            svc_ports[d["metadata"]["name"]] = (
+                {p.get("name") for p in spec.get("ports") or []},
+                d["metadata"].get("labels") or {},
+            )
         elif kind in ("PodDisruptionBudget", "NetworkPolicy"):
             sel = (spec.get("selector") if kind == "PodDisruptionBudget" else spec.get("podSelector")) or {}
             if not labels_match(sel.get("matchLabels"), pod_labels):
@@ -479,8 +519,11 @@ def main(argv):
         if d["kind"] not in CLUSTER_KINDS and ns and got not in (None, ns):
             rep.error(f"{where}: {name_of(d)}: namespace {got} is not the kustomization's {ns}")
 
-    secrets = {d["metadata"]["name"]: set((d.get("data") or {}) | (d.get("stringData") or {}))
-               for d, _ in docs if d["kind"] == "Secret"}
+    secrets = {
+        d["metadata"]["name"]: set((d.get("data") or {}) | (d.get("stringData") or {}))
+        for d, _ in docs
+        if d["kind"] == "Secret"
+    }
     servers = [(d, w) for d, w in docs if d["kind"] == "DaemonSet"]
     if len(servers) != 1:
         rep.error(f"expected one DaemonSet (the server), found {len(servers)}")

@@ -76,6 +76,10 @@ export type GondolinErrorCode =
   | "checkpoint_failed"
   /** A checkpoint or boot-template file is not one we can resume from (no trailer, unknown version, truncated or damaged). */
   | "invalid_checkpoint"
+  /** A remote server refused the bearer token (HTTP 401 on the WebSocket upgrade); nothing was created there. */
+  | "remote_unauthorized"
+  /** A remote server is draining or at its connection limit (HTTP 503); the message carries its reason. */
+  | "remote_unavailable"
   /** The native addon for this platform could not be loaded (raised by the JS loader; listed here so the list is whole). */
   | "native_missing"
   /** Any other host I/O failure (an exec's output stream failing included); `cause` holds the underlying error. */

@@ -278,20 +278,24 @@ async fn raw_upgrade(h: &ServerHandle) -> TcpStream {
 /// Reads frames until the server's close frame; its code.
 async fn close_code(s: &mut TcpStream) -> u16 {
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .expect("server closes in time")
-        .unwrap();
-    let mut i = 0;
-    while i + 2 <= buf.len() {
-        let (op, len) = (buf[i] & 0x0f, (buf[i + 1] & 0x7f) as usize);
-        assert!(len < 126, "short frames only");
-        if op == 8 {
-            return u16::from_be_bytes([buf[i + 2], buf[i + 3]]);
+    loop {
+        let mut i = 0;
+        while i + 2 <= buf.len() {
+            let (op, len) = (buf[i] & 0x0f, (buf[i + 1] & 0x7f) as usize);
+            assert!(len < 126, "short frames only");
+            if op == 8 && i + 4 <= buf.len() {
+                return u16::from_be_bytes([buf[i + 2], buf[i + 3]]);
+            }
+            i += 2 + len;
         }
-        i += 2 + len;
+        let mut chunk = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("a close frame in time")
+            .unwrap();
+        assert!(n > 0, "EOF without a close frame: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
     }
-    panic!("no close frame in {buf:?}");
 }
 
 #[tokio::test]
@@ -306,10 +310,12 @@ async fn malformed_frame_closes_1002_and_idle_peer_is_closed() {
     let mut s = raw_upgrade(&h).await;
     s.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
     assert_eq!(close_code(&mut s).await, 1002);
+    drop(s);
 
     // A peer that never answers pings: closed (1001) after the idle timeout.
     let mut s = raw_upgrade(&h).await;
     assert_eq!(close_code(&mut s).await, 1001);
+    drop(s);
 
     // A live client answers pings and stays past several idle timeouts.
     let c = connect(&url(&h), ClientConfig::default()).await.unwrap();

@@ -376,28 +376,39 @@ async fn tls_round_trip_with_an_extra_ca() {
     h.close().await;
 }
 
-#[tokio::test]
-async fn a_peer_that_stops_reading_stops_send() {
-    let (h, mut rx) = server(None, |_| {}).await;
-    let c = connect(&url(&h), ClientConfig::default()).await.unwrap();
-    let _s = rx.recv().await.unwrap(); // never reads
+/// Sends 64 KiB messages until one does not complete within 500 ms; how
+/// many did.
+async fn send_until_stalled(c: &Connection) -> usize {
     let chunk = Bytes::from(vec![1u8; 64 * 1024]);
     let mut sent = 0usize;
-    loop {
-        let r = tokio::time::timeout(
-            Duration::from_millis(500),
-            c.send(Message::Binary(chunk.clone())),
-        )
-        .await;
-        match r {
-            Ok(r) => r.unwrap(),
-            Err(_) => break, // stalled: backpressure reached the sender
-        }
+    while tokio::time::timeout(
+        Duration::from_millis(500),
+        c.send(Message::Binary(chunk.clone())),
+    )
+    .await
+    .is_ok()
+    {
         sent += 1;
         assert!(sent < 1024, "64 MiB accepted without the peer reading");
     }
-    // Queues (2 × 8 MiB) plus socket buffers.
+    sent
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_stops_send() {
+    let (h, mut rx) = server(None, |_| {}).await;
+    // Client → a server connection that never reads.
+    let c = connect(&url(&h), ClientConfig::default()).await.unwrap();
+    let s = rx.recv().await.unwrap();
+    let sent = send_until_stalled(&c).await;
+    // Queues (2 × 8 MiB) plus socket buffers, and no more.
     assert!(sent >= 8, "stalled early: {sent}");
+    // Server → a client that never reads: the same.
+    let sent = send_until_stalled(&s).await;
+    assert!(sent >= 8, "stalled early: {sent}");
+    // Reading resumes the flow.
+    let got = c.recv_many(64).await;
+    assert!(!got.is_empty());
     h.close().await;
 }
 

@@ -77,6 +77,7 @@ bench: build ## benchmarks; print JSON
 	node bench/snapshot.mjs
 	node bench/tcp-map.mjs
 	node bench/ingress.mjs
+	node bench/remote-transport.mjs
 	node bench/ssh-egress.mjs
 	node bench/image.mjs
 	node bench/image-build.mjs   # two cold image builds, ~10 min

@@ -52,9 +52,12 @@ use super::{io_err, store, ImageError, ImageInfo};
 
 #[path = "oci_frames.rs"]
 mod frames;
+#[path = "oci_image.rs"]
+mod image;
 #[path = "oci_pull.rs"]
 mod pull;
 use frames::{compress_file, extract, frame_jobs};
+pub use image::{fetch_to_layout, is_layer_media_type};
 pub use pull::pull;
 
 /// `artifactType` of a Gondolin image manifest.

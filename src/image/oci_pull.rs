@@ -99,7 +99,7 @@ fn rehash(path: &Path, len: u64) -> Result<Sha256, ImageError> {
 
 /// Stream one blob into `<partial>/<hex>`, resuming what is there; the file
 /// is complete and verified when this returns Ok.
-async fn fetch_blob(
+pub(super) async fn fetch_blob(
     client: &Client,
     r: &Reference,
     reference: &str,

@@ -250,5 +250,12 @@ pub fn push_image<'e>(
 /// for), so a registry pull can ask for exactly that build.
 #[napi]
 pub fn expected_build_id(env: &Env, options: NativeBuildOptions) -> napi::Result<String> {
-    image::expected_build_id(&opts(options)).js(env)
+    image::expected_build_id(&opts(options))
+        .and_then(|id| {
+            id.ok_or_else(|| image::ImageError::Step {
+                step: "computing the build id".into(),
+                message: "the OCI rootfs image is not local yet; build it once".into(),
+            })
+        })
+        .js(env)
 }

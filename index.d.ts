@@ -1276,6 +1276,12 @@ export interface BuildImageOptions {
    * digest, not a container image), `io_error` (the registry unreachable).
    */
   fromOci?: string;
+  /**
+   * Our extension: the pull policy for a registry `fromOci` / `oci.image`,
+   * over the definition's `oci.pullPolicy` (default "if-not-present").
+   * Another value rejects with code `invalid_definition`.
+   */
+  ociPullPolicy?: "if-not-present" | "always" | "never";
 }
 
 /**

@@ -182,6 +182,8 @@ Options:
                        oci.pullPolicy says, default if-not-present; plain
                        http for 127.0.0.1/localhost). Kernel, modules, env
                        and runtimeDefaults still come from the definition
+  --oci-pull-policy P  if-not-present | always | never, over oci.pullPolicy
+                       (always: ask the registry again, a moved tag rebuilds)
   --no-boot-snapshot   do not prepare the boot template
   --verbose            show mmdebstrap's output
   -q, --quiet          print only the image directory
@@ -868,6 +870,9 @@ async function cmdBuild(args) {
         break;
       case "--from-oci":
         o.fromOci = takeValue(args, i++, a, BUILD_USAGE);
+        break;
+      case "--oci-pull-policy":
+        o.ociPullPolicy = takeValue(args, i++, a, BUILD_USAGE);
         break;
       case "--verbose":
         o.verbose = true;

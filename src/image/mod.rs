@@ -68,6 +68,8 @@ pub struct BuildOptions {
     /// `platform` and `pullPolicy` still apply). The definition still gives
     /// the kernel, modules, `env`, `runtimeDefaults` and `rootfsExtraMiB`.
     pub from_oci: Option<String>,
+    /// Our extension: overrides the definition's `oci.pullPolicy`.
+    pub oci_pull_policy: Option<ocirootfs::PullPolicy>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +179,10 @@ fn oci_source(opts: &BuildOptions, def: &Definition) -> Option<OciSource> {
         .as_ref()
         .map(|o| o.platform())
         .unwrap_or_else(ocirootfs::Platform::host);
-    let policy = def.oci.as_ref().map(|o| o.pull_policy).unwrap_or_default();
+    let policy = opts
+        .oci_pull_policy
+        .or(def.oci.as_ref().map(|o| o.pull_policy))
+        .unwrap_or_default();
     if let Some(r) = &opts.from_oci {
         return Some(OciSource {
             reference: r.clone(),

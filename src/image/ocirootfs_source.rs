@@ -155,6 +155,20 @@ pub enum PullPolicy {
     Never,
 }
 
+impl std::str::FromStr for PullPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PullPolicy, String> {
+        match s {
+            "if-not-present" => Ok(PullPolicy::IfNotPresent),
+            "always" => Ok(PullPolicy::Always),
+            "never" => Ok(PullPolicy::Never),
+            _ => Err(format!(
+                "pull policy must be \"if-not-present\", \"always\" or \"never\" (got {s:?})"
+            )),
+        }
+    }
+}
+
 impl fmt::Display for PullPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -375,7 +389,7 @@ pub fn resolve(
                 return Err(step(
                     "resolving the OCI image",
                     format!(
-                        "oci.pullPolicy is \"never\" and {key} ({}) is not in the local OCI cache {}; pull it once with pullPolicy \"if-not-present\" or \"always\"",
+                        "the pull policy is \"never\" (oci.pullPolicy, --oci-pull-policy) and {key} ({}) is not in the local OCI cache {}; pull it once with \"if-not-present\" or \"always\"",
                         fetch.platform,
                         cache.display()
                     ),

@@ -253,20 +253,15 @@ fn is_index(media_type: &str) -> bool {
     media_type.contains("image.index") || media_type.contains("manifest.list")
 }
 
-/// The `index.json` entries named `tag` (all when None); several of one
-/// name are told apart by their platform.
+/// The `index.json` entries named `tag` (all when None) that are for
+/// `platform` or say nothing of theirs (umoci's and skopeo's single-image
+/// layouts do not).
 fn pick<'a>(index: &'a Index, tag: Option<&str>, platform: &Platform) -> Vec<&'a Descriptor> {
-    let named: Vec<&Descriptor> = index
+    index
         .manifests
         .iter()
         .filter(|d| tag.is_none() || d.annotations.get(REF_NAME).map(String::as_str) == tag)
-        .collect();
-    if named.len() <= 1 {
-        return named;
-    }
-    named
-        .into_iter()
-        .filter(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)))
+        .filter(|d| d.platform.as_ref().is_none_or(|p| platform.matches(p)))
         .collect()
 }
 
@@ -455,4 +450,140 @@ fn fetch_blocking(
             ))
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(dir: &Path, bytes: &[u8]) -> String {
+        let hex: String = Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        fs::write(dir.join("blobs/sha256").join(&hex), bytes).unwrap();
+        format!("sha256:{hex}")
+    }
+
+    /// A layout with `entries` (ref name, platform) each pointing at a
+    /// one-layer manifest of its own.
+    fn layout(dir: &Path, entries: &[(&str, &str)]) -> Vec<String> {
+        fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        let mut digests = Vec::new();
+        let mut manifests = Vec::new();
+        for (i, (name, platform)) in entries.iter().enumerate() {
+            let layer = put(dir, format!("not really a tar {i}").as_bytes());
+            let m = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": 1}],
+            });
+            let d = put(dir, &serde_json::to_vec(&m).unwrap());
+            let p: Platform = {
+                let (os, arch) = platform.split_once('/').unwrap();
+                Platform {
+                    os: os.into(),
+                    architecture: arch.into(),
+                    variant: None,
+                }
+            };
+            manifests.push(serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": d, "size": 1, "platform": p,
+                "annotations": {REF_NAME: name},
+            }));
+            digests.push(d);
+        }
+        fs::write(
+            dir.join("index.json"),
+            serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": manifests}))
+                .unwrap(),
+        )
+        .unwrap();
+        digests
+    }
+
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn one_name_several_platforms_and_the_never_policy() {
+        let store = std::env::temp_dir().join(format!("gondolin-ocisrc-{}", std::process::id()));
+        let _rm = Rm(store.clone());
+        let cache = store.join(CACHE_DIR);
+        let host = Platform::host();
+        let other = if host.architecture == "amd64" {
+            "linux/arm64"
+        } else {
+            "linux/amd64"
+        };
+        let d = layout(
+            &cache,
+            &[
+                ("r.example:5000/a:1", other),
+                ("r.example:5000/a:1", &host.to_string()),
+                ("r.example:5000/b:1", other),
+            ],
+        );
+        let got = resolve_layout(&cache, Some("r.example:5000/a:1"), &host).unwrap();
+        assert_eq!(got.digest, d[1], "the host platform's entry");
+        let registry = RegistryOptions::default();
+        let fetch = Fetch {
+            platform: &host,
+            policy: PullPolicy::Never,
+            registry: &registry,
+            store: &store,
+        };
+        let mut lines = Vec::new();
+        let src = Source::Registry("r.example:5000/a:1".into());
+        let got = resolve(&src, &fetch, &mut |l| lines.push(l.to_string())).unwrap();
+        assert_eq!(got.digest, d[1]);
+        assert!(
+            lines[0].starts_with("using the local copy of r.example:5000/a:1"),
+            "{lines:?}"
+        );
+        // Only another platform's copy: never → the error names the option.
+        let src = Source::Registry("r.example:5000/b:1".into());
+        let e = resolve(&src, &fetch, &mut |_| {})
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("pull policy is \"never\" (oci.pullPolicy"),
+            "{e}"
+        );
+        // A tampered cached layer is refused under never.
+        let src = Source::Registry("r.example:5000/a:1".into());
+        let m: serde_json::Value =
+            serde_json::from_slice(&fs::read(blob_path(&cache, &d[1]).unwrap()).unwrap()).unwrap();
+        let layer = blob_path(&cache, m["layers"][0]["digest"].as_str().unwrap()).unwrap();
+        fs::write(&layer, b"tampered").unwrap();
+        let e = resolve(&src, &fetch, &mut |_| {})
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("has sha256:"), "{e}");
+    }
+
+    #[test]
+    fn platforms_parse_for_this_machine_only() {
+        let host = Platform::host();
+        assert_eq!(host.to_string().parse::<Platform>().unwrap(), host);
+        assert!("linux".parse::<Platform>().is_err());
+        assert!("windows/amd64".parse::<Platform>().is_err());
+        assert!("linux/amd64/v8/x".parse::<Platform>().is_err());
+        let v = Platform {
+            variant: Some("v8".into()),
+            ..host.clone()
+        };
+        assert!(host.matches(&v), "no variant asked: any");
+        assert!(!v.matches(&host));
+        assert_eq!("never".parse::<PullPolicy>().unwrap(), PullPolicy::Never);
+        assert!("sometimes".parse::<PullPolicy>().is_err());
+    }
 }

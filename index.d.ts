@@ -1239,8 +1239,12 @@ export interface BuildImageOptions {
    * space, default 512), runtimeDefaults.rootfsMode, postBuild.copy
    * ([{src (relative to the file), dest (absolute)}]), postBuild.commands
    * (sh -c in the root filesystem, apt works), env (string[] or record:
-   * every exec's starting environment). The file's bytes and the copied
-   * files' bytes decide the build id. Built as root, or rootless with
+   * every exec's starting environment), oci (upstream's
+   * {@link OciRootfsConfig}: the rootfs from a container image; not with
+   * postBuild). Unknown keys are refused, naming the nearest valid one
+   * (code `invalid_definition`). The file's bytes and the copied files'
+   * bytes decide the build id (with `oci`: the file without that key, plus
+   * the image's manifest digest). Built as root, or rootless with
    * mmdebstrap's unshare mode (user namespaces, uidmap, fakeroot).
    */
   definition?: string;

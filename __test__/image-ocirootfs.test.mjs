@@ -10,6 +10,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import crypto from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -100,11 +101,13 @@ after(() => {
   if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
 });
 
-test("the umoci image has two layers, the second with a whiteout", { skip }, () => {
+test("the umoci image has two layers, the second with a whiteout", { skip }, (t) => {
   const index = JSON.parse(fs.readFileSync(path.join(layout, "index.json"), "utf8"));
   const digest = index.manifests[0].digest.replace("sha256:", "");
   const m = JSON.parse(fs.readFileSync(path.join(layout, "blobs", "sha256", digest), "utf8"));
   assert.equal(m.layers.length, 2);
+  const bytes = m.layers.reduce((n, l) => n + l.size, 0);
+  t.diagnostic(`layers: ${(bytes / 2 ** 20).toFixed(1)} MiB compressed`);
   const top = m.layers[1].digest.replace("sha256:", "");
   const names = run("tar", ["-tzf", path.join(layout, "blobs", "sha256", top)]);
   assert.match(names, /etc\/\.wh\.issue/);
@@ -221,6 +224,37 @@ test("an unprivileged user builds from an OCI layout (fakeroot) and the image bo
   }
 });
 
+test("a multi-platform index in the registry resolves to this machine's image", { skip }, () => {
+  assert.ok(fromRegistry, "the registry build ran");
+  const index = JSON.parse(fs.readFileSync(path.join(layout, "index.json"), "utf8"));
+  const slim = index.manifests.find((m) => m.annotations?.["org.opencontainers.image.ref.name"] === "slim");
+  const arch = process.arch === "x64" ? "amd64" : "arm64";
+  const list = {
+    schemaVersion: 2,
+    mediaType: "application/vnd.oci.image.index.v1+json",
+    manifests: [
+      // Another platform first: it must be skipped (same manifest, so the registry has it).
+      { mediaType: slim.mediaType, digest: slim.digest, size: slim.size, platform: { os: "linux", architecture: "riscv64" } },
+      { mediaType: slim.mediaType, digest: slim.digest, size: slim.size, platform: { os: "linux", architecture: arch } },
+    ],
+  };
+  const body = Buffer.from(JSON.stringify(list));
+  const hex = crypto.createHash("sha256").update(body).digest("hex");
+  fs.writeFileSync(path.join(layout, "blobs", "sha256", hex), body);
+  index.manifests.push({
+    mediaType: list.mediaType,
+    digest: `sha256:${hex}`,
+    size: body.length,
+    annotations: { "org.opencontainers.image.ref.name": "multi" },
+  });
+  fs.writeFileSync(path.join(layout, "index.json"), JSON.stringify(index));
+  run("skopeo", ["copy", "--quiet", "--all", "--dest-tls-verify=false", `oci:${layout}:multi`, `docker://${registry.host}/py:multi`]);
+  const r = gondolin(["build", "--from-oci", `${registry.host}/py:multi`, "--no-boot-snapshot"]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr, /is already built/, "the same manifest as py:slim, so the same image");
+  assert.match(r.stdout, new RegExp(path.basename(fromRegistry)));
+});
+
 test("a moved tag: if-not-present keeps the local copy, always pulls the new target and rebuilds", { skip }, () => {
   assert.ok(fromRegistry, "the registry build ran");
   // A new manifest (config changed, same layers) under the same tag.
@@ -243,6 +277,7 @@ test("a moved tag: if-not-present keeps the local copy, always pulls the new tar
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stderr, /is already built/);
   const cache = JSON.parse(fs.readFileSync(path.join(storeDir, ".oci-cache", "index.json"), "utf8"));
-  assert.equal(cache.manifests.length, 1, "one entry per reference and platform");
-  assert.equal(cache.manifests[0].digest, after);
+  const mine = cache.manifests.filter((m) => m.annotations["org.opencontainers.image.ref.name"] === ref);
+  assert.equal(mine.length, 1, "one entry per reference and platform");
+  assert.equal(mine[0].digest, after);
 });

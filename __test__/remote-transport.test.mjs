@@ -145,3 +145,23 @@ test("oversized message: 1009 for that connection, the server serves the next", 
   ok.close();
   await server.close();
 });
+
+test("a peer that does not read stops send() resolving; reading resumes it", async () => {
+  const { server, next, url } = await listen({ token: null });
+  const client = await native.remoteConnect(url, { token: null });
+  const peer = await next(); // does not read for now
+  const chunk = Buffer.alloc(64 * 1024, 7);
+  let sent = 0;
+  const stalled = () => new Promise((r) => setTimeout(() => r("stalled"), 500));
+  for (;;) {
+    const r = await Promise.race([client.send(chunk).then(() => "sent"), stalled()]);
+    if (r === "stalled") break;
+    sent++;
+    assert.ok(sent < 1024, "64 MiB queued without the peer reading");
+  }
+  assert.ok(sent >= 8, `stalled early: ${sent}`);
+  let got = 0;
+  while (got < sent) got += (await peer.recv()).length;
+  client.close();
+  await server.close();
+});

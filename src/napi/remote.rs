@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use napi::bindgen_prelude::{Buffer, Either, PromiseRaw, Unknown};
+use napi::bindgen_prelude::{Buffer, Either, Null, PromiseRaw, Unknown};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, Status};
 use napi_derive::napi;
@@ -28,7 +28,8 @@ pub struct RemoteListenOptions {
     /// 0: ephemeral (read it back from `RemoteServer.port`).
     pub port: u32,
     /// The bearer token; null/undefined only on a loopback host.
-    pub token: Option<String>,
+    #[napi(ts_type = "string | null")]
+    pub token: Option<NullableString>,
     /// PEM certificate chain; with `tlsKey`, serve `wss://`.
     pub tls_cert: Option<String>,
     /// PEM private key.
@@ -41,13 +42,25 @@ pub struct RemoteListenOptions {
 
 #[napi(object)]
 pub struct RemoteConnectOptions {
-    pub token: Option<String>,
+    #[napi(ts_type = "string | null")]
+    pub token: Option<NullableString>,
     /// An extra CA (PEM) for `wss://`, besides the system's roots.
-    pub ca: Option<String>,
+    #[napi(ts_type = "string | null")]
+    pub ca: Option<NullableString>,
     /// Default 16 MiB.
     pub max_message_bytes: Option<u32>,
     /// TCP + TLS + upgrade (default 10000).
     pub timeout_ms: Option<u32>,
+}
+
+/// `string | null | undefined` (napi's `Option<String>` refuses null).
+type NullableString = Either<String, Null>;
+
+fn text(v: Option<NullableString>) -> Option<String> {
+    match v {
+        Some(Either::A(s)) => Some(s),
+        _ => None,
+    }
 }
 
 type OnConnection =
@@ -186,7 +199,7 @@ pub fn remote_listen<'e>(
         let Ok(port) = u16::try_from(opts.port) else {
             return invalid(format!("invalid port: {}", opts.port));
         };
-        let mut cfg = ServerConfig::new(SocketAddr::new(ip, port), opts.token.clone());
+        let mut cfg = ServerConfig::new(SocketAddr::new(ip, port), text(opts.token));
         cfg.tls = match (&opts.tls_cert, &opts.tls_key) {
             (Some(c), Some(k)) => Some((c.clone(), k.clone())),
             (None, None) => None,
@@ -231,8 +244,8 @@ pub fn remote_connect<'e>(
     let cfg = match opts {
         None => defaults,
         Some(o) => ClientConfig {
-            token: o.token,
-            ca_pem: o.ca,
+            token: text(o.token),
+            ca_pem: text(o.ca),
             max_message_bytes: bytes_opt(o.max_message_bytes, defaults.max_message_bytes),
             connect_timeout: o.timeout_ms.map_or(defaults.connect_timeout, |ms| {
                 Duration::from_millis(ms.into())

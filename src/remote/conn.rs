@@ -415,10 +415,12 @@ async fn write_loop<S>(
                 match step {
                     None => sink.send(WsMessage::Ping(Bytes::new())).await,
                     Some((m, _permit)) => {
-                        // Everything already queued goes out under one flush.
+                        // What is already queued (one queue's worth at most)
+                        // goes out under one flush.
                         count(&m);
                         sink.feed(to_ws(m)).await?;
-                        while let Ok((m, _permit)) = out_rx.try_recv() {
+                        for _ in 1..QUEUE_MESSAGES {
+                            let Ok((m, _permit)) = out_rx.try_recv() else { break };
                             count(&m);
                             sink.feed(to_ws(m)).await?;
                         }

@@ -12,6 +12,7 @@ pub mod hooks;
 pub mod policy;
 mod refusal;
 mod reply;
+pub(crate) use reply::strip_hop_by_hop;
 pub mod scrub;
 pub mod secrets;
 pub mod tcp_map;

@@ -92,38 +92,8 @@ async fn fetch_manifest(
     reference: &str,
     want_digest: Option<&str>,
 ) -> Result<(bytes::Bytes, String, Doc), ImageError> {
-    let (body, _) = client
-        .pull_manifest_raw(r, auth, ACCEPT)
-        .await
-        .map_err(|e| match e {
-            oci_client::errors::OciDistributionError::ImageManifestNotFoundError(_) => {
-                ImageError::NotInRegistry(reference.to_string())
-            }
-            oci_client::errors::OciDistributionError::RegistryError { ref envelope, .. }
-                if envelope.errors.iter().any(|x| {
-                    matches!(
-                        x.code,
-                        oci_client::errors::OciErrorCode::ManifestUnknown
-                            | oci_client::errors::OciErrorCode::NameUnknown
-                    )
-                }) =>
-            {
-                ImageError::NotInRegistry(reference.to_string())
-            }
-            e => reg_err(reference, format!("fetching the manifest: {e}")),
-        })?;
-    if body.len() > MAX_MANIFEST_BYTES {
-        return Err(invalid(reference, "manifest larger than 1 MiB"));
-    }
-    let digest = sha256_digest(&body);
-    if let Some(d) = want_digest {
-        if d != digest {
-            return Err(invalid(
-                reference,
-                format!("manifest hashes to {digest}, not {d} (corrupt or tampered with in the registry); refused"),
-            ));
-        }
-    }
+    let (body, digest) =
+        pull::fetch_manifest_raw(client, r, auth, reference, ACCEPT, want_digest).await?;
     let doc: Doc = serde_json::from_slice(&body)
         .map_err(|e| invalid(reference, format!("manifest is not an OCI manifest: {e}")))?;
     Ok((body, digest, doc))

@@ -238,19 +238,18 @@ pub(super) async fn fetch_blob(
     Ok(path)
 }
 
-/// Pull `reference` into the store. `expect_arch` refuses an image for
-/// another architecture before any blob is fetched.
-pub async fn pull(
+/// Fetch a manifest (or index) as bytes, at most 1 MiB, checked against
+/// `want_digest` when the reference pins one. → (bytes, its digest).
+pub(super) async fn fetch_manifest_raw(
+    client: &Client,
+    r: &Reference,
+    auth: &RegistryAuth,
     reference: &str,
-    opts: &RegistryOptions,
-    expect_arch: Option<&str>,
-    mut progress: ProgressFn,
-) -> Result<Pulled, ImageError> {
-    let r = parse_reference(reference)?;
-    let auth = auth_for(&r, opts)?;
-    let client = client(&r, opts);
+    accept: &[&str],
+    want_digest: Option<&str>,
+) -> Result<(bytes::Bytes, String), ImageError> {
     let (body, _) = client
-        .pull_manifest_raw(&r, &auth, &[OCI_IMAGE_MEDIA_TYPE])
+        .pull_manifest_raw(r, auth, accept)
         .await
         .map_err(|e| match e {
             oci_client::errors::OciDistributionError::ImageManifestNotFoundError(_) => {
@@ -273,14 +272,37 @@ pub async fn pull(
         return Err(invalid(reference, "manifest larger than 1 MiB"));
     }
     let digest = sha256_digest(&body);
-    if let Some(d) = r.digest() {
+    if let Some(d) = want_digest {
         if d != digest {
             return Err(invalid(
                 reference,
-                format!("manifest hashes to {digest}, not {d}"),
+                format!("manifest hashes to {digest}, not {d} (corrupt or tampered with in the registry); refused"),
             ));
         }
     }
+    Ok((body, digest))
+}
+
+/// Pull `reference` into the store. `expect_arch` refuses an image for
+/// another architecture before any blob is fetched.
+pub async fn pull(
+    reference: &str,
+    opts: &RegistryOptions,
+    expect_arch: Option<&str>,
+    mut progress: ProgressFn,
+) -> Result<Pulled, ImageError> {
+    let r = parse_reference(reference)?;
+    let auth = auth_for(&r, opts)?;
+    let client = client(&r, opts);
+    let (body, digest) = fetch_manifest_raw(
+        &client,
+        &r,
+        &auth,
+        reference,
+        &[OCI_IMAGE_MEDIA_TYPE],
+        r.digest(),
+    )
+    .await?;
     let manifest: OciImageManifest = serde_json::from_slice(&body).map_err(|e| {
         invalid(
             reference,

@@ -5,6 +5,8 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::listeners::Route;
+/// One rule for connection-level headers, egress and ingress alike.
+pub(super) use crate::http::strip_hop_by_hop;
 
 pub(super) fn tokens(h: &HeaderMap, name: HeaderName) -> Vec<String> {
     h.get_all(name)
@@ -55,34 +57,6 @@ pub(super) fn from_pairs(pairs: &[(String, String)]) -> HeaderMap {
         }
     }
     h
-}
-
-/// Remove connection-level headers (and those `Connection` names); keep
-/// `connection`/`upgrade` for a WebSocket upgrade.
-pub(super) fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
-    for n in tokens(h, header::CONNECTION) {
-        if upgrade && n == "upgrade" {
-            continue;
-        }
-        if let Ok(n) = HeaderName::from_bytes(n.as_bytes()) {
-            h.remove(n);
-        }
-    }
-    for n in [
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "transfer-encoding",
-        "te",
-        "trailer",
-    ] {
-        h.remove(n);
-    }
-    if !upgrade {
-        h.remove(header::CONNECTION);
-        h.remove(header::UPGRADE);
-    }
 }
 
 /// The head sent to the guest: the (patched) client headers without

@@ -171,6 +171,7 @@ async function devListen(opts, onConnection) {
       }
       reply(101, "ok");
       const end = tcpEnd(sock);
+      sock.resume();
       ends.add(end);
       sock.on("close", () => ends.delete(end));
       onConnection(end);

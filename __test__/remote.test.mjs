@@ -9,7 +9,8 @@ import os from "node:os";
 import path from "node:path";
 import { spawn } from "node:child_process";
 import { createRequire } from "node:module";
-import { VM, MemoryProvider, RealFSProvider } from "@gondolin/native";
+import http from "node:http";
+import { VM, MemoryProvider, RealFSProvider, createHttpHooks } from "@gondolin/native";
 import { vmSkip, cli, root, sleep } from "./helpers.mjs";
 
 const require = createRequire(import.meta.url);
@@ -139,29 +140,43 @@ test("vm.fs: a 20 MiB round trip, stat, listDir, mkdir, rename, delete, streams"
   await assert.rejects(vm.fs.readFile("/nope"), (e) => e.code === "ENOENT");
 });
 
+function firstHostIp() {
+  for (const list of Object.values(os.networkInterfaces())) {
+    for (const a of list || []) if (a.family === "IPv4" && !a.internal) return a.address;
+  }
+  return null;
+}
+
 test("hooks and a VFS provider run in the client process", { skip }, async () => {
+  const hostIp = firstHostIp();
+  assert.ok(hostIp, "the host needs a non-loopback IPv4 address");
+  const web = http.createServer((req, res) => res.end(`served ${req.url}\n`));
+  await new Promise((r) => web.listen(0, "0.0.0.0", r));
+  const base = `http://${hostIp}:${web.address().port}`;
   const seen = [];
   const mem = new MemoryProvider();
   await mem.writeFile("/from-client.txt", "written by the client\n");
-  const v = await VM.create({
-    remote: { url: server.url, token: TOKEN },
-    httpHooks: {
-      isRequestAllowed: (req) => {
-        seen.push(`${process.pid} ${req.url}`);
-        return false;
-      },
+  // createHttpHooks' rules go to the server; its isRequestAllowed callback stays here.
+  const { httpHooks } = createHttpHooks({
+    allowedHosts: [hostIp],
+    allowedInternalHosts: [hostIp],
+    isRequestAllowed: (req) => {
+      seen.push(`${process.pid} ${new URL(req.url).pathname}`);
+      return !req.url.endsWith("/deny");
     },
-    vfs: { mounts: { "/mem": mem } },
   });
+  const v = await VM.create({ remote: { url: server.url, token: TOKEN }, httpHooks, vfs: { mounts: { "/mem": mem } } });
   try {
-    const r = await v.exec("curl -s -o /dev/null -w '%{http_code}' http://example.com/blocked");
-    assert.equal(r.stdout, "403");
-    assert.deepEqual(seen, [`${process.pid} http://example.com/blocked`]);
+    const get = async (p) => (await v.exec(`curl -s -m 20 -w ' %{http_code}' ${base}${p}`)).stdout;
+    assert.equal(await get("/ok"), "served /ok\n 200");
+    assert.match(await get("/deny"), / 403$/);
+    assert.deepEqual(seen, [`${process.pid} /ok`, `${process.pid} /deny`]);
     const c = await v.exec("cat /mem/from-client.txt; echo guest > /mem/from-guest.txt");
     assert.equal(c.stdout, "written by the client\n");
     assert.equal(await mem.readFile("/from-guest.txt", "utf8"), "guest\n");
   } finally {
     await v.close();
+    web.close();
   }
 });
 

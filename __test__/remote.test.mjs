@@ -11,7 +11,7 @@ import { spawn } from "node:child_process";
 import { createRequire } from "node:module";
 import http from "node:http";
 import { VM, MemoryProvider, RealFSProvider, createHttpHooks } from "@gondolin/native";
-import { vmSkip, cli, root, sleep } from "./helpers.mjs";
+import { vmSkip, cli, root, sleep, rssOf } from "./helpers.mjs";
 
 const require = createRequire(import.meta.url);
 const { listRemoteVms } = require("../js/remote-client.cjs");
@@ -123,6 +123,21 @@ test("exec: streaming output with backpressure, and a pty with resize", { skip }
   assert.match(out, /33 101/);
 });
 
+test("a client that stops reading pauses the guest; the server's memory stays flat", { skip }, async () => {
+  const proc = vm.exec(["sh", "-c", "head -c 200000000 /dev/zero; echo done >&2"], { stdout: "pipe", stderr: "pipe" });
+  const r = proc.stdout;
+  await new Promise((res) => r.once("readable", res));
+  const base = rssOf(server.child.pid);
+  await sleep(2500); // nobody reads: credit stops, the server stops pulling, the guest blocks
+  const grown = rssOf(server.child.pid) - base;
+  assert.ok(grown < 32 * 1024 * 1024, `server RSS grew ${grown} bytes while the client read nothing`);
+  let n = 0;
+  for await (const c of r) n += c.length;
+  const res = await proc;
+  assert.equal(n, 200000000);
+  assert.equal(res.exitCode, 0);
+});
+
 test("vm.fs: a 20 MiB round trip, stat, listDir, mkdir, rename, delete, streams", { skip }, async () => {
   const data = crypto.randomBytes(20 * 1024 * 1024);
   await vm.fs.mkdir("/tmp/rt/sub", { recursive: true });
@@ -165,12 +180,20 @@ test("hooks and a VFS provider run in the client process", { skip }, async () =>
       return !req.url.endsWith("/deny");
     },
   });
-  const v = await VM.create({ remote: { url: server.url, token: TOKEN }, httpHooks, vfs: { mounts: { "/mem": mem } } });
+  const egress = [];
+  const v = await VM.create({
+    remote: { url: server.url, token: TOKEN },
+    httpHooks,
+    vfs: { mounts: { "/mem": mem } },
+    onEgress: (e) => egress.push(`${e.decision} ${e.url && new URL(e.url).pathname}`),
+  });
   try {
     const get = async (p) => (await v.exec(`curl -s -m 20 -w ' %{http_code}' ${base}${p}`)).stdout;
     assert.equal(await get("/ok"), "served /ok\n 200");
     assert.match(await get("/deny"), / 403$/);
     assert.deepEqual(seen, [`${process.pid} /ok`, `${process.pid} /deny`]);
+    await waitFor("onEgress records", () => egress.length >= 2);
+    assert.deepEqual(egress.slice().sort(), ["allow /ok", "deny /deny"]);
     const c = await v.exec("cat /mem/from-client.txt; echo guest > /mem/from-guest.txt");
     assert.equal(c.stdout, "written by the client\n");
     assert.equal(await mem.readFile("/from-guest.txt", "utf8"), "guest\n");

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Remote against local on this machine (one run, JSON): a `gondolin
 // ws-server` child on 127.0.0.1 and the same measurements on a local VM.
-//   execP50Ms:     `true` round trip, median of N (after a warm-up)
+//   execP50Ms:     `/bin/true` (no shell) round trip, median of N (after a warm-up)
 //   capture:       200 MiB of stdout (dd) captured by the host
 //   vmFs:          50 MiB writeFile + readFile
 //   bootToExecMs:  VM.create → first exec done (boot template as configured)
@@ -38,13 +38,13 @@ async function measure(options) {
   let t0 = performance.now();
   const vm = await VM.create(options);
   try {
-    await vm.exec("true");
+    await vm.exec(["/bin/true"]);
     const bootToExecMs = round(performance.now() - t0);
-    for (let i = 0; i < 10; i++) await vm.exec("true");
+    for (let i = 0; i < 10; i++) await vm.exec(["/bin/true"]);
     const times = [];
     for (let i = 0; i < N; i++) {
       t0 = performance.now();
-      await vm.exec("true");
+      await vm.exec(["/bin/true"]);
       times.push(performance.now() - t0);
     }
     times.sort((a, b) => a - b);

@@ -141,3 +141,26 @@ test("a malformed frame closes the connection with a reason; a bad request gets 
   await server.done;
   assert.match(server.closeReason, /not JSON/);
 });
+
+test("metrics: Prometheus text with VMs, boots, execs, a latency histogram and bytes", () => {
+  const { Metrics } = require("../js/remote-metrics.cjs");
+  const m = new Metrics(() => 2);
+  m.boot();
+  m.execStarted();
+  m.execDone(0.02);
+  m.bytes("stdout", 10);
+  const t = m.text();
+  for (const line of [
+    "gondolin_remote_vms 2",
+    "gondolin_remote_boots_total 1",
+    "gondolin_remote_execs_total 1",
+    'gondolin_remote_exec_seconds_bucket{le="0.025"} 1',
+    'gondolin_remote_exec_seconds_bucket{le="0.01"} 0',
+    'gondolin_remote_exec_seconds_bucket{le="+Inf"} 1',
+    "gondolin_remote_exec_seconds_count 1",
+    'gondolin_remote_exec_bytes_total{stream="stdout"} 10',
+  ]) {
+    assert.ok(t.includes(line + "\n"), line);
+  }
+  if (m.timer) clearTimeout(m.timer);
+});

@@ -215,6 +215,19 @@ test("refusals: RealFSProvider, wrong token (401), bad option", { skip }, async 
   await assert.rejects(VM.create({ remote: { url: server.url, token: TOKEN }, memory: () => 1 }), /not plain JSON/);
 });
 
+test("malformed frames close that connection with a reason; the server keeps serving", { skip }, async () => {
+  const transport = require("../js/remote-transport.cjs");
+  for (const bad of ["{not json", '{"t":"exec.credit","sid":1,"bytes":-5}', Buffer.from([0, 0, 0, 1, 9, 0, 0, 0])]) {
+    const conn = await transport.connect(server.url, { token: TOKEN });
+    await conn.send(bad);
+    let batch;
+    do batch = await conn.recv();
+    while (batch.length > 0);
+    assert.ok(conn.closeReason, `closed with a reason after ${bad}`);
+  }
+  assert.ok(Array.isArray(await listRemoteVms({ url: server.url, token: TOKEN })));
+});
+
 test("a client killed mid-exec loses its VM on the server", { skip }, async () => {
   const script = `
     const { VM } = require(${JSON.stringify(path.join(root, "js", "index.cjs"))});

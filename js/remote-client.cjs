@@ -134,6 +134,19 @@ function splitOptions(options) {
   };
 }
 
+/**
+ * The code of a failed connect: the transport's own (remote_unauthorized,
+ * remote_unavailable where the addon has them), else by HTTP status, else
+ * connection_closed.
+ */
+function connectErrorCode(err) {
+  const codes = require("./errors.cjs").ErrorCodes;
+  if (err && typeof err.code === "string" && codes.includes(err.code)) return err.code;
+  if (err && err.status === 401 && codes.includes("remote_unauthorized")) return "remote_unauthorized";
+  if (err && err.status === 503 && codes.includes("remote_unavailable")) return "remote_unavailable";
+  return "connection_closed";
+}
+
 /** The NativeVm stand-in: exec and the guest fs calls, sent to the server. */
 class RemoteNative {
   constructor(vm) {
@@ -166,7 +179,7 @@ RemoteVM.create = async function create(options, target) {
     conn = await transport.connect(target.url, { token: target.token, ca: target.ca, maxMessageBytes: wire.MAX_MESSAGE_BYTES + wire.HEADER_BYTES });
   } catch (err) {
     const e = new Error(`gondolin remote ${target.url}: ${err.message}`, { cause: err });
-    e.code = "connection_closed";
+    e.code = connectErrorCode(err);
     if (err.status !== undefined) e.status = err.status;
     throw e;
   }

@@ -492,8 +492,8 @@ export type DebugLogFn = (component: DebugComponent, message: string) => void;
 /**
  * Where a remote VM runs (our extension; docs/remote-protocol.md): a
  * `gondolin ws-server`. The VM object behaves as a local one (exec, shell,
- * fs, close); httpHooks, fetch, onEgress and VFS providers run in this
- * process and are called across the connection.
+ * fs, close); httpHooks, fetch, onEgress, vfs.hooks and VFS providers
+ * run in this process and are called across the connection.
  */
 export interface RemoteOptions {
   /** `ws://host:port` or `wss://host:port` (default `$GONDOLIN_REMOTE`). */
@@ -515,8 +515,8 @@ export interface VMOptions {
    * (with `$GONDOLIN_REMOTE_TOKEN`); `false`: always this machine.
    * Refused on a remote VM, each with a message naming it: a RealFSProvider
    * mount (its path would be the server's disk), createHttpHooks secrets,
-   * ssh, vfs.hooks, and any non-JSON option other than httpHooks, fetch,
-   * onEgress and VFS providers. The server's `--max-vms` / `--max-memory`
+   * ssh, and any non-JSON option other than httpHooks, fetch, onEgress,
+   * vfs.hooks and VFS providers (those run in this process). The server's `--max-vms` / `--max-memory`
    * refusal has code "queue_full"; connection failures (401 included)
    * have code "connection_closed".
    */

@@ -184,7 +184,17 @@ test("hooks and a VFS provider run in the client process", { skip }, async () =>
   const v = await VM.create({
     remote: { url: server.url, token: TOKEN },
     httpHooks,
-    vfs: { mounts: { "/mem": mem } },
+    vfs: {
+      mounts: { "/mem": mem },
+      hooks: {
+        before(ctx) {
+          if (ctx.path === "/mem/blocked.txt" && ctx.op === "open" && /[wa]/.test(ctx.flags)) {
+            throw Object.assign(new Error(`blocked in ${process.pid}`), { code: "EACCES" });
+          }
+        },
+        onRead: (p, data) => (p === "/mem/from-client.txt" ? Buffer.from(data.toString().toUpperCase()) : undefined),
+      },
+    },
     onEgress: (e) => egress.push(`${e.decision} ${e.url && new URL(e.url).pathname}`),
   });
   try {
@@ -195,7 +205,10 @@ test("hooks and a VFS provider run in the client process", { skip }, async () =>
     await waitFor("onEgress records", () => egress.length >= 2);
     assert.deepEqual(egress.slice().sort(), ["allow /ok", "deny /deny"]);
     const c = await v.exec("cat /mem/from-client.txt; echo guest > /mem/from-guest.txt");
-    assert.equal(c.stdout, "written by the client\n");
+    assert.equal(c.stdout, "WRITTEN BY THE CLIENT\n", "the client's onRead hook rewrote the bytes");
+    const b = await v.exec("echo x > /mem/blocked.txt");
+    assert.notEqual(b.exitCode, 0);
+    assert.match(b.stderr, /Permission denied/);
     assert.equal(await mem.readFile("/from-guest.txt", "utf8"), "guest\n");
   } finally {
     await v.close();

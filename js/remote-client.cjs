@@ -3,8 +3,8 @@
 // token } }) or GONDOLIN_REMOTE. The object is a VM (same prototype chain,
 // same exec/shell/vm.fs code in js/vm.cjs, js/exec.cjs, js/fs.cjs); only its
 // "native" side is a shim that speaks docs/remote-protocol.md. HTTP hooks,
-// JS VFS providers and onEgress stay in this process: the server calls them
-// across the connection.
+// VFS providers, vfs.hooks and onEgress stay in this process: the server
+// calls them across the connection.
 
 const fs = require("node:fs");
 const { VM } = require("./vm.cjs");
@@ -96,12 +96,19 @@ function splitOptions(options) {
   if (Object.keys(sandbox).length === 0) delete out.sandbox;
   const mounts = [];
   const providers = [];
+  const vfsHooks = {};
   if (vfs === null) out.vfs = null;
   else if (vfs !== undefined || (options.sandbox && options.sandbox.vfsProvider)) {
     const v = vfs || {};
     if (typeof v !== "object") throw optionError("vfs must be an object or null");
-    if (v.hooks) throw optionError("vfs.hooks are not available on a remote VM yet (protocol v1); wrap the provider instead");
     const { mounts: userMounts, hooks, ...vrest } = v;
+    if (hooks !== undefined && hooks !== null) {
+      if (typeof hooks !== "object") throw optionError("vfs.hooks must be an object");
+      for (const [k, f] of Object.entries(hooks)) {
+        if (typeof f !== "function") throw optionError(`vfs.hooks.${k} must be a function`);
+        vfsHooks[k] = f;
+      }
+    }
     if (Object.keys(vrest).length) out.vfs = vrest;
     const all = { ...(userMounts || {}) };
     if (options.sandbox && options.sandbox.vfsProvider) all["/"] = options.sandbox.vfsProvider;
@@ -120,7 +127,7 @@ function splitOptions(options) {
   }
   const bad = nonJson(out, "options");
   if (bad) {
-    throw optionError(`${bad} is not plain JSON data, so it cannot go to a remote server (only httpHooks, fetch, onEgress and VFS providers stay in this process)`);
+    throw optionError(`${bad} is not plain JSON data, so it cannot go to a remote server (only httpHooks, fetch, onEgress, vfs.hooks and VFS providers stay in this process)`);
   }
   return {
     wireOptions: out,
@@ -129,6 +136,7 @@ function splitOptions(options) {
     dispatch: n.dispatch,
     mounts,
     providers,
+    vfsHooks,
     onEgress: typeof onEgress === "function" ? onEgress : null,
     env,
   };
@@ -187,7 +195,7 @@ RemoteVM.create = async function create(options, target) {
   vm._init(options, target, split, conn);
   try {
     await vm._peer.request({ t: "hello", v: wire.PROTOCOL_VERSION, client: "gondolin-js" });
-    const common = { hooks: split.hooks, mounts: split.mounts, egress: Boolean(split.onEgress) };
+    const common = { hooks: split.hooks, mounts: split.mounts, vfsHooks: Object.keys(split.vfsHooks), egress: Boolean(split.onEgress) };
     const r = target.attach
       ? await vm._peer.request({ t: "vm.attach", token: target.attach, ...common })
       : await vm._peer.request({ t: "vm.create", options: split.wireOptions, net: split.net, ...common });
@@ -253,6 +261,14 @@ Object.assign(RemoteVM.prototype, {
       const p = this._split.providers[msg.mid];
       if (!p) throw new Error(`no provider ${msg.mid}`);
       return { outcome: await p.call(msg.call) };
+    }
+    if (msg.kind === "vfshook") {
+      const c = msg.call || {};
+      const fn = this._split.vfsHooks[c.phase];
+      if (typeof fn !== "function" || !Array.isArray(c.args)) throw new Error(`no vfs.hooks.${c.phase}`);
+      const result = await fn(...c.args);
+      // onRead/onWrite may return replacement bytes; the other phases return nothing.
+      return { result: typeof result === "string" || ArrayBuffer.isView(result) ? result : undefined };
     }
     throw new Error(`unknown call kind ${msg.kind}`);
   },

@@ -199,6 +199,7 @@ class RemoteServerCore {
       throw refuse(`sandbox.imagePath ${sandbox.imagePath} is a path on the server's disk; name an image (NAME[:TAG] or a build id) instead`);
     }
     if (o.vfs && o.vfs.mounts !== undefined) throw refuse("vfs.mounts must come as protocol mounts (the client library sends them)");
+    if (o.vfs && o.vfs.hooks !== undefined) throw refuse("vfs.hooks must come as protocol vfsHooks (the client library sends them)");
   }
 
   async create(peer, state, msg) {
@@ -212,7 +213,11 @@ class RemoteServerCore {
     if (options.memory === undefined && sandbox.memory === undefined && this.cfg.memory) options.memory = this.cfg.memory;
     if (options.cpus === undefined && sandbox.cpus === undefined && this.cfg.cpus) options.cpus = this.cfg.cpus;
     const mounts = msg.mounts || [];
-    if (mounts.length) options.vfs = { ...(o.vfs || {}), mounts: this.proxyMounts(entry, mounts) };
+    const vfsHooks = msg.vfsHooks || [];
+    if (o.vfs !== null && (mounts.length || vfsHooks.length)) {
+      options.vfs = { ...(o.vfs || {}), mounts: this.proxyMounts(entry, mounts) };
+      if (vfsHooks.length) options.vfs.hooks = this.proxyVfsHooks(entry, vfsHooks);
+    }
     if (msg.egress) options.onEgress = (ev) => entry.peer && entry.peer.send({ t: "egress", vm: entry.id, event: ev }).catch(() => {});
     const vm = new VM(options);
     const hooks = msg.hooks || [];
@@ -308,6 +313,20 @@ class RemoteServerCore {
       out[m.path] = { [kNativeProvider]: np, readonly, supportsSymlinks: symlinks };
     }
     return out;
+  }
+
+  /** vfs.hooks whose every call runs in the client (a failure is the client's errno code, else EIO). */
+  proxyVfsHooks(entry, phases) {
+    const hooks = {};
+    for (const phase of phases) {
+      hooks[phase] = async (...args) => {
+        const peer = entry.peer;
+        if (!peer) throw Object.assign(new Error("the VM's client is detached"), { code: "EIO" });
+        const r = await peer.request({ t: "call", vm: entry.id, kind: "vfshook", call: { phase, args } });
+        return r.result;
+      };
+    }
+    return hooks;
   }
 
   /** The HTTP hook dispatcher whose every call runs in the client. */

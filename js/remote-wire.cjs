@@ -112,8 +112,8 @@ const MESSAGES = {
   err: { re: "id", code: "str", message: "str" },
   // client → server requests
   hello: { id: "id", v: "int", client: "str?" },
-  "vm.create": { id: "id", options: "obj", net: "obj?", hooks: "strs?", mounts: "arr?", egress: "bool?" },
-  "vm.attach": { id: "id", token: "str", hooks: "strs?", mounts: "arr?", egress: "bool?" },
+  "vm.create": { id: "id", options: "obj", net: "obj?", hooks: "strs?", mounts: "arr?", vfsHooks: "strs?", egress: "bool?" },
+  "vm.attach": { id: "id", token: "str", hooks: "strs?", mounts: "arr?", vfsHooks: "strs?", egress: "bool?" },
   "vm.start": { id: "id", vm: "str" },
   "vm.close": { id: "id", vm: "str" },
   "vm.detach": { id: "id", vm: "str" },

@@ -82,6 +82,8 @@ function pair() {
 const MAX_FRAME = 17 * 1024 * 1024;
 
 function tcpEnd(sock) {
+  // Small control messages must not wait for Nagle + delayed ACK (~40 ms).
+  sock.setNoDelay(true);
   const end = new QueueEnd(`${sock.remoteAddress}:${sock.remotePort}`);
   let buf = Buffer.alloc(0);
   end.onPull = () => {

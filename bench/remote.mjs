@@ -34,53 +34,65 @@ async function startServer() {
   return { child, url };
 }
 
-async function measure(options) {
-  let t0 = performance.now();
+/** Boot → first exec done. */
+async function boot(options) {
+  const t0 = performance.now();
   const vm = await VM.create(options);
-  try {
-    await vm.exec(["/bin/true"]);
-    const bootToExecMs = round(performance.now() - t0);
-    for (let i = 0; i < 10; i++) await vm.exec(["/bin/true"]);
-    const times = [];
-    for (let i = 0; i < N; i++) {
-      t0 = performance.now();
+  await vm.exec(["/bin/true"]);
+  return { vm, bootToExecMs: round(performance.now() - t0) };
+}
+
+/** Exec round trips, local and remote interleaved (the same machine load for both); p50 of each. */
+async function execP50(a, b) {
+  for (let i = 0; i < 10; i++) await Promise.all([a.exec(["/bin/true"]), b.exec(["/bin/true"])]);
+  const ta = [];
+  const tb = [];
+  for (let i = 0; i < N; i++) {
+    for (const [vm, times] of [[a, ta], [b, tb]]) {
+      const t0 = performance.now();
       await vm.exec(["/bin/true"]);
       times.push(performance.now() - t0);
     }
-    times.sort((a, b) => a - b);
-    const execP50Ms = round(times[Math.floor(times.length / 2)], 2);
-
-    let bytes = 0;
-    const sink = new Writable({
-      write(c, _e, cb) {
-        bytes += c.length;
-        cb();
-      },
-    });
-    t0 = performance.now();
-    await vm.exec("dd if=/dev/zero bs=64k count=3200 2>/dev/null", { stdout: sink });
-    const captureMiBps = mibps(200, performance.now() - t0);
-    if (bytes !== 200 * 1024 * 1024) throw new Error(`captured ${bytes} bytes`);
-
-    const data = crypto.randomBytes(50 * 1024 * 1024);
-    t0 = performance.now();
-    await vm.fs.writeFile("/tmp/bench.bin", data);
-    const writeMiBps = mibps(50, performance.now() - t0);
-    t0 = performance.now();
-    const back = await vm.fs.readFile("/tmp/bench.bin");
-    const readMiBps = mibps(50, performance.now() - t0);
-    if (!back.equals(data)) throw new Error("readFile returned different bytes");
-    return { bootToExecMs, execP50Ms, captureMiBps, vmFs: { writeMiBps, readMiBps } };
-  } finally {
-    await vm.close();
   }
+  const p50 = (t) => round(t.sort((x, y) => x - y)[Math.floor(t.length / 2)], 2);
+  return [p50(ta), p50(tb)];
+}
+
+async function throughput(vm) {
+  let bytes = 0;
+  const sink = new Writable({
+    write(c, _e, cb) {
+      bytes += c.length;
+      cb();
+    },
+  });
+  let t0 = performance.now();
+  await vm.exec("dd if=/dev/zero bs=64k count=3200 2>/dev/null", { stdout: sink });
+  const captureMiBps = mibps(200, performance.now() - t0);
+  if (bytes !== 200 * 1024 * 1024) throw new Error(`captured ${bytes} bytes`);
+  const data = crypto.randomBytes(50 * 1024 * 1024);
+  t0 = performance.now();
+  await vm.fs.writeFile("/tmp/bench.bin", data);
+  const writeMiBps = mibps(50, performance.now() - t0);
+  t0 = performance.now();
+  const back = await vm.fs.readFile("/tmp/bench.bin");
+  const readMiBps = mibps(50, performance.now() - t0);
+  if (!back.equals(data)) throw new Error("readFile returned different bytes");
+  return { captureMiBps, vmFs: { writeMiBps, readMiBps } };
 }
 
 async function main() {
   const server = await startServer();
   try {
-    const local = await measure({ remote: false });
-    const remote = await measure({ remote: { url: server.url } });
+    const l = await boot({ remote: false });
+    const r = await boot({ remote: { url: server.url } });
+    try {
+      const [lp, rp] = await execP50(l.vm, r.vm);
+      var local = { bootToExecMs: l.bootToExecMs, execP50Ms: lp, ...(await throughput(l.vm)) };
+      var remote = { bootToExecMs: r.bootToExecMs, execP50Ms: rp, ...(await throughput(r.vm)) };
+    } finally {
+      await Promise.all([l.vm.close(), r.vm.close()]);
+    }
     const ratio = (a, b) => round(a / b, 2);
     const result = {
       transport: (await import("../js/remote-transport.cjs")).default.hasNative() ? "websocket" : "dev-tcp",

@@ -18,7 +18,7 @@ const transport = require("./remote-transport.cjs");
 const { RemoteExecChannel } = require("./remote-exec-channel.cjs");
 
 /** Output credit a remote exec grants at least (one round trip of data in flight). */
-const MIN_WINDOW = 1024 * 1024;
+const MIN_WINDOW = 4 * 1024 * 1024;
 
 /**
  * Where `options` wants its VM: null for here, else { url, token, attach }.

@@ -102,7 +102,7 @@ function tcpEnd(sock) {
       const payload = buf.subarray(5, 5 + len);
       buf = buf.subarray(5 + len);
       if (type === 0) end._deliver(payload.toString("utf8"));
-      else if (type === 1) end._deliver(Buffer.from(payload));
+      else if (type === 1) end._deliver(payload);
       else if (type === 2) {
         const m = JSON.parse(payload.toString());
         end._ended(m.code, m.reason);
@@ -122,7 +122,14 @@ function tcpEnd(sock) {
   };
   end.send = async (data) => {
     if (end.closed) throw new Error("connection closed");
-    const ok = sock.write(frame(typeof data === "string" ? 0 : 1, typeof data === "string" ? Buffer.from(data) : data));
+    const payload = typeof data === "string" ? Buffer.from(data) : data;
+    const head = Buffer.alloc(5);
+    head.writeUInt32BE(payload.length, 0);
+    head[4] = typeof data === "string" ? 0 : 1;
+    sock.cork();
+    sock.write(head);
+    const ok = sock.write(payload);
+    sock.uncork();
     if (!ok) await new Promise((r) => { sock.once("drain", r); sock.once("close", r); });
   };
   end.close = (code = 1000, reason = "") => {

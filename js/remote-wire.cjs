@@ -10,7 +10,7 @@ const PROTOCOL_VERSION = 1;
 /** Largest message (text or binary) either side sends or accepts. */
 const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 /** Largest payload of one binary data frame. */
-const MAX_DATA_BYTES = 256 * 1024;
+const MAX_DATA_BYTES = 1024 * 1024;
 /** Stdin credit the server grants each exec at its start. */
 const STDIN_WINDOW_BYTES = 1024 * 1024;
 /** Most credit a receiver may have outstanding on one stream. */

@@ -164,3 +164,35 @@ test("metrics: Prometheus text with VMs, boots, execs, a latency histogram and b
   }
   if (m.timer) clearTimeout(m.timer);
 });
+
+test("server: option refusals, --max-memory, --max-vms and draining are clear errors (no boot)", async () => {
+  const { RemoteServerCore } = require("../js/remote-server.cjs");
+  const core = new RemoteServerCore({ memory: "256M", maxMemory: "700M", maxVms: 3 });
+  const [c, s] = pair();
+  core.accept(s);
+  const client = new Peer(c, { request: async () => ({}), message: () => {}, data: () => {} });
+  client.run();
+  const create = (options = {}) => client.request({ t: "vm.create", options });
+  await assert.rejects(create({ sandbox: { qemuPath: "/bin/x" } }), /qemuPath names a file on the server/);
+  await assert.rejects(create({ sandbox: { imagePath: "/srv/img" } }), /path on the server's disk/);
+  await assert.rejects(create({ remote: { url: "ws://x" } }), /option remote cannot be sent/);
+  await assert.rejects(client.request({ t: "hello", v: 2 }), (e) => e.code === "protocol_mismatch");
+  const a = await create();
+  const b = await create();
+  assert.equal(a.memory, 256 * 1024 * 1024);
+  await assert.rejects(create(), (e) => e.code === "queue_full" && /--max-memory 700M/.test(e.message));
+  const small = await create({ memory: "128M" });
+  await assert.rejects(create({ memory: "128M" }), (e) => e.code === "queue_full" && /--max-vms 3/.test(e.message));
+  const list = (await client.request({ t: "sessions" })).vms;
+  assert.deepEqual(list.map((e) => e.vm).sort(), [a.vm, b.vm, small.vm].sort());
+  core.draining = true;
+  await assert.rejects(create({ memory: "128M" }), (e) => e.code === "invalid_state" && /draining/.test(e.message));
+  client.close(1000, "done");
+  await new Promise((r) => setTimeout(r, 100));
+  await waitEmpty(core);
+});
+
+async function waitEmpty(core) {
+  for (let i = 0; i < 50 && core.entries.size > 0; i++) await new Promise((r) => setTimeout(r, 100));
+  assert.equal(core.entries.size, 0, "the disconnected client's VMs were closed");
+}

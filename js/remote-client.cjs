@@ -12,7 +12,7 @@ const { VmFs } = require("./fs.cjs");
 const { netOptions } = require("./net.cjs");
 const { toNative, RealFSProvider } = require("./vfs.cjs");
 const { optionError } = require("./options.cjs");
-const { Peer, closedError, CLOSE_POLICY } = require("./remote-peer.cjs");
+const { Peer, closedError } = require("./remote-peer.cjs");
 const wire = require("./remote-wire.cjs");
 const transport = require("./remote-transport.cjs");
 const { RemoteExecChannel } = require("./remote-exec-channel.cjs");
@@ -412,4 +412,4 @@ async function listRemoteVms(remote = {}) {
   }
 }
 
-module.exports = { RemoteVM, remoteTarget, splitOptions, listRemoteVms, CLOSE_POLICY };
+module.exports = { RemoteVM, remoteTarget, splitOptions, listRemoteVms };

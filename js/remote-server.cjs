@@ -10,7 +10,7 @@ const { randomBytes } = require("node:crypto");
 const { native } = require("./native.cjs");
 const { VM } = require("./vm.cjs");
 const { ensureImage } = require("./image.cjs");
-const { Peer, CLOSE_POLICY } = require("./remote-peer.cjs");
+const { Peer } = require("./remote-peer.cjs");
 const { ServerExec } = require("./remote-server-exec.cjs");
 const { Metrics } = require("./remote-metrics.cjs");
 const wire = require("./remote-wire.cjs");
@@ -19,6 +19,8 @@ const transport = require("./remote-transport.cjs");
 const kNativeProvider = Symbol.for("gondolin.nativeProvider");
 const DEFAULT_DETACH_TTL_MS = 10 * 60 * 1000;
 const EIO = 5;
+/** Most exec output the guest may have in flight to the server (bytes). */
+const GUEST_WINDOW_MAX = 1024 * 1024;
 
 /** Options a client may not send: they hold code, or name the server's own files. */
 const REFUSED = {
@@ -357,7 +359,8 @@ class RemoteServerCore {
       stdin: msg.stdin,
       ptyRows: pty ? pty.rows : undefined,
       ptyCols: pty ? pty.cols : undefined,
-      windowBytes: Math.min(msg.window, 16 * 1024 * 1024),
+      // The guest's own window: what the server may hold beyond one batch.
+      windowBytes: Math.min(msg.window, GUEST_WINDOW_MAX),
       stdinToFile: msg.stdinToFile,
       stdoutFromFile: msg.stdoutFromFile,
     };
@@ -416,4 +419,4 @@ class RemoteServerCore {
   }
 }
 
-module.exports = { RemoteServerCore, sizeBytes, CLOSE_POLICY };
+module.exports = { RemoteServerCore, sizeBytes };

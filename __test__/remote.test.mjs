@@ -210,6 +210,9 @@ test("hooks and a VFS provider run in the client process", { skip }, async () =>
     assert.notEqual(b.exitCode, 0);
     assert.match(b.stderr, /Permission denied/);
     assert.equal(await mem.readFile("/from-guest.txt", "utf8"), "guest\n");
+    // A host-side edit after the guest looked reaches it at once (the cache is dropped across the connection).
+    await mem.writeFile("/from-guest.txt", "host edit\n");
+    assert.equal((await v.exec("cat /mem/from-guest.txt")).stdout, "host edit\n");
   } finally {
     await v.close();
     web.close();

@@ -10,7 +10,7 @@ const fs = require("node:fs");
 const { VM } = require("./vm.cjs");
 const { VmFs } = require("./fs.cjs");
 const { netOptions } = require("./net.cjs");
-const { toNative, RealFSProvider } = require("./vfs.cjs");
+const { toNative, attach, normalizeVfsPath, RealFSProvider } = require("./vfs.cjs");
 const { optionError } = require("./options.cjs");
 const { Peer, closedError } = require("./remote-peer.cjs");
 const wire = require("./remote-wire.cjs");
@@ -97,6 +97,7 @@ function splitOptions(options) {
   const mounts = [];
   const providers = [];
   const vfsHooks = {};
+  const attachable = [];
   if (vfs === null) out.vfs = null;
   else if (vfs !== undefined || (options.sandbox && options.sandbox.vfsProvider)) {
     const v = vfs || {};
@@ -121,6 +122,7 @@ function splitOptions(options) {
         );
       }
       const np = toNative(p);
+      attachable.push([p, normalizeVfsPath(path)]);
       mounts.push({ path, mid: providers.length, readonly: Boolean(p.readonly), symlinks: Boolean(p.supportsSymlinks) });
       providers.push(np);
     }
@@ -137,6 +139,7 @@ function splitOptions(options) {
     mounts,
     providers,
     vfsHooks,
+    attachable,
     onEgress: typeof onEgress === "function" ? onEgress : null,
     env,
   };
@@ -165,6 +168,10 @@ class RemoteNative {
   }
   info() {
     return { accel: "remote", bootMs: 0, qemuPid: null, remote: this.vm._remote.url };
+  }
+  /** A provider changed from this side: the guest drops its cached view of `p`. */
+  vfsInvalidate(p) {
+    this.vm._peer.send({ t: "vfs.invalidate", vm: this.vm.id, path: p }).catch(() => {});
   }
 }
 for (const op of ["guestStat", "guestReadDir", "guestMkdir", "guestRename", "guestRemove", "guestAccess"]) {
@@ -201,6 +208,10 @@ RemoteVM.create = async function create(options, target) {
       : await vm._peer.request({ t: "vm.create", options: split.wireOptions, net: split.net, ...common });
     vm.id = r.vm;
     vm._image = { defaultEnv: r.defaultEnv };
+    // Host-side writes to a mounted built-in provider reach the guest at once, as locally.
+    const links = [];
+    for (const [p, base] of split.attachable) attach(p, vm, base, links);
+    vm._detachProviders = () => links.forEach((f) => f());
     if (r.started) {
       vm._native = new RemoteNative(vm);
       vm._starting = Promise.resolve();
@@ -241,6 +252,7 @@ Object.assign(RemoteVM.prototype, {
         ch.onData(d.kind, d.data);
       },
       closed: (reason) => {
+        if (this._detachProviders) this._detachProviders();
         this._lost = reason;
         this._closed = true;
         for (const ch of this._channels.values()) ch.onClosed(reason);

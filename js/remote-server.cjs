@@ -165,6 +165,11 @@ class RemoteServerCore {
       case "exec.resize":
         if (ex) ex.resize(msg.rows, msg.cols);
         return;
+      case "vfs.invalidate": {
+        const e = this.entries.get(msg.vm);
+        if (e && state.vms.has(e) && e.vm._native && !e.vm._closed) e.vm._native.vfsInvalidate(msg.path);
+        return;
+      }
       default:
         throw new Error(`${msg.t} is not a message a client sends`);
     }

@@ -137,6 +137,7 @@ const MESSAGES = {
   "exec.end": { sid: "u32" },
   "exec.kill": { sid: "u32", signal: "int" },
   "exec.resize": { sid: "u32", rows: "u32", cols: "u32" },
+  "vfs.invalidate": { vm: "str", path: "str" },
   // server → client requests (answered by the client)
   call: { id: "id", vm: "str", kind: "str", mid: "u32?", call: "any" },
   // server → client, no reply

@@ -120,7 +120,7 @@ class RemoteServerCore {
       }
       case "vm.close": {
         const e = this.entry(state, msg.vm);
-        await this.closeEntry(e, "closed by its client");
+        await this.closeEntry(e, "closed by its client", true);
         return {};
       }
       case "vm.detach": {
@@ -377,8 +377,10 @@ class RemoteServerCore {
     return { execId: n.id };
   }
 
-  async closeEntry(e, why) {
+  async closeEntry(e, why, byClient = false) {
     if (e.closing) return e.closing;
+    // Tell a connected owner why its VM went (drain, TTL); it fails its calls with that reason.
+    if (!byClient && e.peer && !e.peer.closed) e.peer.send({ t: "vm.gone", vm: e.id, reason: `VM closed: ${why}` }).catch(() => {});
     this.byToken.delete(e.token);
     clearTimeout(e.ttl);
     e.closing = e.vm ? e.vm.close().catch(() => {}) : Promise.resolve();

@@ -154,10 +154,17 @@ class Peer {
     this.closeReason = reason || "closed";
     this.closed = true;
     try {
-      this.conn.close(code, reason.slice(0, 120));
+      this.conn.close(code, closeText(reason));
     } catch {}
     this._ended(this.closeReason);
   }
+}
+
+/** A WebSocket close reason holds at most 123 bytes: cut on a character boundary. */
+function closeText(reason) {
+  let text = String(reason);
+  while (Buffer.byteLength(text) > 123) text = text.slice(0, -1);
+  return text;
 }
 
 function errCode(err) {

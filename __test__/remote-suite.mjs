@@ -4,13 +4,13 @@
 // with GONDOLIN_REMOTE pointing at it, so every VM.create in those files
 // makes a remote VM. Exits with node --test's status.
 //
-//   node __test__/remote-suite.mjs [FILES...]   (default: exec and fs tests)
+//   node __test__/remote-suite.mjs [FILES...]   (default: the exec, fs and streaming tests)
 import { spawn } from "node:child_process";
 import path from "node:path";
 import { cli, root } from "./helpers.mjs";
 
 const files = process.argv.slice(2);
-const targets = files.length ? files : ["__test__/exec.test.mjs", "__test__/fs.test.mjs"];
+const targets = files.length ? files : ["__test__/exec.test.mjs", "__test__/fs.test.mjs", "__test__/streaming.test.mjs"];
 
 const env = { ...process.env };
 delete env.GONDOLIN_REMOTE;

@@ -17,8 +17,13 @@ const wire = require("./remote-wire.cjs");
 const transport = require("./remote-transport.cjs");
 const { RemoteExecChannel } = require("./remote-exec-channel.cjs");
 
-/** Output credit a remote exec grants at least (one round trip of data in flight). */
-const MIN_WINDOW = 4 * 1024 * 1024;
+/**
+ * Output credit of a remote exec left at the default windowBytes: room for
+ * a network round trip of data in flight. An explicit windowBytes is kept
+ * exactly (the host then buffers no more than it would locally).
+ */
+const DEFAULT_REMOTE_WINDOW = 4 * 1024 * 1024;
+const DEFAULT_LOCAL_WINDOW = require("./exec.cjs").windowBytes(undefined);
 
 /**
  * Where `options` wants its VM: null for here, else { url, token, attach }.
@@ -317,7 +322,8 @@ Object.assign(RemoteVM.prototype, {
   _startExec(req) {
     if (this._peer.closed) return Promise.reject(closedError(this._lost));
     const sid = this._nextSid++;
-    const window = Math.min(Math.max(req.windowBytes || 0, MIN_WINDOW), wire.MAX_WINDOW_BYTES);
+    const asked = req.windowBytes || DEFAULT_LOCAL_WINDOW;
+    const window = Math.min(asked === DEFAULT_LOCAL_WINDOW ? DEFAULT_REMOTE_WINDOW : asked, wire.MAX_WINDOW_BYTES);
     const ch = new RemoteExecChannel(this._peer, sid, window, Boolean(req.stdin));
     this._channels.set(sid, ch);
     const msg = {

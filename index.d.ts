@@ -76,6 +76,10 @@ export type GondolinErrorCode =
   | "checkpoint_failed"
   /** A checkpoint or boot-template file is not one we can resume from (no trailer, unknown version, truncated or damaged). */
   | "invalid_checkpoint"
+  /** A remote server refused the bearer token (HTTP 401 on the WebSocket upgrade); nothing was created there. */
+  | "remote_unauthorized"
+  /** A remote server is draining or at its connection limit (HTTP 503); the message carries its reason. */
+  | "remote_unavailable"
   /** The native addon for this platform could not be loaded (raised by the JS loader; listed here so the list is whole). */
   | "native_missing"
   /** Any other host I/O failure (an exec's output stream failing included); `cause` holds the underlying error. */
@@ -1718,3 +1722,88 @@ export declare class GondolinListeners extends EventEmitter {
 export declare function parseListenersFile(text: string): { routes: IngressRoute[] };
 /** The canonical file: one route per line, tab-separated, trailing newline ("\n" for none). */
 export declare function serializeListenersFile(data: { routes: IngressRoute[] }): string;
+
+// ---- Remote transport (internal; issue 18) ----
+// The native WebSocket transport under `gondolin ws-server` and
+// `VM.create({ remote })`, reached as `require("./js/native.cjs").native`;
+// not exported by the package. Rust owns the wire (HTTP/1.1, WebSocket,
+// rustls, bearer token, limits, keepalive, /healthz /readyz /metrics); the
+// protocol on top is js/'s. Contract: the shapes below.
+
+/** @internal Options of `native.remoteListen`. */
+export interface RemoteListenOptions {
+  /** An IP address (`127.0.0.1`, `0.0.0.0`, `::`); a name is `invalid_option`. */
+  host: string;
+  /** 0: ephemeral (read `RemoteServer.port`). */
+  port: number;
+  /** Bearer token clients must send. null/undefined is refused (`invalid_option`, naming `--token-file` and `--insecure-no-auth`) unless `host` is loopback. */
+  token?: string | null;
+  /** PEM certificate chain; with `tlsKey`, the server speaks wss:// (rustls). */
+  tlsCert?: string;
+  /** PEM private key (PKCS#8, PKCS#1 or SEC1). */
+  tlsKey?: string;
+  /** Largest message (and frame) either way, bytes; default 16 MiB, 1 KiB..1 GiB. Over it: close 1009. */
+  maxMessageBytes?: number;
+  /** Open WebSocket connections at once; default 256; more get HTTP 503. */
+  maxConnections?: number;
+}
+
+/** @internal A listening transport server; keeps Node alive until `close()`. */
+export interface RemoteServer {
+  /** The bound port. */
+  readonly port: number;
+  /** What `/readyz` answers while not draining (starts true). */
+  setReady(ready: boolean): void;
+  /** Prometheus text appended to `/metrics` after the transport's own metrics (replaces the last text; 1 MiB kept). */
+  setMetrics(text: string): void;
+  /** `/readyz` and new upgrades answer 503; open connections are untouched. */
+  drain(): void;
+  /** Stop listening, close every connection with 1001 "server shutting down"; resolves once they finished (≤ 5 s). */
+  close(): Promise<void>;
+}
+
+/** @internal Options of `native.remoteConnect`. */
+export interface RemoteConnectOptions {
+  /** Sent as `Authorization: Bearer <token>`. */
+  token?: string | null;
+  /** Extra CA certificate (PEM) trusted for wss://, besides the system's roots. */
+  ca?: string | null;
+  /** Largest message either way, bytes (default 16 MiB). */
+  maxMessageBytes?: number;
+  /** TCP + TLS + upgrade, ms (default 10000). */
+  timeoutMs?: number;
+}
+
+/**
+ * @internal One WebSocket (either end). Each way at most 64 messages / 8 MiB
+ * are queued: a side that stops calling `recv()` stops its socket being read,
+ * and `send()` stops resolving when the peer does not read. Keepalive: a
+ * ping every 10 s; nothing received for 30 s while waiting on the socket
+ * closes with 1001, so keep a `recv()` loop running (flow control belongs
+ * to the protocol above).
+ */
+export interface RemoteConnection {
+  /** The peer, `ip:port`. */
+  readonly remoteAddress: string;
+  /** Next messages in order: 1..=64 of them (string = text frame, Buffer = binary frame); [] once closed. */
+  recv(): Promise<Array<string | Buffer>>;
+  /** Queue one message; resolves once it is in the bounded send queue (await it for backpressure). Rejects with `connection_closed` once closing, `invalid_option` over maxMessageBytes. */
+  send(data: string | Buffer): Promise<void>;
+  /** Close with `code` (default 1000; 1000 or 3000–4999, others become 1000) and `reason` (≤ 123 bytes). No-op once closing. */
+  close(code?: number, reason?: string): void;
+  /** Once closing: the close code, ours or the peer's (1002 malformed frame, 1009 too big, 1001 shutdown/keepalive, 1006 socket ended without a close frame). */
+  readonly closeCode: number | null;
+  readonly closeReason: string | null;
+}
+
+/** @internal The transport's functions on the native addon. */
+export interface RemoteNative {
+  /** Rejects with `invalid_option` (options, TLS material, missing token off loopback) or `io_error` (address taken). */
+  remoteListen(opts: RemoteListenOptions, onConnection: (conn: RemoteConnection) => void): Promise<RemoteServer>;
+  /**
+   * `ws://` or `wss://`; the path becomes `/v1` when empty or `/`. Rejects with
+   * `remote_unauthorized` (401), `remote_unavailable` (503, the server's reason
+   * in the message), `invalid_option` (URL, ca) or `io_error` (network, TLS, timeout).
+   */
+  remoteConnect(url: string, opts?: RemoteConnectOptions): Promise<RemoteConnection>;
+}

@@ -104,6 +104,12 @@ error_codes! {
     /// A checkpoint or boot-template file is not one we can resume from
     /// (no trailer, unknown version, truncated or damaged).
     InvalidCheckpoint = "invalid_checkpoint",
+    /// A remote server refused the bearer token (HTTP 401 on the WebSocket
+    /// upgrade); nothing was created there.
+    RemoteUnauthorized = "remote_unauthorized",
+    /// A remote server is draining or at its connection limit (HTTP 503);
+    /// the message carries its reason.
+    RemoteUnavailable = "remote_unavailable",
     /// The native addon for this platform could not be loaded (raised by the
     /// JS loader; listed here so the list is whole).
     NativeMissing = "native_missing",

@@ -11,6 +11,7 @@ pub mod ingress;
 pub mod log_limit;
 pub mod net;
 pub mod options;
+pub mod remote;
 pub mod session;
 pub mod ssh;
 pub mod tls;

@@ -54,7 +54,7 @@ use super::{io_err, store, ImageError, ImageInfo};
 mod frames;
 #[path = "oci_pull.rs"]
 mod pull;
-use frames::{compress_file, extract, frame_jobs};
+use frames::{compress_file, frame_jobs, ExtractPool, Follow};
 pub use pull::pull;
 
 /// `artifactType` of a Gondolin image manifest.

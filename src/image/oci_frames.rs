@@ -161,6 +161,35 @@ fn write_sparse(out: &fs::File, off: u64, data: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Make `len` bytes at `off` read as zeros: a hole punched, or zeros
+/// written where the filesystem cannot punch.
+fn clear_range(out: &fs::File, off: u64, len: u64) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    // SAFETY: fallocate on a file descriptor we own for the call's duration;
+    // no memory is passed.
+    let r = unsafe {
+        libc::fallocate(
+            out.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let zeros = vec![0u8; 1 << 20];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64) as usize;
+        out.write_all_at(&zeros[..n], off + done)
+            .map_err(|e| format!("clearing: {e}"))?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
 /// Fill `buf` from `r` (short only at the end).
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
@@ -210,58 +239,190 @@ fn extract_frame(
     Ok(())
 }
 
-/// Decompress the layer blob `src` into `dst` (exactly `size` bytes, zero
-/// blocks left as holes), its frames on all cores.
-pub(super) fn extract(
-    src: &Path,
-    dst: &Path,
-    size: u64,
-    jobs: &[(u64, u64, u64, u64)],
-    digest: &str,
-    reference: &str,
-    meter: &mut Meter,
-) -> Result<(), ImageError> {
-    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-    let out = fs::File::create(dst).map_err(io_err(format!("creating {}", dst.display())))?;
-    out.set_len(size)
-        .map_err(io_err(format!("writing {}", dst.display())))?;
-    let next = AtomicUsize::new(0);
-    let done = AtomicU64::new(0);
-    let failed = AtomicBool::new(false);
-    let error = std::sync::Mutex::new(None::<String>);
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(jobs.len())
-        .max(1);
-    let running = AtomicUsize::new(workers);
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| {
-                while !failed.load(Ordering::Relaxed) {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&job) = jobs.get(i) else { break };
-                    if let Err(e) = extract_frame(src, &out, job, &done) {
-                        failed.store(true, Ordering::Relaxed);
-                        error
+/// One frame to decompress: (layer index, (compressed offset, compressed
+/// length, file offset, file length)).
+pub(super) type FrameJob = (usize, (u64, u64, u64, u64));
+
+/// How far each layer's blob is on disk: the download advances a mark, the
+/// decompressors wait for the bytes of their frame.
+#[derive(Default)]
+pub(super) struct Follow {
+    marks: std::sync::Mutex<Vec<u64>>,
+    /// Per layer: its mark once went down (the blob was rewritten).
+    rewound: std::sync::Mutex<Vec<bool>>,
+    cv: std::sync::Condvar,
+    abort: std::sync::atomic::AtomicBool,
+}
+
+impl Follow {
+    pub(super) fn new(marks: Vec<u64>) -> Self {
+        Follow {
+            rewound: std::sync::Mutex::new(vec![false; marks.len()]),
+            marks: std::sync::Mutex::new(marks),
+            ..Default::default()
+        }
+    }
+
+    /// `layer`'s blob holds `mark` bytes, flushed to the file.
+    pub(super) fn advance(&self, layer: usize, mark: u64) {
+        let mut m = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        if mark < m[layer] {
+            self.rewound.lock().unwrap_or_else(|p| p.into_inner())[layer] = true;
+        }
+        m[layer] = mark;
+        self.cv.notify_all();
+    }
+
+    /// Per layer: whether its blob was rewritten from the start.
+    pub(super) fn rewound(&self) -> Vec<bool> {
+        self.rewound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn stop(&self) {
+        self.abort.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _m = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        self.cv.notify_all();
+    }
+
+    /// Wait until `layer` holds `need` bytes; false once stopped.
+    fn wait_for(&self, layer: usize, need: u64) -> bool {
+        let mut m = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if self.abort.load(std::sync::atomic::Ordering::Relaxed) {
+                return false;
+            }
+            if m[layer] >= need {
+                return true;
+            }
+            m = self.cv.wait(m).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Decompressors on every core that follow a download: each frame is
+/// decompressed into its layer's file (zero blocks left as holes) as soon
+/// as its compressed bytes are on disk. Nothing here is trusted yet: a
+/// frame that fails (its bytes changed under it, or a bad blob) is only
+/// noted; [`ExtractPool::finish`] redoes it from the verified blob and
+/// only then refuses the image.
+pub(super) struct ExtractPool {
+    follow: std::sync::Arc<Follow>,
+    shared: std::sync::Arc<PoolShared>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+struct PoolShared {
+    blobs: Vec<PathBuf>,
+    outs: Vec<fs::File>,
+    jobs: Vec<FrameJob>,
+    next: std::sync::atomic::AtomicUsize,
+    done: std::sync::atomic::AtomicU64,
+    failed: std::sync::Mutex<Vec<usize>>,
+}
+
+impl ExtractPool {
+    /// `outs[i]` receives layer `i` (created, sized); `blobs[i]` is where its
+    /// download lands.
+    pub(super) fn start(
+        blobs: Vec<PathBuf>,
+        outs: Vec<fs::File>,
+        jobs: Vec<FrameJob>,
+        follow: std::sync::Arc<Follow>,
+    ) -> Self {
+        use std::sync::atomic::Ordering;
+        let shared = std::sync::Arc::new(PoolShared {
+            blobs,
+            outs,
+            jobs,
+            next: Default::default(),
+            done: Default::default(),
+            failed: Default::default(),
+        });
+        let n = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(shared.jobs.len())
+            .max(1);
+        let workers = (0..n)
+            .map(|_| {
+                let (shared, follow) = (shared.clone(), follow.clone());
+                std::thread::spawn(move || loop {
+                    let i = shared.next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(layer, job)) = shared.jobs.get(i) else {
+                        break;
+                    };
+                    if !follow.wait_for(layer, job.0 + job.1) {
+                        break;
+                    }
+                    let r =
+                        extract_frame(&shared.blobs[layer], &shared.outs[layer], job, &shared.done);
+                    if r.is_err() {
+                        shared
+                            .failed
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert(e);
+                            .push(i);
                     }
-                }
-                running.fetch_sub(1, Ordering::Release);
-            });
+                })
+            })
+            .collect();
+        ExtractPool {
+            follow,
+            shared,
+            workers,
         }
-        let mut seen = 0;
-        while running.load(Ordering::Acquire) > 0 {
-            std::thread::sleep(Duration::from_millis(50));
-            let now = done.load(Ordering::Relaxed);
-            meter.add(now - seen);
-            seen = now;
-        }
-        meter.add(done.load(Ordering::Relaxed) - seen);
-    });
-    if let Some(e) = error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(invalid(reference, format!("blob {digest} {e}")));
     }
-    Ok(())
+
+    /// Wait for every frame (the download is complete and verified), then
+    /// redo the failed ones and the frames of `redo` layers (their blob
+    /// was rewritten during the download) from the verified blobs.
+    pub(super) fn finish(
+        mut self,
+        reference: &str,
+        digests: &[&str],
+        meter: &mut Meter,
+    ) -> Result<(), ImageError> {
+        use std::sync::atomic::Ordering;
+        let mut seen = 0;
+        let mut tick = || {
+            let now = self.shared.done.load(Ordering::Relaxed);
+            meter.add(now.saturating_sub(seen));
+            seen = now;
+        };
+        while self.workers.iter().any(|w| !w.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+            tick();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        tick();
+        let s = &self.shared;
+        let mut again = std::mem::take(&mut *s.failed.lock().unwrap_or_else(|p| p.into_inner()));
+        let redo = self.follow.rewound();
+        again.extend((0..s.jobs.len()).filter(|&i| redo[s.jobs[i].0]));
+        again.sort_unstable();
+        again.dedup();
+        for i in again {
+            let (layer, job) = s.jobs[i];
+            let scratch = std::sync::atomic::AtomicU64::new(0);
+            // What a failed or stale try wrote goes first: zero blocks are
+            // skipped when written, so they must already read as zeros.
+            clear_range(&s.outs[layer], job.2, job.3)
+                .and_then(|()| extract_frame(&s.blobs[layer], &s.outs[layer], job, &scratch))
+                .map_err(|e| invalid(reference, format!("blob {} {e}", digests[layer])))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ExtractPool {
+    fn drop(&mut self) {
+        self.follow.stop();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
 }

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// How often (bytes) a download hands what it has to the decompressors.
+const FOLLOW_EVERY: u64 = 4 << 20;
+
 /// Check a pulled manifest: our artifact, sane sizes, known layers.
 pub(super) fn check_manifest(reference: &str, m: &OciImageManifest) -> Result<(), ImageError> {
     if m.config.media_type != CONFIG_MEDIA_TYPE {
@@ -106,6 +109,7 @@ async fn fetch_blob(
     desc: &OciDescriptor,
     partial: &Path,
     meter: &mut Meter<'_>,
+    follow: (&Follow, usize),
 ) -> Result<PathBuf, ImageError> {
     let hexd = digest_hex(reference, &desc.digest)?;
     let path = partial.join(&hexd);
@@ -131,7 +135,9 @@ async fn fetch_blob(
         let stream = match resp {
             BlobResponse::Partial(s) => s,
             BlobResponse::Full(s) => {
-                // The registry ignored the range: start over.
+                // The registry ignored the range: start over (the caller
+                // redoes what was decompressed from the old bytes).
+                follow.0.advance(follow.1, 0);
                 meter.done = meter.done.saturating_sub(have);
                 meter.base = meter.base.saturating_sub(have);
                 have = 0;
@@ -152,6 +158,7 @@ async fn fetch_blob(
         let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
         let mut s = stream.stream;
         let mut cut = None;
+        let mut unflushed = 0u64;
         while let Some(chunk) = s.next().await {
             let chunk = match chunk {
                 Ok(c) => c,
@@ -175,10 +182,19 @@ async fn fetch_blob(
             hash.update(&chunk);
             have += chunk.len() as u64;
             meter.add(chunk.len() as u64);
+            unflushed += chunk.len() as u64;
+            if unflushed >= FOLLOW_EVERY {
+                // On the file, so the decompressors can start on it.
+                file.flush()
+                    .map_err(io_err(format!("writing {}", path.display())))?;
+                follow.0.advance(follow.1, have);
+                unflushed = 0;
+            }
         }
         file.flush()
             .map_err(io_err(format!("writing {}", path.display())))?;
         drop(file);
+        follow.0.advance(follow.1, have);
         if let Some(e) = cut {
             if have < size {
                 // A transfer cut short: keep the bytes, the next pull resumes.
@@ -366,69 +382,79 @@ pub async fn pull(
         ));
     }
 
-    // Layers → <store>/.partial/<hex>, verified.
+    // Layers → <store>/.partial/<hex>, verified; each zstd frame is
+    // decompressed into a temp dir in the store as soon as its bytes are
+    // on disk, while the rest downloads. The image is renamed into place
+    // once every blob verified and every frame decompressed.
     let partial = store.join(".partial");
     fs::create_dir_all(&partial).map_err(io_err(format!("creating {}", partial.display())))?;
-    let total: u64 = manifest.layers.iter().map(|l| l.size as u64).sum();
-    let mut blobs = Vec::new();
-    {
-        let mut have = 0;
-        for l in &manifest.layers {
-            have += fs::metadata(partial.join(digest_hex(reference, &l.digest)?))
-                .map(|m| m.len().min(l.size as u64))
-                .unwrap_or(0);
-        }
-        let mut meter = Meter::resumed("download", total, have, &mut progress);
-        for l in &manifest.layers {
-            match fetch_blob(&client, &r, reference, l, &partial, &mut meter).await {
-                Ok(b) => blobs.push(b),
-                Err(e) => {
-                    if matches!(e, ImageError::InvalidImage { .. }) {
-                        // The registry's copy is bad: keep nothing of this image.
-                        for l in &manifest.layers {
-                            if let Ok(h) = digest_hex(reference, &l.digest) {
-                                let _ = fs::remove_file(partial.join(h));
-                            }
-                        }
-                    }
-                    let _ = fs::remove_dir(&partial); // only if nothing is kept to resume
-                    return Err(e);
-                }
-            }
-        }
-        meter.finish();
-    }
-
-    // Assemble in a temp dir in the store, check, rename into place. The
-    // verified blobs go either way (a blob that does not decompress is bad).
-    let _blobs = RemoveFiles(blobs.clone(), partial.clone());
     let tmp = store.join(format!(".pull-{build_id}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
     let mut guard = TempDir(Some(tmp.clone()));
+    let mut blob_paths = Vec::new();
+    let mut outs = Vec::new();
+    let mut jobs = Vec::new();
+    let mut marks = Vec::new();
+    for (i, l) in manifest.layers.iter().enumerate() {
+        let blob = partial.join(digest_hex(reference, &l.digest)?);
+        let size = file_size(reference, l)?;
+        let dst = tmp.join(&l.annotations.as_ref().expect("checked")[ANN_TITLE]);
+        let out = fs::File::create(&dst).map_err(io_err(format!("creating {}", dst.display())))?;
+        out.set_len(size)
+            .map_err(io_err(format!("writing {}", dst.display())))?;
+        outs.push(out);
+        jobs.extend(frame_jobs(reference, l, size)?.into_iter().map(|j| (i, j)));
+        marks.push(
+            fs::metadata(&blob)
+                .map(|m| m.len())
+                .unwrap_or(0)
+                .min(l.size as u64),
+        );
+        blob_paths.push(blob);
+    }
+    let total: u64 = manifest.layers.iter().map(|l| l.size as u64).sum();
     let raw_total: u64 = manifest
         .layers
         .iter()
         .map(|l| file_size(reference, l))
         .sum::<Result<u64, _>>()?;
+    let have: u64 = marks.iter().sum();
+    let follow = std::sync::Arc::new(Follow::new(marks));
+    let pool = ExtractPool::start(blob_paths.clone(), outs, jobs, follow.clone());
     {
-        let mut meter = Meter::new("extract", raw_total, &mut progress);
-        for (l, blob) in manifest.layers.iter().zip(&blobs) {
-            let title = &l.annotations.as_ref().expect("checked")[ANN_TITLE];
-            let size = file_size(reference, l)?;
-            let jobs = frame_jobs(reference, l, size)?;
-            tokio::task::block_in_place(|| {
-                extract(
-                    blob,
-                    &tmp.join(title),
-                    size,
-                    &jobs,
-                    &l.digest,
-                    reference,
-                    &mut meter,
-                )
-            })?;
+        let mut meter = Meter::resumed("download", total, have, &mut progress);
+        for (i, l) in manifest.layers.iter().enumerate() {
+            let fetched = fetch_blob(
+                &client,
+                &r,
+                reference,
+                l,
+                &partial,
+                &mut meter,
+                (&follow, i),
+            )
+            .await;
+            if let Err(e) = fetched {
+                drop(pool);
+                if matches!(e, ImageError::InvalidImage { .. }) {
+                    // The registry's copy is bad: keep nothing of this image.
+                    for p in &blob_paths {
+                        let _ = fs::remove_file(p);
+                    }
+                }
+                let _ = fs::remove_dir(&partial); // only if nothing is kept to resume
+                return Err(e);
+            }
         }
+        meter.finish();
+    }
+    // The verified blobs go either way (a blob that does not decompress is bad).
+    let _blobs = RemoveFiles(blob_paths, partial.clone());
+    {
+        let digests: Vec<&str> = manifest.layers.iter().map(|l| l.digest.as_str()).collect();
+        let mut meter = Meter::new("extract", raw_total, &mut progress);
+        tokio::task::block_in_place(|| pool.finish(reference, &digests, &mut meter))?;
         meter.finish();
     }
     fs::write(tmp.join("manifest.json"), &config).map_err(io_err("writing manifest.json"))?;

@@ -66,6 +66,86 @@ fn digests_are_checked_before_becoming_paths() {
     }
 }
 
+/// Decompress `src` into `dst` the way a pull does, the blob already whole.
+fn extract(
+    src: &Path,
+    dst: &Path,
+    size: u64,
+    jobs: &[(u64, u64, u64, u64)],
+    digest: &str,
+    reference: &str,
+    meter: &mut Meter,
+) -> Result<(), ImageError> {
+    let out = fs::File::create(dst).unwrap();
+    out.set_len(size).unwrap();
+    let blob_len = fs::metadata(src).unwrap().len();
+    let follow = std::sync::Arc::new(Follow::new(vec![blob_len]));
+    let jobs = jobs.iter().map(|&j| (0, j)).collect();
+    ExtractPool::start(vec![src.to_path_buf()], vec![out], jobs, follow).finish(
+        reference,
+        &[digest],
+        meter,
+    )
+}
+
+#[test]
+fn extract_follows_the_download_and_redoes_rewritten_blobs() {
+    let t = std::env::temp_dir().join(format!("gondolin-oci-f-{}", std::process::id()));
+    fs::create_dir_all(&t).unwrap();
+    // Three frames: data, zeros, data.
+    let mut raw = vec![0u8; 3 << 20];
+    raw[..1 << 20].fill(1);
+    raw[2 << 20..].fill(3);
+    fs::write(t.join("raw"), &raw).unwrap();
+    let mut f: ProgressFn = Box::new(|_| {});
+    let mut m = Meter::new("compress", 0, &mut f);
+    let (_, zsize, _, frames) =
+        compress_file(&t.join("raw"), &t.join("z"), 1 << 20, &mut m).unwrap();
+    let z = fs::read(t.join("z")).unwrap();
+    let mut jobs = Vec::new();
+    let (mut c, mut o) = (0, 0);
+    for &len in &frames {
+        jobs.push((0, (c, len, o, 1u64 << 20)));
+        c += len;
+        o += 1 << 20;
+    }
+    assert_eq!(c, zsize);
+
+    // A stale partial blob (corrupted: frame 0 fails to decompress) and a
+    // stale output (non-zero bytes where frame 1's zeros go, which a
+    // sparse write skips): the decompressors start on the stale bytes.
+    let blob = t.join("blob");
+    let out_path = t.join("out");
+    let out = fs::File::create(&out_path).unwrap();
+    out.set_len(3 << 20).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        out.write_all_at(&[9u8; 4096], (1 << 20) + 8192).unwrap();
+    }
+    let mut stale = z.clone();
+    stale[frames[0] as usize / 2] ^= 0xff;
+    fs::write(&blob, &stale[..frames[0] as usize]).unwrap();
+    let follow = std::sync::Arc::new(Follow::new(vec![frames[0]]));
+    let pool = ExtractPool::start(vec![blob.clone()], vec![out], jobs, follow.clone());
+    // The registry ignored the range: the blob is rewritten from the start,
+    // in pieces the decompressors follow.
+    follow.advance(0, 0);
+    fs::write(&blob, b"").unwrap();
+    let mut w = fs::OpenOptions::new().append(true).open(&blob).unwrap();
+    for piece in z.chunks(z.len() / 3 + 1) {
+        w.write_all(piece).unwrap();
+        let len = fs::metadata(&blob).unwrap().len();
+        follow.advance(0, len);
+    }
+    let mut m2 = Meter::new("extract", 0, &mut f);
+    pool.finish("r", &["d"], &mut m2).unwrap();
+    assert!(
+        fs::read(&out_path).unwrap() == raw,
+        "output matches after the redo"
+    );
+    fs::remove_dir_all(&t).unwrap();
+}
+
 #[test]
 fn extract_writes_sparse_and_bounds_size() {
     let t = std::env::temp_dir().join(format!("gondolin-oci-x-{}", std::process::id()));

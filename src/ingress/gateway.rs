@@ -23,7 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
@@ -38,6 +38,10 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
+use super::headers::{
+    from_pairs, has_upgrade_intent, is_upgrade_request, strip_hop_by_hop, to_pairs, tokens,
+    upstream_headers,
+};
 use super::hooks::{
     apply_header_patch, AllowInfo, HeaderPatch, HookError, HookRequest, HookResponse, IngressHooks,
     RequestPatch,
@@ -297,85 +301,6 @@ fn set_reason(r: &mut Response<Body>, reason: &str) {
         if let Ok(p) = ReasonPhrase::try_from(Bytes::copy_from_slice(reason.as_bytes())) {
             r.extensions_mut().insert(p);
         }
-    }
-}
-
-fn tokens(h: &HeaderMap, name: HeaderName) -> Vec<String> {
-    h.get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect()
-}
-
-/// `Connection: upgrade` with an `Upgrade` header: an upgrade request.
-fn is_upgrade_request(h: &HeaderMap) -> bool {
-    tokens(h, header::CONNECTION).iter().any(|t| t == "upgrade") && h.contains_key(header::UPGRADE)
-}
-
-/// Upgrade intent without a proper upgrade request (426 upstream).
-fn has_upgrade_intent(h: &HeaderMap) -> bool {
-    let nonempty = |n: &str| {
-        h.get_all(n)
-            .iter()
-            .any(|v| !v.as_bytes().trim_ascii().is_empty())
-    };
-    nonempty("upgrade")
-        || tokens(h, header::CONNECTION).iter().any(|t| t == "upgrade")
-        || nonempty("sec-websocket-key")
-}
-
-fn to_pairs(h: &HeaderMap) -> Vec<(String, String)> {
-    h.iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect()
-}
-
-fn from_pairs(pairs: &[(String, String)]) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for (k, v) in pairs {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            h.append(k, v);
-        }
-    }
-    h
-}
-
-/// Remove connection-level headers (and those `Connection` names); keep
-/// `connection`/`upgrade` for a WebSocket upgrade.
-fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
-    for n in tokens(h, header::CONNECTION) {
-        if upgrade && n == "upgrade" {
-            continue;
-        }
-        if let Ok(n) = HeaderName::from_bytes(n.as_bytes()) {
-            h.remove(n);
-        }
-    }
-    for n in [
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "transfer-encoding",
-        "te",
-        "trailer",
-    ] {
-        h.remove(n);
-    }
-    if !upgrade {
-        h.remove(header::CONNECTION);
-        h.remove(header::UPGRADE);
     }
 }
 
@@ -650,52 +575,6 @@ fn apply_request_patch(hreq: &mut HookRequest, p: RequestPatch) -> Result<(), Fa
     }
     apply_header_patch(&mut hreq.headers, &p.headers);
     Ok(())
-}
-
-/// The head sent to the guest: the (patched) client headers without
-/// hop-by-hop ones, the length re-decided, `connection: close` (or
-/// `upgrade`), and the `x-forwarded-*` set.
-fn upstream_headers(
-    pairs: &[(String, String)],
-    client: &HeaderMap,
-    route: &Route,
-    client_ip: &str,
-    upgrade: bool,
-) -> HeaderMap {
-    let mut h = from_pairs(pairs);
-    strip_hop_by_hop(&mut h, upgrade);
-    h.remove(header::CONTENT_LENGTH);
-    h.remove(header::EXPECT);
-    // A length next to Transfer-Encoding is ignored (the body is re-chunked).
-    if !client.contains_key(header::TRANSFER_ENCODING) {
-        if let Some(cl) = client.get(header::CONTENT_LENGTH) {
-            h.insert(header::CONTENT_LENGTH, cl.clone());
-        }
-    }
-    let client_host = client
-        .get(header::HOST)
-        .cloned()
-        .unwrap_or(HeaderValue::from_static("localhost"));
-    if !h.contains_key(header::HOST) {
-        h.insert(header::HOST, client_host.clone());
-    }
-    let connection = if upgrade { "upgrade" } else { "close" };
-    h.insert(header::CONNECTION, HeaderValue::from_static(connection));
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client_ip}"),
-        _ => client_ip.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
-    }
-    h.insert("x-forwarded-host", client_host);
-    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if route.strip_prefix && route.prefix != "/" {
-        if let Ok(v) = HeaderValue::from_str(&route.prefix) {
-            h.insert("x-forwarded-prefix", v);
-        }
-    }
-    h
 }
 
 /// One guest connection, the request, and the response head within the

@@ -16,6 +16,7 @@
 
 pub mod etc;
 pub mod gateway;
+mod headers;
 pub mod hooks;
 pub mod listeners;
 

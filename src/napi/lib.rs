@@ -18,6 +18,7 @@ mod ingress;
 mod js_callback;
 mod net;
 mod options;
+mod remote;
 mod session;
 mod ssh;
 mod vfs;

@@ -1,0 +1,147 @@
+// The native remote transport (src/napi/remote.rs) on 127.0.0.1, no VMs:
+// listen on port 0, connect, echo text and binary, 401 and 503, close codes
+// both ways, and the health endpoints.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { createRequire } from "node:module";
+
+const require = createRequire(import.meta.url);
+const { native } = require("../js/native.cjs");
+
+/** Listen on an ephemeral port; connections are pushed to `conns`. */
+async function listen(opts = {}) {
+  const conns = [];
+  const waiters = [];
+  const server = await native.remoteListen({ host: "127.0.0.1", port: 0, token: "t0k", ...opts }, (c) => {
+    const w = waiters.shift();
+    if (w) w(c);
+    else conns.push(c);
+  });
+  const next = () => (conns.length ? Promise.resolve(conns.shift()) : new Promise((r) => waiters.push(r)));
+  return { server, next, url: `ws://127.0.0.1:${server.port}` };
+}
+
+/** Echo until closed. */
+async function echo(conn) {
+  for (;;) {
+    const batch = await conn.recv();
+    if (batch.length === 0) return;
+    for (const m of batch) await conn.send(m);
+  }
+}
+
+/** Drain until recv() gives []; then { code, reason }. */
+async function untilClosed(conn) {
+  while ((await conn.recv()).length > 0);
+  return { code: conn.closeCode, reason: conn.closeReason };
+}
+
+test("echo text and binary, then close codes both ways", async () => {
+  const { server, next, url } = await listen();
+  assert.ok(server.port > 0);
+  const client = await native.remoteConnect(url, { token: "t0k" });
+  const peer = await next();
+  assert.match(peer.remoteAddress, /^127\.0\.0\.1:\d+$/);
+  assert.equal(client.remoteAddress, `127.0.0.1:${server.port}`);
+  const echoing = echo(peer);
+
+  await client.send("héllo");
+  await client.send(Buffer.from([0, 1, 2, 255]));
+  const got = [];
+  while (got.length < 2) got.push(...(await client.recv()));
+  assert.equal(got[0], "héllo");
+  assert.ok(Buffer.isBuffer(got[1]));
+  assert.deepEqual([...got[1]], [0, 1, 2, 255]);
+
+  assert.equal(client.closeCode, null);
+  client.close(4000, "bye");
+  assert.deepEqual(await untilClosed(client), { code: 4000, reason: "bye" });
+  await echoing;
+  assert.deepEqual({ code: peer.closeCode, reason: peer.closeReason }, { code: 4000, reason: "bye" });
+  await assert.rejects(client.send("late"), { code: "connection_closed" });
+
+  // The server closes this time.
+  const c2 = await native.remoteConnect(url, { token: "t0k" });
+  const p2 = await next();
+  p2.close(4001, "done");
+  assert.deepEqual(await untilClosed(c2), { code: 4001, reason: "done" });
+
+  // Shutdown: 1001 for the open ones.
+  const c3 = await native.remoteConnect(url, { token: "t0k" });
+  await next();
+  await server.close();
+  assert.deepEqual(await untilClosed(c3), { code: 1001, reason: "server shutting down" });
+});
+
+test("wrong or missing token: remote_unauthorized, nothing handed over", async () => {
+  let handed = 0;
+  const server = await native.remoteListen({ host: "127.0.0.1", port: 0, token: "right" }, () => handed++);
+  const url = `ws://127.0.0.1:${server.port}/`;
+  for (const opts of [{}, { token: "wrong" }]) {
+    await assert.rejects(native.remoteConnect(url, opts), (e) => {
+      assert.equal(e.code, "remote_unauthorized");
+      assert.match(e.message, /refused the token \(401\)/);
+      return true;
+    });
+  }
+  const res = await fetch(`http://127.0.0.1:${server.port}/v1`);
+  assert.equal(res.status, 401);
+  assert.equal(res.headers.get("www-authenticate"), "Bearer");
+  assert.equal(handed, 0);
+  await server.close();
+});
+
+test("health, readiness, metrics, 404, drain", async () => {
+  const { server } = await listen();
+  const base = `http://127.0.0.1:${server.port}`;
+  assert.equal(await (await fetch(`${base}/healthz`)).text(), "ok\n");
+  assert.equal((await fetch(`${base}/readyz`)).status, 200);
+  server.setReady(false);
+  assert.equal((await fetch(`${base}/readyz`)).status, 503);
+  server.setReady(true);
+  server.setMetrics("# TYPE gondolin_vms gauge\ngondolin_vms 2\n");
+  const m = await fetch(`${base}/metrics`);
+  assert.match(m.headers.get("content-type"), /^text\/plain; version=0\.0\.4/);
+  const text = await m.text();
+  assert.match(text, /^gondolin_remote_connections 0$/m);
+  assert.match(text, /gondolin_vms 2\n$/);
+  assert.equal((await fetch(`${base}/elsewhere`)).status, 404);
+  server.drain();
+  assert.equal((await fetch(`${base}/readyz`)).status, 503);
+  await assert.rejects(native.remoteConnect(`ws://127.0.0.1:${server.port}`, { token: "t0k" }), (e) => {
+    assert.equal(e.code, "remote_unavailable");
+    assert.match(e.message, /draining/);
+    return true;
+  });
+  await server.close();
+});
+
+test("bad options name the fix", async () => {
+  await assert.rejects(native.remoteListen({ host: "0.0.0.0", port: 0 }, () => {}), (e) => {
+    assert.equal(e.code, "invalid_option");
+    assert.match(e.message, /--token-file/);
+    assert.match(e.message, /--insecure-no-auth/);
+    return true;
+  });
+  await assert.rejects(native.remoteListen({ host: "localhost", port: 0, token: "x" }, () => {}), { code: "invalid_option" });
+  await assert.rejects(native.remoteConnect("http://127.0.0.1:1", {}), { code: "invalid_option" });
+  await assert.rejects(native.remoteConnect("ws://127.0.0.1:1", { timeoutMs: 2000 }), { code: "io_error" });
+});
+
+test("oversized message: 1009 for that connection, the server serves the next", async () => {
+  const { server, next, url } = await listen({ maxMessageBytes: 4096 });
+  const big = await native.remoteConnect(url, { token: "t0k", maxMessageBytes: 1 << 20 });
+  const peer = await next();
+  await big.send(Buffer.alloc(8192, 1));
+  const st = await untilClosed(big);
+  assert.equal(st.code, 1009);
+  assert.match(st.reason, /4096/);
+  assert.equal((await untilClosed(peer)).code, 1009);
+
+  const ok = await native.remoteConnect(url, { token: "t0k" });
+  echo(await next());
+  await ok.send("fine");
+  assert.deepEqual(await ok.recv(), ["fine"]);
+  ok.close();
+  await server.close();
+});

@@ -1,0 +1,251 @@
+//! The remote transport for `js/` (`gondolin::remote`): `remoteListen` →
+//! `RemoteServer`, `remoteConnect` → `RemoteConnection`. Internal API: the
+//! JS protocol is built on it; index.d.ts declares it under "Remote
+//! transport (internal)".
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use napi::bindgen_prelude::{Buffer, Either, PromiseRaw, Unknown};
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::{Env, Status};
+use napi_derive::napi;
+
+use gondolin::error::ErrorCode;
+use gondolin::remote::{self, ClientConfig, Connection, Message, ServerConfig, ServerHandle};
+
+use crate::error::{spawn_coded, JsFailure};
+
+/// Messages handed to JS per `recv()`, at most.
+const RECV_BATCH: usize = 64;
+
+#[napi(object)]
+pub struct RemoteListenOptions {
+    /// An IP address (`127.0.0.1`, `0.0.0.0`, `::`).
+    pub host: String,
+    /// 0: ephemeral (read it back from `RemoteServer.port`).
+    pub port: u32,
+    /// The bearer token; null/undefined only on a loopback host.
+    pub token: Option<String>,
+    /// PEM certificate chain; with `tlsKey`, serve `wss://`.
+    pub tls_cert: Option<String>,
+    /// PEM private key.
+    pub tls_key: Option<String>,
+    /// One message, either direction (default 16 MiB, 1 KiB..1 GiB).
+    pub max_message_bytes: Option<u32>,
+    /// Open WebSocket connections at once (default 256); more get 503.
+    pub max_connections: Option<u32>,
+}
+
+#[napi(object)]
+pub struct RemoteConnectOptions {
+    pub token: Option<String>,
+    /// An extra CA (PEM) for `wss://`, besides the system's roots.
+    pub ca: Option<String>,
+    /// Default 16 MiB.
+    pub max_message_bytes: Option<u32>,
+    /// TCP + TLS + upgrade (default 10000).
+    pub timeout_ms: Option<u32>,
+}
+
+type OnConnection =
+    ThreadsafeFunction<RemoteConnection, Unknown<'static>, RemoteConnection, Status, false>;
+
+/// A listening transport server. Keeps Node alive until `close()`.
+#[napi]
+pub struct RemoteServer {
+    handle: Arc<ServerHandle>,
+}
+
+#[napi]
+impl RemoteServer {
+    /// The bound port.
+    #[napi(getter)]
+    pub fn port(&self) -> u32 {
+        self.handle.local_addr().port() as u32
+    }
+
+    /// What `/readyz` answers while not draining (starts true).
+    #[napi]
+    pub fn set_ready(&self, ready: bool) {
+        self.handle.set_ready(ready);
+    }
+
+    /// Prometheus text appended to `/metrics` (replaces the previous text).
+    #[napi]
+    pub fn set_metrics(&self, text: String) {
+        self.handle.set_metrics(&text);
+    }
+
+    /// `/readyz` and new upgrades answer 503; open connections stay.
+    #[napi]
+    pub fn drain(&self) {
+        self.handle.drain();
+    }
+
+    /// Stop listening and close every connection (1001 "server shutting
+    /// down"); resolves once they finished (a few seconds at most).
+    #[napi]
+    pub async fn close(&self) {
+        self.handle.close().await;
+    }
+}
+
+/// One WebSocket connection (server side or client side).
+#[napi]
+pub struct RemoteConnection {
+    conn: Arc<Connection>,
+}
+
+#[napi]
+impl RemoteConnection {
+    #[napi(getter)]
+    pub fn remote_address(&self) -> String {
+        self.conn.remote_addr().to_string()
+    }
+
+    /// The next 1..=64 messages in order (string: text frame, Buffer:
+    /// binary frame); `[]` once closed.
+    #[napi(ts_return_type = "Promise<Array<string | Buffer>>")]
+    pub async fn recv(&self) -> Vec<Either<String, Buffer>> {
+        self.conn
+            .recv_many(RECV_BATCH)
+            .await
+            .into_iter()
+            .map(|m| match m {
+                Message::Text(s) => Either::A(s),
+                Message::Binary(b) => Either::B(Buffer::from(Vec::from(b))),
+            })
+            .collect()
+    }
+
+    /// Queue one message; resolves once it is in the bounded send queue.
+    /// Rejects with `connection_closed` once closing, `invalid_option` over
+    /// maxMessageBytes.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn send<'e>(
+        &self,
+        env: &'e Env,
+        data: Either<String, Buffer>,
+    ) -> napi::Result<PromiseRaw<'e, ()>> {
+        let msg = match data {
+            Either::A(s) => Message::Text(s),
+            Either::B(b) => Message::Binary(Bytes::from(b.to_vec())),
+        };
+        let conn = self.conn.clone();
+        spawn_coded(env, async move {
+            conn.send(msg).await.map_err(|e| JsFailure::from_core(&e))
+        })
+    }
+
+    /// Close with `code` (default 1000; 1000 or 3000–4999) and `reason`
+    /// (at most 123 bytes). No-op once closing.
+    #[napi]
+    pub fn close(&self, code: Option<u32>, reason: Option<String>) {
+        let code = code.and_then(|c| u16::try_from(c).ok()).unwrap_or(1000);
+        self.conn.close(code, reason.as_deref().unwrap_or(""));
+    }
+
+    /// Once closing: the close code (ours or the peer's; 1006 when the
+    /// socket ended without a close frame).
+    #[napi(getter)]
+    pub fn close_code(&self) -> Option<u32> {
+        self.conn.close_status().map(|s| s.code as u32)
+    }
+
+    #[napi(getter)]
+    pub fn close_reason(&self) -> Option<String> {
+        self.conn.close_status().map(|s| s.reason)
+    }
+}
+
+fn bytes_opt(v: Option<u32>, default: usize) -> usize {
+    v.map_or(default, |n| n as usize)
+}
+
+/// Listen; each authenticated WebSocket is handed to `onConnection`.
+/// Rejects with `invalid_option` (host not an IP, a missing token off
+/// loopback, half of the TLS pair, bad PEM, limits out of range) or
+/// `io_error` (the address is taken).
+#[napi(ts_return_type = "Promise<RemoteServer>")]
+pub fn remote_listen<'e>(
+    env: &'e Env,
+    opts: RemoteListenOptions,
+    #[napi(ts_arg_type = "(conn: RemoteConnection) => void")] on_connection: OnConnection,
+) -> napi::Result<PromiseRaw<'e, RemoteServer>> {
+    let invalid = |m: String| Err(JsFailure::new(ErrorCode::InvalidOption, m));
+    let checked = (|| {
+        let Ok(ip) = opts.host.parse::<IpAddr>() else {
+            return invalid(format!(
+                "listen host must be an IP address (got {:?})",
+                opts.host
+            ));
+        };
+        let Ok(port) = u16::try_from(opts.port) else {
+            return invalid(format!("invalid port: {}", opts.port));
+        };
+        let mut cfg = ServerConfig::new(SocketAddr::new(ip, port), opts.token.clone());
+        cfg.tls = match (&opts.tls_cert, &opts.tls_key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            _ => return invalid("tlsCert and tlsKey go together (--tls-cert/--tls-key)".into()),
+        };
+        cfg.max_message_bytes = bytes_opt(opts.max_message_bytes, cfg.max_message_bytes);
+        cfg.max_connections = bytes_opt(opts.max_connections, cfg.max_connections);
+        Ok(cfg)
+    })();
+    spawn_coded(env, async move {
+        // Bad options reject too (never a synchronous throw).
+        let cfg = checked?;
+        let (handle, mut rx) = remote::bind(cfg)
+            .await
+            .map_err(|e| JsFailure::from_core(&e))?;
+        tokio::spawn(async move {
+            // Ends when the server closes; dropping the function lets Node exit.
+            while let Some(conn) = rx.recv().await {
+                let conn = RemoteConnection {
+                    conn: Arc::new(conn),
+                };
+                on_connection.call(conn, ThreadsafeFunctionCallMode::NonBlocking);
+            }
+        });
+        Ok(RemoteServer {
+            handle: Arc::new(handle),
+        })
+    })
+}
+
+/// Connect to a `ws://`/`wss://` server (path `/v1` when the URL has none).
+/// Rejects with `remote_unauthorized` (401), `remote_unavailable` (503,
+/// the server's reason in the message), `invalid_option` (URL, ca) or
+/// `io_error` (network, TLS, timeout).
+#[napi(ts_return_type = "Promise<RemoteConnection>")]
+pub fn remote_connect<'e>(
+    env: &'e Env,
+    url: String,
+    opts: Option<RemoteConnectOptions>,
+) -> napi::Result<PromiseRaw<'e, RemoteConnection>> {
+    let defaults = ClientConfig::default();
+    let cfg = match opts {
+        None => defaults,
+        Some(o) => ClientConfig {
+            token: o.token,
+            ca_pem: o.ca,
+            max_message_bytes: bytes_opt(o.max_message_bytes, defaults.max_message_bytes),
+            connect_timeout: o.timeout_ms.map_or(defaults.connect_timeout, |ms| {
+                Duration::from_millis(ms.into())
+            }),
+            ..defaults
+        },
+    };
+    spawn_coded(env, async move {
+        let conn = remote::connect(&url, cfg)
+            .await
+            .map_err(|e| JsFailure::from_core(&e))?;
+        Ok(RemoteConnection {
+            conn: Arc::new(conn),
+        })
+    })
+}

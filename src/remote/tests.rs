@@ -1,0 +1,447 @@
+//! Server and client on 127.0.0.1 ephemeral ports; raw TCP where the test
+//! needs to speak HTTP (or broken WebSocket) itself.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::*;
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+async fn server(
+    token: Option<&str>,
+    tweak: impl FnOnce(&mut ServerConfig),
+) -> (ServerHandle, mpsc::Receiver<Connection>) {
+    let mut cfg = ServerConfig::new(loopback(), token.map(str::to_string));
+    tweak(&mut cfg);
+    bind(cfg).await.expect("bind")
+}
+
+/// Echo every message of every accepted connection.
+fn echo(mut rx: mpsc::Receiver<Connection>) {
+    tokio::spawn(async move {
+        while let Some(c) = rx.recv().await {
+            tokio::spawn(async move {
+                loop {
+                    let got = c.recv_many(64).await;
+                    if got.is_empty() {
+                        break;
+                    }
+                    for m in got {
+                        if c.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn url(h: &ServerHandle) -> String {
+    format!("ws://127.0.0.1:{}", h.local_addr().port())
+}
+
+fn with_token(t: &str) -> ClientConfig {
+    ClientConfig {
+        token: Some(t.to_string()),
+        ..ClientConfig::default()
+    }
+}
+
+/// One raw HTTP/1.1 request; the whole response as text.
+async fn http(h: &ServerHandle, method: &str, path: &str, extra: &str) -> String {
+    let mut s = TcpStream::connect(h.local_addr()).await.unwrap();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("response in time")
+        .unwrap();
+    out
+}
+
+async fn recv_one(c: &Connection) -> Message {
+    let mut got = tokio::time::timeout(Duration::from_secs(5), c.recv_many(1))
+        .await
+        .expect("a message in time");
+    assert_eq!(got.len(), 1, "connection closed: {:?}", c.close_status());
+    got.remove(0)
+}
+
+/// Waits until `recv_many` reports the end; the close status then.
+async fn closed(c: &Connection) -> CloseStatus {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !c.recv_many(64).await.is_empty() {}
+    })
+    .await
+    .expect("closed in time");
+    c.close_status().expect("a status once closed")
+}
+
+#[tokio::test]
+async fn health_ready_metrics_and_404() {
+    let (h, _rx) = server(Some("t"), |_| {}).await;
+    let r = http(&h, "GET", "/healthz", "").await;
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.ends_with("\r\n\r\nok\n"),
+        "{r}"
+    );
+    let r = http(&h, "GET", "/readyz", "").await;
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.ends_with("ready\n"),
+        "{r}"
+    );
+    h.set_ready(false);
+    assert!(http(&h, "GET", "/readyz", "")
+        .await
+        .starts_with("HTTP/1.1 503"));
+    h.set_ready(true);
+
+    h.set_metrics("# TYPE gondolin_vms gauge\ngondolin_vms 3\n");
+    let r = http(&h, "GET", "/metrics", "").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.contains("text/plain; version=0.0.4"), "{r}");
+    for name in [
+        "gondolin_remote_connections 0",
+        "gondolin_remote_connections_total 0",
+        "gondolin_remote_auth_failures_total 0",
+        "gondolin_remote_bytes_received_total 0",
+        "gondolin_remote_bytes_sent_total 0",
+    ] {
+        assert!(r.contains(&format!("\n{name}\n")), "{name} in {r}");
+    }
+    assert!(r.ends_with("gondolin_vms 3\n"), "{r}");
+
+    for path in ["/", "/v2", "/healthz/x", "/v1/"] {
+        let r = http(&h, "GET", path, "Authorization: Bearer t\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 404"), "{path}: {r}");
+    }
+    h.close().await;
+}
+
+#[tokio::test]
+async fn wrong_or_missing_token_is_401_and_nothing_is_accepted() {
+    let (h, mut rx) = server(Some("s3cret"), |_| {}).await;
+    for cfg in [
+        ClientConfig::default(),
+        with_token("s3cre"),
+        with_token("s3cretx"),
+    ] {
+        let e = connect(&url(&h), cfg).await.unwrap_err();
+        assert!(matches!(e, RemoteError::Unauthorized), "{e}");
+        assert!(e.to_string().contains("401"), "{e}");
+    }
+    let r = http(&h, "GET", "/v1", "Authorization: Basic czNjcmV0\r\n").await;
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    assert!(
+        r.to_ascii_lowercase().contains("www-authenticate: bearer"),
+        "{r}"
+    );
+    assert!(rx.try_recv().is_err(), "nothing handed over");
+    let m = http(&h, "GET", "/metrics", "").await;
+    assert!(
+        m.contains("\ngondolin_remote_auth_failures_total 4\n"),
+        "{m}"
+    );
+
+    let c = connect(&url(&h), with_token("s3cret"))
+        .await
+        .expect("right token");
+    let s = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        s.remote_addr().starts_with("127.0.0.1:"),
+        "{}",
+        s.remote_addr()
+    );
+    assert_eq!(c.remote_addr(), h.local_addr().to_string());
+    h.close().await;
+}
+
+#[tokio::test]
+async fn echo_text_and_binary_then_close_codes_both_ways() {
+    let (h, rx) = server(Some("t"), |_| {}).await;
+    echo(rx);
+    let c = connect(&url(&h), with_token("t")).await.unwrap();
+    assert!(c.remote_addr().starts_with("127.0.0.1:"));
+    c.send(Message::Text("héllo".into())).await.unwrap();
+    c.send(Message::Binary(Bytes::from_static(&[0, 1, 2, 255])))
+        .await
+        .unwrap();
+    assert_eq!(recv_one(&c).await, Message::Text("héllo".into()));
+    assert_eq!(
+        recv_one(&c).await,
+        Message::Binary(Bytes::from_static(&[0, 1, 2, 255]))
+    );
+    c.close(4000, "bye");
+    let st = closed(&c).await;
+    assert_eq!((st.code, st.reason.as_str()), (4000, "bye"));
+    assert!(matches!(
+        c.send(Message::Text("late".into())).await,
+        Err(RemoteError::Closed)
+    ));
+
+    // The server closes: the client sees its code and reason.
+    let (h2, mut rx2) = server(Some("t"), |_| {}).await;
+    let c = connect(&url(&h2), with_token("t")).await.unwrap();
+    let s = rx2.recv().await.unwrap();
+    s.close(4001, "done here");
+    let st = closed(&c).await;
+    assert_eq!((st.code, st.reason.as_str()), (4001, "done here"));
+    assert_eq!(closed(&s).await.code, 4001);
+
+    // Server shutdown: 1001 "server shutting down".
+    let c = connect(&url(&h2), with_token("t")).await.unwrap();
+    let _s = rx2.recv().await.unwrap();
+    h2.close().await;
+    let st = closed(&c).await;
+    assert_eq!(
+        (st.code, st.reason.as_str()),
+        (1001, "server shutting down")
+    );
+    assert!(
+        TcpStream::connect(h2.local_addr()).await.is_err(),
+        "still listening"
+    );
+    h.close().await;
+}
+
+#[tokio::test]
+async fn oversized_message_closes_1009_and_the_server_serves_others() {
+    let (h, rx) = server(None, |c| c.max_message_bytes = 4096).await;
+    let (side_tx, mut side_rx) = mpsc::channel(4);
+    let mut rx = rx;
+    tokio::spawn(async move {
+        // The first connection goes to the test, the rest echo.
+        let first = rx.recv().await.unwrap();
+        side_tx.send(first).await.unwrap();
+        echo(rx);
+    });
+    let big = ClientConfig {
+        max_message_bytes: 1 << 20,
+        ..ClientConfig::default()
+    };
+    let c = connect(&url(&h), big.clone()).await.unwrap();
+    let s = side_rx.recv().await.unwrap();
+    c.send(Message::Binary(Bytes::from(vec![7u8; 8192])))
+        .await
+        .unwrap();
+    let st = closed(&c).await;
+    assert_eq!(st.code, 1009, "{st:?}");
+    assert!(st.reason.contains("4096"), "{st:?}");
+    assert_eq!(closed(&s).await.code, 1009);
+
+    // Sending over our own limit fails before the wire.
+    let c2 = connect(&url(&h), ClientConfig::default()).await.unwrap();
+    let e = c2
+        .send(Message::Binary(Bytes::from(vec![0u8; (16 << 20) + 1])))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RemoteError::TooLarge { .. }), "{e}");
+    c2.send(Message::Text("still here".into())).await.unwrap();
+    assert_eq!(recv_one(&c2).await, Message::Text("still here".into()));
+    h.close().await;
+}
+
+/// A raw upgrade; returns the socket after the 101 head.
+async fn raw_upgrade(h: &ServerHandle) -> TcpStream {
+    let mut s = TcpStream::connect(h.local_addr()).await.unwrap();
+    s.write_all(
+        b"GET /v1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    s
+}
+
+/// Reads frames until the server's close frame; its code.
+async fn close_code(s: &mut TcpStream) -> u16 {
+    let mut buf = Vec::new();
+    loop {
+        let mut i = 0;
+        while i + 2 <= buf.len() {
+            let (op, len) = (buf[i] & 0x0f, (buf[i + 1] & 0x7f) as usize);
+            assert!(len < 126, "short frames only");
+            if op == 8 && i + 4 <= buf.len() {
+                return u16::from_be_bytes([buf[i + 2], buf[i + 3]]);
+            }
+            i += 2 + len;
+        }
+        let mut chunk = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("a close frame in time")
+            .unwrap();
+        assert!(n > 0, "EOF without a close frame: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn malformed_frame_closes_1002_and_idle_peer_is_closed() {
+    let (h, rx) = server(None, |c| {
+        c.ping_interval = Duration::from_millis(100);
+        c.idle_timeout = Duration::from_millis(400);
+    })
+    .await;
+    echo(rx);
+    // An unmasked client frame is a protocol error.
+    let mut s = raw_upgrade(&h).await;
+    s.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+    assert_eq!(close_code(&mut s).await, 1002);
+    drop(s);
+
+    // A peer that never answers pings: closed (1001) after the idle timeout.
+    let mut s = raw_upgrade(&h).await;
+    assert_eq!(close_code(&mut s).await, 1001);
+    drop(s);
+
+    // A live client answers pings and stays past several idle timeouts.
+    let c = connect(&url(&h), ClientConfig::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    c.send(Message::Text("alive".into())).await.unwrap();
+    assert_eq!(recv_one(&c).await, Message::Text("alive".into()));
+    h.close().await;
+}
+
+#[tokio::test]
+async fn drain_and_connection_limit_are_503() {
+    let (h, _rx) = server(None, |c| c.max_connections = 1).await;
+    let _first = connect(&url(&h), ClientConfig::default()).await.unwrap();
+    let e = connect(&url(&h), ClientConfig::default())
+        .await
+        .unwrap_err();
+    match &e {
+        RemoteError::Unavailable { reason } => assert!(reason.contains("maxConnections"), "{e}"),
+        _ => panic!("{e}"),
+    }
+    h.drain();
+    let r = http(&h, "GET", "/readyz", "").await;
+    assert!(
+        r.starts_with("HTTP/1.1 503") && r.ends_with("draining\n"),
+        "{r}"
+    );
+    let e = connect(&url(&h), ClientConfig::default())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("draining"), "{e}");
+    assert!(http(&h, "GET", "/healthz", "")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    h.close().await;
+}
+
+#[tokio::test]
+async fn tls_round_trip_with_an_extra_ca() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (ck.cert.pem(), ck.key_pair.serialize_pem());
+    let (h, rx) = server(Some("t"), |c| c.tls = Some((cert.clone(), key))).await;
+    echo(rx);
+    let wss = format!("wss://localhost:{}/", h.local_addr().port());
+    let e = connect(&wss, with_token("t")).await.unwrap_err();
+    assert!(matches!(e, RemoteError::Connect { .. }), "untrusted: {e}");
+    let cfg = ClientConfig {
+        ca_pem: Some(cert),
+        ..with_token("t")
+    };
+    let c = connect(&wss, cfg).await.unwrap();
+    c.send(Message::Binary(Bytes::from(vec![9u8; 100_000])))
+        .await
+        .unwrap();
+    assert_eq!(
+        recv_one(&c).await,
+        Message::Binary(Bytes::from(vec![9u8; 100_000]))
+    );
+    h.close().await;
+}
+
+/// Sends 64 KiB messages until one does not complete within 500 ms; how
+/// many did.
+async fn send_until_stalled(c: &Connection) -> usize {
+    let chunk = Bytes::from(vec![1u8; 64 * 1024]);
+    let mut sent = 0usize;
+    while tokio::time::timeout(
+        Duration::from_millis(500),
+        c.send(Message::Binary(chunk.clone())),
+    )
+    .await
+    .is_ok()
+    {
+        sent += 1;
+        assert!(sent < 1024, "64 MiB accepted without the peer reading");
+    }
+    sent
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_stops_send() {
+    let (h, mut rx) = server(None, |_| {}).await;
+    // Client → a server connection that never reads.
+    let c = connect(&url(&h), ClientConfig::default()).await.unwrap();
+    let s = rx.recv().await.unwrap();
+    let sent = send_until_stalled(&c).await;
+    // Queues (2 × 8 MiB) plus socket buffers, and no more.
+    assert!(sent >= 8, "stalled early: {sent}");
+    // Server → a client that never reads: the same.
+    let sent = send_until_stalled(&s).await;
+    assert!(sent >= 8, "stalled early: {sent}");
+    // Reading resumes the flow.
+    let got = c.recv_many(64).await;
+    assert!(!got.is_empty());
+    h.close().await;
+}
+
+#[tokio::test]
+async fn bad_options_name_the_fix() {
+    let e = bind(ServerConfig::new("0.0.0.0:0".parse().unwrap(), None))
+        .await
+        .unwrap_err();
+    let m = e.to_string();
+    assert!(
+        m.contains("--token-file") && m.contains("--insecure-no-auth"),
+        "{m}"
+    );
+    let mut cfg = ServerConfig::new(loopback(), Some("t".into()));
+    cfg.tls = Some(("not pem".into(), "nope".into()));
+    assert!(matches!(bind(cfg).await.unwrap_err(), RemoteError::Tls(_)));
+    for u in ["http://127.0.0.1:1", "ws://", "nonsense"] {
+        let e = connect(u, ClientConfig::default()).await.unwrap_err();
+        assert!(matches!(e, RemoteError::Url { .. }), "{u}: {e}");
+    }
+    let e = connect("ws://127.0.0.1:1", ClientConfig::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RemoteError::Connect { .. }), "{e}");
+}
+
+fn ep(u: &str) -> Result<String, RemoteError> {
+    client::endpoint(u).map(String::from)
+}
+
+#[test]
+fn endpoint_gets_the_protocol_path() {
+    assert_eq!(ep("ws://h:1").unwrap(), "ws://h:1/v1");
+    assert_eq!(ep("wss://h/").unwrap(), "wss://h/v1");
+    assert_eq!(ep("ws://h/custom/v1").unwrap(), "ws://h/custom/v1");
+}

@@ -307,9 +307,22 @@ test("SIGTERM drains: no new VMs, a running exec finishes, then exit 0", { skip 
   const v = await VM.create({ remote: { url: s.url } });
   await v.start();
   const proc = v.exec("sleep 2; echo finished");
+  const web = s.url.replace(/^ws/, "http");
+  const native = require("../js/remote-transport.cjs").hasNative();
+  if (native) {
+    // The WebSocket transport's endpoints: ready, and our metrics after its own.
+    assert.equal((await fetch(`${web}/readyz`)).status, 200);
+    await sleep(400); // metrics publish at most every 250 ms
+    const metrics = await (await fetch(`${web}/metrics`)).text();
+    assert.match(metrics, /^gondolin_remote_vms 1$/m);
+    assert.match(metrics, /^gondolin_remote_boots_total 1$/m);
+    assert.match(metrics, /^gondolin_remote_execs_total \d+$/m);
+    assert.match(metrics, /^gondolin_remote_exec_seconds_bucket\{le="\+Inf"\} \d+$/m);
+  }
   await sleep(300);
   s.child.kill("SIGTERM");
   await sleep(300);
+  if (native) assert.equal((await fetch(`${web}/readyz`)).status, 503);
   await assert.rejects(VM.create({ remote: { url: s.url } }), /draining|503/);
   assert.equal((await proc).stdout, "finished\n");
   await v.close();

@@ -114,7 +114,7 @@ async function cmdWsServer(args, UsageError) {
   const server = await core.listen({
     host: o.host,
     port: o.port,
-    token: o.tokenFile ? readToken(o.tokenFile) : null,
+    token: o.tokenFile ? readToken(o.tokenFile) : undefined,
     tlsCert: o.tlsCert ? fs.readFileSync(o.tlsCert, "utf8") : undefined,
     tlsKey: o.tlsKey ? fs.readFileSync(o.tlsKey, "utf8") : undefined,
   });

@@ -240,6 +240,7 @@ test("malformed frames close that connection with a reason; the server keeps ser
     do batch = await conn.recv();
     while (batch.length > 0);
     assert.ok(conn.closeReason, `closed with a reason after ${bad}`);
+    assert.equal(conn.closeCode, 4002, `protocol-error close code after ${bad}: ${conn.closeReason}`);
   }
   assert.ok(Array.isArray(await listRemoteVms({ url: server.url, token: TOKEN })));
 });

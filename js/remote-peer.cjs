@@ -6,9 +6,13 @@
 
 const wire = require("./remote-wire.cjs");
 
-/** Close codes (WebSocket's): protocol error, policy violation, too big. */
-const CLOSE_PROTOCOL = 1002;
-const CLOSE_POLICY = 1008;
+/**
+ * Close codes in the application range (the transport sends only 1000 and
+ * 3000–4999 itself), mirroring RFC 6455's 1002 and 1008: a malformed
+ * message, and a policy violation (flow control, a message out of place).
+ */
+const CLOSE_PROTOCOL = 4002;
+const CLOSE_POLICY = 4008;
 
 class Peer {
   /**

@@ -12,7 +12,7 @@ const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 /** Largest payload of one binary data frame. */
 const MAX_DATA_BYTES = 1024 * 1024;
 /** Stdin credit the server grants each exec at its start. */
-const STDIN_WINDOW_BYTES = 1024 * 1024;
+const STDIN_WINDOW_BYTES = 4 * 1024 * 1024;
 /** Most credit a receiver may have outstanding on one stream. */
 const MAX_WINDOW_BYTES = 16 * 1024 * 1024;
 /** Requests one peer may have unanswered at the other. */

@@ -7,7 +7,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { spawn } from "node:child_process";
+import { spawn, execFileSync } from "node:child_process";
 import { createRequire } from "node:module";
 import http from "node:http";
 import { VM, MemoryProvider, RealFSProvider, createHttpHooks } from "@gondolin/native";
@@ -300,6 +300,29 @@ test("two servers, one client: 10 VMs spread round robin; --max-vms is a clear e
     await Promise.all(vms.map((v) => v.close()));
     other.child.kill("SIGTERM");
     assert.equal((await other.exited).code, 0);
+  }
+});
+
+test("wss:// with the server's certificate checked against a given CA", { skip: skip || (!require("../js/remote-transport.cjs").hasNative() && "needs the WebSocket transport") }, async () => {
+  const run = (...a) => execFileSync("openssl", a, { cwd: tmp, stdio: "pipe" });
+  run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=remote-test-ca", "-keyout", "ca.key", "-out", "ca.pem");
+  run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "srv.key", "-out", "srv.csr");
+  fs.writeFileSync(path.join(tmp, "ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n");
+  run("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "srv.pem");
+  const s = await startServer("--token-file", tokenFile, "--tls-cert", path.join(tmp, "srv.pem"), "--tls-key", path.join(tmp, "srv.key"));
+  try {
+    assert.match(s.url, /^wss:\/\//);
+    const ca = fs.readFileSync(path.join(tmp, "ca.pem"), "utf8");
+    await assert.rejects(listRemoteVms({ url: s.url, token: TOKEN }), /UnknownIssuer|certificate/);
+    const v = await VM.create({ remote: { url: s.url, token: TOKEN, ca } });
+    try {
+      assert.equal((await v.exec("echo over wss")).stdout, "over wss\n");
+    } finally {
+      await v.close();
+    }
+  } finally {
+    s.child.kill("SIGTERM");
+    await s.exited;
   }
 });
 

@@ -177,6 +177,9 @@ test("server: option refusals, --max-memory, --max-vms and draining are clear er
   await assert.rejects(create({ sandbox: { imagePath: "/srv/img" } }), /path on the server's disk/);
   await assert.rejects(create({ remote: { url: "ws://x" } }), /option remote cannot be sent/);
   await assert.rejects(client.request({ t: "hello", v: 2 }), (e) => e.code === "protocol_mismatch");
+  for (const net of [{ blockInternalRanges: false }, { allowedInternalHosts: ["10.0.0.1"] }, { tcpHosts: [["db", "127.0.0.1:5432"]] }]) {
+    await assert.rejects(client.request({ t: "vm.create", options: {}, net }), /server's own network.*--allow-internal-egress/);
+  }
   const a = await create();
   const b = await create();
   assert.equal(a.memory, 256 * 1024 * 1024);

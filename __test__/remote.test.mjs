@@ -61,7 +61,7 @@ let vm;
 
 before(async () => {
   if (skip) return;
-  server = await startServer("--token-file", tokenFile);
+  server = await startServer("--token-file", tokenFile, "--allow-internal-egress");
   vm = await VM.create({ remote: { url: server.url, token: TOKEN }, env: { VM_LEVEL: "vm" } });
   await vm.start();
 });

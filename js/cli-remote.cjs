@@ -27,6 +27,10 @@ Options:
   --cpus N               default virtual CPUs per VM (default 2)
   --max-vms N            most VMs at once; further creates get a clear error
   --max-memory SIZE      most guest memory summed over VMs (e.g. 16G)
+  --allow-internal-egress
+                         let clients' VMs reach this machine's internal network
+                         (allowedInternalHosts, blockInternalRanges: false,
+                         mapped TCP); refused by default
   --detach-ttl-ms MS     how long a detached VM waits for a reattach (default 600000)
   --drain-grace-ms MS    on SIGTERM: how long running VMs may finish before
                          they are closed (default 30000); then exit 0
@@ -70,6 +74,7 @@ function parseWsServerArgs(args, UsageError) {
     const a = args[i];
     if (a === "-h" || a === "--help") return null;
     if (a === "--insecure-no-auth") o.insecure = true;
+    else if (a === "--allow-internal-egress") o.allowInternalEgress = true;
     else if (keys[a]) o[keys[a]] = need(i++, a);
     else if (ints[a]) o[ints[a][0]] = int(need(i++, a), a, ints[a][1]);
     else throw new UsageError(`Unknown argument: ${a}`, WS_SERVER_USAGE);
@@ -109,6 +114,7 @@ async function cmdWsServer(args, UsageError) {
     maxVms: o.maxVms,
     maxMemory: o.maxMemory,
     detachTtlMs: o.detachTtlMs,
+    allowInternalEgress: Boolean(o.allowInternalEgress),
     log: (line) => process.stderr.write(`[ws-server] ${line}\n`),
   });
   const server = await core.listen({

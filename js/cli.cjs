@@ -451,8 +451,9 @@ function vmOptions(o) {
   const { createHttpHooks } = require("./net.cjs");
   const hooks = createHttpHooks({
     allowedHosts: o.denyAll ? o.allowHosts || [] : o.allowHosts,
-    // A host named exactly (no wildcard) may be an internal address.
-    allowedInternalHosts: (o.allowHosts || []).filter((h) => !h.includes("*")),
+    // A host named exactly (no wildcard) may be an internal address
+    // (not through a ws-server: its internal network is the server's).
+    allowedInternalHosts: options.remote ? undefined : (o.allowHosts || []).filter((h) => !h.includes("*")),
     secrets: o.secrets,
   });
   options.httpHooks = hooks.httpHooks;

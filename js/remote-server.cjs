@@ -209,6 +209,25 @@ class RemoteServerCore {
     if (o.vfs && o.vfs.hooks !== undefined) throw refuse("vfs.hooks must come as protocol vfsHooks (the client library sends them)");
   }
 
+  /**
+   * The client's egress policy runs from the server's network: reaching
+   * the server's internal addresses (allowedInternalHosts, internal ranges
+   * unblocked, mapped TCP) needs the operator's --allow-internal-egress.
+   */
+  checkNet(net) {
+    if (this.cfg.allowInternalEgress) return;
+    const why = [];
+    if (net.blockInternalRanges === false) why.push("blockInternalRanges: false");
+    if (Array.isArray(net.allowedInternalHosts) && net.allowedInternalHosts.length) why.push("allowedInternalHosts");
+    if (Array.isArray(net.tcpHosts) && net.tcpHosts.length) why.push("tcp.hosts (mapped TCP)");
+    if (why.length) {
+      throw refuse(
+        `${why.join(", ")} would reach the server's own network from a remote VM; this server refuses that ` +
+          "(its operator can allow it with --allow-internal-egress)",
+      );
+    }
+  }
+
   async create(peer, state, msg) {
     if (this.draining) throw refuse("server is draining: it takes no new VMs; connect to another server", "invalid_state");
     const o = msg.options;
@@ -226,6 +245,7 @@ class RemoteServerCore {
       if (vfsHooks.length) options.vfs.hooks = this.proxyVfsHooks(entry, vfsHooks);
     }
     if (msg.egress) options.onEgress = (ev) => entry.peer && entry.peer.send({ t: "egress", vm: entry.id, event: ev }).catch(() => {});
+    if (msg.net) this.checkNet(msg.net);
     const vm = new VM(options);
     const hooks = msg.hooks || [];
     if (msg.net !== undefined && vm._net.net) {

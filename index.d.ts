@@ -520,7 +520,10 @@ export interface VMOptions {
    * Refused on a remote VM, each with a message naming it: a RealFSProvider
    * mount (its path would be the server's disk), createHttpHooks secrets,
    * ssh, and any non-JSON option other than httpHooks, fetch, onEgress,
-   * vfs.hooks and VFS providers (those run in this process). The server's `--max-vms` / `--max-memory`
+   * vfs.hooks and VFS providers (those run in this process). Egress rules
+   * that reach internal addresses (allowedInternalHosts,
+   * blockInternalRanges: false, tcp.hosts) are refused unless the server
+   * runs with --allow-internal-egress. The server's `--max-vms` / `--max-memory`
    * refusal has code "queue_full"; connection failures (401 included)
    * have code "connection_closed".
    */

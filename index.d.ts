@@ -524,8 +524,10 @@ export interface VMOptions {
    * that reach internal addresses (allowedInternalHosts,
    * blockInternalRanges: false, tcp.hosts) are refused unless the server
    * runs with --allow-internal-egress. The server's `--max-vms` / `--max-memory`
-   * refusal has code "queue_full"; connection failures (401 included)
-   * have code "connection_closed".
+   * refusal has code "queue_full"; a refused token "remote_unauthorized",
+   * a draining or full server at connect "remote_unavailable", an
+   * unreachable one "io_error"; a connection lost later fails calls with
+   * "connection_closed" / "vm_closed".
    */
   remote?: RemoteOptions | false;
   sandbox?: SandboxOptions;

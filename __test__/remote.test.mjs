@@ -225,7 +225,8 @@ test("refusals: RealFSProvider, wrong token (401), bad option", { skip }, async 
     /RealFSProvider .*server's disk/,
   );
   const before = (await listRemoteVms({ url: server.url, token: TOKEN })).length;
-  await assert.rejects(VM.create({ remote: { url: server.url, token: "wrong-token" } }), /401/);
+  const unauthorized = require("../js/remote-transport.cjs").hasNative() ? "remote_unauthorized" : "connection_closed";
+  await assert.rejects(VM.create({ remote: { url: server.url, token: "wrong-token" } }), (e) => /401/.test(e.message) && e.code === unauthorized);
   await assert.rejects(VM.create({ remote: { url: server.url } }), /401/);
   assert.equal((await listRemoteVms({ url: server.url, token: TOKEN })).length, before);
   await assert.rejects(VM.create({ remote: { url: server.url, token: TOKEN }, memory: () => 1 }), /not plain JSON/);

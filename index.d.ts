@@ -508,8 +508,10 @@ export interface RemoteOptions {
   tokenFile?: string;
   /** A token from `vm.detach()`: reattach to that VM instead of creating one. */
   attach?: string;
-  /** Extra PEM CA certificate(s) trusted for `wss://`. */
+  /** Extra PEM CA certificate(s) trusted for `wss://` (besides the system's roots). */
   ca?: string;
+  /** A file holding `ca` (default: `$GONDOLIN_REMOTE_CA`, a path). */
+  caFile?: string;
 }
 
 export interface VMOptions {

@@ -79,7 +79,9 @@ Remote (ours; see 'gondolin ws-server --help'):
                              wss://; default $GONDOLIN_REMOTE); --mount-hostfs
                              is refused there (it would mean the server's disk)
   --token-file PATH          the server's bearer token (default
-                             $GONDOLIN_REMOTE_TOKEN)`;
+                             $GONDOLIN_REMOTE_TOKEN)
+  --ca-file PATH             extra CA (PEM) for a wss:// server's certificate
+                             (default $GONDOLIN_REMOTE_CA)`;
 
 const EXEC_USAGE = `Usage: gondolin exec [options] -- CMD [ARGS...]
 
@@ -421,6 +423,9 @@ function parseVmFlag(args, i, o, usage) {
     case "--token-file": // remote
       o.tokenFile = takeValue(args, i, flag, usage);
       return 1;
+    case "--ca-file": // remote
+      o.caFile = takeValue(args, i, flag, usage);
+      return 1;
     default:
       return -1;
   }
@@ -429,7 +434,9 @@ function parseVmFlag(args, i, o, usage) {
 function vmOptions(o) {
   const options = { sandbox: {} };
   // remote: a ws-server runs the VM (the token from --token-file, else $GONDOLIN_REMOTE_TOKEN)
-  if (o.remote || o.tokenFile) options.remote = { url: o.remote ?? process.env.GONDOLIN_REMOTE, tokenFile: o.tokenFile };
+  if (o.remote || o.tokenFile || o.caFile) {
+    options.remote = { url: o.remote ?? process.env.GONDOLIN_REMOTE, tokenFile: o.tokenFile, caFile: o.caFile };
+  }
   if (o.memory) options.memory = o.memory;
   if (o.cpus) options.cpus = o.cpus;
   if (o.image) options.sandbox.imagePath = o.image;

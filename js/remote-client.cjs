@@ -34,12 +34,14 @@ function remoteTarget(options) {
   if (r === false) return null;
   if (r === undefined || r === null) {
     const url = process.env.GONDOLIN_REMOTE;
-    return url ? { url, token: process.env.GONDOLIN_REMOTE_TOKEN } : null;
+    if (!url) return null;
+    const ca = process.env.GONDOLIN_REMOTE_CA ? fs.readFileSync(process.env.GONDOLIN_REMOTE_CA, "utf8") : undefined;
+    return { url, token: process.env.GONDOLIN_REMOTE_TOKEN, ca };
   }
-  if (typeof r !== "object") throw optionError("remote must be { url, token?, tokenFile?, attach? } or false");
+  if (typeof r !== "object") throw optionError("remote must be { url, token?, tokenFile?, attach?, ca?, caFile? } or false");
   for (const k of Object.keys(r)) {
-    if (!["url", "token", "tokenFile", "attach", "ca"].includes(k)) {
-      throw optionError(`unknown option remote.${k}; valid keys: url, token, tokenFile, attach, ca`);
+    if (!["url", "token", "tokenFile", "attach", "ca", "caFile"].includes(k)) {
+      throw optionError(`unknown option remote.${k}; valid keys: url, token, tokenFile, attach, ca, caFile`);
     }
   }
   const url = r.url ?? process.env.GONDOLIN_REMOTE;
@@ -50,7 +52,10 @@ function remoteTarget(options) {
   if (token === undefined && r.tokenFile !== undefined) token = fs.readFileSync(r.tokenFile, "utf8").trim();
   if (token === undefined) token = process.env.GONDOLIN_REMOTE_TOKEN;
   if (token !== undefined && typeof token !== "string") throw optionError("remote.token must be a string");
-  return { url, token, attach: r.attach, ca: r.ca };
+  let ca = r.ca;
+  if (ca === undefined && r.caFile !== undefined) ca = fs.readFileSync(r.caFile, "utf8");
+  if (ca === undefined && process.env.GONDOLIN_REMOTE_CA) ca = fs.readFileSync(process.env.GONDOLIN_REMOTE_CA, "utf8");
+  return { url, token, attach: r.attach, ca };
 }
 
 /** Is `v` plain JSON data (no functions, no class instances)? Returns the path of the first offender. */

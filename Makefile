@@ -6,6 +6,8 @@ NPM_DIR     := npm/$(TRIPLE)
 ADDON       := $(NPM_DIR)/gondolin.$(TRIPLE).node
 PACK_DIR    := target/pack
 GUEST_OUT   := target/$(RUST_TARGET)/guest
+# docker-registry, apache2-utils, skopeo, umoci: only the image tests (a local
+# registry; making and pushing test OCI images). Building never runs them.
 APT_PKGS    := qemu-system-x86 mmdebstrap uidmap fakeroot e2fsprogs kmod xz-utils zstd tmux openssl git binutils openssh-client openssh-server rsync redis-server docker-registry apache2-utils skopeo umoci python3-venv
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -1286,8 +1286,12 @@ export interface BuildImageOptions {
    * space, default 512), runtimeDefaults.rootfsMode, postBuild.copy
    * ([{src (relative to the file), dest (absolute)}]), postBuild.commands
    * (sh -c in the root filesystem, apt works), env (string[] or record:
-   * every exec's starting environment). The file's bytes and the copied
-   * files' bytes decide the build id. Built as root, or rootless with
+   * every exec's starting environment), oci (upstream's
+   * {@link OciRootfsConfig}: the rootfs from a container image; not with
+   * postBuild). Unknown keys are refused, naming the nearest valid one
+   * (code `invalid_definition`). The file's bytes and the copied files'
+   * bytes decide the build id (with `oci`: the file without that key, plus
+   * the image's manifest digest). Built as root, or rootless with
    * mmdebstrap's unshare mode (user namespaces, uidmap, fakeroot).
    */
   definition?: string;
@@ -1301,21 +1305,50 @@ export interface BuildImageOptions {
   /** Also name the image `name[:tag]` in the store (a bad name throws before building). */
   tag?: string;
   /**
-   * Our extension (upstream has `oci: { image }` in its build config): take
-   * the root filesystem from an OCI image instead of mmdebstrap. An OCI
-   * layout directory (`oci-layout:PATH[:TAG]`, or a path holding
-   * `oci-layout` + `index.json`) or a registry reference (copied with
-   * skopeo; plain HTTP for 127.0.0.1/localhost). An index resolves to
-   * linux/<host arch>; every blob's sha256 is checked; gzip, zstd and plain
-   * tar layers; whiteouts and opaque directories are honoured. The
-   * definition still gives kernel, modules, env, runtimeDefaults and
-   * rootfsExtraMiB (release/packages/postBuild are not used). The build id
-   * derives from the manifest digest, the kernel base and the guest
-   * binaries; `manifest.json` records `oci: { reference, digest }`.
-   * Errors: `build_failed` (a bad or missing blob, no /bin/sh in the image,
-   * skopeo failing), `missing_tool` (skopeo for a registry reference).
+   * Our extension (upstream has `oci: { image }` in its build config,
+   * which the definition file also takes, see {@link OciRootfsConfig}):
+   * take the root filesystem from an OCI image instead of mmdebstrap;
+   * overrides the definition's `oci.image` (its platform and pullPolicy
+   * still apply). An OCI layout directory (`oci-layout:PATH[:TAG]`, or a
+   * path holding `oci-layout` + `index.json`) or a registry reference,
+   * pulled with our own registry client (docker config auth, plain HTTP for
+   * 127.0.0.1/localhost) into the local OCI cache
+   * `<image store>/.oci-cache`. An index resolves to linux/<host arch>;
+   * every blob's sha256 is checked and its size bounded by its descriptor;
+   * gzip, zstd and plain tar layers; whiteouts and opaque directories are
+   * honoured. The definition still gives kernel, modules, env,
+   * runtimeDefaults and rootfsExtraMiB (release/packages are not used;
+   * postBuild with `oci` is refused). The build id derives from the
+   * manifest digest, the kernel base and the guest binaries;
+   * `manifest.json` records `oci: { reference, digest }`. Errors:
+   * `build_failed` (a bad or missing blob, no /bin/sh in the image, no
+   * local copy with pullPolicy "never"), `missing_asset` (the registry has
+   * no such image), `invalid_image` (a blob that does not match its
+   * digest, not a container image), `io_error` (the registry unreachable).
    */
   fromOci?: string;
+  /**
+   * Our extension: the pull policy for a registry `fromOci` / `oci.image`,
+   * over the definition's `oci.pullPolicy` (default "if-not-present").
+   * Another value rejects with code `invalid_definition`.
+   */
+  ociPullPolicy?: "if-not-present" | "always" | "never";
+}
+
+/**
+ * Upstream's `OciRootfsConfig`: `oci` in an image definition file
+ * (`gondolin build --config FILE`, `buildImage({ definition })`). Unknown
+ * keys are refused (naming the nearest valid one).
+ */
+export interface OciRootfsConfig {
+  /** Registry reference (`host[:port]/repo[:tag][@sha256:...]`, Docker Hub short names), or (our extension) an OCI layout, relative to the definition file. */
+  image: string;
+  /** Upstream's container runtime: accepted, not used (no docker/podman needed). */
+  runtime?: "docker" | "podman";
+  /** `linux/amd64` | `linux/arm64`; default and only allowed value: this machine's. */
+  platform?: string;
+  /** Default "if-not-present": a local copy is used as is; "always" asks the registry each build; "never" fails without a local copy. */
+  pullPolicy?: "if-not-present" | "always" | "never";
 }
 
 /** Build (or reuse) the guest image for the current guest binaries. */

@@ -9,11 +9,11 @@ import os from "node:os";
 import path from "node:path";
 import { createRequire } from "node:module";
 import { vmSkip, cli, root } from "./helpers.mjs";
+import { BUILD_USER as USER, ensureBuildUser, gondolinAsBuildUser } from "./image-helpers.mjs";
 
 const require = createRequire(import.meta.url);
 const g = require("../js/index.cjs");
 const skip = vmSkip() || (process.getuid() !== 0 && "needs root to create the unprivileged build user");
-const USER = "gondolin-build";
 
 let work; // owned by USER: the definition, its files, the user's cache
 let built; // the image directory the rootless build produced
@@ -24,17 +24,7 @@ function gondolin(args, opts = {}) {
 
 before(() => {
   if (skip) return;
-  if (spawnSync("id", [USER]).status !== 0) {
-    const r = spawnSync("useradd", ["--create-home", "--shell", "/bin/sh", USER], { encoding: "utf8" });
-    assert.equal(r.status, 0, r.stderr);
-  }
-  const listed = () => fs.existsSync("/etc/subuid") && new RegExp(`^${USER}:`, "m").test(fs.readFileSync("/etc/subuid", "utf8"));
-  if (!listed()) {
-    // useradd gives subordinate ids only where /etc/subuid already exists.
-    const r = spawnSync("usermod", ["--add-subuids", "200000-265535", "--add-subgids", "200000-265535", USER], { encoding: "utf8" });
-    assert.equal(r.status, 0, r.stderr);
-  }
-  assert.ok(listed(), `${USER} has subordinate ids in /etc/subuid`);
+  ensureBuildUser();
   work = fs.mkdtempSync(path.join(os.tmpdir(), "gondolin-build-"));
   fs.chmodSync(work, 0o755);
   const def = JSON.parse(fs.readFileSync(path.join(root, "images", "debian-base.json"), "utf8"));
@@ -76,17 +66,7 @@ test("a bad definition fails before any work, naming the field", { skip }, async
 });
 
 test("an unprivileged user builds a custom image (mmdebstrap unshare mode) and tags it", { skip, timeout: 20 * 60_000 }, () => {
-  const env = {
-    PATH: process.env.PATH,
-    HOME: work,
-    XDG_CACHE_HOME: path.join(work, "cache"),
-    LANG: "C.UTF-8",
-  };
-  const r = spawnSync(
-    "runuser",
-    ["-u", USER, "--", process.execPath, cli, "build", "--config", path.join(work, "custom.json"), "--tag", "custom:test", "--no-boot-snapshot", "-q"],
-    { encoding: "utf8", env, cwd: work },
-  );
+  const r = gondolinAsBuildUser(work, ["build", "--config", path.join(work, "custom.json"), "--tag", "custom:test", "--no-boot-snapshot", "-q"]);
   assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);
   built = r.stdout.trim();
   assert.ok(built.startsWith(path.join(work, "cache", "gondolin", "images")), built);

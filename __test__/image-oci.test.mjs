@@ -5,82 +5,32 @@
 // file, the CLI, and VM.create() pulling the default image on first use.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import crypto from "node:crypto";
 import fs from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { createRequire } from "node:module";
 import { vmSkip, cli } from "./helpers.mjs";
+import { REGISTRY_BIN, startRegistry as startRegistryIn } from "./image-helpers.mjs";
 
 const require = createRequire(import.meta.url);
 const g = require("../js/index.cjs");
 const oci = require("../js/image-oci.cjs");
 
-const REGISTRY_BIN = "/usr/bin/docker-registry";
 const haveRegistry = fs.existsSync(REGISTRY_BIN);
 const skip = vmSkip() || (!haveRegistry && `${REGISTRY_BIN} not installed (apt install docker-registry)`);
 const htpasswd = spawnSync("sh", ["-c", "command -v htpasswd"], { encoding: "utf8" }).stdout.trim();
+
+function startRegistry(name, opts) {
+  return startRegistryIn(path.join(tmp, name), opts);
+}
 
 let tmp;
 let image; // the checkout's image, outside the temp stores
 let registry; // { host, dataDir, proc }
 let authRegistry;
 const saved = {};
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function startRegistry(name, { auth } = {}) {
-  const dir = path.join(tmp, name);
-  const dataDir = path.join(dir, "data");
-  fs.mkdirSync(dataDir, { recursive: true });
-  const port = await freePort();
-  let config = `version: 0.1
-log:
-  level: error
-storage:
-  filesystem:
-    rootdirectory: ${dataDir}
-  delete:
-    enabled: true
-http:
-  addr: 127.0.0.1:${port}
-`;
-  if (auth) {
-    const file = path.join(dir, "htpasswd");
-    const r = spawnSync(htpasswd, ["-Bbn", auth.user, auth.password], { encoding: "utf8" });
-    assert.equal(r.status, 0, r.stderr);
-    fs.writeFileSync(file, r.stdout);
-    config += `auth:\n  htpasswd:\n    realm: test\n    path: ${file}\n`;
-  }
-  fs.writeFileSync(path.join(dir, "config.yml"), config);
-  const proc = spawn(REGISTRY_BIN, ["serve", path.join(dir, "config.yml")], { stdio: ["ignore", "ignore", "pipe"] });
-  let stderr = "";
-  proc.stderr.on("data", (d) => (stderr += d).slice(-4000));
-  const host = `127.0.0.1:${port}`;
-  const deadline = Date.now() + 20000;
-  for (;;) {
-    try {
-      const res = await fetch(`http://${host}/v2/`);
-      if (res.status === 200 || res.status === 401) break;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline || proc.exitCode !== null) throw new Error(`registry did not start: ${stderr}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return { host, dataDir, proc };
-}
 
 /** The registry's file for a blob (distribution's filesystem layout). */
 function blobFile(reg, digest) {

@@ -1,18 +1,22 @@
-// OCI images as a rootfs source (`gondolin build --from-oci`): a python3
-// rootfs made here with mmdebstrap, wrapped by umoci into an OCI layout with
-// two gzip layers (the second whites out a file of the first), pushed with
-// skopeo to a registry started here (Debian's docker-registry). Built from the
-// registry and from the layout directory; the image boots, runs python3, the
-// whited-out file is absent, /etc/shadow keeps its group, a rebuild reuses it.
+// OCI images as a rootfs source (`gondolin build --from-oci`, `oci` in a
+// definition): a python3 rootfs made here with mmdebstrap, wrapped by umoci
+// into an OCI layout with two gzip layers (the second whites out a file of
+// the first), pushed with skopeo to a registry started here (Debian's
+// docker-registry). Built from the registry (our own client: a `skopeo` on
+// PATH that fails proves the build does not use it) and from the layout
+// directory; the image boots, runs python3, the whited-out file is absent,
+// /etc/shadow keeps its group, a rebuild reuses it. Pull policies; a moved
+// tag; a rootless build (an unprivileged user, fakeroot) from the layout.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
+import crypto from "node:crypto";
 import fs from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { createRequire } from "node:module";
-import { vmSkip, cli } from "./helpers.mjs";
+import { vmSkip, cli, root } from "./helpers.mjs";
+import { BUILD_USER, ensureBuildUser, gondolinAsBuildUser, startRegistry } from "./image-helpers.mjs";
 
 const require = createRequire(import.meta.url);
 const g = require("../js/index.cjs");
@@ -37,43 +41,11 @@ function run(cmd, args, opts = {}) {
   return r.stdout;
 }
 
+let noSkopeo; // a PATH whose skopeo fails: the build must not run it
+
 function gondolin(args) {
-  return spawnSync(process.execPath, [cli, ...args], { encoding: "utf8", maxBuffer: 64 << 20 });
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function startRegistry() {
-  const dataDir = path.join(tmp, "registry");
-  fs.mkdirSync(dataDir, { recursive: true });
-  const port = await freePort();
-  const config = path.join(tmp, "registry.yml");
-  fs.writeFileSync(
-    config,
-    `version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: ${dataDir}\nhttp:\n  addr: 127.0.0.1:${port}\n`,
-  );
-  const proc = spawn("docker-registry", ["serve", config], { stdio: "ignore" });
-  const host = `127.0.0.1:${port}`;
-  const deadline = Date.now() + 20000;
-  for (;;) {
-    try {
-      if ((await fetch(`http://${host}/v2/`)).status === 200) break;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) throw new Error("registry did not start");
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return { host, proc };
+  const env = { ...process.env, PATH: `${noSkopeo}:${process.env.PATH}` };
+  return spawnSync(process.execPath, [cli, ...args], { encoding: "utf8", maxBuffer: 64 << 20, env });
 }
 
 before(async () => {
@@ -113,7 +85,10 @@ before(async () => {
   fs.writeFileSync(path.join(bundle2, "rootfs", "etc", "layer2"), "two\n");
   run("umoci", ["repack", "--image", `${layout}:slim`, bundle2]);
   run("umoci", ["gc", "--layout", layout]);
-  registry = await startRegistry();
+  registry = await startRegistry(path.join(tmp, "registry"));
+  noSkopeo = path.join(tmp, "no-skopeo");
+  fs.mkdirSync(noSkopeo);
+  fs.writeFileSync(path.join(noSkopeo, "skopeo"), "#!/bin/sh\necho 'skopeo must not be used by the build' >&2\nexit 99\n", { mode: 0o755 });
   run("skopeo", ["copy", "--quiet", "--dest-tls-verify=false", `oci:${layout}:slim`, `docker://${registry.host}/py:slim`]);
 });
 
@@ -126,22 +101,49 @@ after(() => {
   if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
 });
 
-test("the umoci image has two layers, the second with a whiteout", { skip }, () => {
+test("the umoci image has two layers, the second with a whiteout", { skip }, (t) => {
   const index = JSON.parse(fs.readFileSync(path.join(layout, "index.json"), "utf8"));
   const digest = index.manifests[0].digest.replace("sha256:", "");
   const m = JSON.parse(fs.readFileSync(path.join(layout, "blobs", "sha256", digest), "utf8"));
   assert.equal(m.layers.length, 2);
+  const bytes = m.layers.reduce((n, l) => n + l.size, 0);
+  t.diagnostic(`layers: ${(bytes / 2 ** 20).toFixed(1)} MiB compressed`);
   const top = m.layers[1].digest.replace("sha256:", "");
   const names = run("tar", ["-tzf", path.join(layout, "blobs", "sha256", top)]);
   assert.match(names, /etc\/\.wh\.issue/);
 });
 
+test("pull policy never without a local copy fails naming the option, before any work", { skip }, async () => {
+  const ref = `${registry.host}/py:slim`;
+  const r = gondolin(["build", "--from-oci", ref, "--oci-pull-policy", "never", "--no-boot-snapshot"]);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /pull policy is "never" \(oci\.pullPolicy, --oci-pull-policy\)/);
+  // The definition's form (upstream's `oci` key), relative to the file.
+  const def = JSON.parse(fs.readFileSync(path.join(root, "images", "debian-base.json"), "utf8"));
+  const file = path.join(tmp, "oci.json");
+  fs.writeFileSync(file, JSON.stringify({ ...def, oci: { image: ref, pullPolicy: "never" } }));
+  await assert.rejects(g.buildImage({ definition: file, quiet: true }), /pull policy is "never"/);
+  fs.writeFileSync(file, JSON.stringify({ ...def, oci: { image: ref, pulPolicy: "never" } }));
+  await assert.rejects(g.buildImage({ definition: file, quiet: true }), (err) => {
+    return err.code === "invalid_definition" && /unknown field `pulPolicy`.*did you mean `pullPolicy`\?/.test(err.message);
+  });
+  await assert.rejects(g.buildImage({ fromOci: ref, ociPullPolicy: "sometimes", quiet: true }), /pull policy must be/);
+  assert.ok(!fs.existsSync(path.join(storeDir, ".oci-cache", "index.json")), "nothing pulled");
+});
+
 let fromRegistry;
 
-test("build --from-oci a registry reference boots python3, whiteout honoured, ownership kept", { skip }, async () => {
+test("build --from-oci a registry reference boots python3, whiteout honoured, ownership kept", { skip }, async (t) => {
+  const started = Date.now();
   const r = gondolin(["build", "--from-oci", `${registry.host}/py:slim`, "--no-boot-snapshot", "-q"]);
   assert.equal(r.status, 0, r.stderr);
+  t.diagnostic(`build from the registry: ${Date.now() - started} ms`);
   fromRegistry = r.stdout.trim();
+  const cache = JSON.parse(fs.readFileSync(path.join(storeDir, ".oci-cache", "index.json"), "utf8"));
+  assert.deepEqual(
+    cache.manifests.map((m) => m.annotations["org.opencontainers.image.ref.name"]),
+    [`${registry.host}/py:slim`],
+  );
   const manifest = JSON.parse(fs.readFileSync(path.join(fromRegistry, "manifest.json"), "utf8"));
   assert.equal(manifest.oci.reference, `${registry.host}/py:slim`);
   assert.match(manifest.oci.digest, /^sha256:[0-9a-f]{64}$/);
@@ -181,4 +183,101 @@ test("a tampered layer blob is refused", { skip }, () => {
   const r = gondolin(["build", "--from-oci", copy, "--no-boot-snapshot"]);
   assert.equal(r.status, 1);
   assert.match(r.stderr, /blob sha256:[0-9a-f]+ has sha256:/);
+});
+
+test("an unprivileged user builds from an OCI layout (fakeroot) and the image boots", { skip, timeout: 20 * 60_000 }, async (t) => {
+  const uid = ensureBuildUser();
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), "gondolin-ocirootless-"));
+  try {
+    fs.chmodSync(work, 0o755);
+    run("cp", ["-a", layout, path.join(work, "layout")]);
+    // The kernel base of the root user's cache (kernel and modules only): the
+    // test is about the OCI rootfs, not a second mmdebstrap.
+    const rootCache = process.env.XDG_CACHE_HOME ? path.join(process.env.XDG_CACHE_HOME, "gondolin") : path.join(os.homedir(), ".cache", "gondolin");
+    const bases = path.join(rootCache, "base");
+    for (const b of fs.existsSync(bases) ? fs.readdirSync(bases) : []) {
+      if (b.startsWith(".") || !fs.existsSync(path.join(bases, b, "kernel-version"))) continue;
+      const dst = path.join(work, "cache", "gondolin", "base", b);
+      fs.mkdirSync(dst, { recursive: true });
+      for (const f of ["vmlinuz", "modules", "kernel-version"]) run("cp", ["-a", path.join(bases, b, f), dst]);
+    }
+    run("chown", ["-R", `${BUILD_USER}:${BUILD_USER}`, work]);
+    const started = Date.now();
+    const r = gondolinAsBuildUser(work, ["build", "--from-oci", `oci-layout:${path.join(work, "layout")}:slim`, "--no-boot-snapshot", "-q"]);
+    assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);
+    t.diagnostic(`rootless build from the OCI layout: ${Date.now() - started} ms`);
+    const built = r.stdout.trim();
+    assert.ok(built.startsWith(path.join(work, "cache", "gondolin", "images")), built);
+    assert.equal(fs.statSync(path.join(built, "rootfs.ext4")).uid, uid, "written by the unprivileged user");
+    const vm = await g.VM.create({ sandbox: { imagePath: built, netEnabled: false } });
+    try {
+      const gone = await vm.exec("ls /etc/issue");
+      assert.notEqual(gone.exitCode, 0, "the whited-out file is absent");
+      const res = await vm.exec("cat /etc/layer2; stat -c %u:%g /etc/shadow /usr/bin/python3");
+      assert.equal(res.exitCode, 0, res.stderr);
+      assert.equal(res.stdout, "two\n0:42\n0:0\n", "ownership is the layers', not the build user's");
+    } finally {
+      await vm.close();
+    }
+  } finally {
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+});
+
+test("a multi-platform index in the registry resolves to this machine's image", { skip }, () => {
+  assert.ok(fromRegistry, "the registry build ran");
+  const index = JSON.parse(fs.readFileSync(path.join(layout, "index.json"), "utf8"));
+  const slim = index.manifests.find((m) => m.annotations?.["org.opencontainers.image.ref.name"] === "slim");
+  const arch = process.arch === "x64" ? "amd64" : "arm64";
+  const list = {
+    schemaVersion: 2,
+    mediaType: "application/vnd.oci.image.index.v1+json",
+    manifests: [
+      // Another platform first: it must be skipped (same manifest, so the registry has it).
+      { mediaType: slim.mediaType, digest: slim.digest, size: slim.size, platform: { os: "linux", architecture: "riscv64" } },
+      { mediaType: slim.mediaType, digest: slim.digest, size: slim.size, platform: { os: "linux", architecture: arch } },
+    ],
+  };
+  const body = Buffer.from(JSON.stringify(list));
+  const hex = crypto.createHash("sha256").update(body).digest("hex");
+  fs.writeFileSync(path.join(layout, "blobs", "sha256", hex), body);
+  index.manifests.push({
+    mediaType: list.mediaType,
+    digest: `sha256:${hex}`,
+    size: body.length,
+    annotations: { "org.opencontainers.image.ref.name": "multi" },
+  });
+  fs.writeFileSync(path.join(layout, "index.json"), JSON.stringify(index));
+  run("skopeo", ["copy", "--quiet", "--all", "--dest-tls-verify=false", `oci:${layout}:multi`, `docker://${registry.host}/py:multi`]);
+  const r = gondolin(["build", "--from-oci", `${registry.host}/py:multi`, "--no-boot-snapshot"]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr, /is already built/, "the same manifest as py:slim, so the same image");
+  assert.match(r.stdout, new RegExp(path.basename(fromRegistry)));
+});
+
+test("a moved tag: if-not-present keeps the local copy, always pulls the new target and rebuilds", { skip }, () => {
+  assert.ok(fromRegistry, "the registry build ran");
+  // A new manifest (config changed, same layers) under the same tag.
+  run("umoci", ["config", "--image", `${layout}:slim`, "--tag", "slim2", "--config.env", "GONDOLIN_TEST=2"]);
+  run("skopeo", ["copy", "--quiet", "--dest-tls-verify=false", `oci:${layout}:slim2`, `docker://${registry.host}/py:slim`]);
+  const ref = `${registry.host}/py:slim`;
+  let r = gondolin(["build", "--from-oci", ref, "--no-boot-snapshot"]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr, /using the local copy of/);
+  assert.match(r.stdout, new RegExp(path.basename(fromRegistry)));
+  r = gondolin(["build", "--from-oci", ref, "--oci-pull-policy", "always", "--no-boot-snapshot", "-q"]);
+  assert.equal(r.status, 0, r.stderr);
+  const moved = r.stdout.trim();
+  assert.notEqual(moved, fromRegistry, "a new image for the new manifest digest");
+  const before = JSON.parse(fs.readFileSync(path.join(fromRegistry, "manifest.json"), "utf8")).oci.digest;
+  const after = JSON.parse(fs.readFileSync(path.join(moved, "manifest.json"), "utf8")).oci.digest;
+  assert.notEqual(after, before);
+  // The layers were in the cache already: only the manifest and config moved.
+  r = gondolin(["build", "--from-oci", ref, "--oci-pull-policy", "always", "--no-boot-snapshot"]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr, /is already built/);
+  const cache = JSON.parse(fs.readFileSync(path.join(storeDir, ".oci-cache", "index.json"), "utf8"));
+  const mine = cache.manifests.filter((m) => m.annotations["org.opencontainers.image.ref.name"] === ref);
+  assert.equal(mine.length, 1, "one entry per reference and platform");
+  assert.equal(mine[0].digest, after);
 });

@@ -178,17 +178,22 @@ VMs start without booting.
 Options:
   --config FILE        image definition (default: images/debian-base.json):
                        Debian release, packages, postBuild.copy/commands, env,
-                       rootfsExtraMiB, runtimeDefaults
+                       rootfsExtraMiB, runtimeDefaults, oci: { image,
+                       platform, pullPolicy } (rootfs from a container image)
   --definition FILE    the same as --config
   --init-config        print a starting definition to edit, and exit
   --verify DIR         check an image directory against its manifest's sha256
   --output DIR         also copy the finished image to DIR
   --tag NAME[:TAG]     name the image in the store (see 'gondolin image')
   --from-oci REF       rootfs from an OCI image instead of mmdebstrap (our
-                       extension): oci-layout:PATH[:TAG], a layout directory,
-                       or a registry reference (copied with skopeo; plain http
-                       for 127.0.0.1/localhost). Kernel, modules, env and
-                       runtimeDefaults still come from the definition
+                       extension; the config's oci.image, overridden):
+                       oci-layout:PATH[:TAG], a layout directory, or a
+                       registry reference (pulled into a local OCI cache as
+                       oci.pullPolicy says, default if-not-present; plain
+                       http for 127.0.0.1/localhost). Kernel, modules, env
+                       and runtimeDefaults still come from the definition
+  --oci-pull-policy P  if-not-present | always | never, over oci.pullPolicy
+                       (always: ask the registry again, a moved tag rebuilds)
   --no-boot-snapshot   do not prepare the boot template
   --verbose            show mmdebstrap's output
   -q, --quiet          print only the image directory
@@ -889,6 +894,9 @@ async function cmdBuild(args) {
         break;
       case "--from-oci":
         o.fromOci = takeValue(args, i++, a, BUILD_USAGE);
+        break;
+      case "--oci-pull-policy":
+        o.ociPullPolicy = takeValue(args, i++, a, BUILD_USAGE);
         break;
       case "--verbose":
         o.verbose = true;

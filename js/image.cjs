@@ -23,6 +23,8 @@ function buildOptions(opts = {}) {
     verbose: Boolean(opts.verbose),
     // Our extension: the rootfs from an OCI image (layout dir or registry ref).
     fromOci: opts.fromOci || undefined,
+    // Our extension: over the definition's oci.pullPolicy.
+    ociPullPolicy: opts.ociPullPolicy || undefined,
   };
 }
 

@@ -1,7 +1,7 @@
 //! The image definition file (images/debian-base.json; `gondolin build
 //! --config FILE`): a Debian release and packages, plus upstream's build
 //! config steps in its shape (`postBuild.copy`, `postBuild.commands`,
-//! `env`, `runtimeDefaults.rootfsMode`).
+//! `env`, `runtimeDefaults.rootfsMode`, `oci`).
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -9,6 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::ocirootfs::{self, Platform, PullPolicy, Source};
 use super::ImageError;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +39,11 @@ pub struct Definition {
     /// `["K=V", ...]` or `{ "K": "V" }`.
     #[serde(default)]
     pub env: Env,
+    /// Upstream's `oci`: the root filesystem from a container image
+    /// instead of mmdebstrap (the rest of the definition still gives the
+    /// kernel, modules, `env`, `runtimeDefaults` and `rootfsExtraMiB`).
+    #[serde(default)]
+    pub oci: Option<OciConfig>,
     /// The file's bytes, hashed into the build ids.
     #[serde(skip)]
     pub raw: Vec<u8>,
@@ -49,6 +55,41 @@ pub struct Definition {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuntimeDefaults {
     pub rootfs_mode: Option<String>,
+}
+
+/// Upstream's `OciRootfsConfig` (`oci` in the build config).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OciConfig {
+    /// A registry reference (`HOST[:PORT]/REPO[:TAG][@sha256:...]`, Docker
+    /// Hub names as docker spells them), or (our extension) an OCI layout:
+    /// `oci-layout:PATH[:TAG]` or a directory holding `oci-layout`, relative
+    /// to the definition file.
+    pub image: String,
+    /// Upstream's `docker` | `podman`: accepted and not used (we pull with
+    /// our own registry client; no container runtime is needed).
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// `linux/amd64` | `linux/arm64` (this machine's; default it).
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// `if-not-present` (default) | `always` | `never`.
+    #[serde(default)]
+    pub pull_policy: PullPolicy,
+}
+
+impl OciConfig {
+    /// The image source, relative paths taken from the definition's directory.
+    pub fn source(&self, def_path: &Path) -> Source {
+        ocirootfs::parse_source_in(&self.image, def_path.parent().unwrap_or(Path::new(".")))
+    }
+
+    pub fn platform(&self) -> Platform {
+        self.platform
+            .as_deref()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(Platform::host)
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -117,7 +158,8 @@ impl Definition {
             path: path.to_path_buf(),
             message,
         };
-        let mut d: Definition = serde_json::from_slice(raw).map_err(|e| bad(e.to_string()))?;
+        let mut d: Definition =
+            serde_json::from_slice(raw).map_err(|e| bad(with_suggestion(e.to_string())))?;
         if !valid_name(&d.release) {
             return Err(bad(format!("release: invalid codename {:?}", d.release)));
         }
@@ -152,6 +194,36 @@ impl Definition {
                 return Err(bad(format!("env: expected KEY=VALUE (got {e:?})")));
             }
         }
+        if let Some(oci) = &d.oci {
+            if oci.image.trim().is_empty() {
+                return Err(bad(
+                    "oci.image: expected an image reference or an OCI layout directory".into(),
+                ));
+            }
+            if let Some(p) = &oci.platform {
+                p.parse::<Platform>()
+                    .map_err(|e| bad(format!("oci.platform: {e}")))?;
+            }
+            if let Some(r) = &oci.runtime {
+                if r != "docker" && r != "podman" {
+                    return Err(bad(format!(
+                        "oci.runtime: expected \"docker\" or \"podman\" (got {r:?}; it is not used: images are pulled without a container runtime)"
+                    )));
+                }
+            }
+            if let Source::Registry(r) = oci.source(path) {
+                super::oci::parse_reference(&r).map_err(|e| {
+                    bad(format!(
+                        "oci.image: {r:?} is neither an OCI layout directory nor a registry reference: {e}"
+                    ))
+                })?;
+            }
+            if !d.post_build.copy.is_empty() || !d.post_build.commands.is_empty() {
+                return Err(bad(
+                    "postBuild is not supported with oci yet (it would run in the Debian base, not in the OCI rootfs); bake those steps into the container image".into(),
+                ));
+            }
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         for f in &mut d.post_build.copy {
             let dest_ok = f.dest.is_absolute()
@@ -179,12 +251,29 @@ impl Definition {
         Ok(d)
     }
 
-    /// What decides the root filesystem: the file's bytes and the bytes of
+    /// The definition as hashed into build ids: the file's bytes, or with
+    /// an `oci` key the document without it (canonical JSON), so that the
+    /// Debian kernel base does not depend on which OCI image is used (the
+    /// image id gets the image's manifest digest instead).
+    pub fn recipe_bytes(&self) -> Vec<u8> {
+        if self.oci.is_none() {
+            return self.raw.clone();
+        }
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&self.raw).expect("parsed once already");
+        if let Some(m) = v.as_object_mut() {
+            m.remove("oci");
+        }
+        serde_json::to_vec(&v).expect("JSON serializes")
+    }
+
+    /// What decides the root filesystem: the recipe bytes and the bytes of
     /// every file it copies in (so editing a copied file is a new build).
     pub fn inputs_hash(&self) -> Result<Vec<u8>, ImageError> {
         let mut h = Sha256::new();
-        h.update((self.raw.len() as u64).to_be_bytes());
-        h.update(&self.raw);
+        let raw = self.recipe_bytes();
+        h.update((raw.len() as u64).to_be_bytes());
+        h.update(&raw);
         for f in &self.post_build.copy {
             let bytes = std::fs::read(&f.src).map_err(|e| ImageError::Definition {
                 path: self.path.clone(),
@@ -194,6 +283,30 @@ impl Definition {
             h.update(&bytes);
         }
         Ok(h.finalize().to_vec())
+    }
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" plus the nearest
+/// valid name, if one is close.
+fn with_suggestion(msg: String) -> String {
+    let Some(rest) = msg.strip_prefix("unknown field `") else {
+        return msg;
+    };
+    let Some((field, rest)) = rest.split_once('`') else {
+        return msg;
+    };
+    let candidates = rest.split('`').skip(1).step_by(2);
+    let best = candidates
+        .map(|c| {
+            (
+                strsim::levenshtein(&field.to_lowercase(), &c.to_lowercase()),
+                c,
+            )
+        })
+        .min();
+    match best {
+        Some((d, c)) if d <= 3.max(field.len() / 3) => format!("{msg} (did you mean `{c}`?)"),
+        _ => msg,
     }
 }
 
@@ -227,5 +340,114 @@ mod tests {
             assert!(e.contains(field), "{e}");
             assert!(e.starts_with("image definition x.json:"), "{e}");
         }
+    }
+
+    #[test]
+    fn oci_source_shape_is_upstreams() {
+        let with = |oci: &str| GOOD.replacen('{', &format!("{{\"oci\":{oci},"), 1);
+        let d = Definition::parse(
+            with(r#"{"image":"127.0.0.1:5000/py:slim","pullPolicy":"never","runtime":"docker"}"#)
+                .as_bytes(),
+            Path::new("/cfg/x.json"),
+        )
+        .unwrap();
+        let oci = d.oci.as_ref().unwrap();
+        assert_eq!(oci.pull_policy, PullPolicy::Never);
+        assert_eq!(oci.platform(), Platform::host());
+        assert_eq!(
+            oci.source(&d.path),
+            Source::Registry("127.0.0.1:5000/py:slim".into())
+        );
+        // A layout path is the definition's directory's.
+        let d = Definition::parse(
+            with(r#"{"image":"oci-layout:img:slim"}"#).as_bytes(),
+            Path::new("/cfg/x.json"),
+        )
+        .unwrap();
+        assert_eq!(
+            d.oci.unwrap().source(Path::new("/cfg/x.json")),
+            Source::Layout {
+                dir: "/cfg/img".into(),
+                tag: Some("slim".into())
+            }
+        );
+        let cases = [
+            (
+                r#"{"image":"x/y","pulPolicy":"never"}"#,
+                "did you mean `pullPolicy`?",
+            ),
+            (
+                r#"{"image":"x/y","pullPolicy":"sometimes"}"#,
+                "`if-not-present`, `always`, `never`",
+            ),
+            (
+                r#"{"image":"x/y","platform":"linux/s390x"}"#,
+                "oci.platform: linux/s390x cannot boot here",
+            ),
+            (
+                r#"{"image":"x/y","platform":"amd64"}"#,
+                "oci.platform: expected OS/ARCH",
+            ),
+            (r#"{"image":"x/y","runtime":"lxc"}"#, "oci.runtime"),
+            (r#"{"image":"Not A Ref!"}"#, "oci.image"),
+            (r#""127.0.0.1:5000/py:slim""#, "expected struct OciConfig"),
+        ];
+        for (oci, want) in cases {
+            let e = Definition::parse(with(oci).as_bytes(), Path::new("x.json"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{oci}: {e}");
+        }
+        let e = Definition::parse(
+            with(r#"{"image":"x/y"}"#)
+                .replacen(
+                    "\"packages\"",
+                    "\"postBuild\":{\"commands\":[\"true\"]},\"packages\"",
+                    1,
+                )
+                .as_bytes(),
+            Path::new("x.json"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("postBuild is not supported with oci"), "{e}");
+    }
+
+    #[test]
+    fn the_oci_image_is_not_part_of_the_recipe() {
+        let plain = Definition::parse(GOOD.as_bytes(), Path::new("x.json")).unwrap();
+        assert_eq!(
+            plain.recipe_bytes(),
+            GOOD.as_bytes(),
+            "unchanged without oci"
+        );
+        let a = GOOD.replacen('{', r#"{"oci":{"image":"r:1/a:1"},"#, 1);
+        let b = GOOD.replacen(
+            '{',
+            r#"{"oci":{"image":"r:1/b:2","pullPolicy":"always"},"#,
+            1,
+        );
+        let a = Definition::parse(a.as_bytes(), Path::new("x.json")).unwrap();
+        let b = Definition::parse(b.as_bytes(), Path::new("x.json")).unwrap();
+        assert_eq!(a.inputs_hash().unwrap(), b.inputs_hash().unwrap());
+        assert_ne!(a.inputs_hash().unwrap(), plain.inputs_hash().unwrap());
+    }
+
+    #[test]
+    fn unknown_keys_name_the_nearest() {
+        let e = Definition::parse(
+            GOOD.replace("\"packages\"", "\"pakages\"").as_bytes(),
+            Path::new("x.json"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("did you mean `packages`?"), "{e}");
+        let e = Definition::parse(
+            GOOD.replacen('{', r#"{"zzzzzzzzzz":1,"#, 1).as_bytes(),
+            Path::new("x.json"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains("did you mean"), "{e}");
     }
 }

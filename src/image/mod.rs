@@ -64,9 +64,12 @@ pub struct BuildOptions {
     pub verbose: bool,
     /// Our extension: take the rootfs from this OCI image (a layout
     /// directory or a registry reference, see [`ocirootfs::parse_source`])
-    /// instead of mmdebstrap; the definition still gives the kernel,
-    /// modules, `env`, `runtimeDefaults` and `rootfsExtraMiB`.
+    /// instead of mmdebstrap; overrides the definition's `oci.image` (its
+    /// `platform` and `pullPolicy` still apply). The definition still gives
+    /// the kernel, modules, `env`, `runtimeDefaults` and `rootfsExtraMiB`.
     pub from_oci: Option<String>,
+    /// Our extension: overrides the definition's `oci.pullPolicy`.
+    pub oci_pull_policy: Option<ocirootfs::PullPolicy>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,15 +126,36 @@ pub fn load_image(dir: &Path) -> Result<ImageInfo, ImageError> {
     store::load(dir)
 }
 
-/// The buildId the current inputs produce.
-pub fn expected_build_id(opts: &BuildOptions) -> Result<String, ImageError> {
+/// The buildId the current inputs produce. For an OCI rootfs (`from_oci`
+/// or the definition's `oci`) only a local image (a layout, or the OCI
+/// cache) is looked at; None when it would have to be pulled.
+pub fn expected_build_id(opts: &BuildOptions) -> Result<Option<String>, ImageError> {
     let def = Definition::load(&opts.definition)?;
-    store::build_id(&def, &opts.guest_bin_dir)
+    match oci_source(opts, &def) {
+        None => store::build_id(&def, &opts.guest_bin_dir).map(Some),
+        Some(src) => {
+            let root = opts.cache_root.clone().unwrap_or_else(cache_root);
+            let images = store::images_dir(Some(&root));
+            let registry = oci::RegistryOptions::default();
+            let fetch = ocirootfs::Fetch {
+                platform: &src.platform,
+                policy: ocirootfs::PullPolicy::Never,
+                registry: &registry,
+                store: &images,
+            };
+            match ocirootfs::resolve(&src.source, &fetch, &mut |_| {}) {
+                Ok(r) => store::oci_build_id(&r.digest, &def, &opts.guest_bin_dir).map(Some),
+                Err(_) => Ok(None),
+            }
+        }
+    }
 }
 
 /// The image for the current inputs, if it is already in the store.
 pub fn find_built(opts: &BuildOptions) -> Result<Option<ImageInfo>, ImageError> {
-    let id = expected_build_id(opts)?;
+    let Some(id) = expected_build_id(opts)? else {
+        return Ok(None);
+    };
     let dir = store::images_dir(opts.cache_root.as_deref()).join(&id);
     if dir.join("manifest.json").exists() {
         store::load(&dir).map(Some)
@@ -140,11 +164,46 @@ pub fn find_built(opts: &BuildOptions) -> Result<Option<ImageInfo>, ImageError> 
     }
 }
 
+/// An OCI rootfs source: `--from-oci` (relative to the current directory)
+/// over the definition's `oci.image` (relative to the definition).
+struct OciSource {
+    reference: String,
+    source: ocirootfs::Source,
+    platform: ocirootfs::Platform,
+    policy: ocirootfs::PullPolicy,
+}
+
+fn oci_source(opts: &BuildOptions, def: &Definition) -> Option<OciSource> {
+    let platform = def
+        .oci
+        .as_ref()
+        .map(|o| o.platform())
+        .unwrap_or_else(ocirootfs::Platform::host);
+    let policy = opts
+        .oci_pull_policy
+        .or(def.oci.as_ref().map(|o| o.pull_policy))
+        .unwrap_or_default();
+    if let Some(r) = &opts.from_oci {
+        return Some(OciSource {
+            reference: r.clone(),
+            source: ocirootfs::parse_source(r),
+            platform,
+            policy,
+        });
+    }
+    def.oci.as_ref().map(|o| OciSource {
+        reference: o.image.clone(),
+        source: o.source(&def.path),
+        platform,
+        policy,
+    })
+}
+
 /// Build (or reuse) the image for the current inputs.
 pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<ImageInfo, ImageError> {
     let def = Definition::load(&opts.definition)?;
-    if let Some(reference) = &opts.from_oci {
-        let info = build_from_oci(opts, &def, reference, progress)?;
+    if let Some(src) = oci_source(opts, &def) {
+        let info = build_from_oci(opts, &def, &src, progress)?;
         if let Some(out) = &opts.output {
             store::copy_to(&info, out)?;
         }
@@ -173,15 +232,17 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
     Ok(info)
 }
 
-/// `--from-oci`: resolve the image (a registry one is copied into a
-/// temporary layout), then reuse the cached image for its manifest digest
-/// or flatten its layers into rootfs.ext4 on the definition's kernel base.
+/// `--from-oci` / `oci`: resolve the image (a registry one through the
+/// OCI cache, as the pull policy says), then reuse the cached image for
+/// its manifest digest or flatten its layers into rootfs.ext4 on the
+/// definition's kernel base.
 fn build_from_oci(
     opts: &BuildOptions,
     def: &Definition,
-    reference: &str,
+    src: &OciSource,
     progress: &mut dyn FnMut(&str),
 ) -> Result<ImageInfo, ImageError> {
+    let reference = src.reference.as_str();
     let root = opts.cache_root.clone().unwrap_or_else(cache_root);
     let images = store::images_dir(Some(&root));
     let work = images.join(format!(".oci-{}", std::process::id()));
@@ -199,9 +260,15 @@ fn build_from_oci(
         }
     }
     let _cleanup = Cleanup(&work);
-    let source = ocirootfs::parse_source(reference);
     progress(&format!("resolving the OCI image {reference}"));
-    let resolved = ocirootfs::resolve(&source, &work)?;
+    let registry = oci::RegistryOptions::default();
+    let fetch = ocirootfs::Fetch {
+        platform: &src.platform,
+        policy: src.policy,
+        registry: &registry,
+        store: &images,
+    };
+    let resolved = ocirootfs::resolve(&src.source, &fetch, progress)?;
     let id = store::oci_build_id(&resolved.digest, def, &opts.guest_bin_dir)?;
     let dir = images.join(&id);
     if dir.join("manifest.json").exists() {

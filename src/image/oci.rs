@@ -29,6 +29,9 @@
 //! manifest (build id, arch, asset names) and renamed to `<store>/<buildId>`.
 //! Refs are set by the caller (js/image-oci.cjs).
 //!
+//! Container images (a rootfs source for `gondolin build --from-oci`) are
+//! fetched by the same client into a local OCI layout: oci_image.rs.
+//!
 //! Auth: the docker config file (`$DOCKER_CONFIG/config.json`, else
 //! `~/.docker/config.json`), `auths.<registry>.auth` (base64 `user:pass`)
 //! or `username`/`password`; anonymous otherwise. Credential helpers
@@ -52,9 +55,12 @@ use super::{io_err, store, ImageError, ImageInfo};
 
 #[path = "oci_frames.rs"]
 mod frames;
+#[path = "oci_image.rs"]
+mod image;
 #[path = "oci_pull.rs"]
 mod pull;
 use frames::{compress_file, frame_jobs, ExtractPool, Follow};
+pub use image::{fetch_to_layout, is_layer_media_type};
 pub use pull::pull;
 
 /// `artifactType` of a Gondolin image manifest.

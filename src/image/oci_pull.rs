@@ -101,16 +101,23 @@ fn rehash(path: &Path, len: u64) -> Result<Sha256, ImageError> {
 }
 
 /// Stream one blob into `<partial>/<hex>`, resuming what is there; the file
-/// is complete and verified when this returns Ok.
-async fn fetch_blob(
+/// is complete and verified when this returns Ok. `follow`: decompressors
+/// waiting on this blob (layer index), told as its bytes reach the file.
+pub(super) async fn fetch_blob(
     client: &Client,
     r: &Reference,
     reference: &str,
     desc: &OciDescriptor,
     partial: &Path,
     meter: &mut Meter<'_>,
-    follow: (&Follow, usize),
+    follow: Option<(&Follow, usize)>,
 ) -> Result<PathBuf, ImageError> {
+    // Tell the decompressors following this blob how much is on disk.
+    let mark = |n: u64| {
+        if let Some((f, layer)) = follow {
+            f.advance(layer, n);
+        }
+    };
     let hexd = digest_hex(reference, &desc.digest)?;
     let path = partial.join(&hexd);
     let size = desc.size as u64;
@@ -137,7 +144,7 @@ async fn fetch_blob(
             BlobResponse::Full(s) => {
                 // The registry ignored the range: start over (the caller
                 // redoes what was decompressed from the old bytes).
-                follow.0.advance(follow.1, 0);
+                mark(0);
                 meter.done = meter.done.saturating_sub(have);
                 meter.base = meter.base.saturating_sub(have);
                 have = 0;
@@ -187,14 +194,14 @@ async fn fetch_blob(
                 // On the file, so the decompressors can start on it.
                 file.flush()
                     .map_err(io_err(format!("writing {}", path.display())))?;
-                follow.0.advance(follow.1, have);
+                mark(have);
                 unflushed = 0;
             }
         }
         file.flush()
             .map_err(io_err(format!("writing {}", path.display())))?;
         drop(file);
-        follow.0.advance(follow.1, have);
+        mark(have);
         if let Some(e) = cut {
             if have < size {
                 // A transfer cut short: keep the bytes, the next pull resumes.
@@ -432,7 +439,7 @@ pub async fn pull(
                 l,
                 &partial,
                 &mut meter,
-                (&follow, i),
+                Some((&follow, i)),
             )
             .await;
             if let Err(e) = fetched {

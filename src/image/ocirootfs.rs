@@ -1,9 +1,11 @@
 //! OCI images as a rootfs source (`gondolin build --from-oci REF`).
 //!
 //! REF is an OCI layout directory (`oci-layout:PATH[:TAG]`, or a path
-//! holding `oci-layout` + `index.json`) or a registry reference, which
-//! `skopeo copy` first brings into a temporary layout. The manifest is
-//! resolved (an index by platform linux/amd64), every blob is checked
+//! holding `oci-layout` + `index.json`) or a registry reference, which our
+//! registry client (`oci::fetch_to_layout`, the one `gondolin image pull`
+//! uses) brings into the local OCI cache, itself a layout (see
+//! ocirootfs_source.rs for the pull policy). The manifest is resolved (an
+//! index by platform, default linux/<this machine>), every blob is checked
 //! against its sha256, and the layers are flattened in Rust into one tar
 //! with whiteouts applied (`.wh.NAME` removes NAME from lower layers,
 //! `.wh..wh..opq` their contents of the directory). That tar is unpacked and
@@ -16,47 +18,17 @@ use std::io::{BufReader, Read};
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
-use serde::Deserialize;
-use sha2::{Digest, Sha256};
-
 use super::{io_err, tools, ImageError};
 
 /// Bump when the flattening or the additions for our guest change.
 pub const OCI_ROOTFS_FORMAT: &str = "gondolin-ocirootfs-v1";
 
-/// Where the image comes from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Source {
-    Layout { dir: PathBuf, tag: Option<String> },
-    Registry(String),
-}
-
-/// `oci-layout:PATH[:TAG]`, an existing directory holding `oci-layout`,
-/// else a registry reference.
-pub fn parse_source(s: &str) -> Source {
-    if let Some(rest) = s.strip_prefix("oci-layout:") {
-        // PATH:TAG when the part after the last ':' is not a path.
-        if let Some((p, t)) = rest.rsplit_once(':') {
-            if !t.is_empty() && !t.contains('/') && !Path::new(rest).exists() {
-                return Source::Layout {
-                    dir: p.into(),
-                    tag: Some(t.into()),
-                };
-            }
-        }
-        return Source::Layout {
-            dir: rest.into(),
-            tag: None,
-        };
-    }
-    if Path::new(s).join("oci-layout").is_file() {
-        return Source::Layout {
-            dir: s.into(),
-            tag: None,
-        };
-    }
-    Source::Registry(s.to_string())
-}
+#[path = "ocirootfs_source.rs"]
+mod source;
+pub use source::{
+    parse_source, parse_source_in, resolve, resolve_layout, Fetch, Platform, PullPolicy, Source,
+    CACHE_DIR, REF_NAME,
+};
 
 fn step(step: &str, message: impl Into<String>) -> ImageError {
     ImageError::Step {
@@ -65,204 +37,10 @@ fn step(step: &str, message: impl Into<String>) -> ImageError {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Descriptor {
-    #[serde(default)]
-    media_type: String,
-    digest: String,
-    #[serde(default)]
-    annotations: BTreeMap<String, String>,
-    #[serde(default)]
-    platform: Option<Platform>,
-}
-
-#[derive(Deserialize)]
-struct Platform {
-    architecture: String,
-    os: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Index {
-    #[serde(default)]
-    media_type: String,
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-    #[serde(default)]
-    layers: Option<Vec<Descriptor>>,
-}
-
 /// A resolved image: its manifest digest and layers (bottom first).
 pub struct Resolved {
     pub digest: String,
     layers: Vec<(PathBuf, String)>,
-}
-
-/// Largest JSON document (index, manifest) read from a layout.
-const MAX_JSON: u64 = 4 << 20;
-
-fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf, ImageError> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| {
-            step(
-                "reading the OCI layout",
-                format!("unsupported digest {digest:?}"),
-            )
-        })?;
-    Ok(dir.join("blobs/sha256").join(hex.to_ascii_lowercase()))
-}
-
-/// sha256 of the file at `p` must be `digest`.
-fn verify_blob(p: &Path, digest: &str) -> Result<(), ImageError> {
-    let mut f = fs::File::open(p).map_err(io_err(format!("opening blob {digest}")))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(io_err(format!("reading blob {digest}")))?;
-    let got: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    if format!("sha256:{got}") != digest.to_ascii_lowercase() {
-        return Err(step(
-            "verifying the OCI image",
-            format!("blob {digest} has sha256:{got}"),
-        ));
-    }
-    Ok(())
-}
-
-fn read_json_blob(dir: &Path, digest: &str) -> Result<Index, ImageError> {
-    let p = blob_path(dir, digest)?;
-    verify_blob(&p, digest)?;
-    read_json(&p)
-}
-
-fn read_json(p: &Path) -> Result<Index, ImageError> {
-    let f = fs::File::open(p).map_err(io_err(format!("opening {}", p.display())))?;
-    let mut bytes = Vec::new();
-    f.take(MAX_JSON)
-        .read_to_end(&mut bytes)
-        .map_err(io_err(format!("reading {}", p.display())))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| step("reading the OCI layout", format!("{}: {e}", p.display())))
-}
-
-fn is_index(media_type: &str) -> bool {
-    media_type.contains("image.index") || media_type.contains("manifest.list")
-}
-
-/// Resolve `tag` (or the only image) in the layout at `dir` to a manifest
-/// for linux/amd64 and its layers.
-pub fn resolve_layout(dir: &Path, tag: Option<&str>) -> Result<Resolved, ImageError> {
-    if !dir.join("oci-layout").is_file() {
-        return Err(step(
-            "reading the OCI layout",
-            format!("{} has no oci-layout file", dir.display()),
-        ));
-    }
-    let index = read_json(&dir.join("index.json"))?;
-    let name = |d: &Descriptor| {
-        d.annotations
-            .get("org.opencontainers.image.ref.name")
-            .cloned()
-    };
-    let mut pick: Vec<&Descriptor> = match tag {
-        Some(t) => index
-            .manifests
-            .iter()
-            .filter(|d| name(d).as_deref() == Some(t))
-            .collect(),
-        None => index.manifests.iter().collect(),
-    };
-    if pick.len() != 1 {
-        return Err(step(
-            "reading the OCI layout",
-            format!(
-                "{} has {} images{}; name one with oci-layout:PATH:TAG",
-                dir.display(),
-                pick.len(),
-                tag.map(|t| format!(" tagged {t}")).unwrap_or_default()
-            ),
-        ));
-    }
-    let desc = pick.remove(0);
-    let doc = read_json_blob(dir, &desc.digest)?;
-    if !(is_index(&desc.media_type) || is_index(&doc.media_type)) {
-        return finish(dir, desc.digest.clone(), doc);
-    }
-    let want = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        a => a,
-    };
-    let d = doc
-        .manifests
-        .iter()
-        .find(|d| {
-            d.platform
-                .as_ref()
-                .is_some_and(|p| p.os == "linux" && p.architecture == want)
-        })
-        .ok_or_else(|| {
-            step(
-                "reading the OCI image",
-                format!("no linux/{want} image in the index"),
-            )
-        })?;
-    let m = read_json_blob(dir, &d.digest)?;
-    if is_index(&d.media_type) || is_index(&m.media_type) {
-        return Err(step("reading the OCI image", "nested image index"));
-    }
-    finish(dir, d.digest.clone(), m)
-}
-
-fn finish(dir: &Path, digest: String, doc: Index) -> Result<Resolved, ImageError> {
-    let layers = doc
-        .layers
-        .ok_or_else(|| {
-            step(
-                "reading the OCI image",
-                format!("manifest {digest} has no layers"),
-            )
-        })?
-        .into_iter()
-        .map(|l| Ok((blob_path(dir, &l.digest)?, l.media_type, l.digest)))
-        .collect::<Result<Vec<_>, ImageError>>()?;
-    for (p, _, d) in &layers {
-        verify_blob(p, d)?;
-    }
-    Ok(Resolved {
-        digest,
-        layers: layers.into_iter().map(|(p, m, _)| (p, m)).collect(),
-    })
-}
-
-/// Copy a registry image into the layout `dest` with skopeo (plain http
-/// for loopback registries, docker config auth as skopeo reads it).
-pub fn copy_from_registry(reference: &str, dest: &Path) -> Result<(), ImageError> {
-    let host = reference.split('/').next().unwrap_or_default();
-    let loopback =
-        host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]");
-    let mut c = Command::new("skopeo");
-    c.arg("copy").arg("--quiet");
-    if loopback {
-        c.arg("--src-tls-verify=false");
-    }
-    c.arg("--override-os=linux")
-        .arg(format!("docker://{reference}"))
-        .arg(format!("oci:{}:image", dest.display()));
-    match c.output() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ImageError::MissingTool {
-            tool: "skopeo",
-            package: "skopeo",
-        }),
-        Err(e) => Err(io_err("running skopeo")(e)),
-        Ok(o) if !o.status.success() => Err(step(
-            &format!("skopeo copy docker://{reference}"),
-            String::from_utf8_lossy(&o.stderr).trim().to_string(),
-        )),
-        Ok(_) => Ok(()),
-    }
 }
 
 fn layer_reader(path: &Path, media_type: &str) -> Result<Box<dyn Read>, ImageError> {
@@ -436,18 +214,6 @@ pub fn make_rootfs(tmp: &Path, extra_mib: u64) -> Result<PathBuf, ImageError> {
         mk.arg("-c").arg(&script).current_dir(tmp),
     )?;
     Ok(tmp.join("rootfs.ext4"))
-}
-
-/// Resolve `source` into `work` (a registry image is copied there first).
-pub fn resolve(source: &Source, work: &Path) -> Result<Resolved, ImageError> {
-    match source {
-        Source::Layout { dir, tag } => resolve_layout(dir, tag.as_deref()),
-        Source::Registry(r) => {
-            let dest = work.join("layout");
-            copy_from_registry(r, &dest)?;
-            resolve_layout(&dest, Some("image"))
-        }
-    }
 }
 
 #[cfg(test)]

@@ -130,10 +130,11 @@ fn image_id(
         h.update(super::ocirootfs::OCI_ROOTFS_FORMAT);
     }
     h.update(super::base::base_hash(def)?);
+    let recipe = def.recipe_bytes();
     let parts = oci_digest
         .map(str::as_bytes)
         .into_iter()
-        .chain([&def.raw[..], BASE_CMDLINE.as_bytes()]);
+        .chain([&recipe[..], BASE_CMDLINE.as_bytes()]);
     for part in parts {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);

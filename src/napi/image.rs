@@ -34,6 +34,9 @@ pub struct NativeBuildOptions {
     pub verbose: Option<bool>,
     /// Our extension: rootfs from this OCI image (layout dir or registry ref).
     pub from_oci: Option<String>,
+    /// Our extension: `if-not-present` | `always` | `never`, over the
+    /// definition's `oci.pullPolicy`.
+    pub oci_pull_policy: Option<String>,
 }
 
 impl From<ImageInfo> for NativeImage {
@@ -53,15 +56,25 @@ impl From<ImageInfo> for NativeImage {
     }
 }
 
-fn opts(o: NativeBuildOptions) -> BuildOptions {
-    BuildOptions {
+fn opts(o: NativeBuildOptions) -> Result<BuildOptions, image::ImageError> {
+    let oci_pull_policy = o
+        .oci_pull_policy
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|message| image::ImageError::Definition {
+            path: PathBuf::from("ociPullPolicy"),
+            message,
+        })?;
+    Ok(BuildOptions {
         definition: o.definition.into(),
         guest_bin_dir: o.guest_bin_dir.into(),
         cache_root: None,
         output: o.output.map(PathBuf::from),
         verbose: o.verbose.unwrap_or(false),
         from_oci: o.from_oci,
-    }
+        oci_pull_policy,
+    })
 }
 
 /// Read and validate the image in `dir`.
@@ -87,7 +100,8 @@ pub fn verify_image(env: &Env, dir: String) -> napi::Result<PromiseRaw<'_, Vec<S
 /// The image for the current inputs if it is already built.
 #[napi]
 pub fn find_image(env: &Env, options: NativeBuildOptions) -> napi::Result<Option<NativeImage>> {
-    image::find_built(&opts(options))
+    opts(options)
+        .and_then(|o| image::find_built(&o))
         .map(|o| o.map(Into::into))
         .js(env)
 }
@@ -101,7 +115,7 @@ pub fn build_image<'e>(
         JsCallback<String, ()>,
     >,
 ) -> napi::Result<PromiseRaw<'e, NativeImage>> {
-    let o = opts(options);
+    let o = opts(options).js(env)?;
     spawn_coded(env, async move {
         let job = tokio::task::spawn_blocking(move || {
             let mut report = |line: &str| {
@@ -250,5 +264,13 @@ pub fn push_image<'e>(
 /// for), so a registry pull can ask for exactly that build.
 #[napi]
 pub fn expected_build_id(env: &Env, options: NativeBuildOptions) -> napi::Result<String> {
-    image::expected_build_id(&opts(options)).js(env)
+    opts(options)
+        .and_then(|o| image::expected_build_id(&o))
+        .and_then(|id| {
+            id.ok_or_else(|| image::ImageError::Step {
+                step: "computing the build id".into(),
+                message: "the OCI rootfs image is not local yet; build it once".into(),
+            })
+        })
+        .js(env)
 }

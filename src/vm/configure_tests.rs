@@ -31,6 +31,7 @@ fn image() -> Option<crate::image::ImageInfo> {
         output: None,
         verbose: false,
         from_oci: None,
+        oci_pull_policy: None,
     };
     crate::image::find_built(&opts).ok().flatten()
 }

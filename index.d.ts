@@ -493,7 +493,45 @@ export type DebugLogFn = (component: DebugComponent, message: string) => void;
  * Every key is checked when the VM is constructed: an unknown key (or a bad
  * value) throws an error with code "invalid_option" naming the nearest valid key.
  */
+/**
+ * Where a remote VM runs (our extension; docs/remote-protocol.md): a
+ * `gondolin ws-server`. The VM object behaves as a local one (exec, shell,
+ * fs, close); httpHooks, fetch, onEgress, vfs.hooks and VFS providers
+ * run in this process and are called across the connection.
+ */
+export interface RemoteOptions {
+  /** `ws://host:port` or `wss://host:port` (default `$GONDOLIN_REMOTE`). */
+  url?: string;
+  /** Bearer token (default: `tokenFile`'s content, else `$GONDOLIN_REMOTE_TOKEN`). */
+  token?: string;
+  /** File holding the token (read once, trimmed). */
+  tokenFile?: string;
+  /** A token from `vm.detach()`: reattach to that VM instead of creating one. */
+  attach?: string;
+  /** Extra PEM CA certificate(s) trusted for `wss://` (besides the system's roots). */
+  ca?: string;
+  /** A file holding `ca` (default: `$GONDOLIN_REMOTE_CA`, a path). */
+  caFile?: string;
+}
+
 export interface VMOptions {
+  /**
+   * Our extension: run the VM on a `gondolin ws-server` (only through
+   * `VM.create`; `new VM` refuses it). Unset: `$GONDOLIN_REMOTE` decides
+   * (with `$GONDOLIN_REMOTE_TOKEN`); `false`: always this machine.
+   * Refused on a remote VM, each with a message naming it: a RealFSProvider
+   * mount (its path would be the server's disk), createHttpHooks secrets,
+   * ssh, and any non-JSON option other than httpHooks, fetch, onEgress,
+   * vfs.hooks and VFS providers (those run in this process). Egress rules
+   * that reach internal addresses (allowedInternalHosts,
+   * blockInternalRanges: false, tcp.hosts) are refused unless the server
+   * runs with --allow-internal-egress. The server's `--max-vms` / `--max-memory`
+   * refusal has code "queue_full"; a refused token "remote_unauthorized",
+   * a draining or full server at connect "remote_unavailable", an
+   * unreachable one "io_error"; a connection lost later fails calls with
+   * "connection_closed" / "vm_closed".
+   */
+  remote?: RemoteOptions | false;
   sandbox?: SandboxOptions;
   rootfs?: VmRootfsOptions;
   /**
@@ -1012,7 +1050,12 @@ export interface VmFs {
 }
 
 export declare class VM {
-  /** Resolves the guest image (building it on first use); does not boot (start() or the first use does). */
+  /**
+   * Resolves the guest image (building it on first use); does not boot
+   * (start() or the first use does). With `options.remote` (or
+   * `$GONDOLIN_REMOTE`), connects and creates the VM on that server; the
+   * result is a RemoteVM (still `instanceof VM`).
+   */
   static create(options?: VMOptions): Promise<VM>;
   constructor(options?: VMOptions);
   readonly id: string;
@@ -1520,6 +1563,38 @@ export interface SessionEntry extends SessionInfo {
 }
 /** Newest first. Directory: $GONDOLIN_SESSIONS_DIR or ~/.cache/gondolin/sessions. */
 export declare function listSessions(): Promise<SessionEntry[]>;
+
+/**
+ * A VM on a `gondolin ws-server` (our extension), from
+ * `VM.create({ remote })`. exec/shell/fs/close behave as a local VM's;
+ * enableSsh, enableIngress and checkpoint reject ("not available on a
+ * remote VM"); getHostPid() is null. If the connection ends, the VM is
+ * closed on the server (unless detached) and calls fail with "vm_closed".
+ */
+export declare class RemoteVM extends VM {
+  /**
+   * Keep the VM on the server after this object disconnects (it does, at
+   * once). Resolves to a token for `VM.create({ remote: { url, token,
+   * attach } })`, valid until the server's `--detach-ttl-ms` passes.
+   */
+  detach(): Promise<string>;
+}
+
+/** One VM a ws-server holds (`listRemoteVms`). */
+export interface RemoteVmEntry {
+  vm: string;
+  /** ISO 8601. */
+  createdAt: string;
+  running: boolean;
+  /** A connection owns it (false: detached, waiting for a reattach). */
+  attached: boolean;
+  detachable: boolean;
+  /** Guest memory in bytes. */
+  memory: number;
+}
+
+/** Our extension: the VMs a ws-server holds (any client's). */
+export declare function listRemoteVms(remote?: RemoteOptions): Promise<RemoteVmEntry[]>;
 /** Exact id, else a unique prefix; null if none; throws on an ambiguous prefix. */
 export declare function findSession(query: string): Promise<SessionEntry | null>;
 /** Removes dead or malformed entries and orphan sockets; returns how many. */

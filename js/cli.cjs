@@ -16,6 +16,7 @@ Commands:
   snapshot ID [--output PATH | --name NAME] [--memory]
                                     checkpoint a running VM (it stops) for
                                     'gondolin bash --resume'
+  ws-server [options]               serve VMs to remote clients over WebSocket
   build [options]                   build the guest image from Debian packages
   image ls|inspect|tag|rm|import    the local image store and its NAME:TAG refs
   help                              show this help
@@ -71,7 +72,16 @@ internal addresses are blocked unless named exactly by --allow-host):
                              ~/.ssh/known_hosts, /etc/ssh/ssh_known_hosts;
                              repeatable)
   --disable-websockets       refuse WebSocket upgrades
-  --no-network               no network device at all`;
+  --no-network               no network device at all
+
+Remote (ours; see 'gondolin ws-server --help'):
+  --remote URL               run the VM on a gondolin ws-server (ws:// or
+                             wss://; default $GONDOLIN_REMOTE); --mount-hostfs
+                             is refused there (it would mean the server's disk)
+  --token-file PATH          the server's bearer token (default
+                             $GONDOLIN_REMOTE_TOKEN)
+  --ca-file PATH             extra CA (PEM) for a wss:// server's certificate
+                             (default $GONDOLIN_REMOTE_CA)`;
 
 const EXEC_USAGE = `Usage: gondolin exec [options] -- CMD [ARGS...]
 
@@ -412,6 +422,15 @@ function parseVmFlag(args, i, o, usage) {
     case "--no-network":
       o.noNetwork = true;
       return 0;
+    case "--remote": // remote
+      o.remote = takeValue(args, i, flag, usage);
+      return 1;
+    case "--token-file": // remote
+      o.tokenFile = takeValue(args, i, flag, usage);
+      return 1;
+    case "--ca-file": // remote
+      o.caFile = takeValue(args, i, flag, usage);
+      return 1;
     default:
       return -1;
   }
@@ -419,6 +438,10 @@ function parseVmFlag(args, i, o, usage) {
 
 function vmOptions(o) {
   const options = { sandbox: {} };
+  // remote: a ws-server runs the VM (the token from --token-file, else $GONDOLIN_REMOTE_TOKEN)
+  if (o.remote || o.tokenFile || o.caFile) {
+    options.remote = { url: o.remote ?? process.env.GONDOLIN_REMOTE, tokenFile: o.tokenFile, caFile: o.caFile };
+  }
   if (o.memory) options.memory = o.memory;
   if (o.cpus) options.cpus = o.cpus;
   if (o.image) options.sandbox.imagePath = o.image;
@@ -440,8 +463,9 @@ function vmOptions(o) {
   const { createHttpHooks } = require("./net.cjs");
   const hooks = createHttpHooks({
     allowedHosts: o.denyAll ? o.allowHosts || [] : o.allowHosts,
-    // A host named exactly (no wildcard) may be an internal address.
-    allowedInternalHosts: (o.allowHosts || []).filter((h) => !h.includes("*")),
+    // A host named exactly (no wildcard) may be an internal address
+    // (not through a ws-server: its internal network is the server's).
+    allowedInternalHosts: options.remote ? undefined : (o.allowHosts || []).filter((h) => !h.includes("*")),
     secrets: o.secrets,
   });
   options.httpHooks = hooks.httpHooks;
@@ -1100,6 +1124,8 @@ async function main(argv) {
       return cmdSnapshot(args);
     case "image":
       return require("./cli-image.cjs").cmdImage(args, UsageError);
+    case "ws-server":
+      return require("./cli-remote.cjs").cmdWsServer(args, UsageError);
     default:
       process.stderr.write(`Unknown command: ${command}\n${USAGE}`);
       return 1;

@@ -57,6 +57,7 @@ const {
 } = require("./net.cjs");
 const { IngressRequestBlockedError, GondolinListeners, parseListenersFile, serializeListenersFile } = require("./ingress.cjs"); // ingress
 const { getInfoFromSshExecRequest } = require("./ssh.cjs"); // SSH egress
+const { RemoteVM, listRemoteVms } = require("./remote-client.cjs"); // remote: VMs on a ws-server
 const { listSessions, findSession, gcSessions, connectToSession, registerSession, unregisterSession } = require("./sessions.cjs");
 
 module.exports = {
@@ -93,6 +94,8 @@ module.exports = {
   tagImage,
   removeImage,
   listSessions,
+  listRemoteVms, // remote
+  RemoteVM, // remote
   findSession,
   gcSessions,
   connectToSession,

@@ -808,4 +808,5 @@ module.exports = {
   statsObject,
   check,
   toNative,
+  attach, // remote: a remote VM's providers tell it about host-side changes
 };

@@ -50,7 +50,11 @@ function startTimeout(options) {
 }
 
 function validateOptions(options) {
-  const resolved = resolveOptions(options);
+  // `remote` (ours, js/remote-client.cjs) says where the VM runs; only
+  // VM.create can connect, so here it may only be false (this machine).
+  const { remote, ...local } = options;
+  if (remote !== undefined && remote !== false) throw optionError("a remote VM comes from VM.create({ remote }), not new VM()");
+  const resolved = resolveOptions(local);
   if (options.env !== undefined) invalidOption(() => envToEntries(options.env, "env"));
   return resolved;
 }
@@ -86,6 +90,10 @@ function debugVfsHooks(v, log) {
 
 class VM {
   static async create(options = {}) {
+    // remote: a VM on a `gondolin ws-server` (js/remote-client.cjs)
+    const remote = require("./remote-client.cjs");
+    const target = options && remote.remoteTarget(options);
+    if (target) return remote.RemoteVM.create(options, target);
     const vm = new VM(options);
     // Resolve (and on first use, build) the image now, as upstream resolves assets in create().
     vm._image = await ensureImage((options.sandbox || {}).imagePath);

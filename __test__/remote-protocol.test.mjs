@@ -1,0 +1,201 @@
+// The remote protocol without VMs: wire checks, credit-based flow control
+// end to end over an in-process pair (js/remote-pair.cjs), and the peer
+// closing on a protocol violation. Fast; no guest needed.
+import test from "node:test";
+import assert from "node:assert/strict";
+import { createRequire } from "node:module";
+
+const require = createRequire(import.meta.url);
+const wire = require("../js/remote-wire.cjs");
+const { pair } = require("../js/remote-pair.cjs");
+const { Peer } = require("../js/remote-peer.cjs");
+const { ServerExec } = require("../js/remote-server-exec.cjs");
+const { RemoteExecChannel } = require("../js/remote-exec-channel.cjs");
+const { ExecProcess } = require("../js/exec.cjs");
+
+test("wire: unknown type, missing or mistyped field, bad frames are refused", () => {
+  assert.throws(() => wire.decodeMessage('{"t":"nope","id":3}'), (e) => e.re === 3 && /unknown message type/.test(e.message));
+  assert.throws(() => wire.decodeMessage('{"t":"exec.start","id":4}'), /missing field vm/);
+  assert.throws(() => wire.decodeMessage('{"t":"exec.kill","sid":1,"signal":"x"}'), /signal is not a valid int/);
+  assert.throws(() => wire.decodeMessage('{"t":"exec.end","sid":1,"extra":1}'), /unknown field extra/);
+  assert.throws(() => wire.decodeMessage("not json"), /not JSON/);
+  assert.throws(() => wire.decodeMessage(`{"t":"exec.credit","sid":1,"bytes":${wire.MAX_WINDOW_BYTES + 1}}`), /bytes/);
+  assert.throws(() => wire.decodeData(Buffer.alloc(4)), /shorter/);
+  const bad = wire.encodeData(1, "stdout", Buffer.alloc(1));
+  bad[4] = 9;
+  assert.throws(() => wire.decodeData(bad), /unknown kind/);
+  assert.throws(() => wire.decodeData(Buffer.alloc(wire.HEADER_BYTES + wire.MAX_DATA_BYTES + 1, 0)), /unknown kind|more than/);
+  const d = wire.decodeData(wire.encodeData(7, "stdin", Buffer.from("abc")));
+  assert.deepEqual([d.sid, d.kind, d.data.toString()], [7, "stdin", "abc"]);
+  const m = wire.decodeMessage(wire.encodeMessage({ t: "call", id: 1, vm: "v", kind: "vfs", call: { data: Buffer.from("x") } }));
+  assert.ok(Buffer.isBuffer(m.call.data));
+});
+
+/** A NativeExec that produces `total` bytes of stdout in `chunk`-byte events, counting pulls. */
+function fakeExec(total, chunk) {
+  const f = {
+    id: 1,
+    produced: 0,
+    pulls: 0,
+    stdin: [],
+    async next() {
+      f.pulls++;
+      if (f.produced >= total) {
+        if (f.exited) return null;
+        f.exited = true;
+        return [{ kind: "exit", exitCode: 0 }];
+      }
+      const n = Math.min(chunk, total - f.produced);
+      f.produced += n;
+      return [{ kind: "stdout", data: Buffer.alloc(n, 0x61) }];
+    },
+    async write(b) {
+      f.stdin.push(Buffer.from(b));
+    },
+    end() {
+      f.ended = true;
+    },
+    kill() {},
+    resize() {},
+  };
+  return f;
+}
+
+const metrics = { bytes() {}, execDone() {}, execStarted() {} };
+
+function wirePair(native, window) {
+  const [c, s] = pair();
+  let ch;
+  let ex;
+  const server = new Peer(s, {
+    request: async () => ({}),
+    message: (m) => (m.t === "exec.credit" ? ex.grant(m.bytes) : m.t === "exec.end" ? ex.end() : null),
+    data: (d) => ex.stdin(d.data),
+  });
+  const client = new Peer(c, {
+    request: async () => ({}),
+    message: (m) => ch[m.t === "stdin.credit" ? "onStdinCredit" : "onEnd"](m.t === "stdin.credit" ? m.bytes : m),
+    data: (d) => ch.onData(d.kind, d.data),
+  });
+  server.run();
+  client.run();
+  ch = new RemoteExecChannel(client, 1, window, true);
+  ex = new ServerExec(server, 1, native, window, true, metrics);
+  return { ch, ex, server, client };
+}
+
+test("flow control: a consumer that stops reading stops the producer (bounded by the window)", async () => {
+  const native = fakeExec(64 * 1024 * 1024, 64 * 1024);
+  const window = 1024 * 1024;
+  const { ch, ex } = wirePair(native, window);
+  const done = ex.pump();
+  const proc = new ExecProcess(Promise.resolve(ch), { stdout: "pipe" });
+  // Nobody reads proc.stdout: the producer must stall near window + one batch + the pipe's mark.
+  await new Promise((r) => setTimeout(r, 300));
+  const stalled = native.produced;
+  assert.ok(stalled <= 3 * window, `produced ${stalled} bytes with nobody reading`);
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(native.produced, stalled, "producer kept going");
+  let got = 0;
+  for await (const chunk of proc.stdout) got += chunk.length;
+  const r = await proc;
+  assert.equal(r.exitCode, 0);
+  assert.equal(got, 64 * 1024 * 1024);
+  assert.equal((await done).exitCode, 0);
+});
+
+test("stdin: bytes arrive in order within the server's credit, then EOF", async () => {
+  const native = fakeExec(0, 1);
+  const { ch, ex } = wirePair(native, 1024 * 1024);
+  const big = Buffer.alloc(3 * wire.STDIN_WINDOW_BYTES + 5, 7);
+  await ch.write(Buffer.from("hello "));
+  await ch.write(big);
+  ch.end();
+  await new Promise((r) => setTimeout(r, 200));
+  const all = Buffer.concat(native.stdin);
+  assert.equal(all.length, 6 + big.length);
+  assert.equal(all.subarray(0, 6).toString(), "hello ");
+  assert.ok(native.ended);
+  await ex.pump();
+});
+
+test("a peer that sends beyond its credit is closed with a reason", async () => {
+  const native = fakeExec(0, 1);
+  native.write = () => new Promise(() => {}); // a guest that takes no stdin: credit never comes back
+  const { server, client } = wirePair(native, 1024 * 1024);
+  // Bypass the channel: push more stdin than the 1 MiB credit.
+  for (let i = 0; i < 5; i++) await client.sendData(1, "stdin", Buffer.alloc(wire.MAX_DATA_BYTES)).catch(() => {});
+  await server.done;
+  assert.match(server.closeReason, /flow control violated/);
+  assert.ok(client.closed);
+});
+
+test("a malformed frame closes the connection with a reason; a bad request gets an error reply", async () => {
+  const [c, s] = pair();
+  const server = new Peer(s, { request: async () => ({}), message: () => {}, data: () => {} });
+  const client = new Peer(c, { request: async () => ({}), message: () => {}, data: () => {} });
+  server.run();
+  client.run();
+  await assert.rejects(client.request({ t: "vm.start" }), (e) => e.code === "invalid_request" && /missing field vm/.test(e.message));
+  await c.send("{not json");
+  await server.done;
+  assert.match(server.closeReason, /not JSON/);
+});
+
+test("metrics: Prometheus text with VMs, boots, execs, a latency histogram and bytes", () => {
+  const { Metrics } = require("../js/remote-metrics.cjs");
+  const m = new Metrics(() => 2);
+  m.boot();
+  m.execStarted();
+  m.execDone(0.02);
+  m.bytes("stdout", 10);
+  const t = m.text();
+  for (const line of [
+    "gondolin_remote_vms 2",
+    "gondolin_remote_boots_total 1",
+    "gondolin_remote_execs_total 1",
+    'gondolin_remote_exec_seconds_bucket{le="0.025"} 1',
+    'gondolin_remote_exec_seconds_bucket{le="0.01"} 0',
+    'gondolin_remote_exec_seconds_bucket{le="+Inf"} 1',
+    "gondolin_remote_exec_seconds_count 1",
+    'gondolin_remote_exec_bytes_total{stream="stdout"} 10',
+  ]) {
+    assert.ok(t.includes(line + "\n"), line);
+  }
+  if (m.timer) clearTimeout(m.timer);
+});
+
+test("server: option refusals, --max-memory, --max-vms and draining are clear errors (no boot)", async () => {
+  const { RemoteServerCore } = require("../js/remote-server.cjs");
+  const core = new RemoteServerCore({ memory: "256M", maxMemory: "700M", maxVms: 3 });
+  const [c, s] = pair();
+  core.accept(s);
+  const client = new Peer(c, { request: async () => ({}), message: () => {}, data: () => {} });
+  client.run();
+  const create = (options = {}) => client.request({ t: "vm.create", options });
+  await assert.rejects(create({ sandbox: { qemuPath: "/bin/x" } }), /qemuPath names a file on the server/);
+  await assert.rejects(create({ sandbox: { imagePath: "/srv/img" } }), /path on the server's disk/);
+  await assert.rejects(create({ remote: { url: "ws://x" } }), /option remote cannot be sent/);
+  await assert.rejects(client.request({ t: "hello", v: 2 }), (e) => e.code === "protocol_mismatch");
+  for (const net of [{ blockInternalRanges: false }, { allowedInternalHosts: ["10.0.0.1"] }, { tcpHosts: [["db", "127.0.0.1:5432"]] }]) {
+    await assert.rejects(client.request({ t: "vm.create", options: {}, net }), /server's own network.*--allow-internal-egress/);
+  }
+  const a = await create();
+  const b = await create();
+  assert.equal(a.memory, 256 * 1024 * 1024);
+  await assert.rejects(create(), (e) => e.code === "queue_full" && /--max-memory 700M/.test(e.message));
+  const small = await create({ memory: "128M" });
+  await assert.rejects(create({ memory: "128M" }), (e) => e.code === "queue_full" && /--max-vms 3/.test(e.message));
+  const list = (await client.request({ t: "sessions" })).vms;
+  assert.deepEqual(list.map((e) => e.vm).sort(), [a.vm, b.vm, small.vm].sort());
+  core.draining = true;
+  await assert.rejects(create({ memory: "128M" }), (e) => e.code === "invalid_state" && /draining/.test(e.message));
+  client.close(1000, "done");
+  await new Promise((r) => setTimeout(r, 100));
+  await waitEmpty(core);
+});
+
+async function waitEmpty(core) {
+  for (let i = 0; i < 50 && core.entries.size > 0; i++) await new Promise((r) => setTimeout(r, 100));
+  assert.equal(core.entries.size, 0, "the disconnected client's VMs were closed");
+}

@@ -1,0 +1,357 @@
+// Remote VMs (our extension): `gondolin ws-server` children on 127.0.0.1 and
+// VM.create({ remote }) in this process. One shared server and few VMs:
+// each boot costs seconds under TCG.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import crypto from "node:crypto";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { spawn, execFileSync } from "node:child_process";
+import { createRequire } from "node:module";
+import http from "node:http";
+import { VM, MemoryProvider, RealFSProvider, createHttpHooks } from "@gondolin/native";
+import { vmSkip, cli, root, sleep, rssOf } from "./helpers.mjs";
+
+const require = createRequire(import.meta.url);
+const { listRemoteVms } = require("../js/remote-client.cjs");
+
+const skip = vmSkip();
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "gondolin-remote-"));
+const TOKEN = crypto.randomBytes(24).toString("hex");
+const tokenFile = path.join(tmp, "token");
+fs.writeFileSync(tokenFile, TOKEN + "\n");
+const children = new Set();
+
+/** Start `gondolin ws-server` on a free port; resolves { url, child, exited, log }. */
+async function startServer(...args) {
+  const env = { ...process.env };
+  delete env.GONDOLIN_REMOTE;
+  const child = spawn(process.execPath, [cli, "ws-server", "--port", "0", "--memory", "512M", ...args], {
+    env,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  children.add(child);
+  const s = { child, log: "" };
+  child.stderr.on("data", (d) => (s.log += d));
+  s.exited = new Promise((r) => child.once("exit", (code, sig) => (children.delete(child), r({ code, sig }))));
+  s.url = await new Promise((resolve, reject) => {
+    let out = "";
+    child.stdout.on("data", (d) => {
+      out += d;
+      const m = /listening on (\S+)/.exec(out);
+      if (m) resolve(m[1]);
+    });
+    s.exited.then(({ code }) => reject(new Error(`ws-server exited ${code} before listening:\n${s.log}`)));
+  });
+  return s;
+}
+
+async function waitFor(what, fn, ms = 15000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    if (await fn()) return;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(200);
+  }
+}
+
+let server;
+let vm;
+
+before(async () => {
+  if (skip) return;
+  server = await startServer("--token-file", tokenFile, "--allow-internal-egress");
+  vm = await VM.create({ remote: { url: server.url, token: TOKEN }, env: { VM_LEVEL: "vm" } });
+  await vm.start();
+});
+
+after(async () => {
+  if (vm) await vm.close().catch(() => {});
+  for (const c of children) c.kill("SIGKILL");
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+test("exec: capture, stderr, exit code, env, cwd", { skip }, async () => {
+  assert.ok(vm instanceof VM);
+  const r = await vm.exec("echo hello; echo err >&2; exit 7");
+  assert.deepEqual([r.stdout, r.stderr, r.exitCode], ["hello\n", "err\n", 7]);
+  const e = await vm.exec("echo $VM_LEVEL $X; pwd", { env: { X: "x" }, cwd: "/tmp" });
+  assert.equal(e.stdout, "vm x\n/tmp\n");
+  const p = await vm.exec(["uname", "-s"]);
+  assert.equal(p.stdout, "Linux\n");
+  const k = vm.exec(["sleep", "30"]);
+  await sleep(300);
+  k.kill("SIGKILL");
+  assert.equal((await k).signal, 9);
+  const ac = new AbortController();
+  const ab = vm.exec(["sleep", "30"], { signal: ac.signal });
+  setTimeout(() => ac.abort(), 200);
+  await assert.rejects(ab, (err) => err.code === "exec_aborted");
+});
+
+test("exec: stdin as a value, as a stream, and written piecewise", { skip }, async () => {
+  const a = await vm.exec(["cat"], { stdin: "from a string" });
+  assert.equal(a.stdout, "from a string");
+  const big = crypto.randomBytes(3 * 1024 * 1024);
+  const b = await vm.exec(["sha256sum"], { stdin: big });
+  assert.equal(b.stdout.split(" ")[0], crypto.createHash("sha256").update(big).digest("hex"));
+  const proc = vm.exec(["sh", "-c", "read l; echo got:$l; cat"], { stdin: true });
+  proc.write("one\n");
+  proc.write("two\n");
+  proc.end();
+  assert.equal((await proc).stdout, "got:one\ntwo\n");
+});
+
+test("exec: streaming output with backpressure, and a pty with resize", { skip }, async () => {
+  const proc = vm.exec(["sh", "-c", "head -c 8000000 /dev/zero"], { stdout: "pipe" });
+  let n = 0;
+  for await (const c of proc.stdout) {
+    n += c.length;
+    if (n < 1e6) await sleep(1); // a slow reader for the first megabyte
+  }
+  assert.equal(n, 8000000);
+  assert.equal((await proc).exitCode, 0);
+  const t = vm.exec(["sh", "-c", "tty; read x; stty size"], { pty: true, stdin: true, stdout: "pipe" });
+  let out = "";
+  t.stdout.on("data", (d) => (out += d));
+  await waitFor("the pty prompt", () => out.includes("/dev/pts/"));
+  t.resize(33, 101);
+  await sleep(200);
+  t.write("\n");
+  await t;
+  assert.match(out, /33 101/);
+});
+
+test("a client that stops reading pauses the guest; the server's memory stays flat", { skip }, async () => {
+  const proc = vm.exec(["sh", "-c", "head -c 200000000 /dev/zero; echo done >&2"], { stdout: "pipe", stderr: "pipe" });
+  const r = proc.stdout;
+  await new Promise((res) => r.once("readable", res));
+  const base = rssOf(server.child.pid);
+  await sleep(2500); // nobody reads: credit stops, the server stops pulling, the guest blocks
+  const grown = rssOf(server.child.pid) - base;
+  assert.ok(grown < 32 * 1024 * 1024, `server RSS grew ${grown} bytes while the client read nothing`);
+  let n = 0;
+  for await (const c of r) n += c.length;
+  const res = await proc;
+  assert.equal(n, 200000000);
+  assert.equal(res.exitCode, 0);
+});
+
+test("vm.fs: a 20 MiB round trip, stat, listDir, mkdir, rename, delete, streams", { skip }, async () => {
+  const data = crypto.randomBytes(20 * 1024 * 1024);
+  await vm.fs.mkdir("/tmp/rt/sub", { recursive: true });
+  await vm.fs.writeFile("/tmp/rt/big", data);
+  const back = await vm.fs.readFile("/tmp/rt/big");
+  assert.ok(back.equals(data));
+  assert.equal((await vm.fs.stat("/tmp/rt/big")).size, data.length);
+  assert.deepEqual(await vm.fs.listDir("/tmp/rt"), ["big", "sub"]);
+  await vm.fs.rename("/tmp/rt/big", "/tmp/rt/moved");
+  let n = 0;
+  for await (const c of await vm.fs.readFileStream("/tmp/rt/moved")) n += c.length;
+  assert.equal(n, data.length);
+  await vm.fs.deleteFile("/tmp/rt", { recursive: true });
+  await assert.rejects(vm.fs.stat("/tmp/rt"), (e) => e.code === "ENOENT");
+  await assert.rejects(vm.fs.readFile("/nope"), (e) => e.code === "ENOENT");
+});
+
+function firstHostIp() {
+  for (const list of Object.values(os.networkInterfaces())) {
+    for (const a of list || []) if (a.family === "IPv4" && !a.internal) return a.address;
+  }
+  return null;
+}
+
+test("hooks and a VFS provider run in the client process", { skip }, async () => {
+  const hostIp = firstHostIp();
+  assert.ok(hostIp, "the host needs a non-loopback IPv4 address");
+  const web = http.createServer((req, res) => res.end(`served ${req.url}\n`));
+  await new Promise((r) => web.listen(0, "0.0.0.0", r));
+  const base = `http://${hostIp}:${web.address().port}`;
+  const seen = [];
+  const mem = new MemoryProvider();
+  await mem.writeFile("/from-client.txt", "written by the client\n");
+  // createHttpHooks' rules go to the server; its isRequestAllowed callback stays here.
+  const { httpHooks } = createHttpHooks({
+    allowedHosts: [hostIp],
+    allowedInternalHosts: [hostIp],
+    isRequestAllowed: (req) => {
+      seen.push(`${process.pid} ${new URL(req.url).pathname}`);
+      return !req.url.endsWith("/deny");
+    },
+  });
+  const egress = [];
+  const v = await VM.create({
+    remote: { url: server.url, token: TOKEN },
+    httpHooks,
+    vfs: {
+      mounts: { "/mem": mem },
+      hooks: {
+        before(ctx) {
+          if (ctx.path === "/mem/blocked.txt" && ctx.op === "open" && /[wa]/.test(ctx.flags)) {
+            throw Object.assign(new Error(`blocked in ${process.pid}`), { code: "EACCES" });
+          }
+        },
+        onRead: (p, data) => (p === "/mem/from-client.txt" ? Buffer.from(data.toString().toUpperCase()) : undefined),
+      },
+    },
+    onEgress: (e) => egress.push(`${e.decision} ${e.url && new URL(e.url).pathname}`),
+  });
+  try {
+    const get = async (p) => (await v.exec(`curl -s -m 20 -w ' %{http_code}' ${base}${p}`)).stdout;
+    assert.equal(await get("/ok"), "served /ok\n 200");
+    assert.match(await get("/deny"), / 403$/);
+    assert.deepEqual(seen, [`${process.pid} /ok`, `${process.pid} /deny`]);
+    await waitFor("onEgress records", () => egress.length >= 2);
+    assert.deepEqual(egress.slice().sort(), ["allow /ok", "deny /deny"]);
+    const c = await v.exec("cat /mem/from-client.txt; echo guest > /mem/from-guest.txt");
+    assert.equal(c.stdout, "WRITTEN BY THE CLIENT\n", "the client's onRead hook rewrote the bytes");
+    const b = await v.exec("echo x > /mem/blocked.txt");
+    assert.notEqual(b.exitCode, 0);
+    assert.match(b.stderr, /Permission denied/);
+    assert.equal(await mem.readFile("/from-guest.txt", "utf8"), "guest\n");
+    // A host-side edit after the guest looked reaches it at once (the cache is dropped across the connection).
+    await mem.writeFile("/from-guest.txt", "host edit\n");
+    assert.equal((await v.exec("cat /mem/from-guest.txt")).stdout, "host edit\n");
+  } finally {
+    await v.close();
+    web.close();
+  }
+});
+
+test("refusals: RealFSProvider, wrong token (401), bad option", { skip }, async () => {
+  await assert.rejects(
+    VM.create({ remote: { url: server.url, token: TOKEN }, vfs: { mounts: { "/h": new RealFSProvider(tmp) } } }),
+    /RealFSProvider .*server's disk/,
+  );
+  const before = (await listRemoteVms({ url: server.url, token: TOKEN })).length;
+  const unauthorized = require("../js/remote-transport.cjs").hasNative() ? "remote_unauthorized" : "connection_closed";
+  await assert.rejects(VM.create({ remote: { url: server.url, token: "wrong-token" } }), (e) => /401/.test(e.message) && e.code === unauthorized);
+  await assert.rejects(VM.create({ remote: { url: server.url } }), /401/);
+  assert.equal((await listRemoteVms({ url: server.url, token: TOKEN })).length, before);
+  await assert.rejects(VM.create({ remote: { url: server.url, token: TOKEN }, memory: () => 1 }), /not plain JSON/);
+});
+
+test("malformed frames close that connection with a reason; the server keeps serving", { skip }, async () => {
+  const transport = require("../js/remote-transport.cjs");
+  for (const bad of ["{not json", '{"t":"exec.credit","sid":1,"bytes":-5}', Buffer.from([0, 0, 0, 1, 9, 0, 0, 0])]) {
+    const conn = await transport.connect(server.url, { token: TOKEN });
+    await conn.send(bad);
+    let batch;
+    do batch = await conn.recv();
+    while (batch.length > 0);
+    assert.ok(conn.closeReason, `closed with a reason after ${bad}`);
+    assert.equal(conn.closeCode, 4002, `protocol-error close code after ${bad}: ${conn.closeReason}`);
+  }
+  assert.ok(Array.isArray(await listRemoteVms({ url: server.url, token: TOKEN })));
+});
+
+test("a client killed mid-exec loses its VM on the server", { skip }, async () => {
+  const script = `
+    const { VM } = require(${JSON.stringify(path.join(root, "js", "index.cjs"))});
+    (async () => {
+      const vm = await VM.create({ remote: { url: process.argv[1], token: process.argv[2] } });
+      const p = vm.exec(["sh", "-c", "echo started; sleep 100"], { stdout: "pipe" });
+      p.stdout.once("data", () => console.log("RUNNING " + vm.id));
+      await p;
+    })();`;
+  const child = spawn(process.execPath, ["-e", script, server.url, TOKEN], { stdio: ["ignore", "pipe", "inherit"] });
+  const id = await new Promise((resolve) => {
+    let out = "";
+    child.stdout.on("data", (d) => {
+      out += d;
+      const m = /RUNNING (\S+)/.exec(out);
+      if (m) resolve(m[1]);
+    });
+  });
+  assert.ok((await listRemoteVms({ url: server.url, token: TOKEN })).some((e) => e.vm === id));
+  child.kill("SIGKILL");
+  await waitFor("the server to close the killed client's VM", async () => {
+    return !(await listRemoteVms({ url: server.url, token: TOKEN })).some((e) => e.vm === id);
+  }, 10000);
+});
+
+test("detach keeps a VM across a disconnect; the token reattaches it", { skip }, async () => {
+  const v = await VM.create({ remote: { url: server.url, token: TOKEN } });
+  await v.exec("echo kept > /tmp/mark");
+  const token = await v.detach();
+  const again = await VM.create({ remote: { url: server.url, token: TOKEN, attach: token } });
+  try {
+    assert.equal(again.id, v.id);
+    assert.equal((await again.exec("cat /tmp/mark")).stdout, "kept\n");
+  } finally {
+    await again.close();
+  }
+  await assert.rejects(VM.create({ remote: { url: server.url, token: TOKEN, attach: token } }), /no detached VM/);
+});
+
+test("two servers, one client: 10 VMs spread round robin; --max-vms is a clear error", { skip }, async () => {
+  const other = await startServer("--token-file", tokenFile, "--max-vms", "5", "--memory", "256M");
+  const urls = [server.url, other.url];
+  const vms = [];
+  try {
+    for (let i = 0; i < 10; i++) vms.push(await VM.create({ remote: { url: urls[i % 2], token: TOKEN }, memory: "256M" }));
+    const onOther = await listRemoteVms({ url: other.url, token: TOKEN });
+    assert.equal(onOther.length, 5);
+    await assert.rejects(VM.create({ remote: { url: other.url, token: TOKEN } }), /--max-vms 5/);
+    // Boot one on each server.
+    const rs = await Promise.all([vms[0], vms[1]].map((v) => v.exec("echo up")));
+    assert.deepEqual(rs.map((r) => r.stdout), ["up\n", "up\n"]);
+  } finally {
+    await Promise.all(vms.map((v) => v.close()));
+    other.child.kill("SIGTERM");
+    assert.equal((await other.exited).code, 0);
+  }
+});
+
+test("wss:// with the server's certificate checked against a given CA", { skip: skip || (!require("../js/remote-transport.cjs").hasNative() && "needs the WebSocket transport") }, async () => {
+  const run = (...a) => execFileSync("openssl", a, { cwd: tmp, stdio: "pipe" });
+  run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=remote-test-ca", "-keyout", "ca.key", "-out", "ca.pem");
+  run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "srv.key", "-out", "srv.csr");
+  fs.writeFileSync(path.join(tmp, "ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n");
+  run("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "srv.pem");
+  const s = await startServer("--token-file", tokenFile, "--tls-cert", path.join(tmp, "srv.pem"), "--tls-key", path.join(tmp, "srv.key"));
+  try {
+    assert.match(s.url, /^wss:\/\//);
+    const ca = fs.readFileSync(path.join(tmp, "ca.pem"), "utf8");
+    await assert.rejects(listRemoteVms({ url: s.url, token: TOKEN }), /UnknownIssuer|certificate/);
+    const v = await VM.create({ remote: { url: s.url, token: TOKEN, ca } });
+    try {
+      assert.equal((await v.exec("echo over wss")).stdout, "over wss\n");
+    } finally {
+      await v.close();
+    }
+  } finally {
+    s.child.kill("SIGTERM");
+    await s.exited;
+  }
+});
+
+test("SIGTERM drains: no new VMs, a running exec finishes, then exit 0", { skip }, async () => {
+  const s = await startServer("--insecure-no-auth", "--drain-grace-ms", "20000");
+  const v = await VM.create({ remote: { url: s.url } });
+  await v.start();
+  const proc = v.exec("sleep 2; echo finished");
+  const web = s.url.replace(/^ws/, "http");
+  const native = require("../js/remote-transport.cjs").hasNative();
+  if (native) {
+    // The WebSocket transport's endpoints: ready, and our metrics after its own.
+    assert.equal((await fetch(`${web}/readyz`)).status, 200);
+    await sleep(400); // metrics publish at most every 250 ms
+    const metrics = await (await fetch(`${web}/metrics`)).text();
+    assert.match(metrics, /^gondolin_remote_vms 1$/m);
+    assert.match(metrics, /^gondolin_remote_boots_total 1$/m);
+    assert.match(metrics, /^gondolin_remote_execs_total \d+$/m);
+    assert.match(metrics, /^gondolin_remote_exec_seconds_bucket\{le="\+Inf"\} \d+$/m);
+  }
+  await sleep(300);
+  s.child.kill("SIGTERM");
+  await sleep(300);
+  if (native) assert.equal((await fetch(`${web}/readyz`)).status, 503);
+  await assert.rejects(VM.create({ remote: { url: s.url } }), /draining|503/);
+  assert.equal((await proc).stdout, "finished\n");
+  await v.close();
+  const { code } = await s.exited;
+  assert.equal(code, 0);
+  assert.match(s.log, /drained/);
+});

@@ -1,0 +1,192 @@
+"use strict";
+// One end of a remote-protocol connection: reads frames in order, checks
+// each one (js/remote-wire.cjs), answers requests, matches replies to the
+// requests it sent, and closes the connection with a reason when the other
+// side breaks the protocol. Used by the server and the client alike.
+
+const wire = require("./remote-wire.cjs");
+
+/**
+ * Close codes in the application range (the transport sends only 1000 and
+ * 3000–4999 itself), mirroring RFC 6455's 1002 and 1008: a malformed
+ * message, and a policy violation (flow control, a message out of place).
+ */
+const CLOSE_PROTOCOL = 4002;
+const CLOSE_POLICY = 4008;
+
+class Peer {
+  /**
+   * @param conn a RemoteConnection (recv/send/close)
+   * @param handlers { request(msg) → Promise<reply fields>, message(msg), data({sid, kind, data}), closed(reason) }
+   */
+  constructor(conn, handlers) {
+    this.conn = conn;
+    this.h = handlers;
+    this.nextId = 1;
+    this.pending = new Map();
+    this.inflight = 0;
+    this.closed = false;
+    this.closeReason = null;
+    this.sendChain = Promise.resolve();
+  }
+
+  /** Start reading; resolves when the connection ended. */
+  run() {
+    this.done = this._read();
+    return this.done;
+  }
+
+  async _read() {
+    try {
+      for (;;) {
+        const batch = await this.conn.recv();
+        if (batch.length === 0) break;
+        for (const m of batch) {
+          if (this.closed) break;
+          if (typeof m === "string") this._text(m);
+          else this._binary(m);
+        }
+      }
+    } catch (err) {
+      this.close(CLOSE_PROTOCOL, `read failed: ${err.message}`);
+    }
+    this._ended(this.conn.closeReason || (this.conn.closeCode ? `closed (${this.conn.closeCode})` : "connection closed"));
+  }
+
+  _ended(reason) {
+    if (this.closeReason === null) this.closeReason = reason;
+    this.closed = true;
+    for (const p of this.pending.values()) p.reject(closedError(this.closeReason));
+    this.pending.clear();
+    if (!this._closedCalled) {
+      this._closedCalled = true;
+      this.h.closed?.(this.closeReason);
+    }
+  }
+
+  _binary(buf) {
+    let d;
+    try {
+      d = wire.decodeData(buf);
+    } catch (e) {
+      return this.close(CLOSE_PROTOCOL, e.message);
+    }
+    try {
+      this.h.data(d);
+    } catch (e) {
+      this.close(CLOSE_POLICY, e.message);
+    }
+  }
+
+  _text(text) {
+    let msg;
+    try {
+      msg = wire.decodeMessage(text);
+    } catch (e) {
+      if (e.re !== undefined) {
+        this._reply({ t: "err", re: e.re, code: "invalid_request", message: e.message });
+        return;
+      }
+      return this.close(CLOSE_PROTOCOL, e.message);
+    }
+    if (msg.t === "ok" || msg.t === "err") {
+      const p = this.pending.get(msg.re);
+      if (!p) return this.close(CLOSE_PROTOCOL, `reply to unknown request ${msg.re}`);
+      this.pending.delete(msg.re);
+      if (msg.t === "ok") p.resolve(msg);
+      else p.reject(remoteError(msg));
+      return;
+    }
+    if (wire.isRequest(msg.t)) {
+      if (this.inflight >= wire.MAX_INFLIGHT) {
+        this._reply({ t: "err", re: msg.id, code: "queue_full", message: `more than ${wire.MAX_INFLIGHT} requests in flight` });
+        return;
+      }
+      this.inflight++;
+      Promise.resolve()
+        .then(() => this.h.request(msg))
+        .then(
+          (fields) => this._reply({ ...(fields || {}), t: "ok", re: msg.id }),
+          (err) => this._reply({ t: "err", re: msg.id, code: errCode(err), message: String((err && err.message) || err) }),
+        )
+        .finally(() => this.inflight--);
+      return;
+    }
+    try {
+      this.h.message(msg);
+    } catch (e) {
+      this.close(CLOSE_POLICY, e.message);
+    }
+  }
+
+  _reply(msg) {
+    this.send(msg).catch(() => {});
+  }
+
+  /** Send one message; resolves once queued (await it for backpressure). */
+  send(msg) {
+    if (this.closed) return Promise.reject(closedError(this.closeReason));
+    let text;
+    try {
+      text = wire.encodeMessage(msg);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.conn.send(text);
+  }
+
+  sendData(sid, kind, payload) {
+    if (this.closed) return Promise.reject(closedError(this.closeReason));
+    return this.conn.send(wire.encodeData(sid, kind, payload));
+  }
+
+  /** Send a request; resolves with the ok reply, rejects with the err reply or on close. */
+  request(msg) {
+    if (this.closed) return Promise.reject(closedError(this.closeReason));
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.send({ ...msg, id }).catch((e) => {
+        this.pending.delete(id);
+        reject(e);
+      });
+    });
+  }
+
+  close(code = 1000, reason = "") {
+    if (this.closed) return;
+    this.closeReason = reason || "closed";
+    this.closed = true;
+    try {
+      this.conn.close(code, closeText(reason));
+    } catch {}
+    this._ended(this.closeReason);
+  }
+}
+
+/** A WebSocket close reason holds at most 123 bytes: cut on a character boundary. */
+function closeText(reason) {
+  let text = String(reason);
+  while (Buffer.byteLength(text) > 123) text = text.slice(0, -1);
+  return text;
+}
+
+function errCode(err) {
+  return err && typeof err.code === "string" ? err.code : "io_error";
+}
+
+/** An Error for an err reply: the server's code and message. */
+function remoteError(msg) {
+  const e = new Error(msg.message);
+  e.code = msg.code;
+  if (msg.errno !== undefined) e.errno = msg.errno;
+  return e;
+}
+
+function closedError(reason) {
+  const e = new Error(`remote connection closed: ${reason || "closed"}`);
+  e.code = "connection_closed";
+  return e;
+}
+
+module.exports = { Peer, closedError, CLOSE_PROTOCOL, CLOSE_POLICY };

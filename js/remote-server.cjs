@@ -1,0 +1,449 @@
+"use strict";
+// `gondolin ws-server`'s protocol side (docs/remote-protocol.md): VMs made
+// with the public VM class for authenticated connections, their execs and
+// vm.fs calls, HTTP hooks and VFS providers that call back to the client,
+// detach/reattach, metrics and drain. The wire itself (WebSocket, TLS, auth,
+// frame limits, /healthz, /readyz, /metrics) is the transport's
+// (js/remote-transport.cjs).
+
+const { randomBytes } = require("node:crypto");
+const { native } = require("./native.cjs");
+const { VM } = require("./vm.cjs");
+const { ensureImage } = require("./image.cjs");
+const { Peer } = require("./remote-peer.cjs");
+const { ServerExec } = require("./remote-server-exec.cjs");
+const { Metrics } = require("./remote-metrics.cjs");
+const wire = require("./remote-wire.cjs");
+const transport = require("./remote-transport.cjs");
+
+const kNativeProvider = Symbol.for("gondolin.nativeProvider");
+const DEFAULT_DETACH_TTL_MS = 10 * 60 * 1000;
+const EIO = 5;
+/** Most exec output the guest may have in flight to the server (bytes). */
+const GUEST_WINDOW_MAX = 1024 * 1024;
+
+/** Options a client may not send: they hold code, or name the server's own files. */
+const REFUSED = {
+  remote: "remote is the client's choice, not an option of the server's VM",
+  httpHooks: "send hooks as protocol hook names (the client library does)",
+  fetch: "fetch runs in the client (send it as the 'fetch' hook)",
+  debugLog: "debugLog is a client-side function",
+  ssh: "SSH egress is not available on a remote VM (v1): its credentials would live on the server",
+};
+
+/** `"512M"`, `"1G"`, `"2048"` (MiB, QEMU's default unit) → bytes; NaN if unreadable. */
+function sizeBytes(v) {
+  if (typeof v === "number") return v * 1024 * 1024;
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?$/i.exec(String(v).trim());
+  if (!m) return NaN;
+  const unit = { "": 1024 * 1024, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[m[2].toUpperCase()];
+  return Math.round(Number(m[1]) * unit);
+}
+
+function refuse(message, code = "invalid_option") {
+  const e = new Error(message);
+  e.code = code;
+  return e;
+}
+
+/** Checked arguments of each vm.fs call a client may make (the NativeVm guest* methods). */
+const FS_OPS = {
+  guestStat: (a) => typeof a[0] === "string" && typeof a[1] === "boolean" && a.length === 2,
+  guestReadDir: (a) => typeof a[0] === "string" && a.length === 1,
+  guestMkdir: (a) => typeof a[0] === "string" && (a[1] == null || Number.isInteger(a[1])) && typeof a[2] === "boolean" && a.length === 3,
+  guestRename: (a) => typeof a[0] === "string" && typeof a[1] === "string" && a.length === 2,
+  guestRemove: (a) => typeof a[0] === "string" && typeof a[1] === "boolean" && typeof a[2] === "boolean" && a.length === 3,
+  guestAccess: (a) => typeof a[0] === "string" && Number.isInteger(a[1]) && a.length === 2,
+};
+
+class RemoteServerCore {
+  /**
+   * @param cfg { image?, kernel?, initrd?, rootfs?, memory?, cpus?, maxVms?, maxMemory?, detachTtlMs?, log? }
+   */
+  constructor(cfg = {}) {
+    this.cfg = cfg;
+    this.entries = new Map();
+    this.byToken = new Map();
+    this.metrics = new Metrics(() => this.entries.size);
+    this.draining = false;
+    this.server = null;
+    this.log = cfg.log || (() => {});
+    this.maxMemoryBytes = cfg.maxMemory ? sizeBytes(cfg.maxMemory) : Infinity;
+    if (Number.isNaN(this.maxMemoryBytes)) throw refuse(`--max-memory: cannot read size ${cfg.maxMemory} (use e.g. 8G)`);
+  }
+
+  /** Listen with the transport; resolves to the transport's RemoteServer. */
+  async listen(opts) {
+    this.server = await transport.listen(
+      { maxMessageBytes: wire.MAX_MESSAGE_BYTES + wire.HEADER_BYTES, ...opts },
+      (conn) => this.accept(conn),
+    );
+    this.metrics.sink = (text) => this.server.setMetrics(text);
+    this.metrics.publish();
+    return this.server;
+  }
+
+  /** Serve one connection (authenticated by the transport). */
+  accept(conn) {
+    const state = { execs: new Map(), vms: new Set() };
+    const peer = new Peer(conn, {
+      request: (msg) => this.request(peer, state, msg),
+      message: (msg) => this.message(state, msg),
+      data: (d) => {
+        const ex = state.execs.get(d.sid);
+        if (d.kind !== "stdin") throw new Error(`client sent ${d.kind} data`);
+        if (ex) ex.stdin(d.data);
+      },
+      closed: (reason) => this.disconnected(peer, state, reason),
+    });
+    peer.run();
+    return peer;
+  }
+
+  async request(peer, state, msg) {
+    switch (msg.t) {
+      case "hello":
+        if (msg.v !== wire.PROTOCOL_VERSION) {
+          throw refuse(`this server speaks protocol v${wire.PROTOCOL_VERSION}, the client v${msg.v}`, "protocol_mismatch");
+        }
+        return { v: wire.PROTOCOL_VERSION, server: "gondolin", maxDataBytes: wire.MAX_DATA_BYTES };
+      case "vm.create":
+        return this.create(peer, state, msg);
+      case "vm.attach":
+        return this.attach(peer, state, msg);
+      case "vm.start": {
+        const e = this.entry(state, msg.vm);
+        const fresh = !e.vm._native;
+        await e.vm.start();
+        if (fresh) this.metrics.boot();
+        return {};
+      }
+      case "vm.close": {
+        const e = this.entry(state, msg.vm);
+        await this.closeEntry(e, "closed by its client", true);
+        return {};
+      }
+      case "vm.detach": {
+        const e = this.entry(state, msg.vm);
+        if (!e.token) {
+          e.token = randomBytes(24).toString("base64url");
+          this.byToken.set(e.token, e);
+        }
+        return { token: e.token };
+      }
+      case "exec.start":
+        return this.execStart(peer, state, msg);
+      case "fs": {
+        const e = this.entry(state, msg.vm);
+        const check = FS_OPS[msg.op];
+        if (!check) throw refuse(`unknown vm.fs operation ${JSON.stringify(msg.op)}`, "invalid_request");
+        if (!check(msg.args)) throw refuse(`bad arguments for ${msg.op}`, "invalid_request");
+        await e.vm.start();
+        if (e.vm._closed) throw refuse("VM is closed", "vm_closed");
+        return { outcome: await e.vm._native[msg.op](...msg.args) };
+      }
+      case "sessions":
+        return { vms: [...this.entries.values()].map((e) => this.describe(e)) };
+      default:
+        throw refuse(`${msg.t} is not a request a client sends`, "invalid_request");
+    }
+  }
+
+  message(state, msg) {
+    const ex = state.execs.get(msg.sid);
+    switch (msg.t) {
+      case "exec.credit":
+        if (ex) ex.grant(msg.bytes);
+        return;
+      case "exec.end":
+        if (ex) ex.end();
+        return;
+      case "exec.kill":
+        if (!(msg.signal > 0 && msg.signal <= 64)) throw new Error(`exec.kill: invalid signal ${msg.signal}`);
+        if (ex) ex.kill(msg.signal);
+        return;
+      case "exec.resize":
+        if (ex) ex.resize(msg.rows, msg.cols);
+        return;
+      case "vfs.invalidate": {
+        const e = this.entries.get(msg.vm);
+        if (e && state.vms.has(e) && e.vm._native && !e.vm._closed) e.vm._native.vfsInvalidate(msg.path);
+        return;
+      }
+      default:
+        throw new Error(`${msg.t} is not a message a client sends`);
+    }
+  }
+
+  /** The entry of `vmId` if this connection owns it. */
+  entry(state, vmId) {
+    const e = this.entries.get(vmId);
+    if (!e || !state.vms.has(e)) throw refuse(`no VM ${vmId} on this connection`, "vm_closed");
+    return e;
+  }
+
+  describe(e) {
+    return {
+      vm: e.id,
+      createdAt: e.createdAt,
+      running: Boolean(e.vm._native) && !e.vm._closed,
+      attached: e.peer !== null,
+      detachable: Boolean(e.token),
+      memory: e.memory,
+    };
+  }
+
+  checkOptions(o) {
+    for (const [k, why] of Object.entries(REFUSED)) {
+      if (o[k] !== undefined) throw refuse(`option ${k} cannot be sent to a remote server: ${why}`);
+    }
+    const sandbox = o.sandbox || {};
+    for (const k of ["httpHooks", "fetch", "vfsProvider", "ssh", "debugLog"]) {
+      if (sandbox[k] !== undefined) throw refuse(`option sandbox.${k} cannot be sent to a remote server`);
+    }
+    if (sandbox.qemuPath !== undefined) throw refuse("sandbox.qemuPath names a file on the server; the server chooses its QEMU");
+    if (typeof sandbox.imagePath === "string" && sandbox.imagePath.includes("/")) {
+      throw refuse(`sandbox.imagePath ${sandbox.imagePath} is a path on the server's disk; name an image (NAME[:TAG] or a build id) instead`);
+    }
+    if (o.vfs && o.vfs.mounts !== undefined) throw refuse("vfs.mounts must come as protocol mounts (the client library sends them)");
+    if (o.vfs && o.vfs.hooks !== undefined) throw refuse("vfs.hooks must come as protocol vfsHooks (the client library sends them)");
+  }
+
+  /**
+   * The client's egress policy runs from the server's network: reaching
+   * the server's internal addresses (allowedInternalHosts, internal ranges
+   * unblocked, mapped TCP) needs the operator's --allow-internal-egress.
+   */
+  checkNet(net) {
+    if (this.cfg.allowInternalEgress) return;
+    const why = [];
+    if (net.blockInternalRanges === false) why.push("blockInternalRanges: false");
+    if (Array.isArray(net.allowedInternalHosts) && net.allowedInternalHosts.length) why.push("allowedInternalHosts");
+    if (Array.isArray(net.tcpHosts) && net.tcpHosts.length) why.push("tcp.hosts (mapped TCP)");
+    if (why.length) {
+      throw refuse(
+        `${why.join(", ")} would reach the server's own network from a remote VM; this server refuses that ` +
+          "(its operator can allow it with --allow-internal-egress)",
+      );
+    }
+  }
+
+  async create(peer, state, msg) {
+    if (this.draining) throw refuse("server is draining: it takes no new VMs; connect to another server", "invalid_state");
+    const o = msg.options;
+    this.checkOptions(o);
+    const entry = { id: null, vm: null, peer, state, token: null, createdAt: new Date().toISOString(), memory: 0, ttl: null };
+    const sandbox = { ...(o.sandbox || {}) };
+    if (sandbox.imagePath === undefined && this.cfg.image) sandbox.imagePath = this.cfg.image;
+    const options = { ...o, remote: false, sandbox, debugLog: null };
+    if (options.memory === undefined && sandbox.memory === undefined && this.cfg.memory) options.memory = this.cfg.memory;
+    if (options.cpus === undefined && sandbox.cpus === undefined && this.cfg.cpus) options.cpus = this.cfg.cpus;
+    const mounts = msg.mounts || [];
+    const vfsHooks = msg.vfsHooks || [];
+    if (o.vfs !== null && (mounts.length || vfsHooks.length)) {
+      options.vfs = { ...(o.vfs || {}), mounts: this.proxyMounts(entry, mounts) };
+      if (vfsHooks.length) options.vfs.hooks = this.proxyVfsHooks(entry, vfsHooks);
+    }
+    if (msg.egress) options.onEgress = (ev) => entry.peer && entry.peer.send({ t: "egress", vm: entry.id, event: ev }).catch(() => {});
+    if (msg.net) this.checkNet(msg.net);
+    const vm = new VM(options);
+    const hooks = msg.hooks || [];
+    if (msg.net !== undefined && vm._net.net) {
+      // The client's policy (createHttpHooks rules, DNS, TCP maps); its callbacks stay with the client.
+      vm._net = {
+        ...vm._net,
+        net: { ...msg.net, events: Boolean(msg.egress), sshId: undefined },
+        secrets: null,
+        dispatch: hooks.length ? this.proxyHttp(entry) : null,
+        hookNames: hooks,
+      };
+    }
+    const memory = vm._resolved.memory ?? "1G";
+    entry.memory = sizeBytes(memory);
+    const max = this.cfg.maxVms;
+    if (max !== undefined && this.entries.size >= max) {
+      throw refuse(`server is full: ${this.entries.size} of --max-vms ${max} VMs run; close one or use another server`, "queue_full");
+    }
+    const used = [...this.entries.values()].reduce((s, e) => s + e.memory, 0);
+    if (used + entry.memory > this.maxMemoryBytes) {
+      throw refuse(
+        `server is full: ${memory} more guest memory would pass --max-memory ${this.cfg.maxMemory} (${Math.round(used / 2 ** 20)} MiB in use)`,
+        "queue_full",
+      );
+    }
+    entry.id = vm.id;
+    entry.vm = vm;
+    this.entries.set(vm.id, entry);
+    state.vms.add(entry);
+    this.metrics.changed();
+    try {
+      vm._image = await this.image(sandbox.imagePath);
+    } catch (err) {
+      await this.closeEntry(entry, "image failed");
+      throw err;
+    }
+    this.log(`vm ${vm.id} created (${memory}) for ${peer.conn.remoteAddress}`);
+    return this.created(entry);
+  }
+
+  created(entry) {
+    return { vm: entry.id, defaultEnv: entry.vm._image.defaultEnv ?? [], memory: entry.memory, started: Boolean(entry.vm._native) };
+  }
+
+  async image(selector) {
+    const img = await ensureImage(selector);
+    const { kernel, initrd, rootfs } = this.cfg;
+    if (!kernel && !initrd && !rootfs) return img;
+    return Object.assign(Object.create(Object.getPrototypeOf(img)), img, {
+      kernel: kernel ?? img.kernel,
+      initrd: initrd ?? img.initrd,
+      rootfs: rootfs ?? img.rootfs,
+    });
+  }
+
+  attach(peer, state, msg) {
+    const e = this.byToken.get(msg.token);
+    if (!e) throw refuse("no detached VM has this token (it expired, was closed, or the token is wrong)", "vm_closed");
+    if (e.peer && e.peer !== peer && !e.peer.closed) {
+      e.state.vms.delete(e);
+      e.peer.send({ t: "vm.gone", vm: e.id, reason: "attached by another connection" }).catch(() => {});
+    }
+    clearTimeout(e.ttl);
+    e.ttl = null;
+    e.peer = peer;
+    e.state = state;
+    state.vms.add(e);
+    this.log(`vm ${e.id} reattached by ${peer.conn.remoteAddress}`);
+    return this.created(e);
+  }
+
+  /** Providers whose every call goes to the client's provider `mid`. */
+  proxyMounts(entry, mounts) {
+    const out = {};
+    for (const m of mounts) {
+      if (!m || typeof m.path !== "string" || !Number.isInteger(m.mid)) throw refuse("mounts entries need { path, mid }");
+      const readonly = Boolean(m.readonly);
+      const symlinks = Boolean(m.symlinks);
+      const np = native.jsProvider(
+        async (call) => {
+          const peer = entry.peer;
+          if (!peer) return { code: "EIO", errno: EIO, message: "the VM's client is detached" };
+          try {
+            return (await peer.request({ t: "call", vm: entry.id, kind: "vfs", mid: m.mid, call })).outcome || {};
+          } catch (err) {
+            return { code: "EIO", errno: EIO, message: `client provider failed: ${err.message}` };
+          }
+        },
+        readonly,
+        symlinks,
+      );
+      out[m.path] = { [kNativeProvider]: np, readonly, supportsSymlinks: symlinks };
+    }
+    return out;
+  }
+
+  /** vfs.hooks whose every call runs in the client (a failure is the client's errno code, else EIO). */
+  proxyVfsHooks(entry, phases) {
+    const hooks = {};
+    for (const phase of phases) {
+      hooks[phase] = async (...args) => {
+        const peer = entry.peer;
+        if (!peer) throw Object.assign(new Error("the VM's client is detached"), { code: "EIO" });
+        const r = await peer.request({ t: "call", vm: entry.id, kind: "vfshook", call: { phase, args } });
+        return r.result;
+      };
+    }
+    return hooks;
+  }
+
+  /** The HTTP hook dispatcher whose every call runs in the client. */
+  proxyHttp(entry) {
+    return async (call) => {
+      const peer = entry.peer;
+      if (!peer) return { action: "error", message: "the VM's client is detached" };
+      try {
+        return (await peer.request({ t: "call", vm: entry.id, kind: "http", call })).outcome;
+      } catch (err) {
+        return { action: "error", message: `client hook failed: ${err.message}` };
+      }
+    };
+  }
+
+  async execStart(peer, state, msg) {
+    const e = this.entry(state, msg.vm);
+    if (state.execs.has(msg.sid)) throw refuse(`stream id ${msg.sid} is in use`, "invalid_request");
+    if (state.execs.size >= 1024) throw refuse("more than 1024 execs on one connection", "queue_full");
+    const pty = msg.pty;
+    if (pty && !(Number.isInteger(pty.rows) && Number.isInteger(pty.cols))) throw refuse("pty needs { rows, cols }", "invalid_request");
+    await e.vm.start();
+    if (e.vm._closed) throw refuse("VM is closed", "vm_closed");
+    const req = {
+      argv: msg.argv,
+      env: msg.env,
+      cwd: msg.cwd,
+      stdin: msg.stdin,
+      ptyRows: pty ? pty.rows : undefined,
+      ptyCols: pty ? pty.cols : undefined,
+      // The guest's own window: what the server may hold beyond one batch.
+      windowBytes: Math.min(msg.window, GUEST_WINDOW_MAX),
+      stdinToFile: msg.stdinToFile,
+      stdoutFromFile: msg.stdoutFromFile,
+    };
+    const n = await e.vm._native.exec(req);
+    const ex = new ServerExec(peer, msg.sid, n, msg.window, msg.stdin, this.metrics);
+    state.execs.set(msg.sid, ex);
+    this.metrics.execStarted();
+    ex.pump().finally(() => state.execs.delete(msg.sid));
+    return { execId: n.id };
+  }
+
+  async closeEntry(e, why, byClient = false) {
+    if (e.closing) return e.closing;
+    // Tell a connected owner why its VM went (drain, TTL); it fails its calls with that reason.
+    if (!byClient && e.peer && !e.peer.closed) e.peer.send({ t: "vm.gone", vm: e.id, reason: `VM closed: ${why}` }).catch(() => {});
+    this.byToken.delete(e.token);
+    clearTimeout(e.ttl);
+    e.closing = e.vm ? e.vm.close().catch(() => {}) : Promise.resolve();
+    await e.closing;
+    this.entries.delete(e.id);
+    e.state.vms.delete(e);
+    this.metrics.changed();
+    this.log(`vm ${e.id} closed: ${why}`);
+  }
+
+  /** A connection ended: its VMs close, unless detached (then they wait for a reattach). */
+  disconnected(peer, state, reason) {
+    for (const e of [...state.vms]) {
+      if (e.peer !== peer) continue;
+      if (e.token) {
+        e.peer = null;
+        const ttl = this.cfg.detachTtlMs ?? DEFAULT_DETACH_TTL_MS;
+        e.ttl = setTimeout(() => this.closeEntry(e, "detached and not reattached in time"), ttl);
+        e.ttl.unref?.();
+        this.log(`vm ${e.id} detached (${reason}); kept ${ttl} ms for a reattach`);
+      } else {
+        this.closeEntry(e, `its connection closed (${reason})`);
+      }
+    }
+  }
+
+  /**
+   * Stop taking VMs (/readyz turns 503, new connections are refused), let
+   * running VMs finish for `graceMs`, then close what is left and stop.
+   */
+  async drain(graceMs = 30000) {
+    this.draining = true;
+    if (this.server) this.server.drain();
+    const deadline = Date.now() + graceMs;
+    while (this.entries.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    await Promise.all([...this.entries.values()].map((e) => this.closeEntry(e, "server drained")));
+    if (this.server) await this.server.close();
+  }
+
+  async close() {
+    await Promise.all([...this.entries.values()].map((e) => this.closeEntry(e, "server closed")));
+    if (this.server) await this.server.close();
+  }
+}
+
+module.exports = { RemoteServerCore, sizeBytes };

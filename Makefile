@@ -12,7 +12,7 @@ APT_PKGS    := qemu-system-x86 mmdebstrap uidmap fakeroot e2fsprogs kmod xz-util
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build addon guest image pack demo test test-rust test-js test-k8s typecheck bench soak lint fmt fuzz clean
+.PHONY: help deps build addon guest image pack demo test test-rust test-js test-k8s test-remote typecheck bench soak lint fmt fuzz clean
 
 help: ## list the recipes
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -57,7 +57,7 @@ pack: build ## npm tarballs → target/pack/: @gondolin/native and @gondolin/nat
 demo: deps build ## set everything up and run a command in a VM
 	node js/cli.cjs exec -- uname -a
 
-test: build lint test-rust typecheck test-k8s image test-js ## everything CI runs
+test: build lint test-rust typecheck test-k8s image test-js test-remote ## everything CI runs
 
 test-rust: ## cargo tests (wire protocol, QEMU argv, control client, image, guest daemon)
 	cargo test --workspace
@@ -71,6 +71,9 @@ typecheck: ## type-check index.d.ts against a usage file
 test-js: build ## node:test suite, real VMs under TCG (builds the image on first use)
 	GONDOLIN_TEST_VM=1 node --test --test-concurrency=1 __test__/
 
+test-remote: build ## the exec, fs and streaming test files again, every VM on a local `gondolin ws-server`
+	GONDOLIN_TEST_VM=1 node __test__/remote-suite.mjs
+
 bench: build ## benchmarks; print JSON
 	node bench/boot-exec.mjs
 	node bench/exec-fs.mjs
@@ -82,6 +85,7 @@ bench: build ## benchmarks; print JSON
 	node bench/remote-transport.mjs
 	node bench/ssh-egress.mjs
 	node bench/image.mjs
+	node bench/remote.mjs
 	node bench/image-build.mjs   # two cold image builds, ~10 min
 
 lint: ## rustfmt + clippy

@@ -1,5 +1,5 @@
 // The remote protocol without VMs: wire checks, credit-based flow control
-// end to end over an in-process pair (js/remote-pair.cjs), and the peer
+// end to end over an in-process pair (__test__/remote-pair.cjs), and the peer
 // closing on a protocol violation. Fast; no guest needed.
 import test from "node:test";
 import assert from "node:assert/strict";
@@ -7,7 +7,7 @@ import { createRequire } from "node:module";
 
 const require = createRequire(import.meta.url);
 const wire = require("../js/remote-wire.cjs");
-const { pair } = require("../js/remote-pair.cjs");
+const { pair } = require("./remote-pair.cjs");
 const { Peer } = require("../js/remote-peer.cjs");
 const { ServerExec } = require("../js/remote-server-exec.cjs");
 const { RemoteExecChannel } = require("../js/remote-exec-channel.cjs");

@@ -225,17 +225,16 @@ test("refusals: RealFSProvider, wrong token (401), bad option", { skip }, async 
     /RealFSProvider .*server's disk/,
   );
   const before = (await listRemoteVms({ url: server.url, token: TOKEN })).length;
-  const unauthorized = require("../js/remote-transport.cjs").hasNative() ? "remote_unauthorized" : "connection_closed";
-  await assert.rejects(VM.create({ remote: { url: server.url, token: "wrong-token" } }), (e) => /401/.test(e.message) && e.code === unauthorized);
+  await assert.rejects(VM.create({ remote: { url: server.url, token: "wrong-token" } }), (e) => /401/.test(e.message) && e.code === "remote_unauthorized");
   await assert.rejects(VM.create({ remote: { url: server.url } }), /401/);
   assert.equal((await listRemoteVms({ url: server.url, token: TOKEN })).length, before);
   await assert.rejects(VM.create({ remote: { url: server.url, token: TOKEN }, memory: () => 1 }), /not plain JSON/);
 });
 
 test("malformed frames close that connection with a reason; the server keeps serving", { skip }, async () => {
-  const transport = require("../js/remote-transport.cjs");
+  const { native } = require("../js/native.cjs");
   for (const bad of ["{not json", '{"t":"exec.credit","sid":1,"bytes":-5}', Buffer.from([0, 0, 0, 1, 9, 0, 0, 0])]) {
-    const conn = await transport.connect(server.url, { token: TOKEN });
+    const conn = await native.remoteConnect(server.url, { token: TOKEN });
     await conn.send(bad);
     let batch;
     do batch = await conn.recv();
@@ -304,7 +303,7 @@ test("two servers, one client: 10 VMs spread round robin; --max-vms is a clear e
   }
 });
 
-test("wss:// with the server's certificate checked against a given CA", { skip: skip || (!require("../js/remote-transport.cjs").hasNative() && "needs the WebSocket transport") }, async () => {
+test("wss:// with the server's certificate checked against a given CA", { skip }, async () => {
   const run = (...a) => execFileSync("openssl", a, { cwd: tmp, stdio: "pipe" });
   run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=remote-test-ca", "-keyout", "ca.key", "-out", "ca.pem");
   run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "srv.key", "-out", "srv.csr");
@@ -333,21 +332,18 @@ test("SIGTERM drains: no new VMs, a running exec finishes, then exit 0", { skip 
   await v.start();
   const proc = v.exec("sleep 2; echo finished");
   const web = s.url.replace(/^ws/, "http");
-  const native = require("../js/remote-transport.cjs").hasNative();
-  if (native) {
-    // The WebSocket transport's endpoints: ready, and our metrics after its own.
-    assert.equal((await fetch(`${web}/readyz`)).status, 200);
-    await sleep(400); // metrics publish at most every 250 ms
-    const metrics = await (await fetch(`${web}/metrics`)).text();
-    assert.match(metrics, /^gondolin_remote_vms 1$/m);
-    assert.match(metrics, /^gondolin_remote_boots_total 1$/m);
-    assert.match(metrics, /^gondolin_remote_execs_total \d+$/m);
-    assert.match(metrics, /^gondolin_remote_exec_seconds_bucket\{le="\+Inf"\} \d+$/m);
-  }
+  // The transport's endpoints: ready, and our metrics after its own.
+  assert.equal((await fetch(`${web}/readyz`)).status, 200);
+  await sleep(400); // metrics publish at most every 250 ms
+  const metrics = await (await fetch(`${web}/metrics`)).text();
+  assert.match(metrics, /^gondolin_remote_vms 1$/m);
+  assert.match(metrics, /^gondolin_remote_boots_total 1$/m);
+  assert.match(metrics, /^gondolin_remote_execs_total \d+$/m);
+  assert.match(metrics, /^gondolin_remote_exec_seconds_bucket\{le="\+Inf"\} \d+$/m);
   await sleep(300);
   s.child.kill("SIGTERM");
   await sleep(300);
-  if (native) assert.equal((await fetch(`${web}/readyz`)).status, 503);
+  assert.equal((await fetch(`${web}/readyz`)).status, 503);
   await assert.rejects(VM.create({ remote: { url: s.url } }), /draining|503/);
   assert.equal((await proc).stdout, "finished\n");
   await v.close();

@@ -95,7 +95,7 @@ async function main() {
     }
     const ratio = (a, b) => round(a / b, 2);
     const result = {
-      transport: (await import("../js/remote-transport.cjs")).default.hasNative() ? "websocket" : "dev-tcp",
+      transport: "websocket",
       local,
       remote,
       execP50DeltaMs: round(remote.execP50Ms - local.execP50Ms, 2),

@@ -7,6 +7,7 @@
 // calls them across the connection.
 
 const fs = require("node:fs");
+const { native } = require("./native.cjs");
 const { VM } = require("./vm.cjs");
 const { VmFs } = require("./fs.cjs");
 const { netOptions } = require("./net.cjs");
@@ -14,7 +15,6 @@ const { toNative, attach, normalizeVfsPath, RealFSProvider } = require("./vfs.cj
 const { optionError } = require("./options.cjs");
 const { Peer, closedError } = require("./remote-peer.cjs");
 const wire = require("./remote-wire.cjs");
-const transport = require("./remote-transport.cjs");
 const { RemoteExecChannel } = require("./remote-exec-channel.cjs");
 
 /**
@@ -171,7 +171,7 @@ function connectErrorCode(err) {
 /** Connect to `target`; a failure names the URL and carries a GondolinErrorCode. */
 async function connectTo(target) {
   try {
-    return await transport.connect(target.url, {
+    return await native.remoteConnect(target.url, {
       token: target.token,
       ca: target.ca,
       maxMessageBytes: wire.MAX_MESSAGE_BYTES + wire.HEADER_BYTES,

@@ -4,7 +4,7 @@
 // vm.fs calls, HTTP hooks and VFS providers that call back to the client,
 // detach/reattach, metrics and drain. The wire itself (WebSocket, TLS, auth,
 // frame limits, /healthz, /readyz, /metrics) is the transport's
-// (js/remote-transport.cjs).
+// (src/remote, through the addon's remoteListen).
 
 const { randomBytes } = require("node:crypto");
 const { native } = require("./native.cjs");
@@ -14,7 +14,6 @@ const { Peer } = require("./remote-peer.cjs");
 const { ServerExec } = require("./remote-server-exec.cjs");
 const { Metrics } = require("./remote-metrics.cjs");
 const wire = require("./remote-wire.cjs");
-const transport = require("./remote-transport.cjs");
 
 const kNativeProvider = Symbol.for("gondolin.nativeProvider");
 const DEFAULT_DETACH_TTL_MS = 10 * 60 * 1000;
@@ -74,7 +73,7 @@ class RemoteServerCore {
 
   /** Listen with the transport; resolves to the transport's RemoteServer. */
   async listen(opts) {
-    this.server = await transport.listen(
+    this.server = await native.remoteListen(
       { maxMessageBytes: wire.MAX_MESSAGE_BYTES + wire.HEADER_BYTES, ...opts },
       (conn) => this.accept(conn),
     );

@@ -126,7 +126,7 @@ pub fn detect_accel(explicit: Option<String>) -> NativeAccel {
     let a = gondolin::vm::detect_accel(explicit.as_deref());
     NativeAccel {
         accel: a.qemu_arg(),
-        cmdline_extra: a.cmdline_extra().to_string(),
+        cmdline_extra: a.cmdline_extra(),
     }
 }
 

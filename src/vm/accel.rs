@@ -62,13 +62,63 @@ pub const TCG_CMDLINE: &str = "norandmaps mitigations=off init_on_alloc=0";
 /// CPU keeps code coherent).
 pub const TCG_THREADS: &str = "single";
 
+/// The host's TSC rate in kHz, rounded to a MHz (so the command line, and
+/// with it a template's key, is the same in every process on a host).
+///
+/// Under TCG the guest's TSC is the host's counter (QEMU reads it for the
+/// guest's `rdtsc`), but the guest kernel calibrates its rate against the
+/// emulated PIT, and on a loaded host the PIT's ticks come late. Seen here:
+/// `tsc: PIT calibration deviates from HPET: 304730 2596111`, `Using PIT
+/// calibration value` — the guest took a 2596 MHz counter for 304 MHz and
+/// its clock ran 8.5× fast (42.9 s of guest time in 5 s; `sleep 2` and
+/// every timer in the guest short by as much). `tsc_early_khz=` skips that
+/// calibration; the kernel still refines the value against the HPET, within
+/// 1%. Measured once per process: the counter against CLOCK_MONOTONIC over
+/// five 4 ms windows, the median.
+#[cfg(target_arch = "x86_64")]
+fn host_tsc_khz() -> Option<u64> {
+    static KHZ: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *KHZ.get_or_init(|| {
+        let sample = || {
+            let t0 = std::time::Instant::now();
+            // SAFETY: `rdtsc` has no preconditions on x86_64.
+            let c0 = unsafe { core::arch::x86_64::_rdtsc() };
+            std::thread::sleep(std::time::Duration::from_millis(4));
+            // SAFETY: as above.
+            let c1 = unsafe { core::arch::x86_64::_rdtsc() };
+            let ns = t0.elapsed().as_nanos() as u64;
+            (ns > 0).then(|| c1.wrapping_sub(c0).saturating_mul(1_000_000) / ns)
+        };
+        let mut khz: Vec<u64> = (0..5).filter_map(|_| sample()).collect();
+        khz.sort_unstable();
+        let mid = *khz.get(khz.len() / 2)?;
+        // A counter under 100 MHz or over 10 GHz is not a TSC rate to trust.
+        (100_000..10_000_000)
+            .contains(&mid)
+            .then(|| (mid + 500) / 1000 * 1000)
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn host_tsc_khz() -> Option<u64> {
+    None
+}
+
 impl Accel {
-    /// Extra kernel command-line words for this accelerator.
-    pub fn cmdline_extra(&self) -> &'static str {
-        match self {
-            Accel::Tcg => TCG_CMDLINE,
-            Accel::Other(s) if s.starts_with("tcg") => TCG_CMDLINE,
-            _ => "",
+    /// Extra kernel command-line words for this accelerator: [`TCG_CMDLINE`]
+    /// and, on x86_64, the TSC rate (see `host_tsc_khz`) under TCG.
+    pub fn cmdline_extra(&self) -> String {
+        let tcg = match self {
+            Accel::Tcg => true,
+            Accel::Other(s) => s.starts_with("tcg"),
+            _ => false,
+        };
+        if !tcg {
+            return String::new();
+        }
+        match host_tsc_khz() {
+            Some(khz) => format!("{TCG_CMDLINE} tsc_early_khz={khz}"),
+            None => TCG_CMDLINE.to_string(),
         }
     }
 
@@ -158,6 +208,21 @@ pub fn choose(f: &HostFacts) -> Accel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcg_tells_the_guest_the_tsc_rate() {
+        let words = Accel::Tcg.cmdline_extra();
+        assert!(words.starts_with(TCG_CMDLINE), "{words}");
+        if cfg!(target_arch = "x86_64") {
+            let khz: u64 = words
+                .split_once("tsc_early_khz=")
+                .and_then(|(_, v)| v.parse().ok())
+                .expect("a rate on x86_64");
+            assert!((100_000..10_000_000).contains(&khz) && khz % 1000 == 0);
+            assert_eq!(words, Accel::Tcg.cmdline_extra(), "the same every time");
+        }
+        assert_eq!(Accel::Kvm.cmdline_extra(), "");
+    }
 
     #[test]
     fn pvm_only_kvm_falls_back_to_tcg() {

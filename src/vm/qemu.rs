@@ -234,7 +234,10 @@ mod tests {
         assert!(a.contains(&"-nodefaults".to_string()));
         assert_eq!(
             after(&a, "-append"),
-            ["console=ttyS0 quiet norandmaps mitigations=off init_on_alloc=0 gondolin.rootfs=rw"]
+            [format!(
+                "console=ttyS0 quiet {} gondolin.rootfs=rw",
+                Accel::Tcg.cmdline_extra()
+            )]
         );
     }
 

@@ -33,8 +33,10 @@ pub const RAM: &str = "ram";
 pub const STATE: &str = "state";
 pub const DISK: &str = "disk.qcow2";
 const META: &str = "meta.json";
-/// Bumped when the layout or what a template holds changes.
-const FORMAT: u32 = 2;
+/// Bumped when the layout or what a template holds changes (3: templates
+/// booted before the TSC rate was given under TCG may keep a guest clock
+/// that runs several times fast).
+const FORMAT: u32 = 3;
 /// Templates kept at most; past this the least recently used ones that no
 /// VM runs from are removed (each holds the pages its guest touched, about
 /// 150 MB for a 1 GiB guest, and a new key is one `sandbox.append` away).
@@ -237,6 +239,9 @@ async fn inputs(config: &VmConfig) -> serde_json::Value {
         "rootfs": file(&config.rootfs),
         "rootfsWritable": config.rootfs_mode != RootfsMode::Readonly,
         "machine": shape,
+        // The accelerator's kernel words (the TSC rate under TCG): the
+        // guest's clock is set up at boot and kept in the template.
+        "accelCmdline": accel.cmdline_extra(),
         "qemu": qemu_version(&qemu).await,
         "hostCpu": host_cpu(),
     })

@@ -173,7 +173,7 @@ test("server: option refusals, --max-memory, --max-vms and draining are clear er
   const client = new Peer(c, { request: async () => ({}), message: () => {}, data: () => {} });
   client.run();
   const create = (options = {}) => client.request({ t: "vm.create", options });
-  await assert.rejects(create({ sandbox: { qemuPath: "/bin/x" } }), /qemuPath names a file on the server/);
+  await assert.rejects(create({ sandbox: { qemuPath: "/bin/x" } }), /sandbox\.qemuPath .*names a file on the server/);
   await assert.rejects(create({ sandbox: { imagePath: "/srv/img" } }), /path on the server's disk/);
   await assert.rejects(create({ remote: { url: "ws://x" } }), /option remote cannot be sent/);
   await assert.rejects(client.request({ t: "hello", v: 2 }), (e) => e.code === "protocol_mismatch");
@@ -199,3 +199,92 @@ async function waitEmpty(core) {
   for (let i = 0; i < 50 && core.entries.size > 0; i++) await new Promise((r) => setTimeout(r, 100));
   assert.equal(core.entries.size, 0, "the disconnected client's VMs were closed");
 }
+
+/** An in-process server core and a client peer on it (no sockets, no boot unless asked). */
+function coreAndClient(cfg = {}) {
+  const { RemoteServerCore } = require("../js/remote-server.cjs");
+  const core = new RemoteServerCore({ memory: "256M", ...cfg });
+  const [c, s] = pair();
+  const serverPeer = core.accept(s);
+  const client = new Peer(c, { request: async () => ({}), message: () => {}, data: () => {} });
+  client.run();
+  return { core, client, serverPeer };
+}
+
+test("server: internal-network reach is refused on every path, not only in `net` (review 1)", async () => {
+  const { core, client } = coreAndClient();
+  const create = (options, extra = {}) => client.request({ t: "vm.create", options, ...extra });
+  const internal = /server's own network.*--allow-internal-egress/;
+  // Mapped TCP in the options, with no `net` at all: the VM's own network would carry it.
+  await assert.rejects(create({ tcp: { hosts: { "db.x:6379": "127.0.0.1:6379" } } }), internal);
+  await assert.rejects(create({ sandbox: { tcp: { hosts: { "db.x:6379": "127.0.0.1:6379" } } } }), internal);
+  // DNS that forwards from the server.
+  await assert.rejects(create({ dns: { mode: "open" } }), internal);
+  await assert.rejects(create({ sandbox: { dns: { mode: "trusted", trustedServers: ["10.0.0.2"] } } }), internal);
+  await assert.rejects(create({}, { net: { dnsMode: "open" } }), internal);
+  await assert.rejects(create({}, { net: { dnsMode: "trusted", trustedServers: ["10.0.0.2"] } }), internal);
+  assert.equal(core.entries.size, 0);
+  client.close(1000, "done");
+});
+
+test("server: the VM's network is rebuilt from allowed fields with the server's clamps (review 1, 7)", () => {
+  const { RemoteOptions } = require("../js/remote-server-options.cjs");
+  const ro = new RemoteOptions({});
+  const n = ro.net({ allowedHosts: ["example.com"], maxFlows: 1e9, maxHttpBodyBytes: 1e12, maxHttpResponseBodyBytes: 1e12, sshId: 7, events: true }, false);
+  assert.equal(n.maxFlows, undefined, "unknown net fields are dropped");
+  assert.equal(n.sshId, undefined);
+  assert.equal(n.events, false);
+  assert.equal(n.blockInternalRanges, true);
+  assert.equal(n.maxHttpBodyBytes, 64 * 1024 * 1024);
+  assert.equal(n.maxHttpResponseBodyBytes, 64 * 1024 * 1024);
+  assert.deepEqual(n.allowedHosts, ["example.com"]);
+  assert.throws(() => ro.net({ allowedHosts: ["x".repeat(5000)] }, false), /at most 4096 bytes/);
+  const open = new RemoteOptions({ allowInternalEgress: true });
+  assert.deepEqual(open.net({ tcpHosts: [["a:1", "127.0.0.1:1"]], blockInternalRanges: false }, false).tcpHosts, [["a:1", "127.0.0.1:1"]]);
+});
+
+test("server: raw QEMU options and host paths are refused, limits clamped (review 2, 3, 6, 7)", async () => {
+  const { RemoteOptions } = require("../js/remote-server-options.cjs");
+  const ro = new RemoteOptions({ maxCpus: 2 });
+  for (const k of ["machineType", "cpu", "accel", "append", "qemuPath"]) {
+    assert.throws(() => ro.vmOptions({ sandbox: { [k]: "q35,firmware=/etc/shadow" } }), new RegExp(`sandbox\\.${k} cannot be sent`));
+  }
+  assert.throws(() => ro.vmOptions({ sandbox: { rootOverlay: true } }), /rootOverlay/);
+  assert.throws(() => ro.vmOptions({ kernel: "/boot/vmlinuz" }), /option kernel cannot be sent/);
+  for (const sel of [".", "..", "./img", "../img", "/srv/img", "~/img", "a/../b", "a/./b"]) {
+    assert.throws(() => ro.vmOptions({ sandbox: { imagePath: sel } }), /path on the server's disk|invalid image reference/, sel);
+  }
+  assert.equal(ro.vmOptions({ sandbox: { imagePath: "debian-base:latest" } }).sandbox.imagePath, "debian-base:latest");
+  // A selector that names a directory in the server's cwd is never read as one.
+  const fs = require("node:fs");
+  const os = require("node:os");
+  const path = require("node:path");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "gondolin-sel-"));
+  fs.mkdirSync(path.join(dir, "img"));
+  const cwd = process.cwd();
+  process.chdir(dir);
+  try {
+    assert.throws(() => ro.loadImage("img"), /image ref not found: img:latest/);
+  } finally {
+    process.chdir(cwd);
+    fs.rmSync(dir, { recursive: true });
+  }
+  // Boots are always bounded.
+  assert.equal(ro.vmOptions({}).startTimeoutMs, 300000);
+  assert.equal(ro.vmOptions({ startTimeoutMs: 0 }).startTimeoutMs, 300000);
+  assert.equal(ro.vmOptions({ startTimeoutMs: 1e12 }).startTimeoutMs, 300000);
+  assert.equal(ro.vmOptions({ startTimeoutMs: 5000 }).startTimeoutMs, 5000);
+  assert.equal(ro.vmOptions({ cpus: 255 }).cpus, 2);
+  assert.equal(ro.vmOptions({ sandbox: { cpus: 64 } }).sandbox.cpus, 2);
+  assert.equal(ro.vmOptions({ rootfs: { size: "16T" } }).rootfs.size, "16384M");
+  assert.equal(ro.vmOptions({ rootfs: { size: "2G" } }).rootfs.size, "2G");
+  assert.equal(ro.vmOptions({ maxHttpBodyBytes: 1e12 }).maxHttpBodyBytes, 64 * 1024 * 1024);
+  assert.throws(() => ro.vmOptions({ env: { A: "x".repeat(300 * 1024) } }), /larger than/);
+});
+
+test("server: --max-vms and --max-memory have defaults sized for the host (review 7)", () => {
+  const os = require("node:os");
+  const { core } = coreAndClient();
+  assert.ok(Number.isFinite(core.maxVms) && core.maxVms >= 8);
+  assert.ok(core.maxMemoryBytes > 0 && core.maxMemoryBytes <= os.totalmem());
+});

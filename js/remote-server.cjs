@@ -14,21 +14,13 @@ const { Peer } = require("./remote-peer.cjs");
 const { ServerExec } = require("./remote-server-exec.cjs");
 const { Metrics } = require("./remote-metrics.cjs");
 const wire = require("./remote-wire.cjs");
+const { RemoteOptions, defaultMaxMemory, defaultMaxVms } = require("./remote-server-options.cjs");
 
 const kNativeProvider = Symbol.for("gondolin.nativeProvider");
 const DEFAULT_DETACH_TTL_MS = 10 * 60 * 1000;
 const EIO = 5;
 /** Most exec output the guest may have in flight to the server (bytes). */
 const GUEST_WINDOW_MAX = 1024 * 1024;
-
-/** Options a client may not send: they hold code, or name the server's own files. */
-const REFUSED = {
-  remote: "remote is the client's choice, not an option of the server's VM",
-  httpHooks: "send hooks as protocol hook names (the client library does)",
-  fetch: "fetch runs in the client (send it as the 'fetch' hook)",
-  debugLog: "debugLog is a client-side function",
-  ssh: "SSH egress is not available on a remote VM (v1): its credentials would live on the server",
-};
 
 /** `"512M"`, `"1G"`, `"2048"` (MiB, QEMU's default unit) → bytes; NaN if unreadable. */
 function sizeBytes(v) {
@@ -67,8 +59,12 @@ class RemoteServerCore {
     this.draining = false;
     this.server = null;
     this.log = cfg.log || (() => {});
-    this.maxMemoryBytes = cfg.maxMemory ? sizeBytes(cfg.maxMemory) : Infinity;
+    this.maxMemoryBytes = cfg.maxMemory ? sizeBytes(cfg.maxMemory) : defaultMaxMemory();
     if (Number.isNaN(this.maxMemoryBytes)) throw refuse(`--max-memory: cannot read size ${cfg.maxMemory} (use e.g. 8G)`);
+    this.maxMemoryLabel = cfg.maxMemory ?? `${Math.round(this.maxMemoryBytes / 2 ** 20)}M (the default)`;
+    this.maxVms = cfg.maxVms ?? defaultMaxVms();
+    /** The allowlist of what a client may set (js/remote-server-options.cjs). */
+    this.remoteOptions = new RemoteOptions(cfg);
   }
 
   /** Listen with the transport; resolves to the transport's RemoteServer. */
@@ -192,48 +188,15 @@ class RemoteServerCore {
     };
   }
 
-  checkOptions(o) {
-    for (const [k, why] of Object.entries(REFUSED)) {
-      if (o[k] !== undefined) throw refuse(`option ${k} cannot be sent to a remote server: ${why}`);
-    }
-    const sandbox = o.sandbox || {};
-    for (const k of ["httpHooks", "fetch", "vfsProvider", "ssh", "debugLog"]) {
-      if (sandbox[k] !== undefined) throw refuse(`option sandbox.${k} cannot be sent to a remote server`);
-    }
-    if (sandbox.qemuPath !== undefined) throw refuse("sandbox.qemuPath names a file on the server; the server chooses its QEMU");
-    if (typeof sandbox.imagePath === "string" && sandbox.imagePath.includes("/")) {
-      throw refuse(`sandbox.imagePath ${sandbox.imagePath} is a path on the server's disk; name an image (NAME[:TAG] or a build id) instead`);
-    }
-    if (o.vfs && o.vfs.mounts !== undefined) throw refuse("vfs.mounts must come as protocol mounts (the client library sends them)");
-    if (o.vfs && o.vfs.hooks !== undefined) throw refuse("vfs.hooks must come as protocol vfsHooks (the client library sends them)");
-  }
-
-  /**
-   * The client's egress policy runs from the server's network: reaching
-   * the server's internal addresses (allowedInternalHosts, internal ranges
-   * unblocked, mapped TCP) needs the operator's --allow-internal-egress.
-   */
-  checkNet(net) {
-    if (this.cfg.allowInternalEgress) return;
-    const why = [];
-    if (net.blockInternalRanges === false) why.push("blockInternalRanges: false");
-    if (Array.isArray(net.allowedInternalHosts) && net.allowedInternalHosts.length) why.push("allowedInternalHosts");
-    if (Array.isArray(net.tcpHosts) && net.tcpHosts.length) why.push("tcp.hosts (mapped TCP)");
-    if (why.length) {
-      throw refuse(
-        `${why.join(", ")} would reach the server's own network from a remote VM; this server refuses that ` +
-          "(its operator can allow it with --allow-internal-egress)",
-      );
-    }
-  }
-
   async create(peer, state, msg) {
     if (this.draining) throw refuse("server is draining: it takes no new VMs; connect to another server", "invalid_state");
-    const o = msg.options;
-    this.checkOptions(o);
+    // Rebuilt from the allowlist: nothing the client sent reaches the VM unchecked.
+    const o = this.remoteOptions.vmOptions(msg.options);
     const entry = { id: null, vm: null, peer, state, token: null, createdAt: new Date().toISOString(), memory: 0, ttl: null };
     const sandbox = { ...(o.sandbox || {}) };
-    if (sandbox.imagePath === undefined && this.cfg.image) sandbox.imagePath = this.cfg.image;
+    const clientImage = sandbox.imagePath;
+    // The operator's image (--image) may be a path; it is resolved by image(), not by the VM.
+    delete sandbox.imagePath;
     const options = { ...o, remote: false, sandbox, debugLog: null };
     if (options.memory === undefined && sandbox.memory === undefined && this.cfg.memory) options.memory = this.cfg.memory;
     if (options.cpus === undefined && sandbox.cpus === undefined && this.cfg.cpus) options.cpus = this.cfg.cpus;
@@ -244,14 +207,16 @@ class RemoteServerCore {
       if (vfsHooks.length) options.vfs.hooks = this.proxyVfsHooks(entry, vfsHooks);
     }
     if (msg.egress) options.onEgress = (ev) => entry.peer && entry.peer.send({ t: "egress", vm: entry.id, event: ev }).catch(() => {});
-    if (msg.net) this.checkNet(msg.net);
+    const net = msg.net == null ? null : this.remoteOptions.net(msg.net, Boolean(msg.egress));
     const vm = new VM(options);
     const hooks = msg.hooks || [];
-    if (msg.net !== undefined && vm._net.net) {
-      // The client's policy (createHttpHooks rules, DNS, TCP maps); its callbacks stay with the client.
+    if (vm._net.net) {
+      // The client's policy (createHttpHooks rules, DNS, TCP maps) or, without
+      // one, what the VM made of the checked options: rebuilt from the
+      // allowed fields either way. Its callbacks stay with the client.
       vm._net = {
         ...vm._net,
-        net: { ...msg.net, events: Boolean(msg.egress), sshId: undefined },
+        net: net || this.remoteOptions.net(vm._net.net, Boolean(msg.egress)),
         secrets: null,
         dispatch: hooks.length ? this.proxyHttp(entry) : null,
         hookNames: hooks,
@@ -259,14 +224,14 @@ class RemoteServerCore {
     }
     const memory = vm._resolved.memory ?? "1G";
     entry.memory = sizeBytes(memory);
-    const max = this.cfg.maxVms;
-    if (max !== undefined && this.entries.size >= max) {
+    const max = this.maxVms;
+    if (this.entries.size >= max) {
       throw refuse(`server is full: ${this.entries.size} of --max-vms ${max} VMs run; close one or use another server`, "queue_full");
     }
     const used = [...this.entries.values()].reduce((s, e) => s + e.memory, 0);
     if (used + entry.memory > this.maxMemoryBytes) {
       throw refuse(
-        `server is full: ${memory} more guest memory would pass --max-memory ${this.cfg.maxMemory} (${Math.round(used / 2 ** 20)} MiB in use)`,
+        `server is full: ${memory} more guest memory would pass --max-memory ${this.maxMemoryLabel} (${Math.round(used / 2 ** 20)} MiB in use)`,
         "queue_full",
       );
     }
@@ -276,7 +241,7 @@ class RemoteServerCore {
     state.vms.add(entry);
     this.metrics.changed();
     try {
-      vm._image = await this.image(sandbox.imagePath);
+      vm._image = await this.image(clientImage);
     } catch (err) {
       await this.closeEntry(entry, "image failed");
       throw err;
@@ -289,8 +254,9 @@ class RemoteServerCore {
     return { vm: entry.id, defaultEnv: entry.vm._image.defaultEnv ?? [], memory: entry.memory, started: Boolean(entry.vm._native) };
   }
 
-  async image(selector) {
-    const img = await ensureImage(selector);
+  /** A client's image comes from the store by name or build id only; else the server's own. */
+  async image(clientSelector) {
+    const img = clientSelector !== undefined ? this.remoteOptions.loadImage(clientSelector) : await ensureImage(this.cfg.image);
     const { kernel, initrd, rootfs } = this.cfg;
     if (!kernel && !initrd && !rootfs) return img;
     return Object.assign(Object.create(Object.getPrototypeOf(img)), img, {

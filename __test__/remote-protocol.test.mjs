@@ -288,3 +288,89 @@ test("server: --max-vms and --max-memory have defaults sized for the host (revie
   assert.ok(Number.isFinite(core.maxVms) && core.maxVms >= 8);
   assert.ok(core.maxMemoryBytes > 0 && core.maxMemoryBytes <= os.totalmem());
 });
+
+/** A fake VM whose start() resolves when `boot()` is called, and execs that run until killed or finished. */
+function fakeVm() {
+  let boot;
+  const booted = new Promise((r) => (boot = r));
+  const execs = [];
+  const vm = {
+    _closed: false,
+    _native: {
+      exec: async () => {
+        let end;
+        const ended = new Promise((r) => (end = r));
+        const n = { id: execs.length, killed: null, finish: end, next: async () => (await ended, null), write: async () => {}, end() {}, resize() {} };
+        n.kill = (sig) => ((n.killed = sig), end());
+        execs.push(n);
+        return n;
+      },
+    },
+    start: () => booted,
+    close: async () => {},
+  };
+  return { vm, boot, execs };
+}
+
+/** A server core with one fake VM "v" owned by a fake connection. */
+function coreWithFakeVm(cfg = {}) {
+  const { RemoteServerCore } = require("../js/remote-server.cjs");
+  const core = new RemoteServerCore({ memory: "256M", ...cfg });
+  const state = { execs: new Map(), pendingSids: new Set(), vms: new Set() };
+  const peer = { closed: false, send: async () => {}, sendData: async () => {} };
+  const f = fakeVm();
+  const entry = { id: "v", vm: f.vm, peer, state };
+  core.entries.set("v", entry);
+  state.vms.add(entry);
+  return { core, state, peer, f };
+}
+
+test("server: a stream id is reserved before the boot; concurrent starts cannot reuse it (review 5)", async () => {
+  const { core, state, peer, f } = coreWithFakeVm();
+  const start = (sid, extra = {}) => core.execStart(peer, state, { vm: "v", sid, argv: ["true"], env: [], stdin: false, window: 1024, ...extra });
+  const first = start(1);
+  await assert.rejects(start(1), /stream id 1 is in use/);
+  f.boot();
+  await first;
+  await assert.rejects(start(1), /stream id 1 is in use/);
+  // Per-string caps.
+  await assert.rejects(start(2, { argv: ["x".repeat(200 * 1024)] }), /argv entry is longer/);
+  await assert.rejects(start(2, { cwd: "/" + "d".repeat(5000) }), /cwd is longer/);
+  await assert.rejects(core.request(peer, state, { t: "fs", vm: "v", op: "guestReadDir", args: ["/" + "d".repeat(5000)] }), /longer than 4096/);
+  // A disconnect kills idle execs (they have no output that would notice).
+  core.disconnected(peer, { execs: state.execs, pendingSids: new Set(), vms: new Set() }, "test");
+  assert.equal(f.execs[0].killed, 9);
+});
+
+test("server: stdin credit comes from one server-wide budget (review 5)", async () => {
+  const wire = require("../js/remote-wire.cjs");
+  const { core, state, peer, f } = coreWithFakeVm({ stdinBudget: 2 * wire.STDIN_WINDOW_BYTES });
+  f.boot();
+  const start = (sid, stdin) => core.execStart(peer, state, { vm: "v", sid, argv: ["cat"], env: [], stdin, window: 1024 });
+  await start(1, true);
+  await start(2, true);
+  await start(3, false); // no stdin, no budget
+  await assert.rejects(start(4, true), (e) => e.code === "queue_full" && /stdin credit/.test(e.message));
+  f.execs[0].finish();
+  await new Promise((r) => setTimeout(r, 20));
+  await start(5, true);
+  for (const n of f.execs) n.finish();
+});
+
+test("server: `sessions` lists the caller's VMs only (review 10)", async () => {
+  const { RemoteServerCore } = require("../js/remote-server.cjs");
+  const core = new RemoteServerCore({ memory: "128M" });
+  const clients = [0, 1].map(() => {
+    const [c, s] = pair();
+    core.accept(s);
+    const client = new Peer(c, { request: async () => ({}), message: () => {}, data: () => {} });
+    client.run();
+    return client;
+  });
+  const a = await clients[0].request({ t: "vm.create", options: {} });
+  const b = await clients[1].request({ t: "vm.create", options: {} });
+  assert.deepEqual((await clients[0].request({ t: "sessions" })).vms.map((e) => e.vm), [a.vm]);
+  assert.deepEqual((await clients[1].request({ t: "sessions" })).vms.map((e) => e.vm), [b.vm]);
+  for (const c of clients) c.close(1000, "done");
+  await waitEmpty(core);
+});

@@ -56,6 +56,13 @@ async function waitFor(what, fn, ms = 15000) {
   }
 }
 
+/** How many VMs a server runs, from its /metrics gauge (`sessions` lists only the caller's own). */
+async function serverVms(url) {
+  const text = await (await fetch(`${url.replace(/^ws/, "http")}/metrics`)).text();
+  const m = /^gondolin_remote_vms (\d+)$/m.exec(text);
+  return m ? Number(m[1]) : NaN;
+}
+
 let server;
 let vm;
 
@@ -224,10 +231,12 @@ test("refusals: RealFSProvider, wrong token (401), bad option", { skip }, async 
     VM.create({ remote: { url: server.url, token: TOKEN }, vfs: { mounts: { "/h": new RealFSProvider(tmp) } } }),
     /RealFSProvider .*server's disk/,
   );
-  const before = (await listRemoteVms({ url: server.url, token: TOKEN })).length;
+  await sleep(300); // metrics publish at most every 250 ms
+  const before = await serverVms(server.url);
   await assert.rejects(VM.create({ remote: { url: server.url, token: "wrong-token" } }), (e) => /401/.test(e.message) && e.code === "remote_unauthorized");
   await assert.rejects(VM.create({ remote: { url: server.url } }), /401/);
-  assert.equal((await listRemoteVms({ url: server.url, token: TOKEN })).length, before);
+  await sleep(300);
+  assert.equal(await serverVms(server.url), before);
   await assert.rejects(VM.create({ remote: { url: server.url, token: TOKEN }, memory: () => 1 }), /not plain JSON/);
 });
 
@@ -263,11 +272,11 @@ test("a client killed mid-exec loses its VM on the server", { skip }, async () =
       if (m) resolve(m[1]);
     });
   });
-  assert.ok((await listRemoteVms({ url: server.url, token: TOKEN })).some((e) => e.vm === id));
+  assert.ok(server.log.includes(`vm ${id} created`));
+  // Another connection does not see it (sessions lists the caller's VMs only).
+  assert.ok(!(await listRemoteVms({ url: server.url, token: TOKEN })).some((e) => e.vm === id));
   child.kill("SIGKILL");
-  await waitFor("the server to close the killed client's VM", async () => {
-    return !(await listRemoteVms({ url: server.url, token: TOKEN })).some((e) => e.vm === id);
-  }, 10000);
+  await waitFor("the server to close the killed client's VM", () => server.log.includes(`vm ${id} closed`), 10000);
 });
 
 test("detach keeps a VM across a disconnect; the token reattaches it", { skip }, async () => {
@@ -290,9 +299,13 @@ test("two servers, one client: 10 VMs spread round robin; --max-vms is a clear e
   const vms = [];
   try {
     for (let i = 0; i < 10; i++) vms.push(await VM.create({ remote: { url: urls[i % 2], token: TOKEN }, memory: "256M" }));
-    const onOther = await listRemoteVms({ url: other.url, token: TOKEN });
-    assert.equal(onOther.length, 5);
+    await waitFor("the other server's gauge", async () => (await serverVms(other.url)) === 5);
     await assert.rejects(VM.create({ remote: { url: other.url, token: TOKEN } }), /--max-vms 5/);
+    // Without --allow-internal-egress: mapped TCP is refused even with no HTTP policy sent (review 1).
+    await assert.rejects(
+      VM.create({ remote: { url: other.url, token: TOKEN }, memory: "256M", tcp: { hosts: { "db.x:6379": "127.0.0.1:6379" } } }),
+      (e) => e.code === "invalid_option" && /tcp.*--allow-internal-egress/.test(e.message),
+    );
     // Boot one on each server.
     const rs = await Promise.all([vms[0], vms[1]].map((v) => v.exec("echo up")));
     assert.deepEqual(rs.map((r) => r.stdout), ["up\n", "up\n"]);

@@ -21,6 +21,37 @@ const DEFAULT_DETACH_TTL_MS = 10 * 60 * 1000;
 const EIO = 5;
 /** Most exec output the guest may have in flight to the server (bytes). */
 const GUEST_WINDOW_MAX = 1024 * 1024;
+const MAX_EXECS_PER_CONNECTION = 1024;
+/** Longest path (cwd, vm.fs argument, file for stdinToFile / stdoutFromFile). */
+const MAX_PATH_BYTES = 4096;
+/** Longest argv / env entry (Linux's MAX_ARG_STRLEN) and most of them together. */
+const MAX_ARG_BYTES = 128 * 1024;
+const MAX_ARGV_ENV_BYTES = 1024 * 1024;
+const MAX_ARGV_ENV_ENTRIES = 8192;
+/** Default server-wide stdin budget: stdin credit out at once over all execs (bytes). */
+const DEFAULT_STDIN_BUDGET = 256 * 1024 * 1024;
+
+/** exec.start's strings within their caps (each refusal names the field). */
+function checkExecStrings(msg) {
+  const lists = [["argv", msg.argv], ["env", msg.env || []]];
+  let total = 0;
+  let count = 0;
+  for (const [name, list] of lists) {
+    count += list.length;
+    for (const s of list) {
+      const b = Buffer.byteLength(s);
+      if (b > MAX_ARG_BYTES) throw refuse(`exec.start: an ${name} entry is longer than ${MAX_ARG_BYTES} bytes`, "invalid_request");
+      total += b;
+    }
+  }
+  if (count > MAX_ARGV_ENV_ENTRIES) throw refuse(`exec.start: more than ${MAX_ARGV_ENV_ENTRIES} argv and env entries`, "invalid_request");
+  if (total > MAX_ARGV_ENV_BYTES) throw refuse(`exec.start: argv and env are longer than ${MAX_ARGV_ENV_BYTES} bytes together`, "invalid_request");
+  for (const k of ["cwd", "stdinToFile", "stdoutFromFile"]) {
+    if (typeof msg[k] === "string" && Buffer.byteLength(msg[k]) > MAX_PATH_BYTES) {
+      throw refuse(`exec.start: ${k} is longer than ${MAX_PATH_BYTES} bytes`, "invalid_request");
+    }
+  }
+}
 
 /** `"512M"`, `"1G"`, `"2048"` (MiB, QEMU's default unit) → bytes; NaN if unreadable. */
 function sizeBytes(v) {
@@ -63,6 +94,9 @@ class RemoteServerCore {
     if (Number.isNaN(this.maxMemoryBytes)) throw refuse(`--max-memory: cannot read size ${cfg.maxMemory} (use e.g. 8G)`);
     this.maxMemoryLabel = cfg.maxMemory ?? `${Math.round(this.maxMemoryBytes / 2 ** 20)}M (the default)`;
     this.maxVms = cfg.maxVms ?? defaultMaxVms();
+    /** Stdin credit out over all execs, and its bound (see takeStdinBudget). */
+    this.stdinHeld = 0;
+    this.stdinBudget = cfg.stdinBudget ?? DEFAULT_STDIN_BUDGET;
     /** The allowlist of what a client may set (js/remote-server-options.cjs). */
     this.remoteOptions = new RemoteOptions(cfg);
   }
@@ -80,7 +114,7 @@ class RemoteServerCore {
 
   /** Serve one connection (authenticated by the transport). */
   accept(conn) {
-    const state = { execs: new Map(), vms: new Set() };
+    const state = { execs: new Map(), pendingSids: new Set(), vms: new Set() };
     const peer = new Peer(conn, {
       request: (msg) => this.request(peer, state, msg),
       message: (msg) => this.message(state, msg),
@@ -133,12 +167,14 @@ class RemoteServerCore {
         const check = FS_OPS[msg.op];
         if (!check) throw refuse(`unknown vm.fs operation ${JSON.stringify(msg.op)}`, "invalid_request");
         if (!check(msg.args)) throw refuse(`bad arguments for ${msg.op}`, "invalid_request");
+        for (const a of msg.args) if (typeof a === "string" && Buffer.byteLength(a) > MAX_PATH_BYTES) throw refuse(`${msg.op}: a path longer than ${MAX_PATH_BYTES} bytes`, "invalid_request");
         await e.vm.start();
         if (e.vm._closed) throw refuse("VM is closed", "vm_closed");
         return { outcome: await e.vm._native[msg.op](...msg.args) };
       }
       case "sessions":
-        return { vms: [...this.entries.values()].map((e) => this.describe(e)) };
+        // This connection's VMs only: another client's are none of its business.
+        return { vms: [...state.vms].map((e) => this.describe(e)) };
       default:
         throw refuse(`${msg.t} is not a request a client sends`, "invalid_request");
     }
@@ -336,13 +372,59 @@ class RemoteServerCore {
 
   async execStart(peer, state, msg) {
     const e = this.entry(state, msg.vm);
-    if (state.execs.has(msg.sid)) throw refuse(`stream id ${msg.sid} is in use`, "invalid_request");
-    if (state.execs.size >= 1024) throw refuse("more than 1024 execs on one connection", "queue_full");
+    if (state.execs.has(msg.sid) || state.pendingSids.has(msg.sid)) throw refuse(`stream id ${msg.sid} is in use`, "invalid_request");
+    if (state.execs.size + state.pendingSids.size >= MAX_EXECS_PER_CONNECTION) {
+      throw refuse(`more than ${MAX_EXECS_PER_CONNECTION} execs on one connection`, "queue_full");
+    }
     const pty = msg.pty;
     if (pty && !(Number.isInteger(pty.rows) && Number.isInteger(pty.cols))) throw refuse("pty needs { rows, cols }", "invalid_request");
-    await e.vm.start();
-    if (e.vm._closed) throw refuse("VM is closed", "vm_closed");
-    const req = {
+    checkExecStrings(msg);
+    // The sid and the stdin budget are taken before the first await: concurrent starts see them.
+    const stdinBytes = msg.stdin ? this.takeStdinBudget() : 0;
+    state.pendingSids.add(msg.sid);
+    let n;
+    try {
+      await e.vm.start();
+      if (e.vm._closed) throw refuse("VM is closed", "vm_closed");
+      n = await e.vm._native.exec(this.execRequest(msg));
+    } catch (err) {
+      this.stdinHeld -= stdinBytes;
+      throw err;
+    } finally {
+      state.pendingSids.delete(msg.sid);
+    }
+    const ex = new ServerExec(peer, msg.sid, n, msg.window, msg.stdin, this.metrics);
+    state.execs.set(msg.sid, ex);
+    this.metrics.execStarted();
+    ex.pump().finally(() => {
+      state.execs.delete(msg.sid);
+      this.stdinHeld -= stdinBytes;
+    });
+    // The connection went while the exec was starting: nothing would ever kill it.
+    if (peer.closed) ex.kill(9);
+    return { execId: n.id };
+  }
+
+  /**
+   * Reserve one exec's stdin credit (what the client may send before the
+   * guest takes any) from the server-wide budget.
+   */
+  takeStdinBudget() {
+    const need = wire.STDIN_WINDOW_BYTES;
+    if (this.stdinHeld + need > this.stdinBudget) {
+      throw refuse(
+        `server is busy: ${Math.round(this.stdinHeld / 2 ** 20)} MiB of stdin credit is out, the budget is ` +
+          `${Math.round(this.stdinBudget / 2 ** 20)} MiB; retry when an exec with stdin ends`,
+        "queue_full",
+      );
+    }
+    this.stdinHeld += need;
+    return need;
+  }
+
+  execRequest(msg) {
+    const pty = msg.pty;
+    return {
       argv: msg.argv,
       env: msg.env,
       cwd: msg.cwd,
@@ -354,12 +436,6 @@ class RemoteServerCore {
       stdinToFile: msg.stdinToFile,
       stdoutFromFile: msg.stdoutFromFile,
     };
-    const n = await e.vm._native.exec(req);
-    const ex = new ServerExec(peer, msg.sid, n, msg.window, msg.stdin, this.metrics);
-    state.execs.set(msg.sid, ex);
-    this.metrics.execStarted();
-    ex.pump().finally(() => state.execs.delete(msg.sid));
-    return { execId: n.id };
   }
 
   async closeEntry(e, why, byClient = false) {
@@ -376,8 +452,10 @@ class RemoteServerCore {
     this.log(`vm ${e.id} closed: ${why}`);
   }
 
-  /** A connection ended: its VMs close, unless detached (then they wait for a reattach). */
+  /** A connection ended: its execs are killed; its VMs close, unless detached (then they wait for a reattach). */
   disconnected(peer, state, reason) {
+    // An idle exec (no output to send) would never notice the connection went.
+    for (const ex of state.execs.values()) ex.kill(9);
     for (const e of [...state.vms]) {
       if (e.peer !== peer) continue;
       if (e.token) {

@@ -364,3 +364,39 @@ test("SIGTERM drains: no new VMs, a running exec finishes, then exit 0", { skip 
   assert.equal(code, 0);
   assert.match(s.log, /drained/);
 });
+
+/** Live (not zombie) QEMU children of this process. */
+function qemuChildren() {
+  const out = [];
+  for (const d of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    let stat;
+    try {
+      stat = fs.readFileSync(`/proc/${d}/stat`, "utf8");
+    } catch {
+      continue;
+    }
+    // pid (comm) state ppid ...
+    const m = /^\d+ \((.*)\) (\S) (\d+)/.exec(stat);
+    if (m && m[1].startsWith("qemu") && m[2] !== "Z" && Number(m[3]) === process.pid) out.push(Number(d));
+  }
+  return out;
+}
+
+test("VM.close() during a boot that cannot finish kills QEMU and resolves at once (review 3)", { skip }, async () => {
+  const before = new Set(qemuChildren());
+  // A kernel command line with no usable init and no panic=-1: the guest never
+  // gets ready and QEMU stays up, so only the 30 s start timeout would end the boot.
+  const v = new VM({ sandbox: { append: "console=ttyS0 quiet rdinit=/nonexistent", bootSnapshot: false }, startTimeoutMs: 30000 });
+  const started = v.start();
+  started.catch(() => {});
+  let pid;
+  await waitFor("QEMU to start", () => (pid = qemuChildren().find((p) => !before.has(p))) !== undefined, 60000);
+  await sleep(500);
+  const t0 = Date.now();
+  await v.close();
+  const took = Date.now() - t0;
+  assert.ok(took < 5000, `close() took ${took} ms during a boot`);
+  await assert.rejects(started, (e) => e.code === "vm_closed");
+  await waitFor("the QEMU process to go", () => !qemuChildren().includes(pid), 5000);
+});

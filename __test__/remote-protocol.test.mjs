@@ -374,3 +374,15 @@ test("server: `sessions` lists the caller's VMs only (review 10)", async () => {
   for (const c of clients) c.close(1000, "done");
   await waitEmpty(core);
 });
+
+test("server: fs ops, vfs hook phases and mounts are checked (own names only, counts capped)", async () => {
+  const { core, state, peer } = coreWithFakeVm();
+  for (const op of ["constructor", "toString", "__proto__"]) {
+    await assert.rejects(core.request(peer, state, { t: "fs", vm: "v", op, args: [] }), /unknown vm.fs operation/);
+  }
+  const { client } = coreAndClient();
+  await assert.rejects(client.request({ t: "vm.create", options: {}, vfsHooks: ["__proto__"] }), /unknown vfs hook/);
+  const mounts = Array.from({ length: 65 }, (_, i) => ({ path: `/m${i}`, mid: i, readonly: false, symlinks: false }));
+  await assert.rejects(client.request({ t: "vm.create", options: {}, mounts }), /more than 64 VFS mounts/);
+  client.close(1000, "done");
+});

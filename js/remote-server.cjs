@@ -30,6 +30,9 @@ const MAX_ARGV_ENV_BYTES = 1024 * 1024;
 const MAX_ARGV_ENV_ENTRIES = 8192;
 /** Default server-wide stdin budget: stdin credit out at once over all execs (bytes). */
 const DEFAULT_STDIN_BUDGET = 256 * 1024 * 1024;
+/** Most client-served VFS mounts per VM, and the vfs.hooks phases a client may name. */
+const MAX_MOUNTS = 64;
+const VFS_HOOK_PHASES = ["before", "after", "onRead", "onWrite"];
 
 /** exec.start's strings within their caps (each refusal names the field). */
 function checkExecStrings(msg) {
@@ -164,7 +167,7 @@ class RemoteServerCore {
         return this.execStart(peer, state, msg);
       case "fs": {
         const e = this.entry(state, msg.vm);
-        const check = FS_OPS[msg.op];
+        const check = Object.hasOwn(FS_OPS, msg.op) ? FS_OPS[msg.op] : null;
         if (!check) throw refuse(`unknown vm.fs operation ${JSON.stringify(msg.op)}`, "invalid_request");
         if (!check(msg.args)) throw refuse(`bad arguments for ${msg.op}`, "invalid_request");
         for (const a of msg.args) if (typeof a === "string" && Buffer.byteLength(a) > MAX_PATH_BYTES) throw refuse(`${msg.op}: a path longer than ${MAX_PATH_BYTES} bytes`, "invalid_request");
@@ -198,6 +201,7 @@ class RemoteServerCore {
         return;
       case "vfs.invalidate": {
         const e = this.entries.get(msg.vm);
+        if (Buffer.byteLength(msg.path) > MAX_PATH_BYTES) throw new Error(`vfs.invalidate: a path longer than ${MAX_PATH_BYTES} bytes`);
         if (e && state.vms.has(e) && e.vm._native && !e.vm._closed) e.vm._native.vfsInvalidate(msg.path);
         return;
       }
@@ -238,6 +242,10 @@ class RemoteServerCore {
     if (options.cpus === undefined && sandbox.cpus === undefined && this.cfg.cpus) options.cpus = this.cfg.cpus;
     const mounts = msg.mounts || [];
     const vfsHooks = msg.vfsHooks || [];
+    if (mounts.length > MAX_MOUNTS) throw refuse(`more than ${MAX_MOUNTS} VFS mounts`);
+    for (const h of vfsHooks) {
+      if (!VFS_HOOK_PHASES.includes(h)) throw refuse(`unknown vfs hook ${JSON.stringify(h).slice(0, 64)}; valid: ${VFS_HOOK_PHASES.join(", ")}`);
+    }
     if (o.vfs !== null && (mounts.length || vfsHooks.length)) {
       options.vfs = { ...(o.vfs || {}), mounts: this.proxyMounts(entry, mounts) };
       if (vfsHooks.length) options.vfs.hooks = this.proxyVfsHooks(entry, vfsHooks);
@@ -323,6 +331,7 @@ class RemoteServerCore {
     const out = {};
     for (const m of mounts) {
       if (!m || typeof m.path !== "string" || !Number.isInteger(m.mid)) throw refuse("mounts entries need { path, mid }");
+      if (Buffer.byteLength(m.path) > MAX_PATH_BYTES) throw refuse(`a mount path is longer than ${MAX_PATH_BYTES} bytes`);
       const readonly = Boolean(m.readonly);
       const symlinks = Boolean(m.symlinks);
       const np = native.jsProvider(

@@ -268,6 +268,8 @@ class RemoteServerCore {
     }
     const memory = vm._resolved.memory ?? "1G";
     entry.memory = sizeBytes(memory);
+    // Fail closed: a size this file cannot read must not escape --max-memory.
+    if (!(entry.memory > 0)) throw refuse(`memory ${JSON.stringify(memory)}: write it as e.g. 512M or 2G`);
     const max = this.maxVms;
     if (this.entries.size >= max) {
       throw refuse(`server is full: ${this.entries.size} of --max-vms ${max} VMs run; close one or use another server`, "queue_full");

@@ -34,6 +34,12 @@ Options:
                          (allowedInternalHosts, blockInternalRanges: false,
                          mapped TCP, dns.mode trusted/open, dns.trustedServers);
                          refused by default
+  --detach-ttl-ms MS     how long a detached VM waits for a reattach (default 600000)
+  --drain-grace-ms MS    on SIGTERM: how long running VMs may finish before
+                         they are closed (default 30000); then exit 0
+
+On start it prints 'gondolin ws-server listening on ws://HOST:PORT' to stdout.
+/healthz, /readyz and /metrics need no token.
 
 Clients may set only env, memory, cpus (at most the host's CPUs), rootfs
 (size at most 16G), an image by NAME[:TAG] or build id, HTTP and DNS policy
@@ -41,12 +47,6 @@ Clients may set only env, memory, cpus (at most the host's CPUs), rootfs
 startTimeoutMs (at most 300000; the server always bounds a boot). Host
 paths and raw QEMU arguments (qemuPath, accel, machineType, cpu, append)
 are refused; see docs/remote-protocol.md.
-  --detach-ttl-ms MS     how long a detached VM waits for a reattach (default 600000)
-  --drain-grace-ms MS    on SIGTERM: how long running VMs may finish before
-                         they are closed (default 30000); then exit 0
-
-On start it prints 'gondolin ws-server listening on ws://HOST:PORT' to stdout.
-/healthz, /readyz and /metrics need no token.
 `;
 
 function isLoopback(host) {

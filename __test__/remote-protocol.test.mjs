@@ -386,3 +386,9 @@ test("server: fs ops, vfs hook phases and mounts are checked (own names only, co
   await assert.rejects(client.request({ t: "vm.create", options: {}, mounts }), /more than 64 VFS mounts/);
   client.close(1000, "done");
 });
+
+test("server: HTTP hook names are the known ones", async () => {
+  const { client } = coreAndClient();
+  await assert.rejects(client.request({ t: "vm.create", options: {}, hooks: ["constructor"] }), /unknown HTTP hook "constructor"/);
+  client.close(1000, "done");
+});

@@ -251,9 +251,13 @@ class RemoteServerCore {
       if (vfsHooks.length) options.vfs.hooks = this.proxyVfsHooks(entry, vfsHooks);
     }
     if (msg.egress) options.onEgress = (ev) => entry.peer && entry.peer.send({ t: "egress", vm: entry.id, event: ev }).catch(() => {});
+    const hooks = msg.hooks || [];
+    const knownHooks = Object.values(native.HttpHook);
+    for (const h of hooks) {
+      if (!knownHooks.includes(h)) throw refuse(`unknown HTTP hook ${JSON.stringify(h).slice(0, 64)}; valid: ${knownHooks.join(", ")}`);
+    }
     const net = msg.net == null ? null : this.remoteOptions.net(msg.net, Boolean(msg.egress));
     const vm = new VM(options);
-    const hooks = msg.hooks || [];
     if (vm._net.net) {
       // The client's policy (createHttpHooks rules, DNS, TCP maps) or, without
       // one, what the VM made of the checked options: rebuilt from the

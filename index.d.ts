@@ -522,10 +522,18 @@ export interface VMOptions {
    * Refused on a remote VM, each with a message naming it: a RealFSProvider
    * mount (its path would be the server's disk), createHttpHooks secrets,
    * ssh, and any non-JSON option other than httpHooks, fetch, onEgress,
-   * vfs.hooks and VFS providers (those run in this process). Egress rules
-   * that reach internal addresses (allowedInternalHosts,
-   * blockInternalRanges: false, tcp.hosts) are refused unless the server
-   * runs with --allow-internal-egress. The server's `--max-vms` / `--max-memory`
+   * vfs.hooks and VFS providers (those run in this process). The server
+   * takes only an allowlist of options (docs/remote-protocol.md, "What a
+   * client may set"): raw QEMU and host-path options (sandbox.qemuPath,
+   * accel, machineType, cpu, append, rootOverlay) and an imagePath that is
+   * a path are refused ("invalid_option", naming the option); imagePath
+   * must be NAME[:TAG] or a build id in the server's store. The server
+   * clamps cpus (its CPU count), rootfs.size (16G), HTTP body limits
+   * (64 MiB) and startTimeoutMs (300000; 0 / unset also get 300000).
+   * Egress that reaches internal addresses (allowedInternalHosts,
+   * blockInternalRanges: false, tcp.hosts, dns.mode "trusted" / "open",
+   * dns.trustedServers) is refused unless the server runs with
+   * --allow-internal-egress. The server's `--max-vms` / `--max-memory`
    * refusal has code "queue_full"; a refused token "remote_unauthorized",
    * a draining or full server at connect "remote_unavailable", an
    * unreachable one "io_error"; a connection lost later fails calls with
@@ -1062,7 +1070,11 @@ export declare class VM {
   readonly fs: VmFs;
   /** Boot if needed and wait until the guest is ready; concurrent calls share one boot. */
   start(): Promise<void>;
-  /** Stop QEMU and remove every temp file; idempotent. */
+  /**
+   * Stop QEMU and remove every temp file; idempotent. During a boot
+   * (ours) it kills QEMU at once and the pending start() rejects with
+   * "vm_closed", instead of waiting for the boot to end.
+   */
   close(): Promise<void>;
   exec(command: string | string[], options?: ExecOptions): ExecProcess;
   shell(options?: ShellOptions): ExecProcess;
@@ -1593,7 +1605,12 @@ export interface RemoteVmEntry {
   memory: number;
 }
 
-/** Our extension: the VMs a ws-server holds (any client's). */
+/**
+ * Our extension: the `sessions` request on a new connection. The server
+ * lists only the VMs of the asking connection, so this resolves to []
+ * (other clients' VMs are none of this client's business); the server's
+ * total is its `gondolin_remote_vms` metric on /metrics.
+ */
 export declare function listRemoteVms(remote?: RemoteOptions): Promise<RemoteVmEntry[]>;
 /** Exact id, else a unique prefix; null if none; throws on an ambiguous prefix. */
 export declare function findSession(query: string): Promise<SessionEntry | null>;

@@ -173,7 +173,7 @@ test("server: option refusals, --max-memory, --max-vms and draining are clear er
   const client = new Peer(c, { request: async () => ({}), message: () => {}, data: () => {} });
   client.run();
   const create = (options = {}) => client.request({ t: "vm.create", options });
-  await assert.rejects(create({ sandbox: { qemuPath: "/bin/x" } }), /qemuPath names a file on the server/);
+  await assert.rejects(create({ sandbox: { qemuPath: "/bin/x" } }), /sandbox\.qemuPath .*names a file on the server/);
   await assert.rejects(create({ sandbox: { imagePath: "/srv/img" } }), /path on the server's disk/);
   await assert.rejects(create({ remote: { url: "ws://x" } }), /option remote cannot be sent/);
   await assert.rejects(client.request({ t: "hello", v: 2 }), (e) => e.code === "protocol_mismatch");
@@ -199,3 +199,196 @@ async function waitEmpty(core) {
   for (let i = 0; i < 50 && core.entries.size > 0; i++) await new Promise((r) => setTimeout(r, 100));
   assert.equal(core.entries.size, 0, "the disconnected client's VMs were closed");
 }
+
+/** An in-process server core and a client peer on it (no sockets, no boot unless asked). */
+function coreAndClient(cfg = {}) {
+  const { RemoteServerCore } = require("../js/remote-server.cjs");
+  const core = new RemoteServerCore({ memory: "256M", ...cfg });
+  const [c, s] = pair();
+  const serverPeer = core.accept(s);
+  const client = new Peer(c, { request: async () => ({}), message: () => {}, data: () => {} });
+  client.run();
+  return { core, client, serverPeer };
+}
+
+test("server: internal-network reach is refused on every path, not only in `net` (review 1)", async () => {
+  const { core, client } = coreAndClient();
+  const create = (options, extra = {}) => client.request({ t: "vm.create", options, ...extra });
+  const internal = /server's own network.*--allow-internal-egress/;
+  // Mapped TCP in the options, with no `net` at all: the VM's own network would carry it.
+  await assert.rejects(create({ tcp: { hosts: { "db.x:6379": "127.0.0.1:6379" } } }), internal);
+  await assert.rejects(create({ sandbox: { tcp: { hosts: { "db.x:6379": "127.0.0.1:6379" } } } }), internal);
+  // DNS that forwards from the server.
+  await assert.rejects(create({ dns: { mode: "open" } }), internal);
+  await assert.rejects(create({ sandbox: { dns: { mode: "trusted", trustedServers: ["10.0.0.2"] } } }), internal);
+  await assert.rejects(create({}, { net: { dnsMode: "open" } }), internal);
+  await assert.rejects(create({}, { net: { dnsMode: "trusted", trustedServers: ["10.0.0.2"] } }), internal);
+  assert.equal(core.entries.size, 0);
+  client.close(1000, "done");
+});
+
+test("server: the VM's network is rebuilt from allowed fields with the server's clamps (review 1, 7)", () => {
+  const { RemoteOptions } = require("../js/remote-server-options.cjs");
+  const ro = new RemoteOptions({});
+  const n = ro.net({ allowedHosts: ["example.com"], maxFlows: 1e9, maxHttpBodyBytes: 1e12, maxHttpResponseBodyBytes: 1e12, sshId: 7, events: true }, false);
+  assert.equal(n.maxFlows, undefined, "unknown net fields are dropped");
+  assert.equal(n.sshId, undefined);
+  assert.equal(n.events, false);
+  assert.equal(n.blockInternalRanges, true);
+  assert.equal(n.maxHttpBodyBytes, 64 * 1024 * 1024);
+  assert.equal(n.maxHttpResponseBodyBytes, 64 * 1024 * 1024);
+  assert.deepEqual(n.allowedHosts, ["example.com"]);
+  assert.throws(() => ro.net({ allowedHosts: ["x".repeat(5000)] }, false), /at most 4096 bytes/);
+  const open = new RemoteOptions({ allowInternalEgress: true });
+  assert.deepEqual(open.net({ tcpHosts: [["a:1", "127.0.0.1:1"]], blockInternalRanges: false }, false).tcpHosts, [["a:1", "127.0.0.1:1"]]);
+});
+
+test("server: raw QEMU options and host paths are refused, limits clamped (review 2, 3, 6, 7)", async () => {
+  const { RemoteOptions } = require("../js/remote-server-options.cjs");
+  const ro = new RemoteOptions({ maxCpus: 2 });
+  for (const k of ["machineType", "cpu", "accel", "append", "qemuPath"]) {
+    assert.throws(() => ro.vmOptions({ sandbox: { [k]: "q35,firmware=/etc/shadow" } }), new RegExp(`sandbox\\.${k} cannot be sent`));
+  }
+  assert.throws(() => ro.vmOptions({ sandbox: { rootOverlay: true } }), /rootOverlay/);
+  assert.throws(() => ro.vmOptions({ kernel: "/boot/vmlinuz" }), /option kernel cannot be sent/);
+  for (const sel of [".", "..", "./img", "../img", "/srv/img", "~/img", "a/../b", "a/./b"]) {
+    assert.throws(() => ro.vmOptions({ sandbox: { imagePath: sel } }), /path on the server's disk|invalid image reference/, sel);
+  }
+  assert.equal(ro.vmOptions({ sandbox: { imagePath: "debian-base:latest" } }).sandbox.imagePath, "debian-base:latest");
+  // A selector that names a directory in the server's cwd is never read as one.
+  const fs = require("node:fs");
+  const os = require("node:os");
+  const path = require("node:path");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "gondolin-sel-"));
+  fs.mkdirSync(path.join(dir, "img"));
+  const cwd = process.cwd();
+  process.chdir(dir);
+  try {
+    assert.throws(() => ro.loadImage("img"), /image ref not found: img:latest/);
+  } finally {
+    process.chdir(cwd);
+    fs.rmSync(dir, { recursive: true });
+  }
+  // Boots are always bounded.
+  assert.equal(ro.vmOptions({}).startTimeoutMs, 300000);
+  assert.equal(ro.vmOptions({ startTimeoutMs: 0 }).startTimeoutMs, 300000);
+  assert.equal(ro.vmOptions({ startTimeoutMs: 1e12 }).startTimeoutMs, 300000);
+  assert.equal(ro.vmOptions({ startTimeoutMs: 5000 }).startTimeoutMs, 5000);
+  assert.equal(ro.vmOptions({ cpus: 255 }).cpus, 2);
+  assert.equal(ro.vmOptions({ sandbox: { cpus: 64 } }).sandbox.cpus, 2);
+  assert.equal(ro.vmOptions({ rootfs: { size: "16T" } }).rootfs.size, "16384M");
+  assert.equal(ro.vmOptions({ rootfs: { size: "2G" } }).rootfs.size, "2G");
+  assert.equal(ro.vmOptions({ maxHttpBodyBytes: 1e12 }).maxHttpBodyBytes, 64 * 1024 * 1024);
+  assert.throws(() => ro.vmOptions({ env: { A: "x".repeat(300 * 1024) } }), /larger than/);
+});
+
+test("server: --max-vms and --max-memory have defaults sized for the host (review 7)", () => {
+  const os = require("node:os");
+  const { core } = coreAndClient();
+  assert.ok(Number.isFinite(core.maxVms) && core.maxVms >= 8);
+  assert.ok(core.maxMemoryBytes > 0 && core.maxMemoryBytes <= os.totalmem());
+});
+
+/** A fake VM whose start() resolves when `boot()` is called, and execs that run until killed or finished. */
+function fakeVm() {
+  let boot;
+  const booted = new Promise((r) => (boot = r));
+  const execs = [];
+  const vm = {
+    _closed: false,
+    _native: {
+      exec: async () => {
+        let end;
+        const ended = new Promise((r) => (end = r));
+        const n = { id: execs.length, killed: null, finish: end, next: async () => (await ended, null), write: async () => {}, end() {}, resize() {} };
+        n.kill = (sig) => ((n.killed = sig), end());
+        execs.push(n);
+        return n;
+      },
+    },
+    start: () => booted,
+    close: async () => {},
+  };
+  return { vm, boot, execs };
+}
+
+/** A server core with one fake VM "v" owned by a fake connection. */
+function coreWithFakeVm(cfg = {}) {
+  const { RemoteServerCore } = require("../js/remote-server.cjs");
+  const core = new RemoteServerCore({ memory: "256M", ...cfg });
+  const state = { execs: new Map(), pendingSids: new Set(), vms: new Set() };
+  const peer = { closed: false, send: async () => {}, sendData: async () => {} };
+  const f = fakeVm();
+  const entry = { id: "v", vm: f.vm, peer, state };
+  core.entries.set("v", entry);
+  state.vms.add(entry);
+  return { core, state, peer, f };
+}
+
+test("server: a stream id is reserved before the boot; concurrent starts cannot reuse it (review 5)", async () => {
+  const { core, state, peer, f } = coreWithFakeVm();
+  const start = (sid, extra = {}) => core.execStart(peer, state, { vm: "v", sid, argv: ["true"], env: [], stdin: false, window: 1024, ...extra });
+  const first = start(1);
+  await assert.rejects(start(1), /stream id 1 is in use/);
+  f.boot();
+  await first;
+  await assert.rejects(start(1), /stream id 1 is in use/);
+  // Per-string caps.
+  await assert.rejects(start(2, { argv: ["x".repeat(200 * 1024)] }), /argv entry is longer/);
+  await assert.rejects(start(2, { cwd: "/" + "d".repeat(5000) }), /cwd is longer/);
+  await assert.rejects(core.request(peer, state, { t: "fs", vm: "v", op: "guestReadDir", args: ["/" + "d".repeat(5000)] }), /longer than 4096/);
+  // A disconnect kills idle execs (they have no output that would notice).
+  core.disconnected(peer, { execs: state.execs, pendingSids: new Set(), vms: new Set() }, "test");
+  assert.equal(f.execs[0].killed, 9);
+});
+
+test("server: stdin credit comes from one server-wide budget (review 5)", async () => {
+  const wire = require("../js/remote-wire.cjs");
+  const { core, state, peer, f } = coreWithFakeVm({ stdinBudget: 2 * wire.STDIN_WINDOW_BYTES });
+  f.boot();
+  const start = (sid, stdin) => core.execStart(peer, state, { vm: "v", sid, argv: ["cat"], env: [], stdin, window: 1024 });
+  await start(1, true);
+  await start(2, true);
+  await start(3, false); // no stdin, no budget
+  await assert.rejects(start(4, true), (e) => e.code === "queue_full" && /stdin credit/.test(e.message));
+  f.execs[0].finish();
+  await new Promise((r) => setTimeout(r, 20));
+  await start(5, true);
+  for (const n of f.execs) n.finish();
+});
+
+test("server: `sessions` lists the caller's VMs only (review 10)", async () => {
+  const { RemoteServerCore } = require("../js/remote-server.cjs");
+  const core = new RemoteServerCore({ memory: "128M" });
+  const clients = [0, 1].map(() => {
+    const [c, s] = pair();
+    core.accept(s);
+    const client = new Peer(c, { request: async () => ({}), message: () => {}, data: () => {} });
+    client.run();
+    return client;
+  });
+  const a = await clients[0].request({ t: "vm.create", options: {} });
+  const b = await clients[1].request({ t: "vm.create", options: {} });
+  assert.deepEqual((await clients[0].request({ t: "sessions" })).vms.map((e) => e.vm), [a.vm]);
+  assert.deepEqual((await clients[1].request({ t: "sessions" })).vms.map((e) => e.vm), [b.vm]);
+  for (const c of clients) c.close(1000, "done");
+  await waitEmpty(core);
+});
+
+test("server: fs ops, vfs hook phases and mounts are checked (own names only, counts capped)", async () => {
+  const { core, state, peer } = coreWithFakeVm();
+  for (const op of ["constructor", "toString", "__proto__"]) {
+    await assert.rejects(core.request(peer, state, { t: "fs", vm: "v", op, args: [] }), /unknown vm.fs operation/);
+  }
+  const { client } = coreAndClient();
+  await assert.rejects(client.request({ t: "vm.create", options: {}, vfsHooks: ["__proto__"] }), /unknown vfs hook/);
+  const mounts = Array.from({ length: 65 }, (_, i) => ({ path: `/m${i}`, mid: i, readonly: false, symlinks: false }));
+  await assert.rejects(client.request({ t: "vm.create", options: {}, mounts }), /more than 64 VFS mounts/);
+  client.close(1000, "done");
+});
+
+test("server: HTTP hook names are the known ones", async () => {
+  const { client } = coreAndClient();
+  await assert.rejects(client.request({ t: "vm.create", options: {}, hooks: ["constructor"] }), /unknown HTTP hook "constructor"/);
+  client.close(1000, "done");
+});

@@ -56,6 +56,13 @@ async function waitFor(what, fn, ms = 15000) {
   }
 }
 
+/** How many VMs a server runs, from its /metrics gauge (`sessions` lists only the caller's own). */
+async function serverVms(url) {
+  const text = await (await fetch(`${url.replace(/^ws/, "http")}/metrics`)).text();
+  const m = /^gondolin_remote_vms (\d+)$/m.exec(text);
+  return m ? Number(m[1]) : NaN;
+}
+
 let server;
 let vm;
 
@@ -224,10 +231,12 @@ test("refusals: RealFSProvider, wrong token (401), bad option", { skip }, async 
     VM.create({ remote: { url: server.url, token: TOKEN }, vfs: { mounts: { "/h": new RealFSProvider(tmp) } } }),
     /RealFSProvider .*server's disk/,
   );
-  const before = (await listRemoteVms({ url: server.url, token: TOKEN })).length;
+  await sleep(300); // metrics publish at most every 250 ms
+  const before = await serverVms(server.url);
   await assert.rejects(VM.create({ remote: { url: server.url, token: "wrong-token" } }), (e) => /401/.test(e.message) && e.code === "remote_unauthorized");
   await assert.rejects(VM.create({ remote: { url: server.url } }), /401/);
-  assert.equal((await listRemoteVms({ url: server.url, token: TOKEN })).length, before);
+  await sleep(300);
+  assert.equal(await serverVms(server.url), before);
   await assert.rejects(VM.create({ remote: { url: server.url, token: TOKEN }, memory: () => 1 }), /not plain JSON/);
 });
 
@@ -263,11 +272,11 @@ test("a client killed mid-exec loses its VM on the server", { skip }, async () =
       if (m) resolve(m[1]);
     });
   });
-  assert.ok((await listRemoteVms({ url: server.url, token: TOKEN })).some((e) => e.vm === id));
+  assert.ok(server.log.includes(`vm ${id} created`));
+  // Another connection does not see it (sessions lists the caller's VMs only).
+  assert.ok(!(await listRemoteVms({ url: server.url, token: TOKEN })).some((e) => e.vm === id));
   child.kill("SIGKILL");
-  await waitFor("the server to close the killed client's VM", async () => {
-    return !(await listRemoteVms({ url: server.url, token: TOKEN })).some((e) => e.vm === id);
-  }, 10000);
+  await waitFor("the server to close the killed client's VM", () => server.log.includes(`vm ${id} closed`), 10000);
 });
 
 test("detach keeps a VM across a disconnect; the token reattaches it", { skip }, async () => {
@@ -290,9 +299,13 @@ test("two servers, one client: 10 VMs spread round robin; --max-vms is a clear e
   const vms = [];
   try {
     for (let i = 0; i < 10; i++) vms.push(await VM.create({ remote: { url: urls[i % 2], token: TOKEN }, memory: "256M" }));
-    const onOther = await listRemoteVms({ url: other.url, token: TOKEN });
-    assert.equal(onOther.length, 5);
+    await waitFor("the other server's gauge", async () => (await serverVms(other.url)) === 5);
     await assert.rejects(VM.create({ remote: { url: other.url, token: TOKEN } }), /--max-vms 5/);
+    // Without --allow-internal-egress: mapped TCP is refused even with no HTTP policy sent (review 1).
+    await assert.rejects(
+      VM.create({ remote: { url: other.url, token: TOKEN }, memory: "256M", tcp: { hosts: { "db.x:6379": "127.0.0.1:6379" } } }),
+      (e) => e.code === "invalid_option" && /tcp.*--allow-internal-egress/.test(e.message),
+    );
     // Boot one on each server.
     const rs = await Promise.all([vms[0], vms[1]].map((v) => v.exec("echo up")));
     assert.deepEqual(rs.map((r) => r.stdout), ["up\n", "up\n"]);
@@ -350,4 +363,40 @@ test("SIGTERM drains: no new VMs, a running exec finishes, then exit 0", { skip 
   const { code } = await s.exited;
   assert.equal(code, 0);
   assert.match(s.log, /drained/);
+});
+
+/** Live (not zombie) QEMU children of this process. */
+function qemuChildren() {
+  const out = [];
+  for (const d of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    let stat;
+    try {
+      stat = fs.readFileSync(`/proc/${d}/stat`, "utf8");
+    } catch {
+      continue;
+    }
+    // pid (comm) state ppid ...
+    const m = /^\d+ \((.*)\) (\S) (\d+)/.exec(stat);
+    if (m && m[1].startsWith("qemu") && m[2] !== "Z" && Number(m[3]) === process.pid) out.push(Number(d));
+  }
+  return out;
+}
+
+test("VM.close() during a boot that cannot finish kills QEMU and resolves at once (review 3)", { skip }, async () => {
+  const before = new Set(qemuChildren());
+  // A kernel command line with no usable init and no panic=-1: the guest never
+  // gets ready and QEMU stays up, so only the 30 s start timeout would end the boot.
+  const v = new VM({ sandbox: { append: "console=ttyS0 quiet rdinit=/nonexistent", bootSnapshot: false }, startTimeoutMs: 30000 });
+  const started = v.start();
+  started.catch(() => {});
+  let pid;
+  await waitFor("QEMU to start", () => (pid = qemuChildren().find((p) => !before.has(p))) !== undefined, 60000);
+  await sleep(500);
+  const t0 = Date.now();
+  await v.close();
+  const took = Date.now() - t0;
+  assert.ok(took < 5000, `close() took ${took} ms during a boot`);
+  await assert.rejects(started, (e) => e.code === "vm_closed");
+  await waitFor("the QEMU process to go", () => !qemuChildren().includes(pid), 5000);
 });

@@ -26,17 +26,27 @@ Options:
   --memory SIZE          default guest memory per VM (default 1G)
   --cpus N               default virtual CPUs per VM (default 2)
   --max-vms N            most VMs at once; further creates get a clear error
-  --max-memory SIZE      most guest memory summed over VMs (e.g. 16G)
+                         (default: 4 per host CPU, at least 8)
+  --max-memory SIZE      most guest memory summed over VMs, e.g. 16G
+                         (default: 3/4 of the host's RAM)
   --allow-internal-egress
                          let clients' VMs reach this machine's internal network
                          (allowedInternalHosts, blockInternalRanges: false,
-                         mapped TCP); refused by default
+                         mapped TCP, dns.mode trusted/open, dns.trustedServers);
+                         refused by default
   --detach-ttl-ms MS     how long a detached VM waits for a reattach (default 600000)
   --drain-grace-ms MS    on SIGTERM: how long running VMs may finish before
                          they are closed (default 30000); then exit 0
 
 On start it prints 'gondolin ws-server listening on ws://HOST:PORT' to stdout.
 /healthz, /readyz and /metrics need no token.
+
+Clients may set only env, memory, cpus (at most the host's CPUs), rootfs
+(size at most 16G), an image by NAME[:TAG] or build id, HTTP and DNS policy
+(bodies at most 64 MiB), tmpfs, vfs mounts served by the client, and
+startTimeoutMs (at most 300000; the server always bounds a boot). Host
+paths and raw QEMU arguments (qemuPath, accel, machineType, cpu, append)
+are refused; see docs/remote-protocol.md.
 `;
 
 function isLoopback(host) {

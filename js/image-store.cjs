@@ -104,13 +104,14 @@ function loadObject(buildId) {
  * build id in the store, else a ref (`name[:tag]`). Upstream's order and
  * messages; `arch` defaults to the host's.
  */
-function resolveImageSelector(selector, arch) {
+function resolveImageSelector(selector, arch, { storeOnly = false } = {}) {
   if (typeof selector !== "string" || selector === "") {
     throw withCode(`invalid image selector: ${selector}`, "invalid_option");
   }
   const wanted = checkArch(arch);
   const asPath = path.resolve(selector);
-  if (fs.existsSync(asPath) && fs.statSync(asPath).isDirectory()) {
+  // storeOnly (ws-server, for remote clients): a ref or build id, never a directory.
+  if (!storeOnly && fs.existsSync(asPath) && fs.statSync(asPath).isDirectory()) {
     const image = native.loadImage(asPath);
     return { source: "path", selector, assetDir: image.dir, buildId: image.buildId, arch: image.arch };
   }

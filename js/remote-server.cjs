@@ -14,21 +14,47 @@ const { Peer } = require("./remote-peer.cjs");
 const { ServerExec } = require("./remote-server-exec.cjs");
 const { Metrics } = require("./remote-metrics.cjs");
 const wire = require("./remote-wire.cjs");
+const { RemoteOptions, defaultMaxMemory, defaultMaxVms } = require("./remote-server-options.cjs");
 
 const kNativeProvider = Symbol.for("gondolin.nativeProvider");
 const DEFAULT_DETACH_TTL_MS = 10 * 60 * 1000;
 const EIO = 5;
 /** Most exec output the guest may have in flight to the server (bytes). */
 const GUEST_WINDOW_MAX = 1024 * 1024;
+const MAX_EXECS_PER_CONNECTION = 1024;
+/** Longest path (cwd, vm.fs argument, file for stdinToFile / stdoutFromFile). */
+const MAX_PATH_BYTES = 4096;
+/** Longest argv / env entry (Linux's MAX_ARG_STRLEN) and most of them together. */
+const MAX_ARG_BYTES = 128 * 1024;
+const MAX_ARGV_ENV_BYTES = 1024 * 1024;
+const MAX_ARGV_ENV_ENTRIES = 8192;
+/** Default server-wide stdin budget: stdin credit out at once over all execs (bytes). */
+const DEFAULT_STDIN_BUDGET = 256 * 1024 * 1024;
+/** Most client-served VFS mounts per VM, and the vfs.hooks phases a client may name. */
+const MAX_MOUNTS = 64;
+const VFS_HOOK_PHASES = ["before", "after", "onRead", "onWrite"];
 
-/** Options a client may not send: they hold code, or name the server's own files. */
-const REFUSED = {
-  remote: "remote is the client's choice, not an option of the server's VM",
-  httpHooks: "send hooks as protocol hook names (the client library does)",
-  fetch: "fetch runs in the client (send it as the 'fetch' hook)",
-  debugLog: "debugLog is a client-side function",
-  ssh: "SSH egress is not available on a remote VM (v1): its credentials would live on the server",
-};
+/** exec.start's strings within their caps (each refusal names the field). */
+function checkExecStrings(msg) {
+  const lists = [["argv", msg.argv], ["env", msg.env || []]];
+  let total = 0;
+  let count = 0;
+  for (const [name, list] of lists) {
+    count += list.length;
+    for (const s of list) {
+      const b = Buffer.byteLength(s);
+      if (b > MAX_ARG_BYTES) throw refuse(`exec.start: an ${name} entry is longer than ${MAX_ARG_BYTES} bytes`, "invalid_request");
+      total += b;
+    }
+  }
+  if (count > MAX_ARGV_ENV_ENTRIES) throw refuse(`exec.start: more than ${MAX_ARGV_ENV_ENTRIES} argv and env entries`, "invalid_request");
+  if (total > MAX_ARGV_ENV_BYTES) throw refuse(`exec.start: argv and env are longer than ${MAX_ARGV_ENV_BYTES} bytes together`, "invalid_request");
+  for (const k of ["cwd", "stdinToFile", "stdoutFromFile"]) {
+    if (typeof msg[k] === "string" && Buffer.byteLength(msg[k]) > MAX_PATH_BYTES) {
+      throw refuse(`exec.start: ${k} is longer than ${MAX_PATH_BYTES} bytes`, "invalid_request");
+    }
+  }
+}
 
 /** `"512M"`, `"1G"`, `"2048"` (MiB, QEMU's default unit) → bytes; NaN if unreadable. */
 function sizeBytes(v) {
@@ -67,8 +93,15 @@ class RemoteServerCore {
     this.draining = false;
     this.server = null;
     this.log = cfg.log || (() => {});
-    this.maxMemoryBytes = cfg.maxMemory ? sizeBytes(cfg.maxMemory) : Infinity;
+    this.maxMemoryBytes = cfg.maxMemory ? sizeBytes(cfg.maxMemory) : defaultMaxMemory();
     if (Number.isNaN(this.maxMemoryBytes)) throw refuse(`--max-memory: cannot read size ${cfg.maxMemory} (use e.g. 8G)`);
+    this.maxMemoryLabel = cfg.maxMemory ?? `${Math.round(this.maxMemoryBytes / 2 ** 20)}M (the default)`;
+    this.maxVms = cfg.maxVms ?? defaultMaxVms();
+    /** Stdin credit out over all execs, and its bound (see takeStdinBudget). */
+    this.stdinHeld = 0;
+    this.stdinBudget = cfg.stdinBudget ?? DEFAULT_STDIN_BUDGET;
+    /** The allowlist of what a client may set (js/remote-server-options.cjs). */
+    this.remoteOptions = new RemoteOptions(cfg);
   }
 
   /** Listen with the transport; resolves to the transport's RemoteServer. */
@@ -84,7 +117,7 @@ class RemoteServerCore {
 
   /** Serve one connection (authenticated by the transport). */
   accept(conn) {
-    const state = { execs: new Map(), vms: new Set() };
+    const state = { execs: new Map(), pendingSids: new Set(), vms: new Set() };
     const peer = new Peer(conn, {
       request: (msg) => this.request(peer, state, msg),
       message: (msg) => this.message(state, msg),
@@ -134,15 +167,17 @@ class RemoteServerCore {
         return this.execStart(peer, state, msg);
       case "fs": {
         const e = this.entry(state, msg.vm);
-        const check = FS_OPS[msg.op];
+        const check = Object.hasOwn(FS_OPS, msg.op) ? FS_OPS[msg.op] : null;
         if (!check) throw refuse(`unknown vm.fs operation ${JSON.stringify(msg.op)}`, "invalid_request");
         if (!check(msg.args)) throw refuse(`bad arguments for ${msg.op}`, "invalid_request");
+        for (const a of msg.args) if (typeof a === "string" && Buffer.byteLength(a) > MAX_PATH_BYTES) throw refuse(`${msg.op}: a path longer than ${MAX_PATH_BYTES} bytes`, "invalid_request");
         await e.vm.start();
         if (e.vm._closed) throw refuse("VM is closed", "vm_closed");
         return { outcome: await e.vm._native[msg.op](...msg.args) };
       }
       case "sessions":
-        return { vms: [...this.entries.values()].map((e) => this.describe(e)) };
+        // This connection's VMs only: another client's are none of its business.
+        return { vms: [...state.vms].map((e) => this.describe(e)) };
       default:
         throw refuse(`${msg.t} is not a request a client sends`, "invalid_request");
     }
@@ -166,6 +201,7 @@ class RemoteServerCore {
         return;
       case "vfs.invalidate": {
         const e = this.entries.get(msg.vm);
+        if (Buffer.byteLength(msg.path) > MAX_PATH_BYTES) throw new Error(`vfs.invalidate: a path longer than ${MAX_PATH_BYTES} bytes`);
         if (e && state.vms.has(e) && e.vm._native && !e.vm._closed) e.vm._native.vfsInvalidate(msg.path);
         return;
       }
@@ -192,66 +228,43 @@ class RemoteServerCore {
     };
   }
 
-  checkOptions(o) {
-    for (const [k, why] of Object.entries(REFUSED)) {
-      if (o[k] !== undefined) throw refuse(`option ${k} cannot be sent to a remote server: ${why}`);
-    }
-    const sandbox = o.sandbox || {};
-    for (const k of ["httpHooks", "fetch", "vfsProvider", "ssh", "debugLog"]) {
-      if (sandbox[k] !== undefined) throw refuse(`option sandbox.${k} cannot be sent to a remote server`);
-    }
-    if (sandbox.qemuPath !== undefined) throw refuse("sandbox.qemuPath names a file on the server; the server chooses its QEMU");
-    if (typeof sandbox.imagePath === "string" && sandbox.imagePath.includes("/")) {
-      throw refuse(`sandbox.imagePath ${sandbox.imagePath} is a path on the server's disk; name an image (NAME[:TAG] or a build id) instead`);
-    }
-    if (o.vfs && o.vfs.mounts !== undefined) throw refuse("vfs.mounts must come as protocol mounts (the client library sends them)");
-    if (o.vfs && o.vfs.hooks !== undefined) throw refuse("vfs.hooks must come as protocol vfsHooks (the client library sends them)");
-  }
-
-  /**
-   * The client's egress policy runs from the server's network: reaching
-   * the server's internal addresses (allowedInternalHosts, internal ranges
-   * unblocked, mapped TCP) needs the operator's --allow-internal-egress.
-   */
-  checkNet(net) {
-    if (this.cfg.allowInternalEgress) return;
-    const why = [];
-    if (net.blockInternalRanges === false) why.push("blockInternalRanges: false");
-    if (Array.isArray(net.allowedInternalHosts) && net.allowedInternalHosts.length) why.push("allowedInternalHosts");
-    if (Array.isArray(net.tcpHosts) && net.tcpHosts.length) why.push("tcp.hosts (mapped TCP)");
-    if (why.length) {
-      throw refuse(
-        `${why.join(", ")} would reach the server's own network from a remote VM; this server refuses that ` +
-          "(its operator can allow it with --allow-internal-egress)",
-      );
-    }
-  }
-
   async create(peer, state, msg) {
     if (this.draining) throw refuse("server is draining: it takes no new VMs; connect to another server", "invalid_state");
-    const o = msg.options;
-    this.checkOptions(o);
+    // Rebuilt from the allowlist: nothing the client sent reaches the VM unchecked.
+    const o = this.remoteOptions.vmOptions(msg.options);
     const entry = { id: null, vm: null, peer, state, token: null, createdAt: new Date().toISOString(), memory: 0, ttl: null };
     const sandbox = { ...(o.sandbox || {}) };
-    if (sandbox.imagePath === undefined && this.cfg.image) sandbox.imagePath = this.cfg.image;
+    const clientImage = sandbox.imagePath;
+    // The operator's image (--image) may be a path; it is resolved by image(), not by the VM.
+    delete sandbox.imagePath;
     const options = { ...o, remote: false, sandbox, debugLog: null };
     if (options.memory === undefined && sandbox.memory === undefined && this.cfg.memory) options.memory = this.cfg.memory;
     if (options.cpus === undefined && sandbox.cpus === undefined && this.cfg.cpus) options.cpus = this.cfg.cpus;
     const mounts = msg.mounts || [];
     const vfsHooks = msg.vfsHooks || [];
+    if (mounts.length > MAX_MOUNTS) throw refuse(`more than ${MAX_MOUNTS} VFS mounts`);
+    for (const h of vfsHooks) {
+      if (!VFS_HOOK_PHASES.includes(h)) throw refuse(`unknown vfs hook ${JSON.stringify(h).slice(0, 64)}; valid: ${VFS_HOOK_PHASES.join(", ")}`);
+    }
     if (o.vfs !== null && (mounts.length || vfsHooks.length)) {
       options.vfs = { ...(o.vfs || {}), mounts: this.proxyMounts(entry, mounts) };
       if (vfsHooks.length) options.vfs.hooks = this.proxyVfsHooks(entry, vfsHooks);
     }
     if (msg.egress) options.onEgress = (ev) => entry.peer && entry.peer.send({ t: "egress", vm: entry.id, event: ev }).catch(() => {});
-    if (msg.net) this.checkNet(msg.net);
-    const vm = new VM(options);
     const hooks = msg.hooks || [];
-    if (msg.net !== undefined && vm._net.net) {
-      // The client's policy (createHttpHooks rules, DNS, TCP maps); its callbacks stay with the client.
+    const knownHooks = Object.values(native.HttpHook);
+    for (const h of hooks) {
+      if (!knownHooks.includes(h)) throw refuse(`unknown HTTP hook ${JSON.stringify(h).slice(0, 64)}; valid: ${knownHooks.join(", ")}`);
+    }
+    const net = msg.net == null ? null : this.remoteOptions.net(msg.net, Boolean(msg.egress));
+    const vm = new VM(options);
+    if (vm._net.net) {
+      // The client's policy (createHttpHooks rules, DNS, TCP maps) or, without
+      // one, what the VM made of the checked options: rebuilt from the
+      // allowed fields either way. Its callbacks stay with the client.
       vm._net = {
         ...vm._net,
-        net: { ...msg.net, events: Boolean(msg.egress), sshId: undefined },
+        net: net || this.remoteOptions.net(vm._net.net, Boolean(msg.egress)),
         secrets: null,
         dispatch: hooks.length ? this.proxyHttp(entry) : null,
         hookNames: hooks,
@@ -259,14 +272,16 @@ class RemoteServerCore {
     }
     const memory = vm._resolved.memory ?? "1G";
     entry.memory = sizeBytes(memory);
-    const max = this.cfg.maxVms;
-    if (max !== undefined && this.entries.size >= max) {
+    // Fail closed: a size this file cannot read must not escape --max-memory.
+    if (!(entry.memory > 0)) throw refuse(`memory ${JSON.stringify(memory)}: write it as e.g. 512M or 2G`);
+    const max = this.maxVms;
+    if (this.entries.size >= max) {
       throw refuse(`server is full: ${this.entries.size} of --max-vms ${max} VMs run; close one or use another server`, "queue_full");
     }
     const used = [...this.entries.values()].reduce((s, e) => s + e.memory, 0);
     if (used + entry.memory > this.maxMemoryBytes) {
       throw refuse(
-        `server is full: ${memory} more guest memory would pass --max-memory ${this.cfg.maxMemory} (${Math.round(used / 2 ** 20)} MiB in use)`,
+        `server is full: ${memory} more guest memory would pass --max-memory ${this.maxMemoryLabel} (${Math.round(used / 2 ** 20)} MiB in use)`,
         "queue_full",
       );
     }
@@ -276,7 +291,7 @@ class RemoteServerCore {
     state.vms.add(entry);
     this.metrics.changed();
     try {
-      vm._image = await this.image(sandbox.imagePath);
+      vm._image = await this.image(clientImage);
     } catch (err) {
       await this.closeEntry(entry, "image failed");
       throw err;
@@ -289,8 +304,9 @@ class RemoteServerCore {
     return { vm: entry.id, defaultEnv: entry.vm._image.defaultEnv ?? [], memory: entry.memory, started: Boolean(entry.vm._native) };
   }
 
-  async image(selector) {
-    const img = await ensureImage(selector);
+  /** A client's image comes from the store by name or build id only; else the server's own. */
+  async image(clientSelector) {
+    const img = clientSelector !== undefined ? this.remoteOptions.loadImage(clientSelector) : await ensureImage(this.cfg.image);
     const { kernel, initrd, rootfs } = this.cfg;
     if (!kernel && !initrd && !rootfs) return img;
     return Object.assign(Object.create(Object.getPrototypeOf(img)), img, {
@@ -321,6 +337,7 @@ class RemoteServerCore {
     const out = {};
     for (const m of mounts) {
       if (!m || typeof m.path !== "string" || !Number.isInteger(m.mid)) throw refuse("mounts entries need { path, mid }");
+      if (Buffer.byteLength(m.path) > MAX_PATH_BYTES) throw refuse(`a mount path is longer than ${MAX_PATH_BYTES} bytes`);
       const readonly = Boolean(m.readonly);
       const symlinks = Boolean(m.symlinks);
       const np = native.jsProvider(
@@ -370,13 +387,59 @@ class RemoteServerCore {
 
   async execStart(peer, state, msg) {
     const e = this.entry(state, msg.vm);
-    if (state.execs.has(msg.sid)) throw refuse(`stream id ${msg.sid} is in use`, "invalid_request");
-    if (state.execs.size >= 1024) throw refuse("more than 1024 execs on one connection", "queue_full");
+    if (state.execs.has(msg.sid) || state.pendingSids.has(msg.sid)) throw refuse(`stream id ${msg.sid} is in use`, "invalid_request");
+    if (state.execs.size + state.pendingSids.size >= MAX_EXECS_PER_CONNECTION) {
+      throw refuse(`more than ${MAX_EXECS_PER_CONNECTION} execs on one connection`, "queue_full");
+    }
     const pty = msg.pty;
     if (pty && !(Number.isInteger(pty.rows) && Number.isInteger(pty.cols))) throw refuse("pty needs { rows, cols }", "invalid_request");
-    await e.vm.start();
-    if (e.vm._closed) throw refuse("VM is closed", "vm_closed");
-    const req = {
+    checkExecStrings(msg);
+    // The sid and the stdin budget are taken before the first await: concurrent starts see them.
+    const stdinBytes = msg.stdin ? this.takeStdinBudget() : 0;
+    state.pendingSids.add(msg.sid);
+    let n;
+    try {
+      await e.vm.start();
+      if (e.vm._closed) throw refuse("VM is closed", "vm_closed");
+      n = await e.vm._native.exec(this.execRequest(msg));
+    } catch (err) {
+      this.stdinHeld -= stdinBytes;
+      throw err;
+    } finally {
+      state.pendingSids.delete(msg.sid);
+    }
+    const ex = new ServerExec(peer, msg.sid, n, msg.window, msg.stdin, this.metrics);
+    state.execs.set(msg.sid, ex);
+    this.metrics.execStarted();
+    ex.pump().finally(() => {
+      state.execs.delete(msg.sid);
+      this.stdinHeld -= stdinBytes;
+    });
+    // The connection went while the exec was starting: nothing would ever kill it.
+    if (peer.closed) ex.kill(9);
+    return { execId: n.id };
+  }
+
+  /**
+   * Reserve one exec's stdin credit (what the client may send before the
+   * guest takes any) from the server-wide budget.
+   */
+  takeStdinBudget() {
+    const need = wire.STDIN_WINDOW_BYTES;
+    if (this.stdinHeld + need > this.stdinBudget) {
+      throw refuse(
+        `server is busy: ${Math.round(this.stdinHeld / 2 ** 20)} MiB of stdin credit is out, the budget is ` +
+          `${Math.round(this.stdinBudget / 2 ** 20)} MiB; retry when an exec with stdin ends`,
+        "queue_full",
+      );
+    }
+    this.stdinHeld += need;
+    return need;
+  }
+
+  execRequest(msg) {
+    const pty = msg.pty;
+    return {
       argv: msg.argv,
       env: msg.env,
       cwd: msg.cwd,
@@ -388,12 +451,6 @@ class RemoteServerCore {
       stdinToFile: msg.stdinToFile,
       stdoutFromFile: msg.stdoutFromFile,
     };
-    const n = await e.vm._native.exec(req);
-    const ex = new ServerExec(peer, msg.sid, n, msg.window, msg.stdin, this.metrics);
-    state.execs.set(msg.sid, ex);
-    this.metrics.execStarted();
-    ex.pump().finally(() => state.execs.delete(msg.sid));
-    return { execId: n.id };
   }
 
   async closeEntry(e, why, byClient = false) {
@@ -410,8 +467,10 @@ class RemoteServerCore {
     this.log(`vm ${e.id} closed: ${why}`);
   }
 
-  /** A connection ended: its VMs close, unless detached (then they wait for a reattach). */
+  /** A connection ended: its execs are killed; its VMs close, unless detached (then they wait for a reattach). */
   disconnected(peer, state, reason) {
+    // An idle exec (no output to send) would never notice the connection went.
+    for (const ex of state.execs.values()) ex.kill(9);
     for (const e of [...state.vms]) {
       if (e.peer !== peer) continue;
       if (e.token) {

@@ -117,6 +117,8 @@ class VM {
     this._native = null;
     this._starting = null;
     this._closing = null;
+    /** The running boot's cancel switch (close() during a boot kills QEMU). */
+    this._bootCancel = null;
     this._closed = false;
     this._checkpointed = false;
     /** Set by VmCheckpoint.resume: { checkpoint, image, memory }. */
@@ -203,6 +205,9 @@ class VM {
     const cpus = this._resolved.cpus ?? 2;
     this._debug("vm", `booting: ${memory} memory, ${cpus} cpus, rootfs ${mode}`);
     let n;
+    // close() during the boot cancels it: the addon drops the boot and kills QEMU.
+    const cancel = new native.NativeBootCancel();
+    this._bootCancel = cancel;
     try {
       n = await native.startVm({
         kernel: image.kernel,
@@ -227,9 +232,10 @@ class VM {
         resume: this._resume ? { checkpoint: this._resume.checkpoint } : undefined,
         // (undefined, not null: napi reads an absent object field as None.)
         bootTemplate: (!this._resume && bootTemplate(this._resolved)) || undefined,
-      }, this._vfs ? this._vfs.root : null, this._net.secrets, this._net.dispatch, this._net.hookNames);
+      }, this._vfs ? this._vfs.root : null, this._net.secrets, this._net.dispatch, this._net.hookNames, cancel);
     } catch (err) {
       this._closed = true;
+      this._bootCancel = null;
       this._debug("vm", `boot failed: ${err.message}`);
       throw err;
     }
@@ -238,6 +244,7 @@ class VM {
       await n.close();
       throw withCode("VM is closed", "vm_closed");
     }
+    this._bootCancel = null;
     this._native = n;
     const info = n.info();
     this._debug(
@@ -503,10 +510,15 @@ class VM {
     return done;
   }
 
-  /** Stop the VM and remove its temp files. Idempotent; concurrent calls share one close. */
+  /**
+   * Stop the VM and remove its temp files. Idempotent; concurrent calls
+   * share one close. During a boot it kills QEMU at once (the boot rejects
+   * with `vm_closed`) instead of waiting for the boot to finish.
+   */
   close() {
     if (!this._closing) {
       this._closed = true;
+      if (this._bootCancel) this._bootCancel.cancel();
       this._closing = (async () => {
         if (this._starting) await this._starting.catch(() => {});
         if (this._session) await this._session.close(); // sessions

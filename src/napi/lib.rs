@@ -6,6 +6,7 @@
 // sees the exported items as unused.
 #![cfg_attr(test, allow(dead_code))]
 
+mod boot_cancel;
 mod checkpoint;
 mod error;
 mod exec;

@@ -171,7 +171,8 @@ fn config(o: NativeVmOptions) -> Result<VmConfig, JsFailure> {
 }
 
 /// Boot a VM and resolve once the guest is ready. `vfsRoot` is the
-/// provider the guest mounts at `fuseMount`. Rejects with a coded error
+/// provider the guest mounts at `fuseMount`; `cancel` (ours) stops the boot
+/// and kills QEMU (`VM.close()` during a boot). Rejects with a coded error
 /// (`vm_start_timeout`, `qemu_not_found`, `vm_boot_failed`, ...).
 #[napi(ts_return_type = "Promise<NativeVm>")]
 pub fn start_vm<'e>(
@@ -182,13 +183,25 @@ pub fn start_vm<'e>(
     #[napi(ts_arg_type = "((call: HttpHookCall) => Promise<HttpHookOutcome>) | undefined | null")]
     http_dispatch: Option<crate::http_js::HttpDispatch>,
     http_hooks: Option<Vec<crate::http_js::HttpHook>>,
+    cancel: Option<&super::boot_cancel::NativeBootCancel>,
 ) -> napi::Result<PromiseRaw<'e, NativeVm>> {
     let prepared = prepare(options, vfs_root, secrets, http_dispatch, http_hooks);
+    let cancelled = cancel.map(|c| c.cancelled());
     spawn_coded(env, async move {
         let (cfg, server, egress, net_stats) = prepared?;
-        let vm = Vm::start(&cfg)
-            .await
-            .map_err(|e| JsFailure::from_core(&e))?;
+        let cancelled = async move {
+            match cancelled {
+                Some(c) => c.await,
+                None => std::future::pending().await,
+            }
+        };
+        // Dropping the boot on cancel kills QEMU (spawned with kill_on_drop).
+        let vm = tokio::select! {
+            r = Vm::start(&cfg) => r.map_err(|e| JsFailure::from_core(&e))?,
+            () = cancelled => {
+                return Err(JsFailure::new(ErrorCode::VmClosed, "VM closed during its boot (QEMU killed)"));
+            }
+        };
         Ok(NativeVm {
             vm: Arc::new(vm),
             fs: server,

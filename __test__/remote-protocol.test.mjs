@@ -199,3 +199,22 @@ async function waitEmpty(core) {
   for (let i = 0; i < 50 && core.entries.size > 0; i++) await new Promise((r) => setTimeout(r, 100));
   assert.equal(core.entries.size, 0, "the disconnected client's VMs were closed");
 }
+
+test("wire: message types, fields and keys never come from the prototype chain", () => {
+  for (const t of ["constructor", "toString", "__proto__", "hasOwnProperty"]) {
+    assert.throws(() => wire.decodeMessage(JSON.stringify({ t, id: 5 })), (e) => e.re === 5 && /unknown message type/.test(e.message), t);
+    assert.equal(wire.isRequest(t), false, t);
+  }
+  for (const k of ["constructor", "toString", "valueOf"]) {
+    assert.throws(() => wire.decodeMessage(`{"t":"exec.end","sid":1,"${k}":1}`), /unknown field/, k);
+  }
+  const m = wire.decodeMessage('{"t":"vm.create","id":1,"options":{"__proto__":{"polluted":1},"a":{"__proto__":[1]}}}');
+  assert.equal(Object.getPrototypeOf(m.options), Object.prototype);
+  assert.equal(m.options.polluted, undefined);
+  assert.deepEqual(Object.keys(m.options), ["__proto__", "a"]);
+  assert.deepEqual(Object.getOwnPropertyDescriptor(m.options, "__proto__").value, { polluted: 1 });
+  assert.equal(Object.getPrototypeOf(m.options.a), Object.prototype);
+  // And back out unchanged.
+  assert.equal(JSON.parse(wire.encodeMessage(m)).options.__proto__.polluted, 1);
+  assert.equal({}.polluted, undefined);
+});

@@ -218,3 +218,52 @@ test("wire: message types, fields and keys never come from the prototype chain",
   assert.equal(JSON.parse(wire.encodeMessage(m)).options.__proto__.polluted, 1);
   assert.equal({}.polluted, undefined);
 });
+
+/** A transport whose other side sends `next()` forever and never reads: send() never resolves. */
+function deafConn(next) {
+  const c = {
+    recvCalls: 0,
+    sends: 0,
+    closeCode: null,
+    closeReason: null,
+    async recv() {
+      await new Promise((r) => setImmediate(r));
+      if (c.closeCode !== null) return [];
+      c.recvCalls++;
+      return Array.from({ length: 64 }, next);
+    },
+    send() {
+      c.sends++;
+      return new Promise(() => {});
+    },
+    close(code, reason) {
+      c.closeCode = code;
+      c.closeReason = reason;
+    },
+  };
+  return c;
+}
+
+test("a client that pipelines requests and never reads the replies: the server stops reading at a bound", async () => {
+  const { MAX_REPLY_BACKLOG } = require("../js/remote-peer.cjs");
+  let id = 0;
+  const conn = deafConn(() => JSON.stringify({ t: "sessions", id: ++id }));
+  const peer = new Peer(conn, { request: async () => ({ vms: [] }), message: () => {}, data: () => {} });
+  peer.run();
+  await new Promise((r) => setTimeout(r, 300));
+  assert.ok(conn.sends <= MAX_REPLY_BACKLOG + 64, `${conn.sends} replies queued for a client that reads nothing`);
+  assert.ok(conn.recvCalls <= MAX_REPLY_BACKLOG / 64 + 2, `recv() called ${conn.recvCalls} times`);
+  // Requests count in flight until their reply is queued (beyond that: queue_full, then a close).
+  assert.equal(peer.inflight, wire.MAX_INFLIGHT);
+  peer.close(1000, "done");
+  await peer.done;
+});
+
+test("egress events to a client that does not read are dropped and counted, not queued", async () => {
+  const { MAX_EVENT_BACKLOG } = require("../js/remote-peer.cjs");
+  const conn = deafConn(() => "");
+  const peer = new Peer(conn, { request: async () => ({}), message: () => {}, data: () => {} });
+  for (let i = 0; i < 1000; i++) peer.send({ t: "egress", vm: "v", event: { i } }).catch(() => {});
+  assert.equal(conn.sends, MAX_EVENT_BACKLOG);
+  assert.equal(peer.droppedEvents, 1000 - MAX_EVENT_BACKLOG);
+});

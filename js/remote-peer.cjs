@@ -14,6 +14,22 @@ const wire = require("./remote-wire.cjs");
 const CLOSE_PROTOCOL = 4002;
 const CLOSE_POLICY = 4008;
 
+/**
+ * Replies given to the transport but not yet in its send queue (the other
+ * side is not reading): past either bound the peer stops calling recv(), so
+ * a client that pipelines requests without reading the answers is pushed
+ * back by TCP instead of growing this process's memory.
+ */
+const MAX_REPLY_BACKLOG = 256;
+const MAX_REPLY_BACKLOG_BYTES = 16 * 1024 * 1024;
+/**
+ * Events (`egress` records: informational, no reply, nobody awaits them)
+ * not yet queued: past this, new ones are dropped and counted in
+ * `droppedEvents`.
+ */
+const MAX_EVENT_BACKLOG = 64;
+const DROPPABLE = new Set(["egress"]);
+
 class Peer {
   /**
    * @param conn a RemoteConnection (recv/send/close)
@@ -27,7 +43,12 @@ class Peer {
     this.inflight = 0;
     this.closed = false;
     this.closeReason = null;
-    this.sendChain = Promise.resolve();
+    this.replyBacklog = 0;
+    this.replyBacklogBytes = 0;
+    this.roomWaiter = null;
+    this.eventBacklog = 0;
+    /** Events dropped because the other side was not reading. */
+    this.droppedEvents = 0;
   }
 
   /** Start reading; resolves when the connection ended. */
@@ -39,6 +60,8 @@ class Peer {
   async _read() {
     try {
       for (;;) {
+        // Replies backed up: read nothing more until they drain (or close).
+        if (this._backedUp()) await new Promise((r) => (this.roomWaiter = r));
         const batch = await this.conn.recv();
         if (batch.length === 0) break;
         for (const m of batch) {
@@ -56,6 +79,7 @@ class Peer {
   _ended(reason) {
     if (this.closeReason === null) this.closeReason = reason;
     this.closed = true;
+    this._room();
     for (const p of this.pending.values()) p.reject(closedError(this.closeReason));
     this.pending.clear();
     if (!this._closedCalled) {
@@ -102,6 +126,7 @@ class Peer {
         this._reply({ t: "err", re: msg.id, code: "queue_full", message: `more than ${wire.MAX_INFLIGHT} requests in flight` });
         return;
       }
+      // A request counts in flight until its reply is in the send queue.
       this.inflight++;
       Promise.resolve()
         .then(() => this.h.request(msg))
@@ -119,20 +144,63 @@ class Peer {
     }
   }
 
-  _reply(msg) {
-    this.send(msg).catch(() => {});
+  _backedUp() {
+    return !this.closed && (this.replyBacklog >= MAX_REPLY_BACKLOG || this.replyBacklogBytes >= MAX_REPLY_BACKLOG_BYTES);
   }
 
-  /** Send one message; resolves once queued (await it for backpressure). */
+  _room() {
+    if (this.roomWaiter && !this._backedUp()) {
+      const w = this.roomWaiter;
+      this.roomWaiter = null;
+      w();
+    }
+  }
+
+  /** Send a reply; resolves (never rejects) once it is queued or failed. */
+  _reply(msg) {
+    let text;
+    try {
+      text = this._encode(msg);
+    } catch (e) {
+      text = this._encode({ t: "err", re: msg.re, code: "io_error", message: `reply not sent: ${e.message}` });
+    }
+    if (this.closed) return Promise.resolve();
+    this.replyBacklog++;
+    this.replyBacklogBytes += text.length;
+    return this.conn.send(text).then(
+      () => {},
+      () => {},
+    ).finally(() => {
+      this.replyBacklog--;
+      this.replyBacklogBytes -= text.length;
+      this._room();
+    });
+  }
+
+  _encode(msg) {
+    return wire.encodeMessage(msg);
+  }
+
+  /**
+   * Send one message; resolves once queued (await it for backpressure).
+   * An event (`egress`) is dropped instead, counted in `droppedEvents`, when
+   * MAX_EVENT_BACKLOG events are already waiting for the other side to read.
+   */
   send(msg) {
     if (this.closed) return Promise.reject(closedError(this.closeReason));
     let text;
     try {
-      text = wire.encodeMessage(msg);
+      text = this._encode(msg);
     } catch (e) {
       return Promise.reject(e);
     }
-    return this.conn.send(text);
+    if (!DROPPABLE.has(msg.t)) return this.conn.send(text);
+    if (this.eventBacklog >= MAX_EVENT_BACKLOG) {
+      this.droppedEvents++;
+      return Promise.resolve();
+    }
+    this.eventBacklog++;
+    return this.conn.send(text).finally(() => this.eventBacklog--);
   }
 
   sendData(sid, kind, payload) {
@@ -189,4 +257,11 @@ function closedError(reason) {
   return e;
 }
 
-module.exports = { Peer, closedError, CLOSE_PROTOCOL, CLOSE_POLICY };
+module.exports = {
+  Peer,
+  closedError,
+  CLOSE_PROTOCOL,
+  CLOSE_POLICY,
+  MAX_REPLY_BACKLOG,
+  MAX_EVENT_BACKLOG,
+};

@@ -267,3 +267,36 @@ test("egress events to a client that does not read are dropped and counted, not 
   assert.equal(conn.sends, MAX_EVENT_BACKLOG);
   assert.equal(peer.droppedEvents, 1000 - MAX_EVENT_BACKLOG);
 });
+
+test("text frames: over 1 MiB only as a reply to our own request; a larger request closes the connection", async () => {
+  const [c, s] = pair();
+  const big = "x".repeat(wire.MAX_TEXT_BYTES);
+  let handled = 0;
+  const server = new Peer(s, { request: async () => (handled++, {}), message: () => {}, data: () => {} });
+  const client = new Peer(c, { request: async () => ({ body: big }), message: () => {}, data: () => {} });
+  server.run();
+  client.run();
+  // The server asked: a big answer is fine.
+  assert.equal((await server.request({ t: "sessions" })).body.length, big.length);
+  // Unasked: closed before it is parsed or handled.
+  await c.send(JSON.stringify({ t: "fs", id: 1, vm: "v", op: "guestStat", args: [big, false] }));
+  await server.done;
+  assert.equal(handled, 0);
+  assert.match(server.closeReason, /text frame over 1048576 bytes/);
+});
+
+test("repeated malformed requests close the connection", async () => {
+  const { MAX_VIOLATIONS } = require("../js/remote-peer.cjs");
+  const [c, s] = pair();
+  const server = new Peer(s, { request: async () => ({}), message: () => {}, data: () => {} });
+  const client = new Peer(c, { request: async () => ({}), message: () => {}, data: () => {} });
+  server.run();
+  client.run();
+  const results = [];
+  for (let i = 0; i < MAX_VIOLATIONS; i++) results.push(client.request({ t: "vm.start" }).catch((e) => e.code));
+  const codes = await Promise.all(results);
+  assert.deepEqual(codes.slice(0, MAX_VIOLATIONS - 1), Array(MAX_VIOLATIONS - 1).fill("invalid_request"));
+  assert.equal(codes[MAX_VIOLATIONS - 1], "connection_closed");
+  await server.done;
+  assert.match(server.closeReason, /8 protocol violations within 10 s/);
+});

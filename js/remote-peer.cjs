@@ -29,14 +29,25 @@ const MAX_REPLY_BACKLOG_BYTES = 16 * 1024 * 1024;
  */
 const MAX_EVENT_BACKLOG = 64;
 const DROPPABLE = new Set(["egress"]);
+/**
+ * Protocol violations answered with an error instead of a close (a request
+ * that fails its checks, one over the in-flight limit, an oversized text
+ * frame): this many within VIOLATION_WINDOW_MS closes the connection.
+ */
+const MAX_VIOLATIONS = 8;
+const VIOLATION_WINDOW_MS = 10_000;
 
 class Peer {
   /**
    * @param conn a RemoteConnection (recv/send/close)
    * @param handlers { request(msg) → Promise<reply fields>, message(msg), data({sid, kind, data}), closed(reason) }
+   * @param opts { maxTextBytes } the largest text frame accepted that is not
+   *   a reply to our own request (default wire.MAX_TEXT_BYTES, 1 MiB; the
+   *   client, whose server sends hook requests carrying bodies, raises it)
    */
-  constructor(conn, handlers) {
+  constructor(conn, handlers, opts = {}) {
     this.conn = conn;
+    this.maxTextBytes = opts.maxTextBytes ?? wire.MAX_TEXT_BYTES;
     this.h = handlers;
     this.nextId = 1;
     this.pending = new Map();
@@ -49,6 +60,7 @@ class Peer {
     this.eventBacklog = 0;
     /** Events dropped because the other side was not reading. */
     this.droppedEvents = 0;
+    this.violations = [];
   }
 
   /** Start reading; resolves when the connection ended. */
@@ -103,15 +115,26 @@ class Peer {
   }
 
   _text(text) {
+    // Control messages are small; only a reply to one of our own requests
+    // (a hook's answer) may be larger. Checked before parsing.
+    const max = this.maxTextBytes;
+    const big = text.length > max || (text.length > max / 3 && Buffer.byteLength(text) > max);
+    if (big && this.pending.size === 0) {
+      return this.close(CLOSE_POLICY, `text frame over ${max} bytes (send bytes in binary frames)`);
+    }
     let msg;
     try {
       msg = wire.decodeMessage(text);
     } catch (e) {
-      if (e.re !== undefined) {
+      if (e.re !== undefined && !big) {
+        if (this._violation(e.message)) return;
         this._reply({ t: "err", re: e.re, code: "invalid_request", message: e.message });
         return;
       }
       return this.close(CLOSE_PROTOCOL, e.message);
+    }
+    if (big && msg.t !== "ok" && msg.t !== "err") {
+      return this.close(CLOSE_POLICY, `${msg.t}: text frame over ${max} bytes (only a reply may be larger)`);
     }
     if (msg.t === "ok" || msg.t === "err") {
       const p = this.pending.get(msg.re);
@@ -123,6 +146,7 @@ class Peer {
     }
     if (wire.isRequest(msg.t)) {
       if (this.inflight >= wire.MAX_INFLIGHT) {
+        if (this._violation(`more than ${wire.MAX_INFLIGHT} requests in flight`)) return;
         this._reply({ t: "err", re: msg.id, code: "queue_full", message: `more than ${wire.MAX_INFLIGHT} requests in flight` });
         return;
       }
@@ -142,6 +166,16 @@ class Peer {
     } catch (e) {
       this.close(CLOSE_POLICY, e.message);
     }
+  }
+
+  /** Records one violation; true (and closed) once there were too many lately. */
+  _violation(what) {
+    const now = Date.now();
+    this.violations.push(now);
+    while (this.violations.length > 0 && now - this.violations[0] > VIOLATION_WINDOW_MS) this.violations.shift();
+    if (this.violations.length < MAX_VIOLATIONS) return false;
+    this.close(CLOSE_POLICY, `${MAX_VIOLATIONS} protocol violations within ${VIOLATION_WINDOW_MS / 1000} s, the last: ${what}`);
+    return true;
   }
 
   _backedUp() {
@@ -264,4 +298,5 @@ module.exports = {
   CLOSE_POLICY,
   MAX_REPLY_BACKLOG,
   MAX_EVENT_BACKLOG,
+  MAX_VIOLATIONS,
 };

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use super::conn::{self, ByteCounters, ConnOptions, Connection};
 use super::{
     check_max_message, ws_config, RemoteError, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES,
-    IDLE_TIMEOUT, PING_INTERVAL, PROTOCOL_PATH,
+    IDLE_TIMEOUT, PING_INTERVAL, PROTOCOL_PATH, WRITE_TIMEOUT,
 };
 
 /// TCP connections still in HTTP (not yet upgraded) at once; more are
@@ -54,11 +54,14 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
+    /// A client reading nothing for this long while messages wait is
+    /// closed (1008).
+    pub write_timeout: Duration,
 }
 
 impl ServerConfig {
     /// Defaults: no TLS, 16 MiB messages, 256 connections, 10 s pings,
-    /// 30 s idle timeout.
+    /// 30 s idle and write timeouts.
     pub fn new(addr: SocketAddr, token: Option<String>) -> Self {
         ServerConfig {
             addr,
@@ -68,6 +71,7 @@ impl ServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             ping_interval: PING_INTERVAL,
             idle_timeout: IDLE_TIMEOUT,
+            write_timeout: WRITE_TIMEOUT,
         }
     }
 }
@@ -91,6 +95,7 @@ struct State {
     max_message_bytes: usize,
     ping_interval: Duration,
     idle_timeout: Duration,
+    write_timeout: Duration,
     /// Taken on close, so the caller's receiver ends.
     conn_tx: Mutex<Option<mpsc::Sender<Connection>>>,
     shutdown: CancellationToken,
@@ -230,6 +235,7 @@ pub async fn bind(
         max_message_bytes,
         ping_interval: config.ping_interval,
         idle_timeout: config.idle_timeout,
+        write_timeout: config.write_timeout,
         conn_tx: Mutex::new(Some(conn_tx)),
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
@@ -425,7 +431,7 @@ fn upgrade(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Resp
             }
         };
         let ws = WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
+            conn::ProgressIo::new(TokioIo::new(upgraded)),
             Role::Server,
             Some(ws_config(st.max_message_bytes)),
         )
@@ -440,6 +446,7 @@ fn upgrade(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Resp
                 max_message_bytes: st.max_message_bytes,
                 ping_interval: st.ping_interval,
                 idle_timeout: st.idle_timeout,
+                write_timeout: st.write_timeout,
                 counters: Some(c.bytes.clone()),
                 shutdown: Some(st.shutdown.clone()),
             },

@@ -445,3 +445,42 @@ fn endpoint_gets_the_protocol_path() {
     assert_eq!(ep("wss://h/").unwrap(), "wss://h/v1");
     assert_eq!(ep("ws://h/custom/v1").unwrap(), "ws://h/custom/v1");
 }
+
+#[tokio::test]
+async fn a_peer_that_reads_nothing_while_we_write_is_closed_1008() {
+    let (h, mut rx) = server(None, |c| c.write_timeout = Duration::from_millis(300)).await;
+    // Upgraded by hand; never read from, never answers a ping.
+    let _raw = raw_upgrade(&h).await;
+    let s = rx.recv().await.unwrap();
+    // Sends stall once the queue and the socket buffers are full; the
+    // write timeout then fails them.
+    let chunk = Bytes::from(vec![1u8; 64 * 1024]);
+    let mut sent = 0usize;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while s.send(Message::Binary(chunk.clone())).await.is_ok() {
+            sent += 1;
+            assert!(sent < 1024, "64 MiB accepted without the peer reading");
+        }
+    })
+    .await
+    .expect("the write timeout ends the stalled send");
+    assert!(sent >= 8, "stalled early: {sent}");
+    let st = closed(&s).await;
+    assert_eq!(st.code, 1008, "{st:?}");
+    assert!(st.reason.contains("write timeout"), "{st:?}");
+    // A reader that keeps up is not affected by the same timeout.
+    let (h2, rx2) = server(None, |c| c.write_timeout = Duration::from_millis(300)).await;
+    echo(rx2);
+    let c = connect(&url(&h2), ClientConfig::default()).await.unwrap();
+    for i in 0..20 {
+        c.send(Message::Binary(Bytes::from(vec![i as u8; 512 * 1024])))
+            .await
+            .unwrap();
+        assert_eq!(recv_one(&c).await.len(), 512 * 1024);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(c.close_status(), None);
+    h.close().await;
+    h2.close().await;
+}

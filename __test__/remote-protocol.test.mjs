@@ -253,8 +253,9 @@ test("a client that pipelines requests and never reads the replies: the server s
   await new Promise((r) => setTimeout(r, 300));
   assert.ok(conn.sends <= MAX_REPLY_BACKLOG + 64, `${conn.sends} replies queued for a client that reads nothing`);
   assert.ok(conn.recvCalls <= MAX_REPLY_BACKLOG / 64 + 2, `recv() called ${conn.recvCalls} times`);
-  // Requests count in flight until their reply is queued (beyond that: queue_full, then a close).
-  assert.equal(peer.inflight, wire.MAX_INFLIGHT);
+  // What is waiting is replies, not handlers.
+  assert.equal(peer.inflight, 0);
+  assert.ok(peer.replyBacklog >= MAX_REPLY_BACKLOG, `${peer.replyBacklog} replies waiting`);
   peer.close(1000, "done");
   await peer.done;
 });
@@ -299,4 +300,32 @@ test("repeated malformed requests close the connection", async () => {
   assert.equal(codes[MAX_VIOLATIONS - 1], "connection_closed");
   await server.done;
   assert.match(server.closeReason, /8 protocol violations within 10 s/);
+});
+
+test("a client with more requests than MAX_INFLIGHT queues them itself: all answered, no queue_full, no close", async () => {
+  const [c, s] = pair();
+  let busy = 0;
+  let most = 0;
+  const server = new Peer(s, {
+    request: async () => {
+      most = Math.max(most, ++busy);
+      await new Promise((r) => setTimeout(r, 5));
+      busy--;
+      return {};
+    },
+    message: () => {},
+    data: () => {},
+  });
+  const client = new Peer(c, { request: async () => ({}), message: () => {}, data: () => {} });
+  server.run();
+  client.run();
+  const n = 3 * wire.MAX_INFLIGHT;
+  const got = await Promise.allSettled(Array.from({ length: n }, () => client.request({ t: "sessions" })));
+  assert.deepEqual(
+    got.filter((r) => r.status === "rejected").map((r) => r.reason.code),
+    [],
+  );
+  assert.ok(most <= wire.MAX_INFLIGHT, `${most} at once`);
+  assert.equal(server.closed, false);
+  client.close(1000, "done");
 });

@@ -30,9 +30,9 @@ const MAX_REPLY_BACKLOG_BYTES = 16 * 1024 * 1024;
 const MAX_EVENT_BACKLOG = 64;
 const DROPPABLE = new Set(["egress"]);
 /**
- * Protocol violations answered with an error instead of a close (a request
- * that fails its checks, one over the in-flight limit, an oversized text
- * frame): this many within VIOLATION_WINDOW_MS closes the connection.
+ * Requests refused as malformed (`invalid_request`: they fail their checks
+ * but carry an id): this many within VIOLATION_WINDOW_MS close the
+ * connection.
  */
 const MAX_VIOLATIONS = 8;
 const VIOLATION_WINDOW_MS = 10_000;
@@ -61,6 +61,9 @@ class Peer {
     /** Events dropped because the other side was not reading. */
     this.droppedEvents = 0;
     this.violations = [];
+    /** Our requests sent and not answered, and those waiting to be sent. */
+    this.outstanding = 0;
+    this.turnWaiters = [];
   }
 
   /** Start reading; resolves when the connection ended. */
@@ -92,6 +95,7 @@ class Peer {
     if (this.closeReason === null) this.closeReason = reason;
     this.closed = true;
     this._room();
+    for (const w of this.turnWaiters.splice(0)) w();
     for (const p of this.pending.values()) p.reject(closedError(this.closeReason));
     this.pending.clear();
     if (!this._closedCalled) {
@@ -146,19 +150,19 @@ class Peer {
     }
     if (wire.isRequest(msg.t)) {
       if (this.inflight >= wire.MAX_INFLIGHT) {
-        if (this._violation(`more than ${wire.MAX_INFLIGHT} requests in flight`)) return;
         this._reply({ t: "err", re: msg.id, code: "queue_full", message: `more than ${wire.MAX_INFLIGHT} requests in flight` });
         return;
       }
-      // A request counts in flight until its reply is in the send queue.
+      // In flight while its handler runs; its reply then counts in the
+      // reply backlog until the transport has queued it (no gap between).
       this.inflight++;
       Promise.resolve()
         .then(() => this.h.request(msg))
+        .finally(() => this.inflight--)
         .then(
           (fields) => this._reply({ ...(fields || {}), t: "ok", re: msg.id }),
           (err) => this._reply({ t: "err", re: msg.id, code: errCode(err), message: String((err && err.message) || err) }),
-        )
-        .finally(() => this.inflight--);
+        );
       return;
     }
     try {
@@ -242,9 +246,27 @@ class Peer {
     return this.conn.send(wire.encodeData(sid, kind, payload));
   }
 
-  /** Send a request; resolves with the ok reply, rejects with the err reply or on close. */
-  request(msg) {
-    if (this.closed) return Promise.reject(closedError(this.closeReason));
+  /**
+   * Send a request; resolves with the ok reply, rejects with the err reply
+   * or on close. At most MAX_INFLIGHT are out at once (the other side's
+   * limit, where more count as violations); later ones wait their turn here.
+   */
+  async request(msg) {
+    while (this.outstanding >= wire.MAX_INFLIGHT && !this.closed) {
+      await new Promise((r) => this.turnWaiters.push(r));
+    }
+    if (this.closed) throw closedError(this.closeReason);
+    this.outstanding++;
+    try {
+      return await this._request(msg);
+    } finally {
+      this.outstanding--;
+      const next = this.turnWaiters.shift();
+      if (next) next();
+    }
+  }
+
+  _request(msg) {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });

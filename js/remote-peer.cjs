@@ -205,7 +205,13 @@ class Peer {
     if (this.closed) return Promise.resolve();
     this.replyBacklog++;
     this.replyBacklogBytes += text.length;
-    return this.conn.send(text).then(
+    let queued;
+    try {
+      queued = this.conn.send(text);
+    } catch {
+      queued = Promise.resolve();
+    }
+    return Promise.resolve(queued).then(
       () => {},
       () => {},
     ).finally(() => {

@@ -392,3 +392,133 @@ test("server: HTTP hook names are the known ones", async () => {
   await assert.rejects(client.request({ t: "vm.create", options: {}, hooks: ["constructor"] }), /unknown HTTP hook "constructor"/);
   client.close(1000, "done");
 });
+
+test("wire: message types, fields and keys never come from the prototype chain", () => {
+  for (const t of ["constructor", "toString", "__proto__", "hasOwnProperty"]) {
+    assert.throws(() => wire.decodeMessage(JSON.stringify({ t, id: 5 })), (e) => e.re === 5 && /unknown message type/.test(e.message), t);
+    assert.equal(wire.isRequest(t), false, t);
+  }
+  for (const k of ["constructor", "toString", "valueOf"]) {
+    assert.throws(() => wire.decodeMessage(`{"t":"exec.end","sid":1,"${k}":1}`), /unknown field/, k);
+  }
+  const m = wire.decodeMessage('{"t":"vm.create","id":1,"options":{"__proto__":{"polluted":1},"a":{"__proto__":[1]}}}');
+  assert.equal(Object.getPrototypeOf(m.options), Object.prototype);
+  assert.equal(m.options.polluted, undefined);
+  assert.deepEqual(Object.keys(m.options), ["__proto__", "a"]);
+  assert.deepEqual(Object.getOwnPropertyDescriptor(m.options, "__proto__").value, { polluted: 1 });
+  assert.equal(Object.getPrototypeOf(m.options.a), Object.prototype);
+  // And back out unchanged.
+  assert.equal(JSON.parse(wire.encodeMessage(m)).options.__proto__.polluted, 1);
+  assert.equal({}.polluted, undefined);
+});
+
+/** A transport whose other side sends `next()` forever and never reads: send() never resolves. */
+function deafConn(next) {
+  const c = {
+    recvCalls: 0,
+    sends: 0,
+    closeCode: null,
+    closeReason: null,
+    async recv() {
+      await new Promise((r) => setImmediate(r));
+      if (c.closeCode !== null) return [];
+      c.recvCalls++;
+      return Array.from({ length: 64 }, next);
+    },
+    send() {
+      c.sends++;
+      return new Promise(() => {});
+    },
+    close(code, reason) {
+      c.closeCode = code;
+      c.closeReason = reason;
+    },
+  };
+  return c;
+}
+
+test("a client that pipelines requests and never reads the replies: the server stops reading at a bound", async () => {
+  const { MAX_REPLY_BACKLOG } = require("../js/remote-peer.cjs");
+  let id = 0;
+  const conn = deafConn(() => JSON.stringify({ t: "sessions", id: ++id }));
+  const peer = new Peer(conn, { request: async () => ({ vms: [] }), message: () => {}, data: () => {} });
+  peer.run();
+  await new Promise((r) => setTimeout(r, 300));
+  assert.ok(conn.sends <= MAX_REPLY_BACKLOG + 64, `${conn.sends} replies queued for a client that reads nothing`);
+  assert.ok(conn.recvCalls <= MAX_REPLY_BACKLOG / 64 + 2, `recv() called ${conn.recvCalls} times`);
+  // What is waiting is replies, not handlers.
+  assert.equal(peer.inflight, 0);
+  assert.ok(peer.replyBacklog >= MAX_REPLY_BACKLOG, `${peer.replyBacklog} replies waiting`);
+  peer.close(1000, "done");
+  await peer.done;
+});
+
+test("egress events to a client that does not read are dropped and counted, not queued", async () => {
+  const { MAX_EVENT_BACKLOG } = require("../js/remote-peer.cjs");
+  const conn = deafConn(() => "");
+  const peer = new Peer(conn, { request: async () => ({}), message: () => {}, data: () => {} });
+  for (let i = 0; i < 1000; i++) peer.send({ t: "egress", vm: "v", event: { i } }).catch(() => {});
+  assert.equal(conn.sends, MAX_EVENT_BACKLOG);
+  assert.equal(peer.droppedEvents, 1000 - MAX_EVENT_BACKLOG);
+});
+
+test("text frames: over 1 MiB only as a reply to our own request; a larger request closes the connection", async () => {
+  const [c, s] = pair();
+  const big = "x".repeat(wire.MAX_TEXT_BYTES);
+  let handled = 0;
+  const server = new Peer(s, { request: async () => (handled++, {}), message: () => {}, data: () => {} });
+  const client = new Peer(c, { request: async () => ({ body: big }), message: () => {}, data: () => {} });
+  server.run();
+  client.run();
+  // The server asked: a big answer is fine.
+  assert.equal((await server.request({ t: "sessions" })).body.length, big.length);
+  // Unasked: closed before it is parsed or handled.
+  await c.send(JSON.stringify({ t: "fs", id: 1, vm: "v", op: "guestStat", args: [big, false] }));
+  await server.done;
+  assert.equal(handled, 0);
+  assert.match(server.closeReason, /text frame over 1048576 bytes/);
+});
+
+test("repeated malformed requests close the connection", async () => {
+  const { MAX_VIOLATIONS } = require("../js/remote-peer.cjs");
+  const [c, s] = pair();
+  const server = new Peer(s, { request: async () => ({}), message: () => {}, data: () => {} });
+  const client = new Peer(c, { request: async () => ({}), message: () => {}, data: () => {} });
+  server.run();
+  client.run();
+  const results = [];
+  for (let i = 0; i < MAX_VIOLATIONS; i++) results.push(client.request({ t: "vm.start" }).catch((e) => e.code));
+  const codes = await Promise.all(results);
+  assert.deepEqual(codes.slice(0, MAX_VIOLATIONS - 1), Array(MAX_VIOLATIONS - 1).fill("invalid_request"));
+  assert.equal(codes[MAX_VIOLATIONS - 1], "connection_closed");
+  await server.done;
+  assert.match(server.closeReason, /8 protocol violations within 10 s/);
+});
+
+test("a client with more requests than MAX_INFLIGHT queues them itself: all answered, no queue_full, no close", async () => {
+  const [c, s] = pair();
+  let busy = 0;
+  let most = 0;
+  const server = new Peer(s, {
+    request: async () => {
+      most = Math.max(most, ++busy);
+      await new Promise((r) => setTimeout(r, 5));
+      busy--;
+      return {};
+    },
+    message: () => {},
+    data: () => {},
+  });
+  const client = new Peer(c, { request: async () => ({}), message: () => {}, data: () => {} });
+  server.run();
+  client.run();
+  const n = 3 * wire.MAX_INFLIGHT;
+  const got = await Promise.allSettled(Array.from({ length: n }, () => client.request({ t: "sessions" })));
+  assert.deepEqual(
+    got.filter((r) => r.status === "rejected").map((r) => r.reason.code),
+    [],
+  );
+  assert.ok(most <= wire.MAX_INFLIGHT, `${most} at once`);
+  assert.equal(server.closed, false);
+  client.close(1000, "done");
+});

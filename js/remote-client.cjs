@@ -261,22 +261,27 @@ Object.assign(RemoteVM.prototype, {
     this._channels = new Map();
     this._nextSid = 1;
     this.fs = new VmFs(this);
-    this._peer = new Peer(conn, {
-      request: (msg) => this._call(msg),
-      message: (msg) => this._message(msg),
-      data: (d) => {
-        const ch = this._channels.get(d.sid);
-        if (!ch) throw new Error(`data for unknown stream ${d.sid}`);
-        ch.onData(d.kind, d.data);
+    this._peer = new Peer(
+      conn,
+      {
+        request: (msg) => this._call(msg),
+        message: (msg) => this._message(msg),
+        data: (d) => {
+          const ch = this._channels.get(d.sid);
+          if (!ch) throw new Error(`data for unknown stream ${d.sid}`);
+          ch.onData(d.kind, d.data);
+        },
+        closed: (reason) => {
+          if (this._detachProviders) this._detachProviders();
+          this._lost = reason;
+          this._closed = true;
+          for (const ch of this._channels.values()) ch.onClosed(reason);
+          this._channels.clear();
+        },
       },
-      closed: (reason) => {
-        if (this._detachProviders) this._detachProviders();
-        this._lost = reason;
-        this._closed = true;
-        for (const ch of this._channels.values()) ch.onClosed(reason);
-        this._channels.clear();
-      },
-    });
+      // The server's hook requests carry HTTP bodies and file data as JSON.
+      { maxTextBytes: wire.MAX_MESSAGE_BYTES },
+    );
     this._peer.run();
   },
 

@@ -14,20 +14,56 @@ const wire = require("./remote-wire.cjs");
 const CLOSE_PROTOCOL = 4002;
 const CLOSE_POLICY = 4008;
 
+/**
+ * Replies given to the transport but not yet in its send queue (the other
+ * side is not reading): past either bound the peer stops calling recv(), so
+ * a client that pipelines requests without reading the answers is pushed
+ * back by TCP instead of growing this process's memory.
+ */
+const MAX_REPLY_BACKLOG = 256;
+const MAX_REPLY_BACKLOG_BYTES = 16 * 1024 * 1024;
+/**
+ * Events (`egress` records: informational, no reply, nobody awaits them)
+ * not yet queued: past this, new ones are dropped and counted in
+ * `droppedEvents`.
+ */
+const MAX_EVENT_BACKLOG = 64;
+const DROPPABLE = new Set(["egress"]);
+/**
+ * Requests refused as malformed (`invalid_request`: they fail their checks
+ * but carry an id): this many within VIOLATION_WINDOW_MS close the
+ * connection.
+ */
+const MAX_VIOLATIONS = 8;
+const VIOLATION_WINDOW_MS = 10_000;
+
 class Peer {
   /**
    * @param conn a RemoteConnection (recv/send/close)
    * @param handlers { request(msg) → Promise<reply fields>, message(msg), data({sid, kind, data}), closed(reason) }
+   * @param opts { maxTextBytes } the largest text frame accepted that is not
+   *   a reply to our own request (default wire.MAX_TEXT_BYTES, 1 MiB; the
+   *   client, whose server sends hook requests carrying bodies, raises it)
    */
-  constructor(conn, handlers) {
+  constructor(conn, handlers, opts = {}) {
     this.conn = conn;
+    this.maxTextBytes = opts.maxTextBytes ?? wire.MAX_TEXT_BYTES;
     this.h = handlers;
     this.nextId = 1;
     this.pending = new Map();
     this.inflight = 0;
     this.closed = false;
     this.closeReason = null;
-    this.sendChain = Promise.resolve();
+    this.replyBacklog = 0;
+    this.replyBacklogBytes = 0;
+    this.roomWaiter = null;
+    this.eventBacklog = 0;
+    /** Events dropped because the other side was not reading. */
+    this.droppedEvents = 0;
+    this.violations = [];
+    /** Our requests sent and not answered, and those waiting to be sent. */
+    this.outstanding = 0;
+    this.turnWaiters = [];
   }
 
   /** Start reading; resolves when the connection ended. */
@@ -39,6 +75,8 @@ class Peer {
   async _read() {
     try {
       for (;;) {
+        // Replies backed up: read nothing more until they drain (or close).
+        if (this._backedUp()) await new Promise((r) => (this.roomWaiter = r));
         const batch = await this.conn.recv();
         if (batch.length === 0) break;
         for (const m of batch) {
@@ -56,6 +94,8 @@ class Peer {
   _ended(reason) {
     if (this.closeReason === null) this.closeReason = reason;
     this.closed = true;
+    this._room();
+    for (const w of this.turnWaiters.splice(0)) w();
     for (const p of this.pending.values()) p.reject(closedError(this.closeReason));
     this.pending.clear();
     if (!this._closedCalled) {
@@ -79,15 +119,26 @@ class Peer {
   }
 
   _text(text) {
+    // Control messages are small; only a reply to one of our own requests
+    // (a hook's answer) may be larger. Checked before parsing.
+    const max = this.maxTextBytes;
+    const big = text.length > max || (text.length > max / 3 && Buffer.byteLength(text) > max);
+    if (big && this.pending.size === 0) {
+      return this.close(CLOSE_POLICY, `text frame over ${max} bytes (send bytes in binary frames)`);
+    }
     let msg;
     try {
       msg = wire.decodeMessage(text);
     } catch (e) {
-      if (e.re !== undefined) {
+      if (e.re !== undefined && !big) {
+        if (this._violation(e.message)) return;
         this._reply({ t: "err", re: e.re, code: "invalid_request", message: e.message });
         return;
       }
       return this.close(CLOSE_PROTOCOL, e.message);
+    }
+    if (big && msg.t !== "ok" && msg.t !== "err") {
+      return this.close(CLOSE_POLICY, `${msg.t}: text frame over ${max} bytes (only a reply may be larger)`);
     }
     if (msg.t === "ok" || msg.t === "err") {
       const p = this.pending.get(msg.re);
@@ -102,14 +153,16 @@ class Peer {
         this._reply({ t: "err", re: msg.id, code: "queue_full", message: `more than ${wire.MAX_INFLIGHT} requests in flight` });
         return;
       }
+      // In flight while its handler runs; its reply then counts in the
+      // reply backlog until the transport has queued it (no gap between).
       this.inflight++;
       Promise.resolve()
         .then(() => this.h.request(msg))
+        .finally(() => this.inflight--)
         .then(
           (fields) => this._reply({ ...(fields || {}), t: "ok", re: msg.id }),
           (err) => this._reply({ t: "err", re: msg.id, code: errCode(err), message: String((err && err.message) || err) }),
-        )
-        .finally(() => this.inflight--);
+        );
       return;
     }
     try {
@@ -119,20 +172,79 @@ class Peer {
     }
   }
 
-  _reply(msg) {
-    this.send(msg).catch(() => {});
+  /** Records one violation; true (and closed) once there were too many lately. */
+  _violation(what) {
+    const now = Date.now();
+    this.violations.push(now);
+    while (this.violations.length > 0 && now - this.violations[0] > VIOLATION_WINDOW_MS) this.violations.shift();
+    if (this.violations.length < MAX_VIOLATIONS) return false;
+    this.close(CLOSE_POLICY, `${MAX_VIOLATIONS} protocol violations within ${VIOLATION_WINDOW_MS / 1000} s, the last: ${what}`);
+    return true;
   }
 
-  /** Send one message; resolves once queued (await it for backpressure). */
+  _backedUp() {
+    return !this.closed && (this.replyBacklog >= MAX_REPLY_BACKLOG || this.replyBacklogBytes >= MAX_REPLY_BACKLOG_BYTES);
+  }
+
+  _room() {
+    if (this.roomWaiter && !this._backedUp()) {
+      const w = this.roomWaiter;
+      this.roomWaiter = null;
+      w();
+    }
+  }
+
+  /** Send a reply; resolves (never rejects) once it is queued or failed. */
+  _reply(msg) {
+    let text;
+    try {
+      text = this._encode(msg);
+    } catch (e) {
+      text = this._encode({ t: "err", re: msg.re, code: "io_error", message: `reply not sent: ${e.message}` });
+    }
+    if (this.closed) return Promise.resolve();
+    this.replyBacklog++;
+    this.replyBacklogBytes += text.length;
+    let queued;
+    try {
+      queued = this.conn.send(text);
+    } catch {
+      queued = Promise.resolve();
+    }
+    return Promise.resolve(queued).then(
+      () => {},
+      () => {},
+    ).finally(() => {
+      this.replyBacklog--;
+      this.replyBacklogBytes -= text.length;
+      this._room();
+    });
+  }
+
+  _encode(msg) {
+    return wire.encodeMessage(msg);
+  }
+
+  /**
+   * Send one message; resolves once queued (await it for backpressure).
+   * An event (`egress`) is dropped instead, counted in `droppedEvents`, when
+   * MAX_EVENT_BACKLOG events are already waiting for the other side to read.
+   */
   send(msg) {
     if (this.closed) return Promise.reject(closedError(this.closeReason));
     let text;
     try {
-      text = wire.encodeMessage(msg);
+      text = this._encode(msg);
     } catch (e) {
       return Promise.reject(e);
     }
-    return this.conn.send(text);
+    if (!DROPPABLE.has(msg.t)) return this.conn.send(text);
+    if (this.eventBacklog >= MAX_EVENT_BACKLOG) {
+      this.droppedEvents++;
+      return Promise.resolve();
+    }
+    this.eventBacklog++;
+    return this.conn.send(text).finally(() => this.eventBacklog--);
   }
 
   sendData(sid, kind, payload) {
@@ -140,9 +252,27 @@ class Peer {
     return this.conn.send(wire.encodeData(sid, kind, payload));
   }
 
-  /** Send a request; resolves with the ok reply, rejects with the err reply or on close. */
-  request(msg) {
-    if (this.closed) return Promise.reject(closedError(this.closeReason));
+  /**
+   * Send a request; resolves with the ok reply, rejects with the err reply
+   * or on close. At most MAX_INFLIGHT are out at once (the other side's
+   * limit, where more count as violations); later ones wait their turn here.
+   */
+  async request(msg) {
+    while (this.outstanding >= wire.MAX_INFLIGHT && !this.closed) {
+      await new Promise((r) => this.turnWaiters.push(r));
+    }
+    if (this.closed) throw closedError(this.closeReason);
+    this.outstanding++;
+    try {
+      return await this._request(msg);
+    } finally {
+      this.outstanding--;
+      const next = this.turnWaiters.shift();
+      if (next) next();
+    }
+  }
+
+  _request(msg) {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
@@ -189,4 +319,12 @@ function closedError(reason) {
   return e;
 }
 
-module.exports = { Peer, closedError, CLOSE_PROTOCOL, CLOSE_POLICY };
+module.exports = {
+  Peer,
+  closedError,
+  CLOSE_PROTOCOL,
+  CLOSE_POLICY,
+  MAX_REPLY_BACKLOG,
+  MAX_EVENT_BACKLOG,
+  MAX_VIOLATIONS,
+};

@@ -9,6 +9,12 @@ const PROTOCOL_VERSION = 1;
 
 /** Largest message (text or binary) either side sends or accepts. */
 const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+/**
+ * Largest text frame (a JSON control message) a peer accepts unless it is
+ * the reply to one of its own pending requests (a hook's answer may carry
+ * more); bytes travel in binary frames.
+ */
+const MAX_TEXT_BYTES = 1024 * 1024;
 /** Largest payload of one binary data frame. */
 const MAX_DATA_BYTES = 1024 * 1024;
 /** Stdin credit the server grants each exec at its start. */
@@ -61,7 +67,7 @@ function toWire(v, depth = 0) {
   if (ArrayBuffer.isView(v)) return { $b: Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString("base64") };
   if (Array.isArray(v)) return v.map((x) => toWire(x, depth + 1));
   const out = {};
-  for (const [k, x] of Object.entries(v)) if (x !== undefined) out[k] = toWire(x, depth + 1);
+  for (const [k, x] of Object.entries(v)) if (x !== undefined) setOwn(out, k, toWire(x, depth + 1));
   return out;
 }
 
@@ -76,8 +82,14 @@ function fromWire(v, depth = 0) {
     return Buffer.from(v.$b, "base64");
   }
   const out = {};
-  for (const k of keys) out[k] = fromWire(v[k], depth + 1);
+  for (const k of keys) setOwn(out, k, fromWire(v[k], depth + 1));
   return out;
+}
+
+/** `o[k] = x` as an own data property: a `"__proto__"` key stays a key, never sets the prototype. */
+function setOwn(o, k, x) {
+  if (k === "__proto__") Object.defineProperty(o, k, { value: x, writable: true, enumerable: true, configurable: true });
+  else o[k] = x;
 }
 
 function encodeMessage(msg) {
@@ -106,7 +118,7 @@ const CHECKS = {
  * Fields per message type: `name: "check"` (required) or `name: "check?"`.
  * `id` marks a request (it gets an ok/err reply carrying `re`).
  */
-const MESSAGES = {
+const MESSAGES = table({
   // replies (both directions)
   ok: { re: "id" },
   err: { re: "id", code: "str", message: "str" },
@@ -146,7 +158,14 @@ const MESSAGES = {
   "stdin.credit": { sid: "u32", bytes: "window" },
   egress: { vm: "str", event: "obj" },
   "vm.gone": { vm: "str", reason: "str" },
-};
+});
+
+/** A frozen lookup table without a prototype: "constructor", "toString" and the like are not in it. */
+function table(entries) {
+  const t = Object.create(null);
+  for (const [k, v] of Object.entries(entries)) t[k] = Object.freeze(Object.assign(Object.create(null), v));
+  return Object.freeze(t);
+}
 
 /**
  * Parse and check one text frame. Returns the message (bytes restored);
@@ -169,7 +188,7 @@ function decodeMessage(text) {
     if (CHECKS.id(raw.id)) e.re = raw.id;
     return e;
   };
-  const spec = MESSAGES[raw.t];
+  const spec = Object.hasOwn(MESSAGES, raw.t) ? MESSAGES[raw.t] : undefined;
   if (!spec) throw fail(`unknown message type ${JSON.stringify(raw.t.slice(0, 64))}`);
   for (const [name, rule] of Object.entries(spec)) {
     const optional = rule.endsWith("?");
@@ -182,19 +201,20 @@ function decodeMessage(text) {
     if (!check(v)) throw fail(`${raw.t}: field ${name} is not a valid ${rule.replace("?", "")}`);
   }
   for (const k of Object.keys(raw)) {
-    if (k !== "t" && !(k in spec) && !(raw.t === "ok" || raw.t === "err")) throw fail(`${raw.t}: unknown field ${k}`);
+    if (k !== "t" && !Object.hasOwn(spec, k) && !(raw.t === "ok" || raw.t === "err")) throw fail(`${raw.t}: unknown field ${k}`);
   }
   return fromWire(raw);
 }
 
 /** Is this message type a request (carries `id`, answered by ok/err)? */
 function isRequest(t) {
-  return Boolean(MESSAGES[t] && MESSAGES[t].id);
+  return typeof t === "string" && Object.hasOwn(MESSAGES, t) && Object.hasOwn(MESSAGES[t], "id");
 }
 
 module.exports = {
   PROTOCOL_VERSION,
   MAX_MESSAGE_BYTES,
+  MAX_TEXT_BYTES,
   MAX_DATA_BYTES,
   MAX_WINDOW_BYTES,
   STDIN_WINDOW_BYTES,

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use super::conn::{self, ConnOptions, Connection};
 use super::{
     check_max_message, ws_config, RemoteError, DEFAULT_MAX_MESSAGE_BYTES, IDLE_TIMEOUT,
-    PING_INTERVAL, PROTOCOL_PATH,
+    PING_INTERVAL, PROTOCOL_PATH, WRITE_TIMEOUT,
 };
 
 /// How to connect.
@@ -29,11 +29,14 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
+    /// The server reading nothing for this long while messages wait closes
+    /// the connection (1008).
+    pub write_timeout: Duration,
 }
 
 impl Default for ClientConfig {
     /// No token, no extra CA, 16 MiB messages, 10 s to connect, 10 s
-    /// pings, 30 s idle timeout.
+    /// pings, 30 s idle and write timeouts.
     fn default() -> Self {
         ClientConfig {
             token: None,
@@ -42,6 +45,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(10),
             ping_interval: PING_INTERVAL,
             idle_timeout: IDLE_TIMEOUT,
+            write_timeout: WRITE_TIMEOUT,
         }
     }
 }
@@ -130,6 +134,7 @@ pub async fn connect(url: &str, config: ClientConfig) -> Result<Connection, Remo
         max_message_bytes,
         ping_interval: config.ping_interval,
         idle_timeout: config.idle_timeout,
+        write_timeout: config.write_timeout,
         counters: None,
         shutdown: None,
     };
@@ -188,7 +193,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = ws_config(opts.max_message_bytes);
-    match tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await {
+    match tokio_tungstenite::client_async_with_config(
+        request,
+        conn::ProgressIo::new(stream),
+        Some(config),
+    )
+    .await
+    {
         Ok((ws, _response)) => {
             let (conn, _tasks) = conn::start(ws, remote, opts);
             Ok(conn)

@@ -13,16 +13,24 @@
 //! close frame (or flushes the reply tungstenite queued to the peer's),
 //! the reader waits up to [`CLOSE_TIMEOUT`] for the peer's, and the inbound
 //! queue ends after the messages already in it.
+//!
+//! A peer that stops reading while we have messages to write is closed
+//! (1008) once its socket accepted no bytes for `write_timeout`
+//! ([`WRITE_TIMEOUT`](super::WRITE_TIMEOUT) by default): the keepalive only
+//! watches the read side, and such a peer may keep sending.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -72,6 +80,9 @@ pub(crate) struct ConnOptions {
     pub max_message_bytes: usize,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
+    /// Messages waiting and the socket accepting no bytes for this long
+    /// closes the connection (1008).
+    pub write_timeout: Duration,
     pub counters: Option<Arc<ByteCounters>>,
     /// Cancelled when the server shuts down: close with 1001.
     pub shutdown: Option<CancellationToken>,
@@ -224,10 +235,113 @@ impl Drop for Connection {
     }
 }
 
+/// When a socket last accepted bytes, shared by a [`ProgressIo`] and the
+/// writer task watching it.
+#[derive(Clone)]
+pub(crate) struct WriteProgress {
+    base: Instant,
+    /// Milliseconds after `base`.
+    last_ms: Arc<AtomicU64>,
+}
+
+impl WriteProgress {
+    fn new() -> Self {
+        WriteProgress {
+            base: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn mark(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// A socket that records when it last accepted bytes (for the
+/// write-progress timeout). Wrap the stream before the WebSocket is built.
+pub(crate) struct ProgressIo<S> {
+    inner: S,
+    progress: WriteProgress,
+}
+
+impl<S> ProgressIo<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        ProgressIo {
+            inner,
+            progress: WriteProgress::new(),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ProgressIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ProgressIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.progress.mark();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.progress.mark();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Resolves once the socket accepted no bytes for `timeout`, counting from
+/// `since` at the earliest.
+async fn stalled(progress: &WriteProgress, since: Instant, timeout: Duration) {
+    loop {
+        let deadline = progress.last().max(since) + timeout;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
 /// Start the tasks of one established WebSocket. The returned handle
 /// resolves once both tasks ended (the socket is then closed).
 pub(crate) fn start<S>(
-    ws: WebSocketStream<S>,
+    ws: WebSocketStream<ProgressIo<S>>,
     remote_addr: String,
     opts: ConnOptions,
 ) -> (Connection, JoinHandle<()>)
@@ -242,6 +356,7 @@ where
     let (in_tx, in_rx) = mpsc::channel::<Queued>(QUEUE_MESSAGES);
     let (out_tx, out_rx) = mpsc::channel::<Queued>(QUEUE_MESSAGES);
     let in_budget = Arc::new(Semaphore::new(QUEUE_BYTES));
+    let progress = ws.get_ref().progress.clone();
     let (sink, stream) = ws.split();
     let opts = Arc::new(opts);
     let reader = tokio::spawn(read_loop(
@@ -251,7 +366,13 @@ where
         shared.clone(),
         opts.clone(),
     ));
-    let writer = tokio::spawn(write_loop(sink, out_rx, shared.clone(), opts.clone()));
+    let writer = tokio::spawn(write_loop(
+        sink,
+        out_rx,
+        progress,
+        shared.clone(),
+        opts.clone(),
+    ));
     let both = tokio::spawn(async move {
         let _ = reader.await;
         let _ = writer.await;
@@ -267,8 +388,8 @@ where
     (conn, both)
 }
 
-type WsStream<S> = futures_util::stream::SplitStream<WebSocketStream<S>>;
-type WsSink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, WsMessage>;
+type WsStream<S> = futures_util::stream::SplitStream<WebSocketStream<ProgressIo<S>>>;
+type WsSink<S> = futures_util::stream::SplitSink<WebSocketStream<ProgressIo<S>>, WsMessage>;
 
 async fn read_loop<S>(
     mut stream: WsStream<S>,
@@ -380,6 +501,7 @@ fn on_read_error(shared: &Shared, e: WsError, max: usize) {
 async fn write_loop<S>(
     mut sink: WsSink<S>,
     mut out_rx: mpsc::Receiver<Queued>,
+    progress: WriteProgress,
     shared: Arc<Shared>,
     opts: Arc<ConnOptions>,
 ) where
@@ -408,9 +530,18 @@ async fn write_loop<S>(
                 }
             },
         };
+        let started = Instant::now();
         let result = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
+            _ = stalled(&progress, started, opts.write_timeout) => {
+                let secs = opts.write_timeout.as_secs_f64();
+                shared.close_local(
+                    1008,
+                    &format!("write timeout: the peer read nothing for {secs} s while messages waited"),
+                );
+                break;
+            }
             r = async {
                 match step {
                     None => sink.send(WsMessage::Ping(Bytes::new())).await,

@@ -17,7 +17,8 @@
 //!
 //! Close codes seen by the caller (RFC 6455): the peer's own, or ours —
 //! 1000 on [`Connection::close`] without a code, 1001 when the server shuts
-//! down or the keepalive times out, 1002 for a malformed frame, 1009 for a
+//! down or the keepalive times out, 1008 when the peer reads nothing for
+//! [`WRITE_TIMEOUT`] while messages wait, 1002 for a malformed frame, 1009 for a
 //! message over `max_message_bytes`, 1006 when the socket ended without a
 //! close frame (never sent on the wire).
 
@@ -55,6 +56,10 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(10);
 /// connection (1001), so a vanished peer's resources are released. Time
 /// spent waiting for our own caller to take messages does not count.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Messages waiting to be written and the peer's socket accepting no bytes
+/// for this long closes the connection (1008): a peer that stops reading
+/// (but may keep sending, so the keepalive never fires) is let go.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a close handshake (our close frame out, the peer's back) may take.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 

@@ -1,9 +1,17 @@
 //! The server side: a hyper HTTP/1.1 server (plain or rustls) whose
 //! `GET /v1` upgrades to a WebSocket behind a bearer token, beside the
 //! unauthenticated probes `/healthz`, `/readyz` and `/metrics`.
+//!
+//! Before the upgrade a TCP connection holds one of
+//! [`MAX_HTTP_CONNECTIONS`] slots, at most `max_http_per_ip` of them per
+//! client address (per /64 for IPv6), for at most `http_deadline` (the
+//! request head within `http_head_timeout`); every answer other than the
+//! upgrade carries `Connection: close`, so a slot serves one request. An
+//! upgraded connection gives its slot back and counts in `max_connections`.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,14 +34,20 @@ use tokio_util::task::TaskTracker;
 use super::conn::{self, ByteCounters, ConnOptions, Connection};
 use super::{
     check_max_message, ws_config, RemoteError, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES,
-    IDLE_TIMEOUT, PING_INTERVAL, PROTOCOL_PATH,
+    IDLE_TIMEOUT, PING_INTERVAL, PROTOCOL_PATH, WRITE_TIMEOUT,
 };
 
 /// TCP connections still in HTTP (not yet upgraded) at once; more are
 /// dropped at accept.
 const MAX_HTTP_CONNECTIONS: usize = 512;
-/// A request head (and a TLS handshake) must arrive within this.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `http_head_timeout`: a request head (and a TLS handshake) must
+/// arrive within this.
+pub const HTTP_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `http_deadline`: a connection not upgraded by then is closed.
+pub const HTTP_DEADLINE: Duration = Duration::from_secs(30);
+/// Default `max_http_per_ip`: connections not yet upgraded from one
+/// address (one /64 for IPv6) at once; more are dropped at accept.
+pub const DEFAULT_MAX_HTTP_PER_IP: usize = 32;
 /// Accepted connections waiting for the caller to take them.
 const ACCEPT_QUEUE: usize = 16;
 /// How long `close` waits for connections to finish their close handshake.
@@ -54,11 +68,21 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
+    /// A client reading nothing for this long while messages wait is
+    /// closed (1008).
+    pub write_timeout: Duration,
+    /// The TLS handshake, and then the request head, each within this.
+    pub http_head_timeout: Duration,
+    /// A TCP connection not upgraded within this is closed.
+    pub http_deadline: Duration,
+    /// Connections not yet upgraded from one address (IPv6: one /64).
+    pub max_http_per_ip: usize,
 }
 
 impl ServerConfig {
     /// Defaults: no TLS, 16 MiB messages, 256 connections, 10 s pings,
-    /// 30 s idle timeout.
+    /// 30 s idle and write timeouts; before the upgrade 10 s for the head,
+    /// 30 s in all, 32 connections per address.
     pub fn new(addr: SocketAddr, token: Option<String>) -> Self {
         ServerConfig {
             addr,
@@ -68,6 +92,10 @@ impl ServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             ping_interval: PING_INTERVAL,
             idle_timeout: IDLE_TIMEOUT,
+            write_timeout: WRITE_TIMEOUT,
+            http_head_timeout: HTTP_HEAD_TIMEOUT,
+            http_deadline: HTTP_DEADLINE,
+            max_http_per_ip: DEFAULT_MAX_HTTP_PER_IP,
         }
     }
 }
@@ -77,6 +105,7 @@ struct Counters {
     connections: AtomicU64,
     connections_total: AtomicU64,
     auth_failures_total: AtomicU64,
+    http_refused_total: AtomicU64,
     bytes: Arc<ByteCounters>,
 }
 
@@ -91,6 +120,12 @@ struct State {
     max_message_bytes: usize,
     ping_interval: Duration,
     idle_timeout: Duration,
+    write_timeout: Duration,
+    http_head_timeout: Duration,
+    http_deadline: Duration,
+    max_http_per_ip: usize,
+    /// Connections not yet upgraded, per [`ip_key`].
+    http_per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Taken on close, so the caller's receiver ends.
     conn_tx: Mutex<Option<mpsc::Sender<Connection>>>,
     shutdown: CancellationToken,
@@ -187,6 +222,11 @@ pub async fn bind(
     config: ServerConfig,
 ) -> Result<(ServerHandle, mpsc::Receiver<Connection>), RemoteError> {
     let max_message_bytes = check_max_message(config.max_message_bytes)?;
+    if config.max_http_per_ip == 0 {
+        return Err(RemoteError::InvalidOption(
+            "maxHttpPerIp must be at least 1".into(),
+        ));
+    }
     if config.max_connections == 0 {
         return Err(RemoteError::InvalidOption(
             "maxConnections must be at least 1".into(),
@@ -230,6 +270,11 @@ pub async fn bind(
         max_message_bytes,
         ping_interval: config.ping_interval,
         idle_timeout: config.idle_timeout,
+        write_timeout: config.write_timeout,
+        http_head_timeout: config.http_head_timeout,
+        http_deadline: config.http_deadline,
+        max_http_per_ip: config.max_http_per_ip,
+        http_per_ip: Mutex::new(HashMap::new()),
         conn_tx: Mutex::new(Some(conn_tx)),
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
@@ -260,16 +305,86 @@ async fn accept_loop(
                 continue;
             }
         };
+        // Over either cap: dropped.
         let Ok(slot) = http_slots.clone().try_acquire_owned() else {
-            continue; // over the cap: dropped
+            state
+                .counters
+                .http_refused_total
+                .fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let Some(ip_slot) = IpSlot::take(&state, peer.ip()) else {
+            state
+                .counters
+                .http_refused_total
+                .fetch_add(1, Ordering::Relaxed);
+            continue;
         };
         let _ = tcp.set_nodelay(true);
         let state2 = state.clone();
         let tls = tls.clone();
         state.tracker.spawn(async move {
-            serve_tcp(state2, tcp, peer, tls).await;
+            // Returns once upgraded (the WebSocket lives on in its own task).
+            let deadline = state2.http_deadline;
+            if tokio::time::timeout(deadline, serve_tcp(state2, tcp, peer, tls))
+                .await
+                .is_err()
+            {
+                tracing::debug!(target: "gondolin::remote", "{peer}: not upgraded within {deadline:?}: closed");
+            }
+            drop(ip_slot);
             drop(slot);
         });
+    }
+}
+
+/// The address a per-address cap counts under: IPv4 as is, IPv6 by /64
+/// (one host usually holds a whole /64), IPv4-mapped IPv6 as IPv4.
+pub(super) fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
+
+/// One of `max_http_per_ip` for an address, given back on drop.
+struct IpSlot {
+    state: Arc<State>,
+    key: IpAddr,
+}
+
+impl IpSlot {
+    fn take(state: &Arc<State>, ip: IpAddr) -> Option<IpSlot> {
+        let key = ip_key(ip);
+        let mut m = state.http_per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(key).or_insert(0);
+        if *n >= state.max_http_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            state: state.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut m = self
+            .state
+            .http_per_ip
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -281,15 +396,17 @@ async fn serve_tcp(
 ) {
     match tls {
         None => serve_http(state, tcp, peer).await,
-        Some(acceptor) => match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => serve_http(state, stream, peer).await,
-            Ok(Err(e)) => {
-                tracing::debug!(target: "gondolin::remote", "TLS handshake from {peer} failed: {e}")
+        Some(acceptor) => {
+            match tokio::time::timeout(state.http_head_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => serve_http(state, stream, peer).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(target: "gondolin::remote", "TLS handshake from {peer} failed: {e}")
+                }
+                Err(_) => {
+                    tracing::debug!(target: "gondolin::remote", "TLS handshake from {peer} timed out")
+                }
             }
-            Err(_) => {
-                tracing::debug!(target: "gondolin::remote", "TLS handshake from {peer} timed out")
-            }
-        },
+        }
     }
 }
 
@@ -300,11 +417,21 @@ where
     let st = state.clone();
     let svc = service_fn(move |req| {
         let st = st.clone();
-        async move { Ok::<_, Infallible>(route(&st, req, peer)) }
+        async move {
+            let mut r = route(&st, req, peer);
+            // One request per connection: only the upgrade keeps it.
+            if r.status() != StatusCode::SWITCHING_PROTOCOLS {
+                r.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(r)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
+        .header_read_timeout(state.http_head_timeout)
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::select! {
@@ -425,7 +552,7 @@ fn upgrade(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Resp
             }
         };
         let ws = WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
+            conn::ProgressIo::new(TokioIo::new(upgraded)),
             Role::Server,
             Some(ws_config(st.max_message_bytes)),
         )
@@ -440,6 +567,7 @@ fn upgrade(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Resp
                 max_message_bytes: st.max_message_bytes,
                 ping_interval: st.ping_interval,
                 idle_timeout: st.idle_timeout,
+                write_timeout: st.write_timeout,
                 counters: Some(c.bytes.clone()),
                 shutdown: Some(st.shutdown.clone()),
             },
@@ -471,7 +599,7 @@ impl Drop for OpenSlot {
 fn metrics(state: &State) -> String {
     let c = &state.counters;
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let rows: [(&str, &str, &str, u64); 5] = [
+    let rows: [(&str, &str, &str, u64); 6] = [
         (
             "gondolin_remote_connections",
             "gauge",
@@ -489,6 +617,12 @@ fn metrics(state: &State) -> String {
             "counter",
             "Upgrades refused for a missing or wrong token.",
             get(&c.auth_failures_total),
+        ),
+        (
+            "gondolin_remote_http_refused_total",
+            "counter",
+            "TCP connections dropped at accept (all HTTP slots taken, or maxHttpPerIp for the address).",
+            get(&c.http_refused_total),
         ),
         (
             "gondolin_remote_bytes_received_total",

@@ -1,7 +1,7 @@
 //! Server and client on 127.0.0.1 ephemeral ports; raw TCP where the test
 //! needs to speak HTTP (or broken WebSocket) itself.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -444,4 +444,167 @@ fn endpoint_gets_the_protocol_path() {
     assert_eq!(ep("ws://h:1").unwrap(), "ws://h:1/v1");
     assert_eq!(ep("wss://h/").unwrap(), "wss://h/v1");
     assert_eq!(ep("ws://h/custom/v1").unwrap(), "ws://h/custom/v1");
+}
+
+#[tokio::test]
+async fn a_peer_that_reads_nothing_while_we_write_is_closed_1008() {
+    let (h, mut rx) = server(None, |c| c.write_timeout = Duration::from_millis(300)).await;
+    // Upgraded by hand; never read from, never answers a ping.
+    let _raw = raw_upgrade(&h).await;
+    let s = rx.recv().await.unwrap();
+    // Sends stall once the queue and the socket buffers are full; the
+    // write timeout then fails them.
+    let chunk = Bytes::from(vec![1u8; 64 * 1024]);
+    let mut sent = 0usize;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while s.send(Message::Binary(chunk.clone())).await.is_ok() {
+            sent += 1;
+            assert!(sent < 1024, "64 MiB accepted without the peer reading");
+        }
+    })
+    .await
+    .expect("the write timeout ends the stalled send");
+    assert!(sent >= 8, "stalled early: {sent}");
+    let st = closed(&s).await;
+    assert_eq!(st.code, 1008, "{st:?}");
+    assert!(st.reason.contains("write timeout"), "{st:?}");
+    // A reader that keeps up is not affected by the same timeout.
+    let (h2, rx2) = server(None, |c| c.write_timeout = Duration::from_millis(300)).await;
+    echo(rx2);
+    let c = connect(&url(&h2), ClientConfig::default()).await.unwrap();
+    for i in 0..20 {
+        c.send(Message::Binary(Bytes::from(vec![i as u8; 512 * 1024])))
+            .await
+            .unwrap();
+        assert_eq!(recv_one(&c).await.len(), 512 * 1024);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(c.close_status(), None);
+    h.close().await;
+    h2.close().await;
+}
+
+/// Writes `req` on a new socket and reads until the server closes it
+/// (within `within`); what came back (a reset reads as what came before).
+async fn until_eof(h: &ServerHandle, req: &str, within: Duration) -> String {
+    let mut s = TcpStream::connect(h.local_addr()).await.unwrap();
+    let _ = s.write_all(req.as_bytes()).await;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{req:?}: not closed within {within:?}"));
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn every_answer_but_the_upgrade_closes_the_connection() {
+    let (h, _rx) = server(Some("t"), |_| {}).await;
+    // HTTP/1.1 keep-alive asked for (no Connection header): one response, then EOF.
+    for (req, status) in [
+        ("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "200"),
+        ("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", "200"),
+        ("GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n", "404"),
+        ("GET /v1 HTTP/1.1\r\nHost: x\r\n\r\n", "401"),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            "200",
+        ),
+    ] {
+        let r = until_eof(&h, req, Duration::from_secs(5)).await;
+        assert!(r.starts_with(&format!("HTTP/1.1 {status}")), "{req:?}: {r}");
+        assert!(r.to_ascii_lowercase().contains("connection: close"), "{r}");
+        assert_eq!(r.matches("HTTP/1.1").count(), 1, "one response: {r}");
+    }
+    h.close().await;
+}
+
+#[tokio::test]
+async fn a_slow_http_client_is_cut_off_by_the_deadline_and_the_head_timeout() {
+    let (h, rx) = server(None, |c| c.http_deadline = Duration::from_millis(400)).await;
+    echo(rx);
+    // A head that never ends (the head timeout, 10 s, would not fire yet).
+    let r = until_eof(
+        &h,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(r, "");
+    // Nothing at all.
+    assert_eq!(until_eof(&h, "", Duration::from_secs(3)).await, "");
+    // An upgraded connection outlives the deadline.
+    let c = connect(&url(&h), ClientConfig::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    c.send(Message::Text("still".into())).await.unwrap();
+    assert_eq!(recv_one(&c).await, Message::Text("still".into()));
+    h.close().await;
+
+    let (h, _rx) = server(None, |c| c.http_head_timeout = Duration::from_millis(300)).await;
+    let r = until_eof(&h, "GET /healthz HTTP/1.1\r\n", Duration::from_secs(3)).await;
+    assert!(!r.contains("200 OK"), "{r}");
+    h.close().await;
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_http_slot() {
+    let (h, rx) = server(None, |c| c.max_http_per_ip = 2).await;
+    echo(rx);
+    // Two idle sockets from 127.0.0.1 hold its two slots.
+    let idle1 = TcpStream::connect(h.local_addr()).await.unwrap();
+    let _idle2 = TcpStream::connect(h.local_addr()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = until_eof(
+        &h,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(r, "", "a third connection from the same address is dropped");
+    let r = until_eof(
+        &h,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(r, "");
+    // One freed: served again.
+    drop(idle1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = http(&h, "GET", "/metrics", "").await;
+    assert!(
+        r.contains("\ngondolin_remote_http_refused_total 2\n"),
+        "{r}"
+    );
+    // Upgraded connections give their slot back: three at once is fine.
+    let cs = [
+        connect(&url(&h), ClientConfig::default()).await.unwrap(),
+        connect(&url(&h), ClientConfig::default()).await.unwrap(),
+        connect(&url(&h), ClientConfig::default()).await.unwrap(),
+    ];
+    for c in &cs {
+        c.send(Message::Text("x".into())).await.unwrap();
+        assert_eq!(recv_one(c).await, Message::Text("x".into()));
+    }
+    h.close().await;
+}
+
+#[test]
+fn the_per_address_cap_counts_ipv6_by_64() {
+    use super::server::ip_key as key;
+    let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+    let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+    let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+    assert_eq!(key(a), key(b));
+    assert_ne!(key(a), key(c));
+    let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+    assert_eq!(key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
 }

@@ -1592,26 +1592,6 @@ export declare class RemoteVM extends VM {
   detach(): Promise<string>;
 }
 
-/** One VM a ws-server holds (`listRemoteVms`). */
-export interface RemoteVmEntry {
-  vm: string;
-  /** ISO 8601. */
-  createdAt: string;
-  running: boolean;
-  /** A connection owns it (false: detached, waiting for a reattach). */
-  attached: boolean;
-  detachable: boolean;
-  /** Guest memory in bytes. */
-  memory: number;
-}
-
-/**
- * Our extension: the `sessions` request on a new connection. The server
- * lists only the VMs of the asking connection, so this resolves to []
- * (other clients' VMs are none of this client's business); the server's
- * total is its `gondolin_remote_vms` metric on /metrics.
- */
-export declare function listRemoteVms(remote?: RemoteOptions): Promise<RemoteVmEntry[]>;
 /** Exact id, else a unique prefix; null if none; throws on an ambiguous prefix. */
 export declare function findSession(query: string): Promise<SessionEntry | null>;
 /** Removes dead or malformed entries and orphan sockets; returns how many. */

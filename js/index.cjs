@@ -57,7 +57,7 @@ const {
 } = require("./net.cjs");
 const { IngressRequestBlockedError, GondolinListeners, parseListenersFile, serializeListenersFile } = require("./ingress.cjs"); // ingress
 const { getInfoFromSshExecRequest } = require("./ssh.cjs"); // SSH egress
-const { RemoteVM, listRemoteVms } = require("./remote-client.cjs"); // remote: VMs on a ws-server
+const { RemoteVM } = require("./remote-client.cjs"); // remote: VMs on a ws-server
 const { listSessions, findSession, gcSessions, connectToSession, registerSession, unregisterSession } = require("./sessions.cjs");
 
 module.exports = {
@@ -94,7 +94,6 @@ module.exports = {
   tagImage,
   removeImage,
   listSessions,
-  listRemoteVms, // remote
   RemoteVM, // remote
   findSession,
   gcSessions,

@@ -435,17 +435,4 @@ Object.defineProperty(RemoteVM.prototype, "info", {
   },
 });
 
-/** Ours: the VMs a server holds, [{ vm, createdAt, running, attached, detachable, memory }]. */
-async function listRemoteVms(remote = {}) {
-  const target = remoteTarget({ remote });
-  const conn = await connectTo(target);
-  const peer = new Peer(conn, { request: async () => ({}), message: () => {}, data: () => {}, closed: () => {} });
-  peer.run();
-  try {
-    return (await peer.request({ t: "sessions" })).vms;
-  } finally {
-    peer.close(1000, "done");
-  }
-}
-
-module.exports = { RemoteVM, remoteTarget, splitOptions, listRemoteVms };
+module.exports = { RemoteVM, remoteTarget, splitOptions };

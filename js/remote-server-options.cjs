@@ -63,8 +63,11 @@ function refuse(message, code = "invalid_option") {
 
 const INTERNAL = "would reach the server's own network from a remote VM; this server refuses that (its operator can allow it with --allow-internal-egress)";
 
-/** `"4G"`-style size → bytes via the addon's own parser, NaN if unreadable. */
-function rootfsBytes(v) {
+/** `"512M"`, `"1G"`, `"2048"` (MiB, QEMU's default unit) → bytes; NaN if
+ * unreadable. The server's accounting and clamps only: the VM checks the
+ * value itself with its own rule (Rust `vm::parse_memory_mib`). */
+function sizeBytes(v) {
+  if (typeof v === "number") return v * MiB;
   const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?$/i.exec(String(v).trim());
   if (!m) return NaN;
   const unit = { "": MiB, K: 1024, M: MiB, G: GiB, T: 1024 * GiB }[m[2].toUpperCase()];
@@ -125,7 +128,7 @@ class RemoteOptions {
       if (typeof out.rootfs !== "object") throw refuse("rootfs must be an object");
       out.rootfs = { ...out.rootfs };
       if (out.rootfs.size !== undefined) {
-        const b = rootfsBytes(out.rootfs.size);
+        const b = sizeBytes(out.rootfs.size);
         // (An unreadable size is left for the VM's own check to name.)
         if (b > this.limits.rootfsSizeBytes) out.rootfs.size = `${Math.floor(this.limits.rootfsSizeBytes / MiB)}M`;
       }
@@ -253,4 +256,4 @@ function defaultMaxVms() {
   return Math.max(8, 4 * os.cpus().length);
 }
 
-module.exports = { RemoteOptions, LIMITS, REFUSED, defaultMaxMemory, defaultMaxVms };
+module.exports = { RemoteOptions, LIMITS, REFUSED, defaultMaxMemory, defaultMaxVms, sizeBytes };

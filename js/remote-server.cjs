@@ -14,7 +14,7 @@ const { Peer } = require("./remote-peer.cjs");
 const { ServerExec } = require("./remote-server-exec.cjs");
 const { Metrics } = require("./remote-metrics.cjs");
 const wire = require("./remote-wire.cjs");
-const { RemoteOptions, defaultMaxMemory, defaultMaxVms } = require("./remote-server-options.cjs");
+const { RemoteOptions, defaultMaxMemory, defaultMaxVms, sizeBytes } = require("./remote-server-options.cjs");
 
 const kNativeProvider = Symbol.for("gondolin.nativeProvider");
 const DEFAULT_DETACH_TTL_MS = 10 * 60 * 1000;
@@ -54,15 +54,6 @@ function checkExecStrings(msg) {
       throw refuse(`exec.start: ${k} is longer than ${MAX_PATH_BYTES} bytes`, "invalid_request");
     }
   }
-}
-
-/** `"512M"`, `"1G"`, `"2048"` (MiB, QEMU's default unit) → bytes; NaN if unreadable. */
-function sizeBytes(v) {
-  if (typeof v === "number") return v * 1024 * 1024;
-  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?$/i.exec(String(v).trim());
-  if (!m) return NaN;
-  const unit = { "": 1024 * 1024, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[m[2].toUpperCase()];
-  return Math.round(Number(m[1]) * unit);
 }
 
 function refuse(message, code = "invalid_option") {

@@ -8,6 +8,7 @@
 
 const os = require("node:os");
 const { native } = require("./native.cjs");
+const { withCode } = require("./errors.cjs");
 const store = require("./image-store.cjs");
 
 const MiB = 1024 * 1024;
@@ -55,11 +56,8 @@ const SANDBOX = new Set([
   "maxHttpResponseBodyBytes", "tmpfs", "rootDiskSnapshot", "bootSnapshot", "tcp",
 ]);
 
-function refuse(message, code = "invalid_option") {
-  const e = new Error(message);
-  e.code = code;
-  return e;
-}
+/** A coded error for the client (js/errors.cjs), `invalid_option` unless said. */
+const refuse = (message, code = "invalid_option") => withCode(message, code);
 
 const INTERNAL = "would reach the server's own network from a remote VM; this server refuses that (its operator can allow it with --allow-internal-egress)";
 
@@ -256,4 +254,4 @@ function defaultMaxVms() {
   return Math.max(8, 4 * os.cpus().length);
 }
 
-module.exports = { RemoteOptions, LIMITS, REFUSED, defaultMaxMemory, defaultMaxVms, sizeBytes };
+module.exports = { RemoteOptions, LIMITS, REFUSED, defaultMaxMemory, defaultMaxVms, sizeBytes, refuse };

@@ -14,7 +14,7 @@ const { Peer } = require("./remote-peer.cjs");
 const { ServerExec } = require("./remote-server-exec.cjs");
 const { Metrics } = require("./remote-metrics.cjs");
 const wire = require("./remote-wire.cjs");
-const { RemoteOptions, defaultMaxMemory, defaultMaxVms, sizeBytes } = require("./remote-server-options.cjs");
+const { RemoteOptions, defaultMaxMemory, defaultMaxVms, sizeBytes, refuse } = require("./remote-server-options.cjs");
 
 const kNativeProvider = Symbol.for("gondolin.nativeProvider");
 const DEFAULT_DETACH_TTL_MS = 10 * 60 * 1000;
@@ -56,11 +56,6 @@ function checkExecStrings(msg) {
   }
 }
 
-function refuse(message, code = "invalid_option") {
-  const e = new Error(message);
-  e.code = code;
-  return e;
-}
 
 /** Checked arguments of each vm.fs call a client may make (the NativeVm guest* methods). */
 const FS_OPS = {

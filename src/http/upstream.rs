@@ -22,19 +22,10 @@ fn tls_config() -> rustls::ClientConfig {
     static CONFIG: OnceLock<rustls::ClientConfig> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
-            let mut roots = rustls::RootCertStore::empty();
-            // Honors SSL_CERT_FILE / SSL_CERT_DIR, like OpenSSL.
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
-                let _ = roots.add(cert);
-            }
-            if roots.is_empty() {
-                tracing::warn!(target: "gondolin::net", "no system CA certificates found: HTTPS upstreams will fail verification");
-            }
             rustls::ClientConfig::builder_with_provider(crate::tls::provider())
                 .with_safe_default_protocol_versions()
                 .expect("ring supports the default versions")
-                .with_root_certificates(roots)
+                .with_root_certificates(crate::tls::native_roots())
                 .with_no_client_auth()
         })
         .clone()

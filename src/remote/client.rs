@@ -77,10 +77,7 @@ pub(crate) fn endpoint(url: &str) -> Result<url::Url, RemoteError> {
 fn tls_connector(ca_pem: Option<&str>) -> Result<tokio_rustls::TlsConnector, RemoteError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
+    let mut roots = crate::tls::native_roots();
     if let Some(pem) = ca_pem {
         let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()

@@ -49,6 +49,25 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The host's CA certificates (honours `SSL_CERT_FILE` / `SSL_CERT_DIR`,
+/// like OpenSSL), read once per process: HTTPS upstreams and `wss://`
+/// remote servers are verified against them.
+pub fn native_roots() -> rustls::RootCertStore {
+    static ROOTS: std::sync::OnceLock<rustls::RootCertStore> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                tracing::warn!(target: "gondolin::net", "no system CA certificates found: TLS to public servers will fail verification");
+            }
+            roots
+        })
+        .clone()
+}
+
 /// The MITM server's crypto: ChaCha20-Poly1305 preferred. The guest has to
 /// decrypt everything it downloads, and under TCG emulation its ChaCha20
 /// runs ~1.5x faster than AES-GCM (52 vs 35 MB/s measured with `openssl

@@ -18,7 +18,9 @@ Commands:
                                     'gondolin bash --resume'
   ws-server [options]               serve VMs to remote clients over WebSocket
   build [options]                   build the guest image from Debian packages
-  image ls|inspect|tag|rm|import    the local image store and its NAME:TAG refs
+  image ls|inspect|tag|rm|import|pull|push
+                                    the local image store, its NAME:TAG refs,
+                                    OCI registries
   help                              show this help
 
 Options:

@@ -1783,6 +1783,14 @@ export interface RemoteListenOptions {
   maxMessageBytes?: number;
   /** Open WebSocket connections at once; default 256; more get HTTP 503. */
   maxConnections?: number;
+  /** Connections not yet upgraded from one client address (IPv6: one /64) at once; default 32; more are closed unanswered. */
+  maxHttpPerIp?: number;
+  /** TLS handshake, then the request head, each within this many ms; default 10000 (100..3600000). */
+  httpHeadTimeoutMs?: number;
+  /** A connection not upgraded within this many ms is closed; default 30000 (100..3600000). */
+  httpDeadlineMs?: number;
+  /** A peer that reads nothing for this many ms while messages wait is closed with 1008; default 30000 (100..3600000). */
+  writeTimeoutMs?: number;
 }
 
 /** @internal A listening transport server; keeps Node alive until `close()`. */
@@ -1814,7 +1822,7 @@ export interface RemoteConnectOptions {
 /**
  * @internal One WebSocket (either end). Each way at most 64 messages / 8 MiB
  * are queued: a side that stops calling `recv()` stops its socket being read,
- * and `send()` stops resolving when the peer does not read. Keepalive: a
+ * and `send()` returns promises that stop resolving when the peer does not read. Keepalive: a
  * ping every 10 s; nothing received for 30 s while waiting on the socket
  * closes with 1001, so keep a `recv()` loop running (flow control belongs
  * to the protocol above).
@@ -1824,8 +1832,15 @@ export interface RemoteConnection {
   readonly remoteAddress: string;
   /** Next messages in order: 1..=64 of them (string = text frame, Buffer = binary frame); [] once closed. */
   recv(): Promise<Array<string | Buffer>>;
-  /** Queue one message; resolves once it is in the bounded send queue (await it for backpressure). Rejects with `connection_closed` once closing, `invalid_option` over maxMessageBytes. */
-  send(data: string | Buffer): Promise<void>;
+  /**
+   * Queue one message, in call order. null when it went straight into the
+   * bounded send queue (no promise per message); otherwise a promise that
+   * resolves once it is there (await it for backpressure; the message is
+   * held in order meanwhile). Throws `connection_closed` once closing,
+   * `invalid_option` over maxMessageBytes; a held message rejects with
+   * `connection_closed` if the connection closes first.
+   */
+  send(data: string | Buffer): Promise<void> | null;
   /** Close with `code` (default 1000; 1000 or 3000–4999, others become 1000) and `reason` (≤ 123 bytes). No-op once closing. */
   close(code?: number, reason?: string): void;
   /** Once closing: the close code, ours or the peer's (1002 malformed frame, 1009 too big, 1001 shutdown/keepalive, 1006 socket ended without a close frame). */

@@ -58,7 +58,7 @@ test("echo text and binary, then close codes both ways", async () => {
   assert.deepEqual(await untilClosed(client), { code: 4000, reason: "bye" });
   await echoing;
   assert.deepEqual({ code: peer.closeCode, reason: peer.closeReason }, { code: 4000, reason: "bye" });
-  await assert.rejects(client.send("late"), { code: "connection_closed" });
+  assert.throws(() => client.send("late"), { code: "connection_closed" });
 
   // The server closes this time.
   const c2 = await native.remoteConnect(url, { token: "t0k" });
@@ -128,6 +128,37 @@ test("bad options name the fix", async () => {
   await assert.rejects(native.remoteConnect("ws://127.0.0.1:1", { timeoutMs: 2000 }), { code: "io_error" });
 });
 
+test("sends keep call order when the queue fills and messages are held", async () => {
+  const { server, next, url } = await listen();
+  const client = await native.remoteConnect(url, { token: "t0k" });
+  const peer = await next();
+  // 16 MiB in 64 KiB binaries with a numbered text after each, none
+  // awaited: twice the queue's byte budget, so most are held, not queued.
+  const held = [];
+  let queued = 0;
+  for (let i = 0; i < 256; i++) {
+    const chunk = Buffer.alloc(64 * 1024, i & 0xff);
+    for (const m of [chunk, `n${i}`]) {
+      const p = client.send(m);
+      if (p) held.push(p);
+      else queued++;
+    }
+  }
+  assert.ok(held.length > 0 && queued > 0, `queued ${queued}, held ${held.length}`);
+  const got = [];
+  while (got.length < 512) got.push(...(await peer.recv()));
+  for (let i = 0; i < 256; i++) {
+    assert.ok(Buffer.isBuffer(got[2 * i]) && got[2 * i][0] === (i & 0xff), `binary ${i} out of order`);
+    assert.equal(got[2 * i + 1], `n${i}`);
+  }
+  await Promise.all(held);
+  // Held messages of a connection that closes reject, never hang.
+  peer.close(4001, "gone");
+  while ((await client.recv()).length > 0);
+  assert.throws(() => client.send("after"), { code: "connection_closed" });
+  await server.close();
+});
+
 test("oversized message: 1009 for that connection, the server serves the next", async () => {
   const { server, next, url } = await listen({ maxMessageBytes: 4096 });
   const big = await native.remoteConnect(url, { token: "t0k", maxMessageBytes: 1 << 20 });
@@ -154,7 +185,7 @@ test("a peer that does not read stops send() resolving; reading resumes it", asy
   let sent = 0;
   const stalled = () => new Promise((r) => setTimeout(() => r("stalled"), 500));
   for (;;) {
-    const r = await Promise.race([client.send(chunk).then(() => "sent"), stalled()]);
+    const r = await Promise.race([Promise.resolve(client.send(chunk)).then(() => "sent"), stalled()]);
     if (r === "stalled") break;
     sent++;
     assert.ok(sent < 1024, "64 MiB queued without the peer reading");

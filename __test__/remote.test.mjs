@@ -396,3 +396,41 @@ test("VM.close() during a boot that cannot finish kills QEMU and resolves at onc
   await assert.rejects(started, (e) => e.code === "vm_closed");
   await waitFor("the QEMU process to go", () => !qemuChildren().includes(pid), 5000);
 });
+
+test("ws-server connection limits from the CLI: per-address cap and head timeout apply; bad values name the flag", async () => {
+  const net = await import("node:net");
+  const s = await startServer("--insecure-no-auth", "--max-http-per-ip", "1", "--http-head-timeout-ms", "300");
+  const { port } = new URL(s.url);
+  /** A raw connection: resolves "closed" when the server ends it, with how long it took. */
+  const open = () => {
+    const sock = net.connect(Number(port), "127.0.0.1");
+    const t0 = Date.now();
+    sock.data = "";
+    sock.on("data", (d) => (sock.data += d));
+    sock.ended = new Promise((r) => sock.on("close", () => r(Date.now() - t0)));
+    sock.on("error", () => {});
+    return new Promise((r) => sock.once("connect", () => r(sock)));
+  };
+  // An idle connection holds this address's one slot...
+  const idle = await open();
+  // ...so a second is closed unanswered, while the first is still open.
+  const second = await open();
+  second.write("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+  await second.ended;
+  assert.equal(second.data, "");
+  // The idle one sent no head: closed after ~300 ms, not the default 10 s.
+  const ms = await idle.ended;
+  assert.ok(ms < 3000, `idle connection closed after ${ms} ms`);
+  // The slot is free again.
+  const res = await fetch(`http://127.0.0.1:${port}/healthz`);
+  assert.equal(res.status, 200);
+  s.child.kill("SIGTERM");
+  await s.exited;
+
+  const bad = spawn(process.execPath, [cli, "ws-server", "--insecure-no-auth", "--http-deadline-ms", "5"], { stdio: ["ignore", "pipe", "pipe"] });
+  let err = "";
+  bad.stderr.on("data", (d) => (err += d));
+  const code = await new Promise((r) => bad.on("exit", r));
+  assert.notEqual(code, 0);
+  assert.match(err, /--http-deadline-ms must be an integer >= 100 \(got 5\)/);
+});

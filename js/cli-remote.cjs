@@ -38,6 +38,16 @@ Options:
   --drain-grace-ms MS    on SIGTERM: how long running VMs may finish before
                          they are closed (default 30000); then exit 0
 
+Connection limits (the transport's; defaults suit most servers):
+  --max-connections N    open WebSocket connections at once; more get 503 (default 256)
+  --max-http-per-ip N    connections not yet upgraded from one address (IPv6:
+                         one /64) at once; more are closed (default 32)
+  --http-head-timeout-ms MS
+                         TLS handshake, then the request head, each within this (default 10000)
+  --http-deadline-ms MS  a connection not upgraded within this is closed (default 30000)
+  --write-timeout-ms MS  a client that reads nothing for this long while messages
+                         wait is disconnected (1008) (default 30000)
+
 On start it prints 'gondolin ws-server listening on ws://HOST:PORT' to stdout.
 /healthz, /readyz and /metrics need no token.
 
@@ -79,7 +89,18 @@ function parseWsServerArgs(args, UsageError) {
     "--memory": "memory",
     "--max-memory": "maxMemory",
   };
-  const ints = { "--port": ["port", 0], "--cpus": ["cpus", 1], "--max-vms": ["maxVms", 1], "--detach-ttl-ms": ["detachTtlMs", 0], "--drain-grace-ms": ["drainGraceMs", 0] };
+  const ints = {
+    "--port": ["port", 0],
+    "--cpus": ["cpus", 1],
+    "--max-vms": ["maxVms", 1],
+    "--detach-ttl-ms": ["detachTtlMs", 0],
+    "--drain-grace-ms": ["drainGraceMs", 0],
+    "--max-connections": ["maxConnections", 1],
+    "--max-http-per-ip": ["maxHttpPerIp", 1],
+    "--http-head-timeout-ms": ["httpHeadTimeoutMs", 100],
+    "--http-deadline-ms": ["httpDeadlineMs", 100],
+    "--write-timeout-ms": ["writeTimeoutMs", 100],
+  };
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
     if (a === "-h" || a === "--help") return null;
@@ -133,6 +154,11 @@ async function cmdWsServer(args, UsageError) {
     token: o.tokenFile ? readToken(o.tokenFile) : undefined,
     tlsCert: o.tlsCert ? fs.readFileSync(o.tlsCert, "utf8") : undefined,
     tlsKey: o.tlsKey ? fs.readFileSync(o.tlsKey, "utf8") : undefined,
+    maxConnections: o.maxConnections,
+    maxHttpPerIp: o.maxHttpPerIp,
+    httpHeadTimeoutMs: o.httpHeadTimeoutMs,
+    httpDeadlineMs: o.httpDeadlineMs,
+    writeTimeoutMs: o.writeTimeoutMs,
   });
   const scheme = o.tlsCert ? "wss" : "ws";
   const host = o.host.includes(":") ? `[${o.host}]` : o.host;

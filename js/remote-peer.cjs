@@ -29,6 +29,8 @@ const MAX_REPLY_BACKLOG_BYTES = 16 * 1024 * 1024;
  */
 const MAX_EVENT_BACKLOG = 64;
 const DROPPABLE = new Set(["egress"]);
+/** What a send that is already queued returns (no promise per message). */
+const RESOLVED = Promise.resolve();
 /**
  * Requests refused as malformed (`invalid_request`: they fail their checks
  * but carry an id): this many within VIOLATION_WINDOW_MS close the
@@ -205,20 +207,34 @@ class Peer {
     if (this.closed) return Promise.resolve();
     this.replyBacklog++;
     this.replyBacklogBytes += text.length;
-    let queued;
-    try {
-      queued = this.conn.send(text);
-    } catch {
-      queued = Promise.resolve();
-    }
-    return Promise.resolve(queued).then(
-      () => {},
-      () => {},
-    ).finally(() => {
+    const settled = () => {
       this.replyBacklog--;
       this.replyBacklogBytes -= text.length;
       this._room();
-    });
+    };
+    const queued = this._queue(text);
+    if (queued === undefined) {
+      settled();
+      return RESOLVED;
+    }
+    return queued.then(
+      () => {},
+      () => {},
+    ).finally(settled);
+  }
+
+  /**
+   * Hand one frame to the transport, in call order: undefined when it is
+   * queued already (the common case, no promise made), else a promise that
+   * settles once it is queued or failed.
+   */
+  _queue(data) {
+    try {
+      // The native transport returns null when queued; the stand-in a promise.
+      return this.conn.send(data) ?? undefined;
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 
   _encode(msg) {
@@ -238,18 +254,20 @@ class Peer {
     } catch (e) {
       return Promise.reject(e);
     }
-    if (!DROPPABLE.has(msg.t)) return this.conn.send(text);
+    if (!DROPPABLE.has(msg.t)) return this._queue(text) ?? RESOLVED;
     if (this.eventBacklog >= MAX_EVENT_BACKLOG) {
       this.droppedEvents++;
-      return Promise.resolve();
+      return RESOLVED;
     }
+    const queued = this._queue(text);
+    if (queued === undefined) return RESOLVED;
     this.eventBacklog++;
-    return this.conn.send(text).finally(() => this.eventBacklog--);
+    return queued.finally(() => this.eventBacklog--);
   }
 
   sendData(sid, kind, payload) {
     if (this.closed) return Promise.reject(closedError(this.closeReason));
-    return this.conn.send(wire.encodeData(sid, kind, payload));
+    return this._queue(wire.encodeData(sid, kind, payload)) ?? RESOLVED;
   }
 
   /**

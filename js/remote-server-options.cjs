@@ -66,7 +66,8 @@ const INTERNAL = "would reach the server's own network from a remote VM; this se
  * value itself with its own rule (Rust `vm::parse_memory_mib`). */
 function sizeBytes(v) {
   if (typeof v === "number") return v * MiB;
-  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?$/i.exec(String(v).trim());
+  if (typeof v !== "string") return NaN;
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?$/i.exec(v.trim());
   if (!m) return NaN;
   const unit = { "": MiB, K: 1024, M: MiB, G: GiB, T: 1024 * GiB }[m[2].toUpperCase()];
   return Math.round(Number(m[1]) * unit);
@@ -126,7 +127,9 @@ class RemoteOptions {
       if (typeof out.rootfs !== "object") throw refuse("rootfs must be an object");
       out.rootfs = { ...out.rootfs };
       if (out.rootfs.size !== undefined) {
-        const b = sizeBytes(out.rootfs.size);
+        const size = out.rootfs.size;
+        if (typeof size !== "string" && typeof size !== "number") throw refuse(`rootfs.size must be a size such as "4G" or a number of MiB (got ${typeof size})`);
+        const b = sizeBytes(size);
         // (An unreadable size is left for the VM's own check to name.)
         if (b > this.limits.rootfsSizeBytes) out.rootfs.size = `${Math.floor(this.limits.rootfsSizeBytes / MiB)}M`;
       }
@@ -208,7 +211,7 @@ class RemoteOptions {
         if (!Array.isArray(p) || p.length !== 2) throw refuse(`net.tcpHosts[${i}] must be a [from, to] pair`);
         return [str(p[0], `tcpHosts[${i}]`), str(p[1], `tcpHosts[${i}]`)];
       });
-      if (tcpHosts.length) internal.push("tcp.hosts (mapped TCP)");
+      if (tcpHosts.length) internal.push("tcp.hosts (mapped TCP; net.tcpHosts on the wire)");
     }
     const dnsMode = net.dnsMode === undefined || net.dnsMode === null ? undefined : str(net.dnsMode, "dnsMode");
     if (dnsMode !== undefined && dnsMode !== "synthetic") internal.push(`dns.mode ${JSON.stringify(dnsMode)}`);

@@ -14,7 +14,9 @@ use napi::{Env, Status};
 use napi_derive::napi;
 
 use gondolin::error::ErrorCode;
-use gondolin::remote::{self, ClientConfig, Connection, Message, ServerConfig, ServerHandle};
+use gondolin::remote::{
+    self, ClientConfig, Connection, Enqueued, Message, ServerConfig, ServerHandle,
+};
 
 use crate::error::{spawn_coded, JsFailure};
 
@@ -38,6 +40,17 @@ pub struct RemoteListenOptions {
     pub max_message_bytes: Option<u32>,
     /// Open WebSocket connections at once (default 256); more get 503.
     pub max_connections: Option<u32>,
+    /// Connections not yet upgraded from one client address (one /64 for
+    /// IPv6) at once (default 32); more are closed unanswered.
+    pub max_http_per_ip: Option<u32>,
+    /// Milliseconds for the TLS handshake, and then for the request head
+    /// (default 10000).
+    pub http_head_timeout_ms: Option<u32>,
+    /// Milliseconds a connection may stay without upgrading (default 30000).
+    pub http_deadline_ms: Option<u32>,
+    /// Milliseconds a client may read nothing while messages wait before it
+    /// is closed with 1008 (default 30000).
+    pub write_timeout_ms: Option<u32>,
 }
 
 #[napi(object)]
@@ -134,23 +147,32 @@ impl RemoteConnection {
             .collect()
     }
 
-    /// Queue one message; resolves once it is in the bounded send queue.
-    /// Rejects with `connection_closed` once closing, `invalid_option` over
-    /// maxMessageBytes.
-    #[napi(ts_return_type = "Promise<void>")]
+    /// Queue one message, in call order. Returns null when it went
+    /// straight into the bounded send queue, or a promise that resolves
+    /// once it is there (the queue was full: await it for backpressure).
+    /// Throws `connection_closed` once closing, `invalid_option` over
+    /// maxMessageBytes; a held message rejects with `connection_closed`
+    /// if the connection closes first.
+    #[napi(ts_return_type = "Promise<void> | null")]
     pub fn send<'e>(
         &self,
         env: &'e Env,
         data: Either<String, Buffer>,
-    ) -> napi::Result<PromiseRaw<'e, ()>> {
+    ) -> napi::Result<Option<PromiseRaw<'e, ()>>> {
         let msg = match data {
             Either::A(s) => Message::Text(s),
             Either::B(b) => Message::Binary(Bytes::from(b.to_vec())),
         };
-        let conn = self.conn.clone();
-        spawn_coded(env, async move {
-            conn.send(msg).await.map_err(|e| JsFailure::from_core(&e))
-        })
+        match self.conn.enqueue(msg) {
+            Ok(Enqueued::Queued) => Ok(None),
+            Ok(Enqueued::Waiting(rx)) => spawn_coded(env, async move {
+                Enqueued::wait(rx)
+                    .await
+                    .map_err(|e| JsFailure::from_core(&e))
+            })
+            .map(Some),
+            Err(e) => Err(JsFailure::from_core(&e).into_napi(env)),
+        }
     }
 
     /// Close with `code` (default 1000; 1000 or 3000–4999) and `reason`
@@ -207,6 +229,13 @@ pub fn remote_listen<'e>(
         };
         cfg.max_message_bytes = bytes_opt(opts.max_message_bytes, cfg.max_message_bytes);
         cfg.max_connections = bytes_opt(opts.max_connections, cfg.max_connections);
+        cfg.max_http_per_ip = bytes_opt(opts.max_http_per_ip, cfg.max_http_per_ip);
+        let ms = |v: Option<u32>, default: Duration| {
+            v.map_or(default, |n| Duration::from_millis(n.into()))
+        };
+        cfg.http_head_timeout = ms(opts.http_head_timeout_ms, cfg.http_head_timeout);
+        cfg.http_deadline = ms(opts.http_deadline_ms, cfg.http_deadline);
+        cfg.write_timeout = ms(opts.write_timeout_ms, cfg.write_timeout);
         Ok(cfg)
     })();
     spawn_coded(env, async move {

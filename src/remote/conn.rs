@@ -3,9 +3,11 @@
 //!
 //! Inbound, the reader takes a queue slot before it reads the socket, so a
 //! caller that stops calling `recv` stops the socket being read and TCP
-//! pushes back on the peer. Outbound, `send` resolves once the message is
-//! in the queue; a peer that stops reading stops the writer, the queue
-//! fills, and `send` stops resolving. Each queue holds at most
+//! pushes back on the peer. Outbound, `enqueue` puts a message straight
+//! into the queue when it has room (synchronously: no task per message);
+//! otherwise the message is held, in call order, and its waiter resolves
+//! once it is in the queue. A peer that stops reading stops the writer, the
+//! queue fills, and waiters stop resolving. Each queue holds at most
 //! [`QUEUE_MESSAGES`] messages and [`QUEUE_BYTES`] bytes of payload.
 //!
 //! Closing: whoever sees the end first records the [`CloseStatus`] (the
@@ -20,7 +22,7 @@
 //! watches the read side, and such a peer may keep sending.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -28,7 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
@@ -136,6 +138,10 @@ pub struct Connection {
     rx: tokio::sync::Mutex<mpsc::Receiver<Queued>>,
     tx: mpsc::Sender<Queued>,
     out_budget: Arc<Semaphore>,
+    /// Messages waiting for room, in order (see [`release_held`]).
+    hold_tx: mpsc::UnboundedSender<Held>,
+    /// How many are held: while any is, new messages are held behind them.
+    held: Arc<AtomicUsize>,
     shared: Arc<Shared>,
     remote_addr: String,
     max_message_bytes: usize,
@@ -149,15 +155,77 @@ impl std::fmt::Debug for Connection {
     }
 }
 
-/// Permits for `len` bytes out of a [`QUEUE_BYTES`] budget (a larger
-/// message takes the whole budget, so it waits for an empty queue).
+/// Permits a message of `len` bytes takes out of a [`QUEUE_BYTES`] budget
+/// (a larger message takes the whole budget, so it waits for an empty
+/// queue).
+fn budget_units(len: usize) -> u32 {
+    len.clamp(1, QUEUE_BYTES) as u32
+}
+
 async fn take_budget(budget: &Arc<Semaphore>, len: usize) -> OwnedSemaphorePermit {
-    let n = len.clamp(1, QUEUE_BYTES) as u32;
     budget
         .clone()
-        .acquire_many_owned(n)
+        .acquire_many_owned(budget_units(len))
         .await
         .expect("the budget semaphore is never closed")
+}
+
+/// What [`Connection::enqueue`] did with a message.
+#[derive(Debug)]
+pub enum Enqueued {
+    /// It is in the bounded send queue.
+    Queued,
+    /// It is held until the queue has room; resolves then (or with
+    /// [`RemoteError::Closed`]).
+    Waiting(oneshot::Receiver<Result<(), RemoteError>>),
+}
+
+impl Enqueued {
+    /// The outcome of a held message.
+    pub async fn wait(rx: oneshot::Receiver<Result<(), RemoteError>>) -> Result<(), RemoteError> {
+        rx.await.unwrap_or(Err(RemoteError::Closed))
+    }
+}
+
+/// A message held by [`Connection::enqueue`] and who waits for it.
+type Held = (Message, oneshot::Sender<Result<(), RemoteError>>);
+
+/// Moves held messages into the send queue in order as room frees up;
+/// ends when the connection closes (the held ones then fail with
+/// [`RemoteError::Closed`]) or the [`Connection`] is dropped.
+async fn release_held(
+    mut hold_rx: mpsc::UnboundedReceiver<Held>,
+    tx: mpsc::Sender<Queued>,
+    budget: Arc<Semaphore>,
+    held: Arc<AtomicUsize>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (msg, done) = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            m = hold_rx.recv() => match m {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let r = tokio::select! {
+            biased;
+            _ = stop.cancelled() => Err(RemoteError::Closed),
+            r = async {
+                let permit = take_budget(&budget, msg.len()).await;
+                tx.send((msg, permit)).await.map_err(|_| RemoteError::Closed)
+            } => r,
+        };
+        // Counted down only once it is in the queue: a later enqueue that
+        // sees 0 cannot overtake it.
+        held.fetch_sub(1, Ordering::SeqCst);
+        let failed = r.is_err();
+        let _ = done.send(r);
+        if failed {
+            break;
+        }
+    }
 }
 
 impl Connection {
@@ -176,27 +244,59 @@ impl Connection {
         got.into_iter().map(|(m, _permit)| m).collect()
     }
 
-    /// Queue one message. Resolves once it is in the bounded send queue;
-    /// fails with [`RemoteError::Closed`] once the connection is closing and
+    /// Queue one message, in call order. [`Enqueued::Queued`] when it went
+    /// straight into the bounded send queue (no task, no wait: the common
+    /// case); [`Enqueued::Waiting`] when the queue is full or earlier
+    /// messages still wait for room: the message is held, in order, and the
+    /// receiver resolves once it is in the queue. Fails with
+    /// [`RemoteError::Closed`] once the connection is closing and
     /// [`RemoteError::TooLarge`] over `max_message_bytes`.
-    pub async fn send(&self, msg: Message) -> Result<(), RemoteError> {
+    ///
+    /// A caller that does not wait for `Waiting` to resolve before sending
+    /// more grows the held backlog: the JS protocol bounds its own (replies,
+    /// events, requests in flight, stream credit).
+    pub fn enqueue(&self, msg: Message) -> Result<Enqueued, RemoteError> {
         if msg.len() > self.max_message_bytes {
             return Err(RemoteError::TooLarge {
                 len: msg.len(),
                 max: self.max_message_bytes,
             });
         }
-        let stop = &self.shared.stop;
-        if stop.is_cancelled() {
+        if self.shared.stop.is_cancelled() {
             return Err(RemoteError::Closed);
         }
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => Err(RemoteError::Closed),
-            r = async {
-                let permit = take_budget(&self.out_budget, msg.len()).await;
-                self.tx.send((msg, permit)).await.map_err(|_| RemoteError::Closed)
-            } => r,
+        let mut msg = msg;
+        // Straight in only when nothing is held before it (order) and both
+        // bounds have room.
+        if self.held.load(Ordering::SeqCst) == 0 {
+            if let Ok(permit) = self
+                .out_budget
+                .clone()
+                .try_acquire_many_owned(budget_units(msg.len()))
+            {
+                match self.tx.try_send((msg, permit)) {
+                    Ok(()) => return Ok(Enqueued::Queued),
+                    Err(mpsc::error::TrySendError::Full((m, _))) => msg = m,
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Err(RemoteError::Closed),
+                }
+            }
+        }
+        let (done, waiting) = oneshot::channel();
+        self.held.fetch_add(1, Ordering::SeqCst);
+        if self.hold_tx.send((msg, done)).is_err() {
+            self.held.fetch_sub(1, Ordering::SeqCst);
+            return Err(RemoteError::Closed);
+        }
+        Ok(Enqueued::Waiting(waiting))
+    }
+
+    /// [`enqueue`](Self::enqueue), then wait until the message is in the
+    /// bounded send queue. Dropping the future does not withdraw a message
+    /// that was held: it is still sent, in order.
+    pub async fn send(&self, msg: Message) -> Result<(), RemoteError> {
+        match self.enqueue(msg)? {
+            Enqueued::Queued => Ok(()),
+            Enqueued::Waiting(rx) => Enqueued::wait(rx).await,
         }
     }
 
@@ -377,10 +477,22 @@ where
         let _ = reader.await;
         let _ = writer.await;
     });
+    let out_budget = Arc::new(Semaphore::new(QUEUE_BYTES));
+    let (hold_tx, hold_rx) = mpsc::unbounded_channel();
+    let held = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(release_held(
+        hold_rx,
+        out_tx.clone(),
+        out_budget.clone(),
+        held.clone(),
+        shared.stop.clone(),
+    ));
     let conn = Connection {
         rx: tokio::sync::Mutex::new(in_rx),
         tx: out_tx,
-        out_budget: Arc::new(Semaphore::new(QUEUE_BYTES)),
+        out_budget,
+        hold_tx,
+        held,
         shared,
         remote_addr,
         max_message_bytes: opts.max_message_bytes,

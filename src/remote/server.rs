@@ -214,6 +214,39 @@ fn load_tls(cert_pem: &str, key_pem: &str) -> Result<tokio_rustls::TlsAcceptor, 
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The shortest and longest a configurable timeout may be.
+const TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
+
+/// Each timeout within [`TIMEOUT_RANGE`] (the deadline bounds the head's
+/// timeout too: the shorter applies).
+fn check_timeouts(config: &ServerConfig) -> Result<(), RemoteError> {
+    for (name, flag, d) in [
+        (
+            "httpHeadTimeoutMs",
+            "--http-head-timeout-ms",
+            config.http_head_timeout,
+        ),
+        ("httpDeadlineMs", "--http-deadline-ms", config.http_deadline),
+        ("writeTimeoutMs", "--write-timeout-ms", config.write_timeout),
+        ("idle timeout", "", config.idle_timeout),
+        ("ping interval", "", config.ping_interval),
+    ] {
+        if !TIMEOUT_RANGE.contains(&d) {
+            let flag = if flag.is_empty() {
+                String::new()
+            } else {
+                format!(" ({flag})")
+            };
+            return Err(RemoteError::InvalidOption(format!(
+                "{name}{flag} must be between 100 and 3600000 ms (got {} ms)",
+                d.as_millis()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Listen per `config`. Upgraded, authenticated connections arrive on the
 /// returned receiver (bounded: a caller that stops taking them stops
 /// upgrades completing). Fails on a missing token off loopback, bad TLS
@@ -224,9 +257,10 @@ pub async fn bind(
     let max_message_bytes = check_max_message(config.max_message_bytes)?;
     if config.max_http_per_ip == 0 {
         return Err(RemoteError::InvalidOption(
-            "maxHttpPerIp must be at least 1".into(),
+            "maxHttpPerIp must be at least 1 (--max-http-per-ip)".into(),
         ));
     }
+    check_timeouts(&config)?;
     if config.max_connections == 0 {
         return Err(RemoteError::InvalidOption(
             "maxConnections must be at least 1".into(),

@@ -395,6 +395,63 @@ async fn send_until_stalled(c: &Connection) -> usize {
 }
 
 #[tokio::test]
+async fn enqueue_keeps_order_past_a_full_queue() {
+    let (h, mut rx) = server(None, |_| {}).await;
+    let c = connect(&url(&h), ClientConfig::default()).await.unwrap();
+    let s = rx.recv().await.unwrap();
+    // Twice the byte budget, none awaited: the later ones are held.
+    let (mut queued, mut waiting) = (0, Vec::new());
+    for i in 0..256u32 {
+        let chunk = Message::Binary(Bytes::from(vec![i as u8; 64 * 1024]));
+        for m in [chunk, Message::Text(format!("n{i}"))] {
+            match c.enqueue(m).unwrap() {
+                Enqueued::Queued => queued += 1,
+                Enqueued::Waiting(w) => waiting.push(w),
+            }
+        }
+    }
+    assert!(
+        queued > 0 && !waiting.is_empty(),
+        "{queued} queued, {} held",
+        waiting.len()
+    );
+    let mut got = Vec::new();
+    while got.len() < 512 {
+        got.extend(
+            tokio::time::timeout(Duration::from_secs(10), s.recv_many(64))
+                .await
+                .unwrap(),
+        );
+    }
+    for (i, pair) in got.chunks(2).enumerate() {
+        assert!(
+            matches!(&pair[0], Message::Binary(b) if b[0] == i as u8),
+            "binary {i}"
+        );
+        assert_eq!(pair[1], Message::Text(format!("n{i}")));
+    }
+    for w in waiting {
+        Enqueued::wait(w).await.unwrap();
+    }
+    // Held messages of a closing connection fail; they never hang.
+    let more: Vec<_> = (0..300)
+        .filter_map(
+            |_| match c.enqueue(Message::Binary(Bytes::from(vec![0; 64 * 1024]))) {
+                Ok(Enqueued::Waiting(w)) => Some(w),
+                _ => None,
+            },
+        )
+        .collect();
+    assert!(!more.is_empty());
+    c.close(1000, "");
+    for w in more {
+        let r = tokio::time::timeout(Duration::from_secs(5), Enqueued::wait(w)).await;
+        assert!(r.is_ok(), "a held message hung after close");
+    }
+    h.close().await;
+}
+
+#[tokio::test]
 async fn a_peer_that_stops_reading_stops_send() {
     let (h, mut rx) = server(None, |_| {}).await;
     // Client → a server connection that never reads.
@@ -425,6 +482,13 @@ async fn bad_options_name_the_fix() {
     let mut cfg = ServerConfig::new(loopback(), Some("t".into()));
     cfg.tls = Some(("not pem".into(), "nope".into()));
     assert!(matches!(bind(cfg).await.unwrap_err(), RemoteError::Tls(_)));
+    let mut cfg = ServerConfig::new(loopback(), None);
+    cfg.http_deadline = Duration::from_millis(5);
+    let m = bind(cfg).await.unwrap_err().to_string();
+    assert!(
+        m.contains("--http-deadline-ms") && m.contains("5 ms"),
+        "{m}"
+    );
     for u in ["http://127.0.0.1:1", "ws://", "nonsense"] {
         let e = connect(u, ClientConfig::default()).await.unwrap_err();
         assert!(matches!(e, RemoteError::Url { .. }), "{u}: {e}");

@@ -1833,6 +1833,15 @@ export interface RemoteConnection {
   /** Next messages in order: 1..=64 of them (string = text frame, Buffer = binary frame); [] once closed. */
   recv(): Promise<Array<string | Buffer>>;
   /**
+   * Next messages in order without waiting: 1..=64 of them; null when none is
+   * queued yet (the `onReadable` callback then runs once more arrive); [] once
+   * closed. The protocol's read loop uses this (no promise per batch); do not
+   * mix it with a pending `recv()`.
+   */
+  tryRecv(): Array<string | Buffer> | null;
+  /** What a null `tryRecv()` waits for: `cb` runs once messages arrive after it, and once when the connection ends. Replaces an earlier callback; holds the event loop open until the connection ends. */
+  onReadable(cb: () => void): void;
+  /**
    * Queue one message, in call order. null when it went straight into the
    * bounded send queue (no promise per message); otherwise a promise that
    * resolves once it is there (await it for backpressure; the message is

@@ -25,6 +25,29 @@ const pct = (xs, p) => {
 };
 const nowUs = () => Number(process.hrtime.bigint()) / 1000;
 
+/** Reads as the protocol does (js/remote-peer.cjs): tryRecv(), and onReadable when nothing is queued. */
+function reader(conn) {
+  let wake = null;
+  conn.onReadable(() => {
+    const w = wake;
+    wake = null;
+    if (w) w();
+  });
+  return async () => {
+    for (;;) {
+      const batch = conn.tryRecv();
+      if (batch !== null) return batch;
+      await new Promise((r) => (wake = r));
+    }
+  };
+}
+
+/** send() is null when queued at once, else a promise to await (backpressure). */
+async function send(conn, m) {
+  const p = conn.send(m);
+  if (p) await p;
+}
+
 async function transport() {
   let onConn;
   const conns = [];
@@ -38,19 +61,21 @@ async function transport() {
   const client = await native.remoteConnect(url, { token: "bench" });
   const peer = await nextConn();
   onConn = null;
+  const peerNext = reader(peer);
   (async () => {
     for (;;) {
-      const batch = await peer.recv();
+      const batch = await peerNext();
       if (batch.length === 0) return;
-      for (const m of batch) await peer.send(m);
+      for (const m of batch) await send(peer, m);
     }
   })();
   const msg = "x".repeat(32);
   const times = [];
+  const clientNext = reader(client);
   for (let i = 0; i < ROUNDS + 200; i++) {
     const t0 = nowUs();
-    await client.send(msg);
-    const got = await client.recv();
+    await send(client, msg);
+    const got = await clientNext();
     if (got.length !== 1) throw new Error(`echo: got ${got.length} messages`);
     if (i >= 200) times.push(nowUs() - t0);
   }
@@ -62,16 +87,17 @@ async function transport() {
   const total = MIB * 1024 * 1024;
   const chunk = Buffer.alloc(CHUNK, 0x61);
   const t0 = nowUs();
+  const sinkNext = reader(sink);
   const received = (async () => {
     let n = 0;
     while (n < total) {
-      const batch = await sink.recv();
+      const batch = await sinkNext();
       if (batch.length === 0) throw new Error("sink closed early");
       for (const m of batch) n += m.length;
     }
     return nowUs();
   })();
-  for (let sent = 0; sent < total; sent += CHUNK) await sender.send(chunk);
+  for (let sent = 0; sent < total; sent += CHUNK) await send(sender, chunk);
   const t1 = await received;
   sender.close();
   await server.close();

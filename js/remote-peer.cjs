@@ -59,6 +59,9 @@ class Peer {
     this.replyBacklog = 0;
     this.replyBacklogBytes = 0;
     this.roomWaiter = null;
+    /** Set while _next() waits for the native transport to call back. */
+    this._readableWaiter = null;
+    this._readableSet = false;
     this.eventBacklog = 0;
     /** Events dropped because the other side was not reading. */
     this.droppedEvents = 0;
@@ -79,7 +82,7 @@ class Peer {
       for (;;) {
         // Replies backed up: read nothing more until they drain (or close).
         if (this._backedUp()) await new Promise((r) => (this.roomWaiter = r));
-        const batch = await this.conn.recv();
+        const batch = await this._next();
         if (batch.length === 0) break;
         for (const m of batch) {
           if (this.closed) break;
@@ -91,6 +94,27 @@ class Peer {
       this.close(CLOSE_PROTOCOL, `read failed: ${err.message}`);
     }
     this._ended(this.conn.closeReason || (this.conn.closeCode ? `closed (${this.conn.closeCode})` : "connection closed"));
+  }
+
+  /**
+   * The next batch. The native transport hands over what is queued without
+   * a promise (tryRecv) and calls back once more arrives; a transport with
+   * only recv() (test stand-ins) is awaited.
+   */
+  _next() {
+    const conn = this.conn;
+    if (typeof conn.tryRecv !== "function") return conn.recv();
+    if (!this._readableSet) {
+      this._readableSet = true;
+      conn.onReadable(() => {
+        const w = this._readableWaiter;
+        this._readableWaiter = null;
+        if (w) w();
+      });
+    }
+    const batch = conn.tryRecv();
+    if (batch !== null) return batch;
+    return new Promise((r) => (this._readableWaiter = r)).then(() => this._next());
   }
 
   _ended(reason) {

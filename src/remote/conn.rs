@@ -22,7 +22,7 @@
 //! watches the read side, and such a peer may keep sending.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -91,12 +91,55 @@ pub(crate) struct ConnOptions {
 }
 
 struct Shared {
+    /// Wakes a caller of `try_recv_many` that found nothing.
+    readable: Readable,
     /// The first close status recorded; never replaced.
     status: Mutex<Option<CloseStatus>>,
     /// The close frame the writer is to send, if the close is ours.
     our_close: Mutex<Option<CloseFrame>>,
     /// Cancelled once the connection is closing, for whatever reason.
     stop: CancellationToken,
+}
+
+/// The wake-up of [`Connection::try_recv_many`]: armed when a caller found
+/// the inbound queue empty; the reader fires it (once) after queuing the
+/// next message, and always once at the end.
+#[derive(Default)]
+struct Readable {
+    armed: AtomicBool,
+    hook: Mutex<Option<ReadableHook>>,
+}
+
+type ReadableHook = Box<dyn Fn() + Send + Sync>;
+
+impl Readable {
+    fn fire(&self) {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            if let Some(h) = &*self.hook.lock().unwrap_or_else(|e| e.into_inner()) {
+                h();
+            }
+        }
+    }
+
+    /// The inbound queue ended: a last call, then the hook is dropped (it
+    /// may hold what keeps the caller's event loop alive).
+    fn end(&self) {
+        let hook = self.hook.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = hook {
+            h();
+        }
+    }
+}
+
+/// What [`Connection::try_recv_many`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TryRecv {
+    /// 1..=max messages, in order.
+    Messages(Vec<Message>),
+    /// Nothing yet: the readable hook will be called.
+    Empty,
+    /// The connection is closed and every message was taken.
+    Closed,
 }
 
 impl Shared {
@@ -242,6 +285,58 @@ impl Connection {
         rx.recv_many(&mut got, max.max(1)).await;
         // Dropping each permit returns its bytes to the inbound budget.
         got.into_iter().map(|(m, _permit)| m).collect()
+    }
+
+    /// The next messages in order, at most `max` (≥ 1), without waiting.
+    /// On [`TryRecv::Empty`] the hook given to
+    /// [`on_readable`](Self::on_readable) is called once more arrive (or the
+    /// connection ends). Not to be mixed with a pending `recv_many`.
+    pub fn try_recv_many(&self, max: usize) -> TryRecv {
+        use mpsc::error::TryRecvError;
+        let Ok(mut rx) = self.rx.try_lock() else {
+            return TryRecv::Empty;
+        };
+        let mut got = Vec::new();
+        let take = |rx: &mut mpsc::Receiver<Queued>, got: &mut Vec<Message>| loop {
+            match rx.try_recv() {
+                // Dropping the permit returns its bytes to the inbound budget.
+                Ok((m, _permit)) => {
+                    got.push(m);
+                    if got.len() >= max.max(1) {
+                        return false;
+                    }
+                }
+                Err(TryRecvError::Empty) => return false,
+                Err(TryRecvError::Disconnected) => return true,
+            }
+        };
+        let mut ended = take(&mut rx, &mut got);
+        if got.is_empty() && !ended {
+            // Arm, then look once more: a message queued in between is not
+            // missed (at worst the hook fires for nothing).
+            self.shared.readable.armed.store(true, Ordering::SeqCst);
+            ended = take(&mut rx, &mut got);
+            if !got.is_empty() || ended {
+                self.shared.readable.armed.store(false, Ordering::SeqCst);
+            }
+        }
+        match (got.is_empty(), ended) {
+            (false, _) => TryRecv::Messages(got),
+            (true, true) => TryRecv::Closed,
+            (true, false) => TryRecv::Empty,
+        }
+    }
+
+    /// Set what wakes a caller of [`try_recv_many`](Self::try_recv_many)
+    /// (called on the reader's task). It is called once more when the
+    /// connection ends, then dropped.
+    pub fn on_readable(&self, hook: impl Fn() + Send + Sync + 'static) {
+        *self
+            .shared
+            .readable
+            .hook
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Box::new(hook));
     }
 
     /// Queue one message, in call order. [`Enqueued::Queued`] when it went
@@ -449,6 +544,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = Arc::new(Shared {
+        readable: Readable::default(),
         status: Mutex::new(None),
         our_close: Mutex::new(None),
         stop: CancellationToken::new(),
@@ -583,9 +679,11 @@ async fn read_loop<S>(
             p = take_budget(&budget, msg.len()) => p,
         };
         slot.send((msg, permit));
+        shared.readable.fire();
     }
     // The queue ends after what it holds; the status is recorded already.
     drop(in_tx);
+    shared.readable.end();
     // Let tungstenite flush a close reply and read the peer's close frame.
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         while let Some(Ok(_)) = stream.next().await {}

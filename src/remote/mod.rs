@@ -33,7 +33,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use client::{connect, ClientConfig};
-pub use conn::{CloseStatus, Connection, Enqueued, Message};
+pub use conn::{CloseStatus, Connection, Enqueued, Message, TryRecv};
 pub use server::{bind, ServerConfig, ServerHandle};
 
 /// The path of the WebSocket upgrade; the protocol version is in it.

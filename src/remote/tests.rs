@@ -451,6 +451,37 @@ async fn enqueue_keeps_order_past_a_full_queue() {
     h.close().await;
 }
 
+async fn woken_in_time(w: &mut mpsc::UnboundedReceiver<()>) -> bool {
+    tokio::time::timeout(Duration::from_secs(5), w.recv())
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn try_recv_calls_the_hook_when_messages_come_and_at_the_end() {
+    let (h, mut rx) = server(None, |_| {}).await;
+    let c = connect(&url(&h), ClientConfig::default()).await.unwrap();
+    let s = rx.recv().await.unwrap();
+    let (wake_tx, mut woken) = mpsc::unbounded_channel();
+    s.on_readable(move || {
+        let _ = wake_tx.send(());
+    });
+    assert_eq!(s.try_recv_many(64), TryRecv::Empty);
+    c.send(Message::Text("a".into())).await.unwrap();
+    assert!(woken_in_time(&mut woken).await, "no wake for a message");
+    assert_eq!(
+        s.try_recv_many(64),
+        TryRecv::Messages(vec![Message::Text("a".into())])
+    );
+    // Found empty again, then the peer closes: one last call, then Closed.
+    assert_eq!(s.try_recv_many(64), TryRecv::Empty);
+    c.close(4000, "bye");
+    assert!(woken_in_time(&mut woken).await, "no wake at the end");
+    assert_eq!(s.try_recv_many(64), TryRecv::Closed);
+    assert_eq!(s.close_status().unwrap().code, 4000);
+    h.close().await;
+}
+
 #[tokio::test]
 async fn a_peer_that_stops_reading_stops_send() {
     let (h, mut rx) = server(None, |_| {}).await;

@@ -110,7 +110,7 @@ FUZZ_TARGETS := wire_frames vfs_requests dns_query dhcp http_classify tls_client
 # Safe-Rust decoders: libFuzzer's checks plus debug assertions, without the
 # ~2x cost of ASan (FUZZ_FLAGS="--sanitizer address" to add it).
 FUZZ_FLAGS   ?= --sanitizer none
-fuzz: ## run every fuzz target (src/fuzz) for FUZZ_SECONDS each (default 600; nightly + cargo-fuzz)
+fuzz: ## the remote protocol fuzz (fast-check, 100x the test runs), then every cargo-fuzz target (src/fuzz) for FUZZ_SECONDS each (default 600; nightly)
 	REMOTE_FUZZ_RUNS=100000 node --test __test__/remote-fuzz.test.mjs
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 	# New inputs go to src/fuzz/target/corpus; the committed seeds stay as they are.

@@ -27,37 +27,9 @@ assert.ok(Number.isInteger(RUNS) && RUNS > 0, "REMOTE_FUZZ_RUNS must be a positi
 /** fast-check parameters: `base` runs at the default scale (RUNS = 1000). */
 const params = (base) => ({ seed: SEED, numRuns: Math.max(1, Math.ceil((base * RUNS) / 1000)), includeErrorInReport: true });
 
-// ---- what the wire table says (a mirror of MESSAGES in js/remote-wire.cjs) ----
-// Kept in sync by the "valid messages decode" check below: a generated valid
-// message that the decoder refuses means this mirror drifted.
+// ---- what the wire table says (js/remote-wire.cjs MESSAGES) ----
 
-const SPECS = {
-  ok: { re: "id" },
-  err: { re: "id", code: "str", message: "str" },
-  hello: { id: "id", v: "int", client: "str?" },
-  "vm.create": { id: "id", options: "obj", net: "obj?", hooks: "strs?", mounts: "arr?", vfsHooks: "strs?", egress: "bool?" },
-  "vm.attach": { id: "id", token: "str", hooks: "strs?", mounts: "arr?", vfsHooks: "strs?", egress: "bool?" },
-  "vm.start": { id: "id", vm: "str" },
-  "vm.close": { id: "id", vm: "str" },
-  "vm.detach": { id: "id", vm: "str" },
-  "exec.start": {
-    id: "id", vm: "str", sid: "u32", argv: "strs", env: "strs", cwd: "str?", stdin: "bool", pty: "obj?",
-    window: "window", stdinToFile: "str?", stdoutFromFile: "str?",
-  },
-  fs: { id: "id", vm: "str", op: "str", args: "arr" },
-  sessions: { id: "id" },
-  "exec.credit": { sid: "u32", bytes: "window" },
-  "exec.end": { sid: "u32" },
-  "exec.kill": { sid: "u32", signal: "int" },
-  "exec.resize": { sid: "u32", rows: "u32", cols: "u32" },
-  "vfs.invalidate": { vm: "str", path: "str" },
-  call: { id: "id", vm: "str", kind: "str", mid: "u32?", call: "any" },
-  "exec.exit": { sid: "u32", exitCode: "int", signal: "int?" },
-  "exec.error": { sid: "u32", code: "str", message: "str" },
-  "stdin.credit": { sid: "u32", bytes: "window" },
-  egress: { vm: "str", event: "obj" },
-  "vm.gone": { vm: "str", reason: "str" },
-};
+const SPECS = wire.MESSAGES;
 const TYPES = Object.keys(SPECS);
 
 /** Scalar checks a decoded message must still satisfy (obj/arr/any fields may hold restored bytes). */
@@ -261,7 +233,7 @@ function checkDecodeMessage(text) {
 // in the JSON checks on any text a peer sends; a message accepted with an
 // unknown type or an ill-typed field.
 test("fuzz decodeMessage: any text frame is a well-typed message or a WireError", () => {
-  // Sanity: the mirror above matches the real table (every valid message decodes).
+  // Sanity: the generators make what the table accepts (every valid message decodes).
   fc.assert(
     fc.property(validMessage(), (entries) => {
       const msg = checkDecodeMessage(objText(entries));

@@ -221,6 +221,7 @@ module.exports = {
   MAX_INFLIGHT,
   HEADER_BYTES,
   KIND,
+  MESSAGES,
   WireError,
   encodeData,
   decodeData,

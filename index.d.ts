@@ -1821,11 +1821,11 @@ export interface RemoteConnectOptions {
 
 /**
  * @internal One WebSocket (either end). Each way at most 64 messages / 8 MiB
- * are queued: a side that stops calling `recv()` stops its socket being read,
- * and `send()` returns promises that stop resolving when the peer does not read. Keepalive: a
- * ping every 10 s; nothing received for 30 s while waiting on the socket
- * closes with 1001, so keep a `recv()` loop running (flow control belongs
- * to the protocol above).
+ * are queued: a side that stops reading (`recv()` or `tryRecv()`) stops its
+ * socket being read, and `send()` returns promises that stop resolving when
+ * the peer does not read. Keepalive: a ping every 10 s; nothing received for
+ * 30 s while waiting on the socket closes with 1001, so keep reading (flow
+ * control belongs to the protocol above).
  */
 export interface RemoteConnection {
   /** The peer, `ip:port`. */
@@ -1839,7 +1839,12 @@ export interface RemoteConnection {
    * mix it with a pending `recv()`.
    */
   tryRecv(): Array<string | Buffer> | null;
-  /** What a null `tryRecv()` waits for: `cb` runs once messages arrive after it, and once when the connection ends. Replaces an earlier callback; holds the event loop open until the connection ends. */
+  /**
+   * What a null `tryRecv()` waits for: after each `tryRecv()` that returned
+   * null, `cb` runs once when a message arrives; it also runs once when the
+   * connection ends (at once if it already has), and is then released.
+   * Replaces an earlier callback; holds the event loop open until the end.
+   */
   onReadable(cb: () => void): void;
   /**
    * Queue one message, in call order. null when it went straight into the

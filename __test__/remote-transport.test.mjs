@@ -153,8 +153,16 @@ test("sends keep call order when the queue fills and messages are held", async (
   }
   await Promise.all(held);
   // Held messages of a connection that closes reject, never hang.
-  peer.close(4001, "gone");
-  while ((await client.recv()).length > 0);
+  const late = [];
+  for (let i = 0; i < 300; i++) {
+    const p = client.send(Buffer.alloc(64 * 1024));
+    if (p) late.push(p.then(() => "queued", (e) => e.code));
+  }
+  assert.ok(late.length > 0, "nothing held");
+  client.close(4001, "gone");
+  const outcomes = await Promise.all(late);
+  assert.ok(outcomes.includes("connection_closed"), `held sends after close: ${[...new Set(outcomes)]}`);
+  assert.ok(outcomes.every((o) => o === "queued" || o === "connection_closed"), String([...new Set(outcomes)]));
   assert.throws(() => client.send("after"), { code: "connection_closed" });
   await server.close();
 });
@@ -195,4 +203,45 @@ test("a peer that does not read stops send() resolving; reading resumes it", asy
   while (got < sent) got += (await peer.recv()).length;
   client.close();
   await server.close();
+});
+
+test("a peer that keeps the read queue full cannot hold the JS thread: the protocol's read loop yields", async () => {
+  const { spawn } = await import("node:child_process");
+  const { Peer } = require("../js/remote-peer.cjs");
+  const { server, next, url } = await listen({ token: null });
+  const N = 30000;
+  // The flood comes from another process (a loop here would hold this thread itself).
+  const flood = `
+    const { native } = require(${JSON.stringify(require.resolve("../js/native.cjs"))});
+    (async () => {
+      const c = await native.remoteConnect(process.argv[1], { token: null });
+      const m = JSON.stringify({ t: "exec.end", sid: 1 });
+      for (let i = 0; i < ${N}; i++) { const p = c.send(m); if (p) await p; }
+      while ((await c.recv()).length > 0);
+    })();`;
+  const child = spawn(process.execPath, ["-e", flood, url], { stdio: "inherit" });
+  const conn = await next();
+  let got = 0;
+  // ~100 µs of work per message (a busy handler): the reader refills
+  // the transport's queue faster than this side empties it.
+  const work = () => {
+    const end = process.hrtime.bigint() + 100000n;
+    while (process.hrtime.bigint() < end);
+    got++;
+  };
+  const peer = new Peer(conn, { request: async () => ({}), message: work, data: () => {} });
+  peer.run();
+  let last = Date.now();
+  let worst = 0;
+  const tick = setInterval(() => {
+    const now = Date.now();
+    worst = Math.max(worst, now - last);
+    last = now;
+  }, 5);
+  while (got < N) await new Promise((r) => setTimeout(r, 20));
+  clearInterval(tick);
+  peer.close(1000, "done");
+  await new Promise((r) => child.on("exit", r));
+  await server.close();
+  assert.ok(worst < 1000, `timers waited ${worst} ms while ${N} messages were read`);
 });

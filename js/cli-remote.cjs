@@ -72,9 +72,11 @@ function parseWsServerArgs(args, UsageError) {
     if (v === undefined) throw new UsageError(`${flag} requires an argument`, WS_SERVER_USAGE);
     return v;
   };
-  const int = (v, flag, min = 0) => {
+  const int = (v, flag, min, max) => {
     const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new UsageError(`${flag} must be an integer >= ${min} (got ${v})`, WS_SERVER_USAGE);
+    if (!Number.isInteger(n) || n < min || n > max) {
+      throw new UsageError(`${flag} must be an integer from ${min} to ${max} (got ${v})`, WS_SERVER_USAGE);
+    }
     return n;
   };
   const keys = {
@@ -89,17 +91,20 @@ function parseWsServerArgs(args, UsageError) {
     "--memory": "memory",
     "--max-memory": "maxMemory",
   };
+  // [option key, min, max]; the transport's limits are 32-bit and its timeouts 100 ms..1 h.
+  const U32 = 2 ** 32 - 1;
+  const HOUR_MS = 3600000;
   const ints = {
-    "--port": ["port", 0],
-    "--cpus": ["cpus", 1],
-    "--max-vms": ["maxVms", 1],
-    "--detach-ttl-ms": ["detachTtlMs", 0],
-    "--drain-grace-ms": ["drainGraceMs", 0],
-    "--max-connections": ["maxConnections", 1],
-    "--max-http-per-ip": ["maxHttpPerIp", 1],
-    "--http-head-timeout-ms": ["httpHeadTimeoutMs", 100],
-    "--http-deadline-ms": ["httpDeadlineMs", 100],
-    "--write-timeout-ms": ["writeTimeoutMs", 100],
+    "--port": ["port", 0, 65535],
+    "--cpus": ["cpus", 1, 255],
+    "--max-vms": ["maxVms", 1, U32],
+    "--detach-ttl-ms": ["detachTtlMs", 0, 2 ** 31 - 1],
+    "--drain-grace-ms": ["drainGraceMs", 0, 2 ** 31 - 1],
+    "--max-connections": ["maxConnections", 1, U32],
+    "--max-http-per-ip": ["maxHttpPerIp", 1, U32],
+    "--http-head-timeout-ms": ["httpHeadTimeoutMs", 100, HOUR_MS],
+    "--http-deadline-ms": ["httpDeadlineMs", 100, HOUR_MS],
+    "--write-timeout-ms": ["writeTimeoutMs", 100, HOUR_MS],
   };
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
@@ -107,10 +112,9 @@ function parseWsServerArgs(args, UsageError) {
     if (a === "--insecure-no-auth") o.insecure = true;
     else if (a === "--allow-internal-egress") o.allowInternalEgress = true;
     else if (keys[a]) o[keys[a]] = need(i++, a);
-    else if (ints[a]) o[ints[a][0]] = int(need(i++, a), a, ints[a][1]);
+    else if (ints[a]) o[ints[a][0]] = int(need(i++, a), a, ints[a][1], ints[a][2]);
     else throw new UsageError(`Unknown argument: ${a}`, WS_SERVER_USAGE);
   }
-  if (o.port > 65535) throw new UsageError("--port must be at most 65535", WS_SERVER_USAGE);
   if (!o.tokenFile && !o.insecure) {
     throw new UsageError("--token-file is required (or --insecure-no-auth, allowed only on a loopback --host)", WS_SERVER_USAGE);
   }

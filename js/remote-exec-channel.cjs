@@ -84,7 +84,9 @@ class RemoteExecChannel {
     for (const ev of batch) if (ev.data) bytes += ev.data.length;
     if (bytes > 0) {
       this.outstanding -= bytes;
-      if (!this.finished) this.peer.send({ t: "exec.credit", sid: this.sid, bytes }).catch(() => {});
+      // Awaited: a server that sends but does not read gets no more credit
+      // (and this side queues no more) until the transport takes this one.
+      if (!this.finished) await this.peer.send({ t: "exec.credit", sid: this.sid, bytes }).catch(() => {});
     }
     return batch;
   }

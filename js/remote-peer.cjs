@@ -29,6 +29,8 @@ const MAX_REPLY_BACKLOG_BYTES = 16 * 1024 * 1024;
  */
 const MAX_EVENT_BACKLOG = 64;
 const DROPPABLE = new Set(["egress"]);
+/** Batches read in a row before the read loop yields to the event loop. */
+const SYNC_BATCHES_PER_TURN = 8;
 /** What a send that is already queued returns (no promise per message). */
 const RESOLVED = Promise.resolve();
 /**
@@ -62,6 +64,8 @@ class Peer {
     /** Set while _next() waits for the native transport to call back. */
     this._readableWaiter = null;
     this._readableSet = false;
+    /** Batches taken without yielding to the event loop, in a row. */
+    this._syncBatches = 0;
     this.eventBacklog = 0;
     /** Events dropped because the other side was not reading. */
     this.droppedEvents = 0;
@@ -113,7 +117,14 @@ class Peer {
       });
     }
     const batch = conn.tryRecv();
-    if (batch !== null) return batch;
+    if (batch !== null) {
+      // A peer that keeps the queue full would otherwise hold the JS thread
+      // in microtasks: give timers, I/O and other connections their turn.
+      if (++this._syncBatches < SYNC_BATCHES_PER_TURN) return batch;
+      this._syncBatches = 0;
+      return new Promise((r) => setImmediate(r, batch));
+    }
+    this._syncBatches = 0;
     return new Promise((r) => (this._readableWaiter = r)).then(() => this._next());
   }
 

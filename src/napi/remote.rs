@@ -166,10 +166,11 @@ impl RemoteConnection {
         }
     }
 
-    /// What `tryRecv()` returning null waits for: `cb` runs (on the JS
-    /// thread) once messages arrive after it, and once when the connection
-    /// ends. Replaces an earlier callback. Holds the event loop open until
-    /// the connection ends.
+    /// What `tryRecv()` returning null waits for: after each such null,
+    /// `cb` runs (on the JS thread) once a message arrives; it also runs
+    /// once when the connection ends (at once if it already has) and is
+    /// then released. Replaces an earlier callback. Holds the event loop
+    /// open until the connection ends.
     #[napi]
     pub fn on_readable(&self, #[napi(ts_arg_type = "() => void")] cb: OnReadable) {
         self.conn.on_readable(move || {

@@ -107,15 +107,26 @@ struct Shared {
 #[derive(Default)]
 struct Readable {
     armed: AtomicBool,
-    hook: Mutex<Option<ReadableHook>>,
+    hook: Mutex<HookSlot>,
+}
+
+#[derive(Default)]
+struct HookSlot {
+    hook: Option<ReadableHook>,
+    /// The queue ended: a hook set now is called once and dropped at once.
+    ended: bool,
 }
 
 type ReadableHook = Box<dyn Fn() + Send + Sync>;
 
 impl Readable {
+    fn slot(&self) -> std::sync::MutexGuard<'_, HookSlot> {
+        self.hook.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn fire(&self) {
         if self.armed.swap(false, Ordering::SeqCst) {
-            if let Some(h) = &*self.hook.lock().unwrap_or_else(|e| e.into_inner()) {
+            if let Some(h) = &self.slot().hook {
                 h();
             }
         }
@@ -124,9 +135,24 @@ impl Readable {
     /// The inbound queue ended: a last call, then the hook is dropped (it
     /// may hold what keeps the caller's event loop alive).
     fn end(&self) {
-        let hook = self.hook.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let hook = {
+            let mut slot = self.slot();
+            slot.ended = true;
+            slot.hook.take()
+        };
         if let Some(h) = hook {
             h();
+        }
+    }
+
+    /// Set the hook; once ended, it gets its last call now and is dropped.
+    fn set(&self, hook: ReadableHook) {
+        let mut slot = self.slot();
+        if slot.ended {
+            drop(slot);
+            hook();
+        } else {
+            slot.hook = Some(hook);
         }
     }
 }
@@ -328,15 +354,11 @@ impl Connection {
     }
 
     /// Set what wakes a caller of [`try_recv_many`](Self::try_recv_many)
-    /// (called on the reader's task). It is called once more when the
-    /// connection ends, then dropped.
+    /// once it returned [`TryRecv::Empty`] (called on the reader's task).
+    /// It is called once more when the connection ends, then dropped; set
+    /// after the end, it is called once at once and dropped.
     pub fn on_readable(&self, hook: impl Fn() + Send + Sync + 'static) {
-        *self
-            .shared
-            .readable
-            .hook
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(Box::new(hook));
+        self.shared.readable.set(Box::new(hook));
     }
 
     /// Queue one message, in call order. [`Enqueued::Queued`] when it went

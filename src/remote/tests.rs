@@ -479,6 +479,19 @@ async fn try_recv_calls_the_hook_when_messages_come_and_at_the_end() {
     assert!(woken_in_time(&mut woken).await, "no wake at the end");
     assert_eq!(s.try_recv_many(64), TryRecv::Closed);
     assert_eq!(s.close_status().unwrap().code, 4000);
+    // A hook set after the end: one call at once, and it is not kept.
+    let held = std::sync::Arc::new(());
+    let (tx, mut late) = mpsc::unbounded_channel();
+    let keep = held.clone();
+    s.on_readable(move || {
+        let _ = (&keep, tx.send(()));
+    });
+    assert!(woken_in_time(&mut late).await, "a late hook was not called");
+    assert_eq!(
+        std::sync::Arc::strong_count(&held),
+        1,
+        "a late hook was kept"
+    );
     h.close().await;
 }
 

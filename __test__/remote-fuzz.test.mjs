@@ -298,7 +298,7 @@ const once = (f) => {
 };
 const optionsModule = once(() => require("../js/remote-server-options.cjs"));
 
-/** What vmOptions may return (a mirror of TOP/SANDBOX in js/remote-server-options.cjs). */
+/** What vmOptions may return: TOP/SANDBOX of js/remote-server-options.cjs, pinned here on purpose (widening what a remote client may set must change this test too). */
 const ALLOWED_TOP = new Set([
   "sandbox", "rootfs", "autoStart", "dns", "maxHttpBodyBytes", "maxHttpResponseBodyBytes", "allowWebSockets",
   "vfs", "env", "memory", "cpus", "startTimeoutMs", "sessionLabel", "tmpfs", "tcp",

@@ -138,19 +138,16 @@ pub async fn ensure(config: &VmConfig, root: &Path) -> Result<Template, VmError>
     }
     let tmp = root.join(format!("{stale}{}", uuid::Uuid::new_v4().simple()));
     mkdir_private(&tmp)?;
-    let built = build(config, &tmp, &key, inputs).await;
-    let t = built.and_then(|meta| {
-        std::fs::rename(&tmp, &dir)?;
-        // The rename itself must survive a crash, not only the files.
-        std::fs::File::open(root)?.sync_all()?;
-        Ok(Template { dir, meta })
-    });
-    if t.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    } else {
-        prune(root, &key);
-    }
-    t
+    // Goes on failure, and when this future is dropped mid-build (a VM
+    // closed during its first boot), not only at the next build of the key.
+    let mut cleanup = launch::DirGuard(Some(tmp.clone()));
+    let meta = build(config, &tmp, &key, inputs).await?;
+    std::fs::rename(&tmp, &dir)?;
+    cleanup.0 = None;
+    // The rename itself must survive a crash, not only the files.
+    std::fs::File::open(root)?.sync_all()?;
+    prune(root, &key);
+    Ok(Template { dir, meta })
 }
 
 async fn build(

@@ -192,7 +192,7 @@ where
     let config = ws_config(opts.max_message_bytes);
     match tokio_tungstenite::client_async_with_config(
         request,
-        conn::ProgressIo::new(stream),
+        super::progress::ProgressIo::new(stream),
         Some(config),
     )
     .await

@@ -24,6 +24,7 @@
 
 pub mod client;
 pub mod conn;
+mod progress;
 pub mod server;
 
 #[cfg(test)]

@@ -586,7 +586,7 @@ fn upgrade(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Resp
             }
         };
         let ws = WebSocketStream::from_raw_socket(
-            conn::ProgressIo::new(TokioIo::new(upgraded)),
+            super::progress::ProgressIo::new(TokioIo::new(upgraded)),
             Role::Server,
             Some(ws_config(st.max_message_bytes)),
         )

@@ -135,41 +135,46 @@ pub async fn connect(url: &str, config: ClientConfig) -> Result<Connection, Remo
         counters: None,
         shutdown: None,
     };
-    let dial =
-        async {
-            let host = u.host_str().unwrap_or_default();
-            // url keeps IPv6 literals bracketed; the resolver wants them bare.
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let port = u.port_or_known_default().unwrap_or(80);
-            let tcp =
-                TcpStream::connect((host, port))
-                    .await
-                    .map_err(|source| RemoteError::Connect {
-                        url: u.to_string(),
-                        source,
-                    })?;
-            let _ = tcp.set_nodelay(true);
-            let remote = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-            match tls {
-                None => upgrade(request, tcp, remote, &u, opts).await,
-                Some(connector) => {
-                    let name =
-                        rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
-                            RemoteError::Url {
-                                url: u.to_string(),
-                                reason: format!("not a TLS server name: {e}"),
-                            }
-                        })?;
-                    let stream = connector.connect(name, tcp).await.map_err(|source| {
-                        RemoteError::Connect {
+    let dial = async {
+        let host = u.host_str().unwrap_or_default();
+        // url keeps IPv6 literals bracketed; the resolver wants them bare.
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = u.port_or_known_default().unwrap_or(80);
+        let tcp =
+            TcpStream::connect((host, port))
+                .await
+                .map_err(|source| RemoteError::Connect {
+                    url: u.to_string(),
+                    source,
+                })?;
+        let _ = tcp.set_nodelay(true);
+        let remote = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        match tls {
+            None => upgrade(request, tcp, remote, &u, opts).await,
+            Some(connector) => {
+                let name =
+                    rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
+                        RemoteError::Url {
                             url: u.to_string(),
-                            source,
+                            reason: format!("not a TLS server name: {e}"),
                         }
                     })?;
-                    upgrade(request, stream, remote, &u, opts).await
-                }
+                let stream = connector.connect(name, tcp).await.map_err(|source| {
+                        // A plain ws:// server answers the ClientHello with HTTP.
+                        let hint = if source.to_string().contains("InvalidContentType") {
+                            " (the server does not speak TLS: use ws:// for a server without --tls-cert)"
+                        } else {
+                            ""
+                        };
+                        RemoteError::Connect {
+                            url: u.to_string(),
+                            source: std::io::Error::new(source.kind(), format!("{source}{hint}")),
+                        }
+                    })?;
+                upgrade(request, stream, remote, &u, opts).await
             }
-        };
+        }
+    };
     match tokio::time::timeout(config.connect_timeout, dial).await {
         Ok(r) => r,
         Err(_) => Err(RemoteError::Timeout {
@@ -214,6 +219,15 @@ where
             Err(match resp.status().as_u16() {
                 401 => RemoteError::Unauthorized,
                 503 => RemoteError::Unavailable { reason: body },
+                404 => RemoteError::Handshake {
+                    url: u.to_string(),
+                    message: format!(
+                        "HTTP 404: {body} (a gondolin ws-server speaks {} at {}; \
+                         give the URL without a path)",
+                        super::PROTOCOL_PATH.trim_start_matches('/'),
+                        super::PROTOCOL_PATH
+                    ),
+                },
                 s => RemoteError::Handshake {
                     url: u.to_string(),
                     message: format!("HTTP {s}: {body}"),

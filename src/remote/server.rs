@@ -572,7 +572,7 @@ fn upgrade(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Resp
     {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("server is at its connection limit ({max} connections, maxConnections)\n"),
+            format!("server is at its connection limit ({max} connections: --max-connections, maxConnections)\n"),
         );
     }
     let slot = OpenSlot(state.clone());

@@ -496,6 +496,26 @@ async fn try_recv_calls_the_hook_when_messages_come_and_at_the_end() {
 }
 
 #[tokio::test]
+async fn a_wrong_path_or_scheme_says_what_to_use() {
+    let (h, _rx) = server(None, |_| {}).await;
+    let port = h.local_addr().port();
+    let e = connect(
+        &format!("ws://127.0.0.1:{port}/v2"),
+        ClientConfig::default(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("404") && e.contains("/v1"), "{e}");
+    let e = connect(&format!("wss://127.0.0.1:{port}"), ClientConfig::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("use ws://"), "{e}");
+    h.close().await;
+}
+
+#[tokio::test]
 async fn a_peer_that_stops_reading_stops_send() {
     let (h, mut rx) = server(None, |_| {}).await;
     // Client → a server connection that never reads.
